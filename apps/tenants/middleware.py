@@ -1,0 +1,106 @@
+"""Tenant resolution: the one place a request's schema is chosen (it replaces django-tenants' own).
+
+- Portal: by host, `<slug>.<BASE_DOMAIN>` (or a custom domain).
+- API: on the public host, by the API key in `Authorization: Bearer ...`, through the resolver
+  named by `TENANT_API_KEY_RESOLVER`.
+- Health probes: no tenant, served on every host.
+
+Nothing later in the request switches schemas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import set_urlconf
+from django.utils.module_loading import import_string
+
+from apps.tenants.models import Organization
+from apps.tenants.selectors import organization_for_host, public_organization
+
+ApiKeyResolver = Callable[[str], Organization | None]
+
+_REFUSALS: dict[str, tuple[int, str, str]] = {
+    Organization.Status.SUSPENDED: (
+        403,
+        "organization_suspended",
+        "This organization is suspended. Its owners can contact support to restore access.",
+    ),
+    Organization.Status.DELETING: (403, "organization_deleting", "This organization is being deleted."),
+}
+
+
+@cache
+def _api_key_resolver() -> ApiKeyResolver | None:
+    path = settings.TENANT_API_KEY_RESOLVER
+    return import_string(path) if path else None
+
+
+@cache
+def _public_tenant() -> Organization:
+    return public_organization()
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path_info.startswith(("/api/", "/v1/")) or "application/json" in request.headers.get("Accept", "")
+
+
+def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+    response = TemplateResponse(request, "tenants/unavailable.html", {"message": message}, status=status)
+    response.render()
+    return response
+
+
+class TenantMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.public_hosts = {settings.BASE_DOMAIN, *settings.PUBLIC_HOSTS}
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        connection.set_schema_to_public()
+        try:
+            return self._handle(request)
+        finally:
+            connection.set_schema_to_public()
+
+    def _handle(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith("/health/"):
+            request.urlconf = settings.PUBLIC_SCHEMA_URLCONF
+            return self.get_response(request)
+
+        host = request.get_host().rsplit(":", 1)[0].lower()
+        tenant: Organization | None
+        if host in self.public_hosts:
+            tenant = self._tenant_from_api_key(request) or _public_tenant()
+        else:
+            tenant = organization_for_host(host)
+            if tenant is None:
+                return _error(request, 404, "organization_not_found", f"No organization is served at {host}.")
+
+        refusal = _REFUSALS.get(tenant.status)
+        if refusal is not None:
+            return _error(request, *refusal)
+
+        request.tenant = tenant  # type: ignore[attr-defined]
+        connection.set_tenant(tenant)
+        urlconf = settings.PUBLIC_SCHEMA_URLCONF if tenant.is_public else settings.ROOT_URLCONF
+        request.urlconf = urlconf
+        set_urlconf(urlconf)
+        response = self.get_response(request)
+        if tenant.status == Organization.Status.PAST_DUE:
+            response["X-CognitionOS-Organization-Status"] = tenant.status
+        return response
+
+    def _tenant_from_api_key(self, request: HttpRequest) -> Organization | None:
+        resolver = _api_key_resolver()
+        authorization = request.headers.get("Authorization", "")
+        if resolver is None or not authorization.startswith("Bearer "):
+            return None
+        return resolver(authorization.removeprefix("Bearer ").strip())

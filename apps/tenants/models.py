@@ -1,0 +1,62 @@
+from django.db import models
+from django_tenants.models import DomainMixin, TenantMixin
+
+SLUG_PATTERN = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
+
+
+class Organization(TenantMixin):
+    """A customer organization: the tenant, with its own PostgreSQL schema."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        PAST_DUE = "past_due", "Past due"
+        DELETING = "deleting", "Being deleted"
+
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    plan = models.ForeignKey("billing.Plan", on_delete=models.PROTECT, related_name="organizations")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # Provisioning clones the template schema itself (apps.tenants.cloning); deletion is explicit.
+    auto_create_schema = False
+    auto_drop_schema = False
+
+    class Meta:
+        ordering = ("slug",)
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["active", "suspended", "past_due", "deleting"]),
+                name="tenants_organization_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(slug__regex=SLUG_PATTERN) & ~models.Q(slug__contains="--")
+                | models.Q(schema_name="public"),
+                name="tenants_organization_slug_dns_safe",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_public(self) -> bool:
+        return self.schema_name == "public"
+
+    @property
+    def accepts_requests(self) -> bool:
+        """Past-due organizations keep access while billing is sorted out; suspended ones don't."""
+        return self.status in (self.Status.ACTIVE, self.Status.PAST_DUE)
+
+    @property
+    def accepts_jobs(self) -> bool:
+        return self.status in (self.Status.ACTIVE, self.Status.PAST_DUE)
+
+
+class Domain(DomainMixin):
+    """A host name that serves one organization's portal (its <slug>.<BASE_DOMAIN>, or a custom one)."""
+
+    def __str__(self) -> str:
+        return self.domain

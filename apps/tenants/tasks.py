@@ -1,0 +1,56 @@
+"""The base of every tenant task: it takes `tenant_id`, enters that tenant itself, and refuses the
+public schema and organizations that may not run jobs.
+
+The schema is entered per call, on the worker thread's own connection, and restored afterwards;
+nothing is kept on the task object, which every thread of a threads pool shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Task, shared_task
+from django.db import connection
+from django_tenants.utils import tenant_context
+
+from apps.tenants.models import Organization
+
+
+class TenantTaskRefused(Exception):
+    """The task must not run: no tenant, the public schema, or an organization that may not run jobs.
+    Not retried: running it later would be refused the same way."""
+
+
+class TenantTask(Task):  # type: ignore[misc]
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tenant_id = kwargs.pop("tenant_id", None)
+        if tenant_id is None:
+            raise TenantTaskRefused(f"{self.name} needs tenant_id")
+        connection.set_schema_to_public()
+        organization = Organization.objects.filter(pk=tenant_id).first()
+        if organization is None:
+            raise TenantTaskRefused(f"{self.name}: no organization with id {tenant_id}")
+        if organization.is_public:
+            raise TenantTaskRefused(f"{self.name} refuses to run on the public schema")
+        if not organization.accepts_jobs:
+            raise TenantTaskRefused(f"{self.name}: organization {organization.slug} is {organization.status}")
+        try:
+            with tenant_context(organization):
+                return super().__call__(*args, **kwargs)
+        finally:
+            connection.set_schema_to_public()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tenant_task(**options: Any) -> Callable[[F], Task]:
+    """`@tenant_task()` makes a Celery task that must be sent with `tenant_id=`."""
+
+    def decorate(function: F) -> Task:
+        return shared_task(base=TenantTask, **options)(function)  # type: ignore[no-any-return]
+
+    return decorate

@@ -1,0 +1,35 @@
+"""Celery on Redis: late acknowledgement, one message at a time, visibility above the longest job."""
+
+from urllib.parse import parse_qs, urlparse
+
+from .cache import REDIS_URL
+from .core import LONGEST_JOB_SECONDS
+from .env import env_str
+
+
+def kombu_url(redis_url: str) -> str:
+    """Translate a redis-py URL to kombu's spelling (kombu names Unix sockets `redis+socket://`)."""
+    parsed = urlparse(redis_url)
+    if parsed.scheme != "unix":
+        return redis_url
+    db = parse_qs(parsed.query).get("db", ["0"])[0]
+    return f"redis+socket://{parsed.path}?virtual_host={db}"
+
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", kombu_url(REDIS_URL))
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", kombu_url(REDIS_URL))
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * LONGEST_JOB_SECONDS}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * LONGEST_JOB_SECONDS}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "cognitionos")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}

@@ -1,0 +1,25 @@
+"""PostgreSQL through django-tenants' engine, with a bounded psycopg connection pool."""
+
+import dj_database_url
+
+from .env import env_int, env_str
+
+_parsed = dj_database_url.parse(env_str("DATABASE_URL"))
+
+DATABASES = {
+    "default": {
+        **_parsed,
+        "ENGINE": "django_tenants.postgresql_backend",
+        # Pooled connections are reused across requests; CONN_MAX_AGE must stay 0 with a pool.
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": {
+            **_parsed.get("OPTIONS", {}),
+            "pool": {
+                "min_size": env_int("DATABASE_POOL_MIN_SIZE", 1),
+                "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
+                "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
+            },
+        },
+    }
+}
+ORIGINAL_BACKEND = "django.db.backends.postgresql"

@@ -1,0 +1,13 @@
+"""Local development and `make run`: embedded services, debug pages, a fixed local secret."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "development-only-not-secret-" + "x" * 32)
+os.environ.setdefault("DEBUG", "true")
+
+from .base import *  # noqa: E402,F403
+
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
+STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}  # noqa: F405
+INTERNAL_IPS = ["127.0.0.1"]

@@ -1,0 +1,9 @@
+"""Production: everything from the environment, HTTPS on, no debug. Passes `check --deploy`."""
+
+import os
+
+os.environ.setdefault("HTTPS", "true")
+
+from .base import *  # noqa: E402,F403
+
+DEBUG = False

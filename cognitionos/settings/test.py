@@ -1,0 +1,17 @@
+"""The test suite: real PostgreSQL and Redis (embedded in .data/test unless given), fast hashing."""
+
+import atexit
+import os
+from pathlib import Path
+
+from cognitionos.embedded import default_data_dir, services_attach
+
+os.environ.setdefault("SECRET_KEY", "test-only-not-secret-" + "x" * 40)
+os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"cognitionos-test-{os.getpid()}")
+_services = services_attach(data_dir=Path(os.environ.get("COGNITIONOS_TEST_DATA_DIR", default_data_dir() / "test")))
+atexit.register(_services.stop_owned)
+
+from .base import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}  # noqa: F405
