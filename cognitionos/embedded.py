@@ -68,7 +68,16 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # an exited process not yet reaped by its parent is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _wait_for_exit(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 @dataclass
@@ -167,9 +176,11 @@ class EmbeddedPostgres:
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
 
     def stop(self) -> None:
-        if self.pid() is None:
+        pid = self.pid()
+        if pid is None:
             return
         self._run([_postgres_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "stop"])
+        _wait_for_exit(pid)
 
 
 @dataclass
@@ -236,9 +247,7 @@ class EmbeddedRedis:
         if pid is None:
             return
         os.kill(pid, signal.SIGTERM)  # Redis flushes the append-only file on SIGTERM
-        deadline = time.monotonic() + 30
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_exit(pid)
 
 
 @dataclass

@@ -35,7 +35,6 @@ _REFUSALS: dict[str, tuple[int, str, str]] = {
 }
 
 
-@cache
 def _api_key_resolver() -> ApiKeyResolver | None:
     path = settings.TENANT_API_KEY_RESOLVER
     return import_string(path) if path else None

@@ -15,8 +15,8 @@ def organization_for_host(host: str) -> Organization | None:
         slug = host[: -len(suffix)]
         if "." in slug:
             return None
-        return Organization.objects.exclude(schema_name="public").filter(slug=slug).first()
-    domain = Domain.objects.select_related("tenant").filter(domain=host).first()
+        return Organization.objects.select_related("plan").exclude(schema_name="public").filter(slug=slug).first()
+    domain = Domain.objects.select_related("tenant__plan").filter(domain=host).first()
     return domain.tenant if domain is not None else None
 
 

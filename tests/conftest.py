@@ -1,0 +1,75 @@
+"""Two tiers of tests.
+
+Fast tests take `tenant` or `two_tenants` (or `db`): they run inside one transaction that is
+rolled back, with the connection on an organization's schema. The organizations are provisioned
+once per session, committed, in the test database.
+
+Integration tests (marked `integration`) take `live_db`: their writes are committed, so a real
+Celery worker process or a subprocess can see them; what they create they remove themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+from pytest_django.plugin import DjangoDbBlocker
+
+from apps.tenants.models import Organization
+from tests.factories import organization_make, organization_purge
+
+TENANT_A = "tenant-a"
+TENANT_B = "tenant-b"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> None:
+    with django_db_blocker.unblock():
+        organization_make(slug=TENANT_A, name="Tenant A")
+        organization_make(slug=TENANT_B, name="Tenant B")
+
+
+@pytest.fixture
+def tenant(db: None) -> Iterator[Organization]:
+    """Organization A, with the connection on its schema for the test."""
+    organization = Organization.objects.get(slug=TENANT_A)
+    connection.set_tenant(organization)
+    yield organization
+    connection.set_schema_to_public()
+
+
+@pytest.fixture
+def two_tenants(db: None) -> Iterator[tuple[Organization, Organization]]:
+    """Organizations A and B; the connection starts on the public schema."""
+    connection.set_schema_to_public()
+    yield Organization.objects.get(slug=TENANT_A), Organization.objects.get(slug=TENANT_B)
+    connection.set_schema_to_public()
+
+
+class LiveDb:
+    """Committed writes for integration tests, and cleanup of the organizations they create."""
+
+    def __init__(self) -> None:
+        self.created: list[Organization] = []
+
+    def organization(self, *, slug: str, name: str | None = None) -> Organization:
+        organization = organization_make(slug=slug, name=name or slug.title())
+        self.created.append(organization)
+        return organization
+
+    def track(self, organization: Organization) -> None:
+        """Remove at the end an organization created outside this helper (by a subprocess, say)."""
+        self.created.append(organization)
+
+
+@pytest.fixture
+def live_db(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[LiveDb]:
+    with django_db_blocker.unblock():
+        live = LiveDb()
+        try:
+            yield live
+        finally:
+            connection.set_schema_to_public()
+            for organization in live.created:
+                organization_purge(organization)

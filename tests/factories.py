@@ -1,0 +1,30 @@
+"""Plain factory functions for test data."""
+
+from __future__ import annotations
+
+from django.db import connection, transaction
+from psycopg import sql
+
+from apps.accounts.principals import Principal
+from apps.tenants.models import Organization
+from apps.tenants.services import organization_create
+
+TEST_ACTOR = Principal.system("tests")
+
+
+def organization_make(*, slug: str, name: str = "", plan_code: str = "free", owner_email: str = "") -> Organization:
+    return organization_create(
+        slug=slug,
+        name=name or slug.title(),
+        owner_email=owner_email or f"owner@{slug}.example.com",
+        plan_code=plan_code,
+        actor=TEST_ACTOR,
+    )
+
+
+def organization_purge(organization: Organization) -> None:
+    """Remove an organization created by a committed test: its schema and its public rows."""
+    connection.set_schema_to_public()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(organization.schema_name)).as_string())
+        Organization.objects.filter(pk=organization.pk).delete()

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from cognitionos.settings.celery import kombu_url
+from cognitionos.settings.env import env_bool, env_int, env_list, env_str
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_production_settings_pass_check_deploy_without_warnings() -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "DEBUG", "HTTPS", "CELERY_"))
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="cognitionos.settings.production",
+        SECRET_KEY="p" + "roduction-secret-" * 4 + "9fK2",
+        DATABASE_URL="postgresql://cognitionos:secret@db.internal:5432/cognitionos",
+        REDIS_URL="redis://cache.internal:6379/0",
+        BASE_DOMAIN="cognitionos.example.com",
+        ALLOWED_HOSTS="cognitionos.example.com,.cognitionos.example.com",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_environment_readers_refuse_malformed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAG", "maybe")
+    monkeypatch.setenv("COUNT", "ten")
+    monkeypatch.setenv("HOSTS", " a.example.com, ,b.example.com ")
+    with pytest.raises(ImproperlyConfigured, match="FLAG must be true or false"):
+        env_bool("FLAG", False)
+    with pytest.raises(ImproperlyConfigured, match="COUNT must be an integer"):
+        env_int("COUNT", 1)
+    with pytest.raises(ImproperlyConfigured, match="MISSING_VARIABLE is required"):
+        env_str("MISSING_VARIABLE")
+    assert env_list("HOSTS", []) == ["a.example.com", "b.example.com"]
+
+
+def test_kombu_spells_unix_sockets_its_own_way() -> None:
+    assert kombu_url("unix:///data/redis.sock?db=3") == "redis+socket:///data/redis.sock?virtual_host=3"
+    assert kombu_url("redis://cache:6379/1") == "redis://cache:6379/1"
+
+
+def test_cache_keys_carry_the_tenant() -> None:
+    assert settings.CACHES["default"]["KEY_FUNCTION"] == "django_tenants.cache.make_key"
+
+
+def test_broker_outlives_the_longest_job() -> None:
+    assert settings.CELERY_TASK_ACKS_LATE and settings.CELERY_TASK_REJECT_ON_WORKER_LOST
+    assert settings.CELERY_WORKER_PREFETCH_MULTIPLIER == 1
+    assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] > settings.LONGEST_JOB_SECONDS
+
+
+def test_database_pool_is_bounded() -> None:
+    pool = settings.DATABASES["default"]["OPTIONS"]["pool"]
+    assert 0 < pool["max_size"] <= 50

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+from django.db import connection, transaction
+from django_tenants.utils import schema_context
+from pgvector.django import CosineDistance
+
+from apps.knowledge.models import EMBEDDING_DIMENSIONS, Chunk, Document
+from apps.tenants.cloning import UnsupportedSchemaObject, schema_clone
+from tests.factories import organization_make
+
+CATALOG_QUERIES = {
+    "columns": """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity,
+               pg_get_expr(d.adbin, d.adrelid)
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE n.nspname = %s AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+        """,
+    "constraints": """
+        SELECT t.relname, con.conname, con.contype, pg_get_constraintdef(con.oid)
+        FROM pg_constraint con JOIN pg_class t ON t.oid = con.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE n.nspname = %s
+        """,
+    "indexes": """
+        SELECT t.relname, i.relname, replace(pg_get_indexdef(i.oid), n.nspname || '.', '')
+        FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = %s
+        """,
+    "triggers": """
+        SELECT t.relname, tg.tgname, replace(pg_get_triggerdef(tg.oid), n.nspname || '.', '')
+        FROM pg_trigger tg JOIN pg_class t ON t.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE n.nspname = %s AND NOT tg.tgisinternal
+        """,
+}
+
+
+def _catalog(schema: str) -> dict[str, set[tuple[object, ...]]]:
+    with connection.cursor() as cursor:
+        result = {}
+        for name, query in CATALOG_QUERIES.items():
+            # Constraint definitions name tables relative to the search path: read both from public.
+            cursor.execute("SET LOCAL search_path = public")
+            cursor.execute(query, [schema])
+            result[name] = {tuple(str(v).replace(f"{schema}.", "") for v in row) for row in cursor.fetchall()}
+        return result
+
+
+def test_clone_is_the_template_table_for_table_index_for_index(db: None) -> None:
+    organization = organization_make(slug="mirror")
+    template, clone = _catalog("_template"), _catalog(organization.schema_name)
+    for kind in CATALOG_QUERIES:
+        assert clone[kind] == template[kind], kind
+    assert "knowledge_chunk_embedding_hnsw" in {index for _, index, _ in template["indexes"]}  # type: ignore[misc]
+    assert {trigger for _, trigger, _ in template["triggers"]} == {"audit_event_append_only", "audit_event_no_truncate"}  # type: ignore[misc]
+
+
+def test_clone_keeps_vector_dimensions_and_hnsw_index(db: None) -> None:
+    organization = organization_make(slug="vectors")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+            WHERE a.attrelid = %s::regclass AND a.attname = 'embedding'
+            """,
+            [f"{organization.schema_name}.knowledge_chunk"],
+        )
+        assert cursor.fetchone()[0] == f"vector({EMBEDDING_DIMENSIONS})"
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'knowledge_chunk_embedding_hnsw'",
+            [organization.schema_name],
+        )
+        indexdef = cursor.fetchone()[0]
+    assert "USING hnsw" in indexdef and "vector_cosine_ops" in indexdef and "m='16'" in indexdef
+
+
+def test_cloned_vector_column_stores_and_ranks_embeddings(db: None) -> None:
+    organization = organization_make(slug="ranked")
+    with schema_context(organization.schema_name):
+        document = Document.objects.create(title="Handbook")
+        north = [1.0] + [0.0] * (EMBEDDING_DIMENSIONS - 1)
+        east = [0.0, 1.0] + [0.0] * (EMBEDDING_DIMENSIONS - 2)
+        Chunk.objects.create(document=document, ordinal=0, text="north", embedding=north)
+        Chunk.objects.create(document=document, ordinal=1, text="east", embedding=east)
+        query = [0.9, 0.1] + [0.0] * (EMBEDDING_DIMENSIONS - 2)
+        nearest = Chunk.objects.order_by(CosineDistance("embedding", query)).values_list("text", flat=True)
+        assert list(nearest) == ["north", "east"]
+        with pytest.raises(Exception, match="expected 1536 dimensions"), transaction.atomic():
+            Chunk.objects.create(document=document, ordinal=2, text="short", embedding=[1.0, 2.0])
+
+
+def test_clone_refuses_object_kinds_it_cannot_copy(db: None) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE VIEW _template.recent_events AS SELECT * FROM _template.audit_auditevent")
+        with pytest.raises(UnsupportedSchemaObject, match="recent_events"), transaction.atomic():
+            schema_clone(cursor=cursor, source="_template", target="org_never")
+
