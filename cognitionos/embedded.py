@@ -7,9 +7,11 @@ socket there, and are tuned for the web and worker pools rather than left at the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -93,7 +95,8 @@ class EmbeddedPostgres:
         # Unix socket paths are limited to 107 bytes; fall back to a short runtime folder.
         if len(str(self.pgdata / ".s.PGSQL.5432")) < 100:
             return self.pgdata
-        short = Path("/tmp") / f"cognitionos-pg-{abs(hash(str(self.pgdata))) % 10**8}"
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:16]
+        short = Path(tempfile.gettempdir()) / f"cognitionos-pg-{digest}"
         short.mkdir(mode=0o777, exist_ok=True)
         return short
 
@@ -117,7 +120,12 @@ class EmbeddedPostgres:
 
     def _run(self, args: list[str], **kwargs: object) -> None:
         result = subprocess.run(  # noqa: S603 - fixed binaries from pgserver
-            args, user=self._run_as, capture_output=True, text=True, check=False, **kwargs  # type: ignore[call-overload]
+            args,
+            user=self._run_as,
+            capture_output=True,
+            text=True,
+            check=False,
+            **kwargs,  # type: ignore[call-overload]
         )
         if result.returncode != 0:
             log = self.pgdata / "server.log"
@@ -145,8 +153,13 @@ class EmbeddedPostgres:
         self._run(
             [
                 _postgres_bin("initdb"),
-                "-D", str(self.pgdata),
-                "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "-U", "postgres",
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "-U",
+                "postgres",
                 *settings,
             ]
         )
@@ -158,9 +171,16 @@ class EmbeddedPostgres:
             socket_dir.chmod(0o777)
         self._run(
             [
-                _postgres_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
-                "-l", str(self.pgdata / "server.log"),
-                "-o", f"-h '' -k {socket_dir}",
+                _postgres_bin("pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.pgdata / "server.log"),
+                "-o",
+                f"-h '' -k {socket_dir}",
                 "start",
             ],
             start_new_session=True,  # a Ctrl-C in the terminal must not reach the postmaster

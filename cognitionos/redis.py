@@ -7,5 +7,7 @@ from django.conf import settings
 
 
 @cache
-def redis_client() -> "redis.Redis[bytes]":
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+    )

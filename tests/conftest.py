@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django.db import connection
 from pytest_django.plugin import DjangoDbBlocker
 
+from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.factories import organization_make, organization_purge
 
@@ -34,17 +34,17 @@ def django_db_setup(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -
 def tenant(db: None) -> Iterator[Organization]:
     """Organization A, with the connection on its schema for the test."""
     organization = Organization.objects.get(slug=TENANT_A)
-    connection.set_tenant(organization)
+    tenant_connection().set_tenant(organization)
     yield organization
-    connection.set_schema_to_public()
+    tenant_connection().set_schema_to_public()
 
 
 @pytest.fixture
 def two_tenants(db: None) -> Iterator[tuple[Organization, Organization]]:
     """Organizations A and B; the connection starts on the public schema."""
-    connection.set_schema_to_public()
+    tenant_connection().set_schema_to_public()
     yield Organization.objects.get(slug=TENANT_A), Organization.objects.get(slug=TENANT_B)
-    connection.set_schema_to_public()
+    tenant_connection().set_schema_to_public()
 
 
 class LiveDb:
@@ -70,6 +70,6 @@ def live_db(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterat
         try:
             yield live
         finally:
-            connection.set_schema_to_public()
+            tenant_connection().set_schema_to_public()
             for organization in live.created:
                 organization_purge(organization)

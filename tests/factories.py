@@ -6,6 +6,7 @@ from django.db import connection, transaction
 from psycopg import sql
 
 from apps.accounts.principals import Principal
+from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.services import organization_create
 
@@ -24,7 +25,9 @@ def organization_make(*, slug: str, name: str = "", plan_code: str = "free", own
 
 def organization_purge(organization: Organization) -> None:
     """Remove an organization created by a committed test: its schema and its public rows."""
-    connection.set_schema_to_public()
+    tenant_connection().set_schema_to_public()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(organization.schema_name)).as_string())
+        cursor.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(organization.schema_name)).as_string()
+        )
         Organization.objects.filter(pk=organization.pk).delete()

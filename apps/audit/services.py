@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from django.db import connection, models, transaction
+from django.db import models, transaction
 from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
+from apps.tenants.connection import tenant_connection
 
 if TYPE_CHECKING:
     from apps.tenants.models import Organization
@@ -34,7 +35,7 @@ def audit_record(
         metadata=metadata or {},
     )
     with transaction.atomic():
-        if connection.schema_name == organization.schema_name:
+        if tenant_connection().schema_name == organization.schema_name:
             event.save()
         else:
             with schema_context(organization.schema_name):

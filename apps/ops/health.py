@@ -31,7 +31,7 @@ def check_broker() -> str | None:
     try:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-            conn.default_channel.client.ping()
+            conn.default_channel.client.ping()  # type: ignore[attr-defined]  # kombu's Redis channel
     except Exception as exc:  # noqa: BLE001
         return type(exc).__name__
     return None

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from functools import cache
 
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import set_urlconf
 from django.utils.module_loading import import_string
 
+from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_for_host, public_organization
 
@@ -63,15 +63,15 @@ class TenantMiddleware:
         self.public_hosts = {settings.BASE_DOMAIN, *settings.PUBLIC_HOSTS}
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        connection.set_schema_to_public()
+        tenant_connection().set_schema_to_public()
         try:
             return self._handle(request)
         finally:
-            connection.set_schema_to_public()
+            tenant_connection().set_schema_to_public()
 
     def _handle(self, request: HttpRequest) -> HttpResponse:
         if request.path_info.startswith("/health/"):
-            request.urlconf = settings.PUBLIC_SCHEMA_URLCONF
+            request.urlconf = settings.PUBLIC_SCHEMA_URLCONF  # type: ignore[attr-defined]
             return self.get_response(request)
 
         host = request.get_host().rsplit(":", 1)[0].lower()
@@ -88,9 +88,9 @@ class TenantMiddleware:
             return _error(request, *refusal)
 
         request.tenant = tenant  # type: ignore[attr-defined]
-        connection.set_tenant(tenant)
+        tenant_connection().set_tenant(tenant)
         urlconf = settings.PUBLIC_SCHEMA_URLCONF if tenant.is_public else settings.ROOT_URLCONF
-        request.urlconf = urlconf
+        request.urlconf = urlconf  # type: ignore[attr-defined]
         set_urlconf(urlconf)
         response = self.get_response(request)
         if tenant.status == Organization.Status.PAST_DUE:

@@ -8,12 +8,12 @@ nothing is kept on the task object, which every thread of a threads pool shares.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from celery import Task, shared_task
-from django.db import connection
 from django_tenants.utils import tenant_context
 
+from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 
 
@@ -22,23 +22,30 @@ class TenantTaskRefused(Exception):
     Not retried: running it later would be refused the same way."""
 
 
-class TenantTask(Task):  # type: ignore[misc]
+if TYPE_CHECKING:
+    _TaskBase = Task[Any, Any]
+else:
+    _TaskBase = Task
+
+
+class TenantTask(_TaskBase):
     abstract = True
     # Celery's own argument check knows nothing of tenant_id; apply_async checks the call instead.
     typing = False
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         kwargs = dict(kwargs or {})
         if kwargs.get("tenant_id") is None:
             raise TenantTaskRefused(f"{self.name} must be sent with tenant_id")
-        self.__header__(*(args or ()), **{name: value for name, value in kwargs.items() if name != "tenant_id"})
-        return super().apply_async(args, kwargs, **options)
+        header = self.__header__  # type: ignore[attr-defined]  # celery's signature check of the task
+        header(*(args or ()), **{name: value for name, value in kwargs.items() if name != "tenant_id"})
+        return super().apply_async(args, kwargs, *rest, **options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tenant_id = kwargs.pop("tenant_id", None)
         if tenant_id is None:
             raise TenantTaskRefused(f"{self.name} needs tenant_id")
-        connection.set_schema_to_public()
+        tenant_connection().set_schema_to_public()
         organization = Organization.objects.filter(pk=tenant_id).first()
         if organization is None:
             raise TenantTaskRefused(f"{self.name}: no organization with id {tenant_id}")
@@ -50,16 +57,17 @@ class TenantTask(Task):  # type: ignore[misc]
             with tenant_context(organization):
                 return super().__call__(*args, **kwargs)
         finally:
-            connection.set_schema_to_public()
+            tenant_connection().set_schema_to_public()
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def tenant_task(**options: Any) -> Callable[[F], Task]:
+def tenant_task(**options: Any) -> Callable[[F], TenantTask]:
     """`@tenant_task()` makes a Celery task that must be sent with `tenant_id=`."""
 
-    def decorate(function: F) -> Task:
-        return shared_task(base=TenantTask, **options)(function)  # type: ignore[no-any-return]
+    def decorate(function: F) -> TenantTask:
+        make_task: Callable[[F], object] = shared_task(base=TenantTask, **options)
+        return cast(TenantTask, make_task(function))
 
     return decorate

@@ -33,12 +33,19 @@ def template_migrate(*, verbosity: int = 0) -> None:
     from django_tenants.management.commands.migrate_schemas import MigrateSchemasCommand
 
     with connection.cursor() as cursor:
-        cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(template_schema_name())).as_string())
+        cursor.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(template_schema_name())).as_string()
+        )
     # django-tenants' own command (not ours, which would recurse), in process: the subprocess
     # executor is for the command line only.
     call_command(
-        MigrateSchemasCommand(), tenant=True, schema_name=template_schema_name(), interactive=False,
-        verbosity=verbosity, executor="standard", skip_checks=True,
+        MigrateSchemasCommand(),
+        tenant=True,
+        schema_name=template_schema_name(),
+        interactive=False,
+        verbosity=verbosity,
+        executor="standard",
+        skip_checks=True,
     )
     _verified_current.clear()
 

@@ -6,4 +6,4 @@ os.environ.setdefault("SECRET_KEY", "typecheck-only-" + "x" * 40)
 os.environ.setdefault("DATABASE_URL", "postgresql://typecheck@localhost/typecheck")
 os.environ.setdefault("REDIS_URL", "redis://localhost:6379/0")
 
-from .base import *  # noqa: E402,F403
+from .base import *  # noqa: F403

@@ -7,6 +7,7 @@ from django_tenants.utils import schema_context
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
 from apps.audit.services import audit_record
+from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import public_organization
 
@@ -16,7 +17,7 @@ ALICE = Principal(kind="user", id="42", label="alice@example.com")
 def test_audit_record_writes_to_the_organization_schema(two_tenants: tuple[Organization, Organization]) -> None:
     tenant_a, tenant_b = two_tenants
     event = audit_record(organization=tenant_a, actor=ALICE, action="widget.renamed", metadata={"to": "gizmo"})
-    assert connection.schema_name == "public"  # the caller's schema is restored
+    assert tenant_connection().schema_name == "public"  # the caller's schema is restored
     with schema_context(tenant_a.schema_name):
         stored = AuditEvent.objects.get(pk=event.pk)
         assert (stored.actor_kind, stored.actor_id, stored.actor_label) == ("user", "42", "alice@example.com")
@@ -27,7 +28,11 @@ def test_audit_record_writes_to_the_organization_schema(two_tenants: tuple[Organ
 
 def test_audit_record_names_its_target(tenant: Organization) -> None:
     event = audit_record(organization=tenant, actor=ALICE, action="organization.viewed", target=tenant)
-    assert (event.target_type, event.target_id, event.target_label) == ("tenants.Organization", str(tenant.pk), "tenant-a")
+    assert (event.target_type, event.target_id, event.target_label) == (
+        "tenants.Organization",
+        str(tenant.pk),
+        "tenant-a",
+    )
 
 
 def test_audit_events_are_append_only(tenant: Organization) -> None:

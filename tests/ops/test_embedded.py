@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -13,8 +12,8 @@ from cognitionos.embedded import EmbeddedPostgres, EmbeddedRedis, _pid_alive
 
 
 @pytest.fixture
-def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield Path(tmp_path_factory.mktemp("svc"))
+def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("svc"))
 
 
 def test_embedded_redis_persists_refuses_eviction_and_stops(short_tmp: Path) -> None:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -17,9 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_production_settings_pass_check_deploy_without_warnings() -> None:
     env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "DEBUG", "HTTPS", "CELERY_"))
+        key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "DEBUG", "HTTPS", "CELERY_"))
     }
     env.update(
         DJANGO_SETTINGS_MODULE="cognitionos.settings.production",
@@ -31,7 +30,12 @@ def test_production_settings_pass_check_deploy_without_warnings() -> None:
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
@@ -66,5 +70,6 @@ def test_broker_outlives_the_longest_job() -> None:
 
 
 def test_database_pool_is_bounded() -> None:
-    pool = settings.DATABASES["default"]["OPTIONS"]["pool"]
+    options: Any = settings.DATABASES["default"]["OPTIONS"]
+    pool = options["pool"]
     assert 0 < pool["max_size"] <= 50

@@ -20,16 +20,37 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def celery_worker(*, concurrency: int = 8) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "DATABASE_URL": database_url_for_subprocess(), "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_subprocess(),
+        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
+    }
     hostname = f"test-{os.getpid()}@%h"
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "cognitionos", "worker", "--pool", "threads",
-            "--concurrency", str(concurrency), "--queues", settings.CELERY_TASK_DEFAULT_QUEUE,
-            "--include", "tests.support.probe_tasks", "--hostname", hostname, "--loglevel", "WARNING",
-            "--without-gossip", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "cognitionos",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "--queues",
+            settings.CELERY_TASK_DEFAULT_QUEUE,
+            "--include",
+            "tests.support.probe_tasks",
+            "--hostname",
+            hostname,
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
         ],
-        cwd=ROOT, env=env,
+        cwd=ROOT,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 60

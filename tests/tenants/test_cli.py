@@ -20,15 +20,35 @@ pytestmark = pytest.mark.integration
 
 
 def _cognitionos(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url_for_subprocess(), "DJANGO_SETTINGS_MODULE": "cognitionos.settings.development"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_subprocess(),
+        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.development",
+    }
     return subprocess.run(
         [sys.executable, "-c", "from cognitionos.cli import main; main()", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
 
 
 def test_tenant_create_json_then_list(live_db: LiveDb) -> None:
-    result = _cognitionos("tenant", "create", "wonka", "--name", "Wonka Industries", "--owner", "willy@wonka.example.com", "--plan", "pro", "--json")
+    result = _cognitionos(
+        "tenant",
+        "create",
+        "wonka",
+        "--name",
+        "Wonka Industries",
+        "--owner",
+        "willy@wonka.example.com",
+        "--plan",
+        "pro",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout)
     live_db.track(Organization.objects.get(slug="wonka"))
@@ -40,7 +60,9 @@ def test_tenant_create_json_then_list(live_db: LiveDb) -> None:
     assert "wonka" in slugs and "public" not in slugs
 
 
-@pytest.mark.parametrize(("slug", "reason"), [("Not_Dns", "invalid slug"), ("www", "reserved"), ("tenant-a", "already taken")])
+@pytest.mark.parametrize(
+    ("slug", "reason"), [("Not_Dns", "invalid slug"), ("www", "reserved"), ("tenant-a", "already taken")]
+)
 def test_tenant_create_refuses_bad_slugs_with_status_2_and_one_line(live_db: LiveDb, slug: str, reason: str) -> None:
     before = Organization.objects.count()
     with connection.cursor() as cursor:

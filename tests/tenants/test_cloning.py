@@ -35,7 +35,7 @@ CATALOG_QUERIES = {
 }
 
 
-def _catalog(schema: str) -> dict[str, set[tuple[object, ...]]]:
+def _catalog(schema: str) -> dict[str, set[tuple[str, ...]]]:
     with connection.cursor() as cursor:
         result = {}
         for name, query in CATALOG_QUERIES.items():
@@ -51,8 +51,8 @@ def test_clone_is_the_template_table_for_table_index_for_index(db: None) -> None
     template, clone = _catalog("_template"), _catalog(organization.schema_name)
     for kind in CATALOG_QUERIES:
         assert clone[kind] == template[kind], kind
-    assert "knowledge_chunk_embedding_hnsw" in {index for _, index, _ in template["indexes"]}  # type: ignore[misc]
-    assert {trigger for _, trigger, _ in template["triggers"]} == {"audit_event_append_only", "audit_event_no_truncate"}  # type: ignore[misc]
+    assert "knowledge_chunk_embedding_hnsw" in {index for _, index, _ in template["indexes"]}
+    assert {trigger for _, trigger, _ in template["triggers"]} == {"audit_event_append_only", "audit_event_no_truncate"}
 
 
 def test_clone_keeps_vector_dimensions_and_hnsw_index(db: None) -> None:
@@ -94,4 +94,3 @@ def test_clone_refuses_object_kinds_it_cannot_copy(db: None) -> None:
         cursor.execute("CREATE VIEW _template.recent_events AS SELECT * FROM _template.audit_auditevent")
         with pytest.raises(UnsupportedSchemaObject, match="recent_events"), transaction.atomic():
             schema_clone(cursor=cursor, source="_template", target="org_never")
-

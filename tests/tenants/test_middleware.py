@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
 from django.test import Client
 
+from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.services import organization_status_set
 from tests.factories import TEST_ACTOR
@@ -14,7 +14,9 @@ def client() -> Client:
     return Client()
 
 
-def test_portal_host_serves_its_own_organization(client: Client, two_tenants: tuple[Organization, Organization]) -> None:
+def test_portal_host_serves_its_own_organization(
+    client: Client, two_tenants: tuple[Organization, Organization]
+) -> None:
     response_a = client.get("/", HTTP_HOST="tenant-a.localhost")
     response_b = client.get("/", HTTP_HOST="tenant-b.localhost:8000")
     assert response_a.status_code == 200 and response_b.status_code == 200
@@ -32,7 +34,9 @@ def test_host_outside_allowed_hosts_is_400(client: Client, db: None) -> None:
     assert client.get("/", HTTP_HOST="evil.example.com").status_code == 400
 
 
-def test_nested_subdomain_is_not_an_organization(client: Client, two_tenants: tuple[Organization, Organization]) -> None:
+def test_nested_subdomain_is_not_an_organization(
+    client: Client, two_tenants: tuple[Organization, Organization]
+) -> None:
     assert client.get("/", HTTP_HOST="x.tenant-a.localhost").status_code == 404
 
 
@@ -66,9 +70,11 @@ def test_health_answers_on_every_host(client: Client, db: None) -> None:
         assert client.get("/health/live", HTTP_HOST=host).json() == {"status": "ok"}
 
 
-def test_request_leaves_the_connection_on_public(client: Client, two_tenants: tuple[Organization, Organization]) -> None:
+def test_request_leaves_the_connection_on_public(
+    client: Client, two_tenants: tuple[Organization, Organization]
+) -> None:
     client.get("/", HTTP_HOST="tenant-b.localhost")
-    assert connection.schema_name == "public"
+    assert tenant_connection().schema_name == "public"
 
 
 def test_api_key_on_the_public_host_selects_the_key_organization(

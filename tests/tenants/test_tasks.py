@@ -40,7 +40,7 @@ def libraries(live_db: LiveDb, worker: None) -> tuple[Organization, Organization
     return red, blue
 
 
-def _result(result: AsyncResult) -> object:
+def _result(result: AsyncResult[object]) -> object:
     return result.get(timeout=30)
 
 
@@ -74,5 +74,5 @@ def test_worker_refuses_the_public_schema_and_a_missing_tenant(libraries: tuple[
 def test_task_refuses_a_suspended_organization(libraries: tuple[Organization, Organization]) -> None:
     red, _ = libraries
     organization_status_set(organization=red, status=Organization.Status.SUSPENDED, actor=TEST_ACTOR)
-    with pytest.raises(Exception, match="library-red is suspended"):  # noqa: PT011
+    with pytest.raises(Exception, match="library-red is suspended"):
         _result(document_titles.delay(tenant_id=red.pk))

@@ -73,26 +73,63 @@ class Command(BaseCommand):
         python = sys.executable
         commands = {
             "web": [
-                python, "-m", "gunicorn", "cognitionos.wsgi:application",
-                "--bind", f"{options['host']}:{options['port']}",
-                "--worker-class", "gthread", "--workers", str(options["web_workers"]), "--threads", "8",
-                "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
+                python,
+                "-m",
+                "gunicorn",
+                "cognitionos.wsgi:application",
+                "--bind",
+                f"{options['host']}:{options['port']}",
+                "--worker-class",
+                "gthread",
+                "--workers",
+                str(options["web_workers"]),
+                "--threads",
+                "8",
+                "--timeout",
+                "120",
+                "--graceful-timeout",
+                "10",
+                "--access-logfile",
+                "-",
             ],
             "worker": [
-                python, "-m", "celery", "-A", "cognitionos", "worker",
-                "--pool", "threads", "--concurrency", str(options["worker_concurrency"]),
-                "--loglevel", "INFO", "--hostname", f"worker-{os.getpid()}@%h",
-                "--queues", settings.CELERY_TASK_DEFAULT_QUEUE,
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "cognitionos",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(options["worker_concurrency"]),
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"worker-{os.getpid()}@%h",
+                "--queues",
+                settings.CELERY_TASK_DEFAULT_QUEUE,
             ],
             "beat": [
-                python, "-m", "celery", "-A", "cognitionos", "beat", "--loglevel", "INFO",
-                "--schedule", str(data_dir / "celerybeat-schedule"),
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "cognitionos",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(data_dir / "celerybeat-schedule"),
             ],
         }
         data_dir.mkdir(parents=True, exist_ok=True)
         return {
             name: subprocess.Popen(  # noqa: S603 - our own interpreter and modules
-                command, env=os.environ.copy(), start_new_session=True, preexec_fn=_die_with_parent  # noqa: PLW1509
+                command,
+                env=os.environ.copy(),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
             for name, command in commands.items()
         }

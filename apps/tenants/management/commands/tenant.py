@@ -60,7 +60,9 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(_as_dict(organization)))
         else:
             data = _as_dict(organization)
-            self.stdout.write(f"Created {data['slug']} ({data['name']}) on plan {data['plan']}: http://{data['domain']}/")
+            self.stdout.write(
+                f"Created {data['slug']} ({data['name']}) on plan {data['plan']}: http://{data['domain']}/"
+            )
 
     def _list(self, options: dict[str, Any]) -> None:
         organizations = [_as_dict(org) for org in organization_list().prefetch_related("domains")]

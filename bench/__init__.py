@@ -1,0 +1,1 @@
+"""Benchmarks print figures; see each script."""
