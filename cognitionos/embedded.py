@@ -86,6 +86,9 @@ def _wait_for_exit(pid: int, timeout: float = 30) -> None:
 class EmbeddedPostgres:
     root: Path
 
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()  # the server runs with its own working directory
+
     @property
     def pgdata(self) -> Path:
         return self.root / "postgres"
@@ -206,6 +209,9 @@ class EmbeddedPostgres:
 @dataclass
 class EmbeddedRedis:
     root: Path
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
 
     @property
     def directory(self) -> Path:

@@ -17,6 +17,7 @@ from pytest_django.plugin import DjangoDbBlocker
 
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
+from apps.tenants.selectors import organization_cache_forget
 from tests.factories import organization_make, organization_purge
 
 TENANT_A = "tenant-a"
@@ -73,3 +74,11 @@ def live_db(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterat
             tenant_connection().set_schema_to_public()
             for organization in live.created:
                 organization_purge(organization)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tenant_resolution() -> Iterator[None]:
+    """Each test resolves hosts afresh: a cached organization from an earlier test is stale."""
+    organization_cache_forget()
+    yield
+    organization_cache_forget()

@@ -3,7 +3,7 @@
 - Portal: by host, `<slug>.<BASE_DOMAIN>` (or a custom domain).
 - API: on the public host, by the API key in `Authorization: Bearer ...`, through the resolver
   named by `TENANT_API_KEY_RESOLVER`.
-- Health probes: no tenant, served on every host.
+- Health probes never get here (apps.ops.middleware answers them first).
 
 Nothing later in the request switches schemas.
 """
@@ -21,7 +21,7 @@ from django.utils.module_loading import import_string
 
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
-from apps.tenants.selectors import organization_for_host, public_organization
+from apps.tenants.selectors import organization_for_host_cached, public_organization
 
 ApiKeyResolver = Callable[[str], Organization | None]
 
@@ -70,16 +70,12 @@ class TenantMiddleware:
             tenant_connection().set_schema_to_public()
 
     def _handle(self, request: HttpRequest) -> HttpResponse:
-        if request.path_info.startswith("/health/"):
-            request.urlconf = settings.PUBLIC_SCHEMA_URLCONF  # type: ignore[attr-defined]
-            return self.get_response(request)
-
         host = request.get_host().rsplit(":", 1)[0].lower()
         tenant: Organization | None
         if host in self.public_hosts:
             tenant = self._tenant_from_api_key(request) or _public_tenant()
         else:
-            tenant = organization_for_host(host)
+            tenant = organization_for_host_cached(host)
             if tenant is None:
                 return _error(request, 404, "organization_not_found", f"No organization is served at {host}.")
 

@@ -1,3 +1,6 @@
+import copy
+import time
+
 from django.conf import settings
 from django.db.models import QuerySet
 
@@ -22,3 +25,35 @@ def organization_for_host(host: str) -> Organization | None:
 
 def public_organization() -> Organization:
     return Organization.objects.get(schema_name="public")
+
+
+# Host -> (expires_at, organization). Per process: resolving a tenant costs no query on the hot
+# path, and a status change made elsewhere takes effect here within TENANT_RESOLUTION_CACHE_SECONDS.
+_HOST_CACHE: dict[str, tuple[float, Organization]] = {}
+_HOST_CACHE_MAX_ENTRIES = 10_000
+
+
+def organization_for_host_cached(host: str) -> Organization | None:
+    """organization_for_host, remembered briefly. Each caller gets its own copy of the row."""
+    ttl = settings.TENANT_RESOLUTION_CACHE_SECONDS
+    now = time.monotonic()
+    entry = _HOST_CACHE.get(host)
+    if entry is not None and entry[0] > now:
+        return copy.copy(entry[1])
+    organization = organization_for_host(host)
+    if organization is not None and ttl > 0:
+        if len(_HOST_CACHE) >= _HOST_CACHE_MAX_ENTRIES:
+            _HOST_CACHE.clear()
+        _HOST_CACHE[host] = (now + ttl, organization)
+        return copy.copy(organization)
+    return organization
+
+
+def organization_cache_forget(organization: Organization | None = None) -> None:
+    """Drop this process's cached resolutions (of one organization, or all)."""
+    if organization is None:
+        _HOST_CACHE.clear()
+        return
+    for host, (_, cached) in list(_HOST_CACHE.items()):
+        if cached.pk == organization.pk:
+            _HOST_CACHE.pop(host, None)

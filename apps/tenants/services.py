@@ -16,6 +16,7 @@ from apps.rbac.services import membership_create
 from apps.tenants.cloning import schema_clone
 from apps.tenants.errors import ProvisioningError
 from apps.tenants.models import SLUG_PATTERN, Domain, Organization
+from apps.tenants.selectors import organization_cache_forget
 from apps.tenants.template import template_ensure_current, template_schema_name
 
 _SLUG_RE = re.compile(SLUG_PATTERN)
@@ -92,6 +93,7 @@ def organization_status_set(
         return organization
     organization.status = status
     organization.save(update_fields=["status", "updated_at"])
+    transaction.on_commit(lambda: organization_cache_forget(organization))
     audit_record(
         organization=organization,
         actor=actor,

@@ -1,5 +1,7 @@
 """django-tenants: schema per organization, the template schema new organizations are cloned from."""
 
+from .env import env_int
+
 TENANT_MODEL = "tenants.Organization"
 TENANT_DOMAIN_MODEL = "tenants.Domain"
 PUBLIC_SCHEMA_NAME = "public"
@@ -10,6 +12,13 @@ DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 # Hook for the API host: a dotted path to `f(raw_key: str) -> Organization | None` that the tenant
 # middleware calls with the bearer token; None until API keys exist.
 TENANT_API_KEY_RESOLVER: str | None = None
+# How long a process may keep serving a host's organization (and its status) without asking the
+# database again: a suspension takes effect everywhere within this many seconds.
+TENANT_RESOLUTION_CACHE_SECONDS = env_int("TENANT_RESOLUTION_CACHE_SECONDS", 5)
+# Issue `SET search_path` once per connection and tenant, not before every query. Safe with
+# django-tenants 4.0.1, which forgets the path on rollback and savepoint rollback; our suite
+# proves it (tests/tenants/test_search_path.py).
+TENANT_LIMIT_SET_CALLS = True
 # Hosts that serve the public schema besides BASE_DOMAIN (for example an API host name).
 PUBLIC_HOSTS: list[str] = []
 # Slugs that can never name an organization: they are, or may become, hosts of the platform.

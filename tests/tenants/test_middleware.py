@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
@@ -40,7 +42,9 @@ def test_nested_subdomain_is_not_an_organization(
     assert client.get("/", HTTP_HOST="x.tenant-a.localhost").status_code == 404
 
 
-def test_suspended_and_deleting_organizations_are_refused(client: Client, tenant: Organization) -> None:
+def test_suspended_and_deleting_organizations_are_refused(
+    client: Client, tenant: Organization, django_capture_on_commit_callbacks: Any
+) -> None:
     organization_status_set(organization=tenant, status=Organization.Status.SUSPENDED, actor=TEST_ACTOR)
     response = client.get("/", HTTP_HOST="tenant-a.localhost", HTTP_ACCEPT="application/json")
     assert response.status_code == 403
@@ -48,7 +52,8 @@ def test_suspended_and_deleting_organizations_are_refused(client: Client, tenant
     html = client.get("/", HTTP_HOST="tenant-a.localhost")
     assert html.status_code == 403 and b"suspended" in html.content
 
-    organization_status_set(organization=tenant, status=Organization.Status.DELETING, actor=TEST_ACTOR)
+    with django_capture_on_commit_callbacks(execute=True):
+        organization_status_set(organization=tenant, status=Organization.Status.DELETING, actor=TEST_ACTOR)
     response = client.get("/", HTTP_HOST="tenant-a.localhost", HTTP_ACCEPT="application/json")
     assert (response.status_code, response.json()["error"]["code"]) == (403, "organization_deleting")
 
@@ -65,8 +70,8 @@ def test_admin_is_on_the_public_host_only(client: Client, two_tenants: tuple[Org
     assert client.get("/admin/login/", HTTP_HOST="tenant-a.localhost").status_code == 404
 
 
-def test_health_answers_on_every_host(client: Client, db: None) -> None:
-    for host in ("localhost", "tenant-a.localhost", "nobody.localhost"):
+def test_health_answers_on_every_host_even_a_bare_address(client: Client, db: None) -> None:
+    for host in ("localhost", "tenant-a.localhost", "nobody.localhost", "10.0.0.7:8000", "evil.example.com"):
         assert client.get("/health/live", HTTP_HOST=host).json() == {"status": "ok"}
 
 
@@ -87,10 +92,19 @@ def test_api_key_on_the_public_host_selects_the_key_organization(
     assert b"Tenant" not in unknown.content and b"CognitionOS" in unknown.content
 
 
-def test_tenant_resolution_costs_one_query(
-    client: Client, two_tenants: tuple[Organization, Organization], django_assert_num_queries: object
+def test_tenant_resolution_is_one_query_then_none_while_cached(
+    client: Client, two_tenants: tuple[Organization, Organization], django_assert_num_queries: Any
 ) -> None:
-    client.get("/", HTTP_HOST="tenant-a.localhost")  # warm the process-level caches
-    with django_assert_num_queries(2):  # type: ignore[operator]
-        # One to find the organization, one for the plan shown on the page.
+    with django_assert_num_queries(2):  # the organization with its plan, and setting the search path
         client.get("/", HTTP_HOST="tenant-a.localhost")
+    with django_assert_num_queries(0):
+        assert b"Tenant A" in client.get("/", HTTP_HOST="tenant-a.localhost").content
+
+
+def test_status_change_reaches_resolution_once_committed(
+    client: Client, tenant: Organization, django_capture_on_commit_callbacks: Any
+) -> None:
+    assert client.get("/", HTTP_HOST="tenant-a.localhost").status_code == 200  # now cached
+    with django_capture_on_commit_callbacks(execute=True):
+        organization_status_set(organization=tenant, status=Organization.Status.SUSPENDED, actor=TEST_ACTOR)
+    assert client.get("/", HTTP_HOST="tenant-a.localhost").status_code == 403

@@ -1,0 +1,27 @@
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from apps.ops import views
+
+_PROBES: dict[str, Callable[[HttpRequest], HttpResponse]] = {
+    "/health/live": views.live,
+    "/health/ready": views.ready,
+}
+
+
+class HealthCheckMiddleware:
+    """Answers the health probes before host validation, tenancy and sessions.
+
+    Load balancers and orchestrators probe by IP address, which is no allowed host; a probe must
+    neither need a tenant nor touch a session.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = _PROBES.get(request.path_info)
+        if probe is not None and request.method in ("GET", "HEAD"):
+            return probe(request)
+        return self.get_response(request)
