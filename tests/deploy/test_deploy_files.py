@@ -35,20 +35,7 @@ SECRET_ENV = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL")
 BEAT_SCHEDULE = "/tmp/celerybeat-schedule"  # noqa: S108 - a path inside the container
 COMMANDS: dict[str, list[str]] = {
     "migrate": ["cognitionos", "migrate"],
-    "web": [
-        "gunicorn",
-        "cognitionos.wsgi:application",
-        "--bind",
-        "0.0.0.0:8000",
-        "--worker-class",
-        "gthread",
-        "--workers",
-        "2",
-        "--threads",
-        "8",
-        "--timeout",
-        "120",
-    ],
+    "web": ["gunicorn", "-c", "python:cognitionos.gunicorn_conf", "cognitionos.wsgi:application"],
     "worker": [
         "celery",
         "-A",

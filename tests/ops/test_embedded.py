@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 
-from cognitionos.embedded import EmbeddedPostgres, EmbeddedRedis, _pid_alive
+from cognitionos.embedded import EmbeddedPostgres, EmbeddedRedis, _pid_alive, services_attach
 
 
 @pytest.fixture
@@ -54,3 +55,24 @@ def test_embedded_postgres_has_pgvector_room_for_the_pools_and_stops(short_tmp: 
         server.stop()
     assert pid is not None and not _pid_alive(pid)
     assert not server.is_running()
+
+
+def test_a_second_command_attaches_to_the_running_servers(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What lets `cognitionos ...` in another terminal act on the stack `make run` started."""
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    first = services_attach(data_dir=short_tmp)
+    assert first.postgres is not None and first.redis is not None
+    try:
+        assert len(first.started) == 2
+        urls = (os.environ["DATABASE_URL"], os.environ["REDIS_URL"])
+        for name in ("DATABASE_URL", "REDIS_URL"):
+            monkeypatch.delenv(name)
+        second = services_attach(data_dir=short_tmp)
+        assert second.started == []
+        assert (os.environ["DATABASE_URL"], os.environ["REDIS_URL"]) == urls
+        second.stop_owned()  # it owns nothing: the servers keep running
+        assert first.postgres.is_running() and first.redis.is_running()
+    finally:
+        first.stop_owned()
+    assert not first.postgres.is_running() and not first.redis.is_running()

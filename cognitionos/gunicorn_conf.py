@@ -1,0 +1,18 @@
+"""gunicorn settings shared by `make run`, the container image and the Kubernetes manifests.
+
+gunicorn -c python:cognitionos.gunicorn_conf cognitionos.wsgi:application
+"""
+
+import os
+
+bind = f"{os.environ.get('WEB_BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104 - container default
+# Threads, not processes, carry concurrency: requests mostly wait on providers and the database.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_PROCESSES", "2"))
+threads = int(os.environ.get("WEB_THREADS", "8"))
+timeout = 120
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+# No control socket: nothing uses it, and it would be written under $HOME.
+control_socket_disable = True
