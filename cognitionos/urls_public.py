@@ -1,7 +1,7 @@
 """URLs of the platform host: admin, health, and (later) the API and OpenAI-compatible endpoints."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from apps.portal.views import platform_home
 
@@ -9,6 +9,7 @@ admin.site.site_header = "CognitionOS operations"
 admin.site.site_title = "CognitionOS"
 
 urlpatterns = [
+    path("", include("cognitionos.urls_api")),
     path("admin/", admin.site.urls),
     path("", platform_home, name="platform-home"),
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol, cast
 
 from django.db import connection
+from django_tenants.utils import schema_context
 
 if TYPE_CHECKING:
     from apps.tenants.models import Organization
@@ -21,3 +24,14 @@ class TenantConnection(Protocol):
 def tenant_connection() -> TenantConnection:
     """The current thread's default connection, seen through django-tenants' API."""
     return cast("TenantConnection", connection)
+
+
+@contextmanager
+def organization_schema(organization: Organization) -> Iterator[None]:
+    """Run on the organization's schema: a no-op when already there (the usual case in a request),
+    and a switch-and-restore where the code runs later, like the body of a streamed response."""
+    if tenant_connection().schema_name == organization.schema_name:
+        yield
+        return
+    with schema_context(organization.schema_name):
+        yield

@@ -20,10 +20,11 @@ from django.urls import set_urlconf
 from django.utils.module_loading import import_string
 
 from apps.tenants.connection import tenant_connection
+from apps.accounts.principals import Principal
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_for_host_cached, public_organization
 
-ApiKeyResolver = Callable[[str], Organization | None]
+ApiKeyResolver = Callable[[str], tuple[Organization, Principal] | None]
 
 _REFUSALS: dict[str, tuple[int, str, str]] = {
     Organization.Status.SUSPENDED: (
@@ -51,7 +52,9 @@ def _wants_json(request: HttpRequest) -> bool:
 
 def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
     if _wants_json(request):
-        return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+        # OpenAI's error shape, which every JSON error of the platform uses.
+        error_type = "invalid_request_error" if status == 404 else "permission_error"
+        return JsonResponse({"error": {"message": message, "type": error_type, "param": None, "code": code}}, status=status)
     response = TemplateResponse(request, "tenants/unavailable.html", {"message": message}, status=status)
     response.render()
     return response
@@ -73,7 +76,11 @@ class TenantMiddleware:
         host = request.get_host().rsplit(":", 1)[0].lower()
         tenant: Organization | None
         if host in self.public_hosts:
-            tenant = self._tenant_from_api_key(request) or _public_tenant()
+            resolved = self._resolve_api_key(request)
+            if resolved is None:
+                tenant = _public_tenant()
+            else:
+                tenant, request.principal = resolved  # type: ignore[attr-defined]
         else:
             tenant = organization_for_host_cached(host)
             if tenant is None:
@@ -93,7 +100,7 @@ class TenantMiddleware:
             response["X-CognitionOS-Organization-Status"] = tenant.status
         return response
 
-    def _tenant_from_api_key(self, request: HttpRequest) -> Organization | None:
+    def _resolve_api_key(self, request: HttpRequest) -> tuple[Organization, Principal] | None:
         resolver = _api_key_resolver()
         authorization = request.headers.get("Authorization", "")
         if resolver is None or not authorization.startswith("Bearer "):

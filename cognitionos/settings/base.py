@@ -6,6 +6,7 @@ from .cache import *  # noqa: F403
 from .celery import *  # noqa: F403
 from .core import *  # noqa: F403
 from .database import *  # noqa: F403
+from .llm import *  # noqa: F403
 from .logging import *  # noqa: F403
 from .security import *  # noqa: F403
 from .tenancy import *  # noqa: F403

@@ -1,5 +1,6 @@
 """Django core: applications, middleware, templates, authentication, internationalisation."""
 
+import hashlib
 from pathlib import Path
 
 from .env import env_bool, env_list, env_str
@@ -7,6 +8,9 @@ from .env import env_bool, env_list, env_str
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 SECRET_KEY = env_str("SECRET_KEY")
+# API keys are stored as HMAC-SHA256 under this key; by default derived from SECRET_KEY. Set it on
+# its own to rotate SECRET_KEY without invalidating every API key.
+API_KEY_HASH_KEY = env_str("API_KEY_HASH_KEY", hashlib.sha256(f"api-keys:{SECRET_KEY}".encode()).hexdigest())
 DEBUG = env_bool("DEBUG", False)
 
 # The platform's own host: the admin, the API and the OpenAI-compatible endpoints live here, and
@@ -21,6 +25,8 @@ SHARED_APPS = [
     "apps.rbac",
     "apps.billing",
     "apps.ops",
+    "apps.apikeys",
+    "apps.llm.platform",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
@@ -34,6 +40,7 @@ SHARED_APPS = [
 ]
 TENANT_APPS = [
     "apps.audit",
+    "apps.llm",
     "apps.knowledge",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]

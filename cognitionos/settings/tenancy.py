@@ -9,9 +9,9 @@ PUBLIC_SCHEMA_NAME = "public"
 # replaying migrations. It is not an organization and is never routed to.
 TENANT_TEMPLATE_SCHEMA = "_template"
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
-# Hook for the API host: a dotted path to `f(raw_key: str) -> Organization | None` that the tenant
-# middleware calls with the bearer token; None until API keys exist.
-TENANT_API_KEY_RESOLVER: str | None = None
+# Hook for the API host: a dotted path to `f(raw_key: str) -> (Organization, Principal) | None` that
+# the tenant middleware calls with the bearer token.
+TENANT_API_KEY_RESOLVER: str | None = "apps.apikeys.selectors.apikey_resolve"
 # How long a process may keep serving a host's organization (and its status) without asking the
 # database again: a suspension takes effect everywhere within this many seconds.
 TENANT_RESOLUTION_CACHE_SECONDS = env_int("TENANT_RESOLUTION_CACHE_SECONDS", 5)

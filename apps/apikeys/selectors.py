@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import copy
+import hmac
+import time
+
+from django.conf import settings
+
+from apps.accounts.principals import Principal
+from apps.apikeys.models import ApiKey
+from apps.apikeys.keys import key_hash, key_split
+from apps.tenants.models import Organization
+
+# Key -> (expires_at, organization, principal): the gateway's hot path makes no query per call.
+# A revocation reaches every process within TENANT_RESOLUTION_CACHE_SECONDS.
+_KEY_CACHE: dict[str, tuple[float, Organization, Principal]] = {}
+_KEY_CACHE_MAX_ENTRIES = 10_000
+
+
+def apikey_resolve(raw_key: str) -> tuple[Organization, Principal] | None:
+    """The organization and principal a presented key acts as, or None (unknown, wrong or revoked)."""
+    now = time.monotonic()
+    cached = _KEY_CACHE.get(raw_key)
+    if cached is not None and cached[0] > now:
+        return copy.copy(cached[1]), cached[2]
+    parts = key_split(raw_key)
+    if parts is None:
+        return None
+    prefix, secret = parts
+    api_key = (
+        ApiKey.objects.select_related("organization__plan")
+        .filter(prefix=prefix, revoked_at__isnull=True)
+        .first()
+    )
+    if api_key is None or not hmac.compare_digest(api_key.secret_hash, key_hash(secret)):
+        return None
+    principal = Principal(kind="api_key", id=str(api_key.pk), label=api_key.label)
+    ttl = settings.TENANT_RESOLUTION_CACHE_SECONDS
+    if ttl > 0:
+        if len(_KEY_CACHE) >= _KEY_CACHE_MAX_ENTRIES:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[raw_key] = (now + ttl, api_key.organization, principal)
+        return copy.copy(api_key.organization), principal
+    return api_key.organization, principal
+
+
+def apikey_cache_forget() -> None:
+    _KEY_CACHE.clear()

@@ -1,0 +1,397 @@
+"""The one LLM call path, used by the OpenAI-compatible gateway and by the job workers:
+
+normalise -> rate limits -> caches (L1, L2, L4) -> route -> reserve budget -> call (retries,
+fallbacks, breaker) -> settle (ledger, budgets, rollup) -> fill caches.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from apps.accounts.principals import Principal
+from apps.llm import caching
+from apps.llm.breaker import breaker_allow, breaker_record
+from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserve, attempt_settle, cache_hit_record
+from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.llm.platform.selectors import PricedModel
+from apps.llm.providers import CallContext, ProviderError, StreamChunk, Usage, provider_for
+from apps.llm.ratelimits import RateLimited, RateLimitUnavailable, rate_limit_take
+from apps.llm.router import POLICIES, UnknownModel, candidates, latency_observe
+from apps.tenants.models import Organization
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# Our own request fields, next to OpenAI's.
+EXTENSIONS = frozenset({"policy", "min_quality", "max_cost_usd", "cache"})
+MAX_TOKENS_CEILING = 1_000_000
+
+
+@dataclass
+class GatewayError(Exception):
+    status: int
+    code: str
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    model: str | None
+    policy: str | None
+    min_quality: int
+    payload: dict[str, Any]  # what goes to the provider (OpenAI shape, without our extensions)
+    stream: bool
+    max_tokens: int | None
+    max_cost_usd: Decimal | None
+    cache_skip: bool
+    cache_ttl: int | None
+
+
+@dataclass(frozen=True)
+class ChatOutcome:
+    body: dict[str, Any]
+    request_id: str
+    model: str
+    cost_usd: Decimal
+    cache: str  # miss, l1, l2, l4
+    simulated: bool
+
+
+def _invalid(message: str, param: str | None = None, code: str = "invalid_request") -> GatewayError:
+    return GatewayError(400, code, message, param=param)
+
+
+def chat_call_parse(body: Any) -> ChatCall:
+    """Validate an OpenAI chat-completions body; refuse what we can't honour with a 400."""
+    if not isinstance(body, dict):
+        raise _invalid("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("`messages` must be a non-empty array", "messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise _invalid(f"messages[{index}] needs a role among {sorted(ROLES)}", f"messages[{index}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _invalid(f"messages[{index}].content must be a string or an array of parts", f"messages[{index}].content")
+    model, policy = body.get("model"), body.get("policy")
+    if isinstance(model, str) and model in POLICIES and policy is None:
+        model, policy = None, model  # `"model": "cheapest"` picks a policy, for clients that only set model
+    if model is not None and not isinstance(model, str):
+        raise _invalid("`model` must be a string", "model")
+    if model is None and policy not in POLICIES:
+        raise _invalid(f"give a `model`, or a `policy` among {list(POLICIES)}", "model", code="model_required")
+    n = body.get("n", 1)
+    if n != 1:
+        raise _invalid("`n` above 1 is not supported: send separate requests", "n", code="unsupported_parameter")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS_CEILING
+    ):
+        raise _invalid("`max_tokens` must be a positive integer", "max_tokens")
+    min_quality = body.get("min_quality", 1)
+    if not isinstance(min_quality, int) or not 1 <= min_quality <= 5:
+        raise _invalid("`min_quality` must be an integer from 1 to 5", "min_quality")
+    max_cost = body.get("max_cost_usd")
+    try:
+        max_cost_usd = Decimal(str(max_cost)) if max_cost is not None else None
+    except ArithmeticError as exc:
+        raise _invalid("`max_cost_usd` must be a number", "max_cost_usd") from exc
+    if max_cost_usd is not None and (not max_cost_usd.is_finite() or max_cost_usd < 0):
+        raise _invalid("`max_cost_usd` must be a non-negative number", "max_cost_usd")
+    cache = body.get("cache") or {}
+    if not isinstance(cache, dict):
+        raise _invalid("`cache` must be an object like {\"skip\": true} or {\"ttl\": 600}", "cache")
+    ttl = cache.get("ttl")
+    if ttl is not None and (not isinstance(ttl, int) or not 1 <= ttl <= 30 * 86400):
+        raise _invalid("`cache.ttl` must be seconds from 1 to 2592000", "cache.ttl")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _invalid("`stream` must be true or false", "stream")
+    payload = {k: v for k, v in body.items() if k not in EXTENSIONS and k not in ("model", "max_completion_tokens", "n")}
+    if max_tokens is not None:
+        payload["max_tokens"] = max_tokens
+    return ChatCall(
+        model=model, policy=policy if model is None else None, min_quality=min_quality, payload=payload,
+        stream=stream, max_tokens=max_tokens, max_cost_usd=max_cost_usd,
+        cache_skip=bool(cache.get("skip", False)), cache_ttl=ttl,
+    )
+
+
+def prompt_token_bound(payload: dict[str, Any]) -> int:
+    """An upper bound on prompt tokens with no tokenizer: no token is shorter than one UTF-8 byte."""
+    return len(json.dumps([payload.get("messages"), payload.get("tools")], ensure_ascii=False).encode())
+
+
+def worst_case_cost(entry: PricedModel, call: ChatCall, prompt_bound: int) -> Decimal:
+    assert entry.price is not None
+    output = min(call.max_tokens or entry.model.max_output_tokens, entry.model.max_output_tokens)
+    return entry.price.cost(input_tokens=prompt_bound, cached_input_tokens=0, output_tokens=output)
+
+
+def _cacheable(call: ChatCall) -> bool:
+    return not call.cache_skip and not call.stream
+
+
+def _release_connection() -> None:
+    # The provider call can take minutes: give the pooled connection back instead of holding it idle.
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+        return min(retry_after, settings.LLM_RETRY_MAX_S)
+    return min(settings.LLM_RETRY_MAX_S, settings.LLM_RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
+
+
+def _settlement(entry: PricedModel, usage: Usage, latency_ms: int) -> Settlement:
+    assert entry.price is not None
+    return Settlement(
+        status=AttemptStatus.SUCCEEDED,
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=entry.price.cost(
+            input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
+            output_tokens=usage.output_tokens,
+        ).quantize(Decimal("0.00000001")),
+        price_version=entry.price.version,
+        latency_ms=latency_ms,
+    )
+
+
+def _refuse_unpriced(entry: PricedModel) -> None:
+    if entry.price is None:
+        raise GatewayError(400, "model_not_priced", f"model {entry.model.name!r} has no price and cannot be used",
+                           param="model")
+
+
+class _Attempts:
+    """Tries the candidates in order, with retries and the breaker; each try is a reserved attempt."""
+
+    def __init__(self, *, organization: Organization, spender: Spender, call: ChatCall, request_id: str) -> None:
+        self.organization, self.spender, self.call, self.request_id = organization, spender, call, request_id
+        self.prompt_bound = prompt_token_bound(call.payload)
+        self.number = 0
+        self.last_error: ProviderError | None = None
+
+    def candidates(self) -> list[PricedModel]:
+        try:
+            found = candidates(
+                model=self.call.model, policy=self.call.policy, min_quality=self.call.min_quality,
+                prompt_tokens=self.prompt_bound // 4, output_tokens=self.call.max_tokens or 500,
+            )
+        except UnknownModel as exc:
+            raise GatewayError(404, "model_not_found", f"the model {exc} does not exist or is not available",
+                               param="model") from exc
+        if not found:
+            raise GatewayError(503, "no_model_available", "no configured model satisfies this policy",
+                               type="server_error")
+        _refuse_unpriced(found[0])
+        return [entry for entry in found if entry.price is not None]
+
+    def reserve(self, entry: PricedModel) -> UsageAttempt:
+        self.number += 1
+        return attempt_reserve(
+            spender=self.spender, request_id=self.request_id, attempt=self.number, model_name=entry.model.name,
+            provider=entry.model.provider, amount_usd=worst_case_cost(entry, self.call, self.prompt_bound),
+            max_cost_usd=self.call.max_cost_usd,
+        )
+
+    def context(self) -> CallContext:
+        return CallContext(request_id=self.request_id, attempt=self.number, timeout_s=settings.LLM_PROVIDER_TIMEOUT_S)
+
+    def failed(self, entry: PricedModel, attempt: UsageAttempt, error: ProviderError, latency_ms: int) -> None:
+        self.last_error = error
+        attempt_settle(
+            organization=self.organization, attempt=attempt,
+            settlement=Settlement(status=AttemptStatus.FAILED, latency_ms=latency_ms, error_class=error.error_class),
+        )
+        breaker_record(entry.model.provider, entry.model.name, success=False)
+
+    def exhausted(self) -> GatewayError:
+        error = self.last_error
+        detail = f": {error.error_class}" if error else ""
+        if error is not None and error.status == 429:
+            return GatewayError(429, "provider_rate_limited", f"every provider refused the request{detail}",
+                                type="rate_limit_error", headers={"Retry-After": str(int(error.retry_after or 1))})
+        return GatewayError(502, "provider_unavailable", f"no provider could answer{detail}", type="server_error")
+
+
+def _admit(organization: Organization, spender: Spender, call: ChatCall) -> None:
+    if not organization.accepts_requests:
+        raise GatewayError(403, "organization_suspended", f"the organization is {organization.status}",
+                           type="permission_error")
+    try:
+        rate_limit_take(
+            organization=organization, api_key_id=spender.api_key_id,
+            tokens=prompt_token_bound(call.payload) // 4 + (call.max_tokens or 0),
+        )
+    except RateLimited as exc:
+        raise GatewayError(429, "rate_limit_exceeded", str(exc), type="rate_limit_error",
+                           headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    except RateLimitUnavailable as exc:
+        raise GatewayError(503, "rate_limiter_unavailable", "the rate limiter cannot be reached; try again",
+                           type="server_error") from exc
+
+
+def _budget_error(exc: BudgetExceeded) -> GatewayError:
+    return GatewayError(402, "budget_exceeded", str(exc), type="insufficient_quota")
+
+
+def chat_complete(*, organization: Organization, principal: Principal, call: ChatCall,
+                  request_id: str | None = None) -> ChatOutcome:
+    """Answer a (non-streaming) chat call for an organization, governed end to end."""
+    request_id = request_id or uuid.uuid4().hex
+    spender = Spender(organization=organization, principal=principal)
+    _admit(organization, spender, call)
+    attempts = _Attempts(organization=organization, spender=spender, call=call, request_id=request_id)
+    plan = attempts.candidates()
+    key = caching.cache_key(model=call.model or f"policy:{call.policy}:{call.min_quality}", payload=call.payload)
+    schema = organization.schema_name
+    if _cacheable(call):
+        hit = caching.cache_get(schema=schema, key=key)
+        if hit is not None:
+            cache_hit_record(spender=spender, request_id=request_id, model_name=str(hit.body.get("model", "")),
+                             cache_layer=hit.layer, saved_usd=hit.cost_usd)
+            return ChatOutcome(body=hit.body, request_id=request_id, model=str(hit.body.get("model", "")),
+                               cost_usd=Decimal(0), cache=hit.layer, simulated=hit.body.get("system_fingerprint") == "simulated")
+    for entry in plan:
+        if not breaker_allow(entry.model.provider, entry.model.name):
+            continue
+        provider = provider_for(entry.model)
+        for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
+            try:
+                attempt = attempts.reserve(entry)
+            except BudgetExceeded as exc:
+                raise _budget_error(exc) from exc
+            _release_connection()
+            started = time.perf_counter()
+            try:
+                reply = provider.complete(call.payload, attempts.context())
+            except ProviderError as error:
+                attempts.failed(entry, attempt, error, int((time.perf_counter() - started) * 1000))
+                if not error.retryable or retry == settings.LLM_MAX_ATTEMPTS:
+                    break
+                time.sleep(_backoff(retry, error.retry_after))
+                continue
+            latency_ms = int((time.perf_counter() - started) * 1000)
+            settlement = _settlement(entry, reply.usage, latency_ms)
+            attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
+            breaker_record(entry.model.provider, entry.model.name, success=True)
+            latency_observe(entry.model.name, latency_ms)
+            body = {**reply.body, "model": entry.model.name}
+            if _cacheable(call) and reply.finish_reason in ("stop", "tool_calls"):
+                caching.cache_put(schema=schema, key=key, model_name=entry.model.name, body=body,
+                                  cost=settlement.cost_usd, ttl=call.cache_ttl)
+            return ChatOutcome(body=body, request_id=request_id, model=entry.model.name,
+                               cost_usd=settlement.cost_usd, cache="miss", simulated=entry.model.is_simulated)
+    raise attempts.exhausted()
+
+
+@dataclass
+class ChatStream:
+    """A started stream: its chunks (OpenAI `chat.completion.chunk` dicts), then the cost."""
+
+    request_id: str
+    model: str
+    simulated: bool
+    chunks: Iterator[dict[str, Any]]
+
+
+def chat_stream(*, organization: Organization, principal: Principal, call: ChatCall,
+                request_id: str | None = None) -> ChatStream:
+    """Start a streaming call. Retries and fallbacks happen before the first chunk; the attempt is
+    settled when the iterator ends, from the provider's final usage or, if the client went away or
+    the stream broke, from the reservation."""
+    request_id = request_id or uuid.uuid4().hex
+    spender = Spender(organization=organization, principal=principal)
+    _admit(organization, spender, call)
+    attempts = _Attempts(organization=organization, spender=spender, call=call, request_id=request_id)
+    for entry in attempts.candidates():
+        if not breaker_allow(entry.model.provider, entry.model.name):
+            continue
+        provider = provider_for(entry.model)
+        for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
+            try:
+                attempt = attempts.reserve(entry)
+            except BudgetExceeded as exc:
+                raise _budget_error(exc) from exc
+            _release_connection()
+            started = time.perf_counter()
+            upstream = provider.stream(call.payload, attempts.context())
+            try:
+                first = next(upstream)
+            except (ProviderError, StopIteration) as error:
+                failure = error if isinstance(error, ProviderError) else ProviderError("empty stream")
+                attempts.failed(entry, attempt, failure, int((time.perf_counter() - started) * 1000))
+                if not failure.retryable or retry == settings.LLM_MAX_ATTEMPTS:
+                    break
+                time.sleep(_backoff(retry, failure.retry_after))
+                continue
+            return ChatStream(
+                request_id=request_id, model=entry.model.name, simulated=entry.model.is_simulated,
+                chunks=_relay(organization, entry, attempt, first, upstream, started),
+            )
+    raise attempts.exhausted()
+
+
+def _relay(organization: Organization, entry: PricedModel, attempt: UsageAttempt, first: StreamChunk,
+           upstream: Iterator[StreamChunk], started: float) -> Iterator[dict[str, Any]]:
+    usage: Usage | None = None
+    completed = False
+    try:
+        for item in _chain(first, upstream):
+            if item.usage is not None:
+                usage = item.usage
+            if item.chunk is not None:
+                yield {**item.chunk, "model": entry.model.name}
+        completed = True
+    except ProviderError as error:
+        attempt_settle(
+            organization=organization, attempt=attempt,
+            settlement=Settlement(status=AttemptStatus.FAILED, cost_usd=attempt.reserved_usd,
+                                  error_class=f"stream_broken:{error.error_class}"),
+        )
+        breaker_record(entry.model.provider, entry.model.name, success=False)
+        return
+    finally:
+        if not completed or usage is None:
+            # The client went away (GeneratorExit) or the provider never reported usage: what the
+            # provider did is unknown, so the attempt is charged its reservation, never nothing.
+            attempt_settle(
+                organization=organization, attempt=attempt,
+                settlement=Settlement(status=AttemptStatus.FAILED if not completed else AttemptStatus.SUCCEEDED,
+                                      cost_usd=attempt.reserved_usd, error_class="" if completed else "client_disconnected"),
+            )
+    if usage is None:
+        return
+    latency_ms = int((time.perf_counter() - started) * 1000)
+    settlement = _settlement(entry, usage, latency_ms)
+    attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
+    breaker_record(entry.model.provider, entry.model.name, success=True)
+    latency_observe(entry.model.name, latency_ms)
+    yield {"id": f"chatcmpl-{attempt.request_id}", "object": "chat.completion.chunk", "model": entry.model.name,
+           "choices": [], "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+                                    "total_tokens": usage.input_tokens + usage.output_tokens,
+                                    "cost_usd": str(settlement.cost_usd)}}
+
+
+def _chain(first: StreamChunk, rest: Iterator[StreamChunk]) -> Iterator[StreamChunk]:
+    yield first
+    yield from rest

@@ -1,0 +1,137 @@
+"""OpenAI-compatible endpoints, served on the platform host; the organization comes from the key.
+
+Errors use OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from apps.accounts.principals import Principal
+from apps.llm.engine import GatewayError, chat_call_parse, chat_complete, chat_stream
+from apps.llm.platform.models import ModelKind
+from apps.llm.platform.selectors import catalog
+from apps.llm.router import usable
+from apps.tenants.models import Organization
+
+_open_streams = threading.BoundedSemaphore(settings.LLM_MAX_OPEN_STREAMS)
+
+
+def error_response(error: GatewayError) -> JsonResponse:
+    response = JsonResponse(
+        {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}},
+        status=error.status,
+    )
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def _caller(request: HttpRequest) -> tuple[Organization, Principal]:
+    organization = getattr(request, "tenant", None)
+    principal = getattr(request, "principal", None)
+    if organization is None or organization.is_public or principal is None:
+        has_header = request.headers.get("Authorization", "").startswith("Bearer ")
+        raise GatewayError(
+            401, "invalid_api_key",
+            "invalid, revoked or missing API key" if has_header else "send your API key as `Authorization: Bearer <key>`",
+            type="authentication_error",
+        )
+    return organization, principal
+
+
+def _json_body(request: HttpRequest) -> Any:
+    if request.content_type != "application/json":
+        raise GatewayError(415, "unsupported_media_type", "send the body as application/json")
+    length = int(request.headers.get("Content-Length") or 0)
+    if length > settings.LLM_MAX_REQUEST_BYTES:
+        raise GatewayError(413, "request_too_large", f"the body is over {settings.LLM_MAX_REQUEST_BYTES} bytes")
+    try:
+        return json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GatewayError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+
+
+@csrf_exempt
+@require_POST
+def chat_completions(request: HttpRequest) -> HttpResponse:
+    request_id = uuid.uuid4().hex
+    try:
+        organization, principal = _caller(request)
+        call = chat_call_parse(_json_body(request))
+        if call.stream:
+            return _stream_response(organization, principal, call, request_id)
+        outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
+    except GatewayError as error:
+        response = error_response(error)
+        response["x-cognitionos-request-id"] = request_id
+        return response
+    response = JsonResponse(outcome.body)
+    response["x-cognitionos-request-id"] = outcome.request_id
+    response["x-cognitionos-cost-usd"] = str(outcome.cost_usd)
+    response["x-cognitionos-cache"] = outcome.cache
+    if outcome.simulated:
+        response["x-cognitionos-simulated"] = "true"
+    return response
+
+
+def _stream_response(organization: Organization, principal: Principal, call: Any, request_id: str) -> HttpResponse:
+    if not _open_streams.acquire(blocking=False):
+        raise GatewayError(503, "too_many_streams", "this server has too many open streams; retry shortly",
+                           type="server_error", headers={"Retry-After": "1"})
+    try:
+        stream = chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
+    except BaseException:
+        _open_streams.release()
+        raise
+
+    def events() -> Iterator[bytes]:
+        try:
+            for chunk in stream.chunks:
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            close = getattr(stream.chunks, "close", None)
+            if close is not None:
+                close()  # settles the attempt even when the client went away mid-stream
+            _open_streams.release()
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response["x-cognitionos-request-id"] = stream.request_id
+    response["x-cognitionos-cache"] = "miss"
+    if stream.simulated:
+        response["x-cognitionos-simulated"] = "true"
+    return response
+
+
+@require_GET
+def models(request: HttpRequest) -> HttpResponse:
+    try:
+        _caller(request)
+    except GatewayError as error:
+        return error_response(error)
+    data = [
+        {
+            "id": entry.model.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "simulator (simulated answers)" if entry.model.is_simulated else entry.model.provider,
+            "kind": entry.model.kind,
+            "context_window": entry.model.context_window,
+            "simulated": entry.model.is_simulated,
+        }
+        for entry in sorted(catalog().values(), key=lambda e: e.model.name)
+        if usable(entry) and entry.model.kind in (ModelKind.CHAT, ModelKind.EMBEDDING)
+    ]
+    return JsonResponse({"object": "list", "data": data})

@@ -1,0 +1,140 @@
+"""The LLM engine's tenant-schema half: usage ledger, budgets with their holds, durable cache."""
+
+from decimal import Decimal
+
+from django.db import models
+from django.db.models.functions import Now
+
+
+class AttemptStatus(models.TextChoices):
+    RESERVED = "reserved", "Reserved (call in flight)"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SWEPT = "swept", "Settled by the sweeper from its reservation"
+    CACHE_HIT = "cache_hit", "Served from cache"
+
+
+class UsageAttempt(models.Model):
+    """One provider attempt (or one cache hit): written with its reservation before the call,
+    settled after it. Unique per request and attempt, so a redelivered job can't bill twice."""
+
+    request_id = models.CharField(max_length=64)
+    attempt = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=20, choices=AttemptStatus.choices, default=AttemptStatus.RESERVED)
+    created_at = models.DateTimeField(db_default=Now())
+    settled_at = models.DateTimeField(null=True, blank=True)
+    hold_expires_at = models.DateTimeField(null=True, blank=True)
+    principal_kind = models.CharField(max_length=20)
+    principal_id = models.CharField(max_length=64, blank=True, default="")
+    principal_label = models.CharField(max_length=254, blank=True, default="")
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    user_id = models.BigIntegerField(null=True, blank=True)
+    model_name = models.CharField(max_length=100)
+    provider = models.CharField(max_length=30)
+    paid_by = models.CharField(max_length=20, default="platform")
+    input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    reserved_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    saved_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    price_version = models.PositiveIntegerField(null=True, blank=True)
+    cache_layer = models.CharField(max_length=4, blank=True, default="")
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error_class = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "attempt"], name="llm_attempt_unique"),
+            models.CheckConstraint(condition=models.Q(status__in=AttemptStatus.values), name="llm_attempt_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(cost_usd__gte=0, reserved_usd__gte=0, saved_usd__gte=0),
+                name="llm_attempt_amounts_not_negative",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "hold_expires_at"], name="llm_attempt_open_holds"),
+            models.Index(fields=["created_at"], name="llm_attempt_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}#{self.attempt} {self.status}"
+
+
+class BudgetScope(models.TextChoices):
+    ORGANIZATION = "organization", "Organization"
+    USER = "user", "User"
+    KEY = "key", "API key"
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "Day (UTC)"
+    MONTH = "month", "Month (UTC)"
+
+
+class Budget(models.Model):
+    scope = models.CharField(max_length=20, choices=BudgetScope.choices)
+    scope_id = models.CharField(max_length=64, blank=True, default="", help_text="User or key id; empty for the organization.")
+    period = models.CharField(max_length=10, choices=BudgetPeriod.choices)
+    limit_usd = models.DecimalField(max_digits=14, decimal_places=6)
+    soft_percent = models.PositiveSmallIntegerField(null=True, blank=True)
+    hard = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "scope_id", "period"], name="llm_budget_unique"),
+            models.CheckConstraint(condition=models.Q(limit_usd__gte=0), name="llm_budget_limit_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(soft_percent__isnull=True) | models.Q(soft_percent__gte=1, soft_percent__lte=100),
+                name="llm_budget_soft_percent_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(scope="organization", scope_id="") | ~models.Q(scope="organization") & ~models.Q(scope_id=""),
+                name="llm_budget_scope_id_matches_scope",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{self.scope_id or '-'} {self.period} ${self.limit_usd}"
+
+
+class BudgetWindow(models.Model):
+    """A budget's spend in one period (a UTC day or month): settled spend plus open reservations."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="windows")
+    period_start = models.DateField()
+    spent_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
+    reserved_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
+    soft_notified = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start"], name="llm_window_unique"),
+            models.CheckConstraint(condition=models.Q(spent_usd__gte=0, reserved_usd__gte=0), name="llm_window_not_negative"),
+        ]
+
+
+class BudgetHold(models.Model):
+    """The part of a window one attempt has reserved; released when the attempt settles."""
+
+    attempt = models.ForeignKey(UsageAttempt, on_delete=models.CASCADE, related_name="holds")
+    window = models.ForeignKey(BudgetWindow, on_delete=models.CASCADE, related_name="holds")
+    amount_usd = models.DecimalField(max_digits=14, decimal_places=8)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["attempt", "window"], name="llm_hold_unique"),
+        ]
+
+
+class CachedResponse(models.Model):
+    """L4: the durable exact cache of complete, successful answers."""
+
+    key = models.CharField(max_length=64, unique=True)
+    model_name = models.CharField(max_length=100)
+    response = models.JSONField()
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    created_at = models.DateTimeField(db_default=Now())
+    expires_at = models.DateTimeField(db_index=True)

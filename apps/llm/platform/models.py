@@ -1,0 +1,99 @@
+from decimal import Decimal
+
+from django.db import models
+
+
+class Provider(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    ANTHROPIC = "anthropic", "Anthropic"
+    OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
+    SIMULATOR = "simulator", "Simulator (simulated answers)"
+
+
+class ModelKind(models.TextChoices):
+    CHAT = "chat", "Chat"
+    EMBEDDING = "embedding", "Embeddings"
+
+
+class CatalogModel(models.Model):
+    """A model clients may ask for by `name`, served by one provider."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="The id clients send as `model`.")
+    provider = models.CharField(max_length=30, choices=Provider.choices)
+    provider_model = models.CharField(max_length=100, help_text="The model's name at the provider.")
+    base_url = models.URLField(blank=True, default="", help_text="For OpenAI-compatible servers.")
+    kind = models.CharField(max_length=20, choices=ModelKind.choices, default=ModelKind.CHAT)
+    context_window = models.PositiveIntegerField()
+    max_output_tokens = models.PositiveIntegerField()
+    capabilities = models.JSONField(default=list, blank=True, help_text="Any of: tools, vision, json_mode.")
+    quality_tier = models.PositiveSmallIntegerField(help_text="1 (basic) to 5 (frontier).")
+    fallbacks = models.JSONField(default=list, blank=True, help_text="Model names to try, in order, if this fails.")
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints = [
+            models.CheckConstraint(condition=models.Q(quality_tier__gte=1, quality_tier__lte=5), name="llm_model_tier_1_5"),
+            models.CheckConstraint(condition=models.Q(provider__in=Provider.values), name="llm_model_provider_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_simulated(self) -> bool:
+        return self.provider == Provider.SIMULATOR
+
+
+class ModelPrice(models.Model):
+    """A version of a model's price, in USD per million tokens. Ledger rows name the version used."""
+
+    model = models.ForeignKey(CatalogModel, on_delete=models.PROTECT, related_name="prices")
+    version = models.PositiveIntegerField()
+    input_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    output_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("model", "-version")
+        constraints = [
+            models.UniqueConstraint(fields=["model", "version"], name="llm_price_version_unique"),
+            models.CheckConstraint(
+                condition=models.Q(input_per_mtok__gte=0, cached_input_per_mtok__gte=0, output_per_mtok__gte=0),
+                name="llm_price_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} v{self.version}"
+
+    def cost(self, *, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> Decimal:
+        uncached = max(0, input_tokens - cached_input_tokens)
+        return (
+            uncached * self.input_per_mtok
+            + cached_input_tokens * self.cached_input_per_mtok
+            + output_tokens * self.output_per_mtok
+        ) / Decimal(1_000_000)
+
+
+class UsageRollup(models.Model):
+    """Per organization, UTC day, model and key: what billing, dashboards and operators read."""
+
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="usage_rollups")
+    day = models.DateField()
+    model_name = models.CharField(max_length=100)
+    api_key_id = models.BigIntegerField(default=0, help_text="0: not through an API key.")
+    requests = models.PositiveBigIntegerField(default=0)
+    cache_hits = models.PositiveBigIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+    saved_usd = models.DecimalField(max_digits=18, decimal_places=8, default=Decimal(0))
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "day", "model_name", "api_key_id"], name="llm_rollup_unique"
+            ),
+        ]

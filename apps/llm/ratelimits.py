@@ -1,0 +1,56 @@
+"""Requests and tokens per minute, per organization and per API key, counted in Redis so that the
+limits hold across every web and worker process. Fixed one-minute windows, all four counters in one
+pipelined round trip; a refusal gives back what it took and says when the window turns."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
+
+
+@dataclass(frozen=True)
+class RateLimited(Exception):
+    what: str
+    limit: int
+    retry_after_s: int
+
+    def __str__(self) -> str:
+        return f"rate limit reached: {self.limit} {self.what} per minute"
+
+
+class RateLimitUnavailable(Exception):
+    """The counters can't be reached: calls are refused rather than let through unmetered."""
+
+
+def rate_limit_take(*, organization: Organization, api_key_id: int | None, tokens: int) -> None:
+    now = time.time()
+    window = int(now // 60)
+    retry_after = max(1, 60 - int(now % 60))
+    rpm = int(organization.plan.limit("requests_per_minute"))
+    tpm = int(organization.plan.limit("tokens_per_minute"))
+    scopes = [f"org:{organization.pk}"] + ([f"key:{api_key_id}"] if api_key_id is not None else [])
+    checks: list[tuple[str, str, int, int]] = []
+    for scope in scopes:
+        checks.append((f"llm:rl:{scope}:req:{window}", "requests", 1, rpm))
+        checks.append((f"llm:rl:{scope}:tok:{window}", "tokens", tokens, tpm))
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        for key, _, amount, _ in checks:
+            pipe.incrby(key, amount)
+            pipe.expire(key, 120)
+        counts = pipe.execute()[::2]
+        over = [(check, count) for check, count in zip(checks, counts, strict=True) if count > check[3]]
+        if over:
+            undo = redis_client().pipeline(transaction=False)
+            for key, _, amount, _ in checks:
+                undo.decrby(key, amount)
+            undo.execute()
+            (_, what, _, limit), _ = over[0]
+            raise RateLimited(what=what, limit=limit, retry_after_s=retry_after)
+    except redis.RedisError as exc:
+        raise RateLimitUnavailable(str(exc)) from exc

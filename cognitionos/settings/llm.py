@@ -1,0 +1,29 @@
+"""The LLM engine: platform provider credentials (the SDKs' own variables), limits, the simulator."""
+
+from .env import env_int, env_str
+
+OPENAI_API_KEY = env_str("OPENAI_API_KEY", "")
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL", "")
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY", "")
+ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL", "")
+# Any OpenAI-compatible server (Ollama, vLLM, LM Studio) is a catalog model with a base URL.
+OPENAI_COMPATIBLE_API_KEY = env_str("OPENAI_COMPATIBLE_API_KEY", "")
+
+LLM_SIMULATOR_LATENCY_MS = env_int("LLM_SIMULATOR_LATENCY_MS", 0)
+LLM_SIMULATOR_FAILURE_RATE = float(env_str("LLM_SIMULATOR_FAILURE_RATE", "0"))
+
+LLM_PROVIDER_TIMEOUT_S = float(env_str("LLM_PROVIDER_TIMEOUT_S", "120"))
+LLM_MAX_ATTEMPTS = env_int("LLM_MAX_ATTEMPTS", 3)  # per model, before falling back to the next
+LLM_RETRY_BASE_S = float(env_str("LLM_RETRY_BASE_S", "0.5"))
+LLM_RETRY_MAX_S = float(env_str("LLM_RETRY_MAX_S", "20"))
+# A reservation outlives its call by at most this long before the sweeper settles it.
+LLM_HOLD_SECONDS = env_int("LLM_HOLD_SECONDS", 900)
+LLM_CACHE_TTL_S = env_int("LLM_CACHE_TTL_S", 24 * 3600)
+LLM_L1_CACHE_ENTRIES = env_int("LLM_L1_CACHE_ENTRIES", 2048)
+LLM_MAX_REQUEST_BYTES = env_int("LLM_MAX_REQUEST_BYTES", 4 * 1024 * 1024)
+LLM_MAX_OPEN_STREAMS = env_int("LLM_MAX_OPEN_STREAMS", 64)  # per web process
+# Circuit breaker per provider and model, shared through Redis.
+LLM_BREAKER_FAILURES = env_int("LLM_BREAKER_FAILURES", 5)
+LLM_BREAKER_COOLDOWN_S = env_int("LLM_BREAKER_COOLDOWN_S", 30)
+# Soft budget limits call this hook (dotted path to f(organization, budget, window)) besides the audit event.
+LLM_SOFT_LIMIT_HOOK = env_str("LLM_SOFT_LIMIT_HOOK", "")

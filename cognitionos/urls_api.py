@@ -1,0 +1,10 @@
+"""API URLs, served on the platform host (public schema, or the organization an API key names)."""
+
+from django.urls import path
+
+from apps.llm import gateway
+
+urlpatterns = [
+    path("v1/chat/completions", gateway.chat_completions, name="openai-chat-completions"),
+    path("v1/models", gateway.models, name="openai-models"),
+]

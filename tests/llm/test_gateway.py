@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import openai
+import pytest
+from django.test import Client
+from django_tenants.utils import schema_context
+
+from apps.accounts.principals import Principal
+from apps.apikeys.models import ApiKey
+from apps.apikeys.services import apikey_revoke
+from apps.llm.engine import chat_call_parse, chat_stream
+from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.llm.platform.models import UsageRollup
+from apps.tenants.models import Organization
+from tests.factories import TEST_ACTOR
+from tests.llm.conftest import gateway_client
+
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+def _attempts(organization: Organization) -> list[UsageAttempt]:
+    with schema_context(organization.schema_name):
+        return list(UsageAttempt.objects.order_by("id"))
+
+
+def test_chat_completion_through_the_openai_sdk_is_metered_and_cached(
+    two_tenants: tuple[Organization, Organization], key_a: str
+) -> None:
+    tenant_a, _ = two_tenants
+    client = gateway_client(key_a)
+    first = client.chat.completions.with_raw_response.create(model="simulated-mini", messages=HELLO)
+    completion = first.parse()
+    assert completion.model == "simulated-mini"
+    assert (completion.choices[0].message.content or "").startswith("[simulated] simulated-mini")
+    assert first.headers["x-cognitionos-cache"] == "miss"
+    assert first.headers["x-cognitionos-simulated"] == "true"
+    cost = Decimal(first.headers["x-cognitionos-cost-usd"])
+    assert cost > 0
+
+    second = client.chat.completions.with_raw_response.create(model="simulated-mini", messages=HELLO)
+    assert second.headers["x-cognitionos-cache"] == "l1"
+    assert Decimal(second.headers["x-cognitionos-cost-usd"]) == 0
+    assert second.parse().choices[0].message.content == completion.choices[0].message.content
+
+    miss, hit = _attempts(tenant_a)
+    assert (miss.status, miss.cost_usd, miss.cache_layer) == (AttemptStatus.SUCCEEDED, cost, "")
+    assert miss.input_tokens == completion.usage.prompt_tokens if completion.usage else False
+    assert (hit.status, hit.cost_usd, hit.saved_usd, hit.cache_layer) == (AttemptStatus.CACHE_HIT, 0, cost, "l1")
+    assert miss.request_id == first.headers["x-cognitionos-request-id"]
+    rollup = UsageRollup.objects.get(organization=tenant_a, model_name="simulated-mini")
+    assert (rollup.requests, rollup.cache_hits, rollup.cost_usd, rollup.saved_usd) == (2, 1, cost, cost)
+
+
+def test_cache_is_per_organization(two_tenants: tuple[Organization, Organization], key_a: str, key_b: str) -> None:
+    tenant_a, tenant_b = two_tenants
+    gateway_client(key_a).chat.completions.create(model="simulated-mini", messages=HELLO)
+    response_b = gateway_client(key_b).chat.completions.with_raw_response.create(model="simulated-mini", messages=HELLO)
+    assert response_b.headers["x-cognitionos-cache"] == "miss"
+    assert [a.status for a in _attempts(tenant_a)] == [AttemptStatus.SUCCEEDED]
+    assert [a.status for a in _attempts(tenant_b)] == [AttemptStatus.SUCCEEDED]
+
+
+def test_every_parameter_that_changes_the_answer_is_in_the_cache_key(
+    two_tenants: tuple[Organization, Organization], key_a: str
+) -> None:
+    client = gateway_client(key_a)
+    client.chat.completions.create(model="simulated-mini", messages=HELLO, temperature=0)
+    variants = [
+        {"temperature": 0.5}, {"seed": 7}, {"top_p": 0.5}, {"stop": ["x"]},
+        {"response_format": {"type": "json_object"}}, {"max_tokens": 50}, {"extra_body": {"logit_bias": {"1": 2}}},
+    ]
+    for variant in variants:
+        raw = client.chat.completions.with_raw_response.create(model="simulated-mini", messages=HELLO, **variant)  # type: ignore[call-overload]
+        assert raw.headers["x-cognitionos-cache"] == "miss", variant
+    raw = client.chat.completions.with_raw_response.create(model="simulated-pro", messages=HELLO, temperature=0)
+    assert raw.headers["x-cognitionos-cache"] == "miss"
+
+
+def test_cut_off_answers_are_not_cached_and_skip_bypasses_the_cache(
+    two_tenants: tuple[Organization, Organization], key_a: str
+) -> None:
+    client = gateway_client(key_a)
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(model="simulated-mini", messages=HELLO, max_tokens=2)
+        assert raw.parse().choices[0].finish_reason == "length"
+        assert raw.headers["x-cognitionos-cache"] == "miss"
+    client.chat.completions.create(model="simulated-mini", messages=HELLO)
+    raw = client.chat.completions.with_raw_response.create(
+        model="simulated-mini", messages=HELLO, extra_body={"cache": {"skip": True}}
+    )
+    assert raw.headers["x-cognitionos-cache"] == "miss"
+
+
+def test_streaming_carries_usage_and_cost_and_settles(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+    tenant_a, _ = two_tenants
+    stream = gateway_client(key_a).chat.completions.create(
+        model="simulated-pro", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    text, usage = [], None
+    for chunk in stream:
+        if chunk.choices:
+            text.append(chunk.choices[0].delta.content or "")
+        if chunk.usage:
+            usage = chunk.usage
+    assert "".join(text).startswith("[simulated] simulated-pro")
+    assert usage is not None and usage.completion_tokens > 0
+    cost = Decimal(str((usage.model_extra or {})["cost_usd"]))
+    (attempt,) = _attempts(tenant_a)
+    assert (attempt.status, attempt.cost_usd, attempt.output_tokens) == (AttemptStatus.SUCCEEDED, cost, usage.completion_tokens)
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_its_reservation(tenant: Organization) -> None:
+    call = chat_call_parse({"model": "simulated-pro", "messages": HELLO, "stream": True})
+    principal = Principal(kind="api_key", id="1", label="k")
+    stream = chat_stream(organization=tenant, principal=principal, call=call)
+    assert next(stream.chunks)["choices"]
+    stream.chunks.close()  # what the gateway does when the client goes away
+    (attempt,) = _attempts(tenant)
+    assert attempt.status == AttemptStatus.FAILED and attempt.error_class == "client_disconnected"
+    assert attempt.cost_usd == attempt.reserved_usd > 0
+
+
+def _post(body: object, key: str | None, content_type: str = "application/json") -> tuple[int, dict[str, object]]:
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
+    data = body if isinstance(body, str) else json.dumps(body)
+    response = Client().post("/v1/chat/completions", data=data, content_type=content_type, HTTP_HOST="localhost", **headers)
+    return response.status_code, response.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ("{not json", 400, "invalid_json"),
+        ({"model": "simulated-mini"}, 400, "invalid_request"),
+        ({"model": "no-such-model", "messages": HELLO}, 404, "model_not_found"),
+        ({"model": "text-embedding-3-small", "messages": HELLO}, 404, "model_not_found"),
+        ({"model": "simulated-mini", "messages": HELLO, "n": 2}, 400, "unsupported_parameter"),
+        ({"model": "simulated-mini", "messages": HELLO, "max_tokens": -5}, 400, "invalid_request"),
+        ({"model": "simulated-mini", "messages": HELLO, "max_tokens": 10**12}, 400, "invalid_request"),
+        ({"model": "simulated-mini", "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_request"),
+        ({"messages": HELLO}, 400, "model_required"),
+    ],
+)
+def test_bad_requests_get_openai_shaped_errors_and_touch_nothing(
+    two_tenants: tuple[Organization, Organization], key_a: str, body: object, status: int, code: str
+) -> None:
+    got_status, payload = _post(body, key_a)
+    assert got_status == status
+    error = payload["error"]
+    assert isinstance(error, dict) and error["code"] == code and error["message"] and "type" in error
+    assert _attempts(two_tenants[0]) == []
+
+
+def test_wrong_content_type_and_missing_or_revoked_keys(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+    body = {"model": "simulated-mini", "messages": HELLO}
+    assert _post(json.dumps(body), key_a, content_type="text/plain")[0] == 415
+    status, payload = _post(body, None)
+    assert status == 401 and payload["error"]["code"] == "invalid_api_key"  # type: ignore[index]
+    assert _post(body, "cos_000000000000_" + "x" * 40)[0] == 401
+    apikey_revoke(api_key=ApiKey.objects.get(organization=two_tenants[0]), actor=TEST_ACTOR)
+    from apps.apikeys.selectors import apikey_cache_forget
+
+    apikey_cache_forget()  # on commit in production; the test's transaction never commits
+    assert _post(body, key_a)[0] == 401
+    with pytest.raises(openai.AuthenticationError):
+        gateway_client(key_a).models.list()
+    assert _attempts(two_tenants[0]) == []
+
+
+def test_models_lists_what_the_organization_can_use(two_tenants: tuple[Organization, Organization], key_a: str, settings: object) -> None:
+    names = {m.id for m in gateway_client(key_a).models.list().data}
+    assert {"simulated-mini", "simulated-pro"} <= names
+    assert "gpt-4o-mini" not in names  # no OpenAI credentials configured
+    settings.OPENAI_API_KEY = "sk-test"  # type: ignore[attr-defined]
+    from apps.llm.platform.selectors import catalog_forget
+
+    catalog_forget()
+    names = {m.id for m in gateway_client(key_a).models.list().data}
+    assert "gpt-4o-mini" in names
+
+
+def test_policy_routes_to_the_cheapest_adequate_model(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+    client = gateway_client(key_a)
+    assert client.chat.completions.create(model="cheapest", messages=HELLO).model == "simulated-mini"
+    strong = client.chat.completions.create(model="cheapest", messages=HELLO, extra_body={"min_quality": 4})
+    assert strong.model == "simulated-pro"
