@@ -7,6 +7,7 @@ from django.db import transaction
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.llm.models import Budget, BudgetPeriod, BudgetScope
+from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 
 
@@ -39,6 +40,13 @@ def budget_set(
         raise BudgetInvalid("the limit must be a non-negative amount of USD")
     if soft_percent is not None and not 1 <= soft_percent <= 100:
         raise BudgetInvalid("the soft limit is a percentage from 1 to 100")
+    with organization_schema(organization):
+        return _budget_store(organization=organization, scope=scope, scope_id=scope_id, period=period,
+                             limit_usd=limit_usd, soft_percent=soft_percent, hard=hard, actor=actor)
+
+
+def _budget_store(*, organization: Organization, scope: str, scope_id: str, period: str, limit_usd: Decimal,
+                  soft_percent: int | None, hard: bool, actor: Principal) -> Budget:
     budget, created = Budget.objects.update_or_create(
         scope=scope, scope_id=scope_id, period=period,
         defaults={"limit_usd": limit_usd, "soft_percent": soft_percent, "hard": hard},

@@ -20,6 +20,8 @@ class TenantConnection(Protocol):
 
     def set_schema_to_public(self) -> None: ...
 
+    def set_schema(self, schema_name: str, include_public: bool = True) -> None: ...
+
 
 def tenant_connection() -> TenantConnection:
     """The current thread's default connection, seen through django-tenants' API."""

@@ -215,7 +215,7 @@ def _last_is_tool_result(messages: list[Any]) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)  # a 3072-float tuple is ~100 KB
 def _embedding(text: str, dimensions: int) -> tuple[float, ...]:
     raw = array("h")
     raw.frombytes(hashlib.shake_256(text.encode()).digest(2 * dimensions))
@@ -223,7 +223,7 @@ def _embedding(text: str, dimensions: int) -> tuple[float, ...]:
     return tuple(value / norm for value in raw)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _embedding_base64(text: str, dimensions: int) -> str:
     floats = array("f", _embedding(text, dimensions))
     if sys.byteorder == "big":
@@ -357,7 +357,8 @@ class _Handler(socketserver.StreamRequestHandler):
         answer, delay = provider._answer(method, target.split("?", 1)[0], raw, headers)
         try:
             if answer.events is None:
-                provider._sleep(delay)
+                if not provider._sleep(delay):
+                    return False
                 self._send_json(answer, keep_alive=keep_alive, head_only=method == "HEAD")
                 return keep_alive
             return self._send_events(answer, delay, keep_alive=keep_alive and version == "HTTP/1.1")
@@ -425,13 +426,15 @@ class _Handler(socketserver.StreamRequestHandler):
             gaps.append(gap)
         tail = b"0\r\n\r\n" if chunked else b""
 
-        provider._sleep(delay)
+        if not provider._sleep(delay):
+            return False
         if not any(gaps):
             self.wfile.write(head + b"".join(frame(data) for data, _ in events) + tail)
             return keep_alive
         self.wfile.write(head)
         for (data, _), gap in zip(events, gaps, strict=True):
-            provider._sleep(gap)
+            if not provider._sleep(gap):
+                return False
             self.wfile.write(frame(data))
         self.wfile.write(tail)
         return keep_alive
@@ -570,9 +573,11 @@ class FakeProvider:
 
     # ----------------------------------------------------------------- answering (server threads)
 
-    def _sleep(self, seconds: float) -> None:
+    def _sleep(self, seconds: float) -> bool:
+        """Wait; False when the provider is stopping (the request is then dropped, not answered)."""
         if seconds > 0:
-            self._stopping.wait(seconds)
+            return not self._stopping.wait(seconds)
+        return True
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):010d}"
