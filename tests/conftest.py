@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from django.test.utils import setup_databases, teardown_databases
 from pytest_django.plugin import DjangoDbBlocker
 
 from apps.tenants.connection import tenant_connection
@@ -25,10 +26,22 @@ TENANT_B = "tenant-b"
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> None:
+def django_db_setup(
+    request: pytest.FixtureRequest,
+    django_test_environment: None,
+    django_db_blocker: DjangoDbBlocker,
+    django_db_keepdb: bool,
+) -> Iterator[None]:
+    """The test database, always (pytest-django's own fixture sets it up only for tests that take
+    `db`, so a run of integration tests alone would use the real database)."""
     with django_db_blocker.unblock():
+        databases = setup_databases(verbosity=0, interactive=False, keepdb=django_db_keepdb, aliases={"default"})
         organization_make(slug=TENANT_A, name="Tenant A")
         organization_make(slug=TENANT_B, name="Tenant B")
+    yield
+    if not django_db_keepdb:
+        with django_db_blocker.unblock():
+            teardown_databases(databases, verbosity=0)
 
 
 @pytest.fixture

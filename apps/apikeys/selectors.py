@@ -7,8 +7,8 @@ import time
 from django.conf import settings
 
 from apps.accounts.principals import Principal
-from apps.apikeys.models import ApiKey
 from apps.apikeys.keys import key_hash, key_split
+from apps.apikeys.models import ApiKey
 from apps.tenants.models import Organization
 
 # Key -> (expires_at, organization, principal): the gateway's hot path makes no query per call.
@@ -27,11 +27,7 @@ def apikey_resolve(raw_key: str) -> tuple[Organization, Principal] | None:
     if parts is None:
         return None
     prefix, secret = parts
-    api_key = (
-        ApiKey.objects.select_related("organization__plan")
-        .filter(prefix=prefix, revoked_at__isnull=True)
-        .first()
-    )
+    api_key = ApiKey.objects.select_related("organization__plan").filter(prefix=prefix, revoked_at__isnull=True).first()
     if api_key is None or not hmac.compare_digest(api_key.secret_hash, key_hash(secret)):
         return None
     principal = Principal(kind="api_key", id=str(api_key.pk), label=api_key.label)

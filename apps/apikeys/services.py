@@ -6,11 +6,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.principals import Principal
+from apps.apikeys.keys import key_generate, key_hash
 from apps.apikeys.models import ApiKey
+from apps.apikeys.selectors import apikey_cache_forget
 from apps.audit.services import audit_record
 from apps.tenants.models import Organization
-from apps.apikeys.keys import key_generate, key_hash
-from apps.apikeys.selectors import apikey_cache_forget
+
 
 @dataclass(frozen=True)
 class IssuedKey:

@@ -207,8 +207,16 @@ def cache_hit_record(
             saved_usd=saved_usd,
         )
         rollup_add(
-            organization=spender.organization, day=now.date(), model_name=model_name, api_key_id=spender.api_key_id,
-            requests=1, cache_hits=1, input_tokens=0, output_tokens=0, cost_usd=Decimal(0), saved_usd=saved_usd,
+            organization=spender.organization,
+            day=now.date(),
+            model_name=model_name,
+            api_key_id=spender.api_key_id,
+            requests=1,
+            cache_hits=1,
+            input_tokens=0,
+            output_tokens=0,
+            cost_usd=Decimal(0),
+            saved_usd=saved_usd,
         )
     return row
 
@@ -239,8 +247,18 @@ def rollup_add(
                 output_tokens = r.output_tokens + EXCLUDED.output_tokens,
                 cost_usd = r.cost_usd + EXCLUDED.cost_usd, saved_usd = r.saved_usd + EXCLUDED.saved_usd
             """,  # noqa: S608 - the table name is our model's
-            [organization.pk, day, model_name, api_key_id or 0, requests, cache_hits, input_tokens, output_tokens,
-             cost_usd, saved_usd],
+            [
+                organization.pk,
+                day,
+                model_name,
+                api_key_id or 0,
+                requests,
+                cache_hits,
+                input_tokens,
+                output_tokens,
+                cost_usd,
+                saved_usd,
+            ],
         )
 
 
@@ -262,8 +280,12 @@ def _soft_limits_check(*, organization: Organization, window_ids: list[int]) -> 
             actor=Principal.system("budgets"),
             action="budget.soft_limit_reached",
             target=budget,
-            metadata={"period_start": window.period_start.isoformat(), "spent_usd": str(window.spent_usd),
-                      "limit_usd": str(budget.limit_usd), "soft_percent": budget.soft_percent},
+            metadata={
+                "period_start": window.period_start.isoformat(),
+                "spent_usd": str(window.spent_usd),
+                "limit_usd": str(budget.limit_usd),
+                "soft_percent": budget.soft_percent,
+            },
         )
         if settings.LLM_SOFT_LIMIT_HOOK:
             hook = import_string(settings.LLM_SOFT_LIMIT_HOOK)

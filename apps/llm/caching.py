@@ -75,7 +75,11 @@ def cache_get(*, schema: str, key: str) -> CachedAnswer | None:
         ttl = max(1, int(redis_client().ttl(_l2_key(schema, key)) or 1))
         l1.put(schema, key, stored["body"], Decimal(stored["cost"]), ttl)
         return CachedAnswer(body=stored["body"], cost_usd=Decimal(stored["cost"]), layer="l2")
-    row = CachedResponse.objects.filter(key=key, expires_at__gt=timezone.now()).only("response", "cost_usd", "expires_at").first()
+    row = (
+        CachedResponse.objects.filter(key=key, expires_at__gt=timezone.now())
+        .only("response", "cost_usd", "expires_at")
+        .first()
+    )
     if row is not None:
         ttl = max(1, int((row.expires_at - timezone.now()).total_seconds()))
         _fill_fast_layers(schema, key, row.response, row.cost_usd, ttl)

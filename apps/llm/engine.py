@@ -7,13 +7,14 @@ fallbacks, breaker) -> settle (ledger, budgets, rollup) -> fill caches.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connection
@@ -28,6 +29,8 @@ from apps.llm.providers import CallContext, ProviderError, StreamChunk, Usage, p
 from apps.llm.ratelimits import RateLimited, RateLimitUnavailable, rate_limit_take
 from apps.llm.router import POLICIES, UnknownModel, candidates, latency_observe
 from apps.tenants.models import Organization
+
+logger = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Our own request fields, next to OpenAI's.
@@ -87,7 +90,9 @@ def chat_call_parse(body: Any) -> ChatCall:
             raise _invalid(f"messages[{index}] needs a role among {sorted(ROLES)}", f"messages[{index}].role")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise _invalid(f"messages[{index}].content must be a string or an array of parts", f"messages[{index}].content")
+            raise _invalid(
+                f"messages[{index}].content must be a string or an array of parts", f"messages[{index}].content"
+            )
     model, policy = body.get("model"), body.get("policy")
     if isinstance(model, str) and model in POLICIES and policy is None:
         model, policy = None, model  # `"model": "cheapest"` picks a policy, for clients that only set model
@@ -115,20 +120,28 @@ def chat_call_parse(body: Any) -> ChatCall:
         raise _invalid("`max_cost_usd` must be a non-negative number", "max_cost_usd")
     cache = body.get("cache") or {}
     if not isinstance(cache, dict):
-        raise _invalid("`cache` must be an object like {\"skip\": true} or {\"ttl\": 600}", "cache")
+        raise _invalid('`cache` must be an object like {"skip": true} or {"ttl": 600}', "cache")
     ttl = cache.get("ttl")
     if ttl is not None and (not isinstance(ttl, int) or not 1 <= ttl <= 30 * 86400):
         raise _invalid("`cache.ttl` must be seconds from 1 to 2592000", "cache.ttl")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _invalid("`stream` must be true or false", "stream")
-    payload = {k: v for k, v in body.items() if k not in EXTENSIONS and k not in ("model", "max_completion_tokens", "n")}
+    payload = {
+        k: v for k, v in body.items() if k not in EXTENSIONS and k not in ("model", "max_completion_tokens", "n")
+    }
     if max_tokens is not None:
         payload["max_tokens"] = max_tokens
     return ChatCall(
-        model=model, policy=policy if model is None else None, min_quality=min_quality, payload=payload,
-        stream=stream, max_tokens=max_tokens, max_cost_usd=max_cost_usd,
-        cache_skip=bool(cache.get("skip", False)), cache_ttl=ttl,
+        model=model,
+        policy=policy if model is None else None,
+        min_quality=min_quality,
+        payload=payload,
+        stream=stream,
+        max_tokens=max_tokens,
+        max_cost_usd=max_cost_usd,
+        cache_skip=bool(cache.get("skip", False)),
+        cache_ttl=ttl,
     )
 
 
@@ -156,7 +169,7 @@ def _release_connection() -> None:
 def _backoff(attempt: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return min(retry_after, settings.LLM_RETRY_MAX_S)
-    return min(settings.LLM_RETRY_MAX_S, settings.LLM_RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
+    return min(settings.LLM_RETRY_MAX_S, settings.LLM_RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 def _settlement(entry: PricedModel, usage: Usage, latency_ms: int) -> Settlement:
@@ -167,7 +180,8 @@ def _settlement(entry: PricedModel, usage: Usage, latency_ms: int) -> Settlement
         cached_input_tokens=usage.cached_input_tokens,
         output_tokens=usage.output_tokens,
         cost_usd=entry.price.cost(
-            input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
             output_tokens=usage.output_tokens,
         ).quantize(Decimal("0.00000001")),
         price_version=entry.price.version,
@@ -177,8 +191,9 @@ def _settlement(entry: PricedModel, usage: Usage, latency_ms: int) -> Settlement
 
 def _refuse_unpriced(entry: PricedModel) -> None:
     if entry.price is None:
-        raise GatewayError(400, "model_not_priced", f"model {entry.model.name!r} has no price and cannot be used",
-                           param="model")
+        raise GatewayError(
+            400, "model_not_priced", f"model {entry.model.name!r} has no price and cannot be used", param="model"
+        )
 
 
 class _Attempts:
@@ -193,23 +208,32 @@ class _Attempts:
     def candidates(self) -> list[PricedModel]:
         try:
             found = candidates(
-                model=self.call.model, policy=self.call.policy, min_quality=self.call.min_quality,
-                prompt_tokens=self.prompt_bound // 4, output_tokens=self.call.max_tokens or 500,
+                model=self.call.model,
+                policy=self.call.policy,
+                min_quality=self.call.min_quality,
+                prompt_tokens=self.prompt_bound // 4,
+                output_tokens=self.call.max_tokens or 500,
             )
         except UnknownModel as exc:
-            raise GatewayError(404, "model_not_found", f"the model {exc} does not exist or is not available",
-                               param="model") from exc
+            raise GatewayError(
+                404, "model_not_found", f"the model {exc} does not exist or is not available", param="model"
+            ) from exc
         if not found:
-            raise GatewayError(503, "no_model_available", "no configured model satisfies this policy",
-                               type="server_error")
+            raise GatewayError(
+                503, "no_model_available", "no configured model satisfies this policy", type="server_error"
+            )
         _refuse_unpriced(found[0])
         return [entry for entry in found if entry.price is not None]
 
     def reserve(self, entry: PricedModel) -> UsageAttempt:
         self.number += 1
         return attempt_reserve(
-            spender=self.spender, request_id=self.request_id, attempt=self.number, model_name=entry.model.name,
-            provider=entry.model.provider, amount_usd=worst_case_cost(entry, self.call, self.prompt_bound),
+            spender=self.spender,
+            request_id=self.request_id,
+            attempt=self.number,
+            model_name=entry.model.name,
+            provider=entry.model.provider,
+            amount_usd=worst_case_cost(entry, self.call, self.prompt_bound),
             max_cost_usd=self.call.max_cost_usd,
         )
 
@@ -219,7 +243,8 @@ class _Attempts:
     def failed(self, entry: PricedModel, attempt: UsageAttempt, error: ProviderError, latency_ms: int) -> None:
         self.last_error = error
         attempt_settle(
-            organization=self.organization, attempt=attempt,
+            organization=self.organization,
+            attempt=attempt,
             settlement=Settlement(status=AttemptStatus.FAILED, latency_ms=latency_ms, error_class=error.error_class),
         )
         breaker_record(entry.model.provider, entry.model.name, success=False)
@@ -228,34 +253,62 @@ class _Attempts:
         error = self.last_error
         detail = f": {error.error_class}" if error else ""
         if error is not None and error.status == 429:
-            return GatewayError(429, "provider_rate_limited", f"every provider refused the request{detail}",
-                                type="rate_limit_error", headers={"Retry-After": str(int(error.retry_after or 1))})
+            return GatewayError(
+                429,
+                "provider_rate_limited",
+                f"every provider refused the request{detail}",
+                type="rate_limit_error",
+                headers={"Retry-After": str(int(error.retry_after or 1))},
+            )
         return GatewayError(502, "provider_unavailable", f"no provider could answer{detail}", type="server_error")
+
+
+T = TypeVar("T")
+
+
+def _guarded_call(call: Callable[[], T]) -> T:
+    """A provider call whose every failure is a ProviderError, so its attempt is always settled."""
+    try:
+        return call()
+    except (ProviderError, StopIteration):
+        raise
+    except Exception as exc:
+        logger.exception("provider adapter failed")
+        raise ProviderError(str(exc), retryable=False, error_class=type(exc).__name__) from exc
 
 
 def _admit(organization: Organization, spender: Spender, call: ChatCall) -> None:
     if not organization.accepts_requests:
-        raise GatewayError(403, "organization_suspended", f"the organization is {organization.status}",
-                           type="permission_error")
+        raise GatewayError(
+            403, "organization_suspended", f"the organization is {organization.status}", type="permission_error"
+        )
     try:
         rate_limit_take(
-            organization=organization, api_key_id=spender.api_key_id,
+            organization=organization,
+            api_key_id=spender.api_key_id,
             tokens=prompt_token_bound(call.payload) // 4 + (call.max_tokens or 0),
         )
     except RateLimited as exc:
-        raise GatewayError(429, "rate_limit_exceeded", str(exc), type="rate_limit_error",
-                           headers={"Retry-After": str(exc.retry_after_s)}) from exc
+        raise GatewayError(
+            429,
+            "rate_limit_exceeded",
+            str(exc),
+            type="rate_limit_error",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from exc
     except RateLimitUnavailable as exc:
-        raise GatewayError(503, "rate_limiter_unavailable", "the rate limiter cannot be reached; try again",
-                           type="server_error") from exc
+        raise GatewayError(
+            503, "rate_limiter_unavailable", "the rate limiter cannot be reached; try again", type="server_error"
+        ) from exc
 
 
 def _budget_error(exc: BudgetExceeded) -> GatewayError:
     return GatewayError(402, "budget_exceeded", str(exc), type="insufficient_quota")
 
 
-def chat_complete(*, organization: Organization, principal: Principal, call: ChatCall,
-                  request_id: str | None = None) -> ChatOutcome:
+def chat_complete(
+    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str | None = None
+) -> ChatOutcome:
     """Answer a (non-streaming) chat call for an organization, governed end to end."""
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal)
@@ -267,10 +320,21 @@ def chat_complete(*, organization: Organization, principal: Principal, call: Cha
     if _cacheable(call):
         hit = caching.cache_get(schema=schema, key=key)
         if hit is not None:
-            cache_hit_record(spender=spender, request_id=request_id, model_name=str(hit.body.get("model", "")),
-                             cache_layer=hit.layer, saved_usd=hit.cost_usd)
-            return ChatOutcome(body=hit.body, request_id=request_id, model=str(hit.body.get("model", "")),
-                               cost_usd=Decimal(0), cache=hit.layer, simulated=hit.body.get("system_fingerprint") == "simulated")
+            cache_hit_record(
+                spender=spender,
+                request_id=request_id,
+                model_name=str(hit.body.get("model", "")),
+                cache_layer=hit.layer,
+                saved_usd=hit.cost_usd,
+            )
+            return ChatOutcome(
+                body=hit.body,
+                request_id=request_id,
+                model=str(hit.body.get("model", "")),
+                cost_usd=Decimal(0),
+                cache=hit.layer,
+                simulated=hit.body.get("system_fingerprint") == "simulated",
+            )
     for entry in plan:
         if not breaker_allow(entry.model.provider, entry.model.name):
             continue
@@ -283,7 +347,7 @@ def chat_complete(*, organization: Organization, principal: Principal, call: Cha
             _release_connection()
             started = time.perf_counter()
             try:
-                reply = provider.complete(call.payload, attempts.context())
+                reply = _guarded_call(lambda: provider.complete(call.payload, attempts.context()))
             except ProviderError as error:
                 attempts.failed(entry, attempt, error, int((time.perf_counter() - started) * 1000))
                 if not error.retryable or retry == settings.LLM_MAX_ATTEMPTS:
@@ -297,10 +361,22 @@ def chat_complete(*, organization: Organization, principal: Principal, call: Cha
             latency_observe(entry.model.name, latency_ms)
             body = {**reply.body, "model": entry.model.name}
             if _cacheable(call) and reply.finish_reason in ("stop", "tool_calls"):
-                caching.cache_put(schema=schema, key=key, model_name=entry.model.name, body=body,
-                                  cost=settlement.cost_usd, ttl=call.cache_ttl)
-            return ChatOutcome(body=body, request_id=request_id, model=entry.model.name,
-                               cost_usd=settlement.cost_usd, cache="miss", simulated=entry.model.is_simulated)
+                caching.cache_put(
+                    schema=schema,
+                    key=key,
+                    model_name=entry.model.name,
+                    body=body,
+                    cost=settlement.cost_usd,
+                    ttl=call.cache_ttl,
+                )
+            return ChatOutcome(
+                body=body,
+                request_id=request_id,
+                model=entry.model.name,
+                cost_usd=settlement.cost_usd,
+                cache="miss",
+                simulated=entry.model.is_simulated,
+            )
     raise attempts.exhausted()
 
 
@@ -314,8 +390,9 @@ class ChatStream:
     chunks: Iterator[dict[str, Any]]
 
 
-def chat_stream(*, organization: Organization, principal: Principal, call: ChatCall,
-                request_id: str | None = None) -> ChatStream:
+def chat_stream(
+    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str | None = None
+) -> ChatStream:
     """Start a streaming call. Retries and fallbacks happen before the first chunk; the attempt is
     settled when the iterator ends, from the provider's final usage or, if the client went away or
     the stream broke, from the reservation."""
@@ -336,7 +413,7 @@ def chat_stream(*, organization: Organization, principal: Principal, call: ChatC
             started = time.perf_counter()
             upstream = provider.stream(call.payload, attempts.context())
             try:
-                first = next(upstream)
+                first = _guarded_call(lambda: next(upstream))
             except (ProviderError, StopIteration) as error:
                 failure = error if isinstance(error, ProviderError) else ProviderError("empty stream")
                 attempts.failed(entry, attempt, failure, int((time.perf_counter() - started) * 1000))
@@ -345,14 +422,22 @@ def chat_stream(*, organization: Organization, principal: Principal, call: ChatC
                 time.sleep(_backoff(retry, failure.retry_after))
                 continue
             return ChatStream(
-                request_id=request_id, model=entry.model.name, simulated=entry.model.is_simulated,
+                request_id=request_id,
+                model=entry.model.name,
+                simulated=entry.model.is_simulated,
                 chunks=_relay(organization, entry, attempt, first, upstream, started),
             )
     raise attempts.exhausted()
 
 
-def _relay(organization: Organization, entry: PricedModel, attempt: UsageAttempt, first: StreamChunk,
-           upstream: Iterator[StreamChunk], started: float) -> Iterator[dict[str, Any]]:
+def _relay(
+    organization: Organization,
+    entry: PricedModel,
+    attempt: UsageAttempt,
+    first: StreamChunk,
+    upstream: Iterator[StreamChunk],
+    started: float,
+) -> Iterator[dict[str, Any]]:
     usage: Usage | None = None
     completed = False
     try:
@@ -364,9 +449,13 @@ def _relay(organization: Organization, entry: PricedModel, attempt: UsageAttempt
         completed = True
     except ProviderError as error:
         attempt_settle(
-            organization=organization, attempt=attempt,
-            settlement=Settlement(status=AttemptStatus.FAILED, cost_usd=attempt.reserved_usd,
-                                  error_class=f"stream_broken:{error.error_class}"),
+            organization=organization,
+            attempt=attempt,
+            settlement=Settlement(
+                status=AttemptStatus.FAILED,
+                cost_usd=attempt.reserved_usd,
+                error_class=f"stream_broken:{error.error_class}",
+            ),
         )
         breaker_record(entry.model.provider, entry.model.name, success=False)
         return
@@ -375,9 +464,13 @@ def _relay(organization: Organization, entry: PricedModel, attempt: UsageAttempt
             # The client went away (GeneratorExit) or the provider never reported usage: what the
             # provider did is unknown, so the attempt is charged its reservation, never nothing.
             attempt_settle(
-                organization=organization, attempt=attempt,
-                settlement=Settlement(status=AttemptStatus.FAILED if not completed else AttemptStatus.SUCCEEDED,
-                                      cost_usd=attempt.reserved_usd, error_class="" if completed else "client_disconnected"),
+                organization=organization,
+                attempt=attempt,
+                settlement=Settlement(
+                    status=AttemptStatus.FAILED if not completed else AttemptStatus.SUCCEEDED,
+                    cost_usd=attempt.reserved_usd,
+                    error_class="" if completed else "client_disconnected",
+                ),
             )
     if usage is None:
         return
@@ -386,10 +479,18 @@ def _relay(organization: Organization, entry: PricedModel, attempt: UsageAttempt
     attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
     breaker_record(entry.model.provider, entry.model.name, success=True)
     latency_observe(entry.model.name, latency_ms)
-    yield {"id": f"chatcmpl-{attempt.request_id}", "object": "chat.completion.chunk", "model": entry.model.name,
-           "choices": [], "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
-                                    "total_tokens": usage.input_tokens + usage.output_tokens,
-                                    "cost_usd": str(settlement.cost_usd)}}
+    yield {
+        "id": f"chatcmpl-{attempt.request_id}",
+        "object": "chat.completion.chunk",
+        "model": entry.model.name,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "cost_usd": str(settlement.cost_usd),
+        },
+    }
 
 
 def _chain(first: StreamChunk, rest: Iterator[StreamChunk]) -> Iterator[StreamChunk]:

@@ -42,8 +42,11 @@ def _caller(request: HttpRequest) -> tuple[Organization, Principal]:
     if organization is None or organization.is_public or principal is None:
         has_header = request.headers.get("Authorization", "").startswith("Bearer ")
         raise GatewayError(
-            401, "invalid_api_key",
-            "invalid, revoked or missing API key" if has_header else "send your API key as `Authorization: Bearer <key>`",
+            401,
+            "invalid_api_key",
+            "invalid, revoked or missing API key"
+            if has_header
+            else "send your API key as `Authorization: Bearer <key>`",
             type="authentication_error",
         )
     return organization, principal
@@ -86,8 +89,13 @@ def chat_completions(request: HttpRequest) -> HttpResponse:
 
 def _stream_response(organization: Organization, principal: Principal, call: Any, request_id: str) -> HttpResponse:
     if not _open_streams.acquire(blocking=False):
-        raise GatewayError(503, "too_many_streams", "this server has too many open streams; retry shortly",
-                           type="server_error", headers={"Retry-After": "1"})
+        raise GatewayError(
+            503,
+            "too_many_streams",
+            "this server has too many open streams; retry shortly",
+            type="server_error",
+            headers={"Retry-After": "1"},
+        )
     try:
         stream = chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
     except BaseException:

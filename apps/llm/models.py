@@ -46,7 +46,9 @@ class UsageAttempt(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["request_id", "attempt"], name="llm_attempt_unique"),
-            models.CheckConstraint(condition=models.Q(status__in=AttemptStatus.values), name="llm_attempt_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=AttemptStatus.values), name="llm_attempt_status_valid"
+            ),
             models.CheckConstraint(
                 condition=models.Q(cost_usd__gte=0, reserved_usd__gte=0, saved_usd__gte=0),
                 name="llm_attempt_amounts_not_negative",
@@ -74,7 +76,9 @@ class BudgetPeriod(models.TextChoices):
 
 class Budget(models.Model):
     scope = models.CharField(max_length=20, choices=BudgetScope.choices)
-    scope_id = models.CharField(max_length=64, blank=True, default="", help_text="User or key id; empty for the organization.")
+    scope_id = models.CharField(
+        max_length=64, blank=True, default="", help_text="User or key id; empty for the organization."
+    )
     period = models.CharField(max_length=10, choices=BudgetPeriod.choices)
     limit_usd = models.DecimalField(max_digits=14, decimal_places=6)
     soft_percent = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -91,7 +95,8 @@ class Budget(models.Model):
                 name="llm_budget_soft_percent_range",
             ),
             models.CheckConstraint(
-                condition=models.Q(scope="organization", scope_id="") | ~models.Q(scope="organization") & ~models.Q(scope_id=""),
+                condition=models.Q(scope="organization", scope_id="")
+                | ~models.Q(scope="organization") & ~models.Q(scope_id=""),
                 name="llm_budget_scope_id_matches_scope",
             ),
         ]
@@ -112,7 +117,9 @@ class BudgetWindow(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["budget", "period_start"], name="llm_window_unique"),
-            models.CheckConstraint(condition=models.Q(spent_usd__gte=0, reserved_usd__gte=0), name="llm_window_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(spent_usd__gte=0, reserved_usd__gte=0), name="llm_window_not_negative"
+            ),
         ]
 
 

@@ -136,7 +136,7 @@ class OpenAIProvider:
             )
         except openai.OpenAIError as exc:
             raise _openai_error(exc) from exc
-        body: dict[str, Any] = json.loads(raw.text)
+        body: dict[str, Any] = json.loads(raw.http_response.text)
         usage = body.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
         choices = body.get("choices") or [{}]
@@ -153,8 +153,12 @@ class OpenAIProvider:
     def stream(self, payload: dict[str, Any], context: CallContext) -> Iterator[StreamChunk]:
         try:
             raw = self.client.chat.completions.with_raw_response.create(
-                **{**payload, "model": self.model.provider_model, "stream": True,
-                   "stream_options": {"include_usage": True}},
+                **{
+                    **payload,
+                    "model": self.model.provider_model,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
                 timeout=context.timeout_s,
                 extra_headers=context.headers(),
             )
@@ -302,11 +306,13 @@ class AnthropicProvider:
     def complete(self, payload: dict[str, Any], context: CallContext) -> Reply:
         try:
             raw = self.client.messages.with_raw_response.create(
-                **anthropic_request(payload, model=self.model), timeout=context.timeout_s, extra_headers=context.headers()
+                **anthropic_request(payload, model=self.model),
+                timeout=context.timeout_s,
+                extra_headers=context.headers(),
             )
         except anthropic.AnthropicError as exc:
             raise _anthropic_error(exc) from exc
-        body = _openai_shape_from_anthropic(json.loads(raw.text), model_name=self.model.name)
+        body = _openai_shape_from_anthropic(json.loads(raw.http_response.text), model_name=self.model.name)
         usage = body["usage"]
         return Reply(
             body=body,
@@ -326,7 +332,10 @@ class AnthropicProvider:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> StreamChunk:
             return StreamChunk(
                 chunk={
-                    "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": self.model.name,
+                    "id": chunk_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": self.model.name,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                 },
                 finish_reason=finish,
@@ -334,8 +343,10 @@ class AnthropicProvider:
 
         try:
             events = self.client.messages.create(
-                **anthropic_request(payload, model=self.model), stream=True,
-                timeout=context.timeout_s, extra_headers=context.headers(),
+                **anthropic_request(payload, model=self.model),
+                stream=True,
+                timeout=context.timeout_s,
+                extra_headers=context.headers(),
             )
             yield chunk({"role": "assistant", "content": ""})
             for event in events:
@@ -384,7 +395,7 @@ class SimulatorProvider:
         latency = settings.LLM_SIMULATOR_LATENCY_MS / 1000
         if latency:
             time.sleep(latency)
-        if random.random() < settings.LLM_SIMULATOR_FAILURE_RATE:  # noqa: S311 - simulation, not security
+        if random.random() < settings.LLM_SIMULATOR_FAILURE_RATE:
             raise ProviderError("simulated provider failure", status=503, error_class="http_503")
         question = _last_user_text(payload["messages"])
         digest = hashlib.sha256(json.dumps(payload["messages"], sort_keys=True).encode()).hexdigest()[:8]
@@ -416,13 +427,26 @@ class SimulatorProvider:
 
     def stream(self, payload: dict[str, Any], context: CallContext) -> Iterator[StreamChunk]:
         text, usage, finish = self._answer(payload, context)
-        base = {"id": f"chatcmpl-sim-{context.request_id}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": self.model.name}
+        base = {
+            "id": f"chatcmpl-sim-{context.request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model.name,
+        }
         pieces = [text[i : i + 24] for i in range(0, len(text), 24)] or [""]
-        yield StreamChunk(chunk={**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        yield StreamChunk(
+            chunk={
+                **base,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            }
+        )
         for piece in pieces:
-            yield StreamChunk(chunk={**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-        yield StreamChunk(chunk={**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}, finish_reason=finish)
+            yield StreamChunk(
+                chunk={**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            )
+        yield StreamChunk(
+            chunk={**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}, finish_reason=finish
+        )
         yield StreamChunk(usage=usage)
 
 

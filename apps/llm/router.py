@@ -40,8 +40,9 @@ def latency_observe(name: str, latency_ms: float) -> None:
     client.set(key, f"{value:.1f}", ex=24 * 3600)
 
 
-def candidates(*, model: str | None, policy: str | None, min_quality: int, prompt_tokens: int,
-               output_tokens: int) -> list[PricedModel]:
+def candidates(
+    *, model: str | None, policy: str | None, min_quality: int, prompt_tokens: int, output_tokens: int
+) -> list[PricedModel]:
     models = catalog()
     if model is not None:
         entry = models.get(model)
@@ -51,7 +52,8 @@ def candidates(*, model: str | None, policy: str | None, min_quality: int, promp
         ordered = [c for c in chain if usable(c) or c is entry]
     else:
         pool = [
-            e for e in models.values()
+            e
+            for e in models.values()
             if e.model.kind == ModelKind.CHAT and e.model.quality_tier >= min_quality and usable(e)
         ]
         costs = {e.model.name: expected_cost(e, prompt_tokens=prompt_tokens, output_tokens=output_tokens) for e in pool}

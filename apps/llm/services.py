@@ -41,20 +41,47 @@ def budget_set(
     if soft_percent is not None and not 1 <= soft_percent <= 100:
         raise BudgetInvalid("the soft limit is a percentage from 1 to 100")
     with organization_schema(organization):
-        return _budget_store(organization=organization, scope=scope, scope_id=scope_id, period=period,
-                             limit_usd=limit_usd, soft_percent=soft_percent, hard=hard, actor=actor)
+        return _budget_store(
+            organization=organization,
+            scope=scope,
+            scope_id=scope_id,
+            period=period,
+            limit_usd=limit_usd,
+            soft_percent=soft_percent,
+            hard=hard,
+            actor=actor,
+        )
 
 
-def _budget_store(*, organization: Organization, scope: str, scope_id: str, period: str, limit_usd: Decimal,
-                  soft_percent: int | None, hard: bool, actor: Principal) -> Budget:
+def _budget_store(
+    *,
+    organization: Organization,
+    scope: str,
+    scope_id: str,
+    period: str,
+    limit_usd: Decimal,
+    soft_percent: int | None,
+    hard: bool,
+    actor: Principal,
+) -> Budget:
     budget, created = Budget.objects.update_or_create(
-        scope=scope, scope_id=scope_id, period=period,
+        scope=scope,
+        scope_id=scope_id,
+        period=period,
         defaults={"limit_usd": limit_usd, "soft_percent": soft_percent, "hard": hard},
     )
     audit_record(
-        organization=organization, actor=actor, action="budget.created" if created else "budget.changed",
+        organization=organization,
+        actor=actor,
+        action="budget.created" if created else "budget.changed",
         target=budget,
-        metadata={"scope": scope, "scope_id": scope_id, "period": period, "limit_usd": str(limit_usd),
-                  "soft_percent": soft_percent, "hard": hard},
+        metadata={
+            "scope": scope,
+            "scope_id": scope_id,
+            "period": period,
+            "limit_usd": str(limit_usd),
+            "soft_percent": soft_percent,
+            "hard": hard,
+        },
     )
     return budget

@@ -19,8 +19,8 @@ from django.template.response import TemplateResponse
 from django.urls import set_urlconf
 from django.utils.module_loading import import_string
 
-from apps.tenants.connection import tenant_connection
 from apps.accounts.principals import Principal
+from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_for_host_cached, public_organization
 
@@ -54,7 +54,9 @@ def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpRe
     if _wants_json(request):
         # OpenAI's error shape, which every JSON error of the platform uses.
         error_type = "invalid_request_error" if status == 404 else "permission_error"
-        return JsonResponse({"error": {"message": message, "type": error_type, "param": None, "code": code}}, status=status)
+        return JsonResponse(
+            {"error": {"message": message, "type": error_type, "param": None, "code": code}}, status=status
+        )
     response = TemplateResponse(request, "tenants/unavailable.html", {"message": message}, status=status)
     response.render()
     return response

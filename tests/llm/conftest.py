@@ -18,6 +18,7 @@ from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
 from cognitionos.wsgi import application
 from tests.factories import TEST_ACTOR
+from tests.support.fake_provider import FakeProvider
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +82,23 @@ def key_a(two_tenants: tuple[Organization, Organization]) -> str:
 @pytest.fixture
 def key_b(two_tenants: tuple[Organization, Organization]) -> str:
     return apikey_create(organization=two_tenants[1], name="tests B", actor=TEST_ACTOR).key
+
+
+@pytest.fixture(scope="session")
+def fake_provider_server() -> Iterator[FakeProvider]:
+    with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_provider(fake_provider_server: FakeProvider, settings: Any) -> FakeProvider:
+    """The fake OpenAI and Anthropic servers, configured as the platform's default credentials."""
+    fake_provider_server.reset()
+    settings.OPENAI_API_KEY = "sk-test-platform"
+    settings.OPENAI_BASE_URL = fake_provider_server.openai_base_url
+    settings.ANTHROPIC_API_KEY = "sk-ant-test-platform"
+    settings.ANTHROPIC_BASE_URL = fake_provider_server.anthropic_base_url
+    settings.LLM_RETRY_BASE_S = 0.01
+    settings.LLM_PROVIDER_TIMEOUT_S = 5
+    catalog_forget()
+    return fake_provider_server

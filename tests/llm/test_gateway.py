@@ -69,8 +69,13 @@ def test_every_parameter_that_changes_the_answer_is_in_the_cache_key(
     client = gateway_client(key_a)
     client.chat.completions.create(model="simulated-mini", messages=HELLO, temperature=0)
     variants = [
-        {"temperature": 0.5}, {"seed": 7}, {"top_p": 0.5}, {"stop": ["x"]},
-        {"response_format": {"type": "json_object"}}, {"max_tokens": 50}, {"extra_body": {"logit_bias": {"1": 2}}},
+        {"temperature": 0.5},
+        {"seed": 7},
+        {"top_p": 0.5},
+        {"stop": ["x"]},
+        {"response_format": {"type": "json_object"}},
+        {"max_tokens": 50},
+        {"extra_body": {"logit_bias": {"1": 2}}},
     ]
     for variant in variants:
         raw = client.chat.completions.with_raw_response.create(model="simulated-mini", messages=HELLO, **variant)  # type: ignore[call-overload]
@@ -94,7 +99,9 @@ def test_cut_off_answers_are_not_cached_and_skip_bypasses_the_cache(
     assert raw.headers["x-cognitionos-cache"] == "miss"
 
 
-def test_streaming_carries_usage_and_cost_and_settles(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+def test_streaming_carries_usage_and_cost_and_settles(
+    two_tenants: tuple[Organization, Organization], key_a: str
+) -> None:
     tenant_a, _ = two_tenants
     stream = gateway_client(key_a).chat.completions.create(
         model="simulated-pro", messages=HELLO, stream=True, stream_options={"include_usage": True}
@@ -109,7 +116,11 @@ def test_streaming_carries_usage_and_cost_and_settles(two_tenants: tuple[Organiz
     assert usage is not None and usage.completion_tokens > 0
     cost = Decimal(str((usage.model_extra or {})["cost_usd"]))
     (attempt,) = _attempts(tenant_a)
-    assert (attempt.status, attempt.cost_usd, attempt.output_tokens) == (AttemptStatus.SUCCEEDED, cost, usage.completion_tokens)
+    assert (attempt.status, attempt.cost_usd, attempt.output_tokens) == (
+        AttemptStatus.SUCCEEDED,
+        cost,
+        usage.completion_tokens,
+    )
 
 
 def test_a_client_that_leaves_mid_stream_is_charged_its_reservation(tenant: Organization) -> None:
@@ -126,7 +137,9 @@ def test_a_client_that_leaves_mid_stream_is_charged_its_reservation(tenant: Orga
 def _post(body: object, key: str | None, content_type: str = "application/json") -> tuple[int, dict[str, object]]:
     headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
     data = body if isinstance(body, str) else json.dumps(body)
-    response = Client().post("/v1/chat/completions", data=data, content_type=content_type, HTTP_HOST="localhost", **headers)
+    response = Client().post(
+        "/v1/chat/completions", data=data, content_type=content_type, HTTP_HOST="localhost", **headers
+    )
     return response.status_code, response.json()
 
 
@@ -154,7 +167,9 @@ def test_bad_requests_get_openai_shaped_errors_and_touch_nothing(
     assert _attempts(two_tenants[0]) == []
 
 
-def test_wrong_content_type_and_missing_or_revoked_keys(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+def test_wrong_content_type_and_missing_or_revoked_keys(
+    two_tenants: tuple[Organization, Organization], key_a: str
+) -> None:
     body = {"model": "simulated-mini", "messages": HELLO}
     assert _post(json.dumps(body), key_a, content_type="text/plain")[0] == 415
     status, payload = _post(body, None)
@@ -170,7 +185,9 @@ def test_wrong_content_type_and_missing_or_revoked_keys(two_tenants: tuple[Organ
     assert _attempts(two_tenants[0]) == []
 
 
-def test_models_lists_what_the_organization_can_use(two_tenants: tuple[Organization, Organization], key_a: str, settings: object) -> None:
+def test_models_lists_what_the_organization_can_use(
+    two_tenants: tuple[Organization, Organization], key_a: str, settings: object
+) -> None:
     names = {m.id for m in gateway_client(key_a).models.list().data}
     assert {"simulated-mini", "simulated-pro"} <= names
     assert "gpt-4o-mini" not in names  # no OpenAI credentials configured
@@ -182,8 +199,29 @@ def test_models_lists_what_the_organization_can_use(two_tenants: tuple[Organizat
     assert "gpt-4o-mini" in names
 
 
-def test_policy_routes_to_the_cheapest_adequate_model(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+def test_policy_routes_to_the_cheapest_adequate_model(
+    two_tenants: tuple[Organization, Organization], key_a: str
+) -> None:
     client = gateway_client(key_a)
     assert client.chat.completions.create(model="cheapest", messages=HELLO).model == "simulated-mini"
     strong = client.chat.completions.create(model="cheapest", messages=HELLO, extra_body={"min_quality": 4})
     assert strong.model == "simulated-pro"
+
+
+def test_rate_limit_answers_429_with_retry_after(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+    from apps.llm.ratelimits import rate_limit_take
+
+    tenant_a = two_tenants[0]
+    for _ in range(int(tenant_a.plan.limit("requests_per_minute"))):
+        rate_limit_take(organization=tenant_a, api_key_id=None, tokens=1)
+    response = Client().post(
+        "/v1/chat/completions",
+        data=json.dumps({"model": "simulated-mini", "messages": HELLO}),
+        content_type="application/json",
+        HTTP_HOST="localhost",
+        HTTP_AUTHORIZATION=f"Bearer {key_a}",
+    )
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert _attempts(tenant_a) == []

@@ -9,11 +9,24 @@ Standard library only. Start it on 127.0.0.1 (a free port is picked), point an S
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
         assert fake.calls[-1].status == 200
 
-Answers are deterministic: "Simulated answer to: " + the last user message (first 200 characters).
-Token counts are `ceil(UTF-8 bytes / 4)`, plus 3 per message for prompts.
-
 Endpoints: POST /v1/chat/completions and /v1/embeddings (OpenAI shapes), POST /v1/messages
 (Anthropic shape). Anything else answers 404 (405 for another method on a known path).
+
+Behaviour worth knowing:
+- Answers are deterministic: "Simulated answer to: " + the last user message (first 200 characters;
+  text parts joined with a space); `{"answer": ...}` in JSON mode. Token counts are
+  `ceil(UTF-8 bytes / 4)`, plus 3 per message (the Anthropic `system` prompt counts as one).
+- With tools (and tool_choice not "none") the answer is a call to the first tool (or the one
+  tool_choice names) with arguments `{}`, unless the conversation ends with a tool result: then
+  the model answers in text, so agent loops terminate.
+- Auth: OpenAI needs `Authorization: Bearer <key>`; Anthropic needs `x-api-key` or a bearer token
+  (the installed anthropic SDK sends its api_key as `Authorization: Bearer`).
+- Order per request: `hang_next`, then `fail_next` / `fail_models`, then auth, then validation.
+  `fail_next` and `hang_next` queue: `fail_next(1, status=429); fail_next(1, status=500)` fails
+  the next request with 429 and the one after with 500.
+- `latency_s` is waited before answering; a stream also waits `latency_s / n_chunks` between its
+  content chunks, and `slow_stream` delay between every two events.
+- `stop()` drops requests still waiting (latency, hang) and closes keep-alive connections.
 """
 
 from __future__ import annotations

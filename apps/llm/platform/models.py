@@ -33,7 +33,9 @@ class CatalogModel(models.Model):
     class Meta:
         ordering = ("name",)
         constraints = [
-            models.CheckConstraint(condition=models.Q(quality_tier__gte=1, quality_tier__lte=5), name="llm_model_tier_1_5"),
+            models.CheckConstraint(
+                condition=models.Q(quality_tier__gte=1, quality_tier__lte=5), name="llm_model_tier_1_5"
+            ),
             models.CheckConstraint(condition=models.Q(provider__in=Provider.values), name="llm_model_provider_valid"),
         ]
 

@@ -24,7 +24,15 @@ class Command(BaseCommand):
             raise CommandError(f"no organization {options['tenant']!r}", returncode=2)
         issued = apikey_create(organization=organization, name=options["name"], actor=Principal.system("cli"))
         if options["json"]:
-            self.stdout.write(json.dumps({"key": issued.key, "id": issued.api_key.pk, "name": issued.api_key.name,
-                                          "organization": organization.slug}))
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "key": issued.key,
+                        "id": issued.api_key.pk,
+                        "name": issued.api_key.name,
+                        "organization": organization.slug,
+                    }
+                )
+            )
         else:
             self.stdout.write(f"{issued.key}\n(shown once: store it now; only its hash is kept)")

@@ -36,12 +36,24 @@ class Command(BaseCommand):
         with tenant_context(organization):
             try:
                 budget = budget_set(
-                    organization=organization, scope=options["scope"], scope_id=options["id"],
-                    period=options["period"], limit_usd=limit, soft_percent=options["soft_percent"],
-                    hard=options["hard"], actor=Principal.system("cli"),
+                    organization=organization,
+                    scope=options["scope"],
+                    scope_id=options["id"],
+                    period=options["period"],
+                    limit_usd=limit,
+                    soft_percent=options["soft_percent"],
+                    hard=options["hard"],
+                    actor=Principal.system("cli"),
                 )
             except BudgetInvalid as exc:
                 raise CommandError(str(exc), returncode=2) from exc
-        data = {"id": budget.pk, "scope": budget.scope, "scope_id": budget.scope_id, "period": budget.period,
-                "limit_usd": str(budget.limit_usd), "soft_percent": budget.soft_percent, "hard": budget.hard}
+        data = {
+            "id": budget.pk,
+            "scope": budget.scope,
+            "scope_id": budget.scope_id,
+            "period": budget.period,
+            "limit_usd": str(budget.limit_usd),
+            "soft_percent": budget.soft_percent,
+            "hard": budget.hard,
+        }
         self.stdout.write(json.dumps(data) if options["json"] else f"Budget set: {data}")
