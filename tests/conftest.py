@@ -35,7 +35,7 @@ def django_db_setup(
     """The test database, always (pytest-django's own fixture sets it up only for tests that take
     `db`, so a run of integration tests alone would use the real database)."""
     with django_db_blocker.unblock():
-        databases = setup_databases(verbosity=0, interactive=False, keepdb=django_db_keepdb, aliases={"default"})
+        databases = setup_databases(verbosity=0, interactive=False, keepdb=django_db_keepdb, aliases={"default": {}})
         organization_make(slug=TENANT_A, name="Tenant A")
         organization_make(slug=TENANT_B, name="Tenant B")
     yield

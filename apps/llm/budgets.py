@@ -11,6 +11,8 @@ same window, so spend plus reservations never passes a hard limit.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -288,8 +290,8 @@ def _soft_limits_check(*, organization: Organization, window_ids: list[int]) -> 
             },
         )
         if settings.LLM_SOFT_LIMIT_HOOK:
-            hook = import_string(settings.LLM_SOFT_LIMIT_HOOK)
-            transaction.on_commit(lambda b=budget, w=window: hook(organization, b, w))
+            hook: Callable[[Organization, Budget, BudgetWindow], None] = import_string(settings.LLM_SOFT_LIMIT_HOOK)
+            transaction.on_commit(functools.partial(hook, organization, budget, window))
 
 
 def holds_sweep(*, organization: Organization, now: dt.datetime | None = None) -> int:

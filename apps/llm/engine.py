@@ -78,7 +78,7 @@ def _invalid(message: str, param: str | None = None, code: str = "invalid_reques
     return GatewayError(400, code, message, param=param)
 
 
-def chat_call_parse(body: Any) -> ChatCall:
+def chat_call_parse(body: Any) -> ChatCall:  # noqa: PLR0912 - one check per field, in reading order
     """Validate an OpenAI chat-completions body; refuse what we can't honour with a 400."""
     if not isinstance(body, dict):
         raise _invalid("the request body must be a JSON object")
@@ -167,9 +167,11 @@ def _release_connection() -> None:
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:
+    ceiling = float(settings.LLM_RETRY_MAX_S)
     if retry_after is not None:
-        return min(retry_after, settings.LLM_RETRY_MAX_S)
-    return min(settings.LLM_RETRY_MAX_S, settings.LLM_RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        return min(retry_after, ceiling)
+    delay: float = min(ceiling, float(settings.LLM_RETRY_BASE_S) * 2 ** (attempt - 1))
+    return delay * random.uniform(0.5, 1.0)
 
 
 def _settlement(entry: PricedModel, usage: Usage, latency_ms: int) -> Settlement:
@@ -266,10 +268,10 @@ class _Attempts:
 T = TypeVar("T")
 
 
-def _guarded_call(call: Callable[[], T]) -> T:
+def _guarded_call(call: Callable[..., T], *args: Any) -> T:
     """A provider call whose every failure is a ProviderError, so its attempt is always settled."""
     try:
-        return call()
+        return call(*args)
     except (ProviderError, StopIteration):
         raise
     except Exception as exc:
@@ -347,7 +349,7 @@ def chat_complete(
             _release_connection()
             started = time.perf_counter()
             try:
-                reply = _guarded_call(lambda: provider.complete(call.payload, attempts.context()))
+                reply = _guarded_call(provider.complete, call.payload, attempts.context())
             except ProviderError as error:
                 attempts.failed(entry, attempt, error, int((time.perf_counter() - started) * 1000))
                 if not error.retryable or retry == settings.LLM_MAX_ATTEMPTS:
@@ -413,7 +415,7 @@ def chat_stream(
             started = time.perf_counter()
             upstream = provider.stream(call.payload, attempts.context())
             try:
-                first = _guarded_call(lambda: next(upstream))
+                first = _guarded_call(next, upstream)
             except (ProviderError, StopIteration) as error:
                 failure = error if isinstance(error, ProviderError) else ProviderError("empty stream")
                 attempts.failed(entry, attempt, failure, int((time.perf_counter() - started) * 1000))
@@ -425,12 +427,20 @@ def chat_stream(
                 request_id=request_id,
                 model=entry.model.name,
                 simulated=entry.model.is_simulated,
-                chunks=_relay(organization, entry, attempt, first, upstream, started),
+                chunks=_relay(
+                    organization=organization,
+                    entry=entry,
+                    attempt=attempt,
+                    first=first,
+                    upstream=upstream,
+                    started=started,
+                ),
             )
     raise attempts.exhausted()
 
 
 def _relay(
+    *,
     organization: Organization,
     entry: PricedModel,
     attempt: UsageAttempt,

@@ -66,7 +66,7 @@ def _json_body(request: HttpRequest) -> Any:
 
 @csrf_exempt
 @require_POST
-def chat_completions(request: HttpRequest) -> HttpResponse:
+def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     request_id = uuid.uuid4().hex
     try:
         organization, principal = _caller(request)
@@ -87,7 +87,9 @@ def chat_completions(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def _stream_response(organization: Organization, principal: Principal, call: Any, request_id: str) -> HttpResponse:
+def _stream_response(
+    organization: Organization, principal: Principal, call: Any, request_id: str
+) -> StreamingHttpResponse:
     if not _open_streams.acquire(blocking=False):
         raise GatewayError(
             503,

@@ -122,6 +122,9 @@ class BudgetWindow(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"budget {self.budget_id} from {self.period_start}"
+
 
 class BudgetHold(models.Model):
     """The part of a window one attempt has reserved; released when the attempt settles."""
@@ -135,6 +138,9 @@ class BudgetHold(models.Model):
             models.UniqueConstraint(fields=["attempt", "window"], name="llm_hold_unique"),
         ]
 
+    def __str__(self) -> str:
+        return f"hold of ${self.amount_usd} for attempt {self.attempt_id}"
+
 
 class CachedResponse(models.Model):
     """L4: the durable exact cache of complete, successful answers."""
@@ -145,3 +151,6 @@ class CachedResponse(models.Model):
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     created_at = models.DateTimeField(db_default=Now())
     expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.key[:12]}"

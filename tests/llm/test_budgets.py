@@ -3,9 +3,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 from decimal import Decimal
+from typing import Any
 
 from django.test import Client
 from django.utils import timezone
+from openai.types.chat import ChatCompletionMessageParam
 
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
@@ -16,7 +18,7 @@ from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.factories import TEST_ACTOR
 
-HELLO = [{"role": "user", "content": "Hello there"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 KEY = Principal(kind="api_key", id="7", label="key 7")
 
 
@@ -41,9 +43,10 @@ def test_hard_budget_refuses_with_402_in_openai_shape_and_writes_nothing(key_a: 
     )
     status, body = _ask(key_a)  # simulated-pro may write 32,000 tokens at $15/M: $0.48 worst case
     assert status == 402
-    assert body["error"] == {
-        "message": body["error"]["message"],
-        "type": "insufficient_quota",  # type: ignore[index]
+    error: Any = body["error"]
+    assert error == {
+        "message": error["message"],
+        "type": "insufficient_quota",
         "param": None,
         "code": "budget_exceeded",
     }
@@ -146,7 +149,7 @@ def test_an_attempt_is_settled_once_and_the_sweeper_charges_abandoned_holds(tena
     abandoned.refresh_from_db()
     assert (abandoned.status, abandoned.cost_usd) == (AttemptStatus.SWEPT, Decimal("0.25"))
     window = BudgetWindow.objects.get()
-    assert (window.reserved_usd, window.spent_usd) == (0, Decimal("0.25"))
+    assert (window.reserved_usd, window.spent_usd) == (Decimal(0), Decimal("0.25"))
     # A late settle from the process that was thought dead changes nothing.
     assert not attempt_settle(
         organization=tenant,

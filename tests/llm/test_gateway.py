@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from typing import Any
 
 import openai
 import pytest
 from django.test import Client
 from django_tenants.utils import schema_context
+from openai.types.chat import ChatCompletionMessageParam
 
 from apps.accounts.principals import Principal
 from apps.apikeys.models import ApiKey
@@ -18,7 +20,7 @@ from apps.tenants.models import Organization
 from tests.factories import TEST_ACTOR
 from tests.llm.conftest import gateway_client
 
-HELLO = [{"role": "user", "content": "Hello there"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 
 
 def _attempts(organization: Organization) -> list[UsageAttempt]:
@@ -48,7 +50,12 @@ def test_chat_completion_through_the_openai_sdk_is_metered_and_cached(
     miss, hit = _attempts(tenant_a)
     assert (miss.status, miss.cost_usd, miss.cache_layer) == (AttemptStatus.SUCCEEDED, cost, "")
     assert miss.input_tokens == completion.usage.prompt_tokens if completion.usage else False
-    assert (hit.status, hit.cost_usd, hit.saved_usd, hit.cache_layer) == (AttemptStatus.CACHE_HIT, 0, cost, "l1")
+    assert (hit.status, hit.cost_usd, hit.saved_usd, hit.cache_layer) == (
+        AttemptStatus.CACHE_HIT,
+        Decimal(0),
+        cost,
+        "l1",
+    )
     assert miss.request_id == first.headers["x-cognitionos-request-id"]
     rollup = UsageRollup.objects.get(organization=tenant_a, model_name="simulated-mini")
     assert (rollup.requests, rollup.cache_hits, rollup.cost_usd, rollup.saved_usd) == (2, 1, cost, cost)
@@ -68,7 +75,7 @@ def test_every_parameter_that_changes_the_answer_is_in_the_cache_key(
 ) -> None:
     client = gateway_client(key_a)
     client.chat.completions.create(model="simulated-mini", messages=HELLO, temperature=0)
-    variants = [
+    variants: list[dict[str, Any]] = [
         {"temperature": 0.5},
         {"seed": 7},
         {"top_p": 0.5},
@@ -78,7 +85,7 @@ def test_every_parameter_that_changes_the_answer_is_in_the_cache_key(
         {"extra_body": {"logit_bias": {"1": 2}}},
     ]
     for variant in variants:
-        raw = client.chat.completions.with_raw_response.create(model="simulated-mini", messages=HELLO, **variant)  # type: ignore[call-overload]
+        raw = client.chat.completions.with_raw_response.create(model="simulated-mini", messages=HELLO, **variant)
         assert raw.headers["x-cognitionos-cache"] == "miss", variant
     raw = client.chat.completions.with_raw_response.create(model="simulated-pro", messages=HELLO, temperature=0)
     assert raw.headers["x-cognitionos-cache"] == "miss"
@@ -128,14 +135,15 @@ def test_a_client_that_leaves_mid_stream_is_charged_its_reservation(tenant: Orga
     principal = Principal(kind="api_key", id="1", label="k")
     stream = chat_stream(organization=tenant, principal=principal, call=call)
     assert next(stream.chunks)["choices"]
-    stream.chunks.close()  # what the gateway does when the client goes away
+    close: Any = stream.chunks.close  # type: ignore[attr-defined]  # a generator
+    close()  # what the gateway does when the client goes away
     (attempt,) = _attempts(tenant)
     assert attempt.status == AttemptStatus.FAILED and attempt.error_class == "client_disconnected"
     assert attempt.cost_usd == attempt.reserved_usd > 0
 
 
 def _post(body: object, key: str | None, content_type: str = "application/json") -> tuple[int, dict[str, object]]:
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
+    headers: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
     data = body if isinstance(body, str) else json.dumps(body)
     response = Client().post(
         "/v1/chat/completions", data=data, content_type=content_type, HTTP_HOST="localhost", **headers

@@ -6,13 +6,14 @@ import time
 from typing import Any
 
 from django_tenants.utils import schema_context
+from openai.types.chat import ChatCompletionMessageParam
 
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.tenants.models import Organization
 from tests.llm.conftest import gateway_client
 from tests.support.fake_provider import FakeProvider
 
-HELLO = [{"role": "user", "content": "Hello there"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello there"}]
 
 
 def _ledger(organization: Organization) -> list[tuple[str, int, str, str]]:

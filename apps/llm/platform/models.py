@@ -99,3 +99,6 @@ class UsageRollup(models.Model):
                 fields=["organization", "day", "model_name", "api_key_id"], name="llm_rollup_unique"
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.day} {self.model_name}"
