@@ -10,21 +10,22 @@ same window, so spend plus reservations never passes a hard limit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Q
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
-from apps.llm.models import AttemptStatus, Budget, BudgetHold, BudgetPeriod, BudgetScope, BudgetWindow, UsageAttempt
+from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, UsageAttempt
 from apps.llm.platform.models import UsageRollup
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
@@ -58,25 +59,53 @@ def period_start(period: str, now: dt.datetime) -> dt.date:
     return today if period == BudgetPeriod.DAY else today.replace(day=1)
 
 
-def budgets_for(spender: Spender) -> list[Budget]:
-    scopes = Q(scope=BudgetScope.ORGANIZATION)
-    if spender.api_key_id is not None:
-        scopes |= Q(scope=BudgetScope.KEY, scope_id=str(spender.api_key_id))
-    if spender.user_id is not None:
-        scopes |= Q(scope=BudgetScope.USER, scope_id=str(spender.user_id))
-    return list(Budget.objects.filter(scopes).order_by("id"))
+def _scope_filter(spender: Spender) -> tuple[str, list[str]]:
+    """The budgets that apply to a spender, as a WHERE clause on `llm_budget b` with named parameters."""
+    clauses, params = ["(b.scope = 'organization')"], list[str]()
+    for scope, scope_id in (("key", spender.api_key_id), ("user", spender.user_id)):
+        if scope_id is not None:
+            clauses.append(f"(b.scope = '{scope}' AND b.scope_id = %(scope_{len(params)})s)")
+            params.append(str(scope_id))
+    return " OR ".join(clauses), params
 
 
-def _windows(budgets: list[Budget], now: dt.datetime) -> dict[int, int]:
-    """budget id -> id of its window for the current period, creating the windows that are missing."""
-    wanted = {budget.pk: period_start(budget.period, now) for budget in budgets}
-    BudgetWindow.objects.bulk_create(
-        [BudgetWindow(budget_id=pk, period_start=start) for pk, start in wanted.items()], ignore_conflicts=True
-    )
-    query = Q()
-    for pk, start in wanted.items():
-        query |= Q(budget_id=pk, period_start=start)
-    return dict(BudgetWindow.objects.filter(query).values_list("budget_id", "id"))
+_RESERVE = """
+WITH applicable AS (
+    SELECT b.id AS budget_id, b.hard, b.limit_usd, w.id AS window_id
+    FROM llm_budget b
+    LEFT JOIN llm_budgetwindow w ON w.budget_id = b.id
+        AND w.period_start = CASE WHEN b.period = 'day' THEN %(day)s::date ELSE %(month)s::date END
+    WHERE {scopes}
+), attempt AS (
+    INSERT INTO llm_usageattempt (request_id, attempt, status, hold_expires_at, principal_kind, principal_id,
+        principal_label, api_key_id, user_id, model_name, provider, paid_by, input_tokens, cached_input_tokens,
+        output_tokens, reserved_usd, cost_usd, saved_usd, cache_layer, error_class)
+    VALUES (%(request_id)s, %(attempt)s, 'reserved', %(expires)s, %(kind)s, %(principal_id)s, %(label)s,
+        %(api_key_id)s, %(user_id)s, %(model)s, %(provider)s, 'platform', 0, 0, 0, %(amount)s, 0, 0, '', '')
+    RETURNING id, created_at
+), locked AS (
+    SELECT id FROM llm_budgetwindow WHERE id IN (SELECT window_id FROM applicable) ORDER BY id FOR UPDATE
+), raised AS (
+    UPDATE llm_budgetwindow w SET reserved_usd = w.reserved_usd + %(amount)s
+    FROM locked, applicable a
+    WHERE w.id = locked.id AND a.window_id = w.id
+      AND (NOT a.hard OR w.spent_usd + w.reserved_usd + %(amount)s <= a.limit_usd)
+    RETURNING w.id
+), held AS (
+    INSERT INTO llm_budgethold (attempt_id, window_id, amount_usd)
+    SELECT attempt.id, raised.id, %(amount)s FROM attempt, raised
+    RETURNING window_id
+)
+SELECT attempt.id, attempt.created_at,
+    CASE
+        WHEN EXISTS (SELECT 1 FROM applicable WHERE window_id IS NULL)
+            THEN public.cognitionos_budget_refused('missing', NULL)
+        WHEN (SELECT count(*) FROM held) < (SELECT count(*) FROM applicable)
+            THEN public.cognitionos_budget_refused('exceeded', (SELECT min(window_id) FROM applicable
+                WHERE window_id NOT IN (SELECT window_id FROM held)))
+    END
+FROM attempt
+"""
 
 
 def attempt_reserve(
@@ -89,44 +118,85 @@ def attempt_reserve(
     amount_usd: Decimal,
     max_cost_usd: Decimal | None,
 ) -> UsageAttempt:
-    """Write the attempt's ledger row and hold `amount_usd` on every applicable budget, or refuse."""
+    """Write the attempt's ledger row and hold `amount_usd` on every applicable budget, or refuse.
+
+    One statement, atomic by itself: it inserts the attempt, locks the budget windows in id order,
+    raises every reservation a hard limit allows, records the holds, and aborts (undoing all of
+    it) unless every window took its hold. Windows of a new period are created on first use.
+    """
     if max_cost_usd is not None and amount_usd > max_cost_usd:
         raise BudgetExceeded(scope="request", period="request", limit_usd=max_cost_usd)
     now = timezone.now()
-    with transaction.atomic():
-        row = UsageAttempt.objects.create(
-            request_id=request_id,
-            attempt=attempt,
-            status=AttemptStatus.RESERVED,
-            hold_expires_at=now + dt.timedelta(seconds=settings.LLM_HOLD_SECONDS),
-            principal_kind=spender.principal.kind,
-            principal_id=spender.principal.id or "",
-            principal_label=spender.principal.label,
-            api_key_id=spender.api_key_id,
-            user_id=spender.user_id,
-            model_name=model_name,
-            provider=provider,
-            reserved_usd=amount_usd,
-        )
-        budgets = budgets_for(spender)
-        if budgets:
-            windows = _windows(budgets, now)
-            holds = []
-            with connection.cursor() as cursor:
-                for budget in budgets:  # in id order: concurrent reservations lock windows in one order
-                    window_id = windows[budget.pk]
-                    cursor.execute(
-                        """
-                        UPDATE llm_budgetwindow SET reserved_usd = reserved_usd + %s
-                        WHERE id = %s AND (NOT %s OR spent_usd + reserved_usd + %s <= %s)
-                        """,
-                        [amount_usd, window_id, budget.hard, amount_usd, budget.limit_usd],
-                    )
-                    if cursor.rowcount != 1:
-                        raise BudgetExceeded(scope=budget.scope, period=budget.period, limit_usd=budget.limit_usd)
-                    holds.append(BudgetHold(attempt=row, window_id=window_id, amount_usd=amount_usd))
-            BudgetHold.objects.bulk_create(holds)
-    return row
+    scopes, scope_params = _scope_filter(spender)
+    expires = now + dt.timedelta(seconds=settings.LLM_HOLD_SECONDS)
+    params: dict[str, Any] = {
+        "day": period_start(BudgetPeriod.DAY, now),
+        "month": period_start(BudgetPeriod.MONTH, now),
+        "request_id": request_id,
+        "attempt": attempt,
+        "expires": now + dt.timedelta(seconds=settings.LLM_HOLD_SECONDS),
+        "kind": spender.principal.kind,
+        "principal_id": spender.principal.id or "",
+        "label": spender.principal.label[:254],
+        "api_key_id": spender.api_key_id,
+        "user_id": spender.user_id,
+        "model": model_name,
+        "provider": provider,
+        "amount": amount_usd,
+        **{f"scope_{i}": value for i, value in enumerate(scope_params)},
+    }
+    statement = _RESERVE.format(scopes=scopes)
+    for _ in range(2):
+        try:
+            # Inside a caller's transaction the statement needs a savepoint to fail cleanly; on its
+            # own (the usual case) it is atomic without one, saving two round trips.
+            with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+                with connection.cursor() as cursor:
+                    cursor.execute(statement, params)
+                    attempt_id, created_at, _ = cursor.fetchone()
+            break
+        except DatabaseError as exc:
+            code = getattr(exc.__cause__, "sqlstate", None)
+            if code == "CB404":
+                _windows_create(spender, now)
+                continue
+            if code == "CB402":
+                window_id = int(getattr(getattr(exc.__cause__, "diag", None), "message_detail", 0) or 0)
+                budget = Budget.objects.filter(windows__id=window_id).first()
+                raise BudgetExceeded(
+                    scope=budget.scope if budget else "budget",
+                    period=budget.period if budget else "",
+                    limit_usd=budget.limit_usd if budget else None,
+                ) from exc
+            raise
+    else:
+        raise RuntimeError("budget windows could not be created")
+    return UsageAttempt(
+        pk=attempt_id,
+        request_id=request_id,
+        attempt=attempt,
+        status=AttemptStatus.RESERVED,
+        created_at=created_at,
+        hold_expires_at=expires,
+        principal_kind=spender.principal.kind,
+        principal_id=spender.principal.id or "",
+        principal_label=spender.principal.label,
+        api_key_id=spender.api_key_id,
+        user_id=spender.user_id,
+        model_name=model_name,
+        provider=provider,
+        reserved_usd=amount_usd,
+    )
+
+
+def _windows_create(spender: Spender, now: dt.datetime) -> None:
+    where, params = _scope_filter(spender)
+    named = {f"scope_{i}": value for i, value in enumerate(params)}
+    budgets = Budget.objects.raw(f"SELECT b.* FROM llm_budget b WHERE {where}", named)  # noqa: S608
+    BudgetWindow.objects.bulk_create(
+        [BudgetWindow(budget_id=budget.pk, period_start=period_start(budget.period, now)) for budget in budgets],
+        ignore_conflicts=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -144,46 +214,72 @@ class Settlement:
 
 
 def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlement: Settlement) -> bool:
-    """Record what the attempt cost and release its holds. False if it was already settled."""
+    """Record what the attempt cost and release its holds, with the rollup, in one transaction of
+    one statement (plus the rare soft-limit event). False if the attempt was already settled."""
     now = timezone.now()
-    with organization_schema(organization), transaction.atomic():
-        updated = UsageAttempt.objects.filter(pk=attempt.pk, status=AttemptStatus.RESERVED).update(
-            status=settlement.status,
-            settled_at=now,
-            hold_expires_at=None,
-            input_tokens=settlement.input_tokens,
-            cached_input_tokens=settlement.cached_input_tokens,
-            output_tokens=settlement.output_tokens,
-            cost_usd=settlement.cost_usd,
-            price_version=settlement.price_version,
-            latency_ms=settlement.latency_ms,
-            error_class=settlement.error_class[:100],
+    succeeded = settlement.status == AttemptStatus.SUCCEEDED
+    # One statement, atomic by itself; a savepoint only inside a caller's transaction.
+    atomic = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    with organization_schema(organization), atomic, connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH settled AS (
+                UPDATE llm_usageattempt SET status = %(status)s, settled_at = %(now)s, hold_expires_at = NULL,
+                    input_tokens = %(input)s, cached_input_tokens = %(cached)s, output_tokens = %(output)s,
+                    cost_usd = %(cost)s, price_version = %(price_version)s, latency_ms = %(latency)s,
+                    error_class = %(error)s
+                WHERE id = %(attempt)s AND status = 'reserved'
+                RETURNING id
+            ), released AS (
+                DELETE FROM llm_budgethold WHERE attempt_id IN (SELECT id FROM settled)
+                RETURNING window_id, amount_usd
+            ), locked AS (
+                SELECT id FROM llm_budgetwindow WHERE id IN (SELECT window_id FROM released) ORDER BY id FOR UPDATE
+            ), charged AS (
+                UPDATE llm_budgetwindow w
+                SET reserved_usd = w.reserved_usd - released.amount_usd, spent_usd = w.spent_usd + %(cost)s
+                FROM released, locked, llm_budget b
+                WHERE w.id = released.window_id AND w.id = locked.id AND b.id = w.budget_id
+                RETURNING w.id, b.soft_percent, b.limit_usd, w.spent_usd, w.soft_notified
+            ), rolled AS (
+                INSERT INTO public.{UsageRollup._meta.db_table} AS r (organization_id, day, model_name, api_key_id,
+                    requests, cache_hits, input_tokens, output_tokens, cost_usd, saved_usd)
+                SELECT %(organization)s, %(day)s, %(model)s, %(key)s, %(requests)s, 0, %(input)s, %(output)s,
+                    %(cost)s, 0
+                FROM settled
+                ON CONFLICT (organization_id, day, model_name, api_key_id) DO UPDATE SET
+                    requests = r.requests + EXCLUDED.requests, input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+                    output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost_usd = r.cost_usd + EXCLUDED.cost_usd
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM settled), (SELECT count(*) FROM rolled),
+                   (SELECT array_agg(id) FROM charged
+                    WHERE soft_percent IS NOT NULL AND NOT soft_notified
+                      AND spent_usd * 100 >= limit_usd * soft_percent)
+            """,  # noqa: S608 - the table name is our model's
+            {
+                "status": settlement.status,
+                "now": now,
+                "input": settlement.input_tokens,
+                "cached": settlement.cached_input_tokens,
+                "output": settlement.output_tokens,
+                "cost": settlement.cost_usd,
+                "price_version": settlement.price_version,
+                "latency": settlement.latency_ms,
+                "error": settlement.error_class[:100],
+                "attempt": attempt.pk,
+                "organization": organization.pk,
+                "day": now.date(),
+                "model": attempt.model_name,
+                "key": attempt.api_key_id or 0,
+                "requests": 1 if succeeded else 0,
+            },
         )
-        if not updated:
+        settled, _, crossed = cursor.fetchone()
+        if not settled:
             return False
-        holds = list(BudgetHold.objects.filter(attempt_id=attempt.pk).values_list("window_id", "amount_usd"))
-        if holds:
-            with connection.cursor() as cursor:
-                for window_id, amount in sorted(holds):
-                    cursor.execute(
-                        "UPDATE llm_budgetwindow SET reserved_usd = reserved_usd - %s, spent_usd = spent_usd + %s "
-                        "WHERE id = %s",
-                        [amount, settlement.cost_usd, window_id],
-                    )
-            BudgetHold.objects.filter(attempt_id=attempt.pk).delete()
-            _soft_limits_check(organization=organization, window_ids=[w for w, _ in holds])
-        rollup_add(
-            organization=organization,
-            day=now.date(),
-            model_name=attempt.model_name,
-            api_key_id=attempt.api_key_id,
-            requests=1 if settlement.status == AttemptStatus.SUCCEEDED else 0,
-            cache_hits=0,
-            input_tokens=settlement.input_tokens,
-            output_tokens=settlement.output_tokens,
-            cost_usd=settlement.cost_usd,
-            saved_usd=Decimal(0),
-        )
+        if crossed:
+            _soft_limits_reached(organization=organization, window_ids=list(crossed))
     return True
 
 
@@ -264,7 +360,8 @@ def rollup_add(
         )
 
 
-def _soft_limits_check(*, organization: Organization, window_ids: list[int]) -> None:
+@transaction.atomic
+def _soft_limits_reached(*, organization: Organization, window_ids: list[int]) -> None:
     crossed = list(
         BudgetWindow.objects.select_related("budget")
         .filter(id__in=window_ids, soft_notified=False, budget__soft_percent__isnull=False)

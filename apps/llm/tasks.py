@@ -1,0 +1,23 @@
+from celery import shared_task
+
+from apps.llm.budgets import holds_sweep
+from apps.tenants.connection import tenant_connection
+from apps.tenants.models import Organization
+from apps.tenants.selectors import organization_list
+from apps.tenants.tasks import tenant_task
+
+
+@tenant_task()
+def llm_holds_sweep() -> int:
+    """Settle this organization's attempts whose process died, from their reservations."""
+    organization = Organization.objects.get(schema_name=tenant_connection().schema_name)
+    return holds_sweep(organization=organization)
+
+
+@shared_task
+def llm_holds_sweep_all() -> int:
+    """Beat: one sweep task per organization that may run jobs."""
+    ids = [org.pk for org in organization_list() if org.accepts_jobs]
+    for organization_id in ids:
+        llm_holds_sweep.delay(tenant_id=organization_id)
+    return len(ids)

@@ -1,0 +1,187 @@
+"""LLM engine figures, against the fake provider at 0 ms latency.
+
+    .venv/bin/python bench/router.py [--calls 400]      (BENCH_PROFILE=1 adds a cProfile of the engine)
+
+- added latency per call of the engine (rate limits, budgets with a hard limit, ledger, rollup,
+  breaker, cache miss) over a direct openai SDK call to the same fake server;
+- L1 and L2 cache hit latency;
+- overspend of 200 concurrent calls against a small hard budget.
+
+Runs on its own embedded servers in .data/bench (a fresh database each run). Not a test: compare
+ratios within one run; the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def timed(function: Callable[[], object], count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def setup() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
+    os.environ["LOG_LEVEL"] = "WARNING"
+    from cognitionos.embedded import services_attach
+
+    services = services_attach(data_dir=ROOT / ".data" / "bench")
+    atexit.register(services.stop_owned)
+    import psycopg
+
+    url = os.environ["DATABASE_URL"]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS cognitionos_bench_router WITH (FORCE)")
+        conn.execute("CREATE DATABASE cognitionos_bench_router")
+    os.environ["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/cognitionos_bench_router"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+    from cognitionos.redis import redis_client
+
+    for key in redis_client().scan_iter("llm:*", count=1000):
+        redis_client().delete(key)
+
+
+def main() -> None:  # noqa: PLR0915 - one straight script, section by section
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=400)
+    args = parser.parse_args()
+    setup()
+
+    import openai
+    from django.conf import settings
+    from django.db import connection
+
+    from apps.accounts.principals import Principal
+    from apps.llm import caching
+    from apps.llm.engine import GatewayError, chat_call_parse, chat_complete
+    from apps.llm.models import BudgetWindow, UsageAttempt
+    from apps.llm.services import budget_set
+    from apps.tenants.connection import tenant_connection
+    from apps.tenants.services import organization_create
+    from tests.support.fake_provider import FakeProvider
+
+    fake = FakeProvider().start()
+    settings.OPENAI_API_KEY = "sk-bench"
+    settings.OPENAI_BASE_URL = fake.openai_base_url
+    actor = Principal.system("bench")
+    organization = organization_create(
+        slug="bench", name="Bench", owner_email="bench@example.com", plan_code="enterprise", actor=actor
+    )
+    budget_set(
+        organization=organization, scope="organization", period="day", limit_usd=Decimal(1000), hard=True, actor=actor
+    )
+    principal = Principal(kind="api_key", id="1", label="bench")
+    tenant_connection().set_tenant(organization)
+
+    messages = [{"role": "user", "content": "How many tokens does this question take?"}]
+    direct_client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-bench", max_retries=0)
+
+    def direct() -> None:
+        direct_client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages, max_tokens=64)  # type: ignore[arg-type]
+
+    call = chat_call_parse({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}})
+
+    def governed() -> None:
+        chat_complete(organization=organization, principal=principal, call=call)
+
+    for function in (direct, governed):
+        timed(function, 30)  # warm connections and caches
+    direct_times, governed_times = [], []
+    for _ in range(args.calls // 50):  # interleaved, so drift on a shared machine hits both alike
+        direct_times += timed(direct, 50)
+        governed_times += timed(governed, 50)
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(timed, governed, 200)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+    d50, g50 = statistics.median(direct_times), statistics.median(governed_times)
+    d95, g95 = percentile(direct_times, 0.95), percentile(governed_times, 0.95)
+    print(
+        f"direct SDK call to the fake provider:  median {d50 * 1000:6.2f} ms   p95 {d95 * 1000:6.2f} ms"
+        f"  (n={len(direct_times)})"
+    )
+    print(f"through the engine (cache miss):       median {g50 * 1000:6.2f} ms   p95 {g95 * 1000:6.2f} ms")
+    print(
+        f"added per call:                        median {(g50 - d50) * 1000:6.2f} ms   p95 {(g95 - d95) * 1000:6.2f} ms"
+    )
+
+    schema, key = organization.schema_name, "bench-key"
+    body = {"choices": [{"message": {"role": "assistant", "content": "cached"}}], "model": "gpt-4o-mini"}
+    caching.cache_put(schema=schema, key=key, model_name="gpt-4o-mini", body=body, cost=Decimal("0.001"), ttl=600)
+    l1 = timed(lambda: caching.cache_get(schema=schema, key=key), 2000)
+
+    def l2_get() -> None:
+        caching.l1.clear()
+        caching.cache_get(schema=schema, key=key)
+
+    l2 = timed(l2_get, 1000)
+    print(
+        f"cache hit lookup: L1 median {statistics.median(l1) * 1e6:6.1f} us   "
+        f"L2 median {statistics.median(l2) * 1e6:6.1f} us"
+    )
+
+    # Overspend: 200 concurrent calls against a hard budget far smaller than their total.
+    tenant_connection().set_schema_to_public()
+    other = organization_create(
+        slug="frugal", name="Frugal", owner_email="f@example.com", plan_code="enterprise", actor=actor
+    )
+    limit = Decimal("0.0005")
+    budget_set(organization=other, scope="organization", period="day", limit_usd=limit, hard=True, actor=actor)
+    fake.latency_s = 0.02
+    small = chat_call_parse({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}})
+
+    def concurrent_call(_: int) -> str:
+        tenant_connection().set_tenant(other)
+        try:
+            chat_complete(organization=other, principal=principal, call=small)
+            return "ok"
+        except GatewayError as error:
+            return error.code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        outcomes = list(pool.map(concurrent_call, range(200)))
+    tenant_connection().set_tenant(other)
+    window = BudgetWindow.objects.get()
+    spent = sum((a.cost_usd for a in UsageAttempt.objects.all()), Decimal(0))
+    print(
+        f"200 concurrent calls, hard limit ${limit}: {outcomes.count('ok')} answered, "
+        f"{outcomes.count('budget_exceeded')} refused; spent ${window.spent_usd} (ledger ${spent}); "
+        f"overspend ${max(Decimal(0), window.spent_usd - limit)}"
+    )
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()
