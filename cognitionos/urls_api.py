@@ -6,5 +6,6 @@ from apps.llm import gateway
 
 urlpatterns = [
     path("v1/chat/completions", gateway.chat_completions, name="openai-chat-completions"),
+    path("v1/embeddings", gateway.embeddings, name="openai-embeddings"),
     path("v1/models", gateway.models, name="openai-models"),
 ]

@@ -3,6 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from apps.ops.metrics import metrics
 from apps.portal.views import platform_home
 
 admin.site.site_header = "CognitionOS operations"
@@ -11,5 +12,6 @@ admin.site.site_title = "CognitionOS"
 urlpatterns = [
     path("", include("cognitionos.urls_api")),
     path("admin/", admin.site.urls),
+    path("metrics", metrics, name="metrics"),
     path("", platform_home, name="platform-home"),
 ]

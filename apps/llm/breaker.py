@@ -11,6 +11,7 @@ import time
 
 from django.conf import settings
 
+from apps.llm.metrics import BREAKER_OPEN
 from cognitionos.redis import redis_client
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -46,9 +47,11 @@ def breaker_record(provider: str, model: str, *, success: bool) -> None:
     if success:
         if client.exists(key):
             client.delete(key, f"{key}:probe")
+            BREAKER_OPEN.labels(provider, model).set(0)
         return
     failures = client.hincrby(key, "failures", 1)
     client.expire(key, 24 * 3600)
     if failures >= settings.LLM_BREAKER_FAILURES:
         client.hset(key, "opened_at", str(time.time()))
+        BREAKER_OPEN.labels(provider, model).set(1)
         client.delete(f"{key}:probe")

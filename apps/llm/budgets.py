@@ -25,6 +25,7 @@ from django.utils.module_loading import import_string
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.llm import metrics
 from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, UsageAttempt
 from apps.llm.platform.models import UsageRollup
 from apps.tenants.connection import organization_schema
@@ -171,6 +172,7 @@ def attempt_reserve(
             raise
     else:
         raise RuntimeError("budget windows could not be created")
+    metrics.OPEN_HOLDS.inc()
     return UsageAttempt(
         pk=attempt_id,
         request_id=request_id,
@@ -278,6 +280,13 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
         settled, _, crossed = cursor.fetchone()
         if not settled:
             return False
+        metrics.OPEN_HOLDS.dec()
+        metrics.REQUESTS.labels(attempt.provider, attempt.model_name, settlement.status, "miss").inc()
+        if settlement.latency_ms is not None:
+            metrics.LATENCY.labels(attempt.provider, attempt.model_name).observe(settlement.latency_ms / 1000)
+        metrics.TOKENS.labels(attempt.model_name, "input").inc(settlement.input_tokens)
+        metrics.TOKENS.labels(attempt.model_name, "output").inc(settlement.output_tokens)
+        metrics.COST.labels(attempt.model_name).inc(float(settlement.cost_usd))
         if crossed:
             _soft_limits_reached(organization=organization, window_ids=list(crossed))
     return True
@@ -287,6 +296,8 @@ def cache_hit_record(
     *, spender: Spender, request_id: str, model_name: str, cache_layer: str, saved_usd: Decimal
 ) -> UsageAttempt:
     """A request served from cache: no provider cost, and the cost it saved."""
+    metrics.REQUESTS.labels("cache", model_name, AttemptStatus.CACHE_HIT, cache_layer).inc()
+    metrics.SAVED.labels(model_name).inc(float(saved_usd))
     now = timezone.now()
     with transaction.atomic():
         row = UsageAttempt.objects.create(

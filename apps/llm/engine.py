@@ -24,10 +24,11 @@ from apps.llm import caching
 from apps.llm.breaker import breaker_allow, breaker_record
 from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserve, attempt_settle, cache_hit_record
 from apps.llm.models import AttemptStatus, UsageAttempt
-from apps.llm.platform.selectors import PricedModel
+from apps.llm.platform.models import ModelKind
+from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.providers import CallContext, ProviderError, StreamChunk, Usage, provider_for
 from apps.llm.ratelimits import RateLimited, RateLimitUnavailable, rate_limit_take
-from apps.llm.router import POLICIES, UnknownModel, candidates, latency_observe
+from apps.llm.router import POLICIES, UnknownModel, candidates, latency_observe, usable
 from apps.tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -506,3 +507,86 @@ def _relay(
 def _chain(first: StreamChunk, rest: Iterator[StreamChunk]) -> Iterator[StreamChunk]:
     yield first
     yield from rest
+
+
+def embeddings_create(
+    *, organization: Organization, principal: Principal, body: Any, request_id: str | None = None
+) -> ChatOutcome:
+    """Embed text through the governed path: rate limits, budget reservation, ledger."""
+    if not isinstance(body, dict):
+        raise _invalid("the request body must be a JSON object")
+    text = body.get("input")
+    inputs = text if isinstance(text, list) else [text]
+    if not inputs or len(inputs) > 2048 or not all(isinstance(item, str) and item for item in inputs):
+        raise _invalid("`input` must be a non-empty string or an array of up to 2048 non-empty strings", "input")
+    name = body.get("model")
+    entry = catalog().get(name) if isinstance(name, str) else None
+    if entry is None or entry.model.kind != ModelKind.EMBEDDING or not usable(entry):
+        raise GatewayError(
+            404, "model_not_found", f"the embedding model {name!r} does not exist or is not available", param="model"
+        )
+    _refuse_unpriced(entry)
+    assert entry.price is not None
+    request_id = request_id or uuid.uuid4().hex
+    spender = Spender(organization=organization, principal=principal)
+    byte_bound = sum(len(item.encode()) for item in inputs)
+    call = ChatCall(
+        model=name,
+        policy=None,
+        min_quality=1,
+        payload={"messages": []},
+        stream=False,
+        max_tokens=0,
+        max_cost_usd=None,
+        cache_skip=True,
+        cache_ttl=None,
+    )
+    _admit(organization, spender, call)
+    payload = {k: v for k, v in body.items() if k in ("input", "dimensions", "encoding_format", "user")}
+    amount = entry.price.cost(input_tokens=byte_bound, cached_input_tokens=0, output_tokens=0)
+    provider = provider_for(entry.model)
+    for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
+        try:
+            attempt = attempt_reserve(
+                spender=spender,
+                request_id=request_id,
+                attempt=retry,
+                model_name=entry.model.name,
+                provider=entry.model.provider,
+                amount_usd=amount,
+                max_cost_usd=None,
+            )
+        except BudgetExceeded as exc:
+            raise _budget_error(exc) from exc
+        _release_connection()
+        started = time.perf_counter()
+        context = CallContext(request_id=request_id, attempt=retry, timeout_s=settings.LLM_PROVIDER_TIMEOUT_S)
+        try:
+            reply = _guarded_call(provider.embed, payload, context)  # type: ignore[union-attr]
+        except ProviderError as error:
+            attempt_settle(
+                organization=organization,
+                attempt=attempt,
+                settlement=Settlement(
+                    status=AttemptStatus.FAILED,
+                    error_class=error.error_class,
+                    latency_ms=int((time.perf_counter() - started) * 1000),
+                ),
+            )
+            if not error.retryable or retry == settings.LLM_MAX_ATTEMPTS:
+                raise GatewayError(
+                    502, "provider_unavailable", f"no provider could answer: {error.error_class}", type="server_error"
+                ) from error
+            time.sleep(_backoff(retry, error.retry_after))
+            continue
+        settlement = _settlement(entry, reply.usage, int((time.perf_counter() - started) * 1000))
+        attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
+        return ChatOutcome(
+            body={**reply.body, "model": entry.model.name},
+            request_id=request_id,
+            model=entry.model.name,
+            cost_usd=settlement.cost_usd,
+            cache="miss",
+            simulated=entry.model.is_simulated,
+        )
+    raise AssertionError("unreachable")

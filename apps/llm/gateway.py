@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import GatewayError, chat_call_parse, chat_complete, chat_stream
+from apps.llm.engine import GatewayError, chat_call_parse, chat_complete, chat_stream, embeddings_create
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.router import usable
@@ -121,6 +121,28 @@ def _stream_response(
     response["x-cognitionos-request-id"] = stream.request_id
     response["x-cognitionos-cache"] = "miss"
     if stream.simulated:
+        response["x-cognitionos-simulated"] = "true"
+    return response
+
+
+@csrf_exempt
+@require_POST
+def embeddings(request: HttpRequest) -> HttpResponse:
+    request_id = uuid.uuid4().hex
+    try:
+        organization, principal = _caller(request)
+        outcome = embeddings_create(
+            organization=organization, principal=principal, body=_json_body(request), request_id=request_id
+        )
+    except GatewayError as error:
+        response = error_response(error)
+        response["x-cognitionos-request-id"] = request_id
+        return response
+    response = JsonResponse(outcome.body)
+    response["x-cognitionos-request-id"] = outcome.request_id
+    response["x-cognitionos-cost-usd"] = str(outcome.cost_usd)
+    response["x-cognitionos-cache"] = outcome.cache
+    if outcome.simulated:
         response["x-cognitionos-simulated"] = "true"
     return response
 

@@ -150,6 +150,19 @@ class OpenAIProvider:
             finish_reason=str(choices[0].get("finish_reason") or ""),
         )
 
+    def embed(self, payload: dict[str, Any], context: CallContext) -> Reply:
+        try:
+            raw = self.client.embeddings.with_raw_response.create(
+                **{**payload, "model": self.model.provider_model},
+                timeout=context.timeout_s,
+                extra_headers=context.headers(),
+            )
+        except openai.OpenAIError as exc:
+            raise _openai_error(exc) from exc
+        body: dict[str, Any] = json.loads(raw.http_response.text)
+        tokens = int((body.get("usage") or {}).get("prompt_tokens", 0))
+        return Reply(body=body, usage=Usage(input_tokens=tokens), finish_reason="stop")
+
     def stream(self, payload: dict[str, Any], context: CallContext) -> Iterator[StreamChunk]:
         try:
             raw = self.client.chat.completions.with_raw_response.create(
@@ -424,6 +437,25 @@ class SimulatorProvider:
             },
         }
         return Reply(body=body, usage=usage, finish_reason=finish)
+
+    def embed(self, payload: dict[str, Any], context: CallContext) -> Reply:
+        inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
+        dimensions = int(payload.get("dimensions") or 1536)
+        data = []
+        for index, text in enumerate(inputs):
+            seed = hashlib.sha256(str(text).encode()).digest()
+            generator = random.Random(seed)
+            vector = [generator.gauss(0, 1) for _ in range(dimensions)]
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            data.append({"object": "embedding", "index": index, "embedding": [v / norm for v in vector]})
+        tokens = sum(_estimate_tokens(str(text)) for text in inputs)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": self.model.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Reply(body=body, usage=Usage(input_tokens=tokens), finish_reason="stop")
 
     def stream(self, payload: dict[str, Any], context: CallContext) -> Iterator[StreamChunk]:
         text, usage, finish = self._answer(payload, context)

@@ -24,10 +24,20 @@ pytestmark = pytest.mark.integration
 
 
 def _cognitionos(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url_for_subprocess(),
-           "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test"}
-    return subprocess.run([sys.executable, "-c", "from cognitionos.cli import main; main()", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, check=False, timeout=120)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_subprocess(),
+        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", "from cognitionos.cli import main; main()", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
 def test_apikey_create_prints_the_key_once_and_stores_only_its_hash(live_db: LiveDb) -> None:
@@ -51,8 +61,22 @@ def test_apikey_create_for_an_unknown_tenant_exits_2(live_db: LiveDb) -> None:
 
 def test_budget_set_from_the_command_line(live_db: LiveDb) -> None:
     organization = live_db.organization(slug="budgeted")
-    result = _cognitionos("budget", "set", "--tenant", "budgeted", "--scope", "organization", "--period", "month",
-                          "--limit-usd", "25.50", "--soft-percent", "80", "--hard", "--json")
+    result = _cognitionos(
+        "budget",
+        "set",
+        "--tenant",
+        "budgeted",
+        "--scope",
+        "organization",
+        "--period",
+        "month",
+        "--limit-usd",
+        "25.50",
+        "--soft-percent",
+        "80",
+        "--hard",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert Decimal(json.loads(result.stdout)["limit_usd"]) == Decimal("25.5")
     with schema_context(organization.schema_name):

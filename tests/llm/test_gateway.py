@@ -233,3 +233,73 @@ def test_rate_limit_answers_429_with_retry_after(two_tenants: tuple[Organization
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert 1 <= int(response["Retry-After"]) <= 60
     assert _attempts(tenant_a) == []
+
+
+def test_embeddings_are_governed_and_metered(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+    client = gateway_client(key_a)
+    raw = client.embeddings.with_raw_response.create(
+        model="simulated-embedding", input=["first text", "second text"], encoding_format="float"
+    )
+    result = raw.parse()
+    assert [len(item.embedding) for item in result.data] == [1536, 1536]
+    again = client.embeddings.create(model="simulated-embedding", input="first text", encoding_format="float")
+    assert again.data[0].embedding == result.data[0].embedding  # deterministic
+    assert Decimal(raw.headers["x-cognitionos-cost-usd"]) > 0
+    assert [(a.model_name, a.status) for a in _attempts(two_tenants[0])] == [
+        ("simulated-embedding", AttemptStatus.SUCCEEDED)
+    ] * 2
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="simulated-mini", input="x")
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="simulated-embedding", input=[])
+
+
+def test_embeddings_through_the_openai_provider(
+    two_tenants: tuple[Organization, Organization], key_a: str, fake_provider: Any
+) -> None:
+    result = gateway_client(key_a).embeddings.create(
+        model="text-embedding-3-small", input="hello", encoding_format="float"
+    )
+    assert len(result.data[0].embedding) == 1536
+    assert [call.path for call in fake_provider.calls] == ["/v1/embeddings"]
+
+
+def test_metrics_count_requests_cost_and_cache_hits_without_tenant_labels(
+    two_tenants: tuple[Organization, Organization], key_a: str, settings: Any
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        from prometheus_client import REGISTRY
+
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before_miss = sample(
+        "cognitionos_llm_requests_total", provider="simulator", model="simulated-mini", status="succeeded", cache="miss"
+    )
+    before_hit = sample(
+        "cognitionos_llm_requests_total", provider="cache", model="simulated-mini", status="cache_hit", cache="l1"
+    )
+    client = gateway_client(key_a)
+    client.chat.completions.create(model="simulated-mini", messages=[{"role": "user", "content": "metrics?"}])
+    client.chat.completions.create(model="simulated-mini", messages=[{"role": "user", "content": "metrics?"}])
+    assert (
+        sample(
+            "cognitionos_llm_requests_total",
+            provider="simulator",
+            model="simulated-mini",
+            status="succeeded",
+            cache="miss",
+        )
+        == before_miss + 1
+    )
+    assert (
+        sample(
+            "cognitionos_llm_requests_total", provider="cache", model="simulated-mini", status="cache_hit", cache="l1"
+        )
+        == before_hit + 1
+    )
+    settings.METRICS_TOKEN = "scrape-secret"
+    assert Client().get("/metrics", HTTP_HOST="localhost").status_code == 401
+    exposition = Client().get("/metrics", HTTP_HOST="localhost", HTTP_AUTHORIZATION="Bearer scrape-secret")
+    text = exposition.content.decode()
+    assert "cognitionos_llm_cost_usd_total" in text
+    assert two_tenants[0].slug not in text and "org_" not in text
