@@ -82,7 +82,7 @@ WITH applicable AS (
         principal_label, api_key_id, user_id, model_name, provider, paid_by, input_tokens, cached_input_tokens,
         output_tokens, reserved_usd, cost_usd, saved_usd, cache_layer, error_class)
     VALUES (%(request_id)s, %(attempt)s, 'reserved', %(expires)s, %(kind)s, %(principal_id)s, %(label)s,
-        %(api_key_id)s, %(user_id)s, %(model)s, %(provider)s, 'platform', 0, 0, 0, %(amount)s, 0, 0, '', '')
+        %(api_key_id)s, %(user_id)s, %(model)s, %(provider)s, %(paid_by)s, 0, 0, 0, %(amount)s, 0, 0, '', '')
     RETURNING id, created_at
 ), locked AS (
     SELECT id FROM llm_budgetwindow WHERE id IN (SELECT window_id FROM applicable) ORDER BY id FOR UPDATE
@@ -118,6 +118,7 @@ def attempt_reserve(
     provider: str,
     amount_usd: Decimal,
     max_cost_usd: Decimal | None,
+    paid_by: str = "platform",
 ) -> UsageAttempt:
     """Write the attempt's ledger row and hold `amount_usd` on every applicable budget, or refuse.
 
@@ -144,6 +145,7 @@ def attempt_reserve(
         "model": model_name,
         "provider": provider,
         "amount": amount_usd,
+        "paid_by": paid_by,
         **{f"scope_{i}": value for i, value in enumerate(scope_params)},
     }
     statement = _RESERVE.format(scopes=scopes)
@@ -188,6 +190,7 @@ def attempt_reserve(
         model_name=model_name,
         provider=provider,
         reserved_usd=amount_usd,
+        paid_by=paid_by,
     )
 
 

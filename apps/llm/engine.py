@@ -26,9 +26,10 @@ from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserv
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
-from apps.llm.providers import CallContext, ProviderError, StreamChunk, Usage, provider_for
+from apps.llm.providers import CallContext, ChatProvider, ProviderError, StreamChunk, Usage, provider_for
 from apps.llm.ratelimits import RateLimited, RateLimitUnavailable, rate_limit_take
 from apps.llm.router import POLICIES, UnknownModel, candidates, latency_observe, usable
+from apps.llm.services import provider_own_keys
 from apps.tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -205,6 +206,7 @@ class _Attempts:
     def __init__(self, *, organization: Organization, spender: Spender, call: ChatCall, request_id: str) -> None:
         self.organization, self.spender, self.call, self.request_id = organization, spender, call, request_id
         self.prompt_bound = prompt_token_bound(call.payload)
+        self.own_keys = provider_own_keys(organization=organization)
         self.number = 0
         self.last_error: ProviderError | None = None
 
@@ -215,6 +217,7 @@ class _Attempts:
                 policy=self.call.policy,
                 min_quality=self.call.min_quality,
                 prompt_tokens=self.prompt_bound // 4,
+                own_providers=frozenset(self.own_keys),
                 output_tokens=self.call.max_tokens or 500,
             )
         except UnknownModel as exc:
@@ -238,7 +241,11 @@ class _Attempts:
             provider=entry.model.provider,
             amount_usd=worst_case_cost(entry, self.call, self.prompt_bound),
             max_cost_usd=self.call.max_cost_usd,
+            paid_by="organization" if entry.model.provider in self.own_keys else "platform",
         )
+
+    def provider(self, entry: PricedModel) -> ChatProvider:
+        return provider_for(entry.model, self.own_keys.get(entry.model.provider))
 
     def context(self) -> CallContext:
         return CallContext(request_id=self.request_id, attempt=self.number, timeout_s=settings.LLM_PROVIDER_TIMEOUT_S)
@@ -341,7 +348,7 @@ def chat_complete(
     for entry in plan:
         if not breaker_allow(entry.model.provider, entry.model.name):
             continue
-        provider = provider_for(entry.model)
+        provider = attempts.provider(entry)
         for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
             try:
                 attempt = attempts.reserve(entry)
@@ -406,7 +413,7 @@ def chat_stream(
     for entry in attempts.candidates():
         if not breaker_allow(entry.model.provider, entry.model.name):
             continue
-        provider = provider_for(entry.model)
+        provider = attempts.provider(entry)
         for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
             try:
                 attempt = attempts.reserve(entry)

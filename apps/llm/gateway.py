@@ -21,6 +21,7 @@ from apps.llm.engine import GatewayError, chat_call_parse, chat_complete, chat_s
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.router import usable
+from apps.llm.services import provider_own_keys
 from apps.tenants.models import Organization
 
 _open_streams = threading.BoundedSemaphore(settings.LLM_MAX_OPEN_STREAMS)
@@ -150,9 +151,10 @@ def embeddings(request: HttpRequest) -> HttpResponse:
 @require_GET
 def models(request: HttpRequest) -> HttpResponse:
     try:
-        _caller(request)
+        organization, _ = _caller(request)
     except GatewayError as error:
         return error_response(error)
+    own = frozenset(provider_own_keys(organization=organization))
     data = [
         {
             "id": entry.model.name,
@@ -164,6 +166,6 @@ def models(request: HttpRequest) -> HttpResponse:
             "simulated": entry.model.is_simulated,
         }
         for entry in sorted(catalog().values(), key=lambda e: e.model.name)
-        if usable(entry) and entry.model.kind in (ModelKind.CHAT, ModelKind.EMBEDDING)
+        if usable(entry, own) and entry.model.kind in (ModelKind.CHAT, ModelKind.EMBEDDING)
     ]
     return JsonResponse({"object": "list", "data": data})

@@ -154,3 +154,19 @@ class CachedResponse(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} {self.key[:12]}"
+
+
+class ProviderCredential(models.Model):
+    """The organization's own key for a provider (bring your own key), encrypted at rest."""
+
+    provider = models.CharField(max_length=30, unique=True)
+    key_id = models.CharField(max_length=40)
+    nonce = models.BinaryField()
+    ciphertext = models.BinaryField()
+    hint = models.CharField(max_length=12, help_text="The key's last characters, to recognise it.")
+    created_by_label = models.CharField(max_length=254, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.provider} key …{self.hint}"

@@ -117,11 +117,11 @@ def _openai_error(exc: Exception) -> ProviderError:
 
 
 class OpenAIProvider:
-    def __init__(self, model: CatalogModel) -> None:
+    def __init__(self, model: CatalogModel, own_key: str | None = None) -> None:
         if model.provider == Provider.OPENAI_COMPATIBLE:
             base_url, api_key = model.base_url, settings.OPENAI_COMPATIBLE_API_KEY or "none"
         else:
-            base_url, api_key = settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY
+            base_url, api_key = settings.OPENAI_BASE_URL, own_key or settings.OPENAI_API_KEY
             if not api_key:
                 raise ProviderNotConfigured(model.provider)
         self.client = _openai_client(base_url, api_key)
@@ -310,10 +310,11 @@ def _openai_shape_from_anthropic(body: dict[str, Any], *, model_name: str) -> di
 
 
 class AnthropicProvider:
-    def __init__(self, model: CatalogModel) -> None:
-        if not settings.ANTHROPIC_API_KEY:
+    def __init__(self, model: CatalogModel, own_key: str | None = None) -> None:
+        api_key = own_key or settings.ANTHROPIC_API_KEY
+        if not api_key:
             raise ProviderNotConfigured(model.provider)
-        self.client = _anthropic_client(settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_API_KEY)
+        self.client = _anthropic_client(settings.ANTHROPIC_BASE_URL, api_key)
         self.model = model
 
     def complete(self, payload: dict[str, Any], context: CallContext) -> Reply:
@@ -485,15 +486,18 @@ class SimulatorProvider:
 ChatProvider = OpenAIProvider | AnthropicProvider | SimulatorProvider
 
 
-def provider_for(model: CatalogModel) -> ChatProvider:
+def provider_for(model: CatalogModel, own_key: str | None = None) -> ChatProvider:
+    """The adapter for a model, with the organization's own key when it has one."""
     if model.provider in (Provider.OPENAI, Provider.OPENAI_COMPATIBLE):
-        return OpenAIProvider(model)
+        return OpenAIProvider(model, own_key)
     if model.provider == Provider.ANTHROPIC:
-        return AnthropicProvider(model)
+        return AnthropicProvider(model, own_key)
     return SimulatorProvider(model)
 
 
-def provider_configured(model: CatalogModel) -> bool:
+def provider_configured(model: CatalogModel, own_providers: frozenset[str] = frozenset()) -> bool:
+    if model.provider in own_providers:
+        return True
     if model.provider == Provider.OPENAI:
         return bool(settings.OPENAI_API_KEY)
     if model.provider == Provider.ANTHROPIC:

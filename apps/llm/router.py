@@ -17,8 +17,8 @@ class UnknownModel(LookupError):
     pass
 
 
-def usable(entry: PricedModel) -> bool:
-    return entry.price is not None and provider_configured(entry.model)
+def usable(entry: PricedModel, own_providers: frozenset[str] = frozenset()) -> bool:
+    return entry.price is not None and provider_configured(entry.model, own_providers)
 
 
 def expected_cost(entry: PricedModel, *, prompt_tokens: int, output_tokens: int) -> Decimal:
@@ -41,7 +41,13 @@ def latency_observe(name: str, latency_ms: float) -> None:
 
 
 def candidates(
-    *, model: str | None, policy: str | None, min_quality: int, prompt_tokens: int, output_tokens: int
+    *,
+    model: str | None,
+    policy: str | None,
+    min_quality: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    own_providers: frozenset[str] = frozenset(),
 ) -> list[PricedModel]:
     models = catalog()
     if model is not None:
@@ -49,12 +55,12 @@ def candidates(
         if entry is None or entry.model.kind != ModelKind.CHAT:
             raise UnknownModel(model)
         chain = [entry] + [models[name] for name in entry.model.fallbacks if name in models]
-        ordered = [c for c in chain if usable(c) or c is entry]
+        ordered = [c for c in chain if usable(c, own_providers) or c is entry]
     else:
         pool = [
             e
             for e in models.values()
-            if e.model.kind == ModelKind.CHAT and e.model.quality_tier >= min_quality and usable(e)
+            if e.model.kind == ModelKind.CHAT and e.model.quality_tier >= min_quality and usable(e, own_providers)
         ]
         costs = {e.model.name: expected_cost(e, prompt_tokens=prompt_tokens, output_tokens=output_tokens) for e in pool}
         latency = observed_latency_ms([e.model.name for e in pool]) if policy != "cheapest" else {}

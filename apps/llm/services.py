@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 from django.db import transaction
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
-from apps.llm.models import Budget, BudgetPeriod, BudgetScope
+from apps.llm.crypto import Sealed, current_key_id, seal, unseal
+from apps.llm.models import Budget, BudgetPeriod, BudgetScope, ProviderCredential
+from apps.llm.platform.models import Provider
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 
@@ -85,3 +88,80 @@ def _budget_store(
         },
     )
     return budget
+
+
+def _credential_context(organization: Organization, provider: str) -> str:
+    return f"{organization.schema_name}:{provider}"
+
+
+def provider_credential_set(
+    *, organization: Organization, provider: str, api_key: str, actor: Principal
+) -> ProviderCredential:
+    """Store (or replace) the organization's own key for a provider, encrypted."""
+    if provider not in (Provider.OPENAI, Provider.ANTHROPIC):
+        raise BudgetInvalid(f"own keys are supported for openai and anthropic, not {provider!r}")
+    if len(api_key.strip()) < 8:
+        raise BudgetInvalid("that does not look like a provider key")
+    sealed = seal(api_key.strip(), context=_credential_context(organization, provider))
+    with organization_schema(organization), transaction.atomic():
+        credential, _ = ProviderCredential.objects.update_or_create(
+            provider=provider,
+            defaults={
+                "key_id": sealed.key_id,
+                "nonce": sealed.nonce,
+                "ciphertext": sealed.ciphertext,
+                "hint": api_key.strip()[-4:],
+                "created_by_label": actor.label,
+            },
+        )
+        audit_record(
+            organization=organization,
+            actor=actor,
+            action="provider_credential.set",
+            target=credential,
+            metadata={"provider": provider, "hint": credential.hint},
+        )
+        transaction.on_commit(provider_own_keys_forget)
+    return credential
+
+
+_OWN_KEYS: dict[str, tuple[float, dict[str, str]]] = {}
+_OWN_KEYS_SECONDS = 10.0
+
+
+def provider_own_keys(*, organization: Organization) -> dict[str, str]:
+    """The organization's own provider keys, decrypted, by provider (kept per process for 10 s)."""
+    now = time.monotonic()
+    cached = _OWN_KEYS.get(organization.schema_name)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    with organization_schema(organization):
+        credentials = list(ProviderCredential.objects.all())
+    keys = {
+        c.provider: unseal(
+            Sealed(c.key_id, bytes(c.nonce), bytes(c.ciphertext)), context=_credential_context(organization, c.provider)
+        )
+        for c in credentials
+    }
+    _OWN_KEYS[organization.schema_name] = (now + _OWN_KEYS_SECONDS, keys)
+    return keys
+
+
+def provider_own_keys_forget() -> None:
+    _OWN_KEYS.clear()
+
+
+def provider_credentials_rotate(*, organization: Organization) -> int:
+    """Re-encrypt the organization's credentials under the current key. Returns how many changed."""
+    changed = 0
+    with organization_schema(organization), transaction.atomic():
+        for credential in ProviderCredential.objects.select_for_update().exclude(key_id=current_key_id()):
+            context = _credential_context(organization, credential.provider)
+            plaintext = unseal(
+                Sealed(credential.key_id, bytes(credential.nonce), bytes(credential.ciphertext)), context=context
+            )
+            sealed = seal(plaintext, context=context)
+            credential.key_id, credential.nonce, credential.ciphertext = sealed.key_id, sealed.nonce, sealed.ciphertext
+            credential.save(update_fields=["key_id", "nonce", "ciphertext", "updated_at"])
+            changed += 1
+    return changed

@@ -29,3 +29,6 @@ LLM_BREAKER_COOLDOWN_S = env_int("LLM_BREAKER_COOLDOWN_S", 30)
 LLM_SOFT_LIMIT_HOOK = env_str("LLM_SOFT_LIMIT_HOOK", "")
 # /metrics on the platform host requires `Authorization: Bearer <METRICS_TOKEN>` when set.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Organizations' own provider keys are stored encrypted (AES-256-GCM) under these keys:
+# "id:base64(32 bytes)", comma-separated, the first one current. Required in production.
+CREDENTIALS_ENCRYPTION_KEYS = env_str("CREDENTIALS_ENCRYPTION_KEYS", "")

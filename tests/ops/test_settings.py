@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ def test_production_settings_pass_check_deploy_without_warnings() -> None:
         SECRET_KEY="p" + "roduction-secret-" * 4 + "9fK2",
         DATABASE_URL="postgresql://cognitionos:secret@db.internal:5432/cognitionos",
         REDIS_URL="redis://cache.internal:6379/0",
+        CREDENTIALS_ENCRYPTION_KEYS="k1:" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode(),
         BASE_DOMAIN="cognitionos.example.com",
         ALLOWED_HOSTS="cognitionos.example.com,.cognitionos.example.com",
     )

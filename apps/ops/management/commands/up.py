@@ -160,6 +160,8 @@ class Command(BaseCommand):
             f"  Health:             {base}/health/ready\n"
             f"  Data folder:        {data_dir}\n"
             "  Other terminal:     .venv/bin/cognitionos tenant list\n"
+            "  API key:            .venv/bin/cognitionos apikey create --tenant demo\n"
+            f"  OpenAI-compatible:  {base}/v1  (simulated models unless OPENAI_API_KEY / ANTHROPIC_API_KEY are set)\n"
             "Press Ctrl-C to stop.\n"
         )
         self.stdout.flush()

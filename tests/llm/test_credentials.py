@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from cryptography.exceptions import InvalidTag
+from django_tenants.utils import schema_context
+
+from apps.llm import crypto
+from apps.llm.models import ProviderCredential, UsageAttempt
+from apps.llm.services import (
+    provider_credential_set,
+    provider_credentials_rotate,
+    provider_own_keys,
+    provider_own_keys_forget,
+)
+from apps.tenants.models import Organization
+from tests.factories import TEST_ACTOR
+from tests.llm.conftest import gateway_client
+from tests.support.fake_provider import FakeProvider
+
+KEY_1 = "k1:" + base64.b64encode(b"1" * 32).decode()
+KEY_2 = "k2:" + base64.b64encode(b"2" * 32).decode()
+
+
+def test_sealed_secrets_are_bound_to_their_context_and_survive_rotation(settings: Any) -> None:
+    settings.CREDENTIALS_ENCRYPTION_KEYS = KEY_1
+    sealed = crypto.seal("sk-secret-value", context="org_a:openai")
+    assert b"sk-secret" not in sealed.ciphertext and sealed.key_id == "k1"
+    assert crypto.unseal(sealed, context="org_a:openai") == "sk-secret-value"
+    with pytest.raises(InvalidTag):
+        crypto.unseal(sealed, context="org_b:openai")  # copied to another organization: useless
+    settings.CREDENTIALS_ENCRYPTION_KEYS = f"{KEY_2},{KEY_1}"  # k2 current, k1 still readable
+    assert crypto.unseal(sealed, context="org_a:openai") == "sk-secret-value"
+    assert crypto.seal("x", context="c").key_id == "k2"
+
+
+def test_own_key_is_stored_encrypted_rotated_and_never_shown(tenant: Organization, settings: Any) -> None:
+    settings.CREDENTIALS_ENCRYPTION_KEYS = KEY_1
+    credential = provider_credential_set(
+        organization=tenant, provider="openai", api_key="sk-org-a-123456", actor=TEST_ACTOR
+    )
+    assert credential.hint == "3456" and bytes(credential.ciphertext).find(b"sk-org") == -1
+    settings.CREDENTIALS_ENCRYPTION_KEYS = f"{KEY_2},{KEY_1}"
+    assert provider_credentials_rotate(organization=tenant) == 1
+    assert ProviderCredential.objects.get().key_id == "k2"
+    settings.CREDENTIALS_ENCRYPTION_KEYS = KEY_2  # the old key can go now
+    provider_own_keys_forget()
+    assert provider_own_keys(organization=tenant) == {"openai": "sk-org-a-123456"}
+
+
+def test_an_organization_with_its_own_key_uses_it_and_pays_itself(
+    two_tenants: tuple[Organization, Organization],
+    key_a: str,
+    key_b: str,
+    fake_provider: FakeProvider,
+    settings: Any,
+) -> None:
+    settings.OPENAI_API_KEY = ""  # no platform OpenAI key: only organizations' own keys
+    provider_own_keys_forget()
+    tenant_a, _ = two_tenants
+    provider_credential_set(organization=tenant_a, provider="openai", api_key="sk-org-a-123456", actor=TEST_ACTOR)
+    provider_own_keys_forget()
+    assert "gpt-4o-mini" in {m.id for m in gateway_client(key_a).models.list().data}
+    assert "gpt-4o-mini" not in {m.id for m in gateway_client(key_b).models.list().data}
+    completion = gateway_client(key_a).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello there"}]
+    )
+    assert completion.model == "gpt-4o-mini"
+    with schema_context(tenant_a.schema_name):
+        assert UsageAttempt.objects.get().paid_by == "organization"
