@@ -2,10 +2,11 @@
 
 from django.urls import path
 
-from apps.llm import gateway
+from apps.llm import anthropic_gateway, gateway
 
 urlpatterns = [
     path("v1/chat/completions", gateway.chat_completions, name="openai-chat-completions"),
     path("v1/embeddings", gateway.embeddings, name="openai-embeddings"),
     path("v1/models", gateway.models, name="openai-models"),
+    path("v1/messages", anthropic_gateway.messages, name="anthropic-messages"),
 ]

@@ -41,7 +41,7 @@ def _caller(request: HttpRequest) -> tuple[Organization, Principal]:
     organization = getattr(request, "tenant", None)
     principal = getattr(request, "principal", None)
     if organization is None or organization.is_public or principal is None:
-        has_header = request.headers.get("Authorization", "").startswith("Bearer ")
+        has_header = request.headers.get("Authorization", "").startswith("Bearer ") or "X-Api-Key" in request.headers
         raise GatewayError(
             401,
             "invalid_api_key",

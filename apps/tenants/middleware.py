@@ -105,6 +105,9 @@ class TenantMiddleware:
     def _resolve_api_key(self, request: HttpRequest) -> tuple[Organization, Principal] | None:
         resolver = _api_key_resolver()
         authorization = request.headers.get("Authorization", "")
-        if resolver is None or not authorization.startswith("Bearer "):
+        # Anthropic's clients send the key as x-api-key.
+        key = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
+        key = key or request.headers.get("X-Api-Key", "").strip()
+        if resolver is None or not key:
             return None
-        return resolver(authorization.removeprefix("Bearer ").strip())
+        return resolver(key)

@@ -303,3 +303,41 @@ def test_metrics_count_requests_cost_and_cache_hits_without_tenant_labels(
     text = exposition.content.decode()
     assert "cognitionos_llm_cost_usd_total" in text
     assert two_tenants[0].slug not in text and "org_" not in text
+
+
+def _anthropic_client(key: str) -> Any:
+    import anthropic
+    import httpx2
+
+    from tests.llm.conftest import _InThisTransaction
+
+    transport = httpx2.WSGITransport(app=_InThisTransaction())
+    return anthropic.Anthropic(
+        base_url="http://localhost",
+        api_key=key,
+        max_retries=0,
+        http_client=httpx2.Client(transport=transport, base_url="http://localhost"),
+    )
+
+
+def test_messages_endpoint_speaks_anthropic_to_the_anthropic_sdk(
+    two_tenants: tuple[Organization, Organization], key_a: str
+) -> None:
+    client = _anthropic_client(key_a)
+    message = client.messages.create(
+        model="simulated-pro", max_tokens=200, system="Be brief.", messages=[{"role": "user", "content": "Hello there"}]
+    )
+    assert message.type == "message" and message.stop_reason == "end_turn"
+    assert message.content[0].text.startswith("[simulated] simulated-pro")
+    assert message.usage.output_tokens > 0
+    streamed = client.messages.create(
+        model="simulated-pro", max_tokens=200, stream=True, messages=[{"role": "user", "content": "Stream it"}]
+    )
+    text = "".join(e.delta.text for e in streamed if e.type == "content_block_delta")
+    assert text.startswith("[simulated] simulated-pro")
+    assert [a.status for a in _attempts(two_tenants[0])] == [AttemptStatus.SUCCEEDED] * 2
+    import anthropic
+
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model="simulated-pro", max_tokens=-1, messages=[{"role": "user", "content": "x"}])
+    assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]

@@ -1,0 +1,187 @@
+"""`POST /v1/messages` in Anthropic's shape, over the same governed engine as the OpenAI endpoints."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from apps.llm.engine import GatewayError, chat_call_parse, chat_complete, chat_stream
+from apps.llm.gateway import _caller, _json_body
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def _error(error: GatewayError, request_id: str) -> JsonResponse:
+    kind = _ERROR_TYPES.get(error.status, "api_error")
+    response = JsonResponse({"type": "error", "error": {"type": kind, "message": error.message}}, status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    response["x-cognitionos-request-id"] = request_id
+    return response
+
+
+def _parts(content: Any) -> Any:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if block.get("type") == "text":
+            parts.append({"type": "text", "text": block.get("text", "")})
+        elif block.get("type") == "image":
+            source = block.get("source") or {}
+            url = source.get("url") or f"data:{source.get('media_type')};base64,{source.get('data')}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif block.get("type") == "tool_result":
+            parts.append({"type": "text", "text": json.dumps(block.get("content"))})
+    return parts
+
+
+def openai_body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise GatewayError(400, "invalid_request", "the request body must be a JSON object")
+    if not isinstance(body.get("max_tokens"), int):
+        raise GatewayError(400, "invalid_request", "`max_tokens` is required", param="max_tokens")
+    messages: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system:
+        text = system if isinstance(system, str) else " ".join(b.get("text", "") for b in system)
+        messages.append({"role": "system", "content": text})
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            raise GatewayError(400, "invalid_request", "each message must be an object", param="messages")
+        messages.append({"role": message.get("role"), "content": _parts(message.get("content"))})
+    converted: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": messages,
+        "max_tokens": body["max_tokens"],
+        "stream": bool(body.get("stream", False)),
+    }
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("stop", "stop_sequences")):
+        if theirs in body:
+            converted[ours] = body[theirs]
+    if body.get("tools"):
+        converted["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema") or {},
+                },
+            }
+            for t in body["tools"]
+        ]
+    return converted
+
+
+def anthropic_message(body: dict[str, Any], request_id: str) -> dict[str, Any]:
+    choice = (body.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call["id"],
+                "name": call["function"]["name"],
+                "input": json.loads(call["function"].get("arguments") or "{}"),
+            }
+        )
+    usage = body.get("usage") or {}
+    return {
+        "id": f"msg_{request_id}",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model"),
+        "content": content,
+        "stop_reason": _STOP.get(choice.get("finish_reason") or "", "end_turn"),
+        "stop_sequence": None,
+        "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
+    }
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, separators=(',', ':'))}\n\n".encode()
+
+
+@csrf_exempt
+@require_POST
+def messages(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    request_id = uuid.uuid4().hex
+    try:
+        organization, principal = _caller(request)
+        call = chat_call_parse(openai_body(_json_body(request)))
+        if call.stream:
+            stream = chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
+        else:
+            outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
+    except GatewayError as error:
+        return _error(error, request_id)
+    if not call.stream:
+        response = JsonResponse(anthropic_message(outcome.body, outcome.request_id))
+        response["x-cognitionos-cost-usd"] = str(outcome.cost_usd)
+        response["x-cognitionos-cache"] = outcome.cache
+        response["x-cognitionos-request-id"] = outcome.request_id
+        return response
+
+    def events() -> Iterator[bytes]:
+        model = stream.model
+        yield _event(
+            "message_start",
+            {
+                "message": {
+                    "id": f"msg_{request_id}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                }
+            },
+        )
+        yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        stop, usage = "end_turn", {"output_tokens": 0}
+        try:
+            for chunk in stream.chunks:
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}})
+                    if choice.get("finish_reason"):
+                        stop = _STOP.get(choice["finish_reason"], "end_turn")
+                if chunk.get("usage"):
+                    usage = {
+                        "output_tokens": chunk["usage"]["completion_tokens"],
+                        "cost_usd": chunk["usage"]["cost_usd"],
+                    }
+        finally:
+            close = getattr(stream.chunks, "close", None)
+            if close is not None:
+                close()
+        yield _event("content_block_stop", {"index": 0})
+        yield _event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage})
+        yield _event("message_stop", {})
+
+    streaming = StreamingHttpResponse(events(), content_type="text/event-stream")
+    streaming["Cache-Control"] = "no-cache"
+    streaming["x-cognitionos-request-id"] = request_id
+    return streaming
