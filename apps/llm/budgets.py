@@ -10,9 +10,13 @@ same window, so spend plus reservations never passes a hard limit.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import functools
+import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,6 +34,8 @@ from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, U
 from apps.llm.platform.models import UsageRollup
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+
+logger = logging.getLogger(__name__)
 
 
 class BudgetExceeded(Exception):
@@ -297,40 +303,104 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
 
 def cache_hit_record(
     *, spender: Spender, request_id: str, model_name: str, cache_layer: str, saved_usd: Decimal
-) -> UsageAttempt:
-    """A request served from cache: no provider cost, and the cost it saved."""
+) -> None:
+    """A request served from cache: no provider cost, and the cost it saved.
+
+    With LLM_HIT_BATCH_SECONDS > 0 (the default outside tests) hits are buffered in the process and
+    written in one transaction per organization every so often, and at exit, so a cache hit costs
+    no database round trip; a crash can lose the last fraction of a second of hit rows, never a
+    charge (hits cost nothing).
+    """
     metrics.REQUESTS.labels("cache", model_name, AttemptStatus.CACHE_HIT, cache_layer).inc()
     metrics.SAVED.labels(model_name).inc(float(saved_usd))
     now = timezone.now()
-    with transaction.atomic():
-        row = UsageAttempt.objects.create(
-            request_id=request_id,
-            attempt=0,
-            status=AttemptStatus.CACHE_HIT,
-            settled_at=now,
-            principal_kind=spender.principal.kind,
-            principal_id=spender.principal.id or "",
-            principal_label=spender.principal.label,
-            api_key_id=spender.api_key_id,
-            user_id=spender.user_id,
-            model_name=model_name,
-            provider="cache",
-            cache_layer=cache_layer,
-            saved_usd=saved_usd,
-        )
-        rollup_add(
-            organization=spender.organization,
-            day=now.date(),
-            model_name=model_name,
-            api_key_id=spender.api_key_id,
-            requests=1,
-            cache_hits=1,
-            input_tokens=0,
-            output_tokens=0,
-            cost_usd=Decimal(0),
-            saved_usd=saved_usd,
-        )
-    return row
+    row = UsageAttempt(
+        request_id=request_id,
+        attempt=0,
+        status=AttemptStatus.CACHE_HIT,
+        created_at=now,
+        settled_at=now,
+        principal_kind=spender.principal.kind,
+        principal_id=spender.principal.id or "",
+        principal_label=spender.principal.label,
+        api_key_id=spender.api_key_id,
+        user_id=spender.user_id,
+        model_name=model_name,
+        provider="cache",
+        cache_layer=cache_layer,
+        saved_usd=saved_usd,
+    )
+    if settings.LLM_HIT_BATCH_SECONDS > 0:
+        _hits.add(spender.organization, row)
+    else:
+        _hits_write(spender.organization, [row])
+
+
+def _hits_write(organization: Organization, rows: list[UsageAttempt]) -> None:
+    with organization_schema(organization), transaction.atomic():
+        UsageAttempt.objects.bulk_create(rows)
+        totals: dict[tuple[dt.date, str, int | None], tuple[int, Decimal]] = {}
+        for row in rows:
+            assert row.settled_at is not None
+            group = (row.settled_at.date(), row.model_name, row.api_key_id)
+            count, saved = totals.get(group, (0, Decimal(0)))
+            totals[group] = (count + 1, saved + row.saved_usd)
+        for (day, model_name, api_key_id), (count, saved) in sorted(totals.items(), key=str):
+            rollup_add(
+                organization=organization,
+                day=day,
+                model_name=model_name,
+                api_key_id=api_key_id,
+                requests=count,
+                cache_hits=count,
+                input_tokens=0,
+                output_tokens=0,
+                cost_usd=Decimal(0),
+                saved_usd=saved,
+            )
+
+
+class _HitBuffer:
+    """Cache-hit ledger rows waiting to be written, flushed by a daemon thread and at exit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[Organization, list[UsageAttempt]]] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, organization: Organization, row: UsageAttempt) -> None:
+        with self._lock:
+            self._pending.setdefault(organization.pk, (organization, []))[1].append(row)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="llm-hit-ledger", daemon=True)
+                self._thread.start()
+                atexit.register(self.flush)
+
+    def flush(self) -> int:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for organization, rows in pending.values():
+            try:
+                _hits_write(organization, rows)
+            except Exception:
+                logger.exception("cache-hit rows could not be written; kept for the next flush")
+                with self._lock:
+                    self._pending.setdefault(organization.pk, (organization, []))[1].extend(rows)
+        return sum(len(rows) for _, rows in pending.values())
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(settings.LLM_HIT_BATCH_SECONDS)
+            self.flush()
+            connection.close()
+
+
+_hits = _HitBuffer()
+
+
+def cache_hits_flush() -> int:
+    """Write buffered cache-hit rows now. Returns how many were pending."""
+    return _hits.flush()
 
 
 def rollup_add(

@@ -32,3 +32,5 @@ METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # Organizations' own provider keys are stored encrypted (AES-256-GCM) under these keys:
 # "id:base64(32 bytes)", comma-separated, the first one current. Required in production.
 CREDENTIALS_ENCRYPTION_KEYS = env_str("CREDENTIALS_ENCRYPTION_KEYS", "")
+# Cache hits are written to the ledger in batches this often (0: at once, as the tests do).
+LLM_HIT_BATCH_SECONDS = float(env_str("LLM_HIT_BATCH_SECONDS", "0.25"))

@@ -341,3 +341,19 @@ def test_messages_endpoint_speaks_anthropic_to_the_anthropic_sdk(
     with pytest.raises(anthropic.BadRequestError) as refused:
         client.messages.create(model="simulated-pro", max_tokens=-1, messages=[{"role": "user", "content": "x"}])
     assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
+def test_buffered_cache_hits_reach_the_ledger_and_rollup_on_flush(
+    two_tenants: tuple[Organization, Organization], key_a: str, settings: Any
+) -> None:
+    from apps.llm.budgets import cache_hits_flush
+
+    settings.LLM_HIT_BATCH_SECONDS = 3600  # the background flush never runs during the test
+    client = gateway_client(key_a)
+    for _ in range(3):
+        client.chat.completions.create(model="simulated-mini", messages=HELLO)
+    assert [a.status for a in _attempts(two_tenants[0])] == [AttemptStatus.SUCCEEDED]  # two hits still buffered
+    assert cache_hits_flush() == 2
+    assert [a.status for a in _attempts(two_tenants[0])] == [AttemptStatus.SUCCEEDED] + [AttemptStatus.CACHE_HIT] * 2
+    rollup = UsageRollup.objects.get(organization=two_tenants[0], model_name="simulated-mini")
+    assert (rollup.requests, rollup.cache_hits) == (3, 2)
