@@ -122,7 +122,7 @@ def summary(output: str) -> str:
     return (
         f"{float(rps.group(1)) if rps else 0:8.1f} req/s   p50 {p50.group(1) if p50 else '?':>8}   "
         f"p99 {p99.group(1) if p99 else '?':>8}   non-2xx {errors.group(1) if errors else 0}"
-    )
+    ) + (f"  (first: {first.group(1)[:160]})" if first else "")
 
 
 def main() -> None:
