@@ -17,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import GatewayError, chat_call_parse, chat_complete, chat_stream, embeddings_create
+from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete, chat_stream, embeddings_create
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.router import usable
@@ -27,13 +27,25 @@ from apps.tenants.models import Organization
 _open_streams = threading.BoundedSemaphore(settings.LLM_MAX_OPEN_STREAMS)
 
 
-def error_response(error: GatewayError) -> JsonResponse:
+def error_response(error: GatewayError, *, request_id: str | None = None) -> JsonResponse:
     response = JsonResponse(
         {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}},
         status=error.status,
     )
     for name, value in error.headers.items():
         response[name] = value
+    if request_id is not None:
+        response["x-cognitionos-request-id"] = request_id
+    return response
+
+
+def outcome_response(outcome: ChatOutcome) -> JsonResponse:
+    response = JsonResponse(outcome.body)
+    response["x-cognitionos-request-id"] = outcome.request_id
+    response["x-cognitionos-cost-usd"] = str(outcome.cost_usd)
+    response["x-cognitionos-cache"] = outcome.cache
+    if outcome.simulated:
+        response["x-cognitionos-simulated"] = "true"
     return response
 
 
@@ -76,16 +88,8 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
             return _stream_response(organization, principal, call, request_id)
         outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
     except GatewayError as error:
-        response = error_response(error)
-        response["x-cognitionos-request-id"] = request_id
-        return response
-    response = JsonResponse(outcome.body)
-    response["x-cognitionos-request-id"] = outcome.request_id
-    response["x-cognitionos-cost-usd"] = str(outcome.cost_usd)
-    response["x-cognitionos-cache"] = outcome.cache
-    if outcome.simulated:
-        response["x-cognitionos-simulated"] = "true"
-    return response
+        return error_response(error, request_id=request_id)
+    return outcome_response(outcome)
 
 
 def _stream_response(
@@ -136,16 +140,8 @@ def embeddings(request: HttpRequest) -> HttpResponse:
             organization=organization, principal=principal, body=_json_body(request), request_id=request_id
         )
     except GatewayError as error:
-        response = error_response(error)
-        response["x-cognitionos-request-id"] = request_id
-        return response
-    response = JsonResponse(outcome.body)
-    response["x-cognitionos-request-id"] = outcome.request_id
-    response["x-cognitionos-cost-usd"] = str(outcome.cost_usd)
-    response["x-cognitionos-cache"] = outcome.cache
-    if outcome.simulated:
-        response["x-cognitionos-simulated"] = "true"
-    return response
+        return error_response(error, request_id=request_id)
+    return outcome_response(outcome)
 
 
 @require_GET

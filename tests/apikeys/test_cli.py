@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,32 +14,15 @@ from apps.apikeys.models import ApiKey
 from apps.apikeys.selectors import apikey_resolve
 from apps.llm.models import Budget
 from tests.conftest import LiveDb
-from tests.support.processes import database_url_for_subprocess
+from tests.support.processes import run_cognitionos
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def _cognitionos(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_subprocess(),
-        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from cognitionos.cli import main; main()", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-
-
 def test_apikey_create_prints_the_key_once_and_stores_only_its_hash(live_db: LiveDb) -> None:
     organization = live_db.organization(slug="keyholder")
-    result = _cognitionos("apikey", "create", "--tenant", "keyholder", "--json")
+    result = run_cognitionos("apikey", "create", "--tenant", "keyholder", "--json")
     assert result.returncode == 0, result.stderr
     key = json.loads(result.stdout)["key"]
     parts = key_split(key)
@@ -55,13 +35,13 @@ def test_apikey_create_prints_the_key_once_and_stores_only_its_hash(live_db: Liv
 
 
 def test_apikey_create_for_an_unknown_tenant_exits_2(live_db: LiveDb) -> None:
-    result = _cognitionos("apikey", "create", "--tenant", "nobody-here")
+    result = run_cognitionos("apikey", "create", "--tenant", "nobody-here")
     assert result.returncode == 2 and "no organization" in result.stderr
 
 
 def test_budget_set_from_the_command_line(live_db: LiveDb) -> None:
     organization = live_db.organization(slug="budgeted")
-    result = _cognitionos(
+    result = run_cognitionos(
         "budget",
         "set",
         "--tenant",
@@ -82,5 +62,7 @@ def test_budget_set_from_the_command_line(live_db: LiveDb) -> None:
     with schema_context(organization.schema_name):
         budget = Budget.objects.get()
         assert (budget.limit_usd, budget.soft_percent, budget.hard) == (Decimal("25.5"), 80, True)
-    bad = _cognitionos("budget", "set", "--tenant", "budgeted", "--scope", "key", "--period", "day", "--limit-usd", "1")
+    bad = run_cognitionos(
+        "budget", "set", "--tenant", "budgeted", "--scope", "key", "--period", "day", "--limit-usd", "1"
+    )
     assert bad.returncode == 2 and "needs the key's id" in bad.stderr

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,31 +10,14 @@ from django.db import connection
 
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.support.processes import database_url_for_subprocess
+from tests.support.processes import run_cognitionos
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def _cognitionos(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_subprocess(),
-        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.development",
-    }
-    return subprocess.run(
-        [sys.executable, "-c", "from cognitionos.cli import main; main()", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-
-
 def test_tenant_create_json_then_list(live_db: LiveDb) -> None:
-    result = _cognitionos(
+    result = run_cognitionos(
         "tenant",
         "create",
         "wonka",
@@ -54,7 +34,7 @@ def test_tenant_create_json_then_list(live_db: LiveDb) -> None:
     live_db.track(Organization.objects.get(slug="wonka"))
     assert created["slug"] == "wonka" and created["plan"] == "pro" and created["domain"] == "wonka.localhost"
 
-    listing = _cognitionos("tenant", "list", "--json")
+    listing = run_cognitionos("tenant", "list", "--json")
     assert listing.returncode == 0, listing.stderr
     slugs = [org["slug"] for org in json.loads(listing.stdout)]
     assert "wonka" in slugs and "public" not in slugs
@@ -68,7 +48,7 @@ def test_tenant_create_refuses_bad_slugs_with_status_2_and_one_line(live_db: Liv
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_namespace")
         schemas_before = cursor.fetchone()[0]
-    result = _cognitionos("tenant", "create", slug, "--name", "X", "--owner", "x@example.com")
+    result = run_cognitionos("tenant", "create", slug, "--name", "X", "--owner", "x@example.com")
     assert result.returncode == 2
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and reason in result.stderr
