@@ -66,9 +66,15 @@ def setup() -> tuple[str, dict[str, str]]:
     call_command("migrate", interactive=False, verbosity=0)
     for key in redis_client().scan_iter("llm:*", count=1000):
         redis_client().delete(key)
+    from apps.billing.models import Plan
+
     actor = Principal.system("bench")
+    # Rate limits stay on, set above what the benchmark can send, so every answer is a real one.
+    Plan.objects.create(
+        code="bench", name="Benchmark", limits={"requests_per_minute": 10**7, "tokens_per_minute": 10**10}
+    )
     organization = organization_create(
-        slug="gateway", name="Gateway bench", owner_email="bench@example.com", plan_code="enterprise", actor=actor
+        slug="gateway", name="Gateway bench", owner_email="bench@example.com", plan_code="bench", actor=actor
     )
     budget_set(
         organization=organization, scope="organization", period="day", limit_usd=Decimal(100000), hard=True, actor=actor

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 
 
@@ -17,6 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
     command = argv[1] if len(argv) > 1 else "help"
+    # SIGTERM ends the command through SystemExit, so the atexit hook below stops the servers this
+    # process started even when it arrives before `up` installs its own handlers (during migrate).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if command not in {"help", "--help", "-h", "version", "--version"}:
         from cognitionos.embedded import EmbeddedServiceError, services_attach
 
