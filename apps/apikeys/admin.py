@@ -1,7 +1,10 @@
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from apps.accounts.principals import Principal
 from apps.apikeys.models import ApiKey
+from apps.apikeys.services import apikey_revoke
 
 
 @admin.register(ApiKey)
@@ -14,7 +17,14 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     list_select_related = ("organization",)
     search_fields = ("name", "prefix", "organization__slug")
     fields = ("organization", "name", "prefix", "created_by_label", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("organization", "name", "prefix", "created_by_label", "created_at", "last_used_at")
+    readonly_fields = fields
+    actions = ("revoke",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        actor = Principal.for_user(request.user)  # type: ignore[arg-type]
+        for api_key in queryset.select_related("organization").filter(revoked_at__isnull=True):
+            apikey_revoke(api_key=api_key, actor=actor)

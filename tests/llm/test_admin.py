@@ -3,9 +3,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.test import Client
+from django_tenants.utils import schema_context
 
 from apps.accounts.models import User
+from apps.apikeys.services import apikey_create
+from apps.audit.models import AuditEvent
 from apps.llm.platform.models import CatalogModel, ModelPrice
+from apps.tenants.models import Organization
+from tests.factories import TEST_ACTOR
 
 
 def test_operators_add_a_price_version_in_the_admin(db: None) -> None:
@@ -38,3 +43,18 @@ def test_operators_add_a_price_version_in_the_admin(db: None) -> None:
     assert response.status_code == 302, response.content[:2000]
     versions = list(ModelPrice.objects.filter(model=model).order_by("version").values_list("version", "input_per_mtok"))
     assert versions == [(1, Decimal("0.150000")), (2, Decimal("0.200000"))]
+
+
+def test_operators_revoke_keys_from_the_admin_and_it_is_audited(two_tenants: tuple[Organization, Organization]) -> None:
+    issued = apikey_create(organization=two_tenants[0], name="leaked", actor=TEST_ACTOR)
+    operator = User.objects.create_superuser(email="ops2@example.com", password="a-long-password-1")
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(operator)
+    response = client.post("/admin/apikeys/apikey/", {"action": "revoke", "_selected_action": [issued.api_key.pk]})
+    assert response.status_code == 302
+    issued.api_key.refresh_from_db()
+    assert issued.api_key.revoked_at is not None
+    with schema_context(two_tenants[0].schema_name):
+        event = AuditEvent.objects.get(action="apikey.revoked")
+        assert event.actor_label == "ops2@example.com" and event.actor_kind == "operator"
+    assert issued.key not in client.get(f"/admin/apikeys/apikey/{issued.api_key.pk}/change/").content.decode()
