@@ -11,7 +11,6 @@ missing). The provider is the fake server at 0 ms latency. Not a test: compare w
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import re
@@ -26,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._setup import django_on_fresh_database  # noqa: E402 - after the path is set
+
 PORT = 18321
 
 
@@ -38,35 +40,14 @@ def ensure_wrk() -> str:
 
 
 def setup() -> tuple[str, dict[str, str]]:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
-    from cognitionos.embedded import services_attach
-
-    services = services_attach(data_dir=ROOT / ".data" / "bench")
-    atexit.register(services.stop_owned)
-    import psycopg
-
-    url = os.environ["DATABASE_URL"]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS cognitionos_bench_gateway WITH (FORCE)")
-        conn.execute("CREATE DATABASE cognitionos_bench_gateway")
-    os.environ["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/cognitionos_bench_gateway"
-    import django
-
-    django.setup()
+    django_on_fresh_database("cognitionos_bench_gateway")
     from decimal import Decimal
-
-    from django.core.management import call_command
 
     from apps.accounts.principals import Principal
     from apps.apikeys.services import apikey_create
+    from apps.billing.models import Plan
     from apps.llm.services import budget_set
     from apps.tenants.services import organization_create
-    from cognitionos.redis import redis_client
-
-    call_command("migrate", interactive=False, verbosity=0)
-    for key in redis_client().scan_iter("llm:*", count=1000):
-        redis_client().delete(key)
-    from apps.billing.models import Plan
 
     actor = Principal.system("bench")
     # Rate limits stay on, set above what the benchmark can send, so every answer is a real one.

@@ -14,7 +14,6 @@ ratios within one run; the machine is shared and noisy.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import statistics
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._setup import django_on_fresh_database  # noqa: E402 - after the path is set
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -42,37 +43,11 @@ def timed(function: Callable[[], object], count: int) -> list[float]:
     return samples
 
 
-def setup() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
-    os.environ["LOG_LEVEL"] = "WARNING"
-    from cognitionos.embedded import services_attach
-
-    services = services_attach(data_dir=ROOT / ".data" / "bench")
-    atexit.register(services.stop_owned)
-    import psycopg
-
-    url = os.environ["DATABASE_URL"]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS cognitionos_bench_router WITH (FORCE)")
-        conn.execute("CREATE DATABASE cognitionos_bench_router")
-    os.environ["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/cognitionos_bench_router"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
-    from cognitionos.redis import redis_client
-
-    for key in redis_client().scan_iter("llm:*", count=1000):
-        redis_client().delete(key)
-
-
 def main() -> None:  # noqa: PLR0915 - one straight script, section by section
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=400)
     args = parser.parse_args()
-    setup()
+    django_on_fresh_database("cognitionos_bench_router")
 
     import openai
     from django.conf import settings

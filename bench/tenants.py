@@ -21,38 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DATA = ROOT / ".data" / "bench"
 sys.path.insert(0, str(ROOT))
+
+from bench._setup import django_on_fresh_database  # noqa: E402 - after the path is set
 
 
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
-    from cognitionos.embedded import services_attach
-
-    services = services_attach(data_dir=BENCH_DATA)
-    import atexit
-
-    atexit.register(services.stop_owned)
-    import psycopg
-
-    # A fresh database for every run, so "N organizations present" means exactly N.
-    url = os.environ["DATABASE_URL"]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS cognitionos_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE cognitionos_bench")
-    os.environ["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/cognitionos_bench"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
 
 
 def bench_provisioning(samples: int, present_counts: list[int]) -> None:
@@ -166,7 +142,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples, no 200-organization point")
     parser.add_argument("--port", type=int, default=18123)
     args = parser.parse_args()
-    setup_django()
+    # A fresh database for every run, so "N organizations present" means exactly N.
+    django_on_fresh_database("cognitionos_bench")
     bench_provisioning(samples=10 if args.quick else 30, present_counts=[10] if args.quick else [10, 200])
     bench_resolution(iterations=500 if args.quick else 3000)
     bench_make_run(args.port)
