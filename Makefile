@@ -35,6 +35,8 @@ format: install
 
 bench: install
 	$(BIN)/python bench/tenants.py
+	$(BIN)/python bench/router.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
