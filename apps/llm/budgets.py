@@ -52,6 +52,16 @@ class Spender:
     organization: Organization
     principal: Principal
 
+    def ledger_fields(self) -> dict[str, Any]:
+        """Who the ledger row is for: the principal by kind, id and label (never a foreign key)."""
+        return {
+            "principal_kind": self.principal.kind,
+            "principal_id": self.principal.id or "",
+            "principal_label": self.principal.label,
+            "api_key_id": self.api_key_id,
+            "user_id": self.user_id,
+        }
+
     @property
     def api_key_id(self) -> int | None:
         return int(self.principal.id) if self.principal.kind == "api_key" and self.principal.id else None
@@ -188,11 +198,7 @@ def attempt_reserve(
         status=AttemptStatus.RESERVED,
         created_at=created_at,
         hold_expires_at=expires,
-        principal_kind=spender.principal.kind,
-        principal_id=spender.principal.id or "",
-        principal_label=spender.principal.label,
-        api_key_id=spender.api_key_id,
-        user_id=spender.user_id,
+        **spender.ledger_fields(),
         model_name=model_name,
         provider=provider,
         reserved_usd=amount_usd,
@@ -320,11 +326,7 @@ def cache_hit_record(
         status=AttemptStatus.CACHE_HIT,
         created_at=now,
         settled_at=now,
-        principal_kind=spender.principal.kind,
-        principal_id=spender.principal.id or "",
-        principal_label=spender.principal.label,
-        api_key_id=spender.api_key_id,
-        user_id=spender.user_id,
+        **spender.ledger_fields(),
         model_name=model_name,
         provider="cache",
         cache_layer=cache_layer,

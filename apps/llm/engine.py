@@ -231,18 +231,24 @@ class _Attempts:
         _refuse_unpriced(found[0])
         return [entry for entry in found if entry.price is not None]
 
-    def reserve(self, entry: PricedModel) -> UsageAttempt:
+    def begin(self, entry: PricedModel) -> UsageAttempt:
+        """Reserve the next attempt (a refusal becomes the 402), then give the connection back for the call."""
         self.number += 1
-        return attempt_reserve(
-            spender=self.spender,
-            request_id=self.request_id,
-            attempt=self.number,
-            model_name=entry.model.name,
-            provider=entry.model.provider,
-            amount_usd=worst_case_cost(entry, self.call, self.prompt_bound),
-            max_cost_usd=self.call.max_cost_usd,
-            paid_by="organization" if entry.model.provider in self.own_keys else "platform",
-        )
+        try:
+            attempt = attempt_reserve(
+                spender=self.spender,
+                request_id=self.request_id,
+                attempt=self.number,
+                model_name=entry.model.name,
+                provider=entry.model.provider,
+                amount_usd=worst_case_cost(entry, self.call, self.prompt_bound),
+                max_cost_usd=self.call.max_cost_usd,
+                paid_by="organization" if entry.model.provider in self.own_keys else "platform",
+            )
+        except BudgetExceeded as exc:
+            raise _budget_error(exc) from exc
+        _release_connection()
+        return attempt
 
     def provider(self, entry: PricedModel) -> ChatProvider:
         return provider_for(entry.model, self.own_keys.get(entry.model.provider))
@@ -250,14 +256,22 @@ class _Attempts:
     def context(self) -> CallContext:
         return CallContext(request_id=self.request_id, attempt=self.number, timeout_s=settings.LLM_PROVIDER_TIMEOUT_S)
 
-    def failed(self, entry: PricedModel, attempt: UsageAttempt, error: ProviderError, latency_ms: int) -> None:
+    def failed(
+        self, entry: PricedModel, attempt: UsageAttempt, error: ProviderError, *, started: float, retry: int
+    ) -> bool:
+        """Settle a failed attempt; True (after the backoff) if the same model should be tried again."""
         self.last_error = error
+        latency_ms = int((time.perf_counter() - started) * 1000)
         attempt_settle(
             organization=self.organization,
             attempt=attempt,
             settlement=Settlement(status=AttemptStatus.FAILED, latency_ms=latency_ms, error_class=error.error_class),
         )
         breaker_record(entry.model.provider, entry.model.name, success=False)
+        if not error.retryable or retry >= settings.LLM_MAX_ATTEMPTS:
+            return False
+        time.sleep(_backoff(retry, error.retry_after))
+        return True
 
     def exhausted(self) -> GatewayError:
         error = self.last_error
@@ -350,20 +364,14 @@ def chat_complete(
             continue
         provider = attempts.provider(entry)
         for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
-            try:
-                attempt = attempts.reserve(entry)
-            except BudgetExceeded as exc:
-                raise _budget_error(exc) from exc
-            _release_connection()
+            attempt = attempts.begin(entry)
             started = time.perf_counter()
             try:
                 reply = _guarded_call(provider.complete, call.payload, attempts.context())
             except ProviderError as error:
-                attempts.failed(entry, attempt, error, int((time.perf_counter() - started) * 1000))
-                if not error.retryable or retry == settings.LLM_MAX_ATTEMPTS:
-                    break
-                time.sleep(_backoff(retry, error.retry_after))
-                continue
+                if attempts.failed(entry, attempt, error, started=started, retry=retry):
+                    continue
+                break
             latency_ms = int((time.perf_counter() - started) * 1000)
             settlement = _settlement(entry, reply.usage, latency_ms)
             attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
@@ -415,22 +423,16 @@ def chat_stream(
             continue
         provider = attempts.provider(entry)
         for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
-            try:
-                attempt = attempts.reserve(entry)
-            except BudgetExceeded as exc:
-                raise _budget_error(exc) from exc
-            _release_connection()
+            attempt = attempts.begin(entry)
             started = time.perf_counter()
             upstream = provider.stream(call.payload, attempts.context())
             try:
                 first = _guarded_call(next, upstream)
             except (ProviderError, StopIteration) as error:
                 failure = error if isinstance(error, ProviderError) else ProviderError("empty stream")
-                attempts.failed(entry, attempt, failure, int((time.perf_counter() - started) * 1000))
-                if not failure.retryable or retry == settings.LLM_MAX_ATTEMPTS:
-                    break
-                time.sleep(_backoff(retry, failure.retry_after))
-                continue
+                if attempts.failed(entry, attempt, failure, started=started, retry=retry):
+                    continue
+                break
             return ChatStream(
                 request_id=request_id,
                 model=entry.model.name,

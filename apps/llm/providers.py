@@ -99,17 +99,18 @@ def _openai_client(base_url: str, api_key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url or None, api_key=api_key, max_retries=0)
 
 
-def _openai_error(exc: Exception) -> ProviderError:
-    if isinstance(exc, openai.APITimeoutError):
+def _sdk_error(exc: Exception, sdk: Any) -> ProviderError:
+    """A provider SDK's exception (openai's and anthropic's share their shape) as a ProviderError."""
+    if isinstance(exc, sdk.APITimeoutError):
         return ProviderError(str(exc), error_class="timeout")
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, sdk.APIConnectionError):
         return ProviderError(str(exc), error_class="connection_error")
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
         return ProviderError(
             str(exc),
             status=status,
-            retryable=status in (408, 409, 429) or status >= 500,
+            retryable=status in (408, 409, 429) or status >= 500,  # 529: Anthropic's "overloaded"
             retry_after=_retry_after(exc.response.headers),
             error_class="rate_limited" if status == 429 else f"http_{status}",
         )
@@ -135,7 +136,7 @@ class OpenAIProvider:
                 extra_headers=context.headers(),
             )
         except openai.OpenAIError as exc:
-            raise _openai_error(exc) from exc
+            raise _sdk_error(exc, openai) from exc
         body: dict[str, Any] = json.loads(raw.http_response.text)
         usage = body.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
@@ -158,7 +159,7 @@ class OpenAIProvider:
                 extra_headers=context.headers(),
             )
         except openai.OpenAIError as exc:
-            raise _openai_error(exc) from exc
+            raise _sdk_error(exc, openai) from exc
         body: dict[str, Any] = json.loads(raw.http_response.text)
         tokens = int((body.get("usage") or {}).get("prompt_tokens", 0))
         return Reply(body=body, usage=Usage(input_tokens=tokens), finish_reason="stop")
@@ -193,7 +194,7 @@ class OpenAIProvider:
                         )
                     )
         except openai.OpenAIError as exc:
-            raise _openai_error(exc) from exc
+            raise _sdk_error(exc, openai) from exc
 
 
 # --- Anthropic -------------------------------------------------------------------------------
@@ -202,23 +203,6 @@ class OpenAIProvider:
 @cache
 def _anthropic_client(base_url: str, api_key: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=base_url or None, api_key=api_key, max_retries=0)
-
-
-def _anthropic_error(exc: Exception) -> ProviderError:
-    if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderError(str(exc), error_class="timeout")
-    if isinstance(exc, anthropic.APIConnectionError):
-        return ProviderError(str(exc), error_class="connection_error")
-    if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
-        return ProviderError(
-            str(exc),
-            status=status,
-            retryable=status in (408, 409, 429, 529) or status >= 500,
-            retry_after=_retry_after(exc.response.headers),
-            error_class="rate_limited" if status == 429 else f"http_{status}",
-        )
-    return ProviderError(str(exc), error_class=type(exc).__name__)
 
 
 def _anthropic_content(content: Any) -> Any:
@@ -325,7 +309,7 @@ class AnthropicProvider:
                 extra_headers=context.headers(),
             )
         except anthropic.AnthropicError as exc:
-            raise _anthropic_error(exc) from exc
+            raise _sdk_error(exc, anthropic) from exc
         body = _openai_shape_from_anthropic(json.loads(raw.http_response.text), model_name=self.model.name)
         usage = body["usage"]
         return Reply(
@@ -374,7 +358,7 @@ class AnthropicProvider:
                     usage.output_tokens = int(event.usage.output_tokens)
                     yield chunk({}, _STOP_REASONS.get(event.delta.stop_reason or "", "stop"))
         except anthropic.AnthropicError as exc:
-            raise _anthropic_error(exc) from exc
+            raise _sdk_error(exc, anthropic) from exc
         yield StreamChunk(usage=usage)
 
 
