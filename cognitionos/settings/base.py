@@ -2,10 +2,12 @@
 
 import django_stubs_ext
 
+from .api import *  # noqa: F403
 from .cache import *  # noqa: F403
 from .celery import *  # noqa: F403
 from .core import *  # noqa: F403
 from .database import *  # noqa: F403
+from .jobs import *  # noqa: F403
 from .llm import *  # noqa: F403
 from .logging import *  # noqa: F403
 from .security import *  # noqa: F403

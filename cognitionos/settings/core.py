@@ -34,6 +34,9 @@ SHARED_APPS = [
     "django.contrib.admin",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -42,6 +45,10 @@ TENANT_APPS = [
     "apps.audit",
     "apps.llm",
     "apps.knowledge",
+    "apps.api",
+    "apps.jobs",
+    "apps.workflows",
+    "apps.webhooks",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 

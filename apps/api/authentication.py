@@ -1,0 +1,61 @@
+"""Who calls the API: an API key (resolved by the tenant middleware) or a member's portal session.
+
+Either way the view finds `request.tenant` (the organization) and `request.auth` (the Principal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.http import HttpRequest
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.request import Request
+
+from apps.accounts.models import User
+from apps.accounts.principals import Principal
+from apps.rbac.selectors import membership_role
+
+
+@dataclass(frozen=True)
+class KeyHolder:
+    """`request.user` for a call made with an API key: a program, not a person."""
+
+    principal: Principal
+    is_authenticated: bool = True
+    is_anonymous: bool = False
+    is_staff: bool = False
+
+
+def _django_request(request: Request) -> HttpRequest:
+    return request._request
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[KeyHolder, Principal] | None:
+        principal = getattr(_django_request(request), "principal", None)
+        if isinstance(principal, Principal) and principal.kind == "api_key":
+            return KeyHolder(principal), principal
+        if request.headers.get("Authorization", "").startswith("Bearer ") or request.headers.get("X-Api-Key"):
+            # The middleware resolves keys on the API host only; anything presented and unresolved is wrong.
+            raise exceptions.AuthenticationFailed("the API key is unknown, malformed or revoked")
+        return None
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="cognitionos"'
+
+
+class MemberSessionAuthentication(SessionAuthentication):
+    """The portal's session, on the organization's own host, for members of that organization."""
+
+    def authenticate(self, request: Request) -> tuple[User, Principal] | None:
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        user = result[0]
+        tenant = getattr(_django_request(request), "tenant", None)
+        if tenant is None or tenant.is_public or membership_role(user=user, organization=tenant) is None:
+            raise exceptions.PermissionDenied("you are not a member of this organization")
+        principal = Principal.for_user(user)
+        _django_request(request).principal = principal  # type: ignore[attr-defined]
+        return user, principal
