@@ -1,0 +1,14 @@
+"""Jobs: heartbeats of running jobs and the reaper that recovers jobs whose worker died."""
+
+from .env import env_int
+
+# A running job's worker touches its row this often...
+JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 10)
+# ...and the reaper takes it back when the row has not been touched for this long.
+JOB_HEARTBEAT_TIMEOUT_SECONDS = env_int("JOB_HEARTBEAT_TIMEOUT_SECONDS", 60)
+# An admitted job that no worker started for this long is sent again (its message may sit with a
+# dead worker until the broker's visibility timeout); a duplicate delivery is harmless.
+JOB_DISPATCH_RESEND_SECONDS = env_int("JOB_DISPATCH_RESEND_SECONDS", 300)
+# A job whose workers died this many times fails instead of running again.
+JOB_MAX_RUNS = env_int("JOB_MAX_RUNS", 3)
+JOB_REAPER_SECONDS = env_int("JOB_REAPER_SECONDS", 30)
