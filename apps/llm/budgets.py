@@ -483,6 +483,17 @@ def holds_sweep(*, organization: Organization, now: dt.datetime | None = None) -
     stale = list(
         UsageAttempt.objects.filter(status=AttemptStatus.RESERVED, hold_expires_at__lt=now).order_by("id")[:500]
     )
+    return _sweep(organization, stale)
+
+
+def attempts_abandon(*, organization: Organization, request_ids: list[str]) -> int:
+    """Settle now, from their reservations, the open attempts of requests whose process is known to
+    be dead (a job whose heartbeat stopped), instead of waiting for their holds to expire."""
+    stale = list(UsageAttempt.objects.filter(status=AttemptStatus.RESERVED, request_id__in=request_ids).order_by("id"))
+    return _sweep(organization, stale)
+
+
+def _sweep(organization: Organization, stale: list[UsageAttempt]) -> int:
     swept = 0
     for attempt in stale:
         swept += attempt_settle(

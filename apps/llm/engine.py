@@ -6,6 +6,7 @@ fallbacks, breaker) -> settle (ledger, budgets, rollup) -> fill caches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -17,7 +18,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from apps.accounts.principals import Principal
 from apps.llm import caching
@@ -64,6 +65,7 @@ class ChatCall:
     max_cost_usd: Decimal | None
     cache_skip: bool
     cache_ttl: int | None
+    cache_semantic: bool = False  # the request opts in to L3 (the organization must allow it too)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class ChatOutcome:
     request_id: str
     model: str
     cost_usd: Decimal
-    cache: str  # miss, l1, l2, l4
+    cache: str  # miss, l1, l2, l3, l4
     simulated: bool
 
 
@@ -126,6 +128,9 @@ def chat_call_parse(body: Any) -> ChatCall:  # noqa: PLR0912 - one check per fie
     ttl = cache.get("ttl")
     if ttl is not None and (not isinstance(ttl, int) or not 1 <= ttl <= 30 * 86400):
         raise _invalid("`cache.ttl` must be seconds from 1 to 2592000", "cache.ttl")
+    semantic = cache.get("semantic", False)
+    if not isinstance(semantic, bool):
+        raise _invalid("`cache.semantic` must be true or false", "cache.semantic")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _invalid("`stream` must be true or false", "stream")
@@ -144,6 +149,7 @@ def chat_call_parse(body: Any) -> ChatCall:  # noqa: PLR0912 - one check per fie
         max_cost_usd=max_cost_usd,
         cache_skip=bool(cache.get("skip", False)),
         cache_ttl=ttl,
+        cache_semantic=semantic,
     )
 
 
@@ -331,9 +337,17 @@ def _budget_error(exc: BudgetExceeded) -> GatewayError:
 
 
 def chat_complete(
-    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str | None = None
+    *,
+    organization: Organization,
+    principal: Principal,
+    call: ChatCall,
+    request_id: str | None = None,
+    on_settled: Callable[[ChatOutcome], None] | None = None,
 ) -> ChatOutcome:
-    """Answer a (non-streaming) chat call for an organization, governed end to end."""
+    """Answer a (non-streaming) chat call for an organization, governed end to end.
+
+    `on_settled` runs in the transaction that settles the successful attempt, so a caller's record
+    of the answer (a job's result) commits together with the ledger row, or neither does."""
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal)
     _admit(organization, spender, call)
@@ -351,7 +365,7 @@ def chat_complete(
                 cache_layer=hit.layer,
                 saved_usd=hit.cost_usd,
             )
-            return ChatOutcome(
+            outcome = ChatOutcome(
                 body=hit.body,
                 request_id=request_id,
                 model=str(hit.body.get("model", "")),
@@ -359,6 +373,9 @@ def chat_complete(
                 cache=hit.layer,
                 simulated=hit.body.get("system_fingerprint") == "simulated",
             )
+            if on_settled is not None:
+                on_settled(outcome)
+            return outcome
     for entry in plan:
         if not breaker_allow(entry.model.provider, entry.model.name):
             continue
@@ -374,10 +391,21 @@ def chat_complete(
                 break
             latency_ms = int((time.perf_counter() - started) * 1000)
             settlement = _settlement(entry, reply.usage, latency_ms)
-            attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
+            body = {**reply.body, "model": entry.model.name}
+            outcome = ChatOutcome(
+                body=body,
+                request_id=request_id,
+                model=entry.model.name,
+                cost_usd=settlement.cost_usd,
+                cache="miss",
+                simulated=entry.model.is_simulated,
+            )
+            with transaction.atomic() if on_settled is not None else contextlib.nullcontext():
+                attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
+                if on_settled is not None:
+                    on_settled(outcome)
             breaker_record(entry.model.provider, entry.model.name, success=True)
             latency_observe(entry.model.name, latency_ms)
-            body = {**reply.body, "model": entry.model.name}
             if _cacheable(call) and reply.finish_reason in ("stop", "tool_calls"):
                 caching.cache_put(
                     schema=schema,
@@ -387,14 +415,7 @@ def chat_complete(
                     cost=settlement.cost_usd,
                     ttl=call.cache_ttl,
                 )
-            return ChatOutcome(
-                body=body,
-                request_id=request_id,
-                model=entry.model.name,
-                cost_usd=settlement.cost_usd,
-                cache="miss",
-                simulated=entry.model.is_simulated,
-            )
+            return outcome
     raise attempts.exhausted()
 
 
