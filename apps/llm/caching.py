@@ -14,9 +14,10 @@ from typing import Any
 
 from cachetools import LRUCache
 from django.conf import settings
+from django.db import models
 from django.utils import timezone
 
-from apps.llm.models import CachedResponse
+from apps.llm.models import CachedResponse, SemanticCacheEntry
 from cognitionos.redis import redis_client
 
 # Everything that changes the answer is in the key; these fields do not.
@@ -56,6 +57,11 @@ class _L1:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def forget_schema(self, schema: str) -> None:
+        with self._lock:
+            for entry in [entry for entry in self._entries if entry[0] == schema]:
+                self._entries.pop(entry, None)
 
 
 l1 = _L1()
@@ -105,3 +111,24 @@ def cache_put(*, schema: str, key: str, model_name: str, body: dict[str, Any], c
             "expires_at": timezone.now() + dt.timedelta(seconds=ttl),
         },
     )
+
+
+def cache_content_delete(*, schema: str, created_before: dt.datetime | None = None) -> int:
+    """Delete stored answers of the organization whose schema the connection is on: expired ones,
+    those created before `created_before`, or (None) all of them, in every layer. Returns the
+    number of durable rows deleted. L2 entries expire by themselves within their TTL, which is
+    never longer than the retention; deleting everything also drops them (and this process's L1)."""
+    now = timezone.now()
+    deleted = 0
+    for model in (CachedResponse, SemanticCacheEntry):
+        rows = model.objects.all()
+        if created_before is not None:
+            rows = rows.filter(models.Q(expires_at__lte=now) | models.Q(created_at__lt=created_before))
+        deleted += rows.delete()[0]
+    if created_before is None:
+        client = redis_client()
+        keys = list(client.scan_iter(_l2_key(schema, "*"), count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        l1.forget_schema(schema)
+    return deleted

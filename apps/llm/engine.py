@@ -1,12 +1,13 @@
 """The one LLM call path, used by the OpenAI-compatible gateway and by the job workers:
 
-normalise -> rate limits -> caches (L1, L2, L4) -> route -> reserve budget -> call (retries,
+normalise -> rate limits -> caches (L1, L2, L4, then L3 if asked) -> route -> reserve budget -> call (retries,
 fallbacks, breaker) -> settle (ledger, budgets, rollup) -> fill caches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -24,12 +25,14 @@ from apps.accounts.principals import Principal
 from apps.llm import caching
 from apps.llm.breaker import breaker_allow, breaker_record
 from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserve, attempt_settle, cache_hit_record
-from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.llm.models import SEMANTIC_DIMENSIONS, AttemptStatus, UsageAttempt
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.providers import CallContext, ChatProvider, ProviderError, StreamChunk, Usage, provider_for
 from apps.llm.ratelimits import RateLimited, RateLimitUnavailable, rate_limit_take
 from apps.llm.router import POLICIES, UnknownModel, candidates, latency_observe, usable
+from apps.llm.selectors import EngineSettings, llm_settings_get
+from apps.llm.semantic import SemanticQuery, embedding_model_name, semantic_get, semantic_put, semantic_query
 from apps.llm.services import provider_own_keys
 from apps.tenants.models import Organization
 
@@ -336,6 +339,70 @@ def _budget_error(exc: BudgetExceeded) -> GatewayError:
     return GatewayError(402, "budget_exceeded", str(exc), type="insufficient_quota")
 
 
+def _content_ttl(call: ChatCall, engine_settings: EngineSettings) -> int:
+    """A cached answer lives for the request's TTL (or the default), never beyond the retention."""
+    return min(call.cache_ttl or settings.LLM_CACHE_TTL_S, engine_settings.retention_days * 86400)
+
+
+@dataclass(frozen=True)
+class _Semantic:
+    query: SemanticQuery
+    embedding: list[float]
+    cost_usd: Decimal  # what embedding the prompt cost
+
+
+def _derived_request_id(request_id: str, suffix: str) -> str:
+    derived = f"{request_id}.{suffix}"
+    if len(derived) <= 64:
+        return derived
+    return f"{hashlib.sha256(request_id.encode()).hexdigest()[:60]}.{suffix}"
+
+
+def _semantic_prepare(
+    *, organization: Organization, principal: Principal, call: ChatCall, model_key: str, request_id: str
+) -> _Semantic | None:
+    """The request's L3 query and its prompt's embedding, made through the governed embeddings path
+    (metered, budgeted, in the ledger under `<request id>.l3`); None if L3 can't be used for it."""
+    query = semantic_query(model_key=model_key, payload=call.payload)
+    model_name = embedding_model_name() if query is not None else None
+    if query is None or model_name is None:
+        return None
+    try:
+        outcome = embeddings_create(
+            organization=organization,
+            principal=principal,
+            body={"model": model_name, "input": query.text, "encoding_format": "float"},
+            request_id=_derived_request_id(request_id, "l3"),
+            admit=False,
+        )
+    except GatewayError as error:
+        logger.warning("semantic cache skipped: the prompt could not be embedded (%s)", error.code)
+        return None
+    data = outcome.body.get("data") or [{}]
+    vector = data[0].get("embedding")
+    if not isinstance(vector, list) or len(vector) != SEMANTIC_DIMENSIONS:
+        logger.warning("semantic cache skipped: %s does not give %d floats", model_name, SEMANTIC_DIMENSIONS)
+        return None
+    return _Semantic(query=query, embedding=vector, cost_usd=outcome.cost_usd)
+
+
+def _semantic_lookup(
+    *,
+    organization: Organization,
+    principal: Principal,
+    call: ChatCall,
+    model_key: str,
+    request_id: str,
+    threshold: float,
+) -> tuple[caching.CachedAnswer | None, _Semantic | None]:
+    semantic = _semantic_prepare(
+        organization=organization, principal=principal, call=call, model_key=model_key, request_id=request_id
+    )
+    if semantic is None:
+        return None, None
+    return semantic_get(query=semantic.query, embedding=semantic.embedding, threshold=threshold), semantic
+
+
 def chat_complete(
     *,
     organization: Organization,
@@ -353,10 +420,23 @@ def chat_complete(
     _admit(organization, spender, call)
     attempts = _Attempts(organization=organization, spender=spender, call=call, request_id=request_id)
     plan = attempts.candidates()
-    key = caching.cache_key(model=call.model or f"policy:{call.policy}:{call.min_quality}", payload=call.payload)
+    model_key = call.model or f"policy:{call.policy}:{call.min_quality}"
+    key = caching.cache_key(model=model_key, payload=call.payload)
     schema = organization.schema_name
-    if _cacheable(call):
+    engine_settings = llm_settings_get(organization=organization)
+    cacheable = _cacheable(call) and engine_settings.store_content
+    semantic: _Semantic | None = None
+    if cacheable:
         hit = caching.cache_get(schema=schema, key=key)
+        if hit is None and call.cache_semantic and engine_settings.semantic_cache:
+            hit, semantic = _semantic_lookup(
+                organization=organization,
+                principal=principal,
+                call=call,
+                model_key=model_key,
+                request_id=request_id,
+                threshold=engine_settings.semantic_threshold,
+            )
         if hit is not None:
             cache_hit_record(
                 spender=spender,
@@ -369,13 +449,14 @@ def chat_complete(
                 body=hit.body,
                 request_id=request_id,
                 model=str(hit.body.get("model", "")),
-                cost_usd=Decimal(0),
+                cost_usd=semantic.cost_usd if semantic is not None else Decimal(0),
                 cache=hit.layer,
                 simulated=hit.body.get("system_fingerprint") == "simulated",
             )
             if on_settled is not None:
                 on_settled(outcome)
             return outcome
+    extra_cost = semantic.cost_usd if semantic is not None else Decimal(0)  # embedding the prompt for L3
     for entry in plan:
         if not breaker_allow(entry.model.provider, entry.model.name):
             continue
@@ -396,7 +477,7 @@ def chat_complete(
                 body=body,
                 request_id=request_id,
                 model=entry.model.name,
-                cost_usd=settlement.cost_usd,
+                cost_usd=settlement.cost_usd + extra_cost,
                 cache="miss",
                 simulated=entry.model.is_simulated,
             )
@@ -406,15 +487,15 @@ def chat_complete(
                     on_settled(outcome)
             breaker_record(entry.model.provider, entry.model.name, success=True)
             latency_observe(entry.model.name, latency_ms)
-            if _cacheable(call) and reply.finish_reason in ("stop", "tool_calls"):
+            if cacheable and reply.finish_reason in ("stop", "tool_calls"):
+                ttl = _content_ttl(call, engine_settings)
                 caching.cache_put(
-                    schema=schema,
-                    key=key,
-                    model_name=entry.model.name,
-                    body=body,
-                    cost=settlement.cost_usd,
-                    ttl=call.cache_ttl,
+                    schema=schema, key=key, model_name=entry.model.name, body=body, cost=settlement.cost_usd, ttl=ttl
                 )
+                if semantic is not None:
+                    semantic_put(
+                        query=semantic.query, embedding=semantic.embedding, body=body, cost=settlement.cost_usd, ttl=ttl
+                    )
             return outcome
     raise attempts.exhausted()
 
@@ -540,9 +621,10 @@ def _chain(first: StreamChunk, rest: Iterator[StreamChunk]) -> Iterator[StreamCh
 
 
 def embeddings_create(
-    *, organization: Organization, principal: Principal, body: Any, request_id: str | None = None
+    *, organization: Organization, principal: Principal, body: Any, request_id: str | None = None, admit: bool = True
 ) -> ChatOutcome:
-    """Embed text through the governed path: rate limits, budget reservation, ledger."""
+    """Embed text through the governed path: rate limits, budget reservation, ledger. `admit=False`
+    for an embedding made on behalf of a call that was already admitted (the semantic cache)."""
     if not isinstance(body, dict):
         raise _invalid("the request body must be a JSON object")
     text = body.get("input")
@@ -571,7 +653,8 @@ def embeddings_create(
         cache_skip=True,
         cache_ttl=None,
     )
-    _admit(organization, spender, call)
+    if admit:
+        _admit(organization, spender, call)
     payload = {k: v for k, v in body.items() if k in ("input", "dimensions", "encoding_format", "user")}
     amount = entry.price.cost(input_tokens=byte_bound, cached_input_tokens=0, output_tokens=0)
     provider = provider_for(entry.model)

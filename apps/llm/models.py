@@ -4,6 +4,12 @@ from decimal import Decimal
 
 from django.db import models
 from django.db.models.functions import Now
+from pgvector.django import HnswIndex, VectorField
+
+# The semantic cache's vectors: the dimensions of the embedding models it uses (OpenAI
+# text-embedding-3-small, the simulator's embedding model). Answers from a model with other
+# dimensions are not cached semantically.
+SEMANTIC_DIMENSIONS = 1536
 
 
 class AttemptStatus(models.TextChoices):
@@ -154,6 +160,72 @@ class CachedResponse(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} {self.key[:12]}"
+
+
+class SemanticCacheEntry(models.Model):
+    """L3: an answer found by the similarity of the prompt's embedding, for single-turn, temperature-0
+    requests. `context_hash` covers everything except the user's text (model, system message, tools,
+    response format, every other parameter), so an entry only matches a request that differs from
+    its own in the user's words alone."""
+
+    model_name = models.CharField(max_length=100, help_text="The model (or policy) the request asked for.")
+    context_hash = models.CharField(max_length=64)
+    embedding = VectorField(dimensions=SEMANTIC_DIMENSIONS)
+    response = models.JSONField()
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    created_at = models.DateTimeField(db_default=Now())
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["context_hash", "model_name", "expires_at"], name="llm_semantic_context"),
+            HnswIndex(
+                name="llm_semantic_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.context_hash[:12]}"
+
+
+class LlmSettings(models.Model):
+    """The organization's engine settings: one row (id 1) in its schema, created on first change."""
+
+    semantic_cache = models.BooleanField(
+        default=False, help_text="Allow the semantic cache (L3); each request opts in too."
+    )
+    semantic_threshold = models.FloatField(
+        default=0.95, help_text="Cosine similarity an L3 entry needs to answer (0.8 to 1)."
+    )
+    store_content = models.BooleanField(
+        default=True, help_text="Off: no prompt or answer is stored anywhere (no caches); only counts and costs."
+    )
+    retention_days = models.PositiveIntegerField(
+        default=30, help_text="Stored prompts and answers (caches, job results) are deleted after this many days."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by_label = models.CharField(max_length=254, blank=True, default="")
+
+    class Meta:
+        verbose_name_plural = "LLM settings"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(id=1), name="llm_settings_singleton"),
+            models.CheckConstraint(
+                condition=models.Q(semantic_threshold__gte=0.8, semantic_threshold__lte=1),
+                name="llm_settings_threshold_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(retention_days__gte=1, retention_days__lte=3650),
+                name="llm_settings_retention_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return "LLM settings"
 
 
 class ProviderCredential(models.Model):

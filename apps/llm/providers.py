@@ -154,7 +154,8 @@ class OpenAIProvider:
     def embed(self, payload: dict[str, Any], context: CallContext) -> Reply:
         try:
             raw = self.client.embeddings.with_raw_response.create(
-                **{**payload, "model": self.model.provider_model},
+                # The SDK asks for base64 unless told otherwise; our callers get what they asked for.
+                **{"encoding_format": "float", **payload, "model": self.model.provider_model},
                 timeout=context.timeout_s,
                 extra_headers=context.headers(),
             )

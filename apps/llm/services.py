@@ -1,20 +1,28 @@
 from __future__ import annotations
 
+import datetime as dt
 import time
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.llm.caching import cache_content_delete
 from apps.llm.crypto import Sealed, current_key_id, seal, unseal
-from apps.llm.models import Budget, BudgetPeriod, BudgetScope, ProviderCredential
+from apps.llm.models import Budget, BudgetPeriod, BudgetScope, LlmSettings, ProviderCredential
 from apps.llm.platform.models import Provider
+from apps.llm.selectors import llm_settings_forget
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 
 
 class BudgetInvalid(ValueError):
+    pass
+
+
+class SettingsInvalid(ValueError):
     pass
 
 
@@ -165,3 +173,67 @@ def provider_credentials_rotate(*, organization: Organization) -> int:
             credential.save(update_fields=["key_id", "nonce", "ciphertext", "updated_at"])
             changed += 1
     return changed
+
+
+def llm_settings_set(
+    *,
+    organization: Organization,
+    actor: Principal,
+    semantic_cache: bool | None = None,
+    semantic_threshold: float | None = None,
+    store_content: bool | None = None,
+    retention_days: int | None = None,
+) -> LlmSettings:
+    """Change the organization's engine settings (None: leave as is). Turning content off deletes
+    every stored answer of the organization at once; shortening the retention deletes what is now
+    too old (the sweeper keeps it so afterwards)."""
+    if semantic_threshold is not None and not 0.8 <= semantic_threshold <= 1:
+        raise SettingsInvalid("the semantic threshold is a cosine similarity from 0.8 to 1")
+    if retention_days is not None and not 1 <= retention_days <= 3650:
+        raise SettingsInvalid("the retention is from 1 to 3650 days")
+    changes = {
+        name: value
+        for name, value in (
+            ("semantic_cache", semantic_cache),
+            ("semantic_threshold", semantic_threshold),
+            ("store_content", store_content),
+            ("retention_days", retention_days),
+        )
+        if value is not None
+    }
+    with organization_schema(organization), transaction.atomic():
+        current, _ = LlmSettings.objects.select_for_update().get_or_create(pk=1)
+        before = {name: getattr(current, name) for name in changes}
+        for name, value in changes.items():
+            setattr(current, name, value)
+        current.updated_by_label = actor.label
+        current.save()
+        if not current.store_content:
+            cache_content_delete(schema=organization.schema_name)
+        elif retention_days is not None and retention_days < before["retention_days"]:
+            cache_content_delete(
+                schema=organization.schema_name, created_before=timezone.now() - dt.timedelta(days=retention_days)
+            )
+        audit_record(
+            organization=organization,
+            actor=actor,
+            action="llm_settings.changed",
+            target=current,
+            metadata={"before": before, "after": changes},
+        )
+        transaction.on_commit(llm_settings_forget)
+    llm_settings_forget()
+    return current
+
+
+def llm_content_sweep(*, organization: Organization) -> int:
+    """Delete the organization's stored answers that are expired or older than its retention
+    (all of them in no-content mode). Returns how many durable rows went."""
+    with organization_schema(organization):
+        current = LlmSettings.objects.filter(pk=1).first() or LlmSettings()
+        if not current.store_content:
+            return cache_content_delete(schema=organization.schema_name)
+        return cache_content_delete(
+            schema=organization.schema_name,
+            created_before=timezone.now() - dt.timedelta(days=current.retention_days),
+        )

@@ -1,6 +1,7 @@
 from celery import shared_task
 
 from apps.llm.budgets import holds_sweep
+from apps.llm.services import llm_content_sweep
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_list
@@ -20,4 +21,20 @@ def llm_holds_sweep_all() -> int:
     ids = [org.pk for org in organization_list() if org.accepts_jobs]
     for organization_id in ids:
         llm_holds_sweep.delay(tenant_id=organization_id)
+    return len(ids)
+
+
+@tenant_task()
+def llm_content_sweep_one() -> int:
+    """Delete this organization's stored answers past their retention (or all, in no-content mode)."""
+    organization = Organization.objects.get(schema_name=tenant_connection().schema_name)
+    return llm_content_sweep(organization=organization)
+
+
+@shared_task
+def llm_content_sweep_all() -> int:
+    """Beat: one retention sweep per organization."""
+    ids = [org.pk for org in organization_list()]
+    for organization_id in ids:
+        llm_content_sweep_one.delay(tenant_id=organization_id)
     return len(ids)

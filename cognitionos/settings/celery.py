@@ -35,6 +35,8 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Budget holds whose call died with its process are settled from their reservation.
     "llm-holds-sweep": {"task": "apps.llm.tasks.llm_holds_sweep_all", "schedule": 60.0},
+    # Stored prompts and answers past each organization's retention are deleted.
+    "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
 }

@@ -20,6 +20,9 @@ LLM_RETRY_MAX_S = float(env_str("LLM_RETRY_MAX_S", "20"))
 LLM_HOLD_SECONDS = env_int("LLM_HOLD_SECONDS", 900)
 LLM_CACHE_TTL_S = env_int("LLM_CACHE_TTL_S", 24 * 3600)
 LLM_L1_CACHE_ENTRIES = env_int("LLM_L1_CACHE_ENTRIES", 2048)
+# The embedding model of the semantic cache (L3); empty: text-embedding-3-small if OpenAI is
+# configured, else the simulator's. Its vectors must have 1536 dimensions.
+LLM_SEMANTIC_EMBEDDING_MODEL = env_str("LLM_SEMANTIC_EMBEDDING_MODEL", "")
 LLM_MAX_REQUEST_BYTES = env_int("LLM_MAX_REQUEST_BYTES", 4 * 1024 * 1024)
 LLM_MAX_OPEN_STREAMS = env_int("LLM_MAX_OPEN_STREAMS", 64)  # per web process
 # Circuit breaker per provider and model, shared through Redis.

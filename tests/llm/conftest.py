@@ -14,6 +14,7 @@ from apps.apikeys.selectors import apikey_cache_forget
 from apps.apikeys.services import apikey_create
 from apps.llm import caching
 from apps.llm.platform.selectors import catalog_forget
+from apps.llm.selectors import llm_settings_forget
 from apps.llm.services import provider_own_keys_forget
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
@@ -29,6 +30,7 @@ def _fresh_llm_state() -> Iterator[None]:
     catalog_forget()
     apikey_cache_forget()
     provider_own_keys_forget()
+    llm_settings_forget()
     client = redis_client()
     for pattern in ("llm:*",):
         keys = list(client.scan_iter(pattern, count=1000))
@@ -37,6 +39,7 @@ def _fresh_llm_state() -> Iterator[None]:
     yield
     caching.l1.clear()
     catalog_forget()
+    llm_settings_forget()
 
 
 @contextmanager
