@@ -10,16 +10,19 @@ Celery worker process or a subprocess can see them; what they create they remove
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.test.utils import setup_databases, teardown_databases
 from pytest_django.plugin import DjangoDbBlocker
+from rest_framework.test import APIClient
 
+from apps.apikeys.selectors import apikey_cache_forget
+from apps.apikeys.services import apikey_create
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
-from tests.factories import organization_make, organization_purge
+from tests.factories import TEST_ACTOR, organization_make, organization_purge
 
 TENANT_A = "tenant-a"
 TENANT_B = "tenant-b"
@@ -95,3 +98,24 @@ def _fresh_tenant_resolution() -> Iterator[None]:
     organization_cache_forget()
     yield
     organization_cache_forget()
+
+
+ApiClientFor = Callable[[Organization], APIClient]
+
+
+@pytest.fixture
+def api_client_for(db: None) -> Iterator[ApiClientFor]:
+    """`api_client_for(organization)`: a DRF test client calling the API host with a new API key of
+    that organization. Requests share the test's transaction."""
+
+    def make(organization: Organization) -> APIClient:
+        tenant_connection().set_schema_to_public()
+        issued = apikey_create(organization=organization, name="tests", actor=TEST_ACTOR)
+        client = APIClient(HTTP_HOST="localhost")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.key}")
+        return client
+
+    apikey_cache_forget()
+    yield make
+    apikey_cache_forget()
+    tenant_connection().set_schema_to_public()

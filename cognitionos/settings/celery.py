@@ -4,6 +4,7 @@ from urllib.parse import parse_qs, urlparse
 
 from .cache import REDIS_URL
 from .core import LONGEST_JOB_SECONDS
+from .jobs import JOB_REAPER_SECONDS
 from .env import env_str
 
 
@@ -37,6 +38,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "llm-holds-sweep": {"task": "apps.llm.tasks.llm_holds_sweep_all", "schedule": 60.0},
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
+    # Jobs whose worker died (heartbeat stopped) are requeued or failed.
+    "jobs-reap": {"task": "apps.jobs.tasks.jobs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
 }

@@ -1,0 +1,293 @@
+"""REST API v1: jobs and agents."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import django_filters
+from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.api.errors import ApiError
+from apps.api.idempotency import idempotent
+from apps.jobs.models import POLICIES, Agent, Job, JobStatus
+from apps.jobs.selectors import agent_get, job_get
+from apps.jobs.services import (
+    AgentFields,
+    JobFinished,
+    agent_create,
+    agent_delete,
+    agent_update,
+    job_cancel,
+    job_submit,
+)
+from apps.llm.engine import GatewayError
+from apps.tenants.connection import organization_schema
+from apps.tenants.models import Organization
+
+# How long one events stream stays open; clients reconnect to follow a longer job.
+EVENTS_STREAM_SECONDS = 600
+EVENTS_POLL_SECONDS = 0.5
+_PASSED_THROUGH = ("tools", "tool_choice", "response_format", "seed", "stop", "top_p", "cache", "min_quality")
+
+
+def _gateway_error(error: GatewayError) -> ApiError:
+    return ApiError(error.status, error.code, error.message, param=error.param)
+
+
+class JobInput(serializers.Serializer[Any]):
+    messages = serializers.ListField(child=serializers.DictField(), required=False, min_length=1)
+    prompt = serializers.CharField(required=False, trim_whitespace=False)
+    model = serializers.CharField(required=False, max_length=100)
+    policy = serializers.ChoiceField(choices=POLICIES, required=False)
+    agent = serializers.CharField(required=False, help_text="An agent's id or name: its defaults apply.")
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    max_cost_usd = serializers.DecimalField(required=False, max_digits=12, decimal_places=6, min_value=0)
+    webhook_endpoint_id = serializers.UUIDField(required=False)
+    min_quality = serializers.IntegerField(required=False, min_value=1, max_value=5)
+    tools = serializers.JSONField(required=False)
+    tool_choice = serializers.JSONField(required=False)
+    response_format = serializers.JSONField(required=False)
+    seed = serializers.IntegerField(required=False)
+    stop = serializers.JSONField(required=False)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    cache = serializers.JSONField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("messages" in attrs) == ("prompt" in attrs):
+            raise serializers.ValidationError({"messages": "give `messages` or `prompt` (one of them)"})
+        if "model" in attrs and "policy" in attrs:
+            raise serializers.ValidationError({"policy": "give `model` or `policy`, not both"})
+        if not {"model", "policy", "agent"} & attrs.keys():
+            raise serializers.ValidationError({"model": "give a `model`, a routing `policy` or an `agent`"})
+        return attrs
+
+
+class JobOutput(serializers.ModelSerializer[Job]):
+    agent = serializers.UUIDField(source="agent_id", allow_null=True)
+    model = serializers.SerializerMethodField()
+    timings = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=8)
+
+    class Meta:
+        model = Job
+        fields = (
+            "id",
+            "status",
+            "model",
+            "agent",
+            "result",
+            "cost_usd",
+            "error",
+            "runs",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "timings",
+            "webhook_endpoint_id",
+        )
+
+    def get_model(self, job: Job) -> str | None:
+        if job.result and job.result.get("model"):
+            return str(job.result["model"])
+        return job.request.get("model") or job.request.get("policy")
+
+    def get_timings(self, job: Job) -> dict[str, int | None]:
+        def ms(start: Any, end: Any) -> int | None:
+            return int((end - start).total_seconds() * 1000) if start and end else None
+
+        return {"queued_ms": ms(job.created_at, job.started_at), "run_ms": ms(job.started_at, job.finished_at)}
+
+    def get_error(self, job: Job) -> dict[str, str] | None:
+        return {"class": job.error_class, "message": job.error_message} if job.error_class else None
+
+
+def _organization(request: Request) -> Organization:
+    tenant: Organization = request._request.tenant  # type: ignore[attr-defined]
+    return tenant
+
+
+def _agent_for(reference: str) -> Agent:
+    try:
+        agent = Agent.objects.filter(pk=UUID(reference)).first()
+    except ValueError:
+        agent = Agent.objects.filter(name=reference).first()
+    if agent is None:
+        raise ApiError(400, "agent_not_found", f"no agent {reference!r} in this organization", param="agent")
+    return agent
+
+
+class JobFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=JobStatus.choices)
+    agent = django_filters.UUIDFilter(field_name="agent_id")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Job
+        fields = ("status", "agent")
+
+
+class JobListCreateApi(ListAPIView[Job]):
+    serializer_class = JobOutput
+    filterset_class = JobFilter
+
+    def get_queryset(self) -> QuerySet[Job]:
+        return Job.objects.all()
+
+    @extend_schema(request=JobInput, responses={202: JobOutput}, summary="Submit a job")
+    @idempotent
+    def post(self, request: Request) -> Response:
+        data = JobInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        agent = _agent_for(fields.pop("agent")) if "agent" in fields else None
+        webhook_endpoint_id = fields.pop("webhook_endpoint_id", None)
+        try:
+            job = job_submit(
+                organization=_organization(request),
+                principal=request.auth,
+                request=fields,
+                agent=agent,
+                webhook_endpoint_id=webhook_endpoint_id,
+            )
+        except GatewayError as error:
+            raise _gateway_error(error) from error
+        return Response(JobOutput(job).data, status=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses=JobOutput, summary="A job: status, and once done its result")
+    def get(self, request: Request, job_id: UUID) -> Response:
+        return Response(JobOutput(job_get(job_id=job_id)).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: JobOutput, 409: OpenApiResponse(description="the job already finished")},
+        summary="Cancel a job",
+    )
+    def post(self, request: Request, job_id: UUID) -> Response:
+        job = job_get(job_id=job_id)
+        try:
+            job = job_cancel(organization=_organization(request), actor=request.auth, job=job)
+        except JobFinished as finished:
+            raise ApiError(409, "job_finished", f"the job already ended ({finished}); nothing to cancel") from finished
+        return Response(JobOutput(job).data)
+
+
+class JobEventsApi(APIView):
+    @extend_schema(
+        responses={(200, "text/event-stream"): OpenApiResponse(description="`status` events until the job ends")},
+        summary="Follow a job's progress (server-sent events)",
+    )
+    def get(self, request: Request, job_id: UUID) -> StreamingHttpResponse:
+        job = job_get(job_id=job_id)
+        response = StreamingHttpResponse(_job_events(_organization(request), job.pk), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+
+def _job_events(organization: Organization, job_id: UUID) -> Iterator[str]:
+    last: str | None = None
+    deadline = time.monotonic() + EVENTS_STREAM_SECONDS
+    while time.monotonic() < deadline:
+        with organization_schema(organization):
+            job = Job.objects.filter(pk=job_id).first()
+        if job is None:
+            return
+        state = json.dumps(JobOutput(job).data, default=str)
+        if state != last:
+            last = state
+            yield f"event: status\ndata: {state}\n\n"
+        if job.is_finished:
+            return
+        time.sleep(EVENTS_POLL_SECONDS)
+
+
+class AgentSerializer(serializers.ModelSerializer[Agent]):
+    policy = serializers.ChoiceField(choices=("", *POLICIES), required=False)
+    knowledge_document_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
+
+    class Meta:
+        model = Agent
+        fields = (
+            "id",
+            "name",
+            "description",
+            "system_prompt",
+            "model",
+            "policy",
+            "min_quality",
+            "temperature",
+            "max_tokens",
+            "knowledge_document_ids",
+            "retrieval_top_k",
+            "max_cost_usd",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("id", "created_at", "updated_at")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        instance = self.instance
+        model = attrs.get("model", instance.model if isinstance(instance, Agent) else "")
+        policy = attrs.get("policy", instance.policy if isinstance(instance, Agent) else "")
+        if bool(model) == bool(policy):
+            raise serializers.ValidationError({"model": "give an agent a `model` or a routing `policy` (one of them)"})
+        name = attrs.get("name")
+        if name and Agent.objects.filter(name=name).exclude(pk=getattr(instance, "pk", None)).exists():
+            raise serializers.ValidationError({"name": f"an agent named {name!r} already exists"})
+        return attrs
+
+
+class AgentListCreateApi(ListAPIView[Agent]):
+    serializer_class = AgentSerializer
+
+    def get_queryset(self) -> QuerySet[Agent]:
+        return Agent.objects.all()
+
+    @extend_schema(request=AgentSerializer, responses={201: AgentSerializer}, summary="Create an agent")
+    @idempotent
+    def post(self, request: Request) -> Response:
+        data = AgentSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        fields["knowledge_document_ids"] = tuple(fields.get("knowledge_document_ids", ()))
+        agent = agent_create(organization=_organization(request), actor=request.auth, fields=AgentFields(**fields))
+        return Response(AgentSerializer(agent).data, status=201)
+
+
+class AgentDetailApi(APIView):
+    @extend_schema(responses=AgentSerializer)
+    def get(self, request: Request, agent_id: UUID) -> Response:
+        return Response(AgentSerializer(agent_get(agent_id=agent_id)).data)
+
+    @extend_schema(request=AgentSerializer, responses=AgentSerializer)
+    def patch(self, request: Request, agent_id: UUID) -> Response:
+        agent = agent_get(agent_id=agent_id)
+        data = AgentSerializer(agent, data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        agent = agent_update(
+            organization=_organization(request), actor=request.auth, agent=agent, changes=dict(data.validated_data)
+        )
+        return Response(AgentSerializer(agent).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, agent_id: UUID) -> Response:
+        agent_delete(organization=_organization(request), actor=request.auth, agent=agent_get(agent_id=agent_id))
+        return Response(status=204)

@@ -1,0 +1,344 @@
+"""Jobs and agents: submit, admit (fair per organization), run, cancel, reap."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.accounts.principals import Principal
+from apps.audit.services import audit_record
+from apps.jobs.heartbeat import heartbeats
+from apps.jobs.models import Agent, Job, JobStatus
+from apps.llm.budgets import attempts_abandon
+from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete
+from apps.llm.platform.selectors import catalog
+from apps.tenants.models import Organization
+
+logger = logging.getLogger(__name__)
+
+
+class JobFinished(Exception):
+    """The job already ended; it can't be cancelled."""
+
+
+@dataclass(frozen=True)
+class AgentFields:
+    name: str
+    description: str = ""
+    system_prompt: str = ""
+    model: str = ""
+    policy: str = ""
+    min_quality: int = 1
+    temperature: float | None = None
+    max_tokens: int | None = None
+    knowledge_document_ids: tuple[int, ...] = ()
+    retrieval_top_k: int = 4
+    max_cost_usd: Decimal | None = None
+
+
+def _principal_fields(principal: Principal) -> dict[str, str]:
+    return {"principal_kind": principal.kind, "principal_id": principal.id or "", "principal_label": principal.label}
+
+
+def job_principal(job: Job) -> Principal:
+    return Principal(kind=job.principal_kind, id=job.principal_id or None, label=job.principal_label)  # type: ignore[arg-type]
+
+
+@transaction.atomic
+def agent_create(*, organization: Organization, actor: Principal, fields: AgentFields) -> Agent:
+    agent = Agent.objects.create(
+        **{**fields.__dict__, "knowledge_document_ids": list(fields.knowledge_document_ids)},
+        created_by_label=actor.label,
+    )
+    audit_record(organization=organization, actor=actor, action="agent.created", target=agent)
+    return agent
+
+
+@transaction.atomic
+def agent_update(*, organization: Organization, actor: Principal, agent: Agent, changes: dict[str, Any]) -> Agent:
+    for name, value in changes.items():
+        setattr(agent, name, list(value) if name == "knowledge_document_ids" else value)
+    agent.save()
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="agent.updated",
+        target=agent,
+        metadata={"fields": sorted(changes)},
+    )
+    return agent
+
+
+@transaction.atomic
+def agent_delete(*, organization: Organization, actor: Principal, agent: Agent) -> None:
+    audit_record(organization=organization, actor=actor, action="agent.deleted", target=agent)
+    agent.delete()
+
+
+def job_request_build(*, request: dict[str, Any], agent: Agent | None) -> dict[str, Any]:
+    """The engine request for a job: the submitted fields over the agent's defaults. Raises
+    GatewayError (400) for what the engine would refuse, before anything is written."""
+    body = {key: value for key, value in request.items() if value is not None}
+    if "prompt" in body:
+        body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
+    if agent is not None:
+        if "model" not in body and "policy" not in body:
+            body.update({"model": agent.model} if agent.model else {"policy": agent.policy})
+            body.setdefault("min_quality", agent.min_quality)
+        if agent.temperature is not None:
+            body.setdefault("temperature", agent.temperature)
+        if agent.max_tokens is not None and "max_completion_tokens" not in body:
+            body.setdefault("max_tokens", agent.max_tokens)
+        if agent.max_cost_usd is not None:
+            body.setdefault("max_cost_usd", str(agent.max_cost_usd))
+        if agent.system_prompt and isinstance(body.get("messages"), list):
+            body["messages"] = [{"role": "system", "content": agent.system_prompt}, *body["messages"]]
+    if "max_cost_usd" in body:
+        body["max_cost_usd"] = str(body["max_cost_usd"])
+    if body.get("stream"):
+        raise GatewayError(
+            400, "unsupported_parameter", "jobs don't stream; poll the job or follow its events", param="stream"
+        )
+    call = chat_call_parse(body)
+    if call.model is not None and call.model not in catalog():
+        raise GatewayError(
+            400, "model_not_found", f"the model {call.model!r} does not exist or is not available", param="model"
+        )
+    return body
+
+
+@transaction.atomic
+def job_submit(
+    *,
+    organization: Organization,
+    principal: Principal,
+    request: dict[str, Any],
+    agent: Agent | None = None,
+    webhook_endpoint_id: UUID | None = None,
+) -> Job:
+    """Create a job; it goes to the queue once the organization's concurrency cap admits it."""
+    job = Job.objects.create(
+        request=job_request_build(request=request, agent=agent),
+        agent=agent,
+        webhook_endpoint_id=webhook_endpoint_id,
+        **_principal_fields(principal),
+    )
+    audit_record(
+        organization=organization,
+        actor=principal,
+        action="job.submitted",
+        target=job,
+        metadata={"model": job.request.get("model") or job.request.get("policy")},
+    )
+    jobs_admit(organization=organization)
+    return job
+
+
+def _concurrency_cap(organization: Organization) -> int:
+    return int(organization.plan.limit("max_concurrent_jobs"))
+
+
+def jobs_admit(*, organization: Organization) -> list[UUID]:
+    """Send the oldest waiting jobs to the queue while fewer than the plan's cap are admitted and
+    unfinished. The queue never holds more than the cap for one organization, so one that floods it
+    can't starve the others; a per-organization advisory lock makes the count exact."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('jobs-admit:' || current_schema()))")
+        active = Job.objects.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING), admitted_at__isnull=False).count()
+        free = _concurrency_cap(organization) - active
+        if free <= 0:
+            return []
+        ids = list(
+            Job.objects.filter(status=JobStatus.QUEUED, admitted_at__isnull=True)
+            .order_by("created_at")
+            .values_list("id", flat=True)[:free]
+        )
+        if ids:
+            Job.objects.filter(id__in=ids).update(admitted_at=timezone.now())
+            transaction.on_commit(lambda: _dispatch(organization, ids))
+        return ids
+
+
+def _dispatch(organization: Organization, ids: list[UUID]) -> None:
+    from apps.jobs.tasks import job_run
+
+    for job_id in ids:
+        job_run.delay(tenant_id=organization.pk, job_id=str(job_id))
+
+
+@transaction.atomic
+def job_cancel(*, organization: Organization, actor: Principal, job: Job) -> Job:
+    """Cancel a job that has not finished. A call already in flight completes and is billed, but
+    its answer is not kept; a waiting job never reaches a worker."""
+    job = Job.objects.select_for_update().get(pk=job.pk)
+    if job.is_finished:
+        raise JobFinished(job.status)
+    job.status, job.finished_at = JobStatus.CANCELLED, timezone.now()
+    job.error_class, job.error_message = "cancelled", f"cancelled by {actor.label}"
+    job.save(update_fields=["status", "finished_at", "error_class", "error_message"])
+    audit_record(organization=organization, actor=actor, action="job.cancelled", target=job)
+    jobs_admit(organization=organization)
+    _emit(organization, job)
+    return job
+
+
+def _request_id(job: Job, run: int) -> str:
+    return f"job-{job.id.hex}-{run}"
+
+
+def _job_start(*, organization: Organization, job_id: UUID) -> Job | None:
+    """Take the job for this worker, or None if it ended or another live worker has it."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or job.is_finished:
+            return None
+        alive_after = now - dt.timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS)
+        if job.status == JobStatus.RUNNING and job.heartbeat_at is not None and job.heartbeat_at > alive_after:
+            return None  # a redelivered message while a live worker runs it
+        if job.runs:
+            # An earlier run died: settle its open attempts from their reservations first.
+            attempts_abandon(
+                organization=organization, request_ids=[_request_id(job, n) for n in range(1, job.runs + 1)]
+            )
+        if job.runs >= settings.JOB_MAX_RUNS:
+            _finish(organization, job, JobStatus.FAILED, error=("WorkerLost", f"its worker died {job.runs} times"))
+            return None
+        job.status, job.heartbeat_at, job.runs = JobStatus.RUNNING, now, job.runs + 1
+        job.started_at = job.started_at or now
+        job.admitted_at = job.admitted_at or now
+        job.save(update_fields=["status", "heartbeat_at", "runs", "started_at", "admitted_at"])
+    return job
+
+
+def _finish(
+    organization: Organization,
+    job: Job,
+    status: JobStatus,
+    *,
+    outcome: ChatOutcome | None = None,
+    error: tuple[str, str] | None = None,
+) -> None:
+    """Record the end of a job (inside the caller's transaction) and admit the next waiting one."""
+    job.status, job.finished_at = status, timezone.now()
+    fields = ["status", "finished_at"]
+    if outcome is not None:
+        job.result, job.cost_usd = _result(outcome), outcome.cost_usd
+        fields += ["result", "cost_usd"]
+    if error is not None:
+        job.error_class, job.error_message = error[0][:100], error[1]
+        fields += ["error_class", "error_message"]
+    job.save(update_fields=fields)
+    jobs_admit(organization=organization)
+    _emit(organization, job)
+
+
+def _result(outcome: ChatOutcome) -> dict[str, Any]:
+    choice = (outcome.body.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    return {
+        "text": message.get("content"),
+        "tool_calls": message.get("tool_calls"),
+        "finish_reason": choice.get("finish_reason"),
+        "usage": outcome.body.get("usage"),
+        "cost_usd": str(outcome.cost_usd),
+        "model": outcome.model,
+        "cache": outcome.cache,
+        "simulated": outcome.simulated,
+        "request_id": outcome.request_id,
+    }
+
+
+def job_execute(*, organization: Organization, job_id: UUID) -> None:
+    """Run a job on this worker: one governed engine call whose answer commits with its ledger row.
+
+    Safe to deliver twice: a finished job, or one a live worker holds, is left alone; a job whose
+    earlier worker died has that run's open attempts settled before it calls again.
+    """
+    job = _job_start(organization=organization, job_id=job_id)
+    if job is None:
+        return
+    request_id = _request_id(job, job.runs)
+
+    def record(outcome: ChatOutcome) -> None:
+        current = Job.objects.select_for_update().get(pk=job.pk)
+        if current.status == JobStatus.RUNNING:
+            _finish(organization, current, JobStatus.SUCCEEDED, outcome=outcome)
+        else:  # cancelled (or reaped) while the call ran: the cost is in the ledger, the answer is dropped
+            Job.objects.filter(pk=job.pk).update(cost_usd=outcome.cost_usd)
+
+    with heartbeats.running(organization.schema_name, job.pk):
+        try:
+            chat_complete(
+                organization=organization,
+                principal=job_principal(job),
+                call=chat_call_parse(job.request),
+                request_id=request_id,
+                on_settled=record,
+            )
+        except GatewayError as error:
+            job_fail(organization=organization, job_id=job.pk, error_class=error.code, message=error.message)
+
+
+@transaction.atomic
+def job_fail(*, organization: Organization, job_id: UUID, error_class: str, message: str) -> None:
+    job = Job.objects.select_for_update().get(pk=job_id)
+    if job.status == JobStatus.RUNNING:
+        _finish(organization, job, JobStatus.FAILED, error=(error_class, message))
+
+
+def jobs_reap(*, organization: Organization, now: dt.datetime | None = None) -> dict[str, int]:
+    """Recover jobs whose worker died (heartbeat stopped) and admitted jobs no worker picked up."""
+    now = now or timezone.now()
+    dead_before = now - dt.timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS)
+    lost_before = now - dt.timedelta(seconds=settings.JOB_DISPATCH_RESEND_SECONDS)
+    requeued: list[UUID] = []
+    failed = 0
+    with transaction.atomic():
+        dead = Job.objects.select_for_update(skip_locked=True).filter(
+            status=JobStatus.RUNNING, heartbeat_at__lt=dead_before
+        )
+        for job in dead:
+            if job.runs >= settings.JOB_MAX_RUNS:
+                attempts_abandon(organization=organization, request_ids=[_request_id(job, job.runs)])
+                _finish(organization, job, JobStatus.FAILED, error=("WorkerLost", f"its worker died {job.runs} times"))
+                failed += 1
+            else:
+                requeued.append(job.pk)
+        if requeued:
+            Job.objects.filter(pk__in=requeued).update(status=JobStatus.QUEUED, admitted_at=now)
+        lost = list(
+            Job.objects.filter(status=JobStatus.QUEUED, admitted_at__lt=lost_before).values_list("id", flat=True)
+        )
+        if lost:
+            Job.objects.filter(pk__in=lost).update(admitted_at=now)
+        resend = requeued + lost
+        if resend:
+            transaction.on_commit(lambda: _dispatch(organization, resend))
+    admitted = jobs_admit(organization=organization)
+    if requeued or failed or lost:
+        logger.warning(
+            "jobs reaped",
+            extra={"requeued": len(requeued), "failed": failed, "resent": len(lost), "admitted": len(admitted)},
+        )
+    return {"requeued": len(requeued), "failed": failed, "resent": len(lost)}
+
+
+def _emit(organization: Organization, job: Job) -> None:
+    """The job's webhook event, sent after commit by the webhooks app."""
+    from apps.webhooks.services import webhook_event_emit
+
+    webhook_event_emit(
+        organization=organization,
+        event_type=f"job.{job.status}",
+        payload={"job": {"id": str(job.id), "status": job.status, "cost_usd": str(job.cost_usd), "result": job.result}},
+        endpoint_id=job.webhook_endpoint_id,
+    )

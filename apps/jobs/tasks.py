@@ -1,0 +1,33 @@
+from uuid import UUID
+
+from celery import shared_task
+
+from apps.jobs.services import job_execute, jobs_reap
+from apps.tenants.connection import tenant_connection
+from apps.tenants.models import Organization
+from apps.tenants.selectors import organization_list
+from apps.tenants.tasks import tenant_task
+
+
+def _organization() -> Organization:
+    tenant: Organization = tenant_connection().tenant
+    return tenant
+
+
+@tenant_task()
+def job_run(*, job_id: str) -> None:
+    job_execute(organization=_organization(), job_id=UUID(job_id))
+
+
+@tenant_task()
+def jobs_reap_tenant() -> dict[str, int]:
+    return jobs_reap(organization=_organization())
+
+
+@shared_task
+def jobs_reap_all() -> int:
+    """Beat: recover each organization's jobs whose worker died."""
+    ids = [organization.pk for organization in organization_list() if organization.accepts_jobs]
+    for organization_id in ids:
+        jobs_reap_tenant.delay(tenant_id=organization_id)
+    return len(ids)

@@ -1,0 +1,156 @@
+"""Running jobs in-process against the fake provider: results commit with their ledger rows, the
+reaper recovers jobs whose worker died, admission caps each organization."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from apps.accounts.principals import Principal
+from apps.jobs.heartbeat import Heartbeats
+from apps.jobs.models import Job, JobStatus
+from apps.jobs.services import _job_start, job_cancel, job_execute, job_submit, jobs_reap
+from apps.llm.budgets import Spender, attempt_reserve
+from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.llm.services import budget_set
+from apps.tenants.connection import organization_schema
+from apps.tenants.models import Organization
+from tests.factories import TEST_ACTOR
+from tests.support.fake_provider import FakeProvider
+
+KEY = Principal(kind="api_key", id="7", label="tests (cos_x)")
+HELLO = {"messages": [{"role": "user", "content": "Say hello"}], "model": "gpt-4o-mini", "max_tokens": 50}
+
+
+def _submit(organization: Organization, request: dict[str, object] | None = None) -> Job:
+    return job_submit(organization=organization, principal=KEY, request=dict(request or HELLO))
+
+
+def test_a_job_runs_once_and_its_answer_commits_with_its_ledger_row(
+    tenant: Organization, fake_provider: FakeProvider
+) -> None:
+    job = _submit(tenant)
+    job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.result is not None and job.result["text"]
+    assert job.result["model"] == "gpt-4o-mini" and job.result["cache"] == "miss"
+    assert job.result["usage"]["completion_tokens"] > 0
+    attempt = UsageAttempt.objects.get(request_id=f"job-{job.pk.hex}-1")
+    assert attempt.status == AttemptStatus.SUCCEEDED
+    assert attempt.cost_usd == job.cost_usd > 0
+    assert attempt.principal_kind == "api_key" and attempt.api_key_id == 7
+    # A second delivery of the same task finds the job finished: no second call, no second row.
+    job_execute(organization=tenant, job_id=job.pk)
+    assert len(fake_provider.calls) == 1
+    assert UsageAttempt.objects.filter(request_id__startswith=f"job-{job.pk.hex}").count() == 1
+
+
+def test_a_job_refused_by_its_budget_fails_with_the_refusal(tenant: Organization, fake_provider: FakeProvider) -> None:
+    budget_set(organization=tenant, scope="organization", period="day", limit_usd=Decimal("0.000001"), actor=TEST_ACTOR)
+    job = _submit(tenant)
+    job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.error_class) == (JobStatus.FAILED, "budget_exceeded")
+    assert "budget" in job.error_message
+    assert fake_provider.calls == []
+
+
+def test_the_reaper_requeues_a_job_whose_worker_died_and_settles_the_dead_runs_attempt(
+    tenant: Organization, fake_provider: FakeProvider
+) -> None:
+    job = _submit(tenant)
+    started = _job_start(organization=tenant, job_id=job.pk)
+    assert started is not None and started.runs == 1
+    dead_attempt = attempt_reserve(
+        spender=Spender(organization=tenant, principal=KEY),
+        request_id=f"job-{job.pk.hex}-1",
+        attempt=1,
+        model_name="gpt-4o-mini",
+        provider="openai",
+        amount_usd=Decimal("0.01"),
+        max_cost_usd=None,
+    )
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - dt.timedelta(minutes=10))
+
+    assert jobs_reap(organization=tenant) == {"requeued": 1, "failed": 0, "resent": 0}
+    assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
+    job_execute(organization=tenant, job_id=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.runs) == (JobStatus.SUCCEEDED, 2)
+    dead_attempt.refresh_from_db()
+    assert (dead_attempt.status, dead_attempt.cost_usd) == (AttemptStatus.SWEPT, Decimal("0.01"))
+    assert UsageAttempt.objects.get(request_id=f"job-{job.pk.hex}-2").status == AttemptStatus.SUCCEEDED
+    assert len(fake_provider.calls) == 1
+
+
+def test_a_job_whose_worker_keeps_dying_fails_instead_of_running_forever(
+    tenant: Organization, settings: pytest.FixtureRequest
+) -> None:
+    job = _submit(tenant)
+    Job.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING, runs=3, heartbeat_at=timezone.now() - dt.timedelta(minutes=10)
+    )
+    assert jobs_reap(organization=tenant)["failed"] == 1
+    job.refresh_from_db()
+    assert (job.status, job.error_class) == (JobStatus.FAILED, "WorkerLost")
+
+
+def test_a_live_workers_job_is_not_taken_by_a_redelivered_message(tenant: Organization) -> None:
+    job = _submit(tenant)
+    assert _job_start(organization=tenant, job_id=job.pk) is not None
+    assert _job_start(organization=tenant, job_id=job.pk) is None
+    assert Job.objects.get(pk=job.pk).runs == 1
+
+
+def test_admission_caps_each_organization_on_its_own(two_tenants: tuple[Organization, Organization]) -> None:
+    organization_a, organization_b = two_tenants
+    cap = organization_a.plan.limit("max_concurrent_jobs")
+    with organization_schema(organization_a):
+        jobs_a = [_submit(organization_a) for _ in range(cap + 3)]
+        admitted_a = Job.objects.filter(admitted_at__isnull=False).count()
+    with organization_schema(organization_b):
+        _submit(organization_b)
+        admitted_b = Job.objects.filter(admitted_at__isnull=False).count()
+    assert (admitted_a, admitted_b) == (cap, 1)
+    with organization_schema(organization_a):
+        first = Job.objects.get(pk=jobs_a[0].pk)
+        job_cancel(organization=organization_a, actor=TEST_ACTOR, job=first)
+        waiting = Job.objects.filter(admitted_at__isnull=True).order_by("created_at")
+        assert Job.objects.filter(admitted_at__isnull=False, status=JobStatus.QUEUED).count() == cap
+        assert waiting.count() == 2
+        assert Job.objects.get(pk=jobs_a[cap].pk).admitted_at is not None  # the oldest waiting one went next
+
+
+def test_cancelling_a_running_job_keeps_it_cancelled_and_records_what_the_call_cost(
+    tenant: Organization, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.jobs import services
+
+    job = _submit(tenant)
+    real_complete = services.chat_complete
+
+    def cancel_during_call(**kwargs: object) -> object:
+        job_cancel(organization=tenant, actor=TEST_ACTOR, job=Job.objects.get(pk=job.pk))
+        return real_complete(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(services, "chat_complete", cancel_during_call)
+    job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.result is None
+    assert job.cost_usd == UsageAttempt.objects.get(request_id=f"job-{job.pk.hex}-1").cost_usd > 0
+
+
+def test_heartbeats_touch_only_the_running_jobs_of_this_process(tenant: Organization) -> None:
+    mine, other = _submit(tenant), _submit(tenant)
+    old = timezone.now() - dt.timedelta(minutes=5)
+    Job.objects.filter(pk__in=[mine.pk, other.pk]).update(status=JobStatus.RUNNING, heartbeat_at=old)
+    beats = Heartbeats()
+    with beats.running(tenant.schema_name, mine.pk):
+        assert beats.beat() == 1
+    assert Job.objects.get(pk=mine.pk).heartbeat_at > old  # type: ignore[operator]
+    assert Job.objects.get(pk=other.pk).heartbeat_at == old
