@@ -10,6 +10,7 @@ from .database import *  # noqa: F403
 from .jobs import *  # noqa: F403
 from .llm import *  # noqa: F403
 from .logging import *  # noqa: F403
+from .outbound import *  # noqa: F403
 from .security import *  # noqa: F403
 from .tenancy import *  # noqa: F403
 

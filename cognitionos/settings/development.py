@@ -11,3 +11,4 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
 INTERNAL_IPS = ["127.0.0.1"]
+OUTBOUND_ALLOW_PRIVATE_NETWORKS = True  # local webhook receivers and test servers on 127.0.0.1
