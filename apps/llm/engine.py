@@ -30,7 +30,7 @@ from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.providers import CallContext, ChatProvider, ProviderError, StreamChunk, Usage, provider_for
 from apps.llm.ratelimits import RateLimited, RateLimitUnavailable, rate_limit_take
-from apps.llm.router import POLICIES, UnknownModel, candidates, latency_observe, usable
+from apps.llm.router import POLICIES, UnknownModel, candidates, deployment_observe, usable
 from apps.llm.selectors import EngineSettings, llm_settings_get
 from apps.llm.semantic import SemanticQuery, embedding_model_name, semantic_get, semantic_put, semantic_query
 from apps.llm.services import provider_own_keys
@@ -277,6 +277,8 @@ class _Attempts:
             settlement=Settlement(status=AttemptStatus.FAILED, latency_ms=latency_ms, error_class=error.error_class),
         )
         breaker_record(entry.model.provider, entry.model.name, success=False)
+        if error.retryable:  # the deployment's fault (5xx, 429, timeouts), not the request's
+            deployment_observe(entry.model.name, success=False)
         if not error.retryable or retry >= settings.LLM_MAX_ATTEMPTS:
             return False
         time.sleep(_backoff(retry, error.retry_after))
@@ -486,7 +488,7 @@ def chat_complete(
                 if on_settled is not None:
                     on_settled(outcome)
             breaker_record(entry.model.provider, entry.model.name, success=True)
-            latency_observe(entry.model.name, latency_ms)
+            deployment_observe(entry.model.name, success=True, latency_ms=latency_ms)
             if cacheable and reply.finish_reason in ("stop", "tool_calls"):
                 ttl = _content_ttl(call, engine_settings)
                 caching.cache_put(
@@ -580,6 +582,7 @@ def _relay(
             ),
         )
         breaker_record(entry.model.provider, entry.model.name, success=False)
+        deployment_observe(entry.model.name, success=False)
         return
     finally:
         if not completed or usage is None:
@@ -600,7 +603,7 @@ def _relay(
     settlement = _settlement(entry, usage, latency_ms)
     attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
     breaker_record(entry.model.provider, entry.model.name, success=True)
-    latency_observe(entry.model.name, latency_ms)
+    deployment_observe(entry.model.name, success=True, latency_ms=latency_ms)
     yield {
         "id": f"chatcmpl-{attempt.request_id}",
         "object": "chat.completion.chunk",

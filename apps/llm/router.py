@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import time
 from decimal import Decimal
+from functools import cache
+
+from django.conf import settings
+from redis.commands.core import Script
 
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
@@ -11,6 +17,40 @@ from cognitionos.redis import redis_client
 
 POLICIES = ("cheapest", "fastest", "balanced")
 _LATENCY_KEY = "llm:latency_ms:{name}"
+_ERRORS_KEY = "llm:error_rate:{name}"  # "<rate>:<unix time of the last update>"
+_OBSERVATION_TTL_S = 24 * 3600
+_ERROR_WEIGHT = 0.2  # each attempt's share in the moving average of the error rate
+
+# One round trip per attempt: the latency's and the error rate's moving averages, updated atomically.
+# The error rate also decays with time (half-life LLM_ROUTER_ERROR_HALF_LIFE_S), so a model that the
+# router stopped choosing because it failed is tried again once its failures are old.
+_OBSERVE = """
+local ttl = tonumber(ARGV[6])
+if ARGV[1] ~= '' then
+  local latency = tonumber(ARGV[1])
+  local previous = redis.call('GET', KEYS[1])
+  if previous then latency = 0.8 * tonumber(previous) + 0.2 * latency end
+  redis.call('SET', KEYS[1], string.format('%.1f', latency), 'EX', ttl)
+end
+local failed = tonumber(ARGV[2])
+local raw = redis.call('GET', KEYS[2])
+if (not raw) and failed == 0 then return 0 end
+local now = tonumber(ARGV[3])
+local rate = 0
+if raw then
+  local sep = string.find(raw, ':', 1, true)
+  local at = tonumber(string.sub(raw, sep + 1))
+  rate = tonumber(string.sub(raw, 1, sep - 1)) * 0.5 ^ (math.max(0, now - at) / tonumber(ARGV[4]))
+end
+local weight = tonumber(ARGV[5])
+rate = rate * (1 - weight) + weight * failed
+if rate < 0.001 then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('SET', KEYS[2], string.format('%.5f:%.3f', rate, now), 'EX', ttl)
+end
+return 1
+"""
 
 
 class UnknownModel(LookupError):
@@ -26,18 +66,51 @@ def expected_cost(entry: PricedModel, *, prompt_tokens: int, output_tokens: int)
     return entry.price.cost(input_tokens=prompt_tokens, cached_input_tokens=0, output_tokens=output_tokens)
 
 
+def _decayed(raw: bytes | str, now: float) -> float:
+    rate, at = (float(part) for part in (raw.decode() if isinstance(raw, bytes) else raw).split(":"))
+    half_lives = max(0.0, now - at) / float(settings.LLM_ROUTER_ERROR_HALF_LIFE_S)
+    return rate * math.pow(0.5, half_lives)
+
+
+def observed(names: list[str], now: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """Each model's moving averages, shared by every process: latency in ms (models with none are
+    untried) and error rate from 0 to 1 (absent: no recent failures), in one round trip."""
+    now = time.time() if now is None else now
+    values = redis_client().mget(
+        [_LATENCY_KEY.format(name=name) for name in names] + [_ERRORS_KEY.format(name=name) for name in names]
+    )
+    latency = {name: float(value) for name, value in zip(names, values[: len(names)], strict=True) if value}
+    errors = {name: _decayed(value, now) for name, value in zip(names, values[len(names) :], strict=True) if value}
+    return latency, errors
+
+
 def observed_latency_ms(names: list[str]) -> dict[str, float]:
-    values = redis_client().mget([_LATENCY_KEY.format(name=name) for name in names])
-    return {name: float(value) for name, value in zip(names, values, strict=True) if value is not None}
+    return observed(names)[0]
+
+
+@cache
+def _observe_script() -> Script:
+    return redis_client().register_script(_OBSERVE)
+
+
+def deployment_observe(name: str, *, success: bool, latency_ms: float | None = None, now: float | None = None) -> None:
+    """Record one attempt of a model: its latency (successes) and whether it failed."""
+    _observe_script()(
+        keys=[_LATENCY_KEY.format(name=name), _ERRORS_KEY.format(name=name)],
+        args=[
+            "" if latency_ms is None else str(latency_ms),
+            "0" if success else "1",
+            str(time.time() if now is None else now),
+            str(settings.LLM_ROUTER_ERROR_HALF_LIFE_S),
+            str(_ERROR_WEIGHT),
+            str(_OBSERVATION_TTL_S),
+        ],
+    )
 
 
 def latency_observe(name: str, latency_ms: float) -> None:
-    """Exponentially weighted moving average of a model's latency, shared by every process."""
-    key = _LATENCY_KEY.format(name=name)
-    client = redis_client()
-    previous = client.get(key)
-    value = latency_ms if previous is None else 0.8 * float(previous) + 0.2 * latency_ms
-    client.set(key, f"{value:.1f}", ex=24 * 3600)
+    """A successful attempt's latency (exponentially weighted moving average, shared by every process)."""
+    deployment_observe(name, success=True, latency_ms=latency_ms)
 
 
 def candidates(
@@ -63,12 +136,20 @@ def candidates(
             if e.model.kind == ModelKind.CHAT and e.model.quality_tier >= min_quality and usable(e, own_providers)
         ]
         costs = {e.model.name: expected_cost(e, prompt_tokens=prompt_tokens, output_tokens=output_tokens) for e in pool}
-        latency = observed_latency_ms([e.model.name for e in pool]) if policy != "cheapest" else {}
-        unknown = max(latency.values(), default=1000.0) * 2  # untried models go after known ones
         if policy == "cheapest":
-            ordered = sorted(pool, key=lambda e: (costs[e.model.name], -e.model.quality_tier))
-        elif policy == "fastest":
-            ordered = sorted(pool, key=lambda e: latency.get(e.model.name, unknown))
-        else:
-            ordered = sorted(pool, key=lambda e: float(costs[e.model.name]) * latency.get(e.model.name, unknown))
+            return sorted(pool, key=lambda e: (costs[e.model.name], -e.model.quality_tier))
+        latency, errors = observed([e.model.name for e in pool])
+        unknown = max(latency.values(), default=1000.0) * 2  # untried models go after known ones
+        unhealthy = settings.LLM_ROUTER_UNHEALTHY_ERROR_RATE
+
+        def rank(entry: PricedModel) -> tuple[bool, float]:
+            # Models failing at the unhealthy rate or more go after every healthy one; among the rest,
+            # latency / (1 - error rate) is the expected time to an answer when failures are retried.
+            rate = errors.get(entry.model.name, 0.0)
+            expected = latency.get(entry.model.name, unknown) / (1 - min(rate, 0.99))
+            if policy == "balanced":
+                expected *= float(costs[entry.model.name])
+            return rate >= unhealthy, expected
+
+        ordered = sorted(pool, key=rank)
     return ordered

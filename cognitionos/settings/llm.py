@@ -28,6 +28,10 @@ LLM_MAX_OPEN_STREAMS = env_int("LLM_MAX_OPEN_STREAMS", 64)  # per web process
 # Circuit breaker per provider and model, shared through Redis.
 LLM_BREAKER_FAILURES = env_int("LLM_BREAKER_FAILURES", 5)
 LLM_BREAKER_COOLDOWN_S = env_int("LLM_BREAKER_COOLDOWN_S", 30)
+# Routing policies (fastest, balanced) put a model whose recent error rate (a moving average that
+# halves every LLM_ROUTER_ERROR_HALF_LIFE_S without new failures) reaches this after healthy ones.
+LLM_ROUTER_UNHEALTHY_ERROR_RATE = float(env_str("LLM_ROUTER_UNHEALTHY_ERROR_RATE", "0.3"))
+LLM_ROUTER_ERROR_HALF_LIFE_S = float(env_str("LLM_ROUTER_ERROR_HALF_LIFE_S", "120"))
 # Soft budget limits call this hook (dotted path to f(organization, budget, window)) besides the audit event.
 LLM_SOFT_LIMIT_HOOK = env_str("LLM_SOFT_LIMIT_HOOK", "")
 # /metrics on the platform host requires `Authorization: Bearer <METRICS_TOKEN>` when set.

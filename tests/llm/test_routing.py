@@ -1,0 +1,84 @@
+"""Routing policies read each deployment's observed latency and error rate, shared through Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from django_tenants.utils import schema_context
+
+from apps.accounts.principals import Principal
+from apps.llm.engine import chat_call_parse, chat_complete
+from apps.llm.router import candidates, deployment_observe, observed
+from apps.tenants.models import Organization
+from tests.support.fake_provider import FakeProvider
+
+PRINCIPAL = Principal(kind="api_key", id="1", label="tests")
+
+
+def _order(policy: str) -> list[str]:
+    found = candidates(model=None, policy=policy, min_quality=1, prompt_tokens=100, output_tokens=100)
+    return [entry.model.name for entry in found]
+
+
+def test_the_error_rate_is_a_moving_average_that_fades_with_time(settings: Any) -> None:
+    settings.LLM_ROUTER_ERROR_HALF_LIFE_S = 100
+    now = time.time()
+    deployment_observe("m", success=True, latency_ms=40, now=now)
+    assert observed(["m"], now=now) == ({"m": 40.0}, {})  # no failure yet: no error rate at all
+    deployment_observe("m", success=False, now=now)
+    deployment_observe("m", success=False, now=now)
+    assert observed(["m"], now=now)[1]["m"] == pytest.approx(0.36, abs=1e-4)
+    deployment_observe("m", success=True, latency_ms=60, now=now)
+    latency, errors = observed(["m"], now=now)
+    assert latency["m"] == pytest.approx(44.0) and errors["m"] == pytest.approx(0.288, abs=1e-4)
+    assert observed(["m"], now=now + 100)[1]["m"] == pytest.approx(0.144, abs=1e-4)  # one half-life later
+    for _ in range(40):
+        deployment_observe("m", success=True, latency_ms=40, now=now)
+    assert observed(["m"], now=now)[1] == {}  # recovered: the key is gone
+
+
+@pytest.mark.parametrize("policy", ["fastest", "balanced"])
+def test_a_model_with_a_high_error_rate_goes_after_healthy_ones(db: None, policy: str) -> None:
+    now = time.time()
+    deployment_observe("simulated-mini", success=True, latency_ms=10, now=now)
+    deployment_observe("simulated-pro", success=True, latency_ms=50, now=now)
+    assert _order(policy) == ["simulated-mini", "simulated-pro"]
+    deployment_observe("simulated-mini", success=False, now=now)
+    assert _order(policy) == ["simulated-mini", "simulated-pro"]  # one failure (rate 0.2) is not enough
+    deployment_observe("simulated-mini", success=False, now=now)
+    assert _order(policy) == ["simulated-pro", "simulated-mini"]
+    assert _order("cheapest")[0] == "simulated-mini"  # cost alone decides `cheapest`
+
+
+def test_failures_long_ago_no_longer_demote_a_model(db: None, settings: Any) -> None:
+    settings.LLM_ROUTER_ERROR_HALF_LIFE_S = 60
+    past = time.time() - 600
+    deployment_observe("simulated-mini", success=True, latency_ms=10, now=past)
+    deployment_observe("simulated-pro", success=True, latency_ms=50, now=past)
+    for _ in range(5):
+        deployment_observe("simulated-mini", success=False, now=past)
+    assert _order("fastest") == ["simulated-mini", "simulated-pro"]
+
+
+def test_the_engine_records_provider_failures_but_not_client_errors(
+    tenant: Organization, fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.LLM_MAX_ATTEMPTS = 2
+    fake_provider.fail_next(1, status=400, error_type="invalid_request_error")
+    call = chat_call_parse({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    with schema_context(tenant.schema_name):
+        chat_complete(organization=tenant, principal=PRINCIPAL, call=call)
+    assert observed(["gpt-4o-mini"])[1] == {}  # the request's fault, not the deployment's
+    fake_provider.fail_models({"gpt-4o-mini"})
+    skip = chat_call_parse(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "cache": {"skip": True}}
+    )
+    with schema_context(tenant.schema_name):
+        outcome = chat_complete(organization=tenant, principal=PRINCIPAL, call=skip)
+    assert outcome.model == "claude-haiku-4-5"  # its fallback
+    latency, errors = observed(["gpt-4o-mini", "claude-haiku-4-5"])
+    assert errors["gpt-4o-mini"] == pytest.approx(0.36, abs=0.01)
+    assert "claude-haiku-4-5" in latency and "claude-haiku-4-5" not in errors
+    assert _order("fastest")[-1] == "gpt-4o-mini"
