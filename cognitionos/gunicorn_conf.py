@@ -16,3 +16,11 @@ keepalive = 5
 accesslog = "-"
 # No control socket: nothing uses it, and it would be written under $HOME.
 control_socket_disable = True
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker process ended: its live gauges leave the multiprocess metrics (PROMETHEUS_MULTIPROC_DIR)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]

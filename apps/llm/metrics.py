@@ -15,7 +15,16 @@ LATENCY = Histogram(
 TOKENS = Counter("cognitionos_llm_tokens_total", "Tokens billed", ["model", "direction"])
 COST = Counter("cognitionos_llm_cost_usd_total", "Provider cost charged, USD", ["model"])
 SAVED = Counter("cognitionos_llm_saved_usd_total", "Cost saved by cache hits, USD", ["model"])
-OPEN_HOLDS = Gauge("cognitionos_llm_budget_holds_open", "Budget reservations not yet settled (this process)")
+# In multiprocess mode (PROMETHEUS_MULTIPROC_DIR) gauges say how processes combine: open holds add
+# up over the live processes; the breaker's state is the one last written by any process.
+OPEN_HOLDS = Gauge(
+    "cognitionos_llm_budget_holds_open",
+    "Budget reservations not yet settled (live processes)",
+    multiprocess_mode="livesum",
+)
 BREAKER_OPEN = Gauge(
-    "cognitionos_llm_breaker_open", "1 while the breaker of a provider and model is open", ["provider", "model"]
+    "cognitionos_llm_breaker_open",
+    "1 while the breaker of a provider and model is open",
+    ["provider", "model"],
+    multiprocess_mode="mostrecent",
 )

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
+from apps.ops.metrics import MULTIPROC_ENV, metrics_multiproc_prepare
 from apps.ops.services import demo_ensure, portal_url
 from cognitionos.embedded import default_data_dir
 
@@ -118,10 +119,14 @@ class Command(BaseCommand):
             ],
         }
         data_dir.mkdir(parents=True, exist_ok=True)
+        # Every process writes its metrics there; /metrics adds them up (prometheus_client multiprocess).
+        env = os.environ.copy()
+        metrics_dir = Path(env.setdefault(MULTIPROC_ENV, str(data_dir / "prometheus")))
+        metrics_multiproc_prepare(metrics_dir)
         return {
             name: subprocess.Popen(  # noqa: S603 - our own interpreter and modules
                 command,
-                env=os.environ.copy(),
+                env=env,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
