@@ -42,4 +42,6 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "jobs-reap": {"task": "apps.jobs.tasks.jobs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
+    # Webhook retries are scheduled in the database (next_attempt_at); this sends the due ones.
+    "webhooks-dispatch": {"task": "apps.webhooks.tasks.webhook_deliveries_dispatch_all", "schedule": 10.0},
 }
