@@ -1,0 +1,160 @@
+"""Workflows (versioned definitions) and their runs, one row per step of each run."""
+
+import uuid
+from decimal import Decimal
+
+from django.db import models
+from django.db.models.functions import Now
+
+
+class Workflow(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(db_default=Now())
+    created_by_label = models.CharField(max_length=254, blank=True, default="")
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkflowVersion(models.Model):
+    """A definition as saved; never changed. Saving a workflow again makes the next version."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    definition = models.JSONField()
+    created_at = models.DateTimeField(db_default=Now())
+    created_by_label = models.CharField(max_length=254, blank=True, default="")
+
+    class Meta:
+        ordering = ("workflow", "-number")
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "number"], name="workflows_version_unique"),
+            models.CheckConstraint(condition=models.Q(number__gte=1), name="workflows_version_number_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} v{self.number}"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+RUN_FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class WorkflowRun(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="runs")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="runs")
+    rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns")
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    input = models.JSONField(default=dict)
+    output = models.JSONField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    error_class = models.CharField(max_length=100, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    principal_kind = models.CharField(max_length=20)
+    principal_id = models.CharField(max_length=64, blank=True, default="")
+    principal_label = models.CharField(max_length=254, blank=True, default="")
+    created_at = models.DateTimeField(db_default=Now())
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="workflows_run_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=RUN_FINISHED, finished_at__isnull=False)
+                | (~models.Q(status__in=RUN_FINISHED) & models.Q(finished_at__isnull=True)),
+                name="workflows_run_finished_iff_finished_at",
+            ),
+            models.CheckConstraint(condition=models.Q(cost_usd__gte=0), name="workflows_run_cost_not_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="workflows_run_status"),
+            models.Index(fields=["workflow", "created_at"], name="workflows_run_workflow"),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in RUN_FINISHED
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+STEP_FINISHED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)
+
+
+class StepRun(models.Model):
+    """One step of one run. A map step keeps each item's result in `items` as it finishes, so a
+    retried step does not call again for the items already done; its output is their list."""
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=64)
+    position = models.PositiveSmallIntegerField()  # the step's index in the definition
+    status = models.CharField(max_length=10, choices=StepStatus.choices, default=StepStatus.PENDING)
+    output = models.JSONField(null=True, blank=True)
+    items = models.JSONField(default=dict, blank=True)  # map steps: {"<index>": {output, cost_usd, ...}}
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    model = models.CharField(max_length=100, blank=True, default="")
+    cache_layer = models.CharField(max_length=8, blank=True, default="")
+    error_class = models.CharField(max_length=100, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)  # how many times a worker started it
+    reused = models.BooleanField(default=False)  # copied from the run this one re-runs
+    dispatched_at = models.DateTimeField(null=True, blank=True)  # its task was sent
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("run", "position")
+        constraints = [
+            models.UniqueConstraint(fields=["run", "name"], name="workflows_step_unique"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=StepStatus.values), name="workflows_step_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=STEP_FINISHED, finished_at__isnull=False)
+                | (~models.Q(status__in=STEP_FINISHED) & models.Q(finished_at__isnull=True)),
+                name="workflows_step_finished_iff_finished_at",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status="running") | models.Q(started_at__isnull=False, heartbeat_at__isnull=False),
+                name="workflows_step_running_has_heartbeat",
+            ),
+            models.CheckConstraint(condition=models.Q(cost_usd__gte=0), name="workflows_step_cost_not_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["heartbeat_at"], name="workflows_step_running", condition=models.Q(status="running")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.name}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in STEP_FINISHED
