@@ -5,6 +5,10 @@
 - added latency per call of the engine (rate limits, budgets with a hard limit, ledger, rollup,
   breaker, cache miss) over a direct openai SDK call to the same fake server;
 - L1 and L2 cache hit latency;
+- L3 (semantic cache): hit rate of prompts equal after normalisation, false-hit rate of
+  question/negation pairs through the engine, and the same pairs with a bag-of-words embedding
+  (a lexical stand-in for a real embedding model, which this machine can't run) at several
+  thresholds, through the real pgvector lookup;
 - overspend of 200 concurrent calls against a small hard budget.
 
 Runs on its own embedded servers in .data/bench (a fresh database each run). Not a test: compare
@@ -41,6 +45,87 @@ def timed(function: Callable[[], object], count: int) -> list[float]:
         function()
         samples.append(time.perf_counter() - started)
     return samples
+
+
+# Questions and their negations: a semantic cache that answers one with the other's answer is wrong.
+PAIRS = [
+    ("What is the capital of France?", "What is not the capital of France?"),
+    ("Is water wet?", "Is water not wet?"),
+    ("Which planet is the largest in the solar system?", "Which planet is not the largest in the solar system?"),
+    ("Should I take aspirin with ibuprofen?", "Should I not take aspirin with ibuprofen?"),
+    ("Is Python a compiled language?", "Is Python not a compiled language?"),
+    ("Does the function return a list?", "Does the function not return a list?"),
+    ("Is it safe to eat raw chicken?", "Is it not safe to eat raw chicken?"),
+    ("Can I delete this file?", "Can I not delete this file?"),
+    ("Is 17 a prime number?", "Is 17 not a prime number?"),
+    ("Was the meeting moved to Tuesday?", "Was the meeting not moved to Tuesday?"),
+    ("Is the API rate limited per key?", "Is the API not rate limited per key?"),
+    ("Does this plan include single sign-on?", "Does this plan exclude single sign-on?"),
+]
+
+
+def bag_of_words(text: str, dimensions: int) -> list[float]:
+    import hashlib
+    import math
+    import re
+
+    vector = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.casefold()):
+        vector[int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big") % dimensions] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+def semantic_figures(organization: object, principal: object) -> None:
+    from decimal import Decimal
+
+    from apps.llm.engine import chat_call_parse, chat_complete
+    from apps.llm.models import SEMANTIC_DIMENSIONS, SemanticCacheEntry
+    from apps.llm.semantic import normalise, semantic_get, semantic_put, semantic_query
+    from apps.llm.services import llm_settings_set
+    from apps.tenants.models import Organization
+
+    assert isinstance(organization, Organization)
+    llm_settings_set(organization=organization, actor=principal, semantic_cache=True)  # type: ignore[arg-type]
+
+    def ask(text: str) -> str:
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": text}],
+            "temperature": 0,
+            "max_tokens": 64,
+            "cache": {"semantic": True},
+        }
+        call = chat_call_parse(body)
+        return chat_complete(organization=organization, principal=principal, call=call).cache  # type: ignore[arg-type]
+
+    stored = [ask(question) for question, _ in PAIRS]
+    started = time.perf_counter()
+    same = [ask(f"  {question.upper()} ") for question, _ in PAIRS]
+    l3_ms = (time.perf_counter() - started) / len(PAIRS) * 1000
+    negated = [ask(negation) for _, negation in PAIRS]
+    print(
+        f"L3 through the engine (default threshold 0.95, {len(PAIRS)} pairs): stored {stored.count('miss')} answers; "
+        f"normalisation-equal prompts hit {same.count('l3')}/{len(PAIRS)} (embedding + lookup, mean {l3_ms:.2f} ms); "
+        f"negations hit {negated.count('l3')}/{len(PAIRS)} (false-hit rate {negated.count('l3') / len(PAIRS):.0%})"
+    )
+    SemanticCacheEntry.objects.all().delete()
+    rates = []
+    for threshold in (0.8, 0.85, 0.9, 0.95):
+        false_hits = 0
+        for question, negation in PAIRS:
+            query = semantic_query(
+                model_key=f"bench-{threshold}",
+                payload={"messages": [{"role": "user", "content": question}], "temperature": 0},
+            )
+            assert query is not None
+            vector = bag_of_words(normalise(question), SEMANTIC_DIMENSIONS)
+            semantic_put(query=query, embedding=vector, body={"q": question}, cost=Decimal(0), ttl=600)
+            probe = bag_of_words(normalise(negation), SEMANTIC_DIMENSIONS)
+            false_hits += semantic_get(query=query, embedding=probe, threshold=threshold) is not None
+            SemanticCacheEntry.objects.all().delete()
+        rates.append(f"{threshold}: {false_hits}/{len(PAIRS)}")
+    print(f"L3 false hits of negations with a bag-of-words embedding, by threshold: {'   '.join(rates)}")
 
 
 def main() -> None:  # noqa: PLR0915 - one straight script, section by section
@@ -124,6 +209,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script, section by section
         f"cache hit lookup: L1 median {statistics.median(l1) * 1e6:6.1f} us   "
         f"L2 median {statistics.median(l2) * 1e6:6.1f} us"
     )
+
+    semantic_figures(organization, principal)
 
     # Overspend: 200 concurrent calls against a hard budget far smaller than their total.
     tenant_connection().set_schema_to_public()

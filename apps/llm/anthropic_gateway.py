@@ -184,4 +184,5 @@ def messages(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     streaming = StreamingHttpResponse(events(), content_type="text/event-stream")
     streaming["Cache-Control"] = "no-cache"
     streaming["x-cognitionos-request-id"] = request_id
+    streaming["x-cognitionos-cache"] = stream.cache
     return streaming

@@ -34,6 +34,7 @@ from apps.llm.router import POLICIES, UnknownModel, candidates, deployment_obser
 from apps.llm.selectors import EngineSettings, llm_settings_get
 from apps.llm.semantic import SemanticQuery, embedding_model_name, semantic_get, semantic_put, semantic_query
 from apps.llm.services import provider_own_keys
+from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -510,6 +511,7 @@ class ChatStream:
     model: str
     simulated: bool
     chunks: Iterator[dict[str, Any]]
+    cache: str = "miss"  # or the exact layer (l1, l2, l4) whose answer is replayed as a stream
 
 
 def chat_stream(
@@ -522,7 +524,41 @@ def chat_stream(
     spender = Spender(organization=organization, principal=principal)
     _admit(organization, spender, call)
     attempts = _Attempts(organization=organization, spender=spender, call=call, request_id=request_id)
-    for entry in attempts.candidates():
+    plan = attempts.candidates()
+    engine_settings = llm_settings_get(organization=organization)
+    key = caching.cache_key(model=call.model or f"policy:{call.policy}:{call.min_quality}", payload=call.payload)
+    cacheable = not call.cache_skip and engine_settings.store_content
+    if cacheable:
+        hit = caching.cache_get(schema=organization.schema_name, key=key)
+        if hit is not None:
+            model_name = str(hit.body.get("model", ""))
+            cache_hit_record(
+                spender=spender,
+                request_id=request_id,
+                model_name=model_name,
+                cache_layer=hit.layer,
+                saved_usd=hit.cost_usd,
+            )
+            return ChatStream(
+                request_id=request_id,
+                model=model_name,
+                simulated=hit.body.get("system_fingerprint") == "simulated",
+                chunks=_replay(hit.body, request_id),
+                cache=hit.layer,
+            )
+
+    def fill(entry: PricedModel, body: dict[str, Any], cost: Decimal) -> None:
+        with organization_schema(organization):
+            caching.cache_put(
+                schema=organization.schema_name,
+                key=key,
+                model_name=entry.model.name,
+                body=body,
+                cost=cost,
+                ttl=_content_ttl(call, engine_settings),
+            )
+
+    for entry in plan:
         if not breaker_allow(entry.model.provider, entry.model.name):
             continue
         provider = attempts.provider(entry)
@@ -548,9 +584,89 @@ def chat_stream(
                     first=first,
                     upstream=upstream,
                     started=started,
+                    fill=fill if cacheable else None,
                 ),
             )
     raise attempts.exhausted()
+
+
+def _replay(body: dict[str, Any], request_id: str) -> Iterator[dict[str, Any]]:
+    """A cached chat completion as the chunks a provider would have streamed, then the usage chunk
+    (the answer's tokens, at no cost)."""
+    base = {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion.chunk",
+        "created": body.get("created", int(time.time())),
+        "model": body.get("model"),
+    }
+    choice = (body.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    yield chunk({"role": "assistant", "content": ""})
+    if message.get("content"):
+        yield chunk({"content": message["content"]})
+    if message.get("tool_calls"):
+        yield chunk({"tool_calls": [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]})
+    yield chunk({}, choice.get("finish_reason") or "stop")
+    usage = body.get("usage") or {}
+    yield {
+        **base,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "completion_tokens": usage.get("completion_tokens", 0),
+            "total_tokens": usage.get("total_tokens", 0),
+            "cost_usd": "0",
+        },
+    }
+
+
+class _Transcript:
+    """A streamed answer put back together as a chat completion, for the cache: only a text answer
+    that finished with `stop` (tool-call deltas are not reassembled)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish: str | None = None
+        self.cacheable = True
+        self.first: dict[str, Any] | None = None
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.first = self.first or chunk
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call") or choice.get("index", 0) != 0:
+                self.cacheable = False
+            if isinstance(delta.get("content"), str):
+                self.parts.append(delta["content"])
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+
+    def completion(self, entry: PricedModel, usage: Usage) -> dict[str, Any] | None:
+        if not self.cacheable or self.finish != "stop" or self.first is None:
+            return None
+        return {
+            "id": self.first.get("id"),
+            "object": "chat.completion",
+            "created": self.first.get("created", int(time.time())),
+            "model": entry.model.name,
+            **({"system_fingerprint": "simulated"} if entry.model.is_simulated else {}),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.parts)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": usage.input_tokens,
+                "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.input_tokens + usage.output_tokens,
+            },
+        }
 
 
 def _relay(
@@ -561,14 +677,18 @@ def _relay(
     first: StreamChunk,
     upstream: Iterator[StreamChunk],
     started: float,
+    fill: Callable[[PricedModel, dict[str, Any], Decimal], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     usage: Usage | None = None
     completed = False
+    transcript = _Transcript() if fill is not None else None
     try:
         for item in _chain(first, upstream):
             if item.usage is not None:
                 usage = item.usage
             if item.chunk is not None:
+                if transcript is not None:
+                    transcript.add(item.chunk)
                 yield {**item.chunk, "model": entry.model.name}
         completed = True
     except ProviderError as error:
@@ -604,6 +724,9 @@ def _relay(
     attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
     breaker_record(entry.model.provider, entry.model.name, success=True)
     deployment_observe(entry.model.name, success=True, latency_ms=latency_ms)
+    body = transcript.completion(entry, usage) if transcript is not None else None
+    if fill is not None and body is not None:
+        fill(entry, body, settlement.cost_usd)
     yield {
         "id": f"chatcmpl-{attempt.request_id}",
         "object": "chat.completion.chunk",

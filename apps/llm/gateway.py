@@ -124,7 +124,7 @@ def _stream_response(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response["x-cognitionos-request-id"] = stream.request_id
-    response["x-cognitionos-cache"] = "miss"
+    response["x-cognitionos-cache"] = stream.cache
     if stream.simulated:
         response["x-cognitionos-simulated"] = "true"
     return response
