@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
 MAX_GRACE_SECONDS = 7 * 24 * 3600
-MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 RESPONSE_READ_BYTES = 64 * 1024
 USER_AGENT = "CognitionOS-Webhooks/1"
 
@@ -50,7 +50,11 @@ class WebhookInvalid(ValueError):
 
 
 class WebhookConflict(Exception):
-    """The operation does not apply in the object's current state."""
+    """The operation does not apply in the object's current state; `code` says why."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # --- secrets ---------------------------------------------------------------------------------
@@ -340,6 +344,26 @@ def webhook_event_emit(
     return deliveries
 
 
+def webhook_endpoint_test(*, organization: Organization, actor: Principal, endpoint_id: uuid.UUID) -> WebhookDelivery:
+    """Send a `webhook.test` event to one endpoint (whatever it subscribed to). Raises
+    WebhookEndpoint.DoesNotExist, or WebhookConflict if the endpoint is disabled."""
+    with organization_schema(organization), transaction.atomic():
+        endpoint = WebhookEndpoint.objects.get(pk=endpoint_id)
+        if not endpoint.is_active:
+            raise WebhookConflict("the endpoint is disabled; enable it first", code="endpoint_disabled")
+        [delivery] = webhook_event_emit(
+            organization=organization,
+            event_type="webhook.test",
+            payload={
+                "message": "A test event from CognitionOS.",
+                "endpoint_id": str(endpoint.pk),
+                "sent_by": actor.label,
+            },
+            endpoint_id=endpoint.pk,
+        )
+    return delivery
+
+
 def webhook_delivery_retry(*, organization: Organization, actor: Principal, delivery_id: uuid.UUID) -> WebhookDelivery:
     """Send a delivery again now. A finished one (succeeded or failed) gets a new delivery of the
     same event (same event id) to the same endpoint; a scheduled one has its next attempt moved to
@@ -350,10 +374,10 @@ def webhook_delivery_retry(*, organization: Organization, actor: Principal, deli
             WebhookDelivery.objects.select_for_update(of=("self",)).select_related("endpoint").get(pk=delivery_id)
         )
         if not delivery.endpoint.is_active:
-            raise WebhookConflict("the endpoint is disabled; enable it first")
+            raise WebhookConflict("the endpoint is disabled; enable it first", code="endpoint_disabled")
         if delivery.status in SCHEDULED:
             if delivery.locked_until is not None and delivery.locked_until > now:
-                raise WebhookConflict("an attempt of this delivery is in progress")
+                raise WebhookConflict("an attempt of this delivery is in progress", code="delivery_in_progress")
             delivery.next_attempt_at = now
             delivery.dispatched_at = now
             delivery.save(update_fields=["next_attempt_at", "dispatched_at"])
