@@ -180,3 +180,12 @@ def test_the_cli_shows_and_changes_the_settings(two_tenants: tuple[Organization,
         call_command("llm", "settings", "--tenant", tenant_a.slug, "--semantic-threshold", "0.1")
     with pytest.raises(CommandError, match="no organization"):
         call_command("llm", "settings", "--tenant", "no-such-org")
+
+
+def test_the_retention_sweep_runs_on_beat_for_every_organization(settings: Any) -> None:
+    import apps.llm.tasks  # noqa: F401 - registers the tasks, as the worker's autodiscovery does
+    from cognitionos.celery import app
+
+    entry = settings.CELERY_BEAT_SCHEDULE["llm-content-sweep"]
+    assert entry["task"] in app.tasks and entry["schedule"] <= 24 * 3600
+    assert "apps.llm.tasks.llm_content_sweep_one" in app.tasks
