@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +59,23 @@ def test_during_a_rotation_either_secret_verifies() -> None:
     assert header.count("v1=") == 2
     assert webhook_signature_verify("whsec_new", header, BODY, now=NOW) == NOW
     assert webhook_signature_verify("whsec_old", header, BODY, now=NOW) == NOW
+
+
+def test_the_verification_example_in_the_docs_accepts_our_signatures_and_rejects_forgeries() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/webhooks.md", "exec"), namespace)  # noqa: S102  # our own documentation
+    verify, invalid = namespace["verify"], namespace["InvalidSignature"]
+    now = int(time.time())
+    header = webhook_signature_header(["whsec_new", "whsec_old"], BODY, timestamp=now)
+    assert verify("whsec_new", header, BODY) == now
+    assert verify("whsec_old", header, BODY) == now
+    for secret, body, signed in (
+        ("whsec_other", BODY, header),
+        ("whsec_new", BODY + b"x", header),
+        ("whsec_new", BODY, webhook_signature_header(["whsec_new"], BODY, timestamp=now - 3600)),
+        ("whsec_new", BODY, None),
+    ):
+        with pytest.raises(invalid):
+            verify(secret, signed, body)
