@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from apps.webhooks.services import (
     webhook_endpoint_update,
     webhook_event_emit,
     webhook_secret_rotate,
+    webhook_secrets_reencrypt,
 )
 from tests.factories import TEST_ACTOR
 from tests.webhooks.conftest import SentTasks
@@ -227,3 +229,17 @@ def test_a_secret_sealed_for_one_organization_does_not_open_in_another(
     endpoint = _endpoint(a, ["*"])
     with pytest.raises(InvalidTag):
         webhook_endpoint_secrets(organization=b, endpoint=endpoint)
+
+
+def test_secrets_are_reencrypted_under_a_new_key(tenant: Organization, settings: Any) -> None:
+    k1, k2 = base64.b64encode(b"1" * 32).decode(), base64.b64encode(b"2" * 32).decode()
+    settings.CREDENTIALS_ENCRYPTION_KEYS = f"k1:{k1}"
+    endpoint, old = webhook_endpoint_create(organization=tenant, actor=TEST_ACTOR, url=URL, events=["*"])
+    _, secret = webhook_secret_rotate(organization=tenant, actor=TEST_ACTOR, endpoint_id=endpoint.pk, grace_s=600)
+    settings.CREDENTIALS_ENCRYPTION_KEYS = f"k2:{k2},k1:{k1}"
+    assert webhook_secrets_reencrypt(organization=tenant) == 1
+    assert webhook_secrets_reencrypt(organization=tenant) == 0
+    settings.CREDENTIALS_ENCRYPTION_KEYS = f"k2:{k2}"  # k1 retired
+    stored = WebhookEndpoint.objects.get(pk=endpoint.pk)
+    assert (stored.secret_key_id, stored.previous_secret_key_id) == ("k2", "k2")
+    assert webhook_endpoint_secrets(organization=tenant, endpoint=stored) == [secret, old]

@@ -309,3 +309,12 @@ def test_https_verifies_the_certificate_for_the_name_and_sends_it_as_sni(
         fake_dns("other.example.test", [["127.0.0.1"]])
         with pytest.raises(OutboundError, match="CERTIFICATE_VERIFY_FAILED"):
             outbound_request(method="GET", url=f"https://other.example.test:{port}/", timeout_s=5)
+
+
+@pytest.mark.parametrize("value", ["h\u00e9llo", "a\r\nX-Injected: yes"])
+def test_invalid_header_values_are_refused_or_fail_without_injecting(settings: Any, value: str) -> None:
+    settings.OUTBOUND_ALLOW_PRIVATE_NETWORKS = True
+    with http_receiver() as receiver:
+        with pytest.raises((OutboundRefused, OutboundError)):
+            outbound_request(method="GET", url=receiver.url, headers={"X-Value": value}, timeout_s=2)
+    assert all("X-Injected" not in request.headers for request in receiver.received)
