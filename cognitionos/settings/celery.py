@@ -40,6 +40,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
     # Jobs whose worker died (heartbeat stopped) are requeued or failed.
     "jobs-reap": {"task": "apps.jobs.tasks.jobs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
+    # Workflow steps whose worker died or whose message was lost are sent again.
+    "workflows-reap": {"task": "apps.workflows.tasks.workflow_runs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
     # Webhook retries are scheduled in the database (next_attempt_at); this sends the due ones.

@@ -1,0 +1,81 @@
+"""Reads of workflows and runs (the current organization's schema)."""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal
+from uuid import UUID
+
+from django.db.models import QuerySet, Sum
+from django.shortcuts import get_object_or_404
+
+from apps.jobs.models import Agent
+from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.tenants.connection import tenant_connection
+from apps.workflows.definition import Definition, definition_parse
+from apps.workflows.models import StepRun, Workflow, WorkflowRun, WorkflowVersion
+
+
+def workflow_get(*, workflow_id: UUID) -> Workflow:
+    """A workflow of the current organization, or 404."""
+    return get_object_or_404(Workflow, pk=workflow_id)
+
+
+def workflow_latest_version(*, workflow: Workflow) -> WorkflowVersion:
+    version = WorkflowVersion.objects.filter(workflow=workflow).order_by("-number").first()
+    assert version is not None, "a workflow is created with its first version"
+    return version
+
+
+def workflow_list() -> QuerySet[Workflow]:
+    return Workflow.objects.all()
+
+
+def workflow_versions(*, workflow: Workflow) -> QuerySet[WorkflowVersion]:
+    return WorkflowVersion.objects.filter(workflow=workflow).order_by("-number")
+
+
+def run_get(*, run_id: UUID) -> WorkflowRun:
+    return get_object_or_404(WorkflowRun.objects.select_related("workflow", "version"), pk=run_id)
+
+
+def run_list() -> QuerySet[WorkflowRun]:
+    return WorkflowRun.objects.select_related("workflow", "version")
+
+
+def run_steps(*, run: WorkflowRun) -> list[StepRun]:
+    return list(StepRun.objects.filter(run=run).order_by("position"))
+
+
+@functools.lru_cache(maxsize=512)
+def _definition(schema: str, version_id: int) -> Definition:
+    version = WorkflowVersion.objects.get(pk=version_id)
+    return definition_parse(version.definition)
+
+
+def definition_of(*, version: WorkflowVersion) -> Definition:
+    """The parsed definition of a version (versions never change, so it is kept per process)."""
+    return _definition(tenant_connection().schema_name, version.pk)
+
+
+def agent_find(*, reference: str) -> Agent | None:
+    """An agent of this organization by id or by name."""
+    try:
+        return Agent.objects.filter(pk=UUID(reference)).first()
+    except ValueError:
+        return Agent.objects.filter(name=reference).first()
+
+
+def ledger_open_attempts(*, request_prefix: str) -> tuple[list[str], Decimal]:
+    """Request ids with a reservation still open under a prefix (a step's calls), and the total
+    reserved: what settling them from their reservations will charge."""
+    open_attempts = UsageAttempt.objects.filter(status=AttemptStatus.RESERVED, request_id__startswith=request_prefix)
+    ids = sorted(set(open_attempts.values_list("request_id", flat=True)))
+    reserved = open_attempts.aggregate(total=Sum("reserved_usd"))["total"] or Decimal(0)
+    return ids, reserved
+
+
+def ledger_cost(*, request_prefix: str) -> Decimal:
+    """What the ledger holds for the calls whose request id starts with `request_prefix`."""
+    total = UsageAttempt.objects.filter(request_id__startswith=request_prefix).aggregate(total=Sum("cost_usd"))
+    return total["total"] or Decimal(0)
