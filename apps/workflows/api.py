@@ -1,0 +1,433 @@
+"""REST API v1: workflows (versioned definitions), their cost preview, runs and run progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import django_filters
+from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.principals import Principal
+from apps.api.errors import ApiError
+from apps.api.idempotency import idempotent
+from apps.tenants.connection import organization_schema
+from apps.tenants.models import Organization
+from apps.workflows.definition import DefinitionInvalid
+from apps.workflows.models import RunStatus, StepRun, Workflow, WorkflowRun, WorkflowVersion
+from apps.workflows.preview import workflow_cost_preview
+from apps.workflows.selectors import (
+    definition_of,
+    run_get,
+    run_list,
+    run_steps,
+    workflow_get,
+    workflow_latest_version,
+    workflow_list,
+    workflow_versions,
+)
+from apps.workflows.services import (
+    RunFinished,
+    RunInputInvalid,
+    RunNotRerunnable,
+    WorkflowNameTaken,
+    definition_check,
+    run_cancel,
+    run_rerun,
+    run_start,
+    workflow_create,
+    workflow_update,
+)
+
+# How long one events stream stays open; clients reconnect to follow a longer run.
+EVENTS_STREAM_SECONDS = 600
+EVENTS_POLL_SECONDS = 0.5
+
+
+def _organization(request: Request) -> Organization:
+    tenant: Organization = request._request.tenant  # type: ignore[attr-defined]
+    return tenant
+
+
+def _principal(request: Request) -> Principal:
+    principal = request.auth
+    assert isinstance(principal, Principal), "IsOrganizationMember lets only principals in"
+    return principal
+
+
+def _definition_error(error: DefinitionInvalid) -> ValidationError:
+    """400 naming the first problem's location (`definition.steps[1].prompt`), all of them in details."""
+    return ValidationError({"definition": {problem.location: [problem.message] for problem in error.problems}})
+
+
+def _name_taken(taken: WorkflowNameTaken) -> ApiError:
+    return ApiError(409, "workflow_name_taken", f"a workflow named {taken} already exists", param="name")
+
+
+def _ms(start: Any, end: Any) -> int | None:
+    return int((end - start).total_seconds() * 1000) if start and end else None
+
+
+# -- workflows ----------------------------------------------------------------------------------------
+
+
+class WorkflowInput(serializers.Serializer[Any]):
+    name = serializers.RegexField(r"^[\w .:-]{1,100}$", help_text="Unique in the organization.")
+    definition = serializers.JSONField(help_text="The definition: a JSON object, or YAML text.")
+
+
+class WorkflowChange(serializers.Serializer[Any]):
+    name = serializers.RegexField(r"^[\w .:-]{1,100}$", required=False)
+    definition = serializers.JSONField(required=False, help_text="A new version: a JSON object, or YAML text.")
+
+
+class VersionOutput(serializers.ModelSerializer[WorkflowVersion]):
+    version = serializers.IntegerField(source="number")
+    created_by = serializers.CharField(source="created_by_label")
+
+    class Meta:
+        model = WorkflowVersion
+        fields = ("version", "definition", "created_at", "created_by")
+
+
+def _workflow_data(workflow: Workflow, version: WorkflowVersion | None = None) -> dict[str, Any]:
+    version = version or workflow_latest_version(workflow=workflow)
+    return {
+        "id": str(workflow.pk),
+        "name": workflow.name,
+        "created_at": workflow.created_at,
+        "created_by": workflow.created_by_label,
+        "version": version.number,
+        "definition": version.definition,
+        "updated_at": version.created_at,
+    }
+
+
+class WorkflowOutput(serializers.Serializer[Any]):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    created_by = serializers.CharField()
+    version = serializers.IntegerField(help_text="The latest version's number.")
+    definition = serializers.JSONField(help_text="The latest version's definition.")
+    updated_at = serializers.DateTimeField(help_text="When the latest version was saved.")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        return super().to_representation(_workflow_data(instance))
+
+
+class WorkflowFilter(django_filters.FilterSet):
+    name = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = Workflow
+        fields = ("name",)
+
+
+class WorkflowListCreateApi(ListAPIView[Workflow]):
+    serializer_class = WorkflowOutput
+    filterset_class = WorkflowFilter
+
+    def get_queryset(self) -> QuerySet[Workflow]:
+        return workflow_list()
+
+    @extend_schema(request=WorkflowInput, responses={201: WorkflowOutput}, summary="Create a workflow")
+    @idempotent
+    def post(self, request: Request) -> Response:
+        data = WorkflowInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            version = workflow_create(
+                organization=_organization(request),
+                actor=_principal(request),
+                name=data.validated_data["name"],
+                definition=data.validated_data["definition"],
+            )
+        except DefinitionInvalid as error:
+            raise _definition_error(error) from error
+        except WorkflowNameTaken as taken:
+            raise ApiError(
+                409, "workflow_name_taken", f"a workflow named {taken} already exists", param="name"
+            ) from taken
+        workflow = version.workflow
+        return Response(
+            WorkflowOutput(workflow).data, status=201, headers={"Location": f"/api/v1/workflows/{workflow.pk}"}
+        )
+
+
+class WorkflowDetailApi(APIView):
+    @extend_schema(responses=WorkflowOutput, summary="A workflow, with its latest version")
+    def get(self, request: Request, workflow_id: UUID) -> Response:
+        return Response(WorkflowOutput(workflow_get(workflow_id=workflow_id)).data)
+
+    def _change(self, request: Request, workflow_id: UUID, *, full: bool) -> Response:
+        workflow = workflow_get(workflow_id=workflow_id)
+        data = WorkflowChange(data=request.data)
+        data.is_valid(raise_exception=True)
+        if full and "definition" not in data.validated_data:
+            raise ValidationError({"definition": ["PUT replaces the definition: give one (PATCH to rename only)"]})
+        try:
+            workflow_update(
+                organization=_organization(request),
+                actor=_principal(request),
+                workflow=workflow,
+                name=data.validated_data.get("name"),
+                definition=data.validated_data.get("definition"),
+            )
+        except DefinitionInvalid as error:
+            raise _definition_error(error) from error
+        except WorkflowNameTaken as taken:
+            raise ApiError(
+                409, "workflow_name_taken", f"a workflow named {taken} already exists", param="name"
+            ) from taken
+        workflow.refresh_from_db()
+        return Response(WorkflowOutput(workflow).data)
+
+    @extend_schema(request=WorkflowChange, responses=WorkflowOutput, summary="Save a new version of the definition")
+    def put(self, request: Request, workflow_id: UUID) -> Response:
+        return self._change(request, workflow_id, full=True)
+
+    @extend_schema(
+        request=WorkflowChange, responses=WorkflowOutput, summary="Rename, and/or save a new version of the definition"
+    )
+    def patch(self, request: Request, workflow_id: UUID) -> Response:
+        return self._change(request, workflow_id, full=False)
+
+
+class WorkflowVersionsApi(ListAPIView[WorkflowVersion]):
+    serializer_class = VersionOutput
+
+    def get_queryset(self) -> QuerySet[WorkflowVersion]:
+        if getattr(self, "swagger_fake_view", False):  # the OpenAPI schema's introspection
+            return WorkflowVersion.objects.none()
+        return workflow_versions(workflow=workflow_get(workflow_id=self.kwargs["workflow_id"]))
+
+
+class PreviewInput(serializers.Serializer[Any]):
+    input = serializers.DictField(required=False, help_text="The run's input, if known: sizes prompts better.")
+    version = serializers.IntegerField(required=False, min_value=1)
+    definition = serializers.JSONField(required=False, help_text="Preview this definition instead of a saved one.")
+
+
+def _version(workflow: Workflow, number: int | None) -> WorkflowVersion:
+    if number is None:
+        return workflow_latest_version(workflow=workflow)
+    version = workflow_versions(workflow=workflow).filter(number=number).first()
+    if version is None:
+        raise ApiError(404, "version_not_found", f"this workflow has no version {number}", param="version")
+    return version
+
+
+class WorkflowPreviewApi(APIView):
+    @extend_schema(
+        request=PreviewInput,
+        responses={200: OpenApiResponse(description="expected and worst-case cost per step, and the budgets")},
+        summary="What a run would cost",
+    )
+    def post(self, request: Request, workflow_id: UUID) -> Response:
+        workflow = workflow_get(workflow_id=workflow_id)
+        data = PreviewInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        if "definition" in data.validated_data:
+            try:
+                _, definition = definition_check(raw=data.validated_data["definition"])
+            except DefinitionInvalid as error:
+                raise _definition_error(error) from error
+        else:
+            definition = definition_of(version=_version(workflow, data.validated_data.get("version")))
+        preview = workflow_cost_preview(
+            principal=_principal(request), definition=definition, data=data.validated_data.get("input")
+        )
+        return Response(preview)
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+
+
+class RunInput(serializers.Serializer[Any]):
+    input = serializers.JSONField(required=False, help_text="The values `{{ input.x }}` refers to (an object).")
+    version = serializers.IntegerField(required=False, min_value=1, help_text="Default: the latest version.")
+
+
+def _step_data(step: StepRun, types: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "type": types.get(step.name),
+        "status": step.status,
+        "output": step.output,
+        "cost_usd": str(step.cost_usd),
+        "tokens": {"input": step.input_tokens, "output": step.output_tokens},
+        "model": step.model or None,
+        "cache": step.cache_layer or None,
+        "attempts": step.attempts,
+        "reused": step.reused,
+        "items_done": len(step.items) if types.get(step.name) == "map" else None,
+        "error": {"class": step.error_class, "message": step.error_message} if step.error_class else None,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "duration_ms": _ms(step.started_at, step.finished_at),
+    }
+
+
+def _run_data(run: WorkflowRun, *, steps: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": str(run.pk),
+        "workflow": {"id": str(run.workflow_id), "name": run.workflow.name},
+        "version": run.version.number,
+        "status": run.status,
+        "input": run.input,
+        "output": run.output,
+        "cost_usd": str(run.cost_usd),
+        "error": {"class": run.error_class, "message": run.error_message} if run.error_class else None,
+        "rerun_of": str(run.rerun_of_id) if run.rerun_of_id else None,
+        "created_by": run.principal_label,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "timings": {"queued_ms": _ms(run.created_at, run.started_at), "run_ms": _ms(run.started_at, run.finished_at)},
+    }
+    if steps:
+        types = {step.name: step.type for step in definition_of(version=run.version).steps}
+        data["steps"] = [_step_data(step, types) for step in run_steps(run=run)]
+    return data
+
+
+class RunOutput(serializers.Serializer[WorkflowRun]):
+    """A run: its status, per-step status, output, tokens, cost and timings, and the run's output."""
+
+    def to_representation(self, instance: WorkflowRun) -> dict[str, Any]:
+        return _run_data(instance, steps=bool(self.context.get("steps", True)))
+
+
+class WorkflowRunsApi(APIView):
+    @extend_schema(request=RunInput, responses={202: RunOutput}, summary="Start a run")
+    @idempotent
+    def post(self, request: Request, workflow_id: UUID) -> Response:
+        workflow = workflow_get(workflow_id=workflow_id)
+        data = RunInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            run = run_start(
+                organization=_organization(request),
+                principal=_principal(request),
+                workflow=workflow,
+                input=data.validated_data.get("input", {}),
+                version=_version(workflow, data.validated_data.get("version")),
+            )
+        except RunInputInvalid as invalid:
+            raise ApiError(400, "invalid_input", f"{invalid.param}: {invalid}", param=invalid.param) from invalid
+        return Response(RunOutput(run).data, status=202, headers={"Location": f"/api/v1/runs/{run.pk}"})
+
+
+class RunFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=RunStatus.choices)
+    workflow = django_filters.UUIDFilter(field_name="workflow_id")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = WorkflowRun
+        fields = ("status", "workflow")
+
+
+class RunListApi(ListAPIView[WorkflowRun]):
+    serializer_class = RunOutput
+    filterset_class = RunFilter
+
+    def get_queryset(self) -> QuerySet[WorkflowRun]:
+        return run_list()
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "steps": False}
+
+
+class RunDetailApi(APIView):
+    @extend_schema(responses=RunOutput, summary="A run: status, steps and, once done, its output")
+    def get(self, request: Request, run_id: UUID) -> Response:
+        return Response(RunOutput(run_get(run_id=run_id)).data)
+
+
+class RunCancelApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: RunOutput, 409: OpenApiResponse(description="the run already finished")},
+        summary="Cancel a run",
+    )
+    def post(self, request: Request, run_id: UUID) -> Response:
+        run = run_get(run_id=run_id)
+        try:
+            run = run_cancel(organization=_organization(request), actor=_principal(request), run=run)
+        except RunFinished as finished:
+            raise ApiError(409, "run_finished", f"the run already ended ({finished}); nothing to cancel") from finished
+        return Response(RunOutput(run).data)
+
+
+class RunRerunApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={202: RunOutput, 409: OpenApiResponse(description="the run has no failed step")},
+        summary="Run again from the failed step (a new run; earlier outputs kept)",
+    )
+    @idempotent
+    def post(self, request: Request, run_id: UUID) -> Response:
+        run = run_get(run_id=run_id)
+        try:
+            rerun = run_rerun(organization=_organization(request), actor=_principal(request), run=run)
+        except RunNotRerunnable as refused:
+            raise ApiError(
+                409, "run_not_failed", f"only a failed run can be re-run from its failed step (this one is {refused})"
+            ) from refused
+        return Response(RunOutput(rerun).data, status=202, headers={"Location": f"/api/v1/runs/{rerun.pk}"})
+
+
+class RunEventsApi(APIView):
+    @extend_schema(
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                description="`step` events when a step changes, `run` events when the run does, until it ends"
+            )
+        },
+        summary="Follow a run's progress (server-sent events)",
+    )
+    def get(self, request: Request, run_id: UUID) -> StreamingHttpResponse:
+        run = run_get(run_id=run_id)
+        response = StreamingHttpResponse(_run_events(_organization(request), run.pk), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+
+def _run_events(organization: Organization, run_id: UUID) -> Iterator[str]:
+    """Polls the database every EVENTS_POLL_SECONDS; sends what changed, ends with the run."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + EVENTS_STREAM_SECONDS
+    while time.monotonic() < deadline:
+        with organization_schema(organization):
+            run = WorkflowRun.objects.select_related("workflow", "version").filter(pk=run_id).first()
+            if run is None:
+                return
+            data = _run_data(run, steps=True)
+        for step in data["steps"]:
+            state = json.dumps(step, default=str, sort_keys=True)
+            if seen.get(f"step:{step['name']}") != state:
+                seen[f"step:{step['name']}"] = state
+                yield f"event: step\ndata: {state}\n\n"
+        summary = {key: value for key, value in data.items() if key != "steps"}
+        state = json.dumps(summary, default=str, sort_keys=True)
+        if seen.get("run") != state:
+            seen["run"] = state
+            yield f"event: run\ndata: {state}\n\n"
+        if run.is_finished:
+            return
+        time.sleep(EVENTS_POLL_SECONDS)

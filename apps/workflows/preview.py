@@ -1,0 +1,297 @@
+"""What a run would cost, before running it: expected and worst case per step, from the catalog's
+prices, next to what the organization's budgets have left.
+
+Worst case is what the engine would reserve: every prompt byte counted as a token (no token is
+shorter than a byte), the answer at `max_tokens` (or the model's ceiling), the most expensive model
+a policy or fallback chain could pick, every branch taken. Expected assumes about four bytes per
+token and answers of EXPECTED_OUTPUT_TOKENS (or less when `max_tokens` says so), on the model the
+router would pick now. Input fields the preview is not given, and outputs of non-llm steps, are
+sized by the constants below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from apps.accounts.principals import Principal
+from apps.llm.budgets import period_start
+from apps.llm.models import Budget, BudgetWindow
+from apps.llm.platform.selectors import PricedModel, catalog
+from apps.llm.router import UnknownModel, candidates
+from apps.llm.semantic import embedding_model_name
+from apps.workflows.definition import Definition, StepSpec
+from apps.workflows.selectors import agent_find
+from apps.workflows.templating import Placeholder, Reference, Scope, Template, TemplateError, text_of
+
+EXPECTED_OUTPUT_TOKENS = 300
+BYTES_PER_TOKEN = 4
+UNKNOWN_INPUT_BYTES = 1000
+RETRIEVED_CHUNK_BYTES = 1500
+HTTP_OUTPUT_BYTES = 2000
+MESSAGE_OVERHEAD_TOKENS = 8
+CENTS = Decimal("0.00000001")
+
+
+@dataclass(frozen=True)
+class _Size:
+    """How large a step's output (or a rendered template) is expected to be, and at most, in bytes."""
+
+    expected: int
+    worst: int
+
+    def __add__(self, other: _Size) -> _Size:
+        return _Size(self.expected + other.expected, self.worst + other.worst)
+
+    def times(self, count: int) -> _Size:
+        return _Size(self.expected * count, self.worst * count)
+
+
+@dataclass
+class _StepCost:
+    expected: Decimal
+    worst: Decimal
+    output: _Size
+    detail: dict[str, Any]
+
+
+def _order(definition: Definition) -> list[StepSpec]:
+    done: set[str] = set()
+    ordered: list[StepSpec] = []
+    while len(ordered) < len(definition.steps):
+        for step in definition.steps:
+            if step.name not in done and step.depends_on <= done:
+                ordered.append(step)
+                done.add(step.name)
+    return ordered
+
+
+class _Estimator:
+    def __init__(self, principal: Principal, data: dict[str, Any] | None) -> None:
+        self.principal = principal
+        self.input = data
+        self.sizes: dict[str, _Size] = {}
+        self.catalog = catalog()
+        self.assumptions: set[str] = set()
+
+    def _value_size(self, reference: Reference, item: Any) -> _Size:
+        root = reference.path[0]
+        if root == "steps":
+            return self.sizes.get(reference.path[1], _Size(0, 0))
+        if root == "index":
+            return _Size(4, 4)
+        try:
+            if root == "input" and self.input is not None:
+                value = Scope(input=self.input, outputs={}).lookup(reference)
+            elif root == "item" and item is not None:
+                value = Scope(input={}, outputs={}).with_item(item, 0).lookup(reference)
+            else:
+                raise TemplateError("unknown")
+        except TemplateError:
+            self.assumptions.add(f"an input value the preview was not given counts as {UNKNOWN_INPUT_BYTES} bytes")
+            return _Size(UNKNOWN_INPUT_BYTES, UNKNOWN_INPUT_BYTES)
+        size = len(text_of(value).encode())
+        return _Size(size, size)
+
+    def _placeholder_size(self, placeholder: Placeholder, item: Any) -> _Size:
+        sizes = [self._value_size(reference, item) for reference in placeholder.references]
+        if not sizes:
+            return _Size(0, 0)
+        return _Size(sizes[0].expected, max(size.worst for size in sizes))
+
+    def template_size(self, template: Template | None, item: Any = None) -> _Size:
+        total = _Size(0, 0)
+        if template is None:
+            return total
+        for part in template.parts:
+            if isinstance(part, str):
+                total += _Size(len(part.encode()), len(part.encode()))
+            else:
+                total += self._placeholder_size(part, item)
+        return total
+
+    # -- step types ----------------------------------------------------------------------------------
+
+    def _models(self, spec: StepSpec) -> tuple[list[PricedModel], int | None, str]:
+        config = dict(spec.config)
+        if config.get("agent") is not None:
+            agent = agent_find(reference=config["agent"])
+            if agent is None:
+                return [], None, f"no agent {config['agent']!r}"
+            if "model" not in config and "policy" not in config:
+                config["model" if agent.model else "policy"] = agent.model or agent.policy
+                config.setdefault("min_quality", agent.min_quality)
+            if config.get("max_tokens") is None and agent.max_tokens is not None:
+                config["max_tokens"] = agent.max_tokens
+        try:
+            found = candidates(
+                model=config.get("model"),
+                policy=config.get("policy"),
+                min_quality=int(config.get("min_quality") or 1),
+                prompt_tokens=1000,
+                output_tokens=int(config.get("max_tokens") or EXPECTED_OUTPUT_TOKENS),
+            )
+        except UnknownModel:
+            return [], None, f"unknown model {config.get('model')!r}"
+        priced = [entry for entry in found if entry.price is not None]
+        return priced, config.get("max_tokens"), "" if priced else "no priced model can serve this step"
+
+    def llm(self, spec: StepSpec, item: Any = None) -> _StepCost:
+        prompt = self.template_size(spec.template("prompt"), item) + self.template_size(spec.template("system"), item)
+        entries, max_tokens, problem = self._models(spec)
+        if problem:
+            return _StepCost(Decimal(0), Decimal(0), _Size(0, 0), {"error": problem})
+        first = entries[0]
+        expected_out = min(max_tokens or first.model.max_output_tokens, EXPECTED_OUTPUT_TOKENS)
+        expected_in = math.ceil(prompt.expected / BYTES_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
+        assert first.price is not None
+        expected = first.price.cost(input_tokens=expected_in, cached_input_tokens=0, output_tokens=expected_out)
+        worst, worst_out, worst_model = Decimal(0), 0, first.model.name
+        for entry in entries:
+            assert entry.price is not None
+            out = min(max_tokens or entry.model.max_output_tokens, entry.model.max_output_tokens)
+            cost = entry.price.cost(
+                input_tokens=prompt.worst + MESSAGE_OVERHEAD_TOKENS, cached_input_tokens=0, output_tokens=out
+            )
+            if cost >= worst:
+                worst, worst_out, worst_model = cost, out, entry.model.name
+        return _StepCost(
+            expected,
+            worst,
+            _Size(expected_out * BYTES_PER_TOKEN, worst_out * BYTES_PER_TOKEN),
+            {
+                "model": first.model.name,
+                "worst_case_model": worst_model,
+                "expected_tokens": {"input": expected_in, "output": expected_out},
+                "worst_case_tokens": {"input": prompt.worst + MESSAGE_OVERHEAD_TOKENS, "output": worst_out},
+            },
+        )
+
+    def retrieve(self, spec: StepSpec, item: Any = None) -> _StepCost:
+        query = self.template_size(spec.template("query"), item)
+        top_k = int(spec.config.get("top_k") or 4)
+        output = _Size(top_k * RETRIEVED_CHUNK_BYTES, top_k * RETRIEVED_CHUNK_BYTES)
+        self.assumptions.add(f"a retrieved chunk counts as {RETRIEVED_CHUNK_BYTES} bytes")
+        name = embedding_model_name()
+        entry = self.catalog.get(name) if name else None
+        if entry is None or entry.price is None:
+            return _StepCost(Decimal(0), Decimal(0), output, {"error": "no embedding model is available"})
+        expected = entry.price.cost(
+            input_tokens=math.ceil(query.expected / BYTES_PER_TOKEN), cached_input_tokens=0, output_tokens=0
+        )
+        worst = entry.price.cost(input_tokens=query.worst, cached_input_tokens=0, output_tokens=0)
+        return _StepCost(expected, worst, output, {"model": name})
+
+    def free(self, spec: StepSpec, item: Any = None) -> _StepCost:
+        if spec.type == "transform":
+            output = self.template_size(spec.template("template") or spec.template("value"), item)
+        elif spec.type == "condition":
+            output = _Size(5, 5)
+        else:
+            self.assumptions.add(f"an http answer counts as {HTTP_OUTPUT_BYTES} bytes")
+            output = _Size(HTTP_OUTPUT_BYTES, HTTP_OUTPUT_BYTES)
+        return _StepCost(Decimal(0), Decimal(0), output, {})
+
+    def one(self, spec: StepSpec, item: Any = None) -> _StepCost:
+        if spec.type == "llm":
+            return self.llm(spec, item)
+        if spec.type == "retrieve":
+            return self.retrieve(spec, item)
+        return self.free(spec, item)
+
+    def map(self, spec: StepSpec) -> _StepCost:
+        assert spec.inner is not None
+        items: list[Any] | None = None
+        template = spec.template("items")
+        if self.input is not None and template is not None:
+            try:
+                resolved = template.resolve(Scope(input=self.input, outputs={}))
+                items = resolved if isinstance(resolved, list) else None
+            except TemplateError:
+                items = None
+        if items is None:
+            self.assumptions.add("a map whose items are not in the preview's input counts as one item")
+            inner = self.one(spec.inner)
+            count = 1
+        else:
+            count = len(items)
+            costs = [self.one(spec.inner, item) for item in items] or [self.one(spec.inner)]
+            inner = _StepCost(
+                sum((cost.expected for cost in costs), Decimal(0)) / max(count, 1),
+                max(cost.worst for cost in costs),
+                costs[0].output,
+                costs[0].detail,
+            )
+        detail = {**inner.detail, "items": count if items is not None else None}
+        return _StepCost(inner.expected * count, inner.worst * count, inner.output.times(count), detail)
+
+
+def _budgets(principal: Principal) -> list[dict[str, Any]]:
+    """The organization's budgets that apply to the principal, with what their current period has left."""
+    now = timezone.now()
+    scopes = [("organization", "")]
+    if principal.kind == "api_key" and principal.id:
+        scopes.append(("key", principal.id))
+    if principal.kind in ("user", "operator") and principal.id:
+        scopes.append(("user", principal.id))
+    found = []
+    for scope, scope_id in scopes:
+        for budget in Budget.objects.filter(scope=scope, scope_id=scope_id).order_by("period"):
+            window = BudgetWindow.objects.filter(budget=budget, period_start=period_start(budget.period, now)).first()
+            spent = window.spent_usd if window else Decimal(0)
+            reserved = window.reserved_usd if window else Decimal(0)
+            found.append(
+                {
+                    "scope": scope,
+                    "period": budget.period,
+                    "hard": budget.hard,
+                    "limit_usd": str(budget.limit_usd),
+                    "spent_usd": str(spent),
+                    "reserved_usd": str(reserved),
+                    "remaining_usd": str(max(Decimal(0), budget.limit_usd - spent - reserved)),
+                }
+            )
+    return found
+
+
+def workflow_cost_preview(
+    *, principal: Principal, definition: Definition, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Expected and worst-case cost of a run, per step and in all, and the budgets it would draw on."""
+    estimator = _Estimator(principal, data)
+    steps: list[dict[str, Any]] = []
+    expected_total = worst_total = Decimal(0)
+    for spec in _order(definition):
+        cost = estimator.map(spec) if spec.type == "map" else estimator.one(spec)
+        estimator.sizes[spec.name] = cost.output
+        expected_total += cost.expected
+        worst_total += cost.worst
+        steps.append(
+            {
+                "name": spec.name,
+                "type": spec.type,
+                "expected_usd": str(cost.expected.quantize(CENTS)),
+                "worst_case_usd": str(cost.worst.quantize(CENTS)),
+                **cost.detail,
+            }
+        )
+    budgets = _budgets(principal)
+    remaining = [Decimal(budget["remaining_usd"]) for budget in budgets if budget["hard"]]
+    room = min(remaining) if remaining else None
+    order = {step.name: step.index for step in definition.steps}
+    return {
+        "currency": "USD",
+        "expected_usd": str(expected_total.quantize(CENTS)),
+        "worst_case_usd": str(worst_total.quantize(CENTS)),
+        "steps": sorted(steps, key=lambda step: order[step["name"]]),
+        "budgets": budgets,
+        "fits": {
+            "expected": room is None or expected_total <= room,
+            "worst_case": room is None or worst_total <= room,
+        },
+        "assumptions": sorted(estimator.assumptions),
+    }
