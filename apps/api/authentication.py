@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.rbac.selectors import membership_role
+from apps.tenants.models import Organization
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,17 @@ class MemberSessionAuthentication(SessionAuthentication):
         principal = Principal.for_user(user)
         _django_request(request).principal = principal  # type: ignore[attr-defined]
         return user, principal
+
+
+def request_organization(request: Request) -> Organization:
+    """The organization an authenticated API request acts in (set by the tenant middleware)."""
+    tenant: Organization = _django_request(request).tenant  # type: ignore[attr-defined]
+    return tenant
+
+
+def request_principal(request: Request) -> Principal:
+    """Who made an authenticated API request; IsOrganizationMember lets nothing else through."""
+    principal = request.auth
+    if not isinstance(principal, Principal):
+        raise exceptions.NotAuthenticated()
+    return principal

@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
 from apps.api.idempotency import idempotent
 from apps.jobs.models import POLICIES, Agent, Job, JobStatus
@@ -102,7 +103,8 @@ class JobOutput(serializers.ModelSerializer[Job]):
     def get_model(self, job: Job) -> str | None:
         if job.result and job.result.get("model"):
             return str(job.result["model"])
-        return job.request.get("model") or job.request.get("policy")
+        requested = job.request.get("model") or job.request.get("policy")
+        return str(requested) if requested else None
 
     def get_timings(self, job: Job) -> dict[str, int | None]:
         def ms(start: Any, end: Any) -> int | None:
@@ -112,11 +114,6 @@ class JobOutput(serializers.ModelSerializer[Job]):
 
     def get_error(self, job: Job) -> dict[str, str] | None:
         return {"class": job.error_class, "message": job.error_message} if job.error_class else None
-
-
-def _organization(request: Request) -> Organization:
-    tenant: Organization = request._request.tenant  # type: ignore[attr-defined]
-    return tenant
 
 
 def _agent_for(reference: str) -> Agent:
@@ -157,8 +154,8 @@ class JobListCreateApi(ListAPIView[Job]):
         webhook_endpoint_id = fields.pop("webhook_endpoint_id", None)
         try:
             job = job_submit(
-                organization=_organization(request),
-                principal=request.auth,
+                organization=request_organization(request),
+                principal=request_principal(request),
                 request=fields,
                 agent=agent,
                 webhook_endpoint_id=webhook_endpoint_id,
@@ -183,7 +180,7 @@ class JobCancelApi(APIView):
     def post(self, request: Request, job_id: UUID) -> Response:
         job = job_get(job_id=job_id)
         try:
-            job = job_cancel(organization=_organization(request), actor=request.auth, job=job)
+            job = job_cancel(organization=request_organization(request), actor=request_principal(request), job=job)
         except JobFinished as finished:
             raise ApiError(409, "job_finished", f"the job already ended ({finished}); nothing to cancel") from finished
         return Response(JobOutput(job).data)
@@ -196,7 +193,9 @@ class JobEventsApi(APIView):
     )
     def get(self, request: Request, job_id: UUID) -> StreamingHttpResponse:
         job = job_get(job_id=job_id)
-        response = StreamingHttpResponse(_job_events(_organization(request), job.pk), content_type="text/event-stream")
+        response = StreamingHttpResponse(
+            _job_events(request_organization(request), job.pk), content_type="text/event-stream"
+        )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response
@@ -250,7 +249,8 @@ class AgentSerializer(serializers.ModelSerializer[Agent]):
         if bool(model) == bool(policy):
             raise serializers.ValidationError({"model": "give an agent a `model` or a routing `policy` (one of them)"})
         name = attrs.get("name")
-        if name and Agent.objects.filter(name=name).exclude(pk=getattr(instance, "pk", None)).exists():
+        others = Agent.objects.exclude(pk=instance.pk) if isinstance(instance, Agent) else Agent.objects.all()
+        if name and others.filter(name=name).exists():
             raise serializers.ValidationError({"name": f"an agent named {name!r} already exists"})
         return attrs
 
@@ -268,7 +268,9 @@ class AgentListCreateApi(ListAPIView[Agent]):
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
         fields["knowledge_document_ids"] = tuple(fields.get("knowledge_document_ids", ()))
-        agent = agent_create(organization=_organization(request), actor=request.auth, fields=AgentFields(**fields))
+        agent = agent_create(
+            organization=request_organization(request), actor=request_principal(request), fields=AgentFields(**fields)
+        )
         return Response(AgentSerializer(agent).data, status=201)
 
 
@@ -283,11 +285,18 @@ class AgentDetailApi(APIView):
         data = AgentSerializer(agent, data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         agent = agent_update(
-            organization=_organization(request), actor=request.auth, agent=agent, changes=dict(data.validated_data)
+            organization=request_organization(request),
+            actor=request_principal(request),
+            agent=agent,
+            changes=dict(data.validated_data),
         )
         return Response(AgentSerializer(agent).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, agent_id: UUID) -> Response:
-        agent_delete(organization=_organization(request), actor=request.auth, agent=agent_get(agent_id=agent_id))
+        agent_delete(
+            organization=request_organization(request),
+            actor=request_principal(request),
+            agent=agent_get(agent_id=agent_id),
+        )
         return Response(status=204)

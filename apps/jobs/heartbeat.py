@@ -53,7 +53,8 @@ class Heartbeats:
                         heartbeat_at=timezone.now()
                     )
         finally:
-            connection.close()  # back to the pool until the next beat
+            if not connection.in_atomic_block:
+                connection.close()  # back to the pool until the next beat
         return touched
 
     def _loop(self) -> None:

@@ -10,7 +10,7 @@ from apps.tenants.tasks import tenant_task
 
 
 def _organization() -> Organization:
-    tenant: Organization = tenant_connection().tenant
+    tenant: Organization = tenant_connection().tenant  # type: ignore[attr-defined]
     return tenant
 
 

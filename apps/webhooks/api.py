@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
-import django_filters  # type: ignore[import-untyped,unused-ignore]
+import django_filters
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404
@@ -18,10 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.principals import Principal
+from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
 from apps.api.idempotency import idempotent
-from apps.tenants.models import Organization
 from apps.webhooks.events import EVENT_TYPES
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from apps.webhooks.selectors import (
@@ -46,18 +45,6 @@ TAG = "webhooks"
 EVENTS_HELP = (
     "Event types to receive: any of " + ", ".join(sorted(EVENT_TYPES)) + "; a family such as `job.*`; or `*` for all."
 )
-
-
-def _organization(request: Request) -> Organization:
-    tenant: Organization = request._request.tenant  # type: ignore[attr-defined]
-    return tenant
-
-
-def _principal(request: Request) -> Principal:
-    principal = request.auth
-    if not isinstance(principal, Principal):  # IsOrganizationMember lets nothing else through
-        raise ApiError(401, "authentication_required", "authenticate with an API key or a member's session")
-    return principal
 
 
 @contextmanager
@@ -201,7 +188,7 @@ class EndpointListCreateApi(ListAPIView[WebhookEndpoint]):
         data.is_valid(raise_exception=True)
         with _refusals():
             endpoint, secret = webhook_endpoint_create(
-                organization=_organization(request), actor=_principal(request), **data.validated_data
+                organization=request_organization(request), actor=request_principal(request), **data.validated_data
             )
         return Response(
             EndpointWithSecretOutput(endpoint, context={"secret": secret}).data,
@@ -224,8 +211,8 @@ class EndpointDetailApi(APIView):
         data.is_valid(raise_exception=True)
         with _refusals():
             endpoint = webhook_endpoint_update(
-                organization=_organization(request),
-                actor=_principal(request),
+                organization=request_organization(request),
+                actor=request_principal(request),
                 endpoint_id=endpoint_id,
                 **data.validated_data,
             )
@@ -235,7 +222,7 @@ class EndpointDetailApi(APIView):
     def delete(self, request: Request, endpoint_id: UUID) -> Response:
         with _refusals():
             webhook_endpoint_delete(
-                organization=_organization(request), actor=_principal(request), endpoint_id=endpoint_id
+                organization=request_organization(request), actor=request_principal(request), endpoint_id=endpoint_id
             )
         return Response(status=204)
 
@@ -253,8 +240,8 @@ class EndpointRotateSecretApi(APIView):
         data.is_valid(raise_exception=True)
         with _refusals():
             endpoint, secret = webhook_secret_rotate(
-                organization=_organization(request),
-                actor=_principal(request),
+                organization=request_organization(request),
+                actor=request_principal(request),
                 endpoint_id=endpoint_id,
                 grace_s=data.validated_data["grace_period_seconds"],
             )
@@ -275,7 +262,7 @@ class EndpointTestApi(APIView):
     def post(self, request: Request, endpoint_id: UUID) -> Response:
         with _refusals():
             delivery = webhook_endpoint_test(
-                organization=_organization(request), actor=_principal(request), endpoint_id=endpoint_id
+                organization=request_organization(request), actor=request_principal(request), endpoint_id=endpoint_id
             )
         return Response(DeliveryOutput(delivery).data, status=202)
 
@@ -318,6 +305,6 @@ class DeliveryRetryApi(APIView):
     def post(self, request: Request, delivery_id: UUID) -> Response:
         with _refusals():
             delivery = webhook_delivery_retry(
-                organization=_organization(request), actor=_principal(request), delivery_id=delivery_id
+                organization=request_organization(request), actor=request_principal(request), delivery_id=delivery_id
             )
         return Response(DeliveryOutput(delivery).data, status=202)

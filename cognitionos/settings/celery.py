@@ -4,8 +4,8 @@ from urllib.parse import parse_qs, urlparse
 
 from .cache import REDIS_URL
 from .core import LONGEST_JOB_SECONDS
-from .jobs import JOB_REAPER_SECONDS
 from .env import env_str
+from .jobs import JOB_REAPER_SECONDS
 
 
 def kombu_url(redis_url: str) -> str:

@@ -368,6 +368,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
         provider = self.server.provider
         answer, delay = provider._answer(method, target.split("?", 1)[0], raw, headers)
+        provider._in_flight(+1)
         try:
             if answer.events is None:
                 if not provider._sleep(delay):
@@ -377,6 +378,8 @@ class _Handler(socketserver.StreamRequestHandler):
             return self._send_events(answer, delay, keep_alive=keep_alive and version == "HTTP/1.1")
         except OSError:
             return False
+        finally:
+            provider._in_flight(-1)
 
     def _read_body(self, headers: dict[str, str]) -> bytes:
         length = headers.get("content-length")
@@ -473,6 +476,8 @@ class FakeProvider:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._ids = itertools.count(1)
+        self._open = 0
+        self.max_in_flight = 0  # the most requests it was answering at once since the last reset
         self._id_prefix = secrets.token_hex(6)
 
     # ----------------------------------------------------------------- lifecycle
@@ -581,10 +586,16 @@ class FakeProvider:
             self._hangs.clear()
             self._failing_models = frozenset()
             self._failing_models_status = 503
+            self.max_in_flight = self._open
         self._chunk_delay_s = 0.0
         self.latency_s = self._initial_latency_s
 
     # ----------------------------------------------------------------- answering (server threads)
+
+    def _in_flight(self, change: int) -> None:
+        with self._lock:
+            self._open += change
+            self.max_in_flight = max(self.max_in_flight, self._open)
 
     def _sleep(self, seconds: float) -> bool:
         """Wait; False when the provider is stopping (the request is then dropped, not answered)."""

@@ -19,13 +19,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def celery_worker(*, concurrency: int = 8) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(
+    *, concurrency: int = 8, env: dict[str, str] | None = None, name: str = "main"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker process; `env` adds settings (the fake provider's OPENAI_BASE_URL, say)."""
+    process = worker_start(concurrency=concurrency, env=env, name=name)
+    try:
+        yield process
+    finally:
+        worker_stop(process)
+
+
+def worker_start(
+    *, concurrency: int = 8, env: dict[str, str] | None = None, name: str = "main"
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url_for_subprocess(),
         "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
+        **(env or {}),
     }
-    hostname = f"test-{os.getpid()}@%h"
+    hostname = f"test-{os.getpid()}-{name}@%h"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -52,16 +66,19 @@ def celery_worker(*, concurrency: int = 8) -> Iterator[subprocess.Popen[bytes]]:
         cwd=ROOT,
         env=env,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not celery_app.control.ping(timeout=0.5):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the test Celery worker did not come up")
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+    node = hostname.split("@", maxsplit=1)[0]
+    deadline = time.monotonic() + 60
+    while not any(node in name for reply in celery_app.control.ping(timeout=0.5) or [] for name in reply):
+        if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            process.wait()
+            raise RuntimeError("the test Celery worker did not come up")
+    return process
+
+
+def worker_stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
