@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.principals import Principal
+from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
 from apps.api.idempotency import idempotent
 from apps.tenants.connection import organization_schema
@@ -53,17 +53,6 @@ from apps.workflows.services import (
 # How long one events stream stays open; clients reconnect to follow a longer run.
 EVENTS_STREAM_SECONDS = 600
 EVENTS_POLL_SECONDS = 0.5
-
-
-def _organization(request: Request) -> Organization:
-    tenant: Organization = request._request.tenant  # type: ignore[attr-defined]
-    return tenant
-
-
-def _principal(request: Request) -> Principal:
-    principal = request.auth
-    assert isinstance(principal, Principal), "IsOrganizationMember lets only principals in"
-    return principal
 
 
 def _definition_error(error: DefinitionInvalid) -> ValidationError:
@@ -149,8 +138,8 @@ class WorkflowListCreateApi(ListAPIView[Workflow]):
         data.is_valid(raise_exception=True)
         try:
             version = workflow_create(
-                organization=_organization(request),
-                actor=_principal(request),
+                organization=request_organization(request),
+                actor=request_principal(request),
                 name=data.validated_data["name"],
                 definition=data.validated_data["definition"],
             )
@@ -179,8 +168,8 @@ class WorkflowDetailApi(APIView):
             raise ValidationError({"definition": ["PUT replaces the definition: give one (PATCH to rename only)"]})
         try:
             workflow_update(
-                organization=_organization(request),
-                actor=_principal(request),
+                organization=request_organization(request),
+                actor=request_principal(request),
                 workflow=workflow,
                 name=data.validated_data.get("name"),
                 definition=data.validated_data.get("definition"),
@@ -247,7 +236,7 @@ class WorkflowPreviewApi(APIView):
         else:
             definition = definition_of(version=_version(workflow, data.validated_data.get("version")))
         preview = workflow_cost_preview(
-            principal=_principal(request), definition=definition, data=data.validated_data.get("input")
+            principal=request_principal(request), definition=definition, data=data.validated_data.get("input")
         )
         return Response(preview)
 
@@ -319,8 +308,8 @@ class WorkflowRunsApi(APIView):
         data.is_valid(raise_exception=True)
         try:
             run = run_start(
-                organization=_organization(request),
-                principal=_principal(request),
+                organization=request_organization(request),
+                principal=request_principal(request),
                 workflow=workflow,
                 input=data.validated_data.get("input", {}),
                 version=_version(workflow, data.validated_data.get("version")),
@@ -367,7 +356,7 @@ class RunCancelApi(APIView):
     def post(self, request: Request, run_id: UUID) -> Response:
         run = run_get(run_id=run_id)
         try:
-            run = run_cancel(organization=_organization(request), actor=_principal(request), run=run)
+            run = run_cancel(organization=request_organization(request), actor=request_principal(request), run=run)
         except RunFinished as finished:
             raise ApiError(409, "run_finished", f"the run already ended ({finished}); nothing to cancel") from finished
         return Response(RunOutput(run).data)
@@ -383,7 +372,7 @@ class RunRerunApi(APIView):
     def post(self, request: Request, run_id: UUID) -> Response:
         run = run_get(run_id=run_id)
         try:
-            rerun = run_rerun(organization=_organization(request), actor=_principal(request), run=run)
+            rerun = run_rerun(organization=request_organization(request), actor=request_principal(request), run=run)
         except RunNotRerunnable as refused:
             raise ApiError(
                 409, "run_not_failed", f"only a failed run can be re-run from its failed step (this one is {refused})"
@@ -402,7 +391,9 @@ class RunEventsApi(APIView):
     )
     def get(self, request: Request, run_id: UUID) -> StreamingHttpResponse:
         run = run_get(run_id=run_id)
-        response = StreamingHttpResponse(_run_events(_organization(request), run.pk), content_type="text/event-stream")
+        response = StreamingHttpResponse(
+            _run_events(request_organization(request), run.pk), content_type="text/event-stream"
+        )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response
