@@ -284,6 +284,7 @@ def _run_data(run: WorkflowRun, *, steps: bool) -> dict[str, Any]:
         "created_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
+        "content_deleted_at": run.content_deleted_at,
         "timings": {"queued_ms": _ms(run.created_at, run.started_at), "run_ms": _ms(run.started_at, run.finished_at)},
     }
     if steps:

@@ -69,6 +69,8 @@ class WorkflowRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Input and outputs deleted after the organization's content retention (or at once in no-content mode).
+    content_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)
@@ -84,6 +86,9 @@ class WorkflowRun(models.Model):
         indexes = [
             models.Index(fields=["status", "created_at"], name="workflows_run_status"),
             models.Index(fields=["workflow", "created_at"], name="workflows_run_workflow"),
+            models.Index(
+                fields=["finished_at"], name="workflows_run_content_kept", condition=models.Q(content_deleted_at=None)
+            ),
         ]
 
     def __str__(self) -> str:

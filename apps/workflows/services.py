@@ -36,6 +36,7 @@ from apps.llm.budgets import attempts_abandon
 from apps.llm.engine import GatewayError
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
+from apps.llm.selectors import llm_content_policy
 from apps.tenants.models import Organization
 from apps.workflows.definition import (
     Definition,
@@ -265,6 +266,8 @@ def run_rerun(*, organization: Organization, actor: Principal, run: WorkflowRun)
     failed = [name for name, step in steps.items() if step.status == StepStatus.FAILED]
     if source.status != RunStatus.FAILED or not failed:
         raise RunNotRerunnable(source.status)
+    if source.content_deleted_at is not None:
+        raise RunNotRerunnable("failed, but its outputs were deleted (content retention)")
     definition = definition_of(version=source.version)
     done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
     reset = definition.downstream(failed) | {name for name, step in steps.items() if step.status not in done}
@@ -731,3 +734,24 @@ def runs_reap(*, organization: Organization, now: dt.datetime | None = None) -> 
 def _resend(organization: Organization, steps: list[tuple[UUID, str]]) -> None:
     for run_id, name in steps:
         _dispatch(organization, run_id, [name])
+
+
+def runs_content_sweep(*, organization: Organization, now: dt.datetime | None = None, batch: int = 500) -> int:
+    """Delete the input and outputs of finished runs older than the organization's content
+    retention (every finished run in no-content mode). Counts, costs and timings stay."""
+    now = now or timezone.now()
+    policy = llm_content_policy(organization=organization)
+    cutoff = now if not policy.store_content else now - dt.timedelta(days=policy.retention_days)
+    swept = 0
+    while True:
+        with transaction.atomic():
+            ids = list(
+                WorkflowRun.objects.select_for_update(skip_locked=True)
+                .filter(finished_at__lt=cutoff, content_deleted_at=None)
+                .values_list("pk", flat=True)[:batch]
+            )
+            if not ids:
+                return swept
+            WorkflowRun.objects.filter(pk__in=ids).update(input={}, output=None, content_deleted_at=now)
+            StepRun.objects.filter(run_id__in=ids).update(output=None, items={})
+            swept += len(ids)

@@ -6,7 +6,7 @@ from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_list
 from apps.tenants.tasks import tenant_task
-from apps.workflows.services import runs_reap, step_execute
+from apps.workflows.services import runs_content_sweep, runs_reap, step_execute
 
 
 def _organization() -> Organization:
@@ -31,4 +31,18 @@ def workflow_runs_reap_all() -> int:
     ids = [organization.pk for organization in organization_list() if organization.accepts_jobs]
     for organization_id in ids:
         workflow_runs_reap.delay(tenant_id=organization_id)
+    return len(ids)
+
+
+@tenant_task()
+def workflow_content_sweep() -> int:
+    return runs_content_sweep(organization=_organization())
+
+
+@shared_task
+def workflow_content_sweep_all() -> int:
+    """Beat: delete the content of runs past each organization's retention."""
+    ids = [organization.pk for organization in organization_list() if organization.accepts_jobs]
+    for organization_id in ids:
+        workflow_content_sweep.delay(tenant_id=organization_id)
     return len(ids)

@@ -42,6 +42,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "jobs-reap": {"task": "apps.jobs.tasks.jobs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
     # Workflow steps whose worker died or whose message was lost are sent again.
     "workflows-reap": {"task": "apps.workflows.tasks.workflow_runs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
+    # Inputs and outputs of workflow runs past each organization's content retention are deleted.
+    "workflows-content-sweep": {"task": "apps.workflows.tasks.workflow_content_sweep_all", "schedule": 3600.0},
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
     # Webhook retries are scheduled in the database (next_attempt_at); this sends the due ones.
