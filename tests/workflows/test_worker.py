@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from decimal import Decimal
@@ -13,11 +14,13 @@ from rest_framework.test import APIClient
 
 from apps.apikeys.services import apikey_create
 from apps.llm.models import AttemptStatus, UsageAttempt
-from apps.workflows.models import StepRun
+from apps.workflows.models import RunStatus, StepRun, WorkflowRun
+from apps.workflows.services import run_start, runs_reap, workflow_create
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
 from tests.support.fake_provider import FakeProvider
-from tests.support.worker import celery_worker
+from tests.support.worker import celery_worker, worker_start, worker_stop
+from tests.workflows.factories import KEY
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +130,81 @@ def test_the_issue_example_runs_on_a_worker_with_outputs_costs_and_ledger_matchi
     print(f"\nworkflow e2e: run ended {elapsed:.2f} s after its start, map step {steps['define']['duration_ms']} ms")
     assert stream.count("event: run") >= 1 and stream.rstrip().endswith("}")
     assert '"status": "succeeded"' in stream.split("event: run")[-1]
+
+
+def test_a_run_whose_worker_is_killed_mid_map_finishes_on_another_without_calling_twice(
+    live_db: LiveDb, settings: Any
+) -> None:
+    """SIGKILL the worker while a map step's calls are in flight: the reaper sends the step again,
+    another worker takes it over, settles the dead calls from their reservations, and runs only
+    the items not done yet. Every call the provider served has exactly one ledger row."""
+    organization = live_db.organization(slug="workflows-kill")
+    settings.JOB_HEARTBEAT_TIMEOUT_SECONDS = 4
+    settings.JOB_DISPATCH_RESEND_SECONDS = 6
+    definition = {
+        "steps": [
+            {
+                "name": "each",
+                "type": "map",
+                "items": "{{ input.items }}",
+                "concurrency": 2,
+                "step": {"type": "llm", "model": "gpt-4o-mini", "max_tokens": 16, "prompt": "Item {{ item }}"},
+            },
+            {
+                "name": "last",
+                "type": "llm",
+                "model": "gpt-4o-mini",
+                "max_tokens": 16,
+                "prompt": "{{ steps.each.output }}",
+            },
+        ]
+    }
+    items = list(range(8))
+    with FakeProvider(latency_s=1.0) as provider:
+        env = _worker_env(provider)
+        worker = worker_start(concurrency=4, env=env, name="k1")
+        try:
+            with schema_context(organization.schema_name):
+                workflow = workflow_create(organization=organization, actor=KEY, name="kill", definition=definition)
+                run = run_start(
+                    organization=organization, principal=KEY, workflow=workflow.workflow, input={"items": items}
+                )
+                step = StepRun.objects.filter(run=run, name="each")
+                deadline = time.monotonic() + 30
+                while len(step.get().items) < 2:  # some items done, two more in flight
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            worker = worker_start(concurrency=4, env=env, name="k2")
+            deadline = time.monotonic() + 60
+            with schema_context(organization.schema_name):
+                while not WorkflowRun.objects.get(pk=run.pk).is_finished:
+                    assert time.monotonic() < deadline, list(StepRun.objects.filter(run=run).values())
+                    runs_reap(organization=organization)
+                    time.sleep(0.5)
+                run.refresh_from_db()
+                steps: dict[str, Any] = {s.name: s for s in StepRun.objects.filter(run=run)}
+                rows = list(UsageAttempt.objects.filter(request_id__startswith=f"wf-{run.pk.hex}-"))
+        finally:
+            worker_stop(worker)
+        calls = [call for call in provider.calls if call.path.endswith("/chat/completions")]
+
+    assert run.status == RunStatus.SUCCEEDED, (run.error_class, run.error_message)
+    assert steps["each"].attempts == 2 and len(steps["each"].output) == len(items)
+    served = Counter(call.request_id for call in calls)
+    assert max(served.values()) == 1, "the provider received the same request twice"
+    ledger = Counter(row.request_id for row in rows)
+    assert max(ledger.values()) == 1
+    assert set(served) <= set(ledger), "a call the provider served has no ledger row"
+    unserved = {row.request_id: row.status for row in rows if row.request_id not in served}
+    assert set(unserved.values()) <= {AttemptStatus.SWEPT}, unserved
+    # Each item succeeded exactly once, across both attempts; the killed calls were swept.
+    succeeded_items = Counter(
+        row.request_id.rsplit("-", 1)[1]
+        for row in rows
+        if row.status == AttemptStatus.SUCCEEDED and row.request_id.count("-") == 4
+    )
+    assert succeeded_items == dict.fromkeys((str(i) for i in items), 1), succeeded_items
+    assert any(row.status == AttemptStatus.SWEPT for row in rows), "the kill landed on no call in flight"
+    assert run.cost_usd == sum((row.cost_usd for row in rows), Decimal(0))
