@@ -95,13 +95,14 @@ def start_workers(count: int, concurrency: int, base_url: str) -> list[subproces
                 "--hostname",
                 f"bench{number}@%h",
                 "--loglevel",
-                "WARNING",
+                "ERROR",
                 "--without-gossip",
                 "--without-mingle",
             ],
             cwd=ROOT,
             env=worker_env(base_url),
             start_new_session=True,
+            stdout=subprocess.DEVNULL,
         )
         for number in range(count)
     ]
@@ -134,7 +135,12 @@ def submit_and_wait(organization: Any, count: int, timeout_s: float = 300) -> tu
             job_submit(
                 organization=organization,
                 principal=principal,
-                request={"prompt": f"Question {number}", "model": "gpt-4o-mini", "max_tokens": 32},
+                request={
+                    "prompt": f"Question {number}",
+                    "model": "gpt-4o-mini",
+                    "max_tokens": 32,
+                    "cache": {"skip": True},  # every job is a provider call
+                },
             )
         connection.close()
 

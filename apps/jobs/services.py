@@ -286,6 +286,16 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
             )
         except GatewayError as error:
             job_fail(organization=organization, job_id=job.pk, error_class=error.code, message=error.message)
+        except Exception as error:
+            # A bug of ours, not the provider's: fail the job now (its attempts are settled or swept)
+            # rather than leave it to the reaper, which would only run it into the same bug again.
+            logger.exception("job %s failed unexpectedly", job.pk)
+            job_fail(
+                organization=organization,
+                job_id=job.pk,
+                error_class=type(error).__name__,
+                message="the job failed on an internal error; it has been logged for the operators",
+            )
 
 
 @transaction.atomic

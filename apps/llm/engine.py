@@ -457,7 +457,8 @@ def chat_complete(
                 simulated=hit.body.get("system_fingerprint") == "simulated",
             )
             if on_settled is not None:
-                on_settled(outcome)
+                with transaction.atomic():
+                    on_settled(outcome)
             return outcome
     extra_cost = semantic.cost_usd if semantic is not None else Decimal(0)  # embedding the prompt for L3
     for entry in plan:

@@ -49,6 +49,17 @@ def test_a_job_runs_once_and_its_answer_commits_with_its_ledger_row(
     assert UsageAttempt.objects.filter(request_id__startswith=f"job-{job.pk.hex}").count() == 1
 
 
+def test_a_job_answered_from_the_cache_succeeds_at_no_cost(tenant: Organization, fake_provider: FakeProvider) -> None:
+    first, second = _submit(tenant), _submit(tenant)
+    job_execute(organization=tenant, job_id=first.pk)
+    job_execute(organization=tenant, job_id=second.pk)
+    second.refresh_from_db()
+    assert second.status == JobStatus.SUCCEEDED
+    assert second.result is not None and second.result["cache"] in ("l1", "l2", "l4")
+    assert second.cost_usd == 0
+    assert len(fake_provider.calls) == 1
+
+
 def test_a_job_refused_by_its_budget_fails_with_the_refusal(tenant: Organization, fake_provider: FakeProvider) -> None:
     budget_set(organization=tenant, scope="organization", period="day", limit_usd=Decimal("0.000001"), actor=TEST_ACTOR)
     job = _submit(tenant)
@@ -154,3 +165,19 @@ def test_heartbeats_touch_only_the_running_jobs_of_this_process(tenant: Organiza
         assert beats.beat() == 1
     assert Job.objects.get(pk=mine.pk).heartbeat_at > old  # type: ignore[operator]
     assert Job.objects.get(pk=other.pk).heartbeat_at == old
+
+
+def test_an_internal_error_fails_the_job_at_once_with_its_class(
+    tenant: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.jobs import services
+
+    def broken(**kwargs: object) -> object:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(services, "chat_complete", broken)
+    job = _submit(tenant)
+    job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.error_class) == (JobStatus.FAILED, "KeyError")
+    assert "bug" not in job.error_message  # internals stay in the log

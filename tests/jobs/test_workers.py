@@ -66,6 +66,13 @@ def test_a_job_submitted_through_the_api_is_run_by_a_worker(live_db: LiveDb) -> 
         while (body := client.get(f"/api/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
             assert time.monotonic() < deadline, body
             time.sleep(0.2)
+        # The same question again is answered from the cache, on the worker's own connection.
+        repeat = client.post(
+            "/api/v1/jobs", {"prompt": "Say hello", "model": "gpt-4o-mini", "max_tokens": 20}, format="json"
+        ).json()["id"]
+        while (cached := client.get(f"/api/v1/jobs/{repeat}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline + 30, cached
+            time.sleep(0.2)
         events = client.get(f"/api/v1/jobs/{job_id}/events")
         stream = b"".join(events.streaming_content).decode()  # type: ignore[attr-defined]
     assert body["status"] == "succeeded", body
@@ -74,6 +81,8 @@ def test_a_job_submitted_through_the_api_is_run_by_a_worker(live_db: LiveDb) -> 
     assert float(body["cost_usd"]) > 0 and result["usage"]["total_tokens"] > 0
     assert body["timings"]["run_ms"] is not None
     assert [call.request_id for call in provider.calls] == [f"job-{job_id.replace('-', '')}-1"]
+    assert cached["status"] == "succeeded" and cached["result"]["cache"] != "miss", cached
+    assert cached["result"]["text"] == result["text"] and float(cached["cost_usd"]) == 0
     assert stream.startswith("event: status\ndata: ") and '"status": "succeeded"' in stream
 
 
