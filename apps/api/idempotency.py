@@ -30,9 +30,18 @@ def _fingerprint(request: Request) -> str:
     return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
 
 
-def idempotent(handler: Handler) -> Handler:
-    """Wrap a view's `post`: with an Idempotency-Key, the create and the stored answer commit together."""
+def idempotent(handler: Handler | None = None, *, redact: tuple[str, ...] = ()) -> Any:
+    """Wrap a view's `post`: with an Idempotency-Key, the create and the stored answer commit together.
 
+    `@idempotent(redact=("secret",))` keeps those top-level fields out of the stored answer: a
+    secret is shown once, and a replay answers with the field set to null.
+    """
+    if handler is None:
+        return functools.partial(_idempotent, redact=redact)
+    return _idempotent(handler, redact=redact)
+
+
+def _idempotent(handler: Handler, *, redact: tuple[str, ...]) -> Handler:
     @functools.wraps(handler)
     def wrapper(view: Any, request: Request, *args: Any, **kwargs: Any) -> Response:
         key = request.headers.get("Idempotency-Key")
@@ -65,6 +74,8 @@ def idempotent(handler: Handler) -> Handler:
                 if response.status_code >= 400:
                     raise _Refused(response)
                 body = json.loads(json.dumps(response.data, cls=JSONEncoder))
+                if isinstance(body, dict):
+                    body.update((name, None) for name in redact if name in body)
                 idempotency_complete(record=claim.record, status=response.status_code, body=body)
         except _Refused as refused:
             idempotency_release(record=claim.record)

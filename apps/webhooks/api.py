@@ -182,7 +182,7 @@ class EndpointListCreateApi(ListAPIView[WebhookEndpoint]):
         summary="Create a webhook endpoint (its signing secret is in this answer only)",
         tags=[TAG],
     )
-    @idempotent
+    @idempotent(redact=("secret",))
     def post(self, request: Request) -> Response:
         data = EndpointCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -234,7 +234,7 @@ class EndpointRotateSecretApi(APIView):
         summary="Rotate the signing secret (the new one is in this answer only)",
         tags=[TAG],
     )
-    @idempotent
+    @idempotent(redact=("secret",))
     def post(self, request: Request, endpoint_id: UUID) -> Response:
         data = RotateInput(data=request.data)
         data.is_valid(raise_exception=True)
