@@ -48,14 +48,15 @@ def run_steps(*, run: WorkflowRun) -> list[StepRun]:
 
 
 @functools.lru_cache(maxsize=512)
-def _definition(schema: str, version_id: int) -> Definition:
-    version = WorkflowVersion.objects.get(pk=version_id)
+def _definition(schema: str, workflow_id: UUID, version_id: int) -> Definition:
+    version = WorkflowVersion.objects.get(pk=version_id, workflow_id=workflow_id)
     return definition_parse(version.definition)
 
 
 def definition_of(*, version: WorkflowVersion) -> Definition:
-    """The parsed definition of a version (versions never change, so it is kept per process)."""
-    return _definition(tenant_connection().schema_name, version.pk)
+    """The parsed definition of a version (versions never change, so it is kept per process; the
+    workflow's random id in the key keeps a schema re-created under the same name from matching)."""
+    return _definition(tenant_connection().schema_name, version.workflow_id, version.pk)
 
 
 def agent_find(*, reference: str) -> Agent | None:
