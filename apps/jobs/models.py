@@ -79,6 +79,8 @@ class Job(models.Model):
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     error_class = models.CharField(max_length=100, blank=True, default="")
     error_message = models.TextField(blank=True, default="")
+    # Prompt and answer removed: at the end (organization stores no content) or after its retention.
+    content_removed = models.BooleanField(default=False)
 
     class Meta:
         ordering = ("-created_at",)

@@ -20,6 +20,7 @@ from apps.jobs.models import Agent, Job, JobStatus
 from apps.llm.budgets import attempts_abandon
 from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete
 from apps.llm.platform.selectors import catalog
+from apps.llm.selectors import llm_content_policy
 from apps.tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -236,9 +237,38 @@ def _finish(
     if error is not None:
         job.error_class, job.error_message = error[0][:100], error[1]
         fields += ["error_class", "error_message"]
+    if not llm_content_policy(organization=organization).store_content:
+        job.request, job.result = _without_content(job.request), _without_content(job.result)
+        job.content_removed = True
+        fields += ["request", "result", "content_removed"]
     job.save(update_fields=fields)
     jobs_admit(organization=organization)
     _emit(organization, job)
+
+
+_CONTENT_FIELDS = ("messages", "prompt", "text", "tool_calls")
+
+
+def _without_content(document: dict[str, Any] | None) -> dict[str, Any] | None:
+    if document is None:
+        return None
+    return {key: (None if key in _CONTENT_FIELDS else value) for key, value in document.items()}
+
+
+def jobs_content_expire(*, organization: Organization, now: dt.datetime | None = None) -> int:
+    """Remove prompts and answers of jobs that ended longer ago than the organization keeps content."""
+    policy = llm_content_policy(organization=organization)
+    cutoff = (now or timezone.now()) - dt.timedelta(days=policy.retention_days)
+    expired = Job.objects.filter(content_removed=False, finished_at__isnull=False)
+    if policy.store_content:
+        expired = expired.filter(finished_at__lt=cutoff)
+    removed = 0
+    for job in expired.only("id", "request", "result").iterator(chunk_size=500):
+        Job.objects.filter(pk=job.pk).update(
+            request=_without_content(job.request), result=_without_content(job.result), content_removed=True
+        )
+        removed += 1
+    return removed
 
 
 def _result(outcome: ChatOutcome) -> dict[str, Any]:

@@ -2,7 +2,7 @@ from uuid import UUID
 
 from celery import shared_task
 
-from apps.jobs.services import job_execute, jobs_reap
+from apps.jobs.services import job_execute, jobs_content_expire, jobs_reap
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_list
@@ -30,4 +30,18 @@ def jobs_reap_all() -> int:
     ids = [organization.pk for organization in organization_list() if organization.accepts_jobs]
     for organization_id in ids:
         jobs_reap_tenant.delay(tenant_id=organization_id)
+    return len(ids)
+
+
+@tenant_task()
+def jobs_content_expire_tenant() -> int:
+    return jobs_content_expire(organization=_organization())
+
+
+@shared_task
+def jobs_content_expire_all() -> int:
+    """Beat: remove prompts and answers of jobs past their organization's retention."""
+    ids = [organization.pk for organization in organization_list() if organization.accepts_jobs]
+    for organization_id in ids:
+        jobs_content_expire_tenant.delay(tenant_id=organization_id)
     return len(ids)

@@ -44,6 +44,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "workflows-reap": {"task": "apps.workflows.tasks.workflow_runs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
     # Inputs and outputs of workflow runs past each organization's content retention are deleted.
     "workflows-content-sweep": {"task": "apps.workflows.tasks.workflow_content_sweep_all", "schedule": 3600.0},
+    # Job prompts and answers are kept only as long as the organization allows.
+    "jobs-content-expire": {"task": "apps.jobs.tasks.jobs_content_expire_all", "schedule": 3600.0},
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
     # Webhook retries are scheduled in the database (next_attempt_at); this sends the due ones.

@@ -181,3 +181,42 @@ def test_an_internal_error_fails_the_job_at_once_with_its_class(
     job.refresh_from_db()
     assert (job.status, job.error_class) == (JobStatus.FAILED, "KeyError")
     assert "bug" not in job.error_message  # internals stay in the log
+
+
+def test_an_organization_that_stores_no_content_keeps_only_counts_and_costs_of_its_jobs(
+    two_tenants: tuple[Organization, Organization], fake_provider: FakeProvider
+) -> None:
+    from apps.llm.selectors import llm_settings_forget
+    from apps.llm.services import llm_settings_set
+
+    organization_a, organization_b = two_tenants
+    llm_settings_set(organization=organization_a, actor=TEST_ACTOR, store_content=False)
+    llm_settings_forget()
+    jobs = {}
+    for organization in two_tenants:
+        with organization_schema(organization):
+            job = _submit(organization)
+            job_execute(organization=organization, job_id=job.pk)
+            job.refresh_from_db()
+            jobs[organization.slug] = job
+    private, kept = jobs[organization_a.slug], jobs[organization_b.slug]
+    assert private.status == JobStatus.SUCCEEDED and private.content_removed
+    assert private.request["messages"] is None and private.result is not None and private.result["text"] is None
+    assert private.result["usage"]["total_tokens"] > 0 and private.cost_usd > 0
+    assert "Say hello" not in str(private.request) + str(private.result)
+    assert not kept.content_removed and kept.result is not None and kept.result["text"]
+
+
+def test_job_content_is_removed_after_the_retention(tenant: Organization, fake_provider: FakeProvider) -> None:
+    from apps.jobs.services import jobs_content_expire
+
+    old, recent = _submit(tenant), _submit(tenant, {**HELLO, "max_tokens": 10})
+    for job in (old, recent):
+        job_execute(organization=tenant, job_id=job.pk)
+    Job.objects.filter(pk=old.pk).update(finished_at=timezone.now() - dt.timedelta(days=31))
+    assert jobs_content_expire(organization=tenant) == 1
+    old.refresh_from_db()
+    recent.refresh_from_db()
+    assert old.content_removed and old.result is not None and old.result["text"] is None
+    assert old.result["cost_usd"] and old.cost_usd > 0
+    assert not recent.content_removed and recent.result is not None and recent.result["text"]
