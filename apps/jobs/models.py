@@ -104,7 +104,9 @@ class Job(models.Model):
             models.Index(
                 fields=["status"],
                 name="jobs_job_active",
-                condition=models.Q(status__in=["queued", "running"], admitted_at__isnull=False),
+                # ORs, not IN: an IN over varchar reads back differently in the tenant clone.
+                condition=(models.Q(status="queued") | models.Q(status="running"))
+                & models.Q(admitted_at__isnull=False),
             ),
         ]
 

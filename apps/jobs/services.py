@@ -11,12 +11,13 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.jobs.heartbeat import heartbeats
-from apps.jobs.models import Agent, Job, JobStatus
+from apps.jobs.models import FINISHED, Agent, Job, JobStatus
 from apps.llm.budgets import attempts_abandon
 from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete
 from apps.llm.platform.selectors import catalog
@@ -150,7 +151,10 @@ def _concurrency_cap(organization: Organization) -> int:
 def jobs_admit(*, organization: Organization) -> list[UUID]:
     """Send the oldest waiting jobs to the queue while fewer than the plan's cap are admitted and
     unfinished. The queue never holds more than the cap for one organization, so one that floods it
-    can't starve the others; a per-organization advisory lock makes the count exact."""
+    can't starve the others; a per-organization advisory lock makes the count exact. (A job that
+    starts waiting while another ends may wait for the reaper's next admission, within seconds.)"""
+    if not Job.objects.filter(status=JobStatus.QUEUED, admitted_at__isnull=True).exists():
+        return []
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext('jobs-admit:' || current_schema()))")
         active = Job.objects.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING), admitted_at__isnull=False).count()
@@ -195,29 +199,42 @@ def _request_id(job: Job, run: int) -> str:
     return f"job-{job.id.hex}-{run}"
 
 
+_CLAIM = """
+    UPDATE jobs_job
+       SET status = 'running', heartbeat_at = %(now)s, runs = runs + 1,
+           started_at = COALESCE(started_at, %(now)s), admitted_at = COALESCE(admitted_at, %(now)s)
+     WHERE id = %(id)s AND runs < %(max_runs)s
+       AND (status = 'queued' OR (status = 'running' AND heartbeat_at < %(alive_after)s))
+ RETURNING *
+"""
+
+
 def _job_start(*, organization: Organization, job_id: UUID) -> Job | None:
     """Take the job for this worker, or None if it ended or another live worker has it."""
     now = timezone.now()
-    with transaction.atomic():
-        job = Job.objects.select_for_update().filter(pk=job_id).first()
-        if job is None or job.is_finished:
-            return None
-        alive_after = now - dt.timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS)
-        if job.status == JobStatus.RUNNING and job.heartbeat_at is not None and job.heartbeat_at > alive_after:
-            return None  # a redelivered message while a live worker runs it
-        if job.runs:
+    alive_after = now - dt.timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS)
+    # The usual case in one statement: a queued job, or one whose worker stopped beating.
+    params = {"id": job_id, "now": now, "alive_after": alive_after, "max_runs": settings.JOB_MAX_RUNS}
+    job = next(iter(Job.objects.raw(_CLAIM, params)), None)
+    if job is not None:
+        if job.runs > 1:
             # An earlier run died: settle its open attempts from their reservations first.
+            attempts_abandon(organization=organization, request_ids=[_request_id(job, n) for n in range(1, job.runs)])
+        return job
+    with transaction.atomic():
+        dead = (
+            Job.objects.select_for_update()
+            .filter(pk=job_id, runs__gte=settings.JOB_MAX_RUNS)
+            .exclude(status__in=FINISHED)
+            .exclude(status=JobStatus.RUNNING, heartbeat_at__gte=alive_after)
+            .first()
+        )
+        if dead is not None:  # its workers died too often: fail it rather than run it again
             attempts_abandon(
-                organization=organization, request_ids=[_request_id(job, n) for n in range(1, job.runs + 1)]
+                organization=organization, request_ids=[_request_id(dead, n) for n in range(1, dead.runs + 1)]
             )
-        if job.runs >= settings.JOB_MAX_RUNS:
-            _finish(organization, job, JobStatus.FAILED, error=("WorkerLost", f"its worker died {job.runs} times"))
-            return None
-        job.status, job.heartbeat_at, job.runs = JobStatus.RUNNING, now, job.runs + 1
-        job.started_at = job.started_at or now
-        job.admitted_at = job.admitted_at or now
-        job.save(update_fields=["status", "heartbeat_at", "runs", "started_at", "admitted_at"])
-    return job
+            _finish(organization, dead, JobStatus.FAILED, error=("WorkerLost", f"its worker died {dead.runs} times"))
+    return None  # finished, unknown, or held by a live worker (a redelivered message)
 
 
 def _finish(
@@ -227,23 +244,31 @@ def _finish(
     *,
     outcome: ChatOutcome | None = None,
     error: tuple[str, str] | None = None,
-) -> None:
-    """Record the end of a job (inside the caller's transaction) and admit the next waiting one."""
-    job.status, job.finished_at = status, timezone.now()
-    fields = ["status", "finished_at"]
+    run: int | None = None,
+) -> bool:
+    """Record the end of a job that has not ended (and, with `run`, that this run still owns),
+    inside the caller's transaction; admit the next waiting job. False if it had ended already."""
+    values: dict[str, Any] = {"status": status, "finished_at": timezone.now()}
     if outcome is not None:
-        job.result, job.cost_usd = _result(outcome), outcome.cost_usd
-        fields += ["result", "cost_usd"]
+        values.update(result=_result(outcome), cost_usd=outcome.cost_usd)
     if error is not None:
-        job.error_class, job.error_message = error[0][:100], error[1]
-        fields += ["error_class", "error_message"]
+        values.update(error_class=error[0][:100], error_message=error[1])
     if not llm_content_policy(organization=organization).store_content:
-        job.request, job.result = _without_content(job.request), _without_content(job.result)
-        job.content_removed = True
-        fields += ["request", "result", "content_removed"]
-    job.save(update_fields=fields)
+        values.update(
+            request=_without_content(job.request),
+            result=_without_content(values.get("result", job.result)),
+            content_removed=True,
+        )
+    unfinished = Job.objects.filter(pk=job.pk).exclude(status__in=FINISHED)
+    if run is not None:
+        unfinished = unfinished.filter(status=JobStatus.RUNNING, runs=run)
+    if not unfinished.update(**values):
+        return False
+    for name, value in values.items():
+        setattr(job, name, value)
     jobs_admit(organization=organization)
     _emit(organization, job)
+    return True
 
 
 _CONTENT_FIELDS = ("messages", "prompt", "text", "tool_calls")
@@ -299,11 +324,10 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
     request_id = _request_id(job, job.runs)
 
     def record(outcome: ChatOutcome) -> None:
-        current = Job.objects.select_for_update().get(pk=job.pk)
-        if current.status == JobStatus.RUNNING:
-            _finish(organization, current, JobStatus.SUCCEEDED, outcome=outcome)
-        else:  # cancelled (or reaped) while the call ran: the cost is in the ledger, the answer is dropped
-            Job.objects.filter(pk=job.pk).update(cost_usd=outcome.cost_usd)
+        if not _finish(organization, job, JobStatus.SUCCEEDED, outcome=outcome, run=job.runs):
+            # Cancelled (or taken over) while the call ran: the ledger has the cost, the job adds
+            # it to what it spent; the answer is dropped.
+            Job.objects.filter(pk=job.pk).update(cost_usd=F("cost_usd") + outcome.cost_usd)
 
     with heartbeats.running(organization.schema_name, job.pk):
         try:
@@ -315,24 +339,23 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
                 on_settled=record,
             )
         except GatewayError as error:
-            job_fail(organization=organization, job_id=job.pk, error_class=error.code, message=error.message)
+            job_fail(organization=organization, job=job, error_class=error.code, message=error.message)
         except Exception as error:
             # A bug of ours, not the provider's: fail the job now (its attempts are settled or swept)
             # rather than leave it to the reaper, which would only run it into the same bug again.
             logger.exception("job %s failed unexpectedly", job.pk)
             job_fail(
                 organization=organization,
-                job_id=job.pk,
+                job=job,
                 error_class=type(error).__name__,
                 message="the job failed on an internal error; it has been logged for the operators",
             )
 
 
 @transaction.atomic
-def job_fail(*, organization: Organization, job_id: UUID, error_class: str, message: str) -> None:
-    job = Job.objects.select_for_update().get(pk=job_id)
-    if job.status == JobStatus.RUNNING:
-        _finish(organization, job, JobStatus.FAILED, error=(error_class, message))
+def job_fail(*, organization: Organization, job: Job, error_class: str, message: str) -> None:
+    """End the run a worker owns as failed (nothing happens if the job ended or changed hands)."""
+    _finish(organization, job, JobStatus.FAILED, error=(error_class, message), run=job.runs)
 
 
 def jobs_reap(*, organization: Organization, now: dt.datetime | None = None) -> dict[str, int]:

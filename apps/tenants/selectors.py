@@ -49,11 +49,33 @@ def organization_for_host_cached(host: str) -> Organization | None:
     return organization
 
 
+_ID_CACHE: dict[int, tuple[float, Organization]] = {}
+
+
+def organization_by_id_cached(organization_id: int) -> Organization | None:
+    """An organization by id (with its plan), remembered briefly like hosts: a worker running many
+    tasks of one organization asks the database once per TENANT_RESOLUTION_CACHE_SECONDS."""
+    now = time.monotonic()
+    entry = _ID_CACHE.get(organization_id)
+    if entry is not None and entry[0] > now:
+        return copy.copy(entry[1])
+    organization = Organization.objects.select_related("plan").filter(pk=organization_id).first()
+    ttl = settings.TENANT_RESOLUTION_CACHE_SECONDS
+    if organization is not None and ttl > 0:
+        if len(_ID_CACHE) >= _HOST_CACHE_MAX_ENTRIES:
+            _ID_CACHE.clear()
+        _ID_CACHE[organization_id] = (now + ttl, organization)
+        return copy.copy(organization)
+    return organization
+
+
 def organization_cache_forget(organization: Organization | None = None) -> None:
     """Drop this process's cached resolutions (of one organization, or all)."""
     if organization is None:
         _HOST_CACHE.clear()
+        _ID_CACHE.clear()
         return
+    _ID_CACHE.pop(organization.pk, None)
     for host, (_, cached) in list(_HOST_CACHE.items()):
         if cached.pk == organization.pk:
             _HOST_CACHE.pop(host, None)

@@ -14,7 +14,7 @@ from celery import Task, shared_task
 from django_tenants.utils import tenant_context
 
 from apps.tenants.connection import tenant_connection
-from apps.tenants.models import Organization
+from apps.tenants.selectors import organization_by_id_cached
 
 
 class TenantTaskRefused(Exception):
@@ -46,7 +46,7 @@ class TenantTask(_TaskBase):
         if tenant_id is None:
             raise TenantTaskRefused(f"{self.name} needs tenant_id")
         tenant_connection().set_schema_to_public()
-        organization = Organization.objects.filter(pk=tenant_id).first()
+        organization = organization_by_id_cached(int(tenant_id))
         if organization is None:
             raise TenantTaskRefused(f"{self.name}: no organization with id {tenant_id}")
         if organization.is_public:

@@ -121,9 +121,12 @@ class WebhookDelivery(models.Model):
             ),
         ]
         indexes = [
-            # The beat's scan for due attempts.
+            # The beat's scan for due attempts. (ORs, not IN: PostgreSQL prints an IN over varchar in a
+            # form that reads back differently, and the tenant clone must equal the template.)
             models.Index(
-                fields=["next_attempt_at"], name="webhooks_delivery_due", condition=models.Q(status__in=SCHEDULED)
+                fields=["next_attempt_at"],
+                name="webhooks_delivery_due",
+                condition=models.Q(status=SCHEDULED[0]) | models.Q(status=SCHEDULED[1]),
             ),
             # The delivery log of an endpoint, newest first (cursor pagination).
             models.Index(fields=["endpoint", "-created_at", "-id"], name="webhooks_delivery_log"),

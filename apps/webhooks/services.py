@@ -312,7 +312,8 @@ def webhook_event_emit(
     encoded = json.dumps(payload, cls=DjangoJSONEncoder)
     if len(encoded) > MAX_PAYLOAD_BYTES:
         raise WebhookInvalid(f"the event payload is larger than {MAX_PAYLOAD_BYTES} bytes", param="payload")
-    with organization_schema(organization), transaction.atomic():
+    # No savepoint of its own: inside a caller's transaction (a job's end) it succeeds or fails with it.
+    with organization_schema(organization), transaction.atomic(savepoint=False):
         endpoints = WebhookEndpoint.objects.filter(is_active=True)
         if endpoint_id is not None:
             endpoints = endpoints.filter(pk=endpoint_id)
