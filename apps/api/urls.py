@@ -15,5 +15,6 @@ urlpatterns = [
     path("v1/", include("apps.jobs.urls")),
     path("v1/", include("apps.workflows.urls")),
     path("v1/", include("apps.webhooks.urls")),
+    path("v1/", include("apps.llm.urls")),
     path("<path:unknown>", api_not_found),
 ]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
-from apps.llm.models import LlmSettings
+from django.utils import timezone
+
+from apps.llm.budgets import period_start
+from apps.llm.models import Budget, BudgetPeriod, BudgetWindow, LlmSettings
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 
@@ -75,3 +80,40 @@ def llm_content_policy(*, organization: Organization) -> ContentPolicy:
     """How long the organization's prompts, answers and job results may be kept, if at all."""
     found = llm_settings_get(organization=organization)
     return ContentPolicy(store_content=found.store_content, retention_days=found.retention_days)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A budget and its current period: settled spend, open reservations, what is left."""
+
+    budget: Budget
+    period_start: dt.date
+    spent_usd: Decimal
+    reserved_usd: Decimal
+
+    @property
+    def remaining_usd(self) -> Decimal:
+        return max(Decimal(0), self.budget.limit_usd - self.spent_usd - self.reserved_usd)
+
+
+def budget_statuses(*, now: dt.datetime | None = None) -> list[BudgetStatus]:
+    """The current organization's budgets with their current period's spend (one query for all)."""
+    now = now or timezone.now()
+    budgets = list(Budget.objects.order_by("scope", "scope_id", "period"))
+    starts = {period: period_start(period, now) for period in BudgetPeriod.values}
+    windows = {
+        (window.budget_id, window.period_start): window
+        for window in BudgetWindow.objects.filter(budget__in=budgets, period_start__in=set(starts.values()))
+    }
+    statuses = []
+    for budget in budgets:
+        window = windows.get((budget.pk, starts[budget.period]))
+        statuses.append(
+            BudgetStatus(
+                budget=budget,
+                period_start=starts[budget.period],
+                spent_usd=window.spent_usd if window else Decimal(0),
+                reserved_usd=window.reserved_usd if window else Decimal(0),
+            )
+        )
+    return statuses

@@ -64,6 +64,19 @@ def budget_set(
         )
 
 
+@transaction.atomic
+def budget_delete(*, organization: Organization, budget: Budget, actor: Principal) -> None:
+    """Remove a budget: calls are no longer held against it (open holds go with it)."""
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="budget.deleted",
+        target=budget,
+        metadata={"scope": budget.scope, "scope_id": budget.scope_id, "period": budget.period},
+    )
+    budget.delete()
+
+
 def _budget_store(
     *,
     organization: Organization,
