@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.utils import timezone
-
 from apps.accounts.principals import Principal
-from apps.llm.budgets import period_start
-from apps.llm.models import Budget, BudgetWindow
 from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.router import UnknownModel, candidates
+from apps.llm.selectors import budget_statuses
 from apps.llm.semantic import embedding_model_name
 from apps.workflows.definition import Definition, StepSpec
 from apps.workflows.selectors import agent_find
@@ -232,30 +229,24 @@ class _Estimator:
 
 def _budgets(principal: Principal) -> list[dict[str, Any]]:
     """The organization's budgets that apply to the principal, with what their current period has left."""
-    now = timezone.now()
-    scopes = [("organization", "")]
+    scopes = {("organization", "")}
     if principal.kind == "api_key" and principal.id:
-        scopes.append(("key", principal.id))
+        scopes.add(("key", principal.id))
     if principal.kind in ("user", "operator") and principal.id:
-        scopes.append(("user", principal.id))
-    found = []
-    for scope, scope_id in scopes:
-        for budget in Budget.objects.filter(scope=scope, scope_id=scope_id).order_by("period"):
-            window = BudgetWindow.objects.filter(budget=budget, period_start=period_start(budget.period, now)).first()
-            spent = window.spent_usd if window else Decimal(0)
-            reserved = window.reserved_usd if window else Decimal(0)
-            found.append(
-                {
-                    "scope": scope,
-                    "period": budget.period,
-                    "hard": budget.hard,
-                    "limit_usd": str(budget.limit_usd),
-                    "spent_usd": str(spent),
-                    "reserved_usd": str(reserved),
-                    "remaining_usd": str(max(Decimal(0), budget.limit_usd - spent - reserved)),
-                }
-            )
-    return found
+        scopes.add(("user", principal.id))
+    return [
+        {
+            "scope": status.budget.scope,
+            "period": status.budget.period,
+            "hard": status.budget.hard,
+            "limit_usd": str(status.budget.limit_usd),
+            "spent_usd": str(status.spent_usd),
+            "reserved_usd": str(status.reserved_usd),
+            "remaining_usd": str(status.remaining_usd),
+        }
+        for status in budget_statuses()
+        if (status.budget.scope, status.budget.scope_id) in scopes
+    ]
 
 
 def workflow_cost_preview(
