@@ -245,5 +245,8 @@ def test_openapi_schema_and_interactive_docs_are_served(db: None) -> None:
     paths = schema.json()["paths"]
     assert {"/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel", "/api/v1/agents"} <= set(paths)
     assert "post" in paths["/api/v1/jobs"]
+    schemes = schema.json()["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {**schemes["ApiKey"], "type": "http", "scheme": "bearer"}
+    assert {"ApiKey": []} in paths["/api/v1/jobs"]["post"]["security"]
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
