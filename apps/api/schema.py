@@ -5,7 +5,7 @@ from typing import Any
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):
+class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     target_class = "apps.api.authentication.ApiKeyAuthentication"
     name = "ApiKey"
 
@@ -13,7 +13,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "An API key: `Authorization: Bearer cos_...`"}
 
 
-class MemberSessionScheme(OpenApiAuthenticationExtension):
+class MemberSessionScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     target_class = "apps.api.authentication.MemberSessionAuthentication"
     name = "MemberSession"
 
