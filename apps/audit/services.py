@@ -34,7 +34,8 @@ def audit_record(
         target_label=str(target)[:254] if target is not None else "",
         metadata=metadata or {},
     )
-    with transaction.atomic():
+    # No savepoint of its own: an event that can't be written fails the caller's transaction.
+    with transaction.atomic(savepoint=False):
         if tenant_connection().schema_name == organization.schema_name:
             event.save()
         else:

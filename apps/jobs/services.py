@@ -140,7 +140,7 @@ def job_submit(
         target=job,
         metadata={"model": job.request.get("model") or job.request.get("policy")},
     )
-    jobs_admit(organization=organization)
+    jobs_admit(organization=organization, waiting=True)
     return job
 
 
@@ -148,26 +148,41 @@ def _concurrency_cap(organization: Organization) -> int:
     return int(organization.plan.limit("max_concurrent_jobs"))
 
 
-def jobs_admit(*, organization: Organization) -> list[UUID]:
+# Admitted and unfinished jobs are counted up to the cap only, so the count costs no more than the
+# cap however long the backlog; the oldest waiting jobs fill what is free, in the same statement.
+_ADMIT = """
+    WITH active AS (
+        SELECT count(*) AS n FROM (
+            SELECT 1 FROM jobs_job
+             WHERE admitted_at IS NOT NULL AND (status = 'queued' OR status = 'running')
+             LIMIT %(cap)s
+        ) counted
+    ), picked AS (
+        SELECT id FROM jobs_job
+         WHERE status = 'queued' AND admitted_at IS NULL
+         ORDER BY created_at
+         LIMIT GREATEST(%(cap)s - (SELECT n FROM active), 0)
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs_job SET admitted_at = %(now)s FROM picked WHERE jobs_job.id = picked.id
+    RETURNING jobs_job.id
+"""
+
+
+def jobs_admit(*, organization: Organization, waiting: bool = False) -> list[UUID]:
     """Send the oldest waiting jobs to the queue while fewer than the plan's cap are admitted and
     unfinished. The queue never holds more than the cap for one organization, so one that floods it
-    can't starve the others; a per-organization advisory lock makes the count exact. (A job that
-    starts waiting while another ends may wait for the reaper's next admission, within seconds.)"""
-    if not Job.objects.filter(status=JobStatus.QUEUED, admitted_at__isnull=True).exists():
+    can't starve the others; a per-organization advisory lock, taken in its own statement so the
+    count's snapshot sees every admission committed before it, makes the count exact. (A job that
+    starts waiting while another ends may wait for the reaper's next admission, within seconds.)
+    `waiting`: the caller knows a job waits (it just created one), so the cheap check is skipped."""
+    if not waiting and not Job.objects.filter(status=JobStatus.QUEUED, admitted_at__isnull=True).exists():
         return []
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext('jobs-admit:' || current_schema()))")
-        active = Job.objects.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING), admitted_at__isnull=False).count()
-        free = _concurrency_cap(organization) - active
-        if free <= 0:
-            return []
-        ids = list(
-            Job.objects.filter(status=JobStatus.QUEUED, admitted_at__isnull=True)
-            .order_by("created_at")
-            .values_list("id", flat=True)[:free]
-        )
+        cursor.execute(_ADMIT, {"cap": _concurrency_cap(organization), "now": timezone.now()})
+        ids = [row[0] for row in cursor.fetchall()]
         if ids:
-            Job.objects.filter(id__in=ids).update(admitted_at=timezone.now())
             transaction.on_commit(lambda: _dispatch(organization, ids))
         return ids
 
