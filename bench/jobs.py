@@ -70,6 +70,7 @@ def worker_env(base_url: str) -> dict[str, str]:
         "OPENAI_API_KEY": "sk-bench",
         "OPENAI_BASE_URL": base_url,
         "LOG_LEVEL": "WARNING",
+        "DEBUG": "false",  # development settings keep every query in memory when DEBUG is on
         "DATABASE_POOL_MAX_SIZE": "20",
     }
 

@@ -235,8 +235,9 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
     one statement (plus the rare soft-limit event). False if the attempt was already settled."""
     now = timezone.now()
     succeeded = settlement.status == AttemptStatus.SUCCEEDED
-    # One statement, atomic by itself; a savepoint only inside a caller's transaction.
-    atomic = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    # One statement, atomic by itself. Inside a caller's transaction (a job recording its answer
+    # with the settlement) it is part of that transaction: no savepoint, both commit or neither.
+    atomic = transaction.atomic(savepoint=False) if connection.in_atomic_block else contextlib.nullcontext()
     with organization_schema(organization), atomic, connection.cursor() as cursor:
         cursor.execute(
             f"""
