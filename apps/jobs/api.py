@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +17,7 @@ from rest_framework.views import APIView
 
 from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
+from apps.api.events import event_stream
 from apps.api.idempotency import idempotent
 from apps.jobs.models import POLICIES, Agent, Job, JobStatus
 from apps.jobs.selectors import agent_get, job_get
@@ -33,12 +31,7 @@ from apps.jobs.services import (
     job_submit,
 )
 from apps.llm.engine import GatewayError
-from apps.tenants.connection import organization_schema
-from apps.tenants.models import Organization
 
-# How long one events stream stays open; clients reconnect to follow a longer job.
-EVENTS_STREAM_SECONDS = 600
-EVENTS_POLL_SECONDS = 0.5
 _PASSED_THROUGH = ("tools", "tool_choice", "response_format", "seed", "stop", "top_p", "cache", "min_quality")
 
 
@@ -192,30 +185,13 @@ class JobEventsApi(APIView):
         summary="Follow a job's progress (server-sent events)",
     )
     def get(self, request: Request, job_id: UUID) -> StreamingHttpResponse:
-        job = job_get(job_id=job_id)
-        response = StreamingHttpResponse(
-            _job_events(request_organization(request), job.pk), content_type="text/event-stream"
-        )
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        job_id = job_get(job_id=job_id).pk
 
-
-def _job_events(organization: Organization, job_id: UUID) -> Iterator[str]:
-    last: str | None = None
-    deadline = time.monotonic() + EVENTS_STREAM_SECONDS
-    while time.monotonic() < deadline:
-        with organization_schema(organization):
+        def poll() -> tuple[list[tuple[str, str, Any]], bool] | None:
             job = Job.objects.filter(pk=job_id).first()
-        if job is None:
-            return
-        state = json.dumps(JobOutput(job).data, default=str)
-        if state != last:
-            last = state
-            yield f"event: status\ndata: {state}\n\n"
-        if job.is_finished:
-            return
-        time.sleep(EVENTS_POLL_SECONDS)
+            return None if job is None else ([("job", "status", JobOutput(job).data)], job.is_finished)
+
+        return event_stream(organization=request_organization(request), poll=poll)
 
 
 class AgentSerializer(serializers.ModelSerializer[Agent]):

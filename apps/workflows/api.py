@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -21,9 +18,8 @@ from rest_framework.views import APIView
 
 from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
+from apps.api.events import event_stream
 from apps.api.idempotency import idempotent
-from apps.tenants.connection import organization_schema
-from apps.tenants.models import Organization
 from apps.workflows.definition import DefinitionInvalid
 from apps.workflows.models import RunStatus, StepRun, Workflow, WorkflowRun, WorkflowVersion
 from apps.workflows.preview import workflow_cost_preview
@@ -51,8 +47,6 @@ from apps.workflows.services import (
 )
 
 # How long one events stream stays open; clients reconnect to follow a longer run.
-EVENTS_STREAM_SECONDS = 600
-EVENTS_POLL_SECONDS = 0.5
 
 
 def _definition_error(error: DefinitionInvalid) -> ValidationError:
@@ -391,35 +385,15 @@ class RunEventsApi(APIView):
         summary="Follow a run's progress (server-sent events)",
     )
     def get(self, request: Request, run_id: UUID) -> StreamingHttpResponse:
-        run = run_get(run_id=run_id)
-        response = StreamingHttpResponse(
-            _run_events(request_organization(request), run.pk), content_type="text/event-stream"
-        )
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        run_id = run_get(run_id=run_id).pk
 
-
-def _run_events(organization: Organization, run_id: UUID) -> Iterator[str]:
-    """Polls the database every EVENTS_POLL_SECONDS; sends what changed, ends with the run."""
-    seen: dict[str, str] = {}
-    deadline = time.monotonic() + EVENTS_STREAM_SECONDS
-    while time.monotonic() < deadline:
-        with organization_schema(organization):
+        def poll() -> tuple[list[tuple[str, str, Any]], bool] | None:
             run = WorkflowRun.objects.select_related("workflow", "version").filter(pk=run_id).first()
             if run is None:
-                return
+                return None
             data = _run_data(run, steps=True)
-        for step in data["steps"]:
-            state = json.dumps(step, default=str, sort_keys=True)
-            if seen.get(f"step:{step['name']}") != state:
-                seen[f"step:{step['name']}"] = state
-                yield f"event: step\ndata: {state}\n\n"
-        summary = {key: value for key, value in data.items() if key != "steps"}
-        state = json.dumps(summary, default=str, sort_keys=True)
-        if seen.get("run") != state:
-            seen["run"] = state
-            yield f"event: run\ndata: {state}\n\n"
-        if run.is_finished:
-            return
-        time.sleep(EVENTS_POLL_SECONDS)
+            steps = [(f"step:{step['name']}", "step", step) for step in data["steps"]]
+            summary = {key: value for key, value in data.items() if key != "steps"}
+            return [*steps, ("run", "run", summary)], run.is_finished
+
+        return event_stream(organization=request_organization(request), poll=poll)

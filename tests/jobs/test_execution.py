@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts.principals import Principal
-from apps.jobs.heartbeat import Heartbeats
+from apps.jobs.heartbeat import Heartbeats, _touch_jobs
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.services import _job_start, job_cancel, job_execute, job_submit, jobs_reap
 from apps.llm.budgets import Spender, attempt_reserve
@@ -160,7 +160,7 @@ def test_heartbeats_touch_only_the_running_jobs_of_this_process(tenant: Organiza
     mine, other = _submit(tenant), _submit(tenant)
     old = timezone.now() - dt.timedelta(minutes=5)
     Job.objects.filter(pk__in=[mine.pk, other.pk]).update(status=JobStatus.RUNNING, heartbeat_at=old)
-    beats = Heartbeats()
+    beats = Heartbeats(touch=_touch_jobs, name="test-heartbeats")
     with beats.running(tenant.schema_name, mine.pk):
         assert beats.beat() == 1
     assert Job.objects.get(pk=mine.pk).heartbeat_at > old  # type: ignore[operator]
