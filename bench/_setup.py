@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,3 +40,37 @@ def django_on_fresh_database(name: str) -> None:
     call_command("migrate", interactive=False, verbosity=0)
     for key in redis_client().scan_iter("llm:*", count=1000):
         redis_client().delete(key)
+
+
+def gunicorn_start(*, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The production web server configuration on 127.0.0.1:`port`, answering /health/live when returned."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:cognitionos.gunicorn_conf",
+            "cognitionos.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--access-logfile",
+            "/dev/null",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    return server
+
+
+def gunicorn_stop(server: subprocess.Popen[bytes]) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)

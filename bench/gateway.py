@@ -15,18 +15,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import django_on_fresh_database  # noqa: E402 - after the path is set
+from bench._setup import django_on_fresh_database, gunicorn_start, gunicorn_stop  # noqa: E402 - after the path is set
 
 PORT = 18321
 
@@ -122,31 +119,8 @@ def main() -> None:
 
     fake = FakeProvider().start()
     env.update(OPENAI_API_KEY="sk-bench", OPENAI_BASE_URL=fake.openai_base_url)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:cognitionos.gunicorn_conf",
-            "cognitionos.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{PORT}",
-            "--access-logfile",
-            "/dev/null",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    server = gunicorn_start(port=PORT, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health/live", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
         messages = [{"role": "user", "content": "Benchmark question"}]
         miss = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}}
         hit = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64}
@@ -155,8 +129,7 @@ def main() -> None:
         wrk(binary, key, hit, 2)
         print(f"cache hit,  32 clients: {summary(wrk(binary, key, hit, args.seconds))}")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        gunicorn_stop(server)
         fake.stop()
 
 

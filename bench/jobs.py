@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import django_on_fresh_database  # noqa: E402 - after the path is set
+from bench._setup import django_on_fresh_database, gunicorn_start, gunicorn_stop  # noqa: E402 - after the path is set
 from bench.gateway import ensure_wrk  # noqa: E402
 
 PORT = 18322
@@ -169,23 +168,7 @@ def submit_and_wait(
 def submission_latency(key: str, seconds: int, fake_url: str) -> str:
     binary = ensure_wrk()
     env = {**worker_env(fake_url), "DEBUG": "false", "DATABASE_POOL_MAX_SIZE": "10"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:cognitionos.gunicorn_conf",
-            "cognitionos.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{PORT}",
-            "--access-logfile",
-            "/dev/null",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    server = gunicorn_start(port=PORT, env=env)
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115
     script.write(
         'wrk.method = "POST"\n'
@@ -199,20 +182,12 @@ def submission_latency(key: str, seconds: int, fake_url: str) -> str:
     )
     script.close()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health/live", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
         command = [binary, "-t", "2", "-c", "50", "--latency", "-s", script.name]
         url = f"http://127.0.0.1:{PORT}/api/v1/jobs"
         subprocess.run([*command, "-d", "2s", url], capture_output=True, check=True)  # warm-up
         output = subprocess.run([*command, "-d", f"{seconds}s", url], capture_output=True, text=True, check=True).stdout
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        gunicorn_stop(server)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     p50 = re.search(r"\s50%\s+([\d.]+\w+)", output)
     p95 = re.search(r"p95_us (\d+)", output)
