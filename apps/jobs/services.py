@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -187,11 +188,11 @@ def jobs_admit(*, organization: Organization, waiting: bool = False) -> list[UUI
         return ids
 
 
-def _dispatch(organization: Organization, ids: list[UUID]) -> None:
+def _dispatch(organization: Organization, ids: list[UUID], countdown: float | None = None) -> None:
     from apps.jobs.tasks import job_run
 
     for job_id in ids:
-        job_run.delay(tenant_id=organization.pk, job_id=str(job_id))
+        job_run.apply_async(kwargs={"tenant_id": organization.pk, "job_id": str(job_id)}, countdown=countdown)
 
 
 @transaction.atomic
@@ -354,7 +355,10 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
                 on_settled=record,
             )
         except GatewayError as error:
-            job_fail(organization=organization, job=job, error_class=error.code, message=error.message)
+            if error.status in TRANSIENT_STATUSES and job.runs < settings.JOB_MAX_RUNS:
+                job_retry_later(organization=organization, job=job, error_class=error.code)
+            else:
+                job_fail(organization=organization, job=job, error_class=error.code, message=error.message)
         except Exception as error:
             # A bug of ours, not the provider's: fail the job now (its attempts are settled or swept)
             # rather than leave it to the reaper, which would only run it into the same bug again.
@@ -365,6 +369,21 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
                 error_class=type(error).__name__,
                 message="the job failed on an internal error; it has been logged for the operators",
             )
+
+
+# Refusals that may pass: every provider busy or down, the rate limiter unreachable, a rate limit.
+TRANSIENT_STATUSES = frozenset({429, 502, 503})
+
+
+@transaction.atomic
+def job_retry_later(*, organization: Organization, job: Job, error_class: str) -> None:
+    """Put the job back in the queue, admitted, to run again after a backoff (seconds, far below the
+    broker's visibility timeout; the reaper resends it if the message is lost)."""
+    if Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, runs=job.runs).update(
+        status=JobStatus.QUEUED, error_class=error_class[:100], admitted_at=timezone.now()
+    ):
+        delay = min(60.0, 2.0**job.runs) * random.uniform(0.5, 1.0)
+        transaction.on_commit(lambda: _dispatch(organization, [job.pk], countdown=delay))
 
 
 @transaction.atomic

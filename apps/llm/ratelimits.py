@@ -52,5 +52,7 @@ def rate_limit_take(*, organization: Organization, api_key_id: int | None, token
             undo.execute()
             (_, what, _, limit), _ = over[0]
             raise RateLimited(what=what, limit=limit, retry_after_s=retry_after)
-    except redis.RedisError as exc:
-        raise RateLimitUnavailable(str(exc)) from exc
+    except (redis.RedisError, AttributeError) as exc:
+        # AttributeError: redis-py reads from a connection the server dropped while it was being set
+        # up ('NoneType' object has no attribute 'readline'), seen under load; it is an outage too.
+        raise RateLimitUnavailable(f"{type(exc).__name__}: {exc}") from exc

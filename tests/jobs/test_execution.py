@@ -220,3 +220,20 @@ def test_job_content_is_removed_after_the_retention(tenant: Organization, fake_p
     assert old.content_removed and old.result is not None and old.result["text"] is None
     assert old.result["cost_usd"] and old.cost_usd > 0
     assert not recent.content_removed and recent.result is not None and recent.result["text"]
+
+
+def test_a_provider_outage_sends_the_job_back_to_the_queue_until_its_runs_are_spent(
+    tenant: Organization, fake_provider: FakeProvider
+) -> None:
+    fake_provider.fail_next(1000, status=503)  # every provider the router may fall back to is down
+    job = _submit(tenant)
+    job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.runs, job.error_class) == (JobStatus.QUEUED, 1, "provider_unavailable")
+    assert job.admitted_at is not None and job.finished_at is None
+    for _ in range(2):
+        job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.runs, job.error_class) == (JobStatus.FAILED, 3, "provider_unavailable")
+    failed_attempts = UsageAttempt.objects.filter(request_id__startswith=f"job-{job.pk.hex}-")
+    assert failed_attempts.count() == len(fake_provider.calls) and failed_attempts.exclude(status="failed").count() == 0
