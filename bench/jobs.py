@@ -220,17 +220,17 @@ def main() -> None:
             )
         finally:
             stop(workers)
-        workers = start_workers(2, 300, fake.openai_base_url)
+        workers = start_workers(2, 150, fake.openai_base_url)
         try:
             elapsed, done = submit_and_wait(organization, args.jobs)
             print(
-                f"2 worker processes x 300 threads, provider at 1 s:  {done / elapsed:6.1f} jobs/s end to end "
+                f"2 worker processes x 150 threads, provider at 1 s:  {done / elapsed:6.1f} jobs/s end to end "
                 f"({done}/{args.jobs} succeeded in {elapsed:.1f} s)"
             )
             fake.latency_s = 0.0
             elapsed, done = submit_and_wait(organization, args.jobs)
             print(
-                f"2 worker processes x 300 threads, provider at 0 ms: {done / elapsed:6.1f} jobs/s end to end "
+                f"2 worker processes x 150 threads, provider at 0 ms: {done / elapsed:6.1f} jobs/s end to end "
                 f"({done}/{args.jobs} succeeded in {elapsed:.1f} s)"
             )
         finally:

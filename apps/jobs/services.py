@@ -10,7 +10,9 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from django.conf import settings
+from django.db import OperationalError as DjangoOperationalError
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -359,6 +361,11 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
                 job_retry_later(organization=organization, job=job, error_class=error.code)
             else:
                 job_fail(organization=organization, job=job, error_class=error.code, message=error.message)
+        except (DjangoOperationalError, psycopg.OperationalError):
+            # The database is unreachable or its pool exhausted: nothing can be recorded now. The
+            # heartbeat stops with this run, and the reaper requeues the job once it can.
+            logger.warning("job %s stopped: the database could not be reached", job.pk, exc_info=True)
+            raise
         except Exception as error:
             # A bug of ours, not the provider's: fail the job now (its attempts are settled or swept)
             # rather than leave it to the reaper, which would only run it into the same bug again.

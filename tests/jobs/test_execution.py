@@ -237,3 +237,21 @@ def test_a_provider_outage_sends_the_job_back_to_the_queue_until_its_runs_are_sp
     assert (job.status, job.runs, job.error_class) == (JobStatus.FAILED, 3, "provider_unavailable")
     failed_attempts = UsageAttempt.objects.filter(request_id__startswith=f"job-{job.pk.hex}-")
     assert failed_attempts.count() == len(fake_provider.calls) and failed_attempts.exclude(status="failed").count() == 0
+
+
+def test_a_database_outage_leaves_the_job_to_the_reaper_instead_of_failing_it(
+    tenant: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    from apps.jobs import services
+
+    def unreachable(**kwargs: object) -> object:
+        raise OperationalError("couldn't get a connection after 10.00 sec")
+
+    monkeypatch.setattr(services, "chat_complete", unreachable)
+    job = _submit(tenant)
+    with pytest.raises(OperationalError):
+        job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.runs, job.error_class) == (JobStatus.RUNNING, 1, "")
