@@ -314,20 +314,20 @@ def webhook_event_emit(
         raise WebhookInvalid(f"the event payload is larger than {MAX_PAYLOAD_BYTES} bytes", param="payload")
     # No savepoint of its own: inside a caller's transaction (a job's end) it succeeds or fails with it.
     with organization_schema(organization), transaction.atomic(savepoint=False):
-        endpoints = WebhookEndpoint.objects.filter(is_active=True)
+        # Every job's end emits: one plain query for the active endpoints, matched here.
+        active = WebhookEndpoint.objects.filter(is_active=True)
         if endpoint_id is not None:
-            endpoints = endpoints.filter(pk=endpoint_id)
-        else:
-            matches = Q()
-            for entry in subscription_entries(event_type):
-                matches |= Q(events__contains=[entry])
-            endpoints = endpoints.filter(matches)
+            active = active.filter(pk=endpoint_id)
+        entries = set(subscription_entries(event_type))
+        endpoints = [
+            pk for pk, events in active.values_list("pk", "events") if endpoint_id is not None or entries & set(events)
+        ]
         event_id = uuid.uuid4()
         now = timezone.now()
         deliveries = WebhookDelivery.objects.bulk_create(
             [
                 WebhookDelivery(
-                    endpoint=endpoint,
+                    endpoint_id=endpoint,
                     event_type=event_type,
                     event_id=event_id,
                     payload=json.loads(encoded),
