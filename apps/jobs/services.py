@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -21,6 +22,7 @@ from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.jobs.heartbeat import heartbeats
 from apps.jobs.models import FINISHED, Agent, Job, JobStatus
+from apps.knowledge.selectors import chunks_search
 from apps.llm.budgets import attempts_abandon
 from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete
 from apps.llm.platform.selectors import catalog
@@ -340,8 +342,10 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
     if job is None:
         return
     request_id = _request_id(job, job.runs)
+    retrieval_cost = Decimal(0)
 
     def record(outcome: ChatOutcome) -> None:
+        outcome = dataclasses.replace(outcome, cost_usd=outcome.cost_usd + retrieval_cost)
         if not _finish(organization, job, JobStatus.SUCCEEDED, outcome=outcome, run=job.runs):
             # Cancelled (or taken over) while the call ran: the ledger has the cost, the job adds
             # it to what it spent; the answer is dropped.
@@ -349,10 +353,14 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
 
     with heartbeats.running(organization.schema_name, job.pk):
         try:
+            request = job.request
+            agent = job.agent if job.agent_id else None
+            if agent is not None and agent.knowledge_document_ids:
+                request, retrieval_cost = _with_knowledge(organization, job, agent, request_id)
             chat_complete(
                 organization=organization,
                 principal=job_principal(job),
-                call=chat_call_parse(job.request),
+                call=chat_call_parse(request),
                 request_id=request_id,
                 on_settled=record,
             )
@@ -376,6 +384,33 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
                 error_class=type(error).__name__,
                 message="the job failed on an internal error; it has been logged for the operators",
             )
+
+
+def _with_knowledge(
+    organization: Organization, job: Job, agent: Agent, request_id: str
+) -> tuple[dict[str, Any], Decimal]:
+    """The job's request with the agent's documents' nearest chunks to its question as context, and
+    what embedding the question cost (its own ledger row)."""
+    messages = list(job.request["messages"])
+    question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
+    if not isinstance(question, str) or not question.strip():
+        return job.request, Decimal(0)
+    found = chunks_search(
+        organization=organization,
+        principal=job_principal(job),
+        query=question,
+        top_k=agent.retrieval_top_k,
+        document_ids=list(agent.knowledge_document_ids),
+        request_id=f"{request_id}.rag",
+    )
+    if not found.chunks:
+        return job.request, found.cost_usd
+    context = "\n\n".join(f"[{chunk['document_title']} #{chunk['ordinal']}] {chunk['text']}" for chunk in found.chunks)
+    knowledge = {
+        "role": "system",
+        "content": f"Answer from these excerpts of the organization's documents:\n\n{context}",
+    }
+    return {**job.request, "messages": [knowledge, *messages]}, found.cost_usd
 
 
 # Refusals that may pass: every provider busy or down, the rate limiter unreachable, a rate limit.

@@ -132,7 +132,7 @@ def run_llm(context: StepContext, body: dict[str, Any], on_settled: Settled) -> 
 
 
 def run_retrieve(context: StepContext, spec: StepSpec, scope: Scope) -> StepResult:
-    from apps.workflows.retrieval import chunks_search
+    from apps.knowledge.selectors import chunks_search
 
     query = _render(spec, "query", scope)
     if not query.strip():

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from apps.jobs.models import Agent
 from apps.knowledge.models import Chunk, Document
+from apps.knowledge.selectors import query_embed
 from apps.llm.budgets import Spender, attempt_reserve
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.services import budget_set
@@ -20,7 +21,6 @@ from apps.tenants.models import Organization
 from apps.workflows import services, tasks
 from apps.workflows import steps as steps_module
 from apps.workflows.models import RunStatus, StepRun, StepStatus, WorkflowRun
-from apps.workflows.retrieval import query_embed
 from apps.workflows.services import (
     RunFinished,
     RunInputInvalid,

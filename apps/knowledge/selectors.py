@@ -1,6 +1,6 @@
-"""Knowledge search for `retrieve` steps: the query is embedded through the governed embeddings
-path (budgeted, in the ledger), then the organization's chunks are ordered by cosine distance
-(the HNSW index of apps.knowledge)."""
+"""Knowledge search, for workflow `retrieve` steps and agents with documents: the query is embedded
+through the governed embeddings path (budgeted, in the ledger), then the organization's chunks are
+ordered by cosine distance (the HNSW index)."""
 
 from __future__ import annotations
 
