@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import redis
 from django.conf import settings
 from django.db import OperationalError as DjangoOperationalError
 from django.db import connection, transaction
@@ -369,6 +370,13 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
                 job_retry_later(organization=organization, job=job, error_class=error.code)
             else:
                 job_fail(organization=organization, job=job, error_class=error.code, message=error.message)
+        except (redis.RedisError, OSError) as error:
+            # Redis (rate limits, breaker, caches) stalled or dropped us: a transient outage.
+            logger.warning("job %s: redis unavailable", job.pk, exc_info=True)
+            if job.runs < settings.JOB_MAX_RUNS:
+                job_retry_later(organization=organization, job=job, error_class=type(error).__name__)
+            else:
+                job_fail(organization=organization, job=job, error_class=type(error).__name__, message=str(error))
         except (DjangoOperationalError, psycopg.OperationalError):
             # The database is unreachable or its pool exhausted: nothing can be recorded now. The
             # heartbeat stops with this run, and the reaper requeues the job once it can.

@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import redis
-
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
 
@@ -50,9 +48,11 @@ def rate_limit_take(*, organization: Organization, api_key_id: int | None, token
             for key, _, amount, _ in checks:
                 undo.decrby(key, amount)
             undo.execute()
-            (_, what, _, limit), _ = over[0]
-            raise RateLimited(what=what, limit=limit, retry_after_s=retry_after)
-    except (redis.RedisError, AttributeError) as exc:
-        # AttributeError: redis-py reads from a connection the server dropped while it was being set
-        # up ('NoneType' object has no attribute 'readline'), seen under load; it is an outage too.
+    except Exception as exc:
+        # Fail closed on any failure of the store: besides RedisError, redis-py lets AttributeError
+        # and ValueError out of connections the server dropped or timed out mid-handshake (seen here
+        # under load: "'NoneType' object has no attribute 'readline'", "I/O operation on closed file").
         raise RateLimitUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    if over:
+        (_, what, _, limit), _ = over[0]
+        raise RateLimited(what=what, limit=limit, retry_after_s=retry_after)

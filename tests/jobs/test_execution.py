@@ -295,3 +295,40 @@ def test_an_agent_with_documents_answers_from_their_nearest_chunks_and_the_job_p
         )
         job_execute(organization=organization_b, job_id=job_b.pk)
     assert "Refunds" not in str(fake_provider.calls[-1].body["messages"][:-1])
+
+
+def test_a_redis_stall_sends_the_job_back_to_the_queue(tenant: Organization, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    from apps.jobs import services
+
+    def stalled(**kwargs: object) -> object:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(services, "chat_complete", stalled)
+    job = _submit(tenant)
+    job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.runs, job.error_class) == (JobStatus.QUEUED, 1, "TimeoutError")
+
+
+def test_the_rate_limiter_fails_closed_on_redis_py_errors_that_are_not_redis_errors(
+    tenant: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.llm import ratelimits
+
+    class BrokenPipeline:
+        def incrby(self, *args: object) -> None: ...
+
+        def expire(self, *args: object) -> None: ...
+
+        def execute(self) -> list[int]:
+            raise ValueError("I/O operation on closed file.")
+
+    class BrokenClient:
+        def pipeline(self, transaction: bool) -> BrokenPipeline:
+            return BrokenPipeline()
+
+    monkeypatch.setattr(ratelimits, "redis_client", BrokenClient)
+    with pytest.raises(ratelimits.RateLimitUnavailable, match="ValueError"):
+        ratelimits.rate_limit_take(organization=tenant, api_key_id=1, tokens=10)
