@@ -66,6 +66,8 @@ class WorkflowRun(models.Model):
     principal_id = models.CharField(max_length=64, blank=True, default="")
     principal_label = models.CharField(max_length=254, blank=True, default="")
     created_at = models.DateTimeField(db_default=Now())
+    # Set when the organization's concurrency cap lets the run's steps go to the queue.
+    admitted_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -85,6 +87,11 @@ class WorkflowRun(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "created_at"], name="workflows_run_status"),
+            models.Index(
+                fields=["created_at"],
+                name="workflows_run_waiting",
+                condition=models.Q(status="queued", admitted_at=None),
+            ),
             models.Index(fields=["workflow", "created_at"], name="workflows_run_workflow"),
             models.Index(
                 fields=["finished_at"], name="workflows_run_content_kept", condition=models.Q(content_deleted_at=None)

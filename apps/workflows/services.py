@@ -240,7 +240,7 @@ def run_start(
         target=run,
         metadata={"workflow": str(workflow.pk), "version": version.number},
     )
-    _advance(organization, run, definition)
+    runs_admit(organization=organization, waiting=True)
     return run
 
 
@@ -309,8 +309,45 @@ def run_rerun(*, organization: Organization, actor: Principal, run: WorkflowRun)
         target=rerun,
         metadata={"rerun_of": str(source.pk), "steps": sorted(reset)},
     )
-    _advance(organization, rerun, definition)
+    runs_admit(organization=organization, waiting=True)
     return rerun
+
+
+# Admitted and unfinished runs are counted up to the cap only; the oldest waiting runs fill what is
+# free, in the same statement (see apps.jobs.services.jobs_admit, which does the same for jobs).
+_ADMIT = """
+    WITH active AS (
+        SELECT count(*) AS n FROM (
+            SELECT 1 FROM workflows_workflowrun
+             WHERE admitted_at IS NOT NULL AND (status = 'queued' OR status = 'running')
+             LIMIT %(cap)s
+        ) counted
+    ), picked AS (
+        SELECT id FROM workflows_workflowrun
+         WHERE status = 'queued' AND admitted_at IS NULL
+         ORDER BY created_at
+         LIMIT GREATEST(%(cap)s - (SELECT n FROM active), 0)
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE workflows_workflowrun SET admitted_at = %(now)s FROM picked WHERE workflows_workflowrun.id = picked.id
+    RETURNING workflows_workflowrun.id
+"""
+
+
+def runs_admit(*, organization: Organization, waiting: bool = False) -> list[UUID]:
+    """Let the oldest waiting runs start while fewer than the plan's `max_concurrent_jobs` runs of
+    the organization are admitted and unfinished, so one organization's flood of runs can't fill
+    the queue for everyone. `waiting`: the caller just created a waiting run (skip the cheap check)."""
+    if not waiting and not WorkflowRun.objects.filter(status=RunStatus.QUEUED, admitted_at__isnull=True).exists():
+        return []
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('runs-admit:' || current_schema()))")
+        cap = int(organization.plan.limit("max_concurrent_jobs"))
+        cursor.execute(_ADMIT, {"cap": cap, "now": timezone.now()})
+        ids = [row[0] for row in cursor.fetchall()]
+        for run in WorkflowRun.objects.filter(pk__in=ids).select_related("version"):
+            _advance(organization, run, definition_of(version=run.version))
+        return ids
 
 
 # -- advancing a run ----------------------------------------------------------------------------------
@@ -389,6 +426,7 @@ def _run_finish(
             error_message="the run was cancelled" if status == RunStatus.CANCELLED else "the run failed before it",
         )
     _emit(organization, run)
+    runs_admit(organization=organization)
 
 
 def _emit(organization: Organization, run: WorkflowRun) -> None:
@@ -728,6 +766,7 @@ def runs_reap(*, organization: Organization, now: dt.datetime | None = None) -> 
             transaction.on_commit(lambda: _resend(organization, [(run_id, name) for _, run_id, name in resend]))
     if resend:
         logger.warning("workflow steps reaped", extra={"dead": len(dead), "lost": len(lost)})
+    runs_admit(organization=organization)  # a run that waited while another ended in a race
     return {"dead": len(dead), "lost": len(lost)}
 
 
