@@ -15,12 +15,13 @@ import psycopg
 import redis
 from django.conf import settings
 from django.db import OperationalError as DjangoOperationalError
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.jobs.admission import waiting_admit
 from apps.jobs.heartbeat import heartbeats
 from apps.jobs.models import FINISHED, Agent, Job, JobStatus
 from apps.knowledge.selectors import chunks_search
@@ -154,43 +155,18 @@ def _concurrency_cap(organization: Organization) -> int:
     return int(organization.plan.limit("max_concurrent_jobs"))
 
 
-# Admitted and unfinished jobs are counted up to the cap only, so the count costs no more than the
-# cap however long the backlog; the oldest waiting jobs fill what is free, in the same statement.
-_ADMIT = """
-    WITH active AS (
-        SELECT count(*) AS n FROM (
-            SELECT 1 FROM jobs_job
-             WHERE admitted_at IS NOT NULL AND (status = 'queued' OR status = 'running')
-             LIMIT %(cap)s
-        ) counted
-    ), picked AS (
-        SELECT id FROM jobs_job
-         WHERE status = 'queued' AND admitted_at IS NULL
-         ORDER BY created_at
-         LIMIT GREATEST(%(cap)s - (SELECT n FROM active), 0)
-           FOR UPDATE SKIP LOCKED
-    )
-    UPDATE jobs_job SET admitted_at = %(now)s FROM picked WHERE jobs_job.id = picked.id
-    RETURNING jobs_job.id
-"""
-
-
 def jobs_admit(*, organization: Organization, waiting: bool = False) -> list[UUID]:
     """Send the oldest waiting jobs to the queue while fewer than the plan's cap are admitted and
     unfinished. The queue never holds more than the cap for one organization, so one that floods it
-    can't starve the others; a per-organization advisory lock, taken in its own statement so the
-    count's snapshot sees every admission committed before it, makes the count exact. (A job that
+    can't starve the others (apps.jobs.admission). (A job that
     starts waiting while another ends may wait for the reaper's next admission, within seconds.)
     `waiting`: the caller knows a job waits (it just created one), so the cheap check is skipped."""
     if not waiting and not Job.objects.filter(status=JobStatus.QUEUED, admitted_at__isnull=True).exists():
         return []
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('jobs-admit:' || current_schema()))")
-        cursor.execute(_ADMIT, {"cap": _concurrency_cap(organization), "now": timezone.now()})
-        ids = [row[0] for row in cursor.fetchall()]
-        if ids:
-            transaction.on_commit(lambda: _dispatch(organization, ids))
-        return ids
+    ids = waiting_admit(table=Job._meta.db_table, cap=_concurrency_cap(organization))
+    if ids:
+        transaction.on_commit(lambda: _dispatch(organization, ids))
+    return ids
 
 
 def _dispatch(organization: Organization, ids: list[UUID], countdown: float | None = None) -> None:

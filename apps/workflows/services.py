@@ -31,6 +31,7 @@ from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.jobs.admission import waiting_admit
 from apps.jobs.services import job_request_build
 from apps.llm.budgets import attempts_abandon
 from apps.llm.engine import GatewayError
@@ -313,41 +314,17 @@ def run_rerun(*, organization: Organization, actor: Principal, run: WorkflowRun)
     return rerun
 
 
-# Admitted and unfinished runs are counted up to the cap only; the oldest waiting runs fill what is
-# free, in the same statement (see apps.jobs.services.jobs_admit, which does the same for jobs).
-_ADMIT = """
-    WITH active AS (
-        SELECT count(*) AS n FROM (
-            SELECT 1 FROM workflows_workflowrun
-             WHERE admitted_at IS NOT NULL AND (status = 'queued' OR status = 'running')
-             LIMIT %(cap)s
-        ) counted
-    ), picked AS (
-        SELECT id FROM workflows_workflowrun
-         WHERE status = 'queued' AND admitted_at IS NULL
-         ORDER BY created_at
-         LIMIT GREATEST(%(cap)s - (SELECT n FROM active), 0)
-           FOR UPDATE SKIP LOCKED
-    )
-    UPDATE workflows_workflowrun SET admitted_at = %(now)s FROM picked WHERE workflows_workflowrun.id = picked.id
-    RETURNING workflows_workflowrun.id
-"""
-
-
 def runs_admit(*, organization: Organization, waiting: bool = False) -> list[UUID]:
     """Let the oldest waiting runs start while fewer than the plan's `max_concurrent_jobs` runs of
     the organization are admitted and unfinished, so one organization's flood of runs can't fill
     the queue for everyone. `waiting`: the caller just created a waiting run (skip the cheap check)."""
     if not waiting and not WorkflowRun.objects.filter(status=RunStatus.QUEUED, admitted_at__isnull=True).exists():
         return []
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('runs-admit:' || current_schema()))")
-        cap = int(organization.plan.limit("max_concurrent_jobs"))
-        cursor.execute(_ADMIT, {"cap": cap, "now": timezone.now()})
-        ids = [row[0] for row in cursor.fetchall()]
+    with transaction.atomic(savepoint=False):
+        ids = waiting_admit(table=WorkflowRun._meta.db_table, cap=int(organization.plan.limit("max_concurrent_jobs")))
         for run in WorkflowRun.objects.filter(pk__in=ids).select_related("version"):
             _advance(organization, run, definition_of(version=run.version))
-        return ids
+    return ids
 
 
 # -- advancing a run ----------------------------------------------------------------------------------
