@@ -6,6 +6,8 @@ from decimal import Decimal
 from django.db import models
 from django.db.models.functions import Now
 
+from apps.jobs.models import FINISHED, JobStatus
+
 
 class Workflow(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -40,15 +42,9 @@ class WorkflowVersion(models.Model):
         return f"{self.workflow_id} v{self.number}"
 
 
-class RunStatus(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-RUN_FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+# A run has a job's lifecycle: the admission of apps.jobs.admission counts both by these statuses.
+RunStatus = JobStatus
+RUN_FINISHED = FINISHED
 
 
 class WorkflowRun(models.Model):
