@@ -45,5 +45,7 @@ def json_loads_bounded(data: bytes | str, *, limit: int = MAX_JSON_DEPTH) -> Any
         value = json.loads(data)
     except RecursionError as exc:
         raise JsonTooDeep(limit) from exc
-    json_depth_check(value, limit=limit)
+    opening = (b"[", b"{") if isinstance(data, bytes) else ("[", "{")
+    if data.count(opening[0]) + data.count(opening[1]) > limit:  # fewer brackets can't nest deeper
+        json_depth_check(value, limit=limit)
     return value
