@@ -8,6 +8,7 @@ uncaught), and a few hundred levels that do parse still blow up whatever walks t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 # Deep enough for any tool schema we have seen (OpenAI caps function schemas at 5 levels of
@@ -37,12 +38,15 @@ def json_depth_check(value: Any, *, limit: int = MAX_JSON_DEPTH) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
-def json_loads_bounded(data: bytes | str, *, limit: int = MAX_JSON_DEPTH) -> Any:
+def json_loads_bounded(
+    data: bytes | str, *, limit: int = MAX_JSON_DEPTH, parse_constant: Callable[[str], Any] | None = None
+) -> Any:
     """`json.loads`, refusing nesting deeper than `limit` with JsonTooDeep (a ValueError).
 
-    Other malformed input raises ValueError as `json.loads` does."""
+    Other malformed input raises ValueError as `json.loads` does. `parse_constant` is json's own
+    hook for NaN and Infinity (which PostgreSQL's JSON refuses)."""
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_constant=parse_constant)
     except RecursionError as exc:
         raise JsonTooDeep(limit) from exc
     opening = (b"[", b"{") if isinstance(data, bytes) else ("[", "{")
