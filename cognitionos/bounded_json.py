@@ -49,7 +49,7 @@ def json_loads_bounded(
         value = json.loads(data, parse_constant=parse_constant)
     except RecursionError as exc:
         raise JsonTooDeep(limit) from exc
-    opening = (b"[", b"{") if isinstance(data, bytes) else ("[", "{")
-    if data.count(opening[0]) + data.count(opening[1]) > limit:  # fewer brackets can't nest deeper
+    brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
+    if brackets > limit:  # fewer brackets can't nest deeper
         json_depth_check(value, limit=limit)
     return value
