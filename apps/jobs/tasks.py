@@ -33,15 +33,18 @@ def jobs_reap_all() -> int:
     return len(ids)
 
 
-@tenant_task()
+@tenant_task(serves_organization=False)
 def jobs_content_expire_tenant() -> int:
     return jobs_content_expire(organization=_organization())
 
 
 @shared_task
 def jobs_content_expire_all() -> int:
-    """Beat: remove prompts and answers of jobs past their organization's retention."""
-    ids = [organization.pk for organization in organization_list() if organization.accepts_jobs]
+    """Beat: remove prompts and answers of jobs past their organization's retention, for suspended
+    and past-due organizations too (keeping content is not serving the organization)."""
+    ids = [
+        organization.pk for organization in organization_list() if organization.status != Organization.Status.DELETING
+    ]
     for organization_id in ids:
         jobs_content_expire_tenant.delay(tenant_id=organization_id)
     return len(ids)

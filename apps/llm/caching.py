@@ -18,6 +18,7 @@ from django.db import models
 from django.utils import timezone
 
 from apps.llm.models import CachedResponse, SemanticCacheEntry
+from apps.llm.selectors import EngineSettings, llm_settings_of_schema
 from cognitionos.redis import redis_client
 
 # Everything that changes the answer is in the key; these fields do not.
@@ -37,31 +38,49 @@ def cache_key(*, model: str, payload: dict[str, Any]) -> str:
 
 
 class _L1:
+    """Per process. Each entry carries the content generation of its organization's settings when
+    it was stored; an entry of another generation is never served. When a process first sees an
+    organization's new generation it drops all of that organization's entries here."""
+
     def __init__(self) -> None:
-        self._entries: LRUCache[tuple[str, str], tuple[float, dict[str, Any], Decimal]] = LRUCache(
+        self._entries: LRUCache[tuple[str, str], tuple[float, str, dict[str, Any], Decimal]] = LRUCache(
             maxsize=settings.LLM_L1_CACHE_ENTRIES
         )
+        self._generations: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def get(self, schema: str, key: str) -> tuple[dict[str, Any], Decimal] | None:
+    def get(self, schema: str, key: str, generation: str | None = None) -> tuple[dict[str, Any], Decimal] | None:
+        """The entry, if live and (given a generation) stored under that generation."""
         with self._lock:
+            if generation is not None and self._generations.get(schema, generation) != generation:
+                self._forget_schema_locked(schema)
             entry = self._entries.get((schema, key))
-        if entry is None or entry[0] < time.monotonic():
+        if entry is None or entry[0] < time.monotonic() or (generation is not None and entry[1] != generation):
             return None
-        return entry[1], entry[2]
+        return entry[2], entry[3]
 
-    def put(self, schema: str, key: str, body: dict[str, Any], cost: Decimal, ttl: int) -> None:
+    def put(
+        self, schema: str, key: str, body: dict[str, Any], cost: Decimal, ttl: int, *, generation: str = ""
+    ) -> None:
         with self._lock:
-            self._entries[(schema, key)] = (time.monotonic() + ttl, body, cost)
+            if self._generations.get(schema, generation) != generation:
+                self._forget_schema_locked(schema)
+            self._generations[schema] = generation
+            self._entries[(schema, key)] = (time.monotonic() + ttl, generation, body, cost)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._generations.clear()
 
     def forget_schema(self, schema: str) -> None:
         with self._lock:
-            for entry in [entry for entry in self._entries if entry[0] == schema]:
-                self._entries.pop(entry, None)
+            self._forget_schema_locked(schema)
+
+    def _forget_schema_locked(self, schema: str) -> None:
+        for entry in [entry for entry in self._entries if entry[0] == schema]:
+            self._entries.pop(entry, None)
+        self._generations.pop(schema, None)
 
 
 l1 = _L1()
@@ -71,53 +90,90 @@ def _l2_key(schema: str, key: str) -> str:
     return f"llm:cache:{schema}:{key}"
 
 
+def _retention_left(policy: EngineSettings, created_at: dt.datetime, expires_at: dt.datetime) -> int:
+    """Seconds a stored answer may still be served: until it expires or leaves the retention."""
+    until = min(expires_at, created_at + dt.timedelta(days=policy.retention_days))
+    return int((until - timezone.now()).total_seconds())
+
+
 def cache_get(*, schema: str, key: str) -> CachedAnswer | None:
-    hit = l1.get(schema, key)
+    """The stored answer for `key`, from the fastest layer that has it under the organization's
+    current content policy (none in no-content mode; nothing stored under an earlier policy)."""
+    # From the per-process settings cache the engine has just read: no Redis round trip on an L1 hit.
+    policy = llm_settings_of_schema(schema=schema)
+    if not policy.store_content:
+        return None
+    generation = policy.content_generation
+    hit = l1.get(schema, key, generation)
     if hit is not None:
         return CachedAnswer(body=hit[0], cost_usd=hit[1], layer="l1")
-    raw = redis_client().get(_l2_key(schema, key))
+    client = redis_client()
+    raw = client.get(_l2_key(schema, key))
     if raw is not None:
         stored = json.loads(raw)
-        ttl = max(1, int(redis_client().ttl(_l2_key(schema, key)) or 1))
-        l1.put(schema, key, stored["body"], Decimal(stored["cost"]), ttl)
-        return CachedAnswer(body=stored["body"], cost_usd=Decimal(stored["cost"]), layer="l2")
+        if stored.get("generation", "") == generation:
+            ttl = max(1, int(client.ttl(_l2_key(schema, key)) or 1))
+            l1.put(schema, key, stored["body"], Decimal(stored["cost"]), ttl, generation=generation)
+            return CachedAnswer(body=stored["body"], cost_usd=Decimal(stored["cost"]), layer="l2")
+        # Stored under an earlier policy (by a process that had not seen the change yet): dead.
+        client.delete(_l2_key(schema, key))
     row = (
         CachedResponse.objects.filter(key=key, expires_at__gt=timezone.now())
-        .only("response", "cost_usd", "expires_at")
+        .only("response", "cost_usd", "created_at", "expires_at")
         .first()
     )
     if row is not None:
-        ttl = max(1, int((row.expires_at - timezone.now()).total_seconds()))
-        _fill_fast_layers(schema, key, row.response, row.cost_usd, ttl)
-        return CachedAnswer(body=row.response, cost_usd=row.cost_usd, layer="l4")
+        ttl = _retention_left(policy, row.created_at, row.expires_at)
+        if ttl > 0:
+            _fill_fast_layers(schema, key, row.response, row.cost_usd, ttl, generation=generation)
+            return CachedAnswer(body=row.response, cost_usd=row.cost_usd, layer="l4")
     return None
 
 
-def _fill_fast_layers(schema: str, key: str, body: dict[str, Any], cost: Decimal, ttl: int) -> None:
-    l1.put(schema, key, body, cost, ttl)
-    redis_client().set(_l2_key(schema, key), json.dumps({"body": body, "cost": str(cost)}), ex=ttl)
+def _fill_fast_layers(schema: str, key: str, body: dict[str, Any], cost: Decimal, ttl: int, *, generation: str) -> None:
+    l1.put(schema, key, body, cost, ttl, generation=generation)
+    redis_client().set(
+        _l2_key(schema, key), json.dumps({"body": body, "cost": str(cost), "generation": generation}), ex=ttl
+    )
 
 
 def cache_put(*, schema: str, key: str, model_name: str, body: dict[str, Any], cost: Decimal, ttl: int | None) -> None:
-    """Store a complete, successful answer in every layer (the caller never passes errors or cut-offs)."""
-    ttl = ttl or settings.LLM_CACHE_TTL_S
-    _fill_fast_layers(schema, key, body, cost, ttl)
+    """Store a complete, successful answer in every layer (the caller never passes errors or cut-offs),
+    for no longer than the organization's retention; nothing in no-content mode."""
+    policy = llm_settings_of_schema(schema=schema)
+    if not policy.store_content:
+        return
+    ttl = min(ttl or settings.LLM_CACHE_TTL_S, policy.retention_days * 86400)
+    _fill_fast_layers(schema, key, body, cost, ttl, generation=policy.content_generation)
     CachedResponse.objects.update_or_create(
         key=key,
         defaults={
             "model_name": model_name,
             "response": body,
             "cost_usd": cost,
+            # A new answer for the key starts its retention again.
+            "created_at": timezone.now(),
             "expires_at": timezone.now() + dt.timedelta(seconds=ttl),
         },
     )
 
 
+def cache_fast_layers_drop(*, schema: str) -> None:
+    """Drop the organization's L2 entries and this process's L1 entries. Other processes' L1
+    entries die with the settings' generation (every settings change makes a new one)."""
+    client = redis_client()
+    keys = list(client.scan_iter(_l2_key(schema, "*"), count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    l1.forget_schema(schema)
+
+
 def cache_content_delete(*, schema: str, created_before: dt.datetime | None = None) -> int:
     """Delete stored answers of the organization whose schema the connection is on: expired ones,
-    those created before `created_before`, or (None) all of them, in every layer. Returns the
-    number of durable rows deleted. L2 entries expire by themselves within their TTL, which is
-    never longer than the retention; deleting everything also drops them (and this process's L1)."""
+    those created before `created_before`, or (None) all of them, in every layer; what stays gets
+    no longer than `now - created_before` to live. Returns the number of durable rows deleted.
+    L2 entries expire by themselves within their TTL, which is never longer than the retention;
+    deleting everything also drops them (and this process's L1)."""
     now = timezone.now()
     deleted = 0
     for model in (CachedResponse, SemanticCacheEntry):
@@ -125,10 +181,10 @@ def cache_content_delete(*, schema: str, created_before: dt.datetime | None = No
         if created_before is not None:
             rows = rows.filter(models.Q(expires_at__lte=now) | models.Q(created_at__lt=created_before))
         deleted += rows.delete()[0]
+        if created_before is not None:
+            # A shortened retention: what was stored under the longer one expires with the new one.
+            limit = models.F("created_at") + (now - created_before)
+            model.objects.filter(expires_at__gt=limit).update(expires_at=limit)
     if created_before is None:
-        client = redis_client()
-        keys = list(client.scan_iter(_l2_key(schema, "*"), count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-        l1.forget_schema(schema)
+        cache_fast_layers_drop(schema=schema)
     return deleted

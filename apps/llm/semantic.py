@@ -24,6 +24,8 @@ from apps.llm.caching import CachedAnswer, cache_key
 from apps.llm.models import SEMANTIC_DIMENSIONS, SemanticCacheEntry
 from apps.llm.platform.selectors import catalog
 from apps.llm.router import usable
+from apps.llm.selectors import llm_settings_of_schema
+from apps.tenants.connection import tenant_connection
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 # Rounding: an identical vector's distance may come back as a hair above zero.
@@ -93,10 +95,18 @@ def embedding_model_name() -> str | None:
 
 
 def semantic_get(*, query: SemanticQuery, embedding: list[float], threshold: float) -> CachedAnswer | None:
-    """The most similar live entry for the same model and context, if it is at least `threshold` similar."""
+    """The most similar live entry for the same model and context, if it is at least `threshold` similar
+    and within the organization's current retention (none in no-content mode)."""
+    policy = llm_settings_of_schema(schema=tenant_connection().schema_name)
+    if not policy.store_content:
+        return None
+    now = timezone.now()
     row = (
         SemanticCacheEntry.objects.filter(
-            model_name=query.model_key, context_hash=query.context_hash, expires_at__gt=timezone.now()
+            model_name=query.model_key,
+            context_hash=query.context_hash,
+            expires_at__gt=now,
+            created_at__gt=now - dt.timedelta(days=policy.retention_days),
         )
         .annotate(distance=CosineDistance("embedding", embedding))
         .filter(distance__lte=1 - threshold + _EPSILON)
@@ -112,9 +122,12 @@ def semantic_get(*, query: SemanticQuery, embedding: list[float], threshold: flo
 def semantic_put(
     *, query: SemanticQuery, embedding: list[float], body: dict[str, Any], cost: Decimal, ttl: int
 ) -> None:
-    """Store a complete, successful answer for later similar prompts."""
-    if len(embedding) != SEMANTIC_DIMENSIONS:
+    """Store a complete, successful answer for later similar prompts, for no longer than the
+    organization's retention; nothing in no-content mode."""
+    policy = llm_settings_of_schema(schema=tenant_connection().schema_name)
+    if len(embedding) != SEMANTIC_DIMENSIONS or not policy.store_content:
         return
+    ttl = min(ttl, policy.retention_days * 86400)
     SemanticCacheEntry.objects.create(
         model_name=query.model_key,
         context_hash=query.context_hash,

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
-from apps.llm.caching import cache_content_delete
+from apps.llm.caching import cache_content_delete, cache_fast_layers_drop
 from apps.llm.crypto import Sealed, current_key_id, seal, unseal
 from apps.llm.models import Budget, BudgetPeriod, BudgetScope, LlmSettings, ProviderCredential
 from apps.llm.platform.models import Provider
@@ -199,7 +199,9 @@ def llm_settings_set(
 ) -> LlmSettings:
     """Change the organization's engine settings (None: leave as is). Turning content off deletes
     every stored answer of the organization at once; shortening the retention deletes what is now
-    too old (the sweeper keeps it so afterwards)."""
+    too old and caps what stays at the new retention (the sweeper keeps it so afterwards). Every
+    change makes a new content generation: each process's L1 stops serving answers stored under
+    the earlier settings as soon as its settings cache renews (SETTINGS_CACHE_SECONDS)."""
     if semantic_threshold is not None and not 0.8 <= semantic_threshold <= 1:
         raise SettingsInvalid("the semantic threshold is a cosine similarity from 0.8 to 1")
     if retention_days is not None and not 1 <= retention_days <= 3650:
@@ -227,6 +229,8 @@ def llm_settings_set(
             cache_content_delete(
                 schema=organization.schema_name, created_before=timezone.now() - dt.timedelta(days=retention_days)
             )
+            # L2 entries carry their TTL from the longer retention: dropped, L4 refills them.
+            cache_fast_layers_drop(schema=organization.schema_name)
         audit_record(
             organization=organization,
             actor=actor,

@@ -24,7 +24,7 @@ def llm_holds_sweep_all() -> int:
     return len(ids)
 
 
-@tenant_task()
+@tenant_task(serves_organization=False)
 def llm_content_sweep_one() -> int:
     """Delete this organization's stored answers past their retention (or all, in no-content mode)."""
     organization = Organization.objects.get(schema_name=tenant_connection().schema_name)
@@ -33,8 +33,9 @@ def llm_content_sweep_one() -> int:
 
 @shared_task
 def llm_content_sweep_all() -> int:
-    """Beat: one retention sweep per organization."""
-    ids = [org.pk for org in organization_list()]
+    """Beat: one retention sweep per organization, suspended and past-due ones included (keeping
+    content is not serving the organization)."""
+    ids = [org.pk for org in organization_list() if org.status != Organization.Status.DELETING]
     for organization_id in ids:
         llm_content_sweep_one.delay(tenant_id=organization_id)
     return len(ids)

@@ -30,6 +30,10 @@ else:
 
 class TenantTask(_TaskBase):
     abstract = True
+    # False for upkeep that must go on while the organization is not served (content retention
+    # sweeps): suspended and past-due organizations get it too; one being deleted does not.
+    # Set per task: `@tenant_task(serves_organization=False)`.
+    serves_organization = True
     # Celery's own argument check knows nothing of tenant_id; apply_async checks the call instead.
     typing = False
 
@@ -51,7 +55,9 @@ class TenantTask(_TaskBase):
             raise TenantTaskRefused(f"{self.name}: no organization with id {tenant_id}")
         if organization.is_public:
             raise TenantTaskRefused(f"{self.name} refuses to run on the public schema")
-        if not organization.accepts_jobs:
+        if organization.status == organization.Status.DELETING or (
+            self.serves_organization and not organization.accepts_jobs
+        ):
             raise TenantTaskRefused(f"{self.name}: organization {organization.slug} is {organization.status}")
         try:
             with tenant_context(organization):

@@ -34,15 +34,18 @@ def workflow_runs_reap_all() -> int:
     return len(ids)
 
 
-@tenant_task()
+@tenant_task(serves_organization=False)
 def workflow_content_sweep() -> int:
     return runs_content_sweep(organization=_organization())
 
 
 @shared_task
 def workflow_content_sweep_all() -> int:
-    """Beat: delete the content of runs past each organization's retention."""
-    ids = [organization.pk for organization in organization_list() if organization.accepts_jobs]
+    """Beat: delete the content of runs past each organization's retention, for suspended and
+    past-due organizations too (keeping content is not serving the organization)."""
+    ids = [
+        organization.pk for organization in organization_list() if organization.status != Organization.Status.DELETING
+    ]
     for organization_id in ids:
         workflow_content_sweep.delay(tenant_id=organization_id)
     return len(ids)
