@@ -9,8 +9,10 @@ from typing import Any
 
 from django.http import StreamingHttpResponse
 
+from apps.api.errors import ApiError
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+from cognitionos.long_responses import LongResponsesFull, long_response_begin
 
 # One stream stays open this long at most; clients reconnect to follow longer work.
 EVENTS_STREAM_SECONDS = 600
@@ -22,8 +24,13 @@ Poll = Callable[[], tuple[list[tuple[str, str, Any]], bool] | None]
 
 
 def event_stream(*, organization: Organization, poll: Poll) -> StreamingHttpResponse:
-    """Send each event whose data changed since it was last sent, until the object finishes."""
-    response = StreamingHttpResponse(_events(organization, poll), content_type="text/event-stream")
+    """Send each event whose data changed since it was last sent, until the object finishes. The
+    stream holds one of the process's long-response slots (429 with Retry-After when none is free)."""
+    try:
+        slot = long_response_begin()
+    except LongResponsesFull as exc:
+        raise ApiError(429, "too_many_streams", str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    response = StreamingHttpResponse(slot.hold(_events(organization, poll)), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

@@ -12,7 +12,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from apps.llm.engine import GatewayError, chat_call_parse, chat_complete, chat_stream
-from apps.llm.gateway import _caller, _json_body
+from apps.llm.errors import invalid, unsupported
+from apps.llm.gateway import _caller, _json_body, stream_slot_take
+from apps.llm.validation import EXTENSIONS
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -35,57 +37,119 @@ def _error(error: GatewayError, request_id: str) -> JsonResponse:
     return response
 
 
-def _parts(content: Any) -> Any:
+# The Messages API fields we translate; anything else (top_k, thinking, container, mcp_servers...) is
+# refused by name, as unknown OpenAI fields are: the engine forwards only what it prices.
+_FIELDS = frozenset(
+    {"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "stop_sequences", "tools"}
+    | {"tool_choice", "metadata"}
+    | EXTENSIONS
+)
+_BLOCKS = frozenset({"text", "image", "tool_result"})
+
+
+def _parts(content: Any, where: str) -> Any:
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise invalid(f"{where} must be a string or an array of content blocks", where)
     parts = []
-    for block in content or []:
-        if block.get("type") == "text":
+    for number, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind not in _BLOCKS:
+            raise unsupported(f"{where}[{number}].type", f"content blocks of type {kind!r} can't be priced")
+        assert isinstance(block, dict)
+        if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
-        elif block.get("type") == "image":
+        elif kind == "image":
             source = block.get("source") or {}
+            if not isinstance(source, dict) or source.get("type") not in ("base64", "url"):
+                raise invalid(f"{where}[{number}].source must be a base64 or url source", f"{where}[{number}].source")
             url = source.get("url") or f"data:{source.get('media_type')};base64,{source.get('data')}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
-        elif block.get("type") == "tool_result":
+        else:
             parts.append({"type": "text", "text": json.dumps(block.get("content"))})
     return parts
 
 
-def openai_body(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise GatewayError(400, "invalid_request", "the request body must be a JSON object")
-    if not isinstance(body.get("max_tokens"), int):
-        raise GatewayError(400, "invalid_request", "`max_tokens` is required", param="max_tokens")
+def _tool_choice(choice: Any) -> Any:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "tool" and isinstance(choice, dict):
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    if kind in ("auto", "any", "none"):
+        return {"auto": "auto", "any": "required", "none": "none"}[kind]
+    raise invalid('`tool_choice` must be {"type": "auto" | "any" | "none" | "tool"}', "tool_choice")
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
-        text = system if isinstance(system, str) else " ".join(b.get("text", "") for b in system)
-        messages.append({"role": "system", "content": text})
-    for message in body.get("messages") or []:
-        if not isinstance(message, dict):
-            raise GatewayError(400, "invalid_request", "each message must be an object", param="messages")
-        messages.append({"role": message.get("role"), "content": _parts(message.get("content"))})
-    converted: dict[str, Any] = {
-        "model": body.get("model"),
-        "messages": messages,
-        "max_tokens": body["max_tokens"],
-        "stream": bool(body.get("stream", False)),
-    }
+        if not isinstance(system, str | list):
+            raise invalid("`system` must be a string or an array of text blocks", "system")
+        blocks = system if isinstance(system, list) else [{"text": system}]
+        messages.append(
+            {"role": "system", "content": " ".join(str(b.get("text", "")) for b in blocks if isinstance(b, dict))}
+        )
+    raw = body.get("messages")
+    if not isinstance(raw, list):
+        raise invalid("`messages` must be an array", "messages")
+    for index, message in enumerate(raw):
+        if not isinstance(message, dict) or set(message) - {"role", "content"}:
+            raise invalid(f"messages[{index}] must be an object with `role` and `content`", f"messages[{index}]")
+        messages.append(
+            {"role": message.get("role"), "content": _parts(message.get("content"), f"messages[{index}].content")}
+        )
+    return messages
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise invalid("`tools` must be an array of tools", "tools")
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t.get("name"),
+                "description": t.get("description", ""),
+                "parameters": t.get("input_schema") or {},
+            },
+        }
+        for t in tools
+    ]
+
+
+def openai_body(body: Any) -> dict[str, Any]:
+    """A Messages API request as the engine's OpenAI-shaped request, built field by field; the engine
+    then checks every value as it does for the OpenAI endpoints."""
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    for name in body:
+        if name not in _FIELDS:
+            raise unsupported(name)
+    if not isinstance(body.get("max_tokens"), int):
+        raise invalid("`max_tokens` is required", "max_tokens")
+    converted: dict[str, Any] = {name: body[name] for name in EXTENSIONS if name in body}
+    converted.update(
+        {
+            "model": body.get("model"),
+            "messages": _messages(body),
+            "max_tokens": body["max_tokens"],
+            "stream": body.get("stream", False),
+        }
+    )
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("stop", "stop_sequences")):
         if theirs in body:
             converted[ours] = body[theirs]
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict) or set(metadata) - {"user_id"}:
+            raise unsupported("metadata", "only `metadata.user_id` is accepted")
+        if "user_id" in metadata:
+            converted["user"] = metadata["user_id"]
+    if "tool_choice" in body:
+        converted["tool_choice"] = _tool_choice(body["tool_choice"])
     if body.get("tools"):
-        converted["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t["name"],
-                    "description": t.get("description", ""),
-                    "parameters": t.get("input_schema") or {},
-                },
-            }
-            for t in body["tools"]
-        ]
+        converted["tools"] = _tools(body["tools"])
     return converted
 
 
@@ -129,7 +193,12 @@ def messages(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         organization, principal = _caller(request)
         call = chat_call_parse(openai_body(_json_body(request)))
         if call.stream:
-            stream = chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
+            slot = stream_slot_take()
+            try:
+                stream = chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
+            except BaseException:
+                slot.give_back()
+                raise
         else:
             outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
     except GatewayError as error:
@@ -181,7 +250,7 @@ def messages(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         yield _event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage})
         yield _event("message_stop", {})
 
-    streaming = StreamingHttpResponse(events(), content_type="text/event-stream")
+    streaming = StreamingHttpResponse(slot.hold(events()), content_type="text/event-stream")
     streaming["Cache-Control"] = "no-cache"
     streaming["x-cognitionos-request-id"] = request_id
     streaming["x-cognitionos-cache"] = stream.cache

@@ -3,6 +3,10 @@
 Closed: calls go through; failures are counted. Open (after LLM_BREAKER_FAILURES failures in a
 row): calls are skipped for LLM_BREAKER_COOLDOWN_S. Half-open: one process wins the probe; its
 success closes the breaker, its failure opens it again.
+
+Only provider-side failures are recorded (the engine's choice): a request's own error must not let
+one organization take a model away from the others. A deployment called with an organization's own
+key has a breaker of that organization alone (`scope`), since its key and quota are nobody else's.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from cognitionos.redis import redis_client
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
-def _key(provider: str, model: str) -> str:
-    return f"llm:breaker:{provider}:{model}"
+def _key(provider: str, model: str, scope: str = "") -> str:
+    return f"llm:breaker:{provider}:{model}" + (f":{scope}" if scope else "")
 
 
-def breaker_state(provider: str, model: str) -> str:
-    data = redis_client().hmget(_key(provider, model), ["opened_at"])
+def breaker_state(provider: str, model: str, *, scope: str = "") -> str:
+    data = redis_client().hmget(_key(provider, model, scope), ["opened_at"])
     opened_at = data[0]
     if opened_at is None:
         return CLOSED
@@ -31,27 +35,30 @@ def breaker_state(provider: str, model: str) -> str:
     return HALF_OPEN
 
 
-def breaker_allow(provider: str, model: str) -> bool:
-    state = breaker_state(provider, model)
+def breaker_allow(provider: str, model: str, *, scope: str = "") -> bool:
+    state = breaker_state(provider, model, scope=scope)
     if state == CLOSED:
         return True
     if state == OPEN:
         return False
     # Half-open: a single probe, claimed atomically across processes.
-    return bool(redis_client().set(f"{_key(provider, model)}:probe", "1", nx=True, ex=settings.LLM_BREAKER_COOLDOWN_S))
+    probe = f"{_key(provider, model, scope)}:probe"
+    return bool(redis_client().set(probe, "1", nx=True, ex=settings.LLM_BREAKER_COOLDOWN_S))
 
 
-def breaker_record(provider: str, model: str, *, success: bool) -> None:
-    key = _key(provider, model)
+def breaker_record(provider: str, model: str, *, success: bool, scope: str = "") -> None:
+    key = _key(provider, model, scope)
     client = redis_client()
     if success:
         if client.exists(key):
             client.delete(key, f"{key}:probe")
-            BREAKER_OPEN.labels(provider, model).set(0)
+            if not scope:
+                BREAKER_OPEN.labels(provider, model).set(0)
         return
     failures = client.hincrby(key, "failures", 1)
     client.expire(key, 24 * 3600)
     if failures >= settings.LLM_BREAKER_FAILURES:
         client.hset(key, "opened_at", str(time.time()))
-        BREAKER_OPEN.labels(provider, model).set(1)
+        if not scope:  # the metric's labels stay bounded: no organization ids
+            BREAKER_OPEN.labels(provider, model).set(1)
         client.delete(f"{key}:probe")

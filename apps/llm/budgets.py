@@ -296,6 +296,18 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
         settled, _, crossed = cursor.fetchone()
         if not settled:
             return False
+        if settlement.cost_usd > attempt.reserved_usd:
+            # The provider reported more than the worst case we priced: the real cost is charged
+            # (above), and the gap is made visible, since it means the reservation bound is wrong.
+            metrics.OVERRUNS.labels(attempt.provider, attempt.model_name).inc()
+            logger.warning(
+                "usage overrun: request %s attempt %d on %s cost $%s, reserved $%s",
+                attempt.request_id,
+                attempt.attempt,
+                attempt.model_name,
+                settlement.cost_usd,
+                attempt.reserved_usd,
+            )
         metrics.OPEN_HOLDS.dec()
         metrics.REQUESTS.labels(attempt.provider, attempt.model_name, settlement.status, "miss").inc()
         if settlement.latency_ms is not None:

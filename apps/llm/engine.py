@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -25,51 +24,23 @@ from apps.accounts.principals import Principal
 from apps.llm import caching
 from apps.llm.breaker import breaker_allow, breaker_record
 from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserve, attempt_settle, cache_hit_record
+from apps.llm.errors import GatewayError
 from apps.llm.models import SEMANTIC_DIMENSIONS, AttemptStatus, UsageAttempt
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.providers import CallContext, ChatProvider, ProviderError, StreamChunk, Usage, provider_for
 from apps.llm.ratelimits import RateLimited, RateLimitUnavailable, rate_limit_take
-from apps.llm.router import POLICIES, UnknownModel, candidates, deployment_observe, usable
+from apps.llm.router import UnknownModel, candidates, deployment_observe, usable
 from apps.llm.selectors import EngineSettings, llm_settings_get
 from apps.llm.semantic import SemanticQuery, embedding_model_name, semantic_get, semantic_put, semantic_query
 from apps.llm.services import provider_own_keys
+from apps.llm.validation import ChatCall, chat_call_parse, embeddings_call_parse
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 
 logger = logging.getLogger(__name__)
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-# Our own request fields, next to OpenAI's.
-EXTENSIONS = frozenset({"policy", "min_quality", "max_cost_usd", "cache"})
-MAX_TOKENS_CEILING = 1_000_000
-
-
-@dataclass
-class GatewayError(Exception):
-    status: int
-    code: str
-    message: str
-    type: str = "invalid_request_error"
-    param: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass(frozen=True)
-class ChatCall:
-    model: str | None
-    policy: str | None
-    min_quality: int
-    payload: dict[str, Any]  # what goes to the provider (OpenAI shape, without our extensions)
-    stream: bool
-    max_tokens: int | None
-    max_cost_usd: Decimal | None
-    cache_skip: bool
-    cache_ttl: int | None
-    cache_semantic: bool = False  # the request opts in to L3 (the organization must allow it too)
+__all__ = ["ChatCall", "ChatOutcome", "GatewayError", "chat_call_parse", "chat_complete", "chat_stream"]
 
 
 @dataclass(frozen=True)
@@ -82,90 +53,16 @@ class ChatOutcome:
     simulated: bool
 
 
-def _invalid(message: str, param: str | None = None, code: str = "invalid_request") -> GatewayError:
-    return GatewayError(400, code, message, param=param)
-
-
-def chat_call_parse(body: Any) -> ChatCall:  # noqa: PLR0912 - one check per field, in reading order
-    """Validate an OpenAI chat-completions body; refuse what we can't honour with a 400."""
-    if not isinstance(body, dict):
-        raise _invalid("the request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("`messages` must be a non-empty array", "messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise _invalid(f"messages[{index}] needs a role among {sorted(ROLES)}", f"messages[{index}].role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise _invalid(
-                f"messages[{index}].content must be a string or an array of parts", f"messages[{index}].content"
-            )
-    model, policy = body.get("model"), body.get("policy")
-    if isinstance(model, str) and model in POLICIES and policy is None:
-        model, policy = None, model  # `"model": "cheapest"` picks a policy, for clients that only set model
-    if model is not None and not isinstance(model, str):
-        raise _invalid("`model` must be a string", "model")
-    if model is None and policy not in POLICIES:
-        raise _invalid(f"give a `model`, or a `policy` among {list(POLICIES)}", "model", code="model_required")
-    n = body.get("n", 1)
-    if n != 1:
-        raise _invalid("`n` above 1 is not supported: send separate requests", "n", code="unsupported_parameter")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS_CEILING
-    ):
-        raise _invalid("`max_tokens` must be a positive integer", "max_tokens")
-    min_quality = body.get("min_quality", 1)
-    if not isinstance(min_quality, int) or not 1 <= min_quality <= 5:
-        raise _invalid("`min_quality` must be an integer from 1 to 5", "min_quality")
-    max_cost = body.get("max_cost_usd")
-    try:
-        max_cost_usd = Decimal(str(max_cost)) if max_cost is not None else None
-    except ArithmeticError as exc:
-        raise _invalid("`max_cost_usd` must be a number", "max_cost_usd") from exc
-    if max_cost_usd is not None and (not max_cost_usd.is_finite() or max_cost_usd < 0):
-        raise _invalid("`max_cost_usd` must be a non-negative number", "max_cost_usd")
-    cache = body.get("cache") or {}
-    if not isinstance(cache, dict):
-        raise _invalid('`cache` must be an object like {"skip": true} or {"ttl": 600}', "cache")
-    ttl = cache.get("ttl")
-    if ttl is not None and (not isinstance(ttl, int) or not 1 <= ttl <= 30 * 86400):
-        raise _invalid("`cache.ttl` must be seconds from 1 to 2592000", "cache.ttl")
-    semantic = cache.get("semantic", False)
-    if not isinstance(semantic, bool):
-        raise _invalid("`cache.semantic` must be true or false", "cache.semantic")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _invalid("`stream` must be true or false", "stream")
-    payload = {
-        k: v for k, v in body.items() if k not in EXTENSIONS and k not in ("model", "max_completion_tokens", "n")
-    }
-    if max_tokens is not None:
-        payload["max_tokens"] = max_tokens
-    return ChatCall(
-        model=model,
-        policy=policy if model is None else None,
-        min_quality=min_quality,
-        payload=payload,
-        stream=stream,
-        max_tokens=max_tokens,
-        max_cost_usd=max_cost_usd,
-        cache_skip=bool(cache.get("skip", False)),
-        cache_ttl=ttl,
-        cache_semantic=semantic,
-    )
-
-
-def prompt_token_bound(payload: dict[str, Any]) -> int:
-    """An upper bound on prompt tokens with no tokenizer: no token is shorter than one UTF-8 byte."""
-    return len(json.dumps([payload.get("messages"), payload.get("tools")], ensure_ascii=False).encode())
-
-
-def worst_case_cost(entry: PricedModel, call: ChatCall, prompt_bound: int) -> Decimal:
+def worst_case_cost(entry: PricedModel, call: ChatCall) -> Decimal:
+    """What the call can cost on this model at most: every prompt byte a token, every image at the
+    model's most per image, and the whole output allowance (which the adapter sends as the limit)."""
     assert entry.price is not None
-    output = min(call.max_tokens or entry.model.max_output_tokens, entry.model.max_output_tokens)
-    return entry.price.cost(input_tokens=prompt_bound, cached_input_tokens=0, output_tokens=output)
+    prompt = call.prompt_token_bound + call.images * entry.model.max_tokens_per_image
+    return entry.price.cost(input_tokens=prompt, cached_input_tokens=0, output_tokens=output_allowance(entry, call))
+
+
+def output_allowance(entry: PricedModel, call: ChatCall) -> int:
+    return min(call.max_tokens or entry.model.max_output_tokens, entry.model.max_output_tokens)
 
 
 def _cacheable(call: ChatCall) -> bool:
@@ -215,8 +112,10 @@ class _Attempts:
 
     def __init__(self, *, organization: Organization, spender: Spender, call: ChatCall, request_id: str) -> None:
         self.organization, self.spender, self.call, self.request_id = organization, spender, call, request_id
-        self.prompt_bound = prompt_token_bound(call.payload)
         self.own_keys = provider_own_keys(organization=organization)
+        # Deployments used with the organization's own key have breakers and health of their own:
+        # its bad key or exhausted quota must not take the model away from anyone else.
+        self.health_scope = f"org{organization.pk}"
         self.number = 0
         self.last_error: ProviderError | None = None
 
@@ -226,20 +125,43 @@ class _Attempts:
                 model=self.call.model,
                 policy=self.call.policy,
                 min_quality=self.call.min_quality,
-                prompt_tokens=self.prompt_bound // 4,
+                prompt_tokens=self.call.prompt_token_bound // 4,
                 own_providers=frozenset(self.own_keys),
                 output_tokens=self.call.max_tokens or 500,
+                health_scope=self.health_scope,
             )
         except UnknownModel as exc:
             raise GatewayError(
                 404, "model_not_found", f"the model {exc} does not exist or is not available", param="model"
             ) from exc
+        if self.call.images:
+            if self.call.model is not None and not found[0].model.accepts_images:
+                raise GatewayError(
+                    400, "images_not_supported", f"the model {self.call.model!r} does not accept images", param="model"
+                )
+            found = [entry for entry in found if entry.model.accepts_images]
         if not found:
             raise GatewayError(
                 503, "no_model_available", "no configured model satisfies this policy", type="server_error"
             )
         _refuse_unpriced(found[0])
         return [entry for entry in found if entry.price is not None]
+
+    def scope(self, entry: PricedModel) -> str:
+        """Whose breaker and health figures this deployment's calls feed: everyone's, or the organization's."""
+        return self.health_scope if entry.model.provider in self.own_keys else ""
+
+    def allowed(self, entry: PricedModel) -> bool:
+        return breaker_allow(entry.model.provider, entry.model.name, scope=self.scope(entry))
+
+    def payload(self, entry: PricedModel) -> dict[str, Any]:
+        """The request for this model: the output limit is always sent, so the reservation bounds it."""
+        return {**self.call.payload, "max_tokens": output_allowance(entry, self.call)}
+
+    def succeeded(self, entry: PricedModel, latency_ms: int) -> None:
+        scope = self.scope(entry)
+        breaker_record(entry.model.provider, entry.model.name, success=True, scope=scope)
+        deployment_observe(entry.model.name, success=True, latency_ms=latency_ms, scope=scope)
 
     def begin(self, entry: PricedModel) -> UsageAttempt:
         """Reserve the next attempt (a refusal becomes the 402), then give the connection back for the call."""
@@ -251,7 +173,7 @@ class _Attempts:
                 attempt=self.number,
                 model_name=entry.model.name,
                 provider=entry.model.provider,
-                amount_usd=worst_case_cost(entry, self.call, self.prompt_bound),
+                amount_usd=worst_case_cost(entry, self.call),
                 max_cost_usd=self.call.max_cost_usd,
                 paid_by="organization" if entry.model.provider in self.own_keys else "platform",
             )
@@ -277,9 +199,10 @@ class _Attempts:
             attempt=attempt,
             settlement=Settlement(status=AttemptStatus.FAILED, latency_ms=latency_ms, error_class=error.error_class),
         )
-        breaker_record(entry.model.provider, entry.model.name, success=False)
-        if error.retryable:  # the deployment's fault (5xx, 429, timeouts), not the request's
-            deployment_observe(entry.model.name, success=False)
+        if error.provider_side:  # a request's own fault never counts against the model
+            scope = self.scope(entry)
+            breaker_record(entry.model.provider, entry.model.name, success=False, scope=scope)
+            deployment_observe(entry.model.name, success=False, scope=scope)
         if not error.retryable or retry >= settings.LLM_MAX_ATTEMPTS:
             return False
         time.sleep(_backoff(retry, error.retry_after))
@@ -296,6 +219,8 @@ class _Attempts:
                 type="rate_limit_error",
                 headers={"Retry-After": str(int(error.retry_after or 1))},
             )
+        if error is not None and error.request_fault:
+            return GatewayError(400, "provider_rejected_request", f"the provider refused the request{detail}")
         return GatewayError(502, "provider_unavailable", f"no provider could answer{detail}", type="server_error")
 
 
@@ -313,7 +238,7 @@ def _guarded_call(call: Callable[..., T], *args: Any) -> T:
         raise ProviderError(str(exc), retryable=False, error_class=type(exc).__name__) from exc
 
 
-def _admit(organization: Organization, spender: Spender, call: ChatCall) -> None:
+def _admit(organization: Organization, spender: Spender, tokens: int) -> None:
     if not organization.accepts_requests:
         raise GatewayError(
             403, "organization_suspended", f"the organization is {organization.status}", type="permission_error"
@@ -322,7 +247,7 @@ def _admit(organization: Organization, spender: Spender, call: ChatCall) -> None
         rate_limit_take(
             organization=organization,
             api_key_id=spender.api_key_id,
-            tokens=prompt_token_bound(call.payload) // 4 + (call.max_tokens or 0),
+            tokens=tokens,
         )
     except RateLimited as exc:
         raise GatewayError(
@@ -336,6 +261,11 @@ def _admit(organization: Organization, spender: Spender, call: ChatCall) -> None
         raise GatewayError(
             503, "rate_limiter_unavailable", "the rate limiter cannot be reached; try again", type="server_error"
         ) from exc
+
+
+def _rate_tokens(call: ChatCall) -> int:
+    """What a chat call counts against tokens-per-minute limits: its prompt estimate and output allowance."""
+    return call.prompt_token_bound // 4 + call.images * 1_000 + (call.max_tokens or 0)
 
 
 def _budget_error(exc: BudgetExceeded) -> GatewayError:
@@ -420,7 +350,7 @@ def chat_complete(
     of the answer (a job's result) commits together with the ledger row, or neither does."""
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal)
-    _admit(organization, spender, call)
+    _admit(organization, spender, _rate_tokens(call))
     attempts = _Attempts(organization=organization, spender=spender, call=call, request_id=request_id)
     plan = attempts.candidates()
     model_key = call.model or f"policy:{call.policy}:{call.min_quality}"
@@ -462,14 +392,14 @@ def chat_complete(
             return outcome
     extra_cost = semantic.cost_usd if semantic is not None else Decimal(0)  # embedding the prompt for L3
     for entry in plan:
-        if not breaker_allow(entry.model.provider, entry.model.name):
+        if not attempts.allowed(entry):
             continue
         provider = attempts.provider(entry)
         for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
             attempt = attempts.begin(entry)
             started = time.perf_counter()
             try:
-                reply = _guarded_call(provider.complete, call.payload, attempts.context())
+                reply = _guarded_call(provider.complete, attempts.payload(entry), attempts.context())
             except ProviderError as error:
                 if attempts.failed(entry, attempt, error, started=started, retry=retry):
                     continue
@@ -489,8 +419,7 @@ def chat_complete(
                 attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
                 if on_settled is not None:
                     on_settled(outcome)
-            breaker_record(entry.model.provider, entry.model.name, success=True)
-            deployment_observe(entry.model.name, success=True, latency_ms=latency_ms)
+            attempts.succeeded(entry, latency_ms)
             if cacheable and reply.finish_reason in ("stop", "tool_calls"):
                 ttl = _content_ttl(call, engine_settings)
                 caching.cache_put(
@@ -523,7 +452,7 @@ def chat_stream(
     the stream broke, from the reservation."""
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal)
-    _admit(organization, spender, call)
+    _admit(organization, spender, _rate_tokens(call))
     attempts = _Attempts(organization=organization, spender=spender, call=call, request_id=request_id)
     plan = attempts.candidates()
     engine_settings = llm_settings_get(organization=organization)
@@ -560,13 +489,13 @@ def chat_stream(
             )
 
     for entry in plan:
-        if not breaker_allow(entry.model.provider, entry.model.name):
+        if not attempts.allowed(entry):
             continue
         provider = attempts.provider(entry)
         for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
             attempt = attempts.begin(entry)
             started = time.perf_counter()
-            upstream = provider.stream(call.payload, attempts.context())
+            upstream = provider.stream(attempts.payload(entry), attempts.context())
             try:
                 first = _guarded_call(next, upstream)
             except (ProviderError, StopIteration) as error:
@@ -579,7 +508,7 @@ def chat_stream(
                 model=entry.model.name,
                 simulated=entry.model.is_simulated,
                 chunks=_relay(
-                    organization=organization,
+                    attempts=attempts,
                     entry=entry,
                     attempt=attempt,
                     first=first,
@@ -672,7 +601,7 @@ class _Transcript:
 
 def _relay(
     *,
-    organization: Organization,
+    attempts: _Attempts,
     entry: PricedModel,
     attempt: UsageAttempt,
     first: StreamChunk,
@@ -680,6 +609,7 @@ def _relay(
     started: float,
     fill: Callable[[PricedModel, dict[str, Any], Decimal], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
+    organization = attempts.organization
     usage: Usage | None = None
     completed = False
     transcript = _Transcript() if fill is not None else None
@@ -702,8 +632,10 @@ def _relay(
                 error_class=f"stream_broken:{error.error_class}",
             ),
         )
-        breaker_record(entry.model.provider, entry.model.name, success=False)
-        deployment_observe(entry.model.name, success=False)
+        if error.provider_side:
+            scope = attempts.scope(entry)
+            breaker_record(entry.model.provider, entry.model.name, success=False, scope=scope)
+            deployment_observe(entry.model.name, success=False, scope=scope)
         return
     finally:
         if not completed or usage is None:
@@ -723,8 +655,7 @@ def _relay(
     latency_ms = int((time.perf_counter() - started) * 1000)
     settlement = _settlement(entry, usage, latency_ms)
     attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
-    breaker_record(entry.model.provider, entry.model.name, success=True)
-    deployment_observe(entry.model.name, success=True, latency_ms=latency_ms)
+    attempts.succeeded(entry, latency_ms)
     body = transcript.completion(entry, usage) if transcript is not None else None
     if fill is not None and body is not None:
         fill(entry, body, settlement.cost_usd)
@@ -752,37 +683,24 @@ def embeddings_create(
 ) -> ChatOutcome:
     """Embed text through the governed path: rate limits, budget reservation, ledger. `admit=False`
     for an embedding made on behalf of a call that was already admitted (the semantic cache)."""
-    if not isinstance(body, dict):
-        raise _invalid("the request body must be a JSON object")
-    text = body.get("input")
-    inputs = text if isinstance(text, list) else [text]
-    if not inputs or len(inputs) > 2048 or not all(isinstance(item, str) and item for item in inputs):
-        raise _invalid("`input` must be a non-empty string or an array of up to 2048 non-empty strings", "input")
-    name = body.get("model")
-    entry = catalog().get(name) if isinstance(name, str) else None
-    if entry is None or entry.model.kind != ModelKind.EMBEDDING or not usable(entry):
-        raise GatewayError(
-            404, "model_not_found", f"the embedding model {name!r} does not exist or is not available", param="model"
-        )
+    models = catalog()
+
+    def dimensions_of(name: str) -> int | None:
+        found = models.get(name)
+        if found is None or found.model.kind != ModelKind.EMBEDDING or not usable(found):
+            return None
+        return found.model.embedding_dimensions
+
+    call = embeddings_call_parse(body, max_dimensions=dimensions_of)
+    entry = models[call.model]
     _refuse_unpriced(entry)
     assert entry.price is not None
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal)
-    byte_bound = sum(len(item.encode()) for item in inputs)
-    call = ChatCall(
-        model=name,
-        policy=None,
-        min_quality=1,
-        payload={"messages": []},
-        stream=False,
-        max_tokens=0,
-        max_cost_usd=None,
-        cache_skip=True,
-        cache_ttl=None,
-    )
+    byte_bound = call.input_bytes  # no token is shorter than one UTF-8 byte
     if admit:
-        _admit(organization, spender, call)
-    payload = {k: v for k, v in body.items() if k in ("input", "dimensions", "encoding_format", "user")}
+        _admit(organization, spender, byte_bound // 4)
+    payload = call.payload()
     amount = entry.price.cost(input_tokens=byte_bound, cached_input_tokens=0, output_tokens=0)
     provider = provider_for(entry.model)
     for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):

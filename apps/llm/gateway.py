@@ -6,7 +6,6 @@ Errors use OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,8 +22,22 @@ from apps.llm.platform.selectors import catalog
 from apps.llm.router import usable
 from apps.llm.services import provider_own_keys
 from apps.tenants.models import Organization
+from cognitionos.bounded_json import JsonTooDeep, json_loads_bounded
+from cognitionos.long_responses import LongResponsesFull, Slot, long_response_begin
 
-_open_streams = threading.BoundedSemaphore(settings.LLM_MAX_OPEN_STREAMS)
+
+def stream_slot_take() -> Slot:
+    """A slot for a streamed answer, before the provider is called (a refusal costs nothing)."""
+    try:
+        return long_response_begin()
+    except LongResponsesFull as exc:
+        raise GatewayError(
+            429,
+            "too_many_streams",
+            str(exc),
+            type="rate_limit_error",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from exc
 
 
 def error_response(error: GatewayError, *, request_id: str | None = None) -> JsonResponse:
@@ -68,11 +81,23 @@ def _caller(request: HttpRequest) -> tuple[Organization, Principal]:
 def _json_body(request: HttpRequest) -> Any:
     if request.content_type != "application/json":
         raise GatewayError(415, "unsupported_media_type", "send the body as application/json")
-    length = int(request.headers.get("Content-Length") or 0)
-    if length > settings.LLM_MAX_REQUEST_BYTES:
-        raise GatewayError(413, "request_too_large", f"the body is over {settings.LLM_MAX_REQUEST_BYTES} bytes")
+    limit = settings.LLM_MAX_REQUEST_BYTES
+    too_large = GatewayError(413, "request_too_large", f"the body is over {limit} bytes", type="request_too_large")
     try:
-        return json.loads(request.body)
+        length = int(request.headers.get("Content-Length") or 0)
+    except ValueError as exc:
+        raise GatewayError(400, "invalid_request", "the Content-Length header is not a number") from exc
+    if length > limit:
+        raise too_large
+    # Read the stream ourselves, never past the limit (request.body has a lower limit of its own,
+    # DATA_UPLOAD_MAX_MEMORY_SIZE, answered with Django's HTML page).
+    data = request.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    try:
+        return json_loads_bounded(data)
+    except JsonTooDeep as exc:
+        raise GatewayError(400, "json_too_deep", f"the body is refused: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise GatewayError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
 
@@ -95,18 +120,11 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
 def _stream_response(
     organization: Organization, principal: Principal, call: Any, request_id: str
 ) -> StreamingHttpResponse:
-    if not _open_streams.acquire(blocking=False):
-        raise GatewayError(
-            503,
-            "too_many_streams",
-            "this server has too many open streams; retry shortly",
-            type="server_error",
-            headers={"Retry-After": "1"},
-        )
+    slot = stream_slot_take()
     try:
         stream = chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
     except BaseException:
-        _open_streams.release()
+        slot.give_back()
         raise
 
     def events() -> Iterator[bytes]:
@@ -118,9 +136,8 @@ def _stream_response(
             close = getattr(stream.chunks, "close", None)
             if close is not None:
                 close()  # settles the attempt even when the client went away mid-stream
-            _open_streams.release()
 
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response = StreamingHttpResponse(slot.hold(events()), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response["x-cognitionos-request-id"] = stream.request_id

@@ -14,6 +14,11 @@ LATENCY = Histogram(
 )
 TOKENS = Counter("cognitionos_llm_tokens_total", "Tokens billed", ["model", "direction"])
 COST = Counter("cognitionos_llm_cost_usd_total", "Provider cost charged, USD", ["model"])
+OVERRUNS = Counter(
+    "cognitionos_llm_overruns_total",
+    "Attempts whose reported usage cost more than their reservation (charged in full)",
+    ["provider", "model"],
+)
 SAVED = Counter("cognitionos_llm_saved_usd_total", "Cost saved by cache hits, USD", ["model"])
 # In multiprocess mode (PROMETHEUS_MULTIPROC_DIR) gauges say how processes combine: open holds add
 # up over the live processes; the breaker's state is the one last written by any process.

@@ -64,6 +64,20 @@ class ProviderError(Exception):
         self.retry_after = retry_after
         self.error_class = error_class
 
+    @property
+    def provider_side(self) -> bool:
+        """The deployment's fault (unreachable, timed out, 5xx, rate limited), which breakers and
+        routing health count; a request the provider refused, or one our adapter could not send,
+        says nothing about the deployment."""
+        if self.status is None:
+            return self.error_class in ("timeout", "connection_error")
+        return self.status >= 500 or self.status in (408, 429)
+
+    @property
+    def request_fault(self) -> bool:
+        """The provider refused the request itself (its parameters or content)."""
+        return self.status in (400, 404, 413, 422)
+
 
 class ProviderNotConfigured(ProviderError):
     def __init__(self, provider: str) -> None:
@@ -128,10 +142,20 @@ class OpenAIProvider:
         self.client = _openai_client(base_url, api_key)
         self.model = model
 
+    def _request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The engine's payload (allowlisted, with the output limit) for this deployment. OpenAI's own
+        models take the limit as `max_completion_tokens` (its reasoning models refuse `max_tokens`);
+        other OpenAI-compatible servers know `max_tokens`."""
+        request = {**payload, "model": self.model.provider_model}
+        if self.model.provider == Provider.OPENAI and "max_tokens" in request:
+            request["max_completion_tokens"] = request.pop("max_tokens")
+        return request
+
     def complete(self, payload: dict[str, Any], context: CallContext) -> Reply:
         try:
             raw = self.client.chat.completions.with_raw_response.create(
-                **{**payload, "model": self.model.provider_model, "stream": False},
+                **self._request(payload),
+                stream=False,
                 timeout=context.timeout_s,
                 extra_headers=context.headers(),
             )
@@ -168,12 +192,9 @@ class OpenAIProvider:
     def stream(self, payload: dict[str, Any], context: CallContext) -> Iterator[StreamChunk]:
         try:
             raw = self.client.chat.completions.with_raw_response.create(
-                **{
-                    **payload,
-                    "model": self.model.provider_model,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                },
+                **self._request(payload),
+                stream=True,
+                stream_options={"include_usage": True},
                 timeout=context.timeout_s,
                 extra_headers=context.headers(),
             )

@@ -93,8 +93,17 @@ def _observe_script() -> Script:
     return redis_client().register_script(_OBSERVE)
 
 
-def deployment_observe(name: str, *, success: bool, latency_ms: float | None = None, now: float | None = None) -> None:
-    """Record one attempt of a model: its latency (successes) and whether it failed."""
+def _health_name(name: str, scope: str) -> str:
+    """Whose figures: the model's for everyone, or `<model>@<scope>` for an organization's own key."""
+    return f"{name}@{scope}" if scope else name
+
+
+def deployment_observe(
+    name: str, *, success: bool, latency_ms: float | None = None, now: float | None = None, scope: str = ""
+) -> None:
+    """Record one attempt of a model: its latency (successes) and whether it failed (provider-side
+    failures only: the engine never records a request's own error)."""
+    name = _health_name(name, scope)
     _observe_script()(
         keys=[_LATENCY_KEY.format(name=name), _ERRORS_KEY.format(name=name)],
         args=[
@@ -121,7 +130,9 @@ def candidates(
     prompt_tokens: int,
     output_tokens: int,
     own_providers: frozenset[str] = frozenset(),
+    health_scope: str = "",
 ) -> list[PricedModel]:
+    """`health_scope`: whose figures rank the deployments of the organization's own keys."""
     models = catalog()
     if model is not None:
         entry = models.get(model)
@@ -138,15 +149,19 @@ def candidates(
         costs = {e.model.name: expected_cost(e, prompt_tokens=prompt_tokens, output_tokens=output_tokens) for e in pool}
         if policy == "cheapest":
             return sorted(pool, key=lambda e: (costs[e.model.name], -e.model.quality_tier))
-        latency, errors = observed([e.model.name for e in pool])
+        health = {
+            e.model.name: _health_name(e.model.name, health_scope if e.model.provider in own_providers else "")
+            for e in pool
+        }
+        latency, errors = observed(list(health.values()))
         unknown = max(latency.values(), default=1000.0) * 2  # untried models go after known ones
         unhealthy = settings.LLM_ROUTER_UNHEALTHY_ERROR_RATE
 
         def rank(entry: PricedModel) -> tuple[bool, float]:
             # Models failing at the unhealthy rate or more go after every healthy one; among the rest,
             # latency / (1 - error rate) is the expected time to an answer when failures are retried.
-            rate = errors.get(entry.model.name, 0.0)
-            expected = latency.get(entry.model.name, unknown) / (1 - min(rate, 0.99))
+            rate = errors.get(health[entry.model.name], 0.0)
+            expected = latency.get(health[entry.model.name], unknown) / (1 - min(rate, 0.99))
             if policy == "balanced":
                 expected *= float(costs[entry.model.name])
             return rate >= unhealthy, expected

@@ -24,7 +24,10 @@ LLM_L1_CACHE_ENTRIES = env_int("LLM_L1_CACHE_ENTRIES", 2048)
 # configured, else the simulator's. Its vectors must have 1536 dimensions.
 LLM_SEMANTIC_EMBEDDING_MODEL = env_str("LLM_SEMANTIC_EMBEDDING_MODEL", "")
 LLM_MAX_REQUEST_BYTES = env_int("LLM_MAX_REQUEST_BYTES", 4 * 1024 * 1024)
-LLM_MAX_OPEN_STREAMS = env_int("LLM_MAX_OPEN_STREAMS", 64)  # per web process
+# Responses that hold a web thread (model streams, job and run events) share one cap per process,
+# below its thread count (WEB_THREADS, as gunicorn reads it), so short requests always find a thread.
+_WEB_THREADS = env_int("WEB_THREADS", 8)
+LONG_RESPONSES_PER_PROCESS = max(1, min(env_int("LONG_RESPONSES_PER_PROCESS", _WEB_THREADS - 2), _WEB_THREADS - 1))
 # Circuit breaker per provider and model, shared through Redis.
 LLM_BREAKER_FAILURES = env_int("LLM_BREAKER_FAILURES", 5)
 LLM_BREAKER_COOLDOWN_S = env_int("LLM_BREAKER_COOLDOWN_S", 30)
@@ -34,7 +37,8 @@ LLM_ROUTER_UNHEALTHY_ERROR_RATE = float(env_str("LLM_ROUTER_UNHEALTHY_ERROR_RATE
 LLM_ROUTER_ERROR_HALF_LIFE_S = float(env_str("LLM_ROUTER_ERROR_HALF_LIFE_S", "120"))
 # Soft budget limits call this hook (dotted path to f(organization, budget, window)) besides the audit event.
 LLM_SOFT_LIMIT_HOOK = env_str("LLM_SOFT_LIMIT_HOOK", "")
-# /metrics on the platform host requires `Authorization: Bearer <METRICS_TOKEN>` when set.
+# /metrics on the platform host requires `Authorization: Bearer <METRICS_TOKEN>`; unset, it is open,
+# which only development and tests allow (production settings refuse to load without it).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # Organizations' own provider keys are stored encrypted (AES-256-GCM) under these keys:
 # "id:base64(32 bytes)", comma-separated, the first one current. Required in production.

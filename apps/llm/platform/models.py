@@ -26,6 +26,14 @@ class CatalogModel(models.Model):
     context_window = models.PositiveIntegerField()
     max_output_tokens = models.PositiveIntegerField()
     capabilities = models.JSONField(default=list, blank=True, help_text="Any of: tools, vision, json_mode.")
+    max_tokens_per_image = models.PositiveIntegerField(
+        default=0,
+        help_text="The most one input image can cost, in input tokens; 0: the model accepts no images. "
+        "Reservations count every image at this.",
+    )
+    embedding_dimensions = models.PositiveIntegerField(
+        default=0, help_text="Embedding models: the vector's full size, the upper bound of `dimensions`."
+    )
     quality_tier = models.PositiveSmallIntegerField(help_text="1 (basic) to 5 (frontier).")
     fallbacks = models.JSONField(default=list, blank=True, help_text="Model names to try, in order, if this fails.")
     is_active = models.BooleanField(default=True)
@@ -37,6 +45,10 @@ class CatalogModel(models.Model):
                 condition=models.Q(quality_tier__gte=1, quality_tier__lte=5), name="llm_model_tier_1_5"
             ),
             models.CheckConstraint(condition=models.Q(provider__in=Provider.values), name="llm_model_provider_valid"),
+            models.CheckConstraint(
+                condition=models.Q(kind=ModelKind.CHAT) | models.Q(embedding_dimensions__gt=0),
+                name="llm_model_embedding_dimensions_known",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -45,6 +57,10 @@ class CatalogModel(models.Model):
     @property
     def is_simulated(self) -> bool:
         return self.provider == Provider.SIMULATOR
+
+    @property
+    def accepts_images(self) -> bool:
+        return self.max_tokens_per_image > 0
 
 
 class ModelPrice(models.Model):
