@@ -8,3 +8,9 @@ urlpatterns = [
     path("", include("cognitionos.urls_api")),
     path("", home, name="portal-home"),
 ]
+
+# Django's own error answers are JSON in the API's error shape under /api/ and /v1/.
+handler400 = "apps.api.views.bad_request"
+handler403 = "apps.api.views.permission_denied"
+handler404 = "apps.api.views.page_not_found"
+handler500 = "apps.api.views.server_error"

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
+from apps.api.errors import CSRF_ADVICE, ApiError
 from apps.rbac.selectors import membership_role
 from apps.tenants.models import Organization
 
@@ -60,6 +61,12 @@ class MemberSessionAuthentication(SessionAuthentication):
         principal = Principal.for_user(user)
         _django_request(request).principal = principal  # type: ignore[attr-defined]
         return user, principal
+
+    def enforce_csrf(self, request: Request) -> None:
+        try:
+            super().enforce_csrf(request)
+        except exceptions.PermissionDenied as denied:
+            raise ApiError(403, "csrf_failed", f"{denied.detail}; {CSRF_ADVICE}") from denied
 
 
 def request_organization(request: Request) -> Organization:

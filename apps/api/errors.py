@@ -12,8 +12,8 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
+from rest_framework import views as drf_views  # a module: authentication imports this while DRF loads
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 _TYPES = {
     400: "invalid_request_error",
@@ -23,9 +23,11 @@ _TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     409: "conflict_error",
+    413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    500: "server_error",
 }
 _CODES: dict[type[exceptions.APIException], str] = {
     exceptions.ParseError: "invalid_json",
@@ -38,6 +40,9 @@ _CODES: dict[type[exceptions.APIException], str] = {
     exceptions.Throttled: "rate_limit_exceeded",
     exceptions.ValidationError: "invalid_request",
 }
+
+
+CSRF_ADVICE = "with a member's session send the X-CSRFToken header, or call the API with an API key alone"
 
 
 class ApiError(exceptions.APIException):
@@ -92,7 +97,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = exceptions.NotFound("no such object in this organization")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
-    response = exception_handler(exc, context)
+    response = drf_views.exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     if isinstance(exc, ApiError):

@@ -85,4 +85,5 @@ def _idempotent(handler: Handler, *, redact: tuple[str, ...]) -> Handler:
             raise
         return response
 
+    wrapper.idempotent = True  # type: ignore[attr-defined]  # the schema documents the header and its refusals
     return wrapper

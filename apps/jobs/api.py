@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
 from apps.api.events import event_stream
+from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
 from apps.jobs.models import POLICIES, Agent, Job, JobStatus
 from apps.jobs.selectors import agent_get, job_get
@@ -122,8 +123,8 @@ def _agent_for(reference: str) -> Agent:
 class JobFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=JobStatus.choices)
     agent = django_filters.UUIDFilter(field_name="agent_id")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Job
@@ -217,6 +218,11 @@ class AgentSerializer(serializers.ModelSerializer[Agent]):
             "updated_at",
         )
         read_only_fields = ("id", "created_at", "updated_at")
+        # The ranges of the table's check constraints: refused here as a 400, not there as a 500.
+        extra_kwargs = {
+            "temperature": {"min_value": 0, "max_value": 2},
+            "min_quality": {"min_value": 1, "max_value": 5},
+        }
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         instance = self.instance

@@ -45,8 +45,12 @@ def _status(budget: Budget) -> BudgetStatus:
     return next(status for status in budget_statuses() if status.budget.pk == budget.pk)
 
 
+class BudgetListOutput(serializers.Serializer[Any]):
+    results = BudgetOutput(many=True)
+
+
 class BudgetListSetApi(APIView):
-    @extend_schema(responses=BudgetOutput(many=True), summary="Budgets, with the current period's spend")
+    @extend_schema(responses=BudgetListOutput, summary="Budgets, with the current period's spend")
     def get(self, request: Request) -> Response:
         return Response({"results": BudgetOutput(budget_statuses(), many=True).data})  # type: ignore[arg-type]
 

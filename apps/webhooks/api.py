@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 
 from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
+from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
 from apps.webhooks.events import EVENT_TYPES
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
@@ -161,8 +162,8 @@ class DeliveryOutput(serializers.ModelSerializer[WebhookDelivery]):
 class DeliveryFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=DeliveryStatus.choices)
     event_type = django_filters.CharFilter()
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = WebhookDelivery

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
 from apps.api.events import event_stream
+from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
 from apps.workflows.definition import DefinitionInvalid
 from apps.workflows.models import RunStatus, StepRun, Workflow, WorkflowRun, WorkflowVersion
@@ -317,8 +318,8 @@ class WorkflowRunsApi(APIView):
 class RunFilter(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=RunStatus.choices)
     workflow = django_filters.UUIDFilter(field_name="workflow_id")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = WorkflowRun
