@@ -8,6 +8,7 @@ one scrape shows every gunicorn worker and Celery worker, not whichever answered
 
 from __future__ import annotations
 
+import hmac
 import os
 from pathlib import Path
 
@@ -42,9 +43,21 @@ def metrics_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+def metrics_authorized(request: HttpRequest) -> bool:
+    """Whether the request carries METRICS_TOKEN. Unset, /metrics is open: production settings refuse
+    to load without a token, so only development and the test suite run that way."""
+    token: str = settings.METRICS_TOKEN
+    if not token:
+        return True
+    presented = request.headers.get("Authorization", "")
+    # Constant time: how long a wrong token takes must not tell how much of it was right.
+    return hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition, for operators' scrapers only."""
-    token = settings.METRICS_TOKEN
-    if token and request.headers.get("Authorization") != f"Bearer {token}":
-        return HttpResponse(status=401)
+    if not metrics_authorized(request):
+        response = HttpResponse(status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     return HttpResponse(metrics_exposition(), content_type=CONTENT_TYPE_LATEST)

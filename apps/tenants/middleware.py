@@ -2,7 +2,7 @@
 
 - Portal: by host, `<slug>.<BASE_DOMAIN>` (or a custom domain).
 - API: on the public host, by the API key in `Authorization: Bearer ...`, through the resolver
-  named by `TENANT_API_KEY_RESOLVER`.
+  named by `TENANT_API_KEY_RESOLVER`, which also limits failed attempts per client address.
 - Health probes never get here (apps.ops.middleware answers them first).
 
 Nothing later in the request switches schemas.
@@ -12,19 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from typing import Protocol
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.request import split_domain_port
 from django.template.response import TemplateResponse
 from django.urls import set_urlconf
 from django.utils.module_loading import import_string
 
 from apps.accounts.principals import Principal
 from apps.tenants.connection import tenant_connection
+from apps.tenants.errors import ApiKeyAttemptsExceeded
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_for_host_cached, public_organization
 
-ApiKeyResolver = Callable[[str], tuple[Organization, Principal] | None]
+
+class ApiKeyResolver(Protocol):
+    """`TENANT_API_KEY_RESOLVER`: the organization and principal of a key, None if it resolves to
+    nothing, or ApiKeyAttemptsExceeded when the client address has failed too often."""
+
+    def __call__(self, raw_key: str, *, client_address: str) -> tuple[Organization, Principal] | None: ...
+
 
 _REFUSALS: dict[str, tuple[int, str, str]] = {
     Organization.Status.SUSPENDED: (
@@ -46,26 +55,51 @@ def _public_tenant() -> Organization:
     return public_organization()
 
 
+def client_address(request: HttpRequest) -> str:
+    """The address a request came from: REMOTE_ADDR, or with TRUSTED_PROXY_COUNT proxies in front,
+    the address the outermost of them appended to X-Forwarded-For. Entries further left are what
+    the client chose to send, so they are never used."""
+    remote: str = request.META.get("REMOTE_ADDR", "")
+    hops: int = settings.TRUSTED_PROXY_COUNT
+    if hops <= 0:
+        return remote
+    forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    forwarded = [part for part in forwarded if part]
+    return forwarded[-hops] if len(forwarded) >= hops else remote
+
+
 def _wants_json(request: HttpRequest) -> bool:
     return request.path_info.startswith(("/api/", "/v1/")) or "application/json" in request.headers.get("Accept", "")
 
 
-def _error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
-    if _wants_json(request):
-        # OpenAI's error shape, which every JSON error of the platform uses.
-        error_type = "invalid_request_error" if status == 404 else "permission_error"
-        return JsonResponse(
+_ERROR_TYPES = {404: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def _error(
+    request: HttpRequest, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> HttpResponse:
+    response: HttpResponse
+    error_type = _ERROR_TYPES.get(status, "permission_error")
+    if request.path_info.startswith("/v1/messages"):
+        # Anthropic's clients read Anthropic's error shape on its endpoint.
+        response = JsonResponse({"type": "error", "error": {"type": error_type, "message": message}}, status=status)
+    elif _wants_json(request):
+        # OpenAI's error shape, which every other JSON error of the platform uses.
+        response = JsonResponse(
             {"error": {"message": message, "type": error_type, "param": None, "code": code}}, status=status
         )
-    response = TemplateResponse(request, "tenants/unavailable.html", {"message": message}, status=status)
-    response.render()
+    else:
+        response = TemplateResponse(request, "tenants/unavailable.html", {"message": message}, status=status)
+        response.render()
+    for name, value in (headers or {}).items():
+        response[name] = value
     return response
 
 
 class TenantMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
-        self.public_hosts = {settings.BASE_DOMAIN, *settings.PUBLIC_HOSTS}
+        self.public_hosts = {settings.BASE_DOMAIN.lower(), *(host.lower() for host in settings.PUBLIC_HOSTS)}
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         tenant_connection().set_schema_to_public()
@@ -75,10 +109,20 @@ class TenantMiddleware:
             tenant_connection().set_schema_to_public()
 
     def _handle(self, request: HttpRequest) -> HttpResponse:
-        host = request.get_host().rsplit(":", 1)[0].lower()
+        # `[::1]:8000` is host `[::1]`: split as Django validates it, not at the last colon.
+        host, _port = split_domain_port(request.get_host())
         tenant: Organization | None
         if host in self.public_hosts:
-            resolved = self._resolve_api_key(request)
+            try:
+                resolved = self._resolve_api_key(request)
+            except ApiKeyAttemptsExceeded as exceeded:
+                return _error(
+                    request,
+                    429,
+                    "rate_limit_exceeded",
+                    str(exceeded),
+                    headers={"Retry-After": str(exceeded.retry_after_s)},
+                )
             if resolved is None:
                 tenant = _public_tenant()
             else:
@@ -110,4 +154,4 @@ class TenantMiddleware:
         key = key or request.headers.get("X-Api-Key", "").strip()
         if resolver is None or not key:
             return None
-        return resolver(key)
+        return resolver(key, client_address=client_address(request))

@@ -10,5 +10,9 @@ from .base import *  # noqa: F403
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
-INTERNAL_IPS = ["127.0.0.1"]
+INTERNAL_IPS = ["127.0.0.1", "::1"]
+# The addresses the server's own log prints are the platform host too, like `localhost`.
+LOOPBACK_HOSTS = ["127.0.0.1", "[::1]"]
+ALLOWED_HOSTS = [*ALLOWED_HOSTS, *LOOPBACK_HOSTS]
+PUBLIC_HOSTS = [*PUBLIC_HOSTS, *LOOPBACK_HOSTS]
 OUTBOUND_ALLOW_PRIVATE_NETWORKS = True  # local webhook receivers and test servers on 127.0.0.1

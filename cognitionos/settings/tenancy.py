@@ -12,6 +12,14 @@ DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 # Hook for the API host: a dotted path to `f(raw_key: str) -> (Organization, Principal) | None` that
 # the tenant middleware calls with the bearer token.
 TENANT_API_KEY_RESOLVER: str | None = "apps.apikeys.selectors.apikey_resolve"
+# Unknown API keys (apps.apikeys.attempts): a miss is remembered this long, by the key's SHA-256
+# and never the key, so a client repeating a wrong key costs no query; and one client address may
+# fail this many times in a minute before every key it presents is answered 429 for the rest of it.
+API_KEY_MISS_CACHE_SECONDS = env_int("API_KEY_MISS_CACHE_SECONDS", 30)
+API_KEY_FAILURES_PER_MINUTE = env_int("API_KEY_FAILURES_PER_MINUTE", 20)
+# The client address is REMOTE_ADDR unless this many proxies in front append the address they
+# received from to X-Forwarded-For; entries left of theirs are the client's own say, never trusted.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 # How long a process may keep serving a host's organization (and its status) without asking the
 # database again: a suspension takes effect everywhere within this many seconds.
 TENANT_RESOLUTION_CACHE_SECONDS = env_int("TENANT_RESOLUTION_CACHE_SECONDS", 5)

@@ -31,7 +31,7 @@ KUBERNETES = DEPLOY / "kubernetes"
 SECRET_TEMPLATE = KUBERNETES / "secret.yaml.template"
 
 APP_SERVICES = ("migrate", "web", "worker", "beat")
-SECRET_ENV = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL")
+SECRET_ENV = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CREDENTIALS_ENCRYPTION_KEYS", "METRICS_TOKEN")
 BEAT_SCHEDULE = "/tmp/celerybeat-schedule"  # noqa: S108 - a path inside the container
 COMMANDS: dict[str, list[str]] = {
     "migrate": ["cognitionos", "migrate"],
@@ -346,6 +346,8 @@ def test_compose_secrets_are_required_interpolations_never_values() -> None:
         env = services()[name]["environment"]
         assert re.fullmatch(required % "SECRET_KEY", env["SECRET_KEY"]), name
         assert re.search(required % "POSTGRES_PASSWORD", env["DATABASE_URL"]), name
+        for secret in ("CREDENTIALS_ENCRYPTION_KEYS", "METRICS_TOKEN"):  # production refuses to start without
+            assert re.fullmatch(required % secret, env[secret]), name
     password = services()["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert re.fullmatch(required % "POSTGRES_PASSWORD", password)
 
@@ -370,6 +372,7 @@ def test_env_example_leaves_the_secrets_empty() -> None:
     lines = (DEPLOY / ".env.example").read_text().splitlines()
     values = {line.partition("=")[0]: line.partition("=")[2] for line in lines if line and not line.startswith("#")}
     assert values["SECRET_KEY"] == "" and values["POSTGRES_PASSWORD"] == ""
+    assert values["CREDENTIALS_ENCRYPTION_KEYS"] == "" and values["METRICS_TOKEN"] == ""
     assert ".env" in (DEPLOY / ".gitignore").read_text().split()
 
 

@@ -29,6 +29,7 @@ def test_production_settings_pass_check_deploy_without_warnings() -> None:
         CREDENTIALS_ENCRYPTION_KEYS="k1:" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode(),
         BASE_DOMAIN="cognitionos.example.com",
         ALLOWED_HOSTS="cognitionos.example.com,.cognitionos.example.com",
+        METRICS_TOKEN="m" + "etrics-token-" * 3 + "7Qx",
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],

@@ -6,6 +6,6 @@ from apps.tenants.models import Organization
 KEYS = {"test-key-tenant-a": "tenant-a", "test-key-tenant-b": "tenant-b"}
 
 
-def resolve_by_test_key(raw_key: str) -> tuple[Organization, Principal] | None:
+def resolve_by_test_key(raw_key: str, *, client_address: str = "") -> tuple[Organization, Principal] | None:
     organization = Organization.objects.filter(slug=KEYS.get(raw_key, "")).first()
     return (organization, Principal(kind="api_key", id="0", label=raw_key)) if organization else None
