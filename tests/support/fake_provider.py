@@ -472,6 +472,7 @@ class FakeProvider:
         self._failing_models: frozenset[str] = frozenset()
         self._failing_models_status = 503
         self._chunk_delay_s = 0.0
+        self._extra_prompt_tokens = 0
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -568,6 +569,11 @@ class FakeProvider:
             self._failing_models = frozenset(models)
             self._failing_models_status = status
 
+    def over_report(self, *, prompt_tokens: int) -> None:
+        """Report `prompt_tokens` more prompt tokens than the request had on every chat answer, as a
+        provider whose tokenizer counts more than any estimate would (0 restores true counts)."""
+        self._extra_prompt_tokens = prompt_tokens
+
     def slow_stream(self, *, chunk_delay_s: float) -> None:
         """Wait `chunk_delay_s` between server-sent events (0 restores full speed)."""
         self._chunk_delay_s = chunk_delay_s
@@ -588,6 +594,7 @@ class FakeProvider:
             self._failing_models_status = 503
             self.max_in_flight = self._open
         self._chunk_delay_s = 0.0
+        self._extra_prompt_tokens = 0
         self.latency_s = self._initial_latency_s
 
     # ----------------------------------------------------------------- answering (server threads)
@@ -689,6 +696,7 @@ class FakeProvider:
         messages = _messages_of(body)
         limit = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
         prompt_tokens = _prompt_tokens([m.get("content") if isinstance(m, dict) else None for m in messages])
+        prompt_tokens += self._extra_prompt_tokens
 
         tool_call: dict[str, Any] | None = None
         tools = body.get("tools")
