@@ -31,14 +31,13 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 PNG = "data:image/png;base64,iVBORw0KGgo="
 
 
-def _post(key: str, path: str, body: Any, **headers: str) -> Any:
+def _post(key: str, path: str, body: Any) -> Any:
     return Client().post(
         path,
         data=body if isinstance(body, str | bytes) else json.dumps(body),
         content_type="application/json",
         HTTP_HOST="localhost",
         HTTP_AUTHORIZATION=f"Bearer {key}",
-        **{f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()},
     )
 
 
