@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck format bench clean
+.PHONY: install run test lint typecheck format bench fuzz clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -n "$(PYTHON)" || { echo "CognitionOS needs Python 3.11 or 3.12 (python3.12 / python3.11 on PATH)"; exit 1; }
@@ -28,6 +28,11 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# Schemathesis over /api/schema/ with many more examples per operation than `make test` runs (10).
+FUZZ_EXAMPLES ?= 200
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/security/test_api_schema_fuzz.py -q
 
 format: install
 	$(BIN)/ruff format .
