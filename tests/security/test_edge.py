@@ -14,6 +14,7 @@ import base64
 import hmac
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.apikeys.models import ApiKey
 from apps.apikeys.services import apikey_create, apikey_revoke
+from apps.ops.management.commands.up import _ipv6_loopback_available, web_binds
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.factories import TEST_ACTOR
@@ -212,6 +214,12 @@ def test_a_revoked_key_is_refused_at_once_and_then_remembered(
 
 
 # --- loopback hosts in development --------------------------------------------------------------
+
+
+def test_make_run_listens_on_both_loopback_addresses() -> None:
+    ipv6 = socket.has_ipv6 and _ipv6_loopback_available()
+    assert web_binds("127.0.0.1", 8000) == ["127.0.0.1:8000", *(["[::1]:8000"] if ipv6 else [])]
+    assert web_binds("0.0.0.0", 8000) == ["0.0.0.0:8000"]  # noqa: S104 - an explicit choice is kept
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "[::1]:8000", "127.0.0.1", "[::1]"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,24 @@ def _die_with_parent() -> None:
     """Children get SIGTERM if `up` itself is killed, so no process outlives it."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def web_binds(host: str, port: int) -> list[str]:
+    """Where the web server listens. On the default loopback host it listens on [::1] as well
+    (where the machine has IPv6), so http://localhost, http://127.0.0.1 and http://[::1] all answer."""
+    binds = [f"{host}:{port}"]
+    if host == "127.0.0.1" and _ipv6_loopback_available():
+        binds.append(f"[::1]:{port}")
+    return binds
 
 
 class Command(BaseCommand):
@@ -80,8 +99,7 @@ class Command(BaseCommand):
                 "-c",
                 "python:cognitionos.gunicorn_conf",
                 "cognitionos.wsgi:application",
-                "--bind",
-                f"{options['host']}:{options['port']}",
+                *(arg for bind in web_binds(options["host"], options["port"]) for arg in ("--bind", bind)),
                 "--workers",
                 str(options["web_workers"]),
                 "--graceful-timeout",
