@@ -110,7 +110,7 @@ def _unknown_key() -> str:
     return f"cos_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
 
 
-def _get(path: str, key: str, address: str, **extra: str) -> Any:
+def _get(path: str, key: str, address: str, **extra: Any) -> Any:
     return Client().get(path, HTTP_HOST="localhost", HTTP_AUTHORIZATION=f"Bearer {key}", REMOTE_ADDR=address, **extra)
 
 
