@@ -7,6 +7,7 @@ from django.db import models
 DEFAULT_LIMITS: dict[str, Any] = {
     "max_members": 5,
     "max_concurrent_jobs": 2,
+    "max_map_items": 100,  # items one workflow map step may fan out to
     "requests_per_minute": 60,
     "tokens_per_minute": 100_000,
     "monthly_budget_usd": "10.00",

@@ -231,7 +231,10 @@ class WorkflowPreviewApi(APIView):
         else:
             definition = definition_of(version=_version(workflow, data.validated_data.get("version")))
         preview = workflow_cost_preview(
-            principal=request_principal(request), definition=definition, data=data.validated_data.get("input")
+            principal=request_principal(request),
+            definition=definition,
+            data=data.validated_data.get("input"),
+            organization=request_organization(request),
         )
         return Response(preview)
 

@@ -21,11 +21,13 @@ Which models and agents exist is checked by the service, which can read the cata
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
 import yaml
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
@@ -40,9 +42,12 @@ MAX_STEPS = 100
 MAX_CONCURRENCY = 16
 MAX_TOP_K = 50
 MAX_PATTERN_CHARS = 200
+# Bounds on a definition, checked on the text before parsing and on what parsing built: a few
+# hundred bytes of YAML or JSON must not become a structure that takes a worker's memory or stack.
+MAX_DEFINITION_BYTES = 256 * 1024
+MAX_DEFINITION_DEPTH = 32
+MAX_DEFINITION_NODES = 20_000
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-# A quantified group that itself contains a quantifier: the shape of catastrophic backtracking.
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
 
 _COMMON = frozenset({"name", "type", "depends_on", "description"})
 _FIELDS: dict[str, frozenset[str]] = {
@@ -136,25 +141,132 @@ class Definition:
         return found
 
 
-def definition_load(raw: object) -> dict[str, Any]:
-    """The definition as a JSON object: a dict as given, or YAML (or JSON) text parsed safely."""
-    if isinstance(raw, str):
+class _Refused(yaml.YAMLError):
+    """Valid YAML this loader won't build; the message says what and where."""
+
+
+def _at(mark: Any) -> str:  # Any: the stubs give pure-Python and libyaml marks different types
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without aliases and with bounded nesting. An alias (`*name`) repeats a node
+    without repeating its text, so nested aliases expand a few hundred bytes into gigabytes (the
+    "billion laughs"); the composer also recurses once per level of nesting."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"YAML aliases (*{event.anchor}) are not allowed{_at(event.start_mark)}")
+        if self._depth >= MAX_DEFINITION_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEFINITION_DEPTH} levels deep{_at(event.start_mark)}")
+        self._depth += 1
         try:
-            loaded = yaml.safe_load(raw)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _scalar_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode)
+    return str(loader.construct_scalar(node))
+
+
+# A definition is JSON: YAML's dates and binary stay the text they were written as.
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _scalar_text)
+_Loader.add_constructor("tag:yaml.org,2002:binary", _scalar_text)
+
+
+def _yaml_load(text: str) -> object:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _size_problem(value: object) -> str | None:
+    """What is too large (nesting, the number of values, the characters of keys and strings
+    together) or not JSON in a parsed definition, found walking it without recursion."""
+    nodes = chars = 0
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        nodes += 1
+        if depth > MAX_DEFINITION_DEPTH:
+            return f"the definition is nested more than {MAX_DEFINITION_DEPTH} levels deep"
+        if nodes > MAX_DEFINITION_NODES:
+            return f"the definition has more than {MAX_DEFINITION_NODES} values in all"
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                chars += len(str(key))
+                pending.append((child, depth + 1))
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{item} is not a JSON number"
+        elif not (item is None or isinstance(item, bool | int | float)):
+            return f"a {type(item).__name__} is not a JSON value (use strings, numbers, lists and objects)"
+        if chars > MAX_DEFINITION_BYTES:
+            return f"the definition's strings add up to more than {MAX_DEFINITION_BYTES} characters"
+    return None
+
+
+def definition_load(raw: object) -> dict[str, Any]:
+    """The definition as a JSON object: a dict as given, or YAML (or JSON) text parsed safely (no
+    aliases), and in both cases no larger or deeper than the bounds above."""
+    if isinstance(raw, str):
+        if len(raw) > MAX_DEFINITION_BYTES:
+            raise DefinitionInvalid([Problem("definition", f"a definition is limited to {MAX_DEFINITION_BYTES} bytes")])
+        try:
+            loaded = _yaml_load(raw)
+        except _Refused as error:
+            raise DefinitionInvalid([Problem("definition", str(error))]) from error
         except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            where = _at(getattr(error, "problem_mark", None))
             problem = getattr(error, "problem", None) or "not valid YAML"
             raise DefinitionInvalid([Problem("definition", f"invalid YAML{where}: {problem}")]) from error
         raw = loaded
     if not isinstance(raw, dict):
         raise DefinitionInvalid([Problem("definition", "a definition is an object with a `steps` list")])
+    problem = _size_problem(raw)
+    if problem is not None:
+        raise DefinitionInvalid([Problem("definition", problem)])
     return raw
 
 
 def definition_parse(raw: object) -> Definition:
     """Parse and validate; raises DefinitionInvalid listing every problem found."""
     return _Checker(definition_load(raw)).definition()
+
+
+def pattern_compile(pattern: str) -> re2._Regexp:
+    """A condition's `matches` pattern, compiled by RE2: matching takes time linear in the text
+    whatever the pattern, as RE2 never backtracks. Python's `re` must never see a user's pattern:
+    it can backtrack for hours holding the GIL, stalling every thread of the worker. What RE2 can't
+    run in linear time (backreferences, lookaround) it refuses as invalid. The re2 module caches
+    compiled patterns."""
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is the user's error, reported to them, not logged
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+def _re2_message(error: re2.error) -> str:
+    message = error.args[0] if error.args else str(error)
+    return message.decode(errors="replace") if isinstance(message, bytes) else str(message)
 
 
 _KINDS = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
@@ -461,13 +573,11 @@ class _Checker:
                 self.problem(f"{where}.matches", "must be a regular expression (a string)")
             elif len(pattern) > MAX_PATTERN_CHARS:
                 self.problem(f"{where}.matches", f"a pattern is limited to {MAX_PATTERN_CHARS} characters")
-            elif _NESTED_QUANTIFIER.search(pattern):
-                self.problem(f"{where}.matches", "nested quantifiers like (a+)+ are not allowed (they can run forever)")
             else:
                 try:
-                    re.compile(pattern)
-                except re.error as error:
-                    self.problem(f"{where}.matches", f"invalid regular expression: {error}")
+                    pattern_compile(pattern)
+                except re2.error as error:
+                    self.problem(f"{where}.matches", f"invalid regular expression: {_re2_message(error)}")
         self._branches(where, raw)
 
     def _branches(self, where: str, raw: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.router import UnknownModel, candidates
 from apps.llm.selectors import budget_statuses
 from apps.llm.semantic import embedding_model_name
+from apps.tenants.models import Organization
 from apps.workflows.definition import Definition, StepSpec
 from apps.workflows.selectors import agent_find
 from apps.workflows.templating import Placeholder, Reference, Scope, Template, TemplateError, text_of
@@ -68,9 +69,10 @@ def _order(definition: Definition) -> list[StepSpec]:
 
 
 class _Estimator:
-    def __init__(self, principal: Principal, data: dict[str, Any] | None) -> None:
+    def __init__(self, principal: Principal, data: dict[str, Any] | None, max_map_items: int | None) -> None:
         self.principal = principal
         self.input = data
+        self.max_map_items = max_map_items
         self.sizes: dict[str, _Size] = {}
         self.catalog = catalog()
         self.assumptions: set[str] = set()
@@ -210,6 +212,11 @@ class _Estimator:
                 items = resolved if isinstance(resolved, list) else None
             except TemplateError:
                 items = None
+        if items is not None and self.max_map_items is not None and len(items) > self.max_map_items:
+            # The run would fail this step before any item runs (`map_too_large`): it costs nothing,
+            # and the preview does not size thousands of items either.
+            error = f"map_too_large: {len(items)} items, more than the plan's max_map_items of {self.max_map_items}"
+            return _StepCost(Decimal(0), Decimal(0), _Size(0, 0), {"error": error, "items": len(items)})
         if items is None:
             self.assumptions.add("a map whose items are not in the preview's input counts as one item")
             inner = self.one(spec.inner)
@@ -250,10 +257,17 @@ def _budgets(principal: Principal) -> list[dict[str, Any]]:
 
 
 def workflow_cost_preview(
-    *, principal: Principal, definition: Definition, data: dict[str, Any] | None = None
+    *,
+    principal: Principal,
+    definition: Definition,
+    data: dict[str, Any] | None = None,
+    organization: Organization | None = None,
 ) -> dict[str, Any]:
-    """Expected and worst-case cost of a run, per step and in all, and the budgets it would draw on."""
-    estimator = _Estimator(principal, data)
+    """Expected and worst-case cost of a run, per step and in all, and the budgets it would draw on.
+    With the organization, a map over more items than its plan allows shows the error a run would
+    meet."""
+    limit = int(organization.plan.limit("max_map_items")) if organization is not None else None
+    estimator = _Estimator(principal, data, limit)
     steps: list[dict[str, Any]] = []
     expected_total = worst_total = Decimal(0)
     for spec in _order(definition):

@@ -40,6 +40,7 @@ from apps.llm.platform.selectors import catalog
 from apps.llm.selectors import llm_content_policy
 from apps.tenants.models import Organization
 from apps.workflows.definition import (
+    MAX_DEFINITION_BYTES,
     Definition,
     DefinitionInvalid,
     Problem,
@@ -69,19 +70,19 @@ from apps.workflows.steps import (
     StepFailure,
     StepResult,
     llm_request,
+    output_limit,
     run_condition,
     run_http,
     run_llm,
     run_retrieve,
     run_transform,
+    too_large,
 )
-from apps.workflows.templating import Scope, TemplateError
+from apps.workflows.templating import OutputTooLarge, Scope, TemplateError, text_size
 
 logger = logging.getLogger(__name__)
 
-MAX_DEFINITION_BYTES = 256 * 1024
 MAX_INPUT_BYTES = 1024 * 1024
-MAX_MAP_ITEMS = 1000
 
 
 class WorkflowNameTaken(Exception):
@@ -607,6 +608,29 @@ def _step_failed(organization: Organization, run: WorkflowRun, step: StepRun, er
 # -- map steps ----------------------------------------------------------------------------------------
 
 
+class _OutputSize:
+    """A map step's output so far, in bytes of text: its items together stay under the step
+    output bound, and the items not started yet don't start once it is passed."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+
+    def add(self, output: Any) -> None:
+        limit = output_limit()
+        with self.lock:
+            self.size += _item_size(output)
+            if self.size > limit:
+                raise too_large("the items' outputs together", limit)
+
+
+def _item_size(output: Any) -> int:
+    try:
+        return text_size(output, output_limit())
+    except OutputTooLarge:
+        return output_limit() + 1
+
+
 @dataclass(frozen=True)
 class _MapRun:
     """One map step's execution: the items and what each item's inner step sees."""
@@ -618,6 +642,7 @@ class _MapRun:
     context: StepContext
     items: list[Any]
     stop: threading.Event
+    output: _OutputSize
 
     def item(self, index: int) -> None:
         """Run the inner step for one item, on this pool thread's own connection."""
@@ -642,9 +667,11 @@ class _MapRun:
                 _item_record(self.step.pk, self.step.attempts, index, result)
 
             if self.inner.type == "llm":
-                run_llm(context, _llm_body(self.inner, scope), on_settled=record)
+                result = run_llm(context, _llm_body(self.inner, scope), on_settled=record)
             else:
-                record(_run_simple(context, self.inner, scope))
+                result = _run_simple(context, self.inner, scope)
+                record(result)
+            self.output.add(result.output)
         except StepFailure as failure:
             self.stop.set()  # the items not started yet won't start
             raise StepFailure(failure.error_class, f"item {index}: {failure.message}") from failure
@@ -653,7 +680,12 @@ class _MapRun:
             raise
 
 
-def _map_items(spec: StepSpec, scope: Scope) -> list[Any]:
+def map_items_limit(organization: Organization) -> int:
+    """How many items one map step may run: the plan's `max_map_items`."""
+    return int(organization.plan.limit("max_map_items"))
+
+
+def _map_items(organization: Organization, spec: StepSpec, scope: Scope) -> list[Any]:
     template = spec.template("items")
     assert template is not None
     try:
@@ -662,8 +694,12 @@ def _map_items(spec: StepSpec, scope: Scope) -> list[Any]:
         raise StepFailure("template_error", f"items: {error}") from error
     if not isinstance(items, list):
         raise StepFailure("invalid_items", f"items must resolve to a list, not {type(items).__name__}")
-    if len(items) > MAX_MAP_ITEMS:
-        raise StepFailure("too_many_items", f"a map step runs at most {MAX_MAP_ITEMS} items, not {len(items)}")
+    limit = map_items_limit(organization)
+    if len(items) > limit:  # before any item runs: a map can't fan out past what the plan allows
+        raise StepFailure(
+            "map_too_large",
+            f"items: {len(items)} items, more than the plan's max_map_items of {limit} for one map step",
+        )
     return items
 
 
@@ -671,10 +707,17 @@ def _run_map(run: WorkflowRun, step: StepRun, spec: StepSpec, scope: Scope, cont
     """Run the inner step over each item, at most `concurrency` at once. Each item's result is
     kept as it finishes (with its ledger row, for llm items), so a retried step only runs the rest."""
     assert spec.inner is not None
-    items = _map_items(spec, scope)
+    items = _map_items(context.organization, spec, scope)
     todo = [index for index in range(len(items)) if str(index) not in step.items]
     mapping = _MapRun(
-        run_id=run.pk, step=step, inner=spec.inner, scope=scope, context=context, items=items, stop=threading.Event()
+        run_id=run.pk,
+        step=step,
+        inner=spec.inner,
+        scope=scope,
+        context=context,
+        items=items,
+        stop=threading.Event(),
+        output=_OutputSize(sum(_item_size(item["output"]) for item in step.items.values())),
     )
     concurrency = min(int(spec.config.get("concurrency") or 4), len(todo))
     if concurrency <= 1:  # one at a time: on this thread, no pool

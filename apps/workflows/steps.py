@@ -8,20 +8,29 @@ settles the call's ledger row, so the step's record and the ledger commit togeth
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
 
 from apps.accounts.principals import Principal
 from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete
 from apps.tenants.models import Organization
-from apps.workflows.definition import StepSpec
-from apps.workflows.templating import Scope, Template, TemplateError, text_of
+from apps.workflows.definition import StepSpec, pattern_compile
+from apps.workflows.templating import (
+    OutputTooLarge,
+    Scope,
+    Template,
+    TemplateError,
+    bounded_text,
+    text_of,
+    text_size,
+    utf8_size,
+)
 
 MAX_MATCH_CHARS = 100_000
 MAX_HTTP_RESPONSE_BYTES = 1_000_000
@@ -65,16 +74,54 @@ def _template(spec: StepSpec, name: str) -> Template:
     return template
 
 
-def _render(spec: StepSpec, name: str, scope: Scope) -> str:
+def output_limit() -> int:
+    """The most a step may render (all its templates together) and the most its output may be,
+    in bytes of text."""
+    return int(settings.WORKFLOW_STEP_OUTPUT_MAX_BYTES)
+
+
+class _Room:
+    """What a step may still render: its templates share one bound, so a step can't build more
+    than it by repeating a large value across many fields either."""
+
+    def __init__(self) -> None:
+        self.limit = self.left = output_limit()
+
+    def take(self, text: str) -> str:
+        self.left -= utf8_size(text)
+        return text
+
+
+def too_large(what: str, limit: int) -> StepFailure:
+    return StepFailure("output_too_large", f"{what} is larger than the step limit of {limit} bytes")
+
+
+def output_check(output: Any) -> Any:
+    """The step's output, or an `output_too_large` failure if its text passes the bound."""
+    limit = output_limit()
     try:
-        return _template(spec, name).render(scope)
+        text_size(output, limit)
+    except OutputTooLarge as error:
+        raise too_large("the output", limit) from error
+    return output
+
+
+def _render(spec: StepSpec, name: str, scope: Scope, room: _Room) -> str:
+    try:
+        return room.take(_template(spec, name).render(scope, limit=room.left))
     except TemplateError as error:
         raise StepFailure("template_error", f"{name}: {error}") from error
+    except OutputTooLarge as error:
+        raise too_large(f"{name}: the rendered text", room.limit) from error
 
 
-def _resolve(spec: StepSpec, name: str, scope: Scope) -> Any:
+def _resolve(spec: StepSpec, name: str, scope: Scope, room: _Room) -> Any:
+    """A single placeholder's value as it is (already in memory); other templates rendered."""
+    template = _template(spec, name)
+    if template.single is None:
+        return _render(spec, name, scope, room)
     try:
-        return _template(spec, name).resolve(scope)
+        return template.resolve(scope)
     except TemplateError as error:
         raise StepFailure("template_error", f"{name}: {error}") from error
 
@@ -85,10 +132,11 @@ def _resolve(spec: StepSpec, name: str, scope: Scope) -> Any:
 def llm_request(spec: StepSpec, scope: Scope) -> dict[str, Any]:
     """The chat request of an llm step (before an agent's defaults are applied)."""
     config = spec.config
+    room = _Room()
     messages = []
     if spec.template("system") is not None:
-        messages.append({"role": "system", "content": _render(spec, "system", scope)})
-    messages.append({"role": "user", "content": _render(spec, "prompt", scope)})
+        messages.append({"role": "system", "content": _render(spec, "system", scope, room)})
+    messages.append({"role": "user", "content": _render(spec, "prompt", scope, room)})
     body: dict[str, Any] = {"messages": messages}
     for name in ("model", "policy", "max_tokens", "temperature", "min_quality"):
         if config.get(name) is not None:
@@ -134,7 +182,7 @@ def run_llm(context: StepContext, body: dict[str, Any], on_settled: Settled) -> 
 def run_retrieve(context: StepContext, spec: StepSpec, scope: Scope) -> StepResult:
     from apps.knowledge.selectors import chunks_search
 
-    query = _render(spec, "query", scope)
+    query = _render(spec, "query", scope, _Room())
     if not query.strip():
         raise StepFailure("empty_query", "the query rendered to an empty string")
     try:
@@ -155,9 +203,10 @@ def run_retrieve(context: StepContext, spec: StepSpec, scope: Scope) -> StepResu
 
 
 def run_transform(spec: StepSpec, scope: Scope) -> StepResult:
+    room = _Room()
     if "template" in spec.config:
-        return StepResult(output=_resolve(spec, "template", scope))
-    value = _resolve(spec, "value", scope)
+        return StepResult(output=output_check(_resolve(spec, "template", scope, room)))
+    value = _resolve(spec, "value", scope, room)
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -168,9 +217,10 @@ def run_transform(spec: StepSpec, scope: Scope) -> StepResult:
         matches = [match.value for match in expression.find(value)]
     except (JSONPathError, TypeError, ValueError, KeyError, AttributeError) as error:
         raise StepFailure("jsonpath_error", f"jsonpath: {error}") from error
+    # The matches can repeat parts of the value (`$..*`): their text can be far larger than it.
     if spec.config.get("first"):
-        return StepResult(output=matches[0] if matches else None)
-    return StepResult(output=matches)
+        return StepResult(output=output_check(matches[0] if matches else None))
+    return StepResult(output=output_check(matches))
 
 
 # -- condition ----------------------------------------------------------------------------------------
@@ -191,23 +241,24 @@ def condition_test(config: Any, value: Any) -> bool:  # noqa: PLR0911 - one answ
         if isinstance(value, str):
             return text_of(expected) in value
         return False
-    return re.search(config["matches"], text_of(value)[:MAX_MATCH_CHARS]) is not None
+    # RE2: linear in the text whatever the pattern (see pattern_compile).
+    return pattern_compile(config["matches"]).search(text_of(value)[:MAX_MATCH_CHARS]) is not None
 
 
 def run_condition(spec: StepSpec, scope: Scope) -> StepResult:
-    return StepResult(output=condition_test(spec.config, _resolve(spec, "value", scope)))
+    return StepResult(output=condition_test(spec.config, _resolve(spec, "value", scope, _Room())))
 
 
 # -- http ---------------------------------------------------------------------------------------------
 
 
-def _body(spec: StepSpec, scope: Scope, value: Any, path: str) -> Any:
+def _body(spec: StepSpec, scope: Scope, value: Any, path: str, room: _Room) -> Any:
     if isinstance(value, str):
-        return _resolve(spec, path, scope)
+        return _resolve(spec, path, scope, room)
     if isinstance(value, dict):
-        return {key: _body(spec, scope, item, f"{path}.{key}") for key, item in value.items()}
+        return {key: _body(spec, scope, item, f"{path}.{key}", room) for key, item in value.items()}
     if isinstance(value, list):
-        return [_body(spec, scope, item, f"{path}.{index}") for index, item in enumerate(value)]
+        return [_body(spec, scope, item, f"{path}.{index}", room) for index, item in enumerate(value)]
     return value
 
 
@@ -215,14 +266,21 @@ def run_http(spec: StepSpec, scope: Scope) -> StepResult:
     from apps.webhooks.safehttp import OutboundError, OutboundRefused, outbound_request
 
     config = spec.config
-    url = _render(spec, "url", scope)
-    headers = {name: _render(spec, f"headers.{name}", scope) for name in config.get("headers") or {}}
+    room = _Room()
+    url = _render(spec, "url", scope, room)
+    headers = {name: _render(spec, f"headers.{name}", scope, room) for name in config.get("headers") or {}}
     content: str | None = None
     raw_body = config.get("body")
     if isinstance(raw_body, str):
-        content = _render(spec, "body", scope)
+        content = _render(spec, "body", scope, room)
     elif raw_body is not None:
-        content = json.dumps(_body(spec, scope, raw_body, "body"), ensure_ascii=False)
+        # A field that is one placeholder holds the value itself (no copy); many fields naming one
+        # large value would still write it many times, so the JSON text is bounded as it is written.
+        payload = _body(spec, scope, raw_body, "body", room)
+        try:
+            content = bounded_text(payload, room.limit)
+        except OutputTooLarge as error:
+            raise too_large("body: the rendered JSON", room.limit) from error
         if not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = "application/json"
     try:

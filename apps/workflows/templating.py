@@ -34,6 +34,14 @@ class TemplateError(Exception):
     """A placeholder did not resolve while rendering (missing field, skipped step, ...)."""
 
 
+class OutputTooLarge(Exception):
+    """Rendering (or writing a value as text) passed its bound; nothing past the bound was built."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class Reference:
     """A dotted path: `("steps", "summary", "output", "title")`."""
@@ -77,11 +85,23 @@ class Template:
             return meaningful[0]
         return None
 
-    def render(self, scope: Scope) -> str:
-        """The text, every placeholder replaced (strings as they are, other values as JSON)."""
+    def render(self, scope: Scope, *, limit: int | None = None) -> str:
+        """The text, every placeholder replaced (strings as they are, other values as JSON).
+        With `limit`: OutputTooLarge as soon as the text passes `limit` bytes (UTF-8), before the
+        rest is written, since a short template repeating a large value can be gigabytes."""
         out: list[str] = []
+        size = 0
         for part in self.parts:
-            out.append(part if isinstance(part, str) else text_of(scope.evaluate(part)))
+            if isinstance(part, str):
+                text = part
+            elif limit is None:
+                text = text_of(scope.evaluate(part))
+            else:
+                text = bounded_text(scope.evaluate(part), limit - size)
+            size += utf8_size(text)
+            if limit is not None and size > limit:
+                raise OutputTooLarge(limit)
+            out.append(text)
         return "".join(out)
 
     def resolve(self, scope: Scope) -> Any:
@@ -92,6 +112,47 @@ class Template:
 
 def text_of(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+def utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def bounded_text(value: Any, limit: int) -> str:
+    """`text_of(value)`, or OutputTooLarge as soon as it passes `limit` bytes: the JSON is written
+    piece by piece and abandoned there (a value's JSON can be much larger than the value in
+    memory, when it holds the same list many times)."""
+    if isinstance(value, str):
+        if utf8_size(value) > limit:
+            raise OutputTooLarge(limit)
+        return value
+    chunks: list[str] = []
+    size = 0
+    for chunk in _ENCODER.iterencode(value):
+        size += utf8_size(chunk)
+        if size > limit:
+            raise OutputTooLarge(limit)
+        chunks.append(chunk)
+    return "".join(chunks)
+
+
+def text_size(value: Any, limit: int) -> int:
+    """The size in bytes of `text_of(value)`, or OutputTooLarge once it passes `limit`, without
+    keeping the text."""
+    if isinstance(value, str):
+        size = utf8_size(value)
+    else:
+        size = 0
+        for chunk in _ENCODER.iterencode(value):
+            size += utf8_size(chunk)
+            if size > limit:
+                break
+    if size > limit:
+        raise OutputTooLarge(limit)
+    return size
 
 
 def _placeholder(source: str, body: str) -> Placeholder:

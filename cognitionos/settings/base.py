@@ -13,6 +13,7 @@ from .logging import *  # noqa: F403
 from .outbound import *  # noqa: F403
 from .security import *  # noqa: F403
 from .tenancy import *  # noqa: F403
+from .workflows import *  # noqa: F403
 
 # Lets `admin.ModelAdmin[Model]` and friends be subscripted at run time, as the type stubs expect.
 django_stubs_ext.monkeypatch()
