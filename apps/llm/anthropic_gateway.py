@@ -44,31 +44,66 @@ _FIELDS = frozenset(
     | {"tool_choice", "metadata"}
     | EXTENSIONS
 )
-_BLOCKS = frozenset({"text", "image", "tool_result"})
+_BLOCKS = {"user": frozenset({"text", "image", "tool_result"}), "assistant": frozenset({"text", "tool_use"})}
 
 
-def _parts(content: Any, where: str) -> Any:
+def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
+    source = block.get("source")
+    if not isinstance(source, dict) or source.get("type") not in ("base64", "url"):
+        raise invalid(f"{where}.source must be a base64 or url source", f"{where}.source")
+    url = source.get("url") or f"data:{source.get('media_type')};base64,{source.get('data')}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _tool_result_text(content: Any) -> str:
     if isinstance(content, str):
         return content
+    if isinstance(content, list):
+        return "".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return json.dumps(content)
+
+
+def _message(role: Any, content: Any, where: str) -> list[dict[str, Any]]:
+    """One Messages API message as OpenAI messages: an assistant's tool_use blocks become its
+    tool_calls, a user's tool_result blocks become `tool` messages ahead of the user's own content."""
+    if role not in _BLOCKS:
+        raise invalid(f"{where}.role must be user or assistant", f"{where}.role")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise invalid(f"{where} must be a string or an array of content blocks", where)
-    parts = []
+        raise invalid(f"{where}.content must be a string or an array of content blocks", f"{where}.content")
+    parts: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
     for number, block in enumerate(content):
+        at = f"{where}.content[{number}]"
         kind = block.get("type") if isinstance(block, dict) else None
-        if kind not in _BLOCKS:
-            raise unsupported(f"{where}[{number}].type", f"content blocks of type {kind!r} can't be priced")
+        if kind not in _BLOCKS[role]:
+            raise unsupported(f"{at}.type", f"{role} content blocks of type {kind!r} are not supported")
         assert isinstance(block, dict)
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            parts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind == "image":
-            source = block.get("source") or {}
-            if not isinstance(source, dict) or source.get("type") not in ("base64", "url"):
-                raise invalid(f"{where}[{number}].source must be a base64 or url source", f"{where}[{number}].source")
-            url = source.get("url") or f"data:{source.get('media_type')};base64,{source.get('data')}"
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts.append(_image(block, at))
+        elif kind == "tool_result":
+            text = _tool_result_text(block.get("content"))
+            results.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")), "content": text})
         else:
-            parts.append({"type": "text", "text": json.dumps(block.get("content"))})
-    return parts
+            arguments = json.dumps(block.get("input") or {})
+            calls.append(
+                {
+                    "id": str(block.get("id", "")),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": arguments},
+                }
+            )
+    converted: list[dict[str, Any]] = results
+    if role == "assistant":
+        text = "".join(part["text"] for part in parts)
+        converted.append({"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})})
+    elif parts:
+        converted.append({"role": "user", "content": parts})
+    return converted
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -96,9 +131,7 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     for index, message in enumerate(raw):
         if not isinstance(message, dict) or set(message) - {"role", "content"}:
             raise invalid(f"messages[{index}] must be an object with `role` and `content`", f"messages[{index}]")
-        messages.append(
-            {"role": message.get("role"), "content": _parts(message.get("content"), f"messages[{index}].content")}
-        )
+        messages.extend(_message(message.get("role"), message.get("content"), f"messages[{index}]"))
     return messages
 
 

@@ -403,8 +403,6 @@ def chat_complete(
             except ProviderError as error:
                 if attempts.failed(entry, attempt, error, started=started, retry=retry):
                     continue
-                if error.request_fault:  # another model would be asked the same thing: answer now
-                    raise attempts.exhausted() from error
                 break
             latency_ms = int((time.perf_counter() - started) * 1000)
             settlement = _settlement(entry, reply.usage, latency_ms)
@@ -504,8 +502,6 @@ def chat_stream(
                 failure = error if isinstance(error, ProviderError) else ProviderError("empty stream")
                 if attempts.failed(entry, attempt, failure, started=started, retry=retry):
                     continue
-                if failure.request_fault:
-                    raise attempts.exhausted() from failure
                 break
             return ChatStream(
                 request_id=request_id,

@@ -257,8 +257,8 @@ def test_malformed_requests_and_a_bad_own_key_of_one_organization_leave_the_mode
         assert (
             _post(key_a, "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO, "x": 1}).status_code == 400
         )
-    for _ in range(4):  # the provider refuses the request itself: the request's fault, not the model's
-        fake_provider.fail_next(1, status=400)
+    for _ in range(4):  # the providers refuse the request itself: the request's fault, not the models'
+        fake_provider.fail_next(2, status=400)  # gpt-4o-mini, then its fallback
         refused = _post(
             key_a, "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO, "cache": {"skip": True}}
         )
@@ -378,3 +378,38 @@ def test_a_refused_request_leaves_no_ledger_row(
 ) -> None:
     _post(key_a, "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO, "n": 2})
     assert [a for a in _attempts(two_tenants[0]) if a.status != AttemptStatus.CACHE_HIT] == []
+
+
+def test_anthropic_tool_turns_are_translated_not_dropped(
+    two_tenants: tuple[Organization, Organization], key_a: str, fake_provider: FakeProvider
+) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "max_tokens": 50,
+        "tools": [{"name": "weather", "input_schema": {"type": "object", "properties": {}}}],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "tu_1", "name": "weather", "input": {}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "tu_1", "content": "sunny"},
+                    {"type": "text", "text": "ok?"},
+                ],
+            },
+        ],
+    }
+    response = _post(key_a, "/v1/messages", body)
+    assert response.status_code == 200, response.content
+    sent = fake_provider.calls[-1].body["messages"]
+    assert sent[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "tu_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+    }
+    assert sent[2] == {"role": "tool", "tool_call_id": "tu_1", "content": "sunny"}
+    assert sent[3] == {"role": "user", "content": [{"type": "text", "text": "ok?"}]}
+    thinking = {**body, "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}
+    refused = _post(key_a, "/v1/messages", thinking)
+    assert (refused.status_code, refused.json()["error"]["type"]) == (400, "invalid_request_error")
+    assert "messages[0].content[0].type" in refused.json()["error"]["message"]
