@@ -1,7 +1,7 @@
 """Issue 9, item 5: a workflow definition can't freeze or exhaust a worker (or a web process).
 
 - YAML aliases are refused, so a 600-byte "billion laughs" is a fast 400, and sizes and nesting are
-  checked on what parsing built, not only on the text;
+  checked on what parsing built, not only on the text; templates are parsed in linear time;
 - `matches` patterns run on RE2 (linear time): `((a+))+$` over 100,000 characters takes
   milliseconds where Python's `re` backtracks for hours holding the GIL;
 - what a step renders, and a transform's or a map's output, is bounded per step
@@ -139,6 +139,16 @@ def test_sizes_are_checked_on_the_parsed_definition(client: APIClient) -> None:
     assert _create(client, values)  # a string that looks like a tag is just a string in JSON
     tagged = "steps: [{name: s, type: transform, template: x}]\ndescription: !!set {a, b}"
     assert _refused(client, tagged)["message"].startswith("definition.definition: a set is not a JSON value")
+
+
+def test_a_template_of_unclosed_placeholders_is_refused_in_linear_time(client: APIClient) -> None:
+    # A lazy `{{(.*?)}}` regex rescanned the rest of the text from every `{{`: 90 s for these 100,000.
+    definition = {"steps": [{"name": "s", "type": "transform", "template": "{{" * 50_000}]}
+    started = time.monotonic()
+    with deadline(10):
+        error = _refused(client, definition)
+    assert time.monotonic() - started < 2
+    assert error["message"].startswith("definition.steps[0].template: unclosed placeholder at '{{{{")
 
 
 # -- patterns -----------------------------------------------------------------------------------------
