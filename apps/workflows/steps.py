@@ -33,6 +33,7 @@ from apps.workflows.templating import (
 )
 
 MAX_MATCH_CHARS = 100_000
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 MAX_HTTP_RESPONSE_BYTES = 1_000_000
 
 
@@ -242,7 +243,21 @@ def condition_test(config: Any, value: Any) -> bool:  # noqa: PLR0911 - one answ
             return text_of(expected) in value
         return False
     # RE2: linear in the text whatever the pattern (see pattern_compile).
-    return pattern_compile(config["matches"]).search(text_of(value)[:MAX_MATCH_CHARS]) is not None
+    return pattern_compile(config["matches"]).search(_match_text(value)) is not None
+
+
+def _match_text(value: Any) -> str:
+    """The first MAX_MATCH_CHARS characters of the value's text, without writing the rest."""
+    if isinstance(value, str):
+        return value[:MAX_MATCH_CHARS]
+    chunks: list[str] = []
+    size = 0
+    for chunk in _ENCODER.iterencode(value):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_MATCH_CHARS:
+            break
+    return "".join(chunks)[:MAX_MATCH_CHARS]
 
 
 def run_condition(spec: StepSpec, scope: Scope) -> StepResult:

@@ -151,6 +151,7 @@ def test_a_condition_runs_one_branch_skips_the_other_and_a_join_takes_the_branch
         ({"contains": 2}, [1, 2, 3], True),
         ({"matches": r"^\d{3}-\d{4}$"}, "555-1234", True),
         ({"matches": r"^\d{3}$"}, "5555", False),
+        ({"matches": r'^\{"a": \[1, 2\]\}$'}, {"a": [1, 2]}, True),  # other values are matched as JSON
         ({"equals": {"a": 1}}, {"a": 1}, True),
         ({"equals": "yes"}, " yes\n", True),
     ],
