@@ -93,6 +93,9 @@ class WebhookDelivery(models.Model):
     redelivery_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(db_default=Now())
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # The payload's content (outputs, results) and the response excerpt were removed: after the
+    # organization's content retention, or at once in no-content mode. Ids, status and costs stay.
+    content_deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at",)
@@ -130,6 +133,12 @@ class WebhookDelivery(models.Model):
             ),
             # The delivery log of an endpoint, newest first (cursor pagination).
             models.Index(fields=["endpoint", "-created_at", "-id"], name="webhooks_delivery_log"),
+            # The retention sweep's scan for deliveries that still hold content.
+            models.Index(
+                fields=["created_at"],
+                name="webhooks_delivery_content",
+                condition=models.Q(content_deleted_at=None),
+            ),
         ]
 
     def __str__(self) -> str:

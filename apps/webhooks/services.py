@@ -25,6 +25,7 @@ from django.utils import timezone
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.llm.crypto import Sealed, current_key_id, seal, unseal
+from apps.llm.selectors import llm_content_policy
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.webhooks.events import EventsInvalid, events_normalize, subscription_entries
@@ -288,6 +289,62 @@ def webhook_secrets_reencrypt(*, organization: Organization) -> int:
     return changed
 
 
+# --- content ---------------------------------------------------------------------------------
+
+# Where events carry what the organization's users wrote or got back: prompts, answers, run inputs
+# and outputs. Everything else in a payload (ids, status, counts, costs, error classes) is metadata.
+CONTENT_KEYS = frozenset({"input", "output", "text", "tool_calls", "messages", "prompt", "content", "items"})
+
+
+def webhook_payload_without_content(payload: Any) -> Any:
+    """The payload with every content field, at any depth, set to null (the keys stay, so a
+    receiver sees the same shape), marked `content_removed` at the top."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: None if key in CONTENT_KEYS else strip(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [strip(item) for item in value]
+        return value
+
+    stripped = strip(payload)
+    if isinstance(stripped, dict):
+        stripped["content_removed"] = True
+    return stripped
+
+
+def _stores_content(organization: Organization) -> bool:
+    return llm_content_policy(organization=organization).store_content
+
+
+def webhook_deliveries_content_sweep(
+    *, organization: Organization, now: dt.datetime | None = None, batch: int = 500
+) -> int:
+    """Remove the content of deliveries older than the organization's content retention (of every
+    delivery in no-content mode): the payload keeps its ids, status, counts and costs, and the
+    receiver's response excerpt (which may echo the payload) goes. Returns how many deliveries."""
+    now = now or timezone.now()
+    policy = llm_content_policy(organization=organization)
+    cutoff = now if not policy.store_content else now - dt.timedelta(days=policy.retention_days)
+    swept = 0
+    with organization_schema(organization):
+        while True:
+            with transaction.atomic():
+                rows = list(
+                    WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+                    .filter(content_deleted_at=None, created_at__lt=cutoff)
+                    .only("pk", "payload")[:batch]
+                )
+                if not rows:
+                    return swept
+                for row in rows:
+                    row.payload = webhook_payload_without_content(row.payload)
+                    row.last_response_excerpt = ""
+                    row.content_deleted_at = now
+                WebhookDelivery.objects.bulk_update(rows, ["payload", "last_response_excerpt", "content_deleted_at"])
+                swept += len(rows)
+
+
 # --- events and deliveries -------------------------------------------------------------------
 
 
@@ -308,7 +365,11 @@ def webhook_event_emit(
     """Record one delivery of the event per active endpoint subscribed to `event_type` (or, with
     `endpoint_id`, to that endpoint only, whatever it subscribed to; nothing if it is gone or
     disabled), and send them once the caller's transaction commits. All deliveries of one call
-    share the event id. The payload must be JSON-serialisable (Decimal, UUID, datetimes allowed)."""
+    share the event id. The payload must be JSON-serialisable (Decimal, UUID, datetimes allowed).
+    In no-content mode its content fields are removed before anything is stored or sent."""
+    stores_content = _stores_content(organization)
+    if not stores_content:
+        payload = webhook_payload_without_content(payload)
     encoded = json.dumps(payload, cls=DjangoJSONEncoder)
     if len(encoded) > MAX_PAYLOAD_BYTES:
         raise WebhookInvalid(f"the event payload is larger than {MAX_PAYLOAD_BYTES} bytes", param="payload")
@@ -335,6 +396,7 @@ def webhook_event_emit(
                     next_attempt_at=now,
                     dispatched_at=now,
                     created_at=now,
+                    content_deleted_at=None if stores_content else now,
                 )
                 for endpoint in endpoints
             ]
@@ -384,15 +446,21 @@ def webhook_delivery_retry(*, organization: Organization, actor: Principal, deli
             delivery.save(update_fields=["next_attempt_at", "dispatched_at"])
             target = delivery
         else:
+            content_deleted_at = delivery.content_deleted_at
+            if content_deleted_at is None and not _stores_content(organization):
+                content_deleted_at = now
             target = WebhookDelivery.objects.create(
                 endpoint=delivery.endpoint,
                 event_type=delivery.event_type,
                 event_id=delivery.event_id,
-                payload=delivery.payload,
+                payload=delivery.payload
+                if content_deleted_at is None
+                else webhook_payload_without_content(delivery.payload),
                 status=DeliveryStatus.PENDING,
                 next_attempt_at=now,
                 dispatched_at=now,
                 redelivery_of=delivery,
+                content_deleted_at=content_deleted_at,
             )
         audit_record(
             organization=organization,
@@ -486,13 +554,17 @@ def _claim(*, organization: Organization, delivery_id: uuid.UUID) -> _Claim | No
 
 
 def webhook_delivery_body(*, organization: Organization, delivery: WebhookDelivery) -> bytes:
-    """The JSON body POSTed for a delivery (the same bytes on every attempt)."""
+    """The JSON body POSTed for a delivery (the same bytes on every attempt, unless the organization
+    turned content off or the retention removed it meanwhile: then without the content)."""
+    payload = delivery.payload
+    if delivery.content_deleted_at is None and not _stores_content(organization):
+        payload = webhook_payload_without_content(payload)
     envelope = {
         "id": str(delivery.event_id),
         "type": delivery.event_type,
         "created_at": delivery.created_at.isoformat().replace("+00:00", "Z"),
         "organization": organization.slug,
-        "data": delivery.payload,
+        "data": payload,
     }
     return json.dumps(envelope, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
 

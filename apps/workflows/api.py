@@ -300,7 +300,8 @@ class RunOutput(serializers.Serializer[WorkflowRun]):
 
 class WorkflowRunsApi(APIView):
     @extend_schema(request=RunInput, responses={202: RunOutput}, summary="Start a run")
-    @idempotent
+    # The run's input is content: not kept with the key (a replay answers with it null).
+    @idempotent(redact=("input", "output"))
     def post(self, request: Request, workflow_id: UUID) -> Response:
         workflow = workflow_get(workflow_id=workflow_id)
         data = RunInput(data=request.data)
@@ -367,7 +368,7 @@ class RunRerunApi(APIView):
         responses={202: RunOutput, 409: OpenApiResponse(description="the run has no failed step")},
         summary="Run again from the failed step (a new run; earlier outputs kept)",
     )
-    @idempotent
+    @idempotent(redact=("input", "output"))
     def post(self, request: Request, run_id: UUID) -> Response:
         run = run_get(run_id=run_id)
         try:

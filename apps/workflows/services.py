@@ -403,8 +403,18 @@ def _run_finish(
             error_class="cancelled" if status == RunStatus.CANCELLED else "run_failed",
             error_message="the run was cancelled" if status == RunStatus.CANCELLED else "the run failed before it",
         )
+    if not llm_content_policy(organization=organization).store_content:
+        _content_drop(run, now)
     _emit(organization, run)
     runs_admit(organization=organization)
+
+
+def _content_drop(run: WorkflowRun, now: dt.datetime) -> None:
+    """No-content mode: a finished run keeps no input and no outputs (counts, costs and timings
+    stay), and its webhook event carries none. Steps still in flight record no output either."""
+    run.input, run.output, run.content_deleted_at = {}, None, now
+    run.save(update_fields=["input", "output", "content_deleted_at"])
+    StepRun.objects.filter(run=run).update(output=None, items={})
 
 
 def _emit(organization: Organization, run: WorkflowRun) -> None:
@@ -568,7 +578,8 @@ def _step_succeed(organization: Organization, step_id: int, attempt: int, result
         if step.status != StepStatus.RUNNING or step.attempts != attempt:
             _add_cost(run, step, result.cost_usd)
             return
-        step.status, step.finished_at, step.output = StepStatus.SUCCEEDED, timezone.now(), result.output
+        output = result.output if run.content_deleted_at is None else None  # no-content mode, run ended
+        step.status, step.finished_at, step.output = StepStatus.SUCCEEDED, timezone.now(), output
         step.input_tokens += result.input_tokens
         step.output_tokens += result.output_tokens
         step.model, step.cache_layer = result.model[:100], result.cache[:8]
@@ -745,7 +756,7 @@ def _run_map(run: WorkflowRun, step: StepRun, spec: StepSpec, scope: Scope, cont
 def _item_record(step_id: int, attempt: int, index: int, result: StepResult) -> None:
     with transaction.atomic():
         run, step = _locked(step_id)
-        if step.status == StepStatus.RUNNING:
+        if step.status == StepStatus.RUNNING and run.content_deleted_at is None:
             step.items[str(index)] = {
                 "output": result.output,
                 "cost_usd": str(result.cost_usd),

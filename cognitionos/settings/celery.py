@@ -50,4 +50,6 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
     # Webhook retries are scheduled in the database (next_attempt_at); this sends the due ones.
     "webhooks-dispatch": {"task": "apps.webhooks.tasks.webhook_deliveries_dispatch_all", "schedule": 10.0},
+    # Webhook payloads (outputs, results) are kept only as long as the organization allows.
+    "webhooks-content-sweep": {"task": "apps.webhooks.tasks.webhook_deliveries_content_sweep_all", "schedule": 3600.0},
 }
