@@ -50,7 +50,9 @@ class BudgetListOutput(serializers.Serializer[Any]):
 
 
 class BudgetListSetApi(APIView):
-    @extend_schema(responses=BudgetListOutput, summary="Budgets, with the current period's spend")
+    @extend_schema(
+        operation_id="budgets_list", responses=BudgetListOutput, summary="Budgets, with the current period's spend"
+    )
     def get(self, request: Request) -> Response:
         return Response({"results": BudgetOutput(budget_statuses(), many=True).data})  # type: ignore[arg-type]
 
