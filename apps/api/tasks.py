@@ -5,7 +5,8 @@ from apps.tenants.selectors import organization_list
 from apps.tenants.tasks import tenant_task
 
 
-@tenant_task()
+# Stored answers may hold content (a delivery's payload): purged for suspended organizations too.
+@tenant_task(serves_organization=False)
 def idempotency_keys_purge() -> int:
     return idempotency_purge()
 

@@ -21,6 +21,8 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from apps.api import tasks as api_tasks
+from apps.api.models import IdempotencyKey
 from apps.jobs import tasks as job_tasks
 from apps.jobs.models import Job
 from apps.jobs.services import job_execute
@@ -340,6 +342,7 @@ def test_retention_sweeps_reach_suspended_and_past_due_organizations(
         job_tasks.jobs_content_expire_tenant,
         workflow_tasks.workflow_content_sweep,
         webhook_tasks.webhook_deliveries_content_sweep_tenant,
+        api_tasks.idempotency_keys_purge,
     )
     marker = _marker()
     for organization in two_tenants:
@@ -352,6 +355,7 @@ def test_retention_sweeps_reach_suspended_and_past_due_organizations(
             Job.objects.update(finished_at=long_ago)
             WorkflowRun.objects.update(finished_at=long_ago)
             WebhookDelivery.objects.update(created_at=long_ago)
+            IdempotencyKey.objects.update(created_at=long_ago)
         _age(organization, days=40)
     suspended, past_due = two_tenants
     Organization.objects.filter(pk=suspended.pk).update(status=Organization.Status.SUSPENDED)
@@ -362,6 +366,7 @@ def test_retention_sweeps_reach_suspended_and_past_due_organizations(
     job_tasks.jobs_content_expire_all()
     workflow_tasks.workflow_content_sweep_all()
     webhook_tasks.webhook_deliveries_content_sweep_all()
+    api_tasks.idempotency_keys_purge_all()
 
     for organization in two_tenants:
         tenant_connection().set_schema_to_public()
@@ -375,3 +380,4 @@ def test_retention_sweeps_reach_suspended_and_past_due_organizations(
                 d.content_deleted_at and d.payload["content_removed"] for d in deliveries
             )
             assert not CachedResponse.objects.exists()
+            assert not IdempotencyKey.objects.exists()
