@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -128,6 +129,37 @@ def semantic_figures(organization: object, principal: object) -> None:
     print(f"L3 false hits of negations with a bag-of-words embedding, by threshold: {'   '.join(rates)}")
 
 
+def request_checks(parse: Callable[[object], object]) -> None:
+    """What the gateway does to a body before the engine (bounded JSON, allowlist, bounds, prompt
+    bound), for a typical request and for one with tools and images; part of every call's latency."""
+    import json
+
+    from cognitionos.bounded_json import json_loads_bounded
+
+    typical: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "max_tokens": 64,
+        "temperature": 0.2,
+        "messages": [
+            {"role": "system", "content": "You are helpful. " * 20},
+            {"role": "user", "content": "Summarise this: " + "lorem ipsum " * 100},
+        ],
+    }
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 4000}}
+    rich = {
+        **typical,
+        "tools": [tool] * 8,
+        "messages": [*typical["messages"], {"role": "user", "content": [{"type": "text", "text": "and this"}, image]}],
+    }
+    figures = []
+    for name, body in (("typical", typical), ("8 tools + an image", rich)):
+        raw = json.dumps(body).encode()
+        samples = timed(lambda raw=raw: parse(json_loads_bounded(raw)), 5000)  # type: ignore[misc]
+        figures.append(f"{name} {statistics.median(samples) * 1e6:.1f} us")
+    print(f"request checks per call (bounded JSON + allowlist + bounds), median: {'   '.join(figures)}")
+
+
 def main() -> None:  # noqa: PLR0915 - one straight script, section by section
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=400)
@@ -194,6 +226,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script, section by section
     print(
         f"added per call:                        median {(g50 - d50) * 1000:6.2f} ms   p95 {(g95 - d95) * 1000:6.2f} ms"
     )
+    request_checks(chat_call_parse)
 
     schema, key = organization.schema_name, "bench-key"
     body = {"choices": [{"message": {"role": "assistant", "content": "cached"}}], "model": "gpt-4o-mini"}
