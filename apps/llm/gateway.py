@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -78,6 +78,11 @@ def _caller(request: HttpRequest) -> tuple[Organization, Principal]:
     return organization, principal
 
 
+def _not_a_number(name: str) -> NoReturn:
+    # NaN and Infinity are not JSON: a provider would refuse them after we priced and reserved.
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _json_body(request: HttpRequest) -> Any:
     if request.content_type != "application/json":
         raise GatewayError(415, "unsupported_media_type", "send the body as application/json")
@@ -95,7 +100,7 @@ def _json_body(request: HttpRequest) -> Any:
     if len(data) > limit:
         raise too_large
     try:
-        return json_loads_bounded(data)
+        return json_loads_bounded(data, parse_constant=_not_a_number)
     except JsonTooDeep as exc:
         raise GatewayError(400, "json_too_deep", f"the body is refused: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:

@@ -347,6 +347,8 @@ def test_deep_json_is_a_400_and_big_bodies_a_413_in_the_endpoints_shape(
 ) -> None:
     deep = _post(key_a, path, "[" * 100_000 + "]" * 100_000)
     assert deep.status_code == 400
+    not_a_number = _post(key_a, path, '{"model": "gpt-4o-mini", "temperature": NaN, "messages": []}')
+    assert not_a_number.status_code == 400
     settings.LLM_MAX_REQUEST_BYTES = 1_000
     big = _post(key_a, path, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 2_000}]})
     assert big.status_code == 413
