@@ -11,9 +11,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from apps.llm.engine import GatewayError, chat_call_parse, chat_complete, chat_stream
+from apps.llm.engine import GatewayError, chat_call_parse, chat_complete
 from apps.llm.errors import invalid, unsupported
-from apps.llm.gateway import _caller, _json_body, stream_slot_take
+from apps.llm.gateway import _caller, _json_body, stream_start
 from apps.llm.validation import EXTENSIONS
 
 _ERROR_TYPES = {
@@ -226,12 +226,9 @@ def messages(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         organization, principal = _caller(request)
         call = chat_call_parse(openai_body(_json_body(request)))
         if call.stream:
-            slot = stream_slot_take()
-            try:
-                stream = chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
-            except BaseException:
-                slot.give_back()
-                raise
+            stream, slot = stream_start(
+                organization=organization, principal=principal, call=call, request_id=request_id
+            )
         else:
             outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
     except GatewayError as error:

@@ -16,7 +16,16 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete, chat_stream, embeddings_create
+from apps.llm.engine import (
+    ChatCall,
+    ChatOutcome,
+    ChatStream,
+    GatewayError,
+    chat_call_parse,
+    chat_complete,
+    chat_stream,
+    embeddings_create,
+)
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.router import usable
@@ -26,18 +35,22 @@ from cognitionos.bounded_json import JsonTooDeep, json_loads_bounded
 from cognitionos.long_responses import LongResponsesFull, Slot, long_response_begin
 
 
-def stream_slot_take() -> Slot:
-    """A slot for a streamed answer, before the provider is called (a refusal costs nothing)."""
+def stream_start(
+    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str
+) -> tuple[ChatStream, Slot]:
+    """Start a streamed answer holding one of the process's long-response slots, taken before the
+    provider is called (a refused stream costs nothing); the response's body gives it back."""
     try:
-        return long_response_begin()
+        slot = long_response_begin()
     except LongResponsesFull as exc:
         raise GatewayError(
-            429,
-            "too_many_streams",
-            str(exc),
-            type="rate_limit_error",
-            headers={"Retry-After": str(exc.retry_after)},
+            429, "too_many_streams", str(exc), type="rate_limit_error", headers={"Retry-After": str(exc.retry_after)}
         ) from exc
+    try:
+        return chat_stream(organization=organization, principal=principal, call=call, request_id=request_id), slot
+    except BaseException:
+        slot.give_back()
+        raise
 
 
 def error_response(error: GatewayError, *, request_id: str | None = None) -> JsonResponse:
@@ -123,14 +136,9 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
 
 
 def _stream_response(
-    organization: Organization, principal: Principal, call: Any, request_id: str
+    organization: Organization, principal: Principal, call: ChatCall, request_id: str
 ) -> StreamingHttpResponse:
-    slot = stream_slot_take()
-    try:
-        stream = chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
-    except BaseException:
-        slot.give_back()
-        raise
+    stream, slot = stream_start(organization=organization, principal=principal, call=call, request_id=request_id)
 
     def events() -> Iterator[bytes]:
         try:
