@@ -20,6 +20,10 @@ class Principal:
     kind: PrincipalKind
     id: str | None
     label: str
+    # What this principal may do in the organization it acts in (apps.rbac.permissions values):
+    # an API key's scopes, a member's role. None: not resolved for a request (internal work, a
+    # principal rebuilt from a stored row), which request-facing checks refuse.
+    permissions: frozenset[str] | None = None
 
     @classmethod
     def system(cls, label: str = "system") -> Principal:

@@ -1,11 +1,23 @@
+"""Who may call an endpoint: every API view declares the permission each method needs.
+
+    class BudgetListSetApi(APIView):
+        required_permissions = {"GET": Permission.BUDGETS_READ, "POST": Permission.BUDGETS_MANAGE}
+
+The principal's permissions (an API key's scopes, a member's role; apps.rbac.permissions) must
+include it. A view that declares nothing for a method is refused, so a new endpoint can't be open
+by omission (and a test walks every URL to check each one declares).
+"""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from apps.accounts.principals import Principal
+from apps.rbac.permissions import Permission
 
 
 class IsOrganizationMember(BasePermission):
@@ -16,3 +28,24 @@ class IsOrganizationMember(BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         tenant = getattr(request._request, "tenant", None)
         return isinstance(request.auth, Principal) and tenant is not None and not tenant.is_public
+
+
+def required_permission(view: Any, method: str) -> Permission | None:
+    """The permission a view declares for an HTTP method (HEAD and OPTIONS as GET)."""
+    declared: Mapping[str, Permission] | None = getattr(view, "required_permissions", None)
+    if declared is None:
+        return None
+    return declared.get("GET" if method in ("HEAD", "OPTIONS") else method)
+
+
+class HasDeclaredPermission(BasePermission):
+    """The principal holds the permission the view declares for this method."""
+
+    message = "your role or your key's scopes don't allow this"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        needed = required_permission(view, request.method or "GET")
+        principal = request.auth
+        if needed is None or not isinstance(principal, Principal) or principal.permissions is None:
+            return False
+        return needed.value in principal.permissions or Permission.ADMIN.value in principal.permissions
