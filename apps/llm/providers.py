@@ -247,14 +247,56 @@ def _anthropic_content(content: Any) -> Any:
 _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
 
+def _anthropic_turn(message: dict[str, Any]) -> dict[str, Any]:
+    """One OpenAI message as an Anthropic one: an assistant's tool calls become tool_use blocks, a
+    `tool` message a user's tool_result block (the engine checked the shapes before)."""
+    role = message["role"]
+    if role == "tool":
+        result = {
+            "type": "tool_result",
+            "tool_use_id": message.get("tool_call_id", ""),
+            "content": message.get("content") or "",
+        }
+        return {"role": "user", "content": [result]}
+    content = _anthropic_content(message.get("content"))
+    calls = message.get("tool_calls") or []
+    if role == "assistant" and calls:
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) and content else list(content or [])
+        for call in calls:
+            function = call.get("function") or {}
+            try:
+                arguments = json.loads(function.get("arguments") or "{}")
+            except ValueError:
+                arguments = {}
+            blocks.append(
+                {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": arguments}
+            )
+        return {"role": "assistant", "content": blocks}
+    return {"role": role, "content": content}
+
+
+def _anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.get("role") not in ("user", "assistant", "tool"):
+            continue
+        turn = _anthropic_turn(message)
+        previous = turns[-1] if turns else None
+        if previous is not None and previous["role"] == "user" == turn["role"] and message["role"] == "tool":
+            # Results of one assistant turn's several calls go back in one user turn.
+            previous["content"] = [*previous["content"], *turn["content"]]
+            continue
+        turns.append(turn)
+    return turns
+
+
+_ANTHROPIC_TOOL_CHOICE = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
+
+
 def anthropic_request(payload: dict[str, Any], *, model: CatalogModel) -> dict[str, Any]:
     """An OpenAI chat request as Anthropic's Messages API wants it."""
     system = [m["content"] for m in payload["messages"] if m.get("role") in ("system", "developer")]
-    messages = [
-        {"role": m["role"], "content": _anthropic_content(m.get("content"))}
-        for m in payload["messages"]
-        if m.get("role") in ("user", "assistant")
-    ]
+    messages = _anthropic_messages(payload["messages"])
     request: dict[str, Any] = {
         "model": model.provider_model,
         "messages": messages,
@@ -278,6 +320,11 @@ def anthropic_request(payload: dict[str, Any], *, model: CatalogModel) -> dict[s
             for tool in payload["tools"]
             if tool.get("type") == "function"
         ]
+        choice = payload.get("tool_choice")
+        if isinstance(choice, dict):
+            request["tool_choice"] = {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
+        elif choice in _ANTHROPIC_TOOL_CHOICE:
+            request["tool_choice"] = _ANTHROPIC_TOOL_CHOICE[choice]
     return request
 
 

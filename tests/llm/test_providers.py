@@ -114,3 +114,30 @@ def test_client_errors_are_not_retried(
     completion = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     assert completion.model == "claude-haiku-4-5"  # no second try of the same model, straight to the fallback
     assert [call.status for call in fake_provider.calls] == [400, 200]
+
+
+def test_a_tool_loop_reaches_an_anthropic_model_with_its_tool_turns(
+    two_tenants: tuple[Organization, Organization], key_a: str, fake_provider: FakeProvider
+) -> None:
+    tools: list[Any] = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    messages: list[Any] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    completion = gateway_client(key_a).chat.completions.create(
+        model="claude-haiku-4-5", messages=messages, tools=tools, tool_choice="auto"
+    )
+    # The conversation ends with the tool's result, so the model answers in text instead of calling again.
+    assert completion.choices[0].finish_reason == "stop"
+    sent = fake_provider.calls[-1].body
+    assert sent["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Paris"}}],
+    }
+    assert sent["messages"][2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"}],
+    }
+    assert sent["tool_choice"] == {"type": "auto"}
