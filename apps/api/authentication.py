@@ -5,6 +5,7 @@ Either way the view finds `request.tenant` (the organization) and `request.auth`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from django.http import HttpRequest
@@ -15,7 +16,7 @@ from rest_framework.request import Request
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.api.errors import CSRF_ADVICE, ApiError
-from apps.rbac.selectors import membership_role
+from apps.rbac.selectors import membership_permissions_cached
 from apps.tenants.models import Organization
 
 
@@ -56,9 +57,13 @@ class MemberSessionAuthentication(SessionAuthentication):
             return None
         user = result[0]
         tenant = getattr(_django_request(request), "tenant", None)
-        if tenant is None or tenant.is_public or membership_role(user=user, organization=tenant) is None:
+        if tenant is None or tenant.is_public:
             raise exceptions.PermissionDenied("you are not a member of this organization")
-        principal = Principal.for_user(user)
+        permissions = membership_permissions_cached(user_id=user.pk, organization_id=tenant.pk)
+        if permissions is None:
+            raise exceptions.PermissionDenied("you are not a member of this organization")
+        # The member's role decides what they may do here (HasDeclaredPermission checks it).
+        principal = dataclasses.replace(Principal.for_user(user), permissions=permissions)
         _django_request(request).principal = principal  # type: ignore[attr-defined]
         return user, principal
 

@@ -13,6 +13,7 @@ DEFAULT_LIMITS: dict[str, Any] = {
     "monthly_budget_usd": "10.00",
     "semantic_cache": False,
     "sso": False,
+    "custom_roles": False,  # organizations may define their own roles (apps.rbac.CustomRole)
 }
 
 

@@ -32,6 +32,7 @@ from apps.jobs.services import (
     job_submit,
 )
 from apps.llm.engine import GatewayError
+from apps.rbac.permissions import Permission
 
 _PASSED_THROUGH = ("tools", "tool_choice", "response_format", "seed", "stop", "top_p", "cache", "min_quality")
 
@@ -132,6 +133,7 @@ class JobFilter(django_filters.FilterSet):
 
 
 class JobListCreateApi(ListAPIView[Job]):
+    required_permissions = {"GET": Permission.JOBS_READ, "POST": Permission.JOBS_WRITE}
     serializer_class = JobOutput
     filterset_class = JobFilter
 
@@ -160,12 +162,16 @@ class JobListCreateApi(ListAPIView[Job]):
 
 
 class JobDetailApi(APIView):
+    required_permissions = {"GET": Permission.JOBS_READ}
+
     @extend_schema(responses=JobOutput, summary="A job: status, and once done its result")
     def get(self, request: Request, job_id: UUID) -> Response:
         return Response(JobOutput(job_get(job_id=job_id)).data)
 
 
 class JobCancelApi(APIView):
+    required_permissions = {"POST": Permission.JOBS_WRITE}
+
     @extend_schema(
         request=None,
         responses={200: JobOutput, 409: OpenApiResponse(description="the job already finished")},
@@ -181,6 +187,8 @@ class JobCancelApi(APIView):
 
 
 class JobEventsApi(APIView):
+    required_permissions = {"GET": Permission.JOBS_READ}
+
     @extend_schema(
         responses={(200, "text/event-stream"): OpenApiResponse(description="`status` events until the job ends")},
         summary="Follow a job's progress (server-sent events)",
@@ -238,6 +246,7 @@ class AgentSerializer(serializers.ModelSerializer[Agent]):
 
 
 class AgentListCreateApi(ListAPIView[Agent]):
+    required_permissions = {"GET": Permission.JOBS_READ, "POST": Permission.JOBS_WRITE}
     serializer_class = AgentSerializer
 
     def get_queryset(self) -> QuerySet[Agent]:
@@ -257,6 +266,12 @@ class AgentListCreateApi(ListAPIView[Agent]):
 
 
 class AgentDetailApi(APIView):
+    required_permissions = {
+        "GET": Permission.JOBS_READ,
+        "PATCH": Permission.JOBS_WRITE,
+        "DELETE": Permission.JOBS_WRITE,
+    }
+
     @extend_schema(responses=AgentSerializer)
     def get(self, request: Request, agent_id: UUID) -> Response:
         return Response(AgentSerializer(agent_get(agent_id=agent_id)).data)

@@ -16,6 +16,7 @@ from apps.api.idempotency import idempotent
 from apps.llm.models import Budget, BudgetPeriod, BudgetScope
 from apps.llm.selectors import BudgetStatus, budget_statuses
 from apps.llm.services import BudgetInvalid, budget_delete, budget_set
+from apps.rbac.permissions import Permission
 
 
 class BudgetInput(serializers.Serializer[Any]):
@@ -50,6 +51,8 @@ class BudgetListOutput(serializers.Serializer[Any]):
 
 
 class BudgetListSetApi(APIView):
+    required_permissions = {"GET": Permission.BUDGETS_READ, "POST": Permission.BUDGETS_MANAGE}
+
     @extend_schema(
         operation_id="budgets_list", responses=BudgetListOutput, summary="Budgets, with the current period's spend"
     )
@@ -71,6 +74,8 @@ class BudgetListSetApi(APIView):
 
 
 class BudgetDetailApi(APIView):
+    required_permissions = {"GET": Permission.BUDGETS_READ, "DELETE": Permission.BUDGETS_MANAGE}
+
     @extend_schema(responses=BudgetOutput)
     def get(self, request: Request, budget_id: int) -> Response:
         budget = Budget.objects.filter(pk=budget_id).first()

@@ -1,27 +1,72 @@
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
+
+from apps.rbac.permissions import Permission
 
 
 class Role(models.TextChoices):
+    """Built-in roles; their permissions are apps.rbac.permissions.ROLE_PERMISSIONS."""
+
     OWNER = "owner", "Owner"
     ADMIN = "admin", "Admin"
-    MEMBER = "member", "Member"
+    DEVELOPER = "developer", "Developer"
+    BILLING = "billing", "Billing"
     VIEWER = "viewer", "Viewer"
 
 
+class CustomRole(models.Model):
+    """An organization's own role: a name and a set of permissions (plans with `custom_roles`)."""
+
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="custom_roles")
+    name = models.CharField(max_length=60)
+    permissions = ArrayField(models.CharField(max_length=40), default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="rbac_customrole_name_unique"),
+            # Only permissions the matrix knows: a typo stored here would silently grant nothing.
+            models.CheckConstraint(
+                condition=models.Q(permissions__contained_by=[permission.value for permission in Permission]),
+                name="rbac_customrole_permissions_known",
+            ),
+            models.CheckConstraint(condition=~models.Q(name=""), name="rbac_customrole_name_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}:{self.name}"
+
+
 class Membership(models.Model):
-    """A user's role in one organization (public schema: people span organizations)."""
+    """A user's role in one organization (public schema: people span organizations).
+
+    The role is a built-in one (`role`) or the organization's custom role (`custom_role`, with
+    `role` empty), never both.
+    """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.DEVELOPER, blank=True)
+    # PROTECT: a custom role in use is reassigned before it is deleted, never dropped silently.
+    custom_role = models.ForeignKey(
+        CustomRole, on_delete=models.PROTECT, null=True, blank=True, related_name="memberships"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["user", "organization"], name="rbac_membership_unique"),
-            models.CheckConstraint(condition=models.Q(role__in=Role.values), name="rbac_membership_role_valid"),
+            models.CheckConstraint(condition=models.Q(role__in=[*Role.values, ""]), name="rbac_membership_role_valid"),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(custom_role__isnull=True) & ~models.Q(role="")
+                    | models.Q(custom_role__isnull=False) & models.Q(role="")
+                ),
+                name="rbac_membership_one_role",
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id}@{self.organization_id}:{self.role}"
+        return f"{self.user_id}@{self.organization_id}:{self.role or self.custom_role_id}"

@@ -22,6 +22,7 @@ from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
 from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
+from apps.rbac.permissions import Permission
 from apps.webhooks.events import EVENT_TYPES
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from apps.webhooks.selectors import (
@@ -172,6 +173,7 @@ class DeliveryFilter(django_filters.FilterSet):
 
 @extend_schema_view(get=extend_schema(summary="List webhook endpoints", tags=[TAG]))
 class EndpointListCreateApi(ListAPIView[WebhookEndpoint]):
+    required_permissions = {"GET": Permission.WEBHOOKS_MANAGE, "POST": Permission.WEBHOOKS_MANAGE}
     serializer_class = EndpointOutput
 
     def get_queryset(self) -> QuerySet[WebhookEndpoint]:
@@ -199,6 +201,12 @@ class EndpointListCreateApi(ListAPIView[WebhookEndpoint]):
 
 
 class EndpointDetailApi(APIView):
+    required_permissions = {
+        "GET": Permission.WEBHOOKS_MANAGE,
+        "PATCH": Permission.WEBHOOKS_MANAGE,
+        "DELETE": Permission.WEBHOOKS_MANAGE,
+    }
+
     @extend_schema(responses=EndpointOutput, summary="A webhook endpoint", tags=[TAG])
     def get(self, request: Request, endpoint_id: UUID) -> Response:
         return Response(EndpointOutput(_endpoint(endpoint_id)).data)
@@ -229,6 +237,8 @@ class EndpointDetailApi(APIView):
 
 
 class EndpointRotateSecretApi(APIView):
+    required_permissions = {"POST": Permission.WEBHOOKS_MANAGE}
+
     @extend_schema(
         request=RotateInput,
         responses={200: EndpointWithSecretOutput},
@@ -250,6 +260,8 @@ class EndpointRotateSecretApi(APIView):
 
 
 class EndpointTestApi(APIView):
+    required_permissions = {"POST": Permission.WEBHOOKS_MANAGE}
+
     @extend_schema(
         request=None,
         responses={
@@ -272,6 +284,7 @@ class EndpointTestApi(APIView):
     get=extend_schema(summary="An endpoint's delivery log, newest first (filter by `status`)", tags=[TAG])
 )
 class EndpointDeliveriesApi(ListAPIView[WebhookDelivery]):
+    required_permissions = {"GET": Permission.WEBHOOKS_MANAGE}
     serializer_class = DeliveryOutput
     filterset_class = DeliveryFilter
 
@@ -283,6 +296,8 @@ class EndpointDeliveriesApi(ListAPIView[WebhookDelivery]):
 
 
 class DeliveryDetailApi(APIView):
+    required_permissions = {"GET": Permission.WEBHOOKS_MANAGE}
+
     @extend_schema(responses=DeliveryOutput, summary="One delivery: status, attempts, last response", tags=[TAG])
     def get(self, request: Request, delivery_id: UUID) -> Response:
         with _refusals():
@@ -290,6 +305,8 @@ class DeliveryDetailApi(APIView):
 
 
 class DeliveryRetryApi(APIView):
+    required_permissions = {"POST": Permission.WEBHOOKS_MANAGE}
+
     @extend_schema(
         request=None,
         responses={

@@ -21,6 +21,7 @@ from apps.api.errors import ApiError
 from apps.api.events import event_stream
 from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
+from apps.rbac.permissions import Permission
 from apps.workflows.definition import DefinitionInvalid
 from apps.workflows.models import RunStatus, StepRun, Workflow, WorkflowRun, WorkflowVersion
 from apps.workflows.preview import workflow_cost_preview
@@ -120,6 +121,7 @@ class WorkflowFilter(django_filters.FilterSet):
 
 
 class WorkflowListCreateApi(ListAPIView[Workflow]):
+    required_permissions = {"GET": Permission.WORKFLOWS_READ, "POST": Permission.WORKFLOWS_WRITE}
     serializer_class = WorkflowOutput
     filterset_class = WorkflowFilter
 
@@ -151,6 +153,12 @@ class WorkflowListCreateApi(ListAPIView[Workflow]):
 
 
 class WorkflowDetailApi(APIView):
+    required_permissions = {
+        "GET": Permission.WORKFLOWS_READ,
+        "PUT": Permission.WORKFLOWS_WRITE,
+        "PATCH": Permission.WORKFLOWS_WRITE,
+    }
+
     @extend_schema(responses=WorkflowOutput, summary="A workflow, with its latest version")
     def get(self, request: Request, workflow_id: UUID) -> Response:
         return Response(WorkflowOutput(workflow_get(workflow_id=workflow_id)).data)
@@ -190,6 +198,7 @@ class WorkflowDetailApi(APIView):
 
 
 class WorkflowVersionsApi(ListAPIView[WorkflowVersion]):
+    required_permissions = {"GET": Permission.WORKFLOWS_READ}
     serializer_class = VersionOutput
 
     def get_queryset(self) -> QuerySet[WorkflowVersion]:
@@ -214,6 +223,8 @@ def _version(workflow: Workflow, number: int | None) -> WorkflowVersion:
 
 
 class WorkflowPreviewApi(APIView):
+    required_permissions = {"POST": Permission.WORKFLOWS_READ}
+
     @extend_schema(
         request=PreviewInput,
         responses={200: OpenApiResponse(description="expected and worst-case cost per step, and the budgets")},
@@ -299,6 +310,8 @@ class RunOutput(serializers.Serializer[WorkflowRun]):
 
 
 class WorkflowRunsApi(APIView):
+    required_permissions = {"POST": Permission.WORKFLOWS_WRITE}
+
     @extend_schema(request=RunInput, responses={202: RunOutput}, summary="Start a run")
     # The run's input is content: not kept with the key (a replay answers with it null).
     @idempotent(redact=("input", "output"))
@@ -331,6 +344,7 @@ class RunFilter(django_filters.FilterSet):
 
 
 class RunListApi(ListAPIView[WorkflowRun]):
+    required_permissions = {"GET": Permission.WORKFLOWS_READ}
     serializer_class = RunOutput
     filterset_class = RunFilter
 
@@ -342,12 +356,16 @@ class RunListApi(ListAPIView[WorkflowRun]):
 
 
 class RunDetailApi(APIView):
+    required_permissions = {"GET": Permission.WORKFLOWS_READ}
+
     @extend_schema(responses=RunOutput, summary="A run: status, steps and, once done, its output")
     def get(self, request: Request, run_id: UUID) -> Response:
         return Response(RunOutput(run_get(run_id=run_id)).data)
 
 
 class RunCancelApi(APIView):
+    required_permissions = {"POST": Permission.WORKFLOWS_WRITE}
+
     @extend_schema(
         request=None,
         responses={200: RunOutput, 409: OpenApiResponse(description="the run already finished")},
@@ -363,6 +381,8 @@ class RunCancelApi(APIView):
 
 
 class RunRerunApi(APIView):
+    required_permissions = {"POST": Permission.WORKFLOWS_WRITE}
+
     @extend_schema(
         request=None,
         responses={202: RunOutput, 409: OpenApiResponse(description="the run has no failed step")},
@@ -381,6 +401,8 @@ class RunRerunApi(APIView):
 
 
 class RunEventsApi(APIView):
+    required_permissions = {"GET": Permission.WORKFLOWS_READ}
+
     @extend_schema(
         responses={
             (200, "text/event-stream"): OpenApiResponse(

@@ -7,7 +7,11 @@ REST_FRAMEWORK = {
         "apps.api.authentication.ApiKeyAuthentication",
         "apps.api.authentication.MemberSessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["apps.api.permissions.IsOrganizationMember"],
+    # Every view declares the permission each method needs (apps.api.permissions); none: refused.
+    "DEFAULT_PERMISSION_CLASSES": [
+        "apps.api.permissions.IsOrganizationMember",
+        "apps.api.permissions.HasDeclaredPermission",
+    ],
     "DEFAULT_PAGINATION_CLASS": "apps.api.pagination.CreatedCursorPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -35,6 +39,9 @@ SPECTACULAR_SETTINGS = {
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
 # A claim whose request died (process killed) may be taken over after this long.
 IDEMPOTENCY_PENDING_SECONDS = env_int("IDEMPOTENCY_PENDING_SECONDS", 60)
+# A member's permissions (their role) are remembered per process this long: a role change made in
+# another process takes effect within it (the process that makes it forgets at once).
+MEMBERSHIP_CACHE_SECONDS = env_int("MEMBERSHIP_CACHE_SECONDS", 5)
 # The largest request body the REST API reads (413 `request_too_large` above it), the same as the
 # gateway's: a job carries a chat request.
 API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 4 * 1024 * 1024)

@@ -225,7 +225,7 @@ def test_a_member_session_on_the_portal_host_uses_the_api_and_a_stranger_is_refu
 ) -> None:
     organization_a = two_tenants[0]
     member = User.objects.create_user(email="member@a.example.com", password="x" * 16)
-    membership_create(user=member, organization=organization_a, role=Role.MEMBER, actor=TEST_ACTOR)
+    membership_create(user=member, organization=organization_a, role=Role.DEVELOPER, actor=TEST_ACTOR)
     stranger = User.objects.create_user(email="stranger@b.example.com", password="x" * 16)
     tenant_connection().set_schema_to_public()
     browser = Client(HTTP_HOST=f"{organization_a.slug}.localhost")

@@ -33,7 +33,7 @@ def _error(response: object, status: int, code: str) -> dict[str, object]:
 @pytest.fixture
 def member(two_tenants: tuple[Organization, Organization]) -> User:
     user = User.objects.create_user(email="member@a.example.com", password="x" * 16)
-    membership_create(user=user, organization=two_tenants[0], role=Role.MEMBER, actor=TEST_ACTOR)
+    membership_create(user=user, organization=two_tenants[0], role=Role.DEVELOPER, actor=TEST_ACTOR)
     tenant_connection().set_schema_to_public()
     return user
 
