@@ -1,0 +1,72 @@
+"""docs/permissions.md, written from the permission matrix (apps.rbac.permissions): the document
+and the code can't disagree, because a test regenerates one from the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+from apps.rbac.models import Role
+from apps.rbac.permissions import DESCRIPTIONS, Permission, permissions_expand, role_permissions
+
+
+def permissions_doc_path() -> Path:
+    return Path(settings.BASE_DIR) / "docs" / "permissions.md"
+
+
+def permissions_doc_render() -> str:
+    roles = list(Role)
+    lines = [
+        "# Permissions",
+        "",
+        "<!-- Generated from apps/rbac/permissions.py by `manage.py permissions_doc`: edit the matrix,",
+        "     not this file (`manage.py permissions_doc --check` and the test suite fail when they differ). -->",
+        "",
+        "Everything a person or a program may do in an organization is one of the permissions below.",
+        "A member holds the permissions of their role; an API key holds its scopes, which are the same",
+        "names (a key is never given more than the person who creates it holds). The portal, the REST API",
+        "and the OpenAI-compatible gateway check the same permissions: every REST endpoint declares the",
+        "permission each of its methods needs, and a request without it is refused with 403",
+        "`permission_denied`.",
+        "",
+        "## Built-in roles",
+        "",
+        "| Permission | What it allows | " + " | ".join(role.label for role in roles) + " |",
+        "|---|---|" + "---|" * len(roles),
+    ]
+    for permission in Permission:
+        if permission is Permission.ADMIN:
+            continue
+        marks = ["yes" if permission in permissions_expand(role_permissions(role.value)) else "—" for role in roles]
+        lines.append(f"| `{permission.value}` | {DESCRIPTIONS[permission]} | " + " | ".join(marks) + " |")
+    holders = [role.label for role in roles if Permission.ADMIN in role_permissions(role.value)]
+    lines += [
+        "",
+        f"`{Permission.ADMIN.value}` stands for every permission: "
+        + " and ".join([", ".join(holders[:-1]), holders[-1]] if len(holders) > 1 else holders)
+        + " hold it, and so does an API key with the `admin` scope.",
+        "",
+        "## Rules",
+        "",
+        "- An organization always keeps an owner: the last owner can be neither demoted nor removed.",
+        "- Nobody grants a role or a permission above their own: a role change, a custom role and an API",
+        "  key's scopes are limited to what the person (or key) making them holds, and only an owner",
+        "  makes, demotes or removes owners.",
+        f"- Changing roles and removing members needs `{Permission.MEMBERS_MANAGE.value}`; anyone may leave.",
+        "- A role change takes effect on the member's next request in the process that made it, and",
+        "  within `MEMBERSHIP_CACHE_SECONDS` (5 s by default) everywhere else.",
+        "",
+        "## Custom roles",
+        "",
+        "On plans whose limits include `custom_roles` (Enterprise), an organization may define its own",
+        "roles: a name (unique in the organization) and any set of the permissions above. A member holds",
+        "either a built-in role or one custom role. Changing a custom role's permissions changes what",
+        "its members may do; a custom role still held by members can't be deleted.",
+        "",
+        "## API key scopes",
+        "",
+        "A key's scopes are permission names: " + ", ".join(f"`{permission.value}`" for permission in Permission) + ".",
+        "",
+    ]
+    return "\n".join(lines)
