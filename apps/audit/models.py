@@ -4,8 +4,10 @@ from django.db.models.functions import Now
 
 class AuditEvent(models.Model):
     """One thing that changed, in the organization's own schema. Rows are never updated or deleted
-    (a database trigger refuses it); the tamper-evident chain and the viewer come later."""
+    (a database trigger refuses it), and each one carries the hash of the one before it
+    (apps.audit.chain): `sequence` numbers them 1, 2, 3, ... in chain order, one chain per schema."""
 
+    sequence = models.BigIntegerField(editable=False)
     occurred_at = models.DateTimeField(db_default=Now(), db_index=True)
     actor_kind = models.CharField(max_length=20)
     actor_id = models.CharField(max_length=64, blank=True, default="")
@@ -15,13 +17,22 @@ class AuditEvent(models.Model):
     target_id = models.CharField(max_length=64, blank=True, default="")
     target_label = models.CharField(max_length=254, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
+    previous_hash = models.CharField(max_length=64, editable=False)
+    hash = models.CharField(max_length=64, editable=False)
 
     class Meta:
-        ordering = ("-occurred_at", "-id")
+        ordering = ("-sequence",)
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(actor_kind__in=["user", "api_key", "operator", "system"]),
                 name="audit_event_actor_kind_valid",
+            ),
+            # Two writers that bypassed the chain lock can't both append event N: the chain can't fork.
+            models.UniqueConstraint(fields=["sequence"], name="audit_event_sequence_unique"),
+            models.CheckConstraint(condition=models.Q(sequence__gte=1), name="audit_event_sequence_positive"),
+            models.CheckConstraint(
+                condition=models.Q(hash__regex=r"^[0-9a-f]{64}$", previous_hash__regex=r"^[0-9a-f]{64}$"),
+                name="audit_event_hashes_hex",
             ),
         ]
 

@@ -5,6 +5,7 @@ from django.db import connection
 from django_tenants.utils import schema_context
 
 from apps.audit.models import AuditEvent
+from apps.audit.services import audit_record
 from apps.rbac.models import Membership, Role
 from apps.tenants import template
 from apps.tenants.errors import ProvisioningError
@@ -39,9 +40,9 @@ def test_new_schema_is_usable_at_once(db: None) -> None:
     organization = organization_make(slug="initech")
     with schema_context(organization.schema_name):
         assert AuditEvent.objects.count() == 2
-        # The identity sequence continues after the rows copied from the template.
-        AuditEvent.objects.create(actor_kind="system", actor_label="t", action="probe")
-        assert AuditEvent.objects.filter(action="probe").count() == 1
+        # The identity sequence continues after the rows copied from the template; the chain too.
+        probe = audit_record(organization=organization, actor=TEST_ACTOR, action="probe")
+        assert AuditEvent.objects.filter(action="probe").count() == 1 and probe.sequence == 3
 
 
 @pytest.mark.parametrize(

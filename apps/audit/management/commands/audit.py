@@ -1,0 +1,34 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.audit.selectors import VERIFY_BATCH, audit_chain_verify
+from apps.tenants.models import Organization
+
+
+class Command(BaseCommand):
+    help = "The audit log: check an organization's hash chain."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, parser_class=CommandParser)
+        verify = actions.add_parser(
+            "verify", help="Recompute every event's hash in order; report the first broken link (exit 1)."
+        )
+        verify.add_argument("--tenant", required=True, help="The organization's slug")
+        verify.add_argument("--batch-size", type=int, default=VERIFY_BATCH, help="Events read per query")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        organization = Organization.objects.exclude(schema_name="public").filter(slug=options["tenant"]).first()
+        if organization is None:
+            raise CommandError(f"no organization {options['tenant']!r}", returncode=2)
+        report = audit_chain_verify(organization=organization, batch_size=max(1, options["batch_size"]))
+        if report.broken is None:
+            self.stdout.write(f"OK: {report.count} events, chain head {report.head_hash}")
+            return
+        broken = report.broken
+        raise CommandError(
+            f"BROKEN at event id={broken.event_id} (sequence {broken.sequence}): its {broken.field} is not "
+            f"what the chain implies\n  expected: {broken.expected}\n  stored:   {broken.stored}\n"
+            f"{report.count} events before it verified",
+            returncode=1,
+        )

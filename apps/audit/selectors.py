@@ -1,0 +1,109 @@
+"""Reads of the audit log: the chain's verification, and events in batches for exports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from django.db.models import QuerySet
+
+from apps.audit.chain import GENESIS_HASH, ChainFields, event_hash
+from apps.audit.models import AuditEvent
+from apps.tenants.connection import organization_schema
+
+if TYPE_CHECKING:
+    from apps.tenants.models import Organization
+
+VERIFY_BATCH = 5000
+EXPORT_BATCH = 2000
+_HASHED = (
+    "id",
+    "sequence",
+    "occurred_at",
+    "actor_kind",
+    "actor_id",
+    "actor_label",
+    "action",
+    "target_type",
+    "target_id",
+    "target_label",
+    "metadata",
+    "previous_hash",
+    "hash",
+)
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first event whose link doesn't hold: `field` is what differs from what the chain expects."""
+
+    event_id: int
+    sequence: int
+    field: str  # "sequence", "previous_hash" or "hash"
+    expected: str
+    stored: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    count: int  # events checked (up to the first break)
+    head_hash: str  # the last good event's hash (the genesis hash for an empty log)
+    broken: ChainBreak | None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+def audit_chain_verify(*, organization: Organization, batch_size: int = VERIFY_BATCH) -> ChainReport:
+    """Walk the organization's chain from its first event, `batch_size` events per query, and stop at
+    the first event whose sequence, previous hash or own hash isn't what the chain before it implies."""
+    expected_sequence, previous_hash, count = 1, GENESIS_HASH, 0
+    with organization_schema(organization):
+        while True:
+            # Keyset batches (never OFFSET): each query reads the next `batch_size` rows of the index.
+            rows = list(
+                AuditEvent.objects.filter(sequence__gte=expected_sequence)
+                .order_by("sequence")
+                .values_list(*_HASHED)[:batch_size]
+            )
+            for row in rows:
+                event_id, sequence, stored_hash = row[0], row[1], row[12]
+                fields = ChainFields(*row[1:12])
+                broken = None
+                if sequence != expected_sequence:
+                    broken = ChainBreak(event_id, sequence, "sequence", str(expected_sequence), str(sequence))
+                elif fields.previous_hash != previous_hash:
+                    broken = ChainBreak(event_id, sequence, "previous_hash", previous_hash, fields.previous_hash)
+                else:
+                    computed = event_hash(fields)
+                    if computed != stored_hash:
+                        broken = ChainBreak(event_id, sequence, "hash", computed, stored_hash)
+                if broken is not None:
+                    return ChainReport(count=count, head_hash=previous_hash, broken=broken)
+                expected_sequence, previous_hash, count = sequence + 1, stored_hash, count + 1
+            if len(rows) < batch_size:
+                return ChainReport(count=count, head_hash=previous_hash, broken=None)
+
+
+def audit_events_batches(
+    *, organization: Organization, events: QuerySet[AuditEvent], below_sequence: int, batch_size: int | None = None
+) -> Iterator[list[AuditEvent]]:
+    """`events` (already filtered) before `below_sequence`, oldest first, `batch_size` per query.
+
+    Runs where the caller iterates, which for a streamed response is after the request has left the
+    organization's schema: each batch enters it again.
+    """
+    batch_size = batch_size or EXPORT_BATCH
+    after = 0
+    while True:
+        with organization_schema(organization):
+            batch = list(
+                events.filter(sequence__gt=after, sequence__lt=below_sequence).order_by("sequence")[:batch_size]
+            )
+        if batch:
+            yield batch
+        if len(batch) < batch_size:
+            return
+        after = batch[-1].sequence
