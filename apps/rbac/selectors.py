@@ -60,16 +60,17 @@ _CACHE_MAX_ENTRIES = 50_000
 
 def membership_permissions_cached(*, user_id: int, organization_id: int) -> frozenset[str] | None:
     ttl: int = settings.MEMBERSHIP_CACHE_SECONDS
+    if ttl <= 0:
+        return membership_permissions(user_id=user_id, organization_id=organization_id)
     key = (user_id, organization_id)
     now = time.monotonic()
     entry = _CACHE.get(key)
     if entry is not None and entry[0] > now:
         return entry[1]
     permissions = membership_permissions(user_id=user_id, organization_id=organization_id)
-    if ttl > 0:
-        if len(_CACHE) >= _CACHE_MAX_ENTRIES:
-            _CACHE.clear()
-        _CACHE[key] = (now + ttl, permissions)
+    if len(_CACHE) >= _CACHE_MAX_ENTRIES:
+        _CACHE.clear()
+    _CACHE[key] = (now + ttl, permissions)
     return permissions
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import resolve
 
 from apps.api.permissions import HasDeclaredPermission, IsOrganizationMember, required_permission
@@ -176,3 +176,14 @@ def test_an_api_key_without_resolved_scopes_still_acts_as_before(
         "/api/v1/budgets", {"scope": "organization", "period": "day", "limit_usd": "5"}, format="json"
     )
     assert created.status_code == 201, created.content
+
+
+def test_a_role_changed_elsewhere_is_seen_once_the_cache_lapses(tenant: Organization) -> None:
+    user = member_make(organization=tenant, role=Role.DEVELOPER)
+    client = _portal(tenant, user)
+    assert client.post("/api/v1/jobs", {}, content_type="application/json").status_code == 400
+    # As another process would: the row changes, this process's cache still holds the old role.
+    Membership.objects.filter(user=user, organization=tenant).update(role=Role.VIEWER)
+    assert client.post("/api/v1/jobs", {}, content_type="application/json").status_code == 400
+    with override_settings(MEMBERSHIP_CACHE_SECONDS=0):
+        assert _refused(client.post("/api/v1/jobs", {}, content_type="application/json"))
