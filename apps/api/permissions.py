@@ -49,10 +49,6 @@ class HasDeclaredPermission(BasePermission):
         if needed is None or not isinstance(principal, Principal):
             return False
         held = principal.permissions
-        # TRANSITIONAL (issue 10, "keys" part): until apps/apikeys/selectors.py sets a key
-        # principal's permissions from its scopes, a key without them acts as `admin` (as every key
-        # did before). The keys change removes this line; nothing else depends on it.
-        held = frozenset({Permission.ADMIN.value}) if held is None and principal.kind == "api_key" else held
         if held is None:
             return False
         return needed.value in held or Permission.ADMIN.value in held

@@ -16,5 +16,6 @@ urlpatterns = [
     path("v1/", include("apps.workflows.urls")),
     path("v1/", include("apps.webhooks.urls")),
     path("v1/", include("apps.llm.urls")),
+    path("v1/", include("apps.apikeys.urls")),
     path("<path:unknown>", api_not_found),
 ]

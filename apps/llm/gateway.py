@@ -30,6 +30,7 @@ from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.router import usable
 from apps.llm.services import provider_own_keys
+from apps.rbac.permissions import Permission
 from apps.tenants.models import Organization
 from cognitionos.bounded_json import JsonTooDeep, json_loads_bounded
 from cognitionos.long_responses import LongResponsesFull, Slot, long_response_begin
@@ -87,6 +88,11 @@ def _caller(request: HttpRequest) -> tuple[Organization, Principal]:
             if has_header
             else "send your API key as `Authorization: Bearer <key>`",
             type="authentication_error",
+        )
+    held = principal.permissions or frozenset()
+    if Permission.LLM_INVOKE.value not in held and Permission.ADMIN.value not in held:
+        raise GatewayError(
+            403, "insufficient_scope", "this API key lacks the `llm:invoke` scope", type="permission_error"
         )
     return organization, principal
 

@@ -17,6 +17,8 @@ TENANT_API_KEY_RESOLVER: str | None = "apps.apikeys.selectors.apikey_resolve"
 # fail this many times in a minute before every key it presents is answered 429 for the rest of it.
 API_KEY_MISS_CACHE_SECONDS = env_int("API_KEY_MISS_CACHE_SECONDS", 30)
 API_KEY_FAILURES_PER_MINUTE = env_int("API_KEY_FAILURES_PER_MINUTE", 20)
+# API keys' last use is written in batches this often (apps.apikeys.usage); 0: only when flushed.
+API_KEY_LAST_USED_FLUSH_SECONDS = env_int("API_KEY_LAST_USED_FLUSH_SECONDS", 30)
 # The client address is REMOTE_ADDR unless this many proxies in front append the address they
 # received from to X-Forwarded-For; entries left of theirs are the client's own say, never trusted.
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
