@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
+from apps.apikeys.services import apikey_revoke_for_member
 from apps.audit.services import audit_record
 from apps.rbac.models import CustomRole, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
@@ -147,6 +148,8 @@ def membership_role_change(
     else:
         membership.role, membership.custom_role = role, None
     membership.save(update_fields=["role", "custom_role"])
+    # Keys bound to this member may not keep scopes the member no longer holds.
+    apikey_revoke_for_member(organization_id=organization.pk, user_id=membership.user_id)
     audit_record(
         organization=organization,
         actor=actor,
@@ -189,6 +192,7 @@ def membership_remove(*, organization: Organization, membership: Membership, act
         metadata={"user_id": membership.user_id, "user": membership.user.email, "role": _role_label(membership)},
     )
     membership.delete()
+    apikey_revoke_for_member(organization_id=organization.pk, user_id=membership.user_id)
     _forget_on_commit(organization)
 
 
@@ -261,6 +265,8 @@ def custom_role_update(
     previous = list(custom_role.permissions)
     custom_role.permissions = values
     custom_role.save(update_fields=["permissions"])
+    for user_id in Membership.objects.filter(custom_role=custom_role).values_list("user_id", flat=True):
+        apikey_revoke_for_member(organization_id=organization.pk, user_id=user_id)
     audit_record(
         organization=organization,
         actor=actor,

@@ -11,6 +11,8 @@ from django.test import Client
 
 from apps.accounts.principals import Principal
 from apps.api.permissions import required_permission
+from apps.apikeys.models import ApiKey
+from apps.apikeys.services import apikey_create
 from apps.billing.models import Plan
 from apps.rbac.models import CustomRole, Membership, Role
 from apps.rbac.permissions import Permission
@@ -148,3 +150,15 @@ def test_a_custom_role_in_use_is_not_deleted(enterprise: Organization) -> None:
     membership_role_change(organization=enterprise, membership=membership, role=Role.VIEWER, actor=TEST_ACTOR)
     custom_role_delete(organization=enterprise, custom_role=role, actor=TEST_ACTOR)
     assert not CustomRole.objects.filter(pk=role.pk).exists()
+
+
+def test_narrowing_a_custom_role_revokes_its_members_keys_that_exceed_it(enterprise: Organization) -> None:
+    role = custom_role_create(
+        organization=enterprise, name="Runner", permissions=["jobs:read", "jobs:write"], actor=TEST_ACTOR
+    )
+    user = member_make(organization=enterprise, role=role)
+    write = apikey_create(organization=enterprise, name="w", actor=TEST_ACTOR, scopes=["jobs:write"], user=user)
+    read = apikey_create(organization=enterprise, name="r", actor=TEST_ACTOR, scopes=["jobs:read"], user=user)
+    custom_role_update(organization=enterprise, custom_role=role, permissions=["jobs:read"], actor=TEST_ACTOR)
+    assert ApiKey.objects.get(pk=write.api_key.pk).revoked_at is not None
+    assert ApiKey.objects.get(pk=read.api_key.pk).revoked_at is None

@@ -10,6 +10,7 @@ from django.test import Client, override_settings
 from django.urls import resolve
 
 from apps.api.permissions import HasDeclaredPermission, IsOrganizationMember, required_permission
+from apps.apikeys.services import apikey_create
 from apps.rbac.models import Membership, Role
 from apps.rbac.permissions import ROLE_PERMISSIONS, Permission, permissions_expand, role_permissions
 from apps.rbac.services import membership_role_change
@@ -187,3 +188,23 @@ def test_a_role_changed_elsewhere_is_seen_once_the_cache_lapses(tenant: Organiza
     assert client.post("/api/v1/jobs", {}, content_type="application/json").status_code == 400
     with override_settings(MEMBERSHIP_CACHE_SECONDS=0):
         assert _refused(client.post("/api/v1/jobs", {}, content_type="application/json"))
+
+
+@pytest.mark.parametrize("scope", [permission.value for permission in Permission])
+def test_every_endpoint_answers_a_key_of_each_scope_as_the_matrix_says(
+    two_tenants: tuple[Organization, Organization], scope: str
+) -> None:
+    issued = apikey_create(organization=two_tenants[0], name=f"only {scope}", actor=TEST_ACTOR, scopes=[scope])
+    client = Client(HTTP_HOST="localhost", HTTP_AUTHORIZATION=f"Bearer {issued.key}")
+    granted = permissions_expand(frozenset({Permission(scope)}))
+    wrong: list[str] = []
+    for endpoint in declared_endpoints("cognitionos.urls_public"):
+        view = endpoint.view(**endpoint.initkwargs)
+        for method in endpoint.methods:
+            needed = required_permission(view, method)
+            response = _call(client, method, endpoint.path)
+            status = getattr(response, "status_code", 0)
+            refused = _refused(response)
+            if (needed in granted) == refused or status in (401, 405) or status >= 500:
+                wrong.append(f"key [{scope}]: {method} {endpoint.path} needs {needed}: answered {status}")
+    assert not wrong, "\n".join(wrong)

@@ -8,12 +8,14 @@ from django.db import connection
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
+from apps.apikeys.models import ApiKey
+from apps.apikeys.services import apikey_create
 from apps.audit.models import AuditEvent
 from apps.rbac.models import Membership, Role
 from apps.rbac.services import MembershipChangeRefused, membership_remove, membership_role_change
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
-from tests.factories import member_make
+from tests.factories import TEST_ACTOR, member_make
 
 
 def _membership(user: User, organization: Organization) -> Membership:
@@ -190,3 +192,15 @@ def test_member_rows_become_developers_in_the_data_migration(tenant: Organizatio
         cursor.execute("UPDATE rbac_membership SET role = 'member' WHERE user_id = %s", [user.pk])
     migration.member_to_developer(registry, None)
     assert _membership(user, tenant).role == Role.DEVELOPER
+
+
+def test_keys_bound_to_a_member_lose_what_the_member_loses(tenant: Organization, owner: User) -> None:
+    developer = member_make(organization=tenant, role=Role.DEVELOPER)
+    invoke = apikey_create(organization=tenant, name="i", actor=TEST_ACTOR, scopes=["llm:invoke"], user=developer)
+    read = apikey_create(organization=tenant, name="r", actor=TEST_ACTOR, scopes=["jobs:read"], user=developer)
+    membership = _membership(developer, tenant)
+    membership_role_change(organization=tenant, membership=membership, role=Role.VIEWER, actor=_as(owner))
+    assert ApiKey.objects.get(pk=invoke.api_key.pk).revoked_at is not None  # viewers don't call models
+    assert ApiKey.objects.get(pk=read.api_key.pk).revoked_at is None
+    membership_remove(organization=tenant, membership=membership, actor=_as(owner))
+    assert ApiKey.objects.get(pk=read.api_key.pk).revoked_at is not None
