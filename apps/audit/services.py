@@ -17,10 +17,11 @@ if TYPE_CHECKING:
 # (its oid), so each organization has its own lock and no two organizations share one.
 AUDIT_CHAIN_LOCK_CLASS = 0x0A0D17
 
-# The head is read in a statement of its own after the lock is held: a statement's snapshot is taken
-# when it starts, so one that both waited for the lock and read the head would see a stale head.
-_LOCK_SQL = "SELECT pg_advisory_xact_lock(%s, 'audit_auditevent'::regclass::oid::int)"
-_HEAD_SQL = """
+# Two statements in one round trip: the head is read by a statement of its own, once the lock is
+# held (a statement's snapshot is taken when it starts, so one that both waited for the lock and read
+# the head would see a stale head), yet without a round trip of its own while others wait for the lock.
+_LOCK_THEN_HEAD_SQL = """
+    SELECT pg_advisory_xact_lock(%s, 'audit_auditevent'::regclass::oid::int);
     SELECT clock_timestamp(), head.sequence, head.hash
     FROM (SELECT 1) AS one
     LEFT JOIN LATERAL (SELECT sequence, hash FROM audit_auditevent ORDER BY sequence DESC LIMIT 1) AS head ON true
@@ -62,8 +63,8 @@ def audit_record(
 
 def _chain_and_insert(event: AuditEvent) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(_LOCK_SQL, [AUDIT_CHAIN_LOCK_CLASS])
-        cursor.execute(_HEAD_SQL)
+        cursor.execute(_LOCK_THEN_HEAD_SQL, [AUDIT_CHAIN_LOCK_CLASS])
+        cursor.nextset()
         # The database's clock, read under the lock: occurred_at never goes back along the chain.
         occurred_at, last_sequence, last_hash = cursor.fetchone()
     event.sequence = (last_sequence or 0) + 1
