@@ -52,9 +52,11 @@ class _UsedKeys:
 
     def _run(self) -> None:
         while True:
-            time.sleep(settings.API_KEY_LAST_USED_FLUSH_SECONDS)
-            self.flush()
-            connection.close()
+            interval = float(settings.API_KEY_LAST_USED_FLUSH_SECONDS)
+            time.sleep(interval if interval > 0 else 1.0)  # never a busy loop if it is set to 0 later
+            if self._pending:
+                self.flush()
+                connection.close()
 
 
 def _write(pending: dict[int, float]) -> None:
