@@ -86,10 +86,10 @@ def apikey_resolve(raw_key: str, *, client_address: str = "") -> tuple[Organizat
     if api_key is None or not hmac.compare_digest(api_key.secret_hash, key_hash(secret)):
         attempts_fail(bucket=bucket, digest=digest, remember_miss=True)
         return None
-    # The secret was right: an expired or withdrawn key is not an attacker's guess, so it counts no
-    # failure against the client address (a busy client with a stale key must not lock out others).
     wall_now = timezone.now()
     if not _still_valid(api_key, now=wall_now):
+        # Like a revoked key (attempts.py): remembered as a miss, so asking again costs no query.
+        attempts_fail(bucket=bucket, digest=digest, remember_miss=True)
         return None
     principal = Principal(
         kind="api_key", id=str(api_key.pk), label=api_key.label, permissions=apikey_scopes_expand(api_key.scopes)

@@ -131,7 +131,9 @@ def test_an_expired_key_is_refused_and_the_cache_never_outlives_the_expiry(
         assert cached_until <= time.monotonic() + 1
         time.sleep(max(0.0, cached_until - time.monotonic()) + 0.05)
         assert apikey_resolve(key) is None
-        assert key_client(key).get("/v1/models").status_code == 401
+        with CaptureQueriesContext(connection) as queries:  # remembered as a miss, like a revoked key
+            assert key_client(key).get("/v1/models").status_code == 401
+        assert not [q for q in queries.captured_queries if "apikeys_apikey" in q["sql"]]
 
 
 def test_creation_refuses_an_expiry_in_the_past(two_tenants: tuple[Organization, Organization]) -> None:
