@@ -23,34 +23,19 @@ from apps.api.errors import ApiError
 from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.pagination import CreatedCursorPagination
 from apps.audit.models import AuditEvent
-from apps.audit.selectors import audit_events_batches
+from apps.audit.selectors import EVENT_FIELDS, audit_events_batches
 from apps.audit.services import audit_export_start
 from apps.rbac.permissions import Permission
 from apps.tenants.models import Organization
 from cognitionos.long_responses import LongResponsesFull, long_response_begin
 
 EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8"}
-_FIELDS = (
-    "id",
-    "sequence",
-    "occurred_at",
-    "actor_kind",
-    "actor_id",
-    "actor_label",
-    "action",
-    "target_type",
-    "target_id",
-    "target_label",
-    "metadata",
-    "previous_hash",
-    "hash",
-)
 
 
 class AuditEventOutput(serializers.ModelSerializer[AuditEvent]):
     class Meta:
         model = AuditEvent
-        fields = _FIELDS
+        fields = EVENT_FIELDS
 
 
 class AuditEventFilter(django_filters.FilterSet):
@@ -154,22 +139,8 @@ class AuditEventExportApi(ListAPIView[AuditEvent]):
         return response
 
 
-def _row(event: AuditEvent) -> dict[str, Any]:
-    return {
-        "id": event.pk,
-        "sequence": event.sequence,
-        "occurred_at": event.occurred_at.isoformat(),
-        "actor_kind": event.actor_kind,
-        "actor_id": event.actor_id,
-        "actor_label": event.actor_label,
-        "action": event.action,
-        "target_type": event.target_type,
-        "target_id": event.target_id,
-        "target_label": event.target_label,
-        "metadata": event.metadata,
-        "previous_hash": event.previous_hash,
-        "hash": event.hash,
-    }
+def _row(event: dict[str, Any]) -> dict[str, Any]:
+    return {**event, "occurred_at": event["occurred_at"].isoformat()}
 
 
 def _jsonl_lines(*, organization: Organization, events: QuerySet[AuditEvent], below_sequence: int) -> Iterator[str]:
@@ -197,11 +168,11 @@ def _cell(value: Any) -> Any:
 
 def _csv_lines(*, organization: Organization, events: QuerySet[AuditEvent], below_sequence: int) -> Iterator[str]:
     writer = csv.writer(_Line())
-    yield writer.writerow(_FIELDS)
+    yield writer.writerow(EVENT_FIELDS)
     for batch in audit_events_batches(organization=organization, events=events, below_sequence=below_sequence):
         rows = []
         for event in batch:
             row = _row(event)
-            row["metadata"] = json.dumps(event.metadata, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-            rows.append(writer.writerow([_cell(row[field]) for field in _FIELDS]))
+            row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            rows.append(writer.writerow([_cell(row[field]) for field in EVENT_FIELDS]))
         yield "".join(rows)

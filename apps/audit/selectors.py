@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import QuerySet
 
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 VERIFY_BATCH = 5000
 EXPORT_BATCH = 2000
-_HASHED = (
+# Every field, in the order of the hash's inputs (id first, the stored hash last); exports use it too.
+EVENT_FIELDS = (
     "id",
     "sequence",
     "occurred_at",
@@ -66,7 +67,7 @@ def audit_chain_verify(*, organization: Organization, batch_size: int = VERIFY_B
             rows = list(
                 AuditEvent.objects.filter(sequence__gte=expected_sequence)
                 .order_by("sequence")
-                .values_list(*_HASHED)[:batch_size]
+                .values_list(*EVENT_FIELDS)[:batch_size]
             )
             for row in rows:
                 event_id, sequence, stored_hash = row[0], row[1], row[12]
@@ -89,8 +90,9 @@ def audit_chain_verify(*, organization: Organization, batch_size: int = VERIFY_B
 
 def audit_events_batches(
     *, organization: Organization, events: QuerySet[AuditEvent], below_sequence: int, batch_size: int | None = None
-) -> Iterator[list[AuditEvent]]:
-    """`events` (already filtered) before `below_sequence`, oldest first, `batch_size` per query.
+) -> Iterator[list[dict[str, Any]]]:
+    """`events` (already filtered) before `below_sequence`, oldest first, as dicts of every field,
+    `batch_size` per query (dicts: building model instances took a third of an export's time).
 
     Runs where the caller iterates, which for a streamed response is after the request has left the
     organization's schema: each batch enters it again.
@@ -100,10 +102,12 @@ def audit_events_batches(
     while True:
         with organization_schema(organization):
             batch = list(
-                events.filter(sequence__gt=after, sequence__lt=below_sequence).order_by("sequence")[:batch_size]
+                events.filter(sequence__gt=after, sequence__lt=below_sequence)
+                .order_by("sequence")
+                .values(*EVENT_FIELDS)[:batch_size]
             )
         if batch:
             yield batch
         if len(batch) < batch_size:
             return
-        after = batch[-1].sequence
+        after = batch[-1]["sequence"]
