@@ -41,7 +41,7 @@ class ChainBreak:
 
     event_id: int
     sequence: int
-    field: str  # "sequence", "previous_hash" or "hash"
+    field: str  # "sequence", "previous_hash", "hash" or "anchor"
     expected: str
     stored: str
 
@@ -57,9 +57,17 @@ class ChainReport:
         return self.broken is None
 
 
-def audit_chain_verify(*, organization: Organization, batch_size: int = VERIFY_BATCH) -> ChainReport:
+def audit_chain_verify(
+    *, organization: Organization, anchors: dict[int, str] | None = None, batch_size: int = VERIFY_BATCH
+) -> ChainReport:
     """Walk the organization's chain from its first event, `batch_size` events per query, and stop at
-    the first event whose sequence, previous hash or own hash isn't what the chain before it implies."""
+    the first event whose sequence, previous hash or own hash isn't what the chain before it implies.
+
+    The chain alone can't show what someone with write access rewrote from some event to the end
+    (every hash recomputed), nor events cut off the end: `anchors` (sequence -> hash, heads printed
+    by earlier runs and kept elsewhere) can. An anchored event must be there, with that hash.
+    """
+    anchors = anchors or {}
     expected_sequence, previous_hash, count = 1, GENESIS_HASH, 0
     with organization_schema(organization):
         while True:
@@ -81,10 +89,16 @@ def audit_chain_verify(*, organization: Organization, batch_size: int = VERIFY_B
                     computed = event_hash(fields)
                     if computed != stored_hash:
                         broken = ChainBreak(event_id, sequence, "hash", computed, stored_hash)
+                    elif anchors.get(sequence, stored_hash) != stored_hash:
+                        broken = ChainBreak(event_id, sequence, "anchor", anchors[sequence], stored_hash)
                 if broken is not None:
                     return ChainReport(count=count, head_hash=previous_hash, broken=broken)
                 expected_sequence, previous_hash, count = sequence + 1, stored_hash, count + 1
             if len(rows) < batch_size:
+                beyond = sorted(sequence for sequence in anchors if sequence >= expected_sequence)
+                if beyond:  # the chain ends before an event that was there
+                    missing = ChainBreak(0, beyond[0], "anchor", anchors[beyond[0]], "(no such event)")
+                    return ChainReport(count=count, head_hash=previous_hash, broken=missing)
                 return ChainReport(count=count, head_hash=previous_hash, broken=None)
 
 

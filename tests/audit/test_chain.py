@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from io import StringIO
 from types import SimpleNamespace
 from typing import Any
@@ -80,7 +81,7 @@ def test_verify_reports_ok_with_the_count(tenant: Organization) -> None:
     _record(tenant, 5)
     count = AuditEvent.objects.count()
     output = _verify(tenant.slug, "--batch-size", "2")  # several batches
-    assert output.startswith(f"OK: {count} events, chain head {AuditEvent.objects.latest('sequence').hash}")
+    assert output.startswith(f"OK: {count} events, chain head {count}:{AuditEvent.objects.latest('sequence').hash}")
 
 
 def test_a_changed_field_is_reported_at_that_exact_event(tenant: Organization) -> None:
@@ -103,8 +104,7 @@ def test_a_changed_field_is_reported_at_that_exact_event(tenant: Organization) -
 def test_a_recomputed_hash_breaks_the_next_link(tenant: Organization) -> None:
     events = _record(tenant, 4)
     tampered = events[1]
-    forged = _chain_fields(tampered)
-    forged = forged.__class__(**{**forged.__dict__, "action": "nothing.happened"})
+    forged = replace(_chain_fields(tampered), action="nothing.happened")
     with _append_only_suspended():
         AuditEvent.objects.filter(pk=tampered.pk).update(action="nothing.happened", hash=event_hash(forged))
     report = audit_chain_verify(organization=tenant)
@@ -121,6 +121,29 @@ def test_a_removed_event_is_reported_as_a_gap(tenant: Organization) -> None:
     assert report.broken is not None
     assert (report.broken.event_id, report.broken.field) == (events[2].pk, "sequence")
     assert (report.broken.expected, report.broken.stored) == (str(events[1].sequence), str(events[2].sequence))
+
+
+def test_anchors_catch_a_rewritten_tail_and_a_cut_off_end(tenant: Organization) -> None:
+    events = _record(tenant, 4)
+    head = _verify(tenant.slug).split("chain head ")[1].strip()  # kept elsewhere by the operator
+    anchor = f"{events[-1].sequence}:{events[-1].hash}"
+    assert head == anchor
+    with _append_only_suspended():  # rewrite the last two events and recompute their hashes
+        previous = events[1].hash
+        for event in events[2:]:
+            fields = replace(_chain_fields(event), previous_hash=previous, actor_label="someone else")
+            AuditEvent.objects.filter(pk=event.pk).update(
+                actor_label="someone else", previous_hash=previous, hash=event_hash(fields)
+            )
+            previous = event_hash(fields)
+    assert _verify(tenant.slug).startswith("OK")  # the chain alone holds together
+    with pytest.raises(CommandError, match=rf"event id={events[-1].pk} .*its anchor"):
+        _verify(tenant.slug, "--anchor", anchor)
+    with _append_only_suspended():
+        AuditEvent.objects.filter(pk__in=[events[-1].pk, events[-2].pk]).delete()
+    with pytest.raises(CommandError, match=f"before anchored event {events[-1].sequence}") as cut:
+        _verify(tenant.slug, "--anchor", anchor)
+    assert cut.value.returncode == 1
 
 
 def test_the_chain_is_enforced_by_the_database(tenant: Organization) -> None:
