@@ -15,13 +15,16 @@ from django_tenants.utils import schema_context
 from rest_framework.test import APIClient
 
 from apps.accounts.principals import Principal
+from apps.apikeys.services import apikey_create
 from apps.audit import selectors
 from apps.audit.chain import ChainFields, event_hash
 from apps.audit.models import AuditEvent
 from apps.audit.services import audit_record
 from apps.rbac.permissions import Permission
+from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import ApiClientFor
+from tests.factories import TEST_ACTOR
 
 ALICE = Principal(kind="user", id="42", label="alice@example.com")
 BOB = Principal(kind="api_key", id="7", label="ci key")
@@ -182,3 +185,20 @@ def test_without_a_key_the_audit_log_is_refused(db: None) -> None:
     client = APIClient(HTTP_HOST="localhost")
     assert client.get("/api/v1/audit-events").status_code == 401
     assert client.get("/api/v1/audit-events/export?format=csv").status_code == 401
+
+
+def test_only_keys_holding_audit_read_may_read_or_export(
+    two_tenants: tuple[Organization, Organization], api_client_for: ApiClientFor
+) -> None:
+    tenant_a = two_tenants[0]
+    tenant_connection().set_schema_to_public()
+    clients = {}
+    for scope in ("jobs:read", "audit:read"):
+        issued = apikey_create(organization=tenant_a, name=scope, actor=TEST_ACTOR, scopes=[scope])
+        clients[scope] = APIClient(HTTP_HOST="localhost", HTTP_AUTHORIZATION=f"Bearer {issued.key}")
+    for path in ("/api/v1/audit-events", "/api/v1/audit-events/export?format=jsonl"):
+        refused = clients["jobs:read"].get(path)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
+        assert clients["audit:read"].get(path).status_code == 200
+    with schema_context(tenant_a.schema_name):  # the refused export was never started, so not recorded
+        assert AuditEvent.objects.filter(action="audit.exported").count() == 1
