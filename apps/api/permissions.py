@@ -44,7 +44,12 @@ class HasDeclaredPermission(BasePermission):
     message = "your role or your key's scopes don't allow this"
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        needed = required_permission(view, request.method or "GET")
+        method = request.method or "GET"
+        if method not in ("HEAD", "OPTIONS") and not hasattr(view, method.lower()):
+            # No handler: nothing to protect, and the view answers 405 with its Allow header (a
+            # refusal here would hide that the method doesn't exist).
+            return isinstance(request.auth, Principal)
+        needed = required_permission(view, method)
         principal = request.auth
         if needed is None or not isinstance(principal, Principal):
             return False

@@ -8,7 +8,13 @@ import json
 import pytest
 from django.test import Client, override_settings
 from django.urls import resolve
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.test import APIRequestFactory as RequestFactory
+from rest_framework.test import force_authenticate
+from rest_framework.views import APIView
 
+from apps.accounts.principals import Principal
 from apps.api.permissions import HasDeclaredPermission, IsOrganizationMember, required_permission
 from apps.apikeys.services import apikey_create
 from apps.rbac.models import Membership, Role
@@ -62,13 +68,38 @@ def test_every_api_view_declares_a_permission_for_each_of_its_methods(urlconf: s
     assert not missing, "\n".join(missing)
 
 
-def test_a_method_without_a_declaration_is_refused(tenant: Organization) -> None:
+class _HalfDeclaredApi(APIView):
+    required_permissions = {"GET": Permission.JOBS_READ}
+
+    def get(self, request: Request) -> Response:
+        return Response({})
+
+    def delete(self, request: Request) -> Response:  # declared nowhere: refused to everyone
+        return Response(status=204)
+
+
+def test_a_method_without_a_declaration_is_refused_and_a_missing_method_is_a_405(tenant: Organization) -> None:
     owner = member_make(organization=tenant, role=Role.OWNER)
+    principal = Principal(kind="user", id=str(owner.pk), label="o", permissions=frozenset({"admin"}))
+
+    def call(method: str) -> Response:
+        request = RequestFactory().generic(method, "/", HTTP_HOST=f"{tenant.slug}.localhost")
+        request.tenant = tenant  # type: ignore[attr-defined]
+        force_authenticate(request, user=owner, token=principal)  # type: ignore[arg-type]
+        return _HalfDeclaredApi.as_view()(request)
+
+    assert call("GET").status_code == 200
+    refused = call("DELETE")
+    assert refused.status_code == 403 and refused.data["error"]["code"] == "permission_denied"
+    assert refused.data["error"]["message"] == HasDeclaredPermission.message
+    # PUT is no method of the budget detail: even a viewer learns it is not allowed, not forbidden.
+    viewer = member_make(organization=tenant, role=Role.VIEWER)
     endpoint = next(endpoint for endpoint in declared_endpoints() if endpoint.name == "budget")
-    assert required_permission(endpoint.view(), "PUT") is None
-    # PUT is not declared on the budget detail: even an owner is refused (405 comes after permissions).
-    response = _call(_portal(tenant, owner), "PUT", endpoint.path)
-    assert _refused(response), getattr(response, "content", b"")
+    answer = _call(_portal(tenant, viewer), "PUT", endpoint.path)
+    assert getattr(answer, "status_code", None) == 405
+    # Signed out, it is still a 401/403 before anything else.
+    anonymous = Client(HTTP_HOST=f"{tenant.slug}.localhost").put(endpoint.path)
+    assert anonymous.status_code in (401, 403)
 
 
 @pytest.mark.parametrize("role", sorted(ROLE_PERMISSIONS))
