@@ -17,5 +17,6 @@ urlpatterns = [
     path("v1/", include("apps.webhooks.urls")),
     path("v1/", include("apps.llm.urls")),
     path("v1/", include("apps.apikeys.urls")),
+    path("v1/", include("apps.rbac.urls")),
     path("<path:unknown>", api_not_found),
 ]

@@ -1,0 +1,12 @@
+"""REST API v1 routes of this app, mounted under /api/v1/ by apps.api.urls."""
+
+from django.urls import path
+
+from apps.rbac import api
+
+urlpatterns = [
+    path("members", api.MemberListApi.as_view(), name="members"),
+    path("members/<int:membership_id>", api.MemberDetailApi.as_view(), name="member"),
+    path("roles", api.RoleListCreateApi.as_view(), name="roles"),
+    path("roles/<int:role_id>", api.RoleDetailApi.as_view(), name="role"),
+]
