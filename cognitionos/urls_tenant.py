@@ -2,10 +2,12 @@
 
 from django.urls import include, path
 
-from apps.portal.views import home
+from apps.portal.views import handover, home
 
 urlpatterns = [
     path("", include("cognitionos.urls_api")),
+    path("handover/", handover, name="portal-handover"),
+    path("", include("apps.portal.urls")),
     path("", home, name="portal-home"),
 ]
 

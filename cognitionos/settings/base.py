@@ -2,6 +2,7 @@
 
 import django_stubs_ext
 
+from .accounts import *  # noqa: F403
 from .api import *  # noqa: F403
 from .cache import *  # noqa: F403
 from .celery import *  # noqa: F403

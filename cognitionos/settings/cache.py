@@ -8,8 +8,9 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        # Without the tenant in the key, organizations read each other's cached data.
-        "KEY_FUNCTION": "django_tenants.cache.make_key",
+        # Without the tenant in the key, organizations read each other's cached data (allauth's
+        # rate-limit counters excepted: they are platform-wide, see apps.accounts.cache).
+        "KEY_FUNCTION": "apps.accounts.cache.make_key",
         "KEY_PREFIX": "cache",
     }
 }

@@ -16,3 +16,6 @@ LOOPBACK_HOSTS = ["127.0.0.1", "[::1]"]
 ALLOWED_HOSTS = [*ALLOWED_HOSTS, *LOOPBACK_HOSTS]
 PUBLIC_HOSTS = [*PUBLIC_HOSTS, *LOOPBACK_HOSTS]
 OUTBOUND_ALLOW_PRIVATE_NETWORKS = True  # local webhook receivers and test servers on 127.0.0.1
+# Mail is kept under the data folder and listed at http://localhost:8000/dev/mail/.
+EMAIL_BACKEND = "apps.accounts.mail.MailboxBackend"
+DEV_MAILBOX = True

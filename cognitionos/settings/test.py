@@ -27,3 +27,10 @@ PUBLIC_HOSTS = [*PUBLIC_HOSTS, *LOOPBACK_HOSTS]
 # The whole suite calls from 127.0.0.1 and presents wrong keys on purpose; tests of the limit set
 # it themselves (tests/security/test_edge.py).
 API_KEY_FAILURES_PER_MINUTE = 1_000_000
+# Mail is kept in a folder (the test client's own outbox replaces it in-process; server processes
+# started by tests write here, or to COGNITIONOS_MAILBOX_DIR).
+EMAIL_BACKEND = "apps.accounts.mail.MailboxBackend"
+DEV_MAILBOX = True
+MAILBOX_DIR = os.environ.get("COGNITIONOS_MAILBOX_DIR") or str(
+    Path(os.environ.get("COGNITIONOS_TEST_DATA_DIR", default_data_dir() / "test")) / "mail"
+)

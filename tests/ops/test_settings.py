@@ -63,7 +63,14 @@ def test_kombu_spells_unix_sockets_its_own_way() -> None:
 
 
 def test_cache_keys_carry_the_tenant() -> None:
-    assert settings.CACHES["default"]["KEY_FUNCTION"] == "django_tenants.cache.make_key"
+    # apps.accounts.cache: the tenant's schema in every key but allauth's platform-wide rate limits.
+    from django.core.cache import cache
+
+    from apps.tenants.connection import tenant_connection
+
+    assert settings.CACHES["default"]["KEY_FUNCTION"] == "apps.accounts.cache.make_key"
+    assert cache.make_key("anything").startswith(f"{tenant_connection().schema_name}:")
+    assert cache.make_key("allauth:rl:account:login_failed:5/300s/key:x").startswith("global:")
 
 
 def test_broker_outlives_the_longest_job() -> None:

@@ -175,11 +175,18 @@ class Command(BaseCommand):
                 f"  Operator login:     {demo.operator_email} (password shown at first start; to set a new one:\n"
                 f"                      .venv/bin/cognitionos changepassword {demo.operator_email})\n"
             )
+        mailbox = (
+            f"  Mailbox (dev):      {base}/dev/mail/  (verification and reset links; no mail is sent)\n"
+            if settings.DEV_MAILBOX
+            else ""
+        )
         self.stdout.write(
             "\nCognitionOS is running.\n"
             f"  Admin (operators):  {base}/admin/\n"
             f"{login}"
-            f"  Demo organization:  {portal_url(demo.organization, port)}\n"
+            f"  Demo organization:  {portal_url(demo.organization, port)}  (sign in as the operator)\n"
+            f"  Sign up:            {base}/accounts/signup/\n"
+            f"{mailbox}"
             f"  Health:             {base}/health/ready\n"
             f"  Data folder:        {data_dir}\n"
             "  Other terminal:     .venv/bin/cognitionos tenant list\n"

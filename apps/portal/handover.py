@@ -1,0 +1,84 @@
+"""Moving a signed-in person to another host (Zulip's way with realm subdomains).
+
+Sessions are per host: the cookie of `localhost` is not sent to `acme.localhost`. A person who is
+signed in on one host gets a one-time token bound to them and to the target host; the target host
+consumes it and signs them in there. The token is signed (SECRET_KEY), lives PORTAL_HANDOVER_SECONDS,
+and its id is remembered in Redis until it expires, so it is accepted once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core import signing
+from django.http import HttpRequest
+from django.http.request import split_domain_port
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from apps.accounts.models import User
+from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
+
+_SALT = "cognitionos.portal.handover"
+_USED_KEY = "portal:handover:used:{}"
+
+
+class HandoverRefused(Exception):
+    """The token is forged, expired, meant for another host, or already used."""
+
+
+@dataclass(frozen=True)
+class Handover:
+    user: User
+    next_path: str
+
+
+def organization_host(organization: Organization) -> str:
+    """The host name of an organization's portal (its primary domain)."""
+    domain = organization.domains.filter(is_primary=True).values_list("domain", flat=True).first()
+    return domain or f"{organization.slug}.{settings.BASE_DOMAIN}"
+
+
+def _origin(request: HttpRequest, host: str) -> str:
+    _host, port = split_domain_port(request.get_host())
+    default_port = "443" if request.is_secure() else "80"
+    suffix = f":{port}" if port and port != default_port else ""
+    return f"{request.scheme}://{host}{suffix}"
+
+
+def handover_url(*, request: HttpRequest, user: User, organization: Organization, next_path: str = "/") -> str:
+    """The URL on the organization's host that signs `user` in there, once, within the lifetime."""
+    host = organization_host(organization)
+    if not next_path.startswith("/") or next_path.startswith("//"):
+        next_path = "/"
+    token = signing.dumps({"u": user.pk, "h": host, "j": secrets.token_urlsafe(16), "n": next_path}, salt=_SALT)
+    path = reverse("portal-handover", urlconf=settings.ROOT_URLCONF)  # a route of organization hosts only
+    return f"{_origin(request, host)}{path}?{urlencode({'token': token})}"
+
+
+def handover_consume(*, request: HttpRequest, token: str) -> Handover:
+    """Check the token against this request's host and mark it used. Raises HandoverRefused."""
+    lifetime: int = settings.PORTAL_HANDOVER_SECONDS
+    try:
+        claims = signing.loads(token, salt=_SALT, max_age=lifetime)
+    except signing.SignatureExpired as exc:
+        raise HandoverRefused("expired") from exc
+    except signing.BadSignature as exc:
+        raise HandoverRefused("invalid") from exc
+    host, _port = split_domain_port(request.get_host())
+    if claims.get("h") != host:
+        raise HandoverRefused("another host")
+    # Remembered a little longer than the lifetime: a token can't outlive its id's record.
+    if not redis_client().set(_USED_KEY.format(claims["j"]), "1", nx=True, ex=lifetime + 5):
+        raise HandoverRefused("already used")
+    user = User.objects.filter(pk=claims["u"], is_active=True).first()
+    if user is None:
+        raise HandoverRefused("no such user")
+    next_path = str(claims.get("n") or "/")
+    if not url_has_allowed_host_and_scheme(next_path, allowed_hosts=None):
+        next_path = "/"
+    return Handover(user=user, next_path=next_path)

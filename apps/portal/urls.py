@@ -1,0 +1,11 @@
+"""Portal URLs shared by the platform host and every organization's host."""
+
+from django.urls import include, path
+
+from apps.portal import views
+
+urlpatterns = [
+    path("accounts/", include("allauth.urls")),
+    path("enter/", views.enter, name="portal-enter"),
+    path("enter/<slug:slug>/", views.enter_organization, name="portal-enter-organization"),
+]

@@ -1,0 +1,60 @@
+"""Accounts (allauth), outgoing mail and the portal's sign-in flow."""
+
+from cognitionos.embedded import default_data_dir
+
+from .env import env_bool, env_int, env_str
+
+ACCOUNT_ADAPTER = "apps.accounts.adapter.AccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+# The link in the mail signs the person in (in the browser that signed up) and lands them in the
+# organization they just created.
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_LOGIN_ON_PASSWORD_RESET = False
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+ACCOUNT_SESSION_REMEMBER = None
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[CognitionOS] "
+ACCOUNT_PREVENT_ENUMERATION = True
+# Sign-up also creates the first organization (apps.portal.forms.SignupForm).
+ACCOUNT_FORMS = {"signup": "apps.portal.forms.SignupForm"}
+# Brute force: failed sign-ins and resets are limited per client address and per account (the
+# email), in Redis through Django's cache, so every web process shares the counts.
+ACCOUNT_RATE_LIMITS = {
+    "login": "30/m/ip",
+    "login_failed": "10/m/ip,5/5m/key",
+    "signup": "20/m/ip",
+    "reset_password": "20/m/ip,5/m/key",
+    "reset_password_from_key": "20/m/ip",
+    "confirm_email": "1/3m/key",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+    "reauthenticate": "10/m/user",
+}
+# Counted per client address as apps.tenants.middleware.client_address does (TRUSTED_PROXY_COUNT).
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+# Where a sign-in lands: /enter/ picks the organization and hands the session over to its host.
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "portal-enter"
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+# A handover token (apps.portal.handover) is good for this long, once, on one host.
+PORTAL_HANDOVER_SECONDS = env_int("PORTAL_HANDOVER_SECONDS", 60)
+
+# Mail: SMTP configured by environment variables. Development and the test suite keep every
+# message in a folder instead (EMAIL_BACKEND set there) and list it at /dev/mail/.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "CognitionOS <no-reply@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# The development mailbox page: only where a settings module turns it on (never production).
+DEV_MAILBOX = False
+MAILBOX_DIR = env_str("COGNITIONOS_MAILBOX_DIR", str(default_data_dir() / "mail"))

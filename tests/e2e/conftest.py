@@ -1,0 +1,168 @@
+"""Browser tests: Debian's Chromium driven by Playwright, against a real gunicorn process.
+
+- Chromium comes from the system (`apt-get install -y chromium`, run here when it is missing);
+  Playwright never downloads a browser.
+- The server is gunicorn on the test database, reachable at http://localhost:<port> and at
+  http://<slug>.localhost:<port> (Chromium resolves *.localhost to loopback by itself).
+- A failing test leaves a screenshot and the page's HTML under test-artifacts/<test name>/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.db import connections
+
+from apps.ops.management.commands.up import web_binds
+from tests.support.processes import ROOT, database_url_for_subprocess
+
+# Playwright's sync API runs an event loop in the test's thread; the test still reads and writes
+# the database from that thread, which Django would otherwise refuse as "async".
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ARTIFACTS = ROOT / "test-artifacts"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+def chromium_ensure() -> str:
+    """The system Chromium, installed with apt-get when missing (CI runs as root on a clean clone)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    apt = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(apt, env=env, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, check=True)
+        subprocess.run(apt, env=env, check=True)
+    found = shutil.which("chromium")
+    if not found:
+        pytest.fail("chromium is not installed and `apt-get install -y chromium` did not provide it")
+    return found
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_ensure()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield launched
+        finally:
+            # While Playwright's loop runs, Django keeps this thread's connections in a context
+            # variable rather than in the thread (asgiref's Local sees a running loop): close them
+            # now, or the one the test used outlives the loop unseen and the test database can't
+            # be dropped at the end of the session.
+            connections.close_all()
+            launched.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, port: int, mailbox: Path) -> None:
+        self.port = port
+        self.mailbox = mailbox
+        self.url = f"http://localhost:{port}"
+
+    def organization_url(self, slug: str) -> str:
+        return f"http://{slug}.localhost:{self.port}"
+
+
+@pytest.fixture
+def portal_server(live_db: Any, tmp_path: Path) -> Iterator[LiveServer]:
+    """gunicorn on the test database; its mail goes to a folder of this test."""
+    port = _free_port()
+    mailbox = tmp_path / "mail"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_subprocess(),
+        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
+        "COGNITIONOS_MAILBOX_DIR": str(mailbox),
+        "WEB_PROCESSES": "1",
+        "WEB_THREADS": "4",
+    }
+    binds = [arg for bind in web_binds("127.0.0.1", port) for arg in ("--bind", bind)]
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "-c", "python:cognitionos.gunicorn_conf"),
+            *("cognitionos.wsgi:application", *binds, "--access-logfile", "/dev/null"),
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.2)
+        yield LiveServer(port, mailbox)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the test, so that `page` knows whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context (its own cookies) at desktop size; on failure its last page is saved."""
+    context = browser.new_context(viewport=DESKTOP)
+    opened = context.new_page()
+    opened.set_default_timeout(15_000)
+    try:
+        yield opened
+    finally:
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            folder = ARTIFACTS / request.node.name
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                opened.screenshot(path=str(folder / "failure.png"), full_page=True)
+                (folder / "failure.html").write_text(opened.content())
+                (folder / "failure-url.txt").write_text(opened.url)
+            except Exception as exc:  # noqa: BLE001 - artifacts are best effort; the failure is the point
+                (folder / "artifact-error.txt").write_text(repr(exc))
+        context.close()
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Screenshots of a page at desktop and phone widths, kept under test-artifacts/screenshots/."""
+    folder = ARTIFACTS / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
+        page.set_viewport_size(size)
+        page.screenshot(path=str(folder / f"{name}-{label}.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
