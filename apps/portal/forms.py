@@ -9,6 +9,7 @@ from django import forms
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
+from django.urls import reverse_lazy
 from django.utils.html import escape
 
 from apps.accounts.models import User
@@ -35,7 +36,17 @@ class SignupForm(AllauthSignupForm):
         label="Organization address",
         max_length=40,
         widget=forms.TextInput(
-            attrs={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false", "placeholder": "acme"}
+            attrs={
+                "autocomplete": "off",
+                "autocapitalize": "none",
+                "spellcheck": "false",
+                "placeholder": "acme",
+                # Checked as the person types (apps.portal.views.slug_check), announced politely.
+                "hx-get": reverse_lazy("portal-slug-check"),
+                "hx-trigger": "input changed delay:300ms",
+                "hx-target": "#slug-check",
+                "hx-sync": "this:replace",
+            }
         ),
     )
     field_order = ["email", "password1", "password2", "organization_name", "organization_slug"]

@@ -5,6 +5,7 @@ from django.urls import include, path
 from apps.portal import views
 
 urlpatterns = [
+    path("accounts/signup/slug-check/", views.slug_check, name="portal-slug-check"),
     path("accounts/", include("allauth.urls")),
     path("enter/", views.enter, name="portal-enter"),
     path("enter/<slug:slug>/", views.enter_organization, name="portal-enter-organization"),

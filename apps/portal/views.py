@@ -16,7 +16,9 @@ from apps.accounts.mail import mailbox_messages
 from apps.accounts.models import User
 from apps.portal.handover import HandoverRefused, handover_consume, handover_url
 from apps.portal.selectors import portal_membership, portal_memberships
+from apps.tenants.errors import ProvisioningError
 from apps.tenants.models import Organization
+from apps.tenants.services import slug_validate
 
 # The session made by a handover is an ordinary Django session on the organization's host.
 _SESSION_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -105,6 +107,19 @@ def handover(request: HttpRequest) -> HttpResponse:
         return render(request, "portal/handover_refused.html", {"reason": str(refused)}, status=400)
     login(request, accepted.user, backend=_SESSION_BACKEND)
     return HttpResponseRedirect(accepted.next_path)
+
+
+@require_GET
+def slug_check(request: HttpRequest) -> HttpResponse:
+    """The sign-up form asks (HTMX, as the person types) whether an organization address is free."""
+    slug = request.GET.get("organization_slug", "").strip().lower()
+    problem: str | None = None
+    if slug:
+        try:
+            slug_validate(slug)
+        except ProvisioningError as exc:
+            problem = str(exc)
+    return render(request, "portal/_slug_check.html", {"slug": slug, "problem": problem})
 
 
 @never_cache

@@ -51,6 +51,7 @@ def test_sign_up_verify_enter_sign_out_and_sign_in_again(
     page.get_by_label("Password (again)").fill(PASSWORD)
     page.get_by_label("Organization name").fill("Acme End to End")
     page.get_by_label("Organization address").fill(SLUG)
+    expect(page.locator("#slug-check")).to_contain_text("is free")  # HTMX asked the server
     page.get_by_role("button", name="Sign Up").click()
     expect(page.get_by_role("heading", name="Verify Your Email Address")).to_be_visible()
 
