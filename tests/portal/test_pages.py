@@ -61,3 +61,16 @@ def test_shell_assets_are_served_without_a_cdn(db: None, client_for: ClientFor) 
         response = platform.get(path)
         assert response.status_code == 200, path
         response.close()
+
+
+@pytest.mark.parametrize("path", ["/accounts/email/", "/accounts/password/change/"])
+def test_account_pages_render_in_the_shell_for_a_member(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, path: str
+) -> None:
+    user = User.objects.create_user(email="settings@example.com", password="a-long-enough-passphrase-42")
+    EmailAddress.objects.create(user=user, email=user.email, verified=True, primary=True)
+    on_a = client_for("tenant-a.localhost")
+    on_a.force_login(user)
+    page = on_a.get(path)
+    assert page.status_code == 200
+    assert b'class="topbar"' in page.content and b"settings@example.com" in page.content
