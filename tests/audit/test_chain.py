@@ -24,6 +24,7 @@ from apps.audit.services import _chain_fields, audit_record
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
+from tests.factories import organization_make
 
 ALICE = Principal(kind="user", id="42", label="alice@example.com")
 
@@ -225,3 +226,12 @@ def test_concurrent_writers_leave_one_unbroken_chain(live_db: LiveDb) -> None:
         assert sequences == list(range(1, len(sequences) + 1))
         report = audit_chain_verify(organization=org)
         assert report.ok and report.count == len(sequences)
+
+
+def test_a_new_organization_cloned_from_the_template_starts_its_own_chain(db: None) -> None:
+    organization = organization_make(slug="fresh-chain")
+    report = audit_chain_verify(organization=organization)
+    with schema_context(organization.schema_name):
+        first = AuditEvent.objects.get(sequence=1)
+    assert report.ok and report.count == 2 and first.previous_hash == GENESIS_HASH
+    assert first.action == "organization.created"
