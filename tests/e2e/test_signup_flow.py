@@ -28,6 +28,17 @@ PASSWORD = "a-long-enough-passphrase-42"
 SLUG = f"e2e-{RUN}"
 
 
+def _unlabeled_fields(page: Any) -> list[str]:
+    """Form fields a screen reader could not name."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                .filter(field => !field.labels.length && !field.getAttribute('aria-label'))
+                .map(field => field.name)"""
+        )
+    )
+
+
 @pytest.fixture
 def cleanup(live_db: LiveDb) -> Any:
     yield
@@ -46,6 +57,7 @@ def test_sign_up_verify_enter_sign_out_and_sign_in_again(
 
     page.goto(f"{portal_server.url}/accounts/signup/")
     screenshot(page, "signup")
+    assert _unlabeled_fields(page) == []
     page.get_by_label("Work email").fill(EMAIL)
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_label("Password (again)").fill(PASSWORD)
@@ -76,8 +88,8 @@ def test_sign_up_verify_enter_sign_out_and_sign_in_again(
     )
     assert models.status_code == 200, models.text
 
-    page.get_by_label(f"Account menu for {EMAIL}").click()
-    page.get_by_role("menuitem", name="Sign out").click()
+    page.locator("summary", has_text=f"Account menu for {EMAIL}").click()
+    page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign In")).to_be_visible()
     page.goto(home_url)
     expect(page.get_by_role("heading", name="Sign in to Acme End to End")).to_be_visible()
@@ -85,6 +97,7 @@ def test_sign_up_verify_enter_sign_out_and_sign_in_again(
 
     page.goto(f"{portal_server.url}/accounts/login/")
     screenshot(page, "signin")
+    assert _unlabeled_fields(page) == []
     page.get_by_label("Email").fill(EMAIL)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign In").click()
