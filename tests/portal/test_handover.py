@@ -187,3 +187,25 @@ def test_signed_out_organization_home_is_its_sign_in_page_and_signs_in_there(
     signed_in = on_a.post("/accounts/login/?next=/", {"login": "dev@handover.example", "password": PASSWORD})
     assert signed_in.status_code == 302 and signed_in["Location"] == "/"
     assert b"Get started" in on_a.get("/").content
+
+
+def test_token_only_leads_to_a_path_on_its_own_host(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    tenant_a, _ = two_tenants
+    user = _member("dev@handover.example", tenant_a)
+    request = RequestFactory().get("/", HTTP_HOST="localhost")
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        url = handover_url(request=request, user=user, organization=tenant_a, next_path=target)
+        landed = client_for("tenant-a.localhost").get(f"/handover/?{urlsplit(url).query}")
+        assert landed.status_code == 302 and landed["Location"] == "/", target
+
+
+def test_token_of_a_deactivated_user_is_refused(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    tenant_a, _ = two_tenants
+    user = _member("dev@handover.example", tenant_a)
+    token = _token_for(user, tenant_a)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    assert client_for("tenant-a.localhost").get("/handover/", {"token": token}).status_code == 400
