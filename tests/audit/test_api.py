@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from django.test import Client
 from django.urls import resolve
 from django_tenants.utils import schema_context
 from rest_framework.test import APIClient
@@ -20,11 +21,12 @@ from apps.audit import selectors
 from apps.audit.chain import ChainFields, event_hash
 from apps.audit.models import AuditEvent
 from apps.audit.services import audit_record
+from apps.rbac.models import Role
 from apps.rbac.permissions import Permission
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import ApiClientFor
-from tests.factories import TEST_ACTOR
+from tests.factories import TEST_ACTOR, member_make
 
 ALICE = Principal(kind="user", id="42", label="alice@example.com")
 BOB = Principal(kind="api_key", id="7", label="ci key")
@@ -202,3 +204,26 @@ def test_only_keys_holding_audit_read_may_read_or_export(
         assert clients["audit:read"].get(path).status_code == 200
     with schema_context(tenant_a.schema_name):  # the refused export was never started, so not recorded
         assert AuditEvent.objects.filter(action="audit.exported").count() == 1
+
+
+def test_a_members_portal_session_reads_and_exports_by_role(two_tenants: tuple[Organization, Organization]) -> None:
+    """The portal's audit page uses these endpoints on the organization's host with the member's session."""
+    tenant_a, tenant_b = two_tenants
+    billing = member_make(organization=tenant_a, role=Role.BILLING, email="billing@a.example.com")
+    viewer = member_make(organization=tenant_a, role=Role.VIEWER, email="viewer@a.example.com")
+    tenant_connection().set_schema_to_public()
+    browsers = {}
+    for user, host in ((billing, tenant_a), (viewer, tenant_a), (billing, tenant_b)):
+        browser = Client(HTTP_HOST=f"{host.slug}.localhost")
+        browser.force_login(user)
+        browsers[user.email, host.slug] = browser
+    may = browsers["billing@a.example.com", tenant_a.slug]
+    assert may.get("/api/v1/audit-events?action=membership.created").status_code == 200
+    exported = may.get("/api/v1/audit-events/export?format=csv")
+    assert exported.status_code == 200 and b"membership.created" in b"".join(exported.streaming_content)  # type: ignore[attr-defined]
+    for refused in (browsers["viewer@a.example.com", tenant_a.slug], browsers["billing@a.example.com", tenant_b.slug]):
+        assert refused.get("/api/v1/audit-events").status_code == 403
+        assert refused.get("/api/v1/audit-events/export?format=csv").status_code == 403
+    with schema_context(tenant_a.schema_name):
+        export = AuditEvent.objects.get(action="audit.exported")
+    assert (export.actor_kind, export.actor_label) == ("user", "billing@a.example.com")
