@@ -4,8 +4,10 @@
         required_permissions = {"GET": Permission.BUDGETS_READ, "POST": Permission.BUDGETS_MANAGE}
 
 The principal's permissions (an API key's scopes, a member's role; apps.rbac.permissions) must
-include it. A view that declares nothing for a method is refused, so a new endpoint can't be open
-by omission (and a test walks every URL to check each one declares).
+include it. A method the view handles but declares nothing for is refused, so a new endpoint can't
+be open by omission (and tests/rbac walks every URL, with every role and a key of each scope, to
+check each one declares and answers as the matrix says). A method the view has no handler for
+answers 405. HasDeclaredPermission is a default permission class (cognitionos/settings/api.py).
 """
 
 from __future__ import annotations
