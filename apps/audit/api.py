@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import django_filters
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -20,8 +19,8 @@ from rest_framework.request import Request
 
 from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
-from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.pagination import CreatedCursorPagination
+from apps.audit.filters import AuditEventFilter
 from apps.audit.models import AuditEvent
 from apps.audit.selectors import EVENT_FIELDS, audit_events_batches
 from apps.audit.services import audit_export_start
@@ -36,26 +35,6 @@ class AuditEventOutput(serializers.ModelSerializer[AuditEvent]):
     class Meta:
         model = AuditEvent
         fields = EVENT_FIELDS
-
-
-class AuditEventFilter(django_filters.FilterSet):
-    action = django_filters.CharFilter(help_text="Exactly this action (`job.submitted`)")
-    action_prefix = django_filters.CharFilter(
-        field_name="action", lookup_expr="startswith", help_text="Actions starting with this (`job.`)"
-    )
-    actor_kind = django_filters.ChoiceFilter(
-        choices=[(kind, kind) for kind in ("user", "api_key", "operator", "system")]
-    )
-    actor_id = django_filters.CharFilter(help_text="A user's or an API key's id")
-    actor = django_filters.CharFilter(field_name="actor_label", help_text="The actor's label (an email, a key's name)")
-    target_type = django_filters.CharFilter(help_text="The target's kind (`jobs.Job`)")
-    target_id = django_filters.CharFilter()
-    occurred_after = UtcIsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte")
-    occurred_before = UtcIsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt")
-
-    class Meta:
-        model = AuditEvent
-        fields: tuple[str, ...] = ()
 
 
 class SequenceCursorPagination(CreatedCursorPagination):
