@@ -113,3 +113,13 @@ def test_signup_form_labels_every_field(client_for: ClientFor) -> None:
     page = client_for("localhost").get("/accounts/signup/").content.decode()
     for field in ("email", "password1", "password2", "organization_name", "organization_slug"):
         assert re.search(rf'<label for="id_{field}"', page), field
+
+
+@pytest.mark.django_db
+def test_signup_with_a_taken_email_creates_no_organization_and_reveals_nothing(client_for: ClientFor) -> None:
+    _signup(client_for, email="dup@acme.example", name="First", slug="acme-first")
+    _platform, response = _signup(client_for, email="dup@acme.example", name="Second", slug="acme-second")
+    # The same answer as a new sign-up (no account enumeration); the owner gets a mail instead.
+    assert response.status_code == 302 and response["Location"] == "/accounts/confirm-email/"
+    assert not Organization.objects.filter(slug="acme-second").exists()
+    assert User.objects.filter(email="dup@acme.example").count() == 1
