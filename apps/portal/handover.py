@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
+from allauth.account.authentication import get_authentication_records
 from django.conf import settings
 from django.core import signing
 from django.http import HttpRequest
@@ -35,6 +37,7 @@ class HandoverRefused(Exception):
 class Handover:
     user: User
     next_path: str
+    authentication_records: list[dict[str, Any]]
 
 
 def organization_host(organization: Organization) -> str:
@@ -55,7 +58,20 @@ def handover_url(*, request: HttpRequest, user: User, organization: Organization
     host = organization_host(organization)
     if not next_path.startswith("/") or next_path.startswith("//"):
         next_path = "/"
-    token = signing.dumps({"u": user.pk, "h": host, "j": secrets.token_urlsafe(16), "n": next_path}, salt=_SALT)
+    claims = {
+        "u": user.pk,
+        "h": host,
+        "j": secrets.token_urlsafe(16),
+        "n": next_path,
+        # How the person signed in (password, MFA, SSO...): the new session knows it too, so a
+        # check such as "this organization requires MFA" holds on the organization's host.
+        "a": [
+            record
+            for record in (get_authentication_records(request, user) if hasattr(request, "session") else [])
+            if isinstance(record, dict) and isinstance(record.get("method"), str)
+        ],
+    }
+    token = signing.dumps(claims, salt=_SALT, compress=True)
     path = reverse("portal-handover", urlconf=settings.ROOT_URLCONF)  # a route of organization hosts only
     return f"{_origin(request, host)}{path}?{urlencode({'token': token})}"
 
@@ -81,4 +97,5 @@ def handover_consume(*, request: HttpRequest, token: str) -> Handover:
     next_path = str(claims.get("n") or "/")
     if not url_has_allowed_host_and_scheme(next_path, allowed_hosts=None):
         next_path = "/"
-    return Handover(user=user, next_path=next_path)
+    records = [record for record in claims.get("a") or [] if isinstance(record, dict) and "method" in record]
+    return Handover(user=user, next_path=next_path, authentication_records=records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from allauth.account.forms import LoginForm
+from allauth.account.internal.flows.login import record_authentication
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, logout
@@ -106,6 +107,9 @@ def handover(request: HttpRequest) -> HttpResponse:
     except HandoverRefused as refused:
         return render(request, "portal/handover_refused.html", {"reason": str(refused)}, status=400)
     login(request, accepted.user, backend=_SESSION_BACKEND)
+    for record in accepted.authentication_records:
+        # allauth's own record keeping (internal API), so its MFA and reauthentication checks read them.
+        record_authentication(request, accepted.user, **record)
     return HttpResponseRedirect(accepted.next_path)
 
 

@@ -150,6 +150,9 @@ def test_sign_in_on_the_platform_host_hands_over_to_the_organization(
     on_a = client_for("tenant-a.localhost")
     on_a.get(f"{handover.path}?{handover.query}")
     assert on_a.get("/").status_code == 200
+    # How they signed in travels with them (what an organization's MFA requirement will read).
+    methods = [record["method"] for record in on_a.session["account_authentication_methods"]]
+    assert methods == ["password"]
 
 
 def test_with_several_organizations_the_platform_host_asks_which(
