@@ -42,6 +42,9 @@ bench: install
 	$(BIN)/python bench/tenants.py
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/access.py
+	$(BIN)/python bench/rbac.py
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
