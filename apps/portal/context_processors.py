@@ -9,14 +9,17 @@ from django.http import HttpRequest
 from django.http.request import split_domain_port
 
 from apps.portal.selectors import portal_memberships
+from apps.rbac.decorators import member_may
+from apps.rbac.permissions import Permission
 
 # The portal's sections. `url_name` None: a later issue builds the page; shown as "soon", not linked.
 NAVIGATION: list[dict[str, str | None]] = [
     {"label": "Home", "url_name": "portal-home"},
-    {"label": "API keys", "url_name": None},
+    {"label": "API keys", "url_name": "portal-keys", "permission": "keys:manage"},
     {"label": "Members", "url_name": None},
     {"label": "Usage", "url_name": None},
     {"label": "Settings", "url_name": None},
+    {"label": "Audit log", "url_name": "portal-audit", "permission": "audit:read"},
 ]
 
 
@@ -28,12 +31,19 @@ def platform_origin(request: HttpRequest) -> str:
     return f"{request.scheme}://{settings.BASE_DOMAIN}{suffix}"
 
 
+def _may(request: HttpRequest, permission: str) -> bool:
+    return member_may(request, Permission(permission))
+
+
 def portal(request: HttpRequest) -> dict[str, Any]:
     tenant = getattr(request, "tenant", None)
     organization = tenant if tenant is not None and not tenant.is_public else None
     context: dict[str, Any] = {
         "portal_organization": organization,
-        "portal_navigation": NAVIGATION,
+        # A page the member's role may not open is not offered (its view refuses it too).
+        "portal_navigation": [
+            item for item in NAVIGATION if not item.get("permission") or _may(request, str(item["permission"]))
+        ],
         "portal_dev_mailbox": settings.DEV_MAILBOX,
         "portal_memberships": [],
         "portal_platform_origin": platform_origin(request),

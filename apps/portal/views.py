@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import urllib.parse
+
 from allauth.account.forms import LoginForm
 from allauth.account.internal.flows.login import record_authentication
 from django.conf import settings
@@ -10,13 +13,25 @@ from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.mail import mailbox_messages
 from apps.accounts.models import User
+from apps.accounts.principals import Principal
+from apps.apikeys.models import ApiKey
+from apps.apikeys.selectors import apikey_get, apikey_list
+from apps.apikeys.services import ApiKeyInvalid, ApiKeyRefused, apikey_create, apikey_revoke
+from apps.audit.filters import AuditEventFilter
+from apps.audit.models import AuditEvent
+from apps.portal.audit_pages import audit_page
+from apps.portal.context_processors import platform_origin
 from apps.portal.handover import HandoverRefused, handover_consume, handover_url
+from apps.portal.key_forms import ApiKeyCreateForm
 from apps.portal.selectors import portal_membership, portal_memberships
+from apps.rbac.decorators import member_permissions, permission_required
+from apps.rbac.permissions import Permission
 from apps.tenants.errors import ProvisioningError
 from apps.tenants.models import Organization
 from apps.tenants.services import slug_validate
@@ -133,3 +148,110 @@ def dev_mailbox(request: HttpRequest) -> HttpResponse:
         raise Http404
     to = request.GET.get("to", "").strip() or None
     return render(request, "portal/dev_mailbox.html", {"messages_sent": mailbox_messages(to=to), "to": to or ""})
+
+
+def _member_principal(request: HttpRequest) -> Principal:
+    """The signed-in member as the services' actor, with their role's permissions (so a service's
+    own checks, such as "a key never above its creator", hold for the portal as for the API)."""
+    return dataclasses.replace(Principal.for_user(_user(request)), permissions=member_permissions(request))
+
+
+@permission_required(Permission.KEYS_MANAGE)
+@never_cache
+def keys(request: HttpRequest) -> HttpResponse:
+    """The organization's API keys, and a form for a new one; a new key's secret is in this one
+    answer only (never stored, never redirected through the session)."""
+    organization = _tenant(request)
+    form = ApiKeyCreateForm(request.POST or None, held=member_permissions(request))
+    issued = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                issued = apikey_create(
+                    organization=organization,
+                    actor=_member_principal(request),
+                    name=form.cleaned_data["name"],
+                    scopes=form.cleaned_data["scopes"],
+                    expires_at=form.expires_at(),
+                    user=_user(request) if form.cleaned_data["bind_to_me"] else None,
+                )
+            except (ApiKeyInvalid, ApiKeyRefused) as refused:
+                form.add_error("scopes" if getattr(refused, "param", "scopes") == "scopes" else None, str(refused))
+        if issued is None:
+            status = 400
+        else:
+            form = ApiKeyCreateForm(held=member_permissions(request))
+    return render(
+        request,
+        "portal/keys.html",
+        {
+            "organization": organization,
+            "api_keys": apikey_list(organization=organization),
+            "form": form,
+            "issued": issued,
+            "now": timezone.now(),
+            "api_base_url": f"{platform_origin(request)}/v1",
+        },
+        status=status,
+    )
+
+
+@permission_required({"POST": Permission.KEYS_MANAGE})
+@require_POST
+def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    try:
+        api_key = apikey_get(organization=_tenant(request), key_id=key_id)
+    except ApiKey.DoesNotExist as missing:  # another organization's key is simply absent
+        raise Http404 from missing
+    apikey_revoke(api_key=api_key, actor=_member_principal(request), reason="revoked in the portal")
+    messages.success(request, f"Revoked {api_key.name} (cos_{api_key.prefix}_…): it no longer works.")
+    return redirect("portal-keys")
+
+
+def _cursor(request: HttpRequest, name: str) -> int | None:
+    value = request.GET.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+# The filters the page offers (the REST API takes these and more).
+_AUDIT_FILTER_LABELS = {
+    "action": "Action",
+    "actor": "Actor (email or key)",
+    "occurred_after": "From (UTC)",
+    "occurred_before": "Until (UTC)",
+}
+
+
+@permission_required(Permission.AUDIT_READ)
+@never_cache
+@require_GET
+def audit(request: HttpRequest) -> HttpResponse:
+    """The audit log, newest first, filtered as the REST API filters it, paged by keyset."""
+    filterset = AuditEventFilter(request.GET, queryset=AuditEvent.objects.all())
+    form = filterset.form
+    for name, label in _AUDIT_FILTER_LABELS.items():
+        form.fields[name].label = label
+    for name in ("occurred_after", "occurred_before"):
+        form.fields[name].widget.input_type = "datetime-local"
+    valid = filterset.is_valid()
+    page = audit_page(
+        events=filterset.qs if valid else AuditEvent.objects.none(),
+        before=_cursor(request, "before"),
+        after=_cursor(request, "after"),
+    )
+    filters = {name: value for name, value in request.GET.items() if name in filterset.filters and value and valid}
+    query = urllib.parse.urlencode(filters)
+    return render(
+        request,
+        "portal/audit.html",
+        {
+            "organization": _tenant(request),
+            "filter_form": form,
+            "filter_fields": [form[name] for name in _AUDIT_FILTER_LABELS],
+            "page": page,
+            "filter_query": query,
+            "filtered": bool(filters),
+        },
+        status=200 if valid else 400,
+    )
