@@ -16,7 +16,7 @@ from apps.rbac.permissions import Permission
 NAVIGATION: list[dict[str, str | None]] = [
     {"label": "Home", "url_name": "portal-home"},
     {"label": "API keys", "url_name": "portal-keys", "permission": "keys:manage"},
-    {"label": "Members", "url_name": None},
+    {"label": "Members", "url_name": "portal-members", "permission": "members:read"},
     {"label": "Usage", "url_name": None},
     {"label": "Settings", "url_name": None},
     {"label": "Audit log", "url_name": "portal-audit", "permission": "audit:read"},

@@ -2,13 +2,22 @@
 
 from django.urls import include, path
 
-from apps.portal import views
+from apps.portal import members_pages, views
 
 urlpatterns = [
     path("accounts/signup/slug-check/", views.slug_check, name="portal-slug-check"),
     path("accounts/", include("allauth.urls")),
     path("enter/", views.enter, name="portal-enter"),
     path("enter/<slug:slug>/", views.enter_organization, name="portal-enter-organization"),
+    path("members/", members_pages.members, name="portal-members"),
+    path("members/<int:membership_id>/role/", members_pages.member_role, name="portal-member-role"),
+    path("members/<int:membership_id>/remove/", members_pages.member_remove, name="portal-member-remove"),
+    path(
+        "members/invitations/<int:invitation_id>/revoke/",
+        members_pages.invitation_revoke_page,
+        name="portal-invitation-revoke",
+    ),
+    path("invitations/<str:token>/", members_pages.invitation_accept_page, name="portal-invitation-accept"),
     path("keys/", views.keys, name="portal-keys"),
     path("keys/<int:key_id>/revoke/", views.key_revoke, name="portal-key-revoke"),
     path("audit/", views.audit, name="portal-audit"),

@@ -19,14 +19,23 @@ from rest_framework.views import APIView
 from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
 from apps.api.idempotency import idempotent
-from apps.rbac.models import CustomRole, Membership, Role
+from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import DESCRIPTIONS, ROLE_PERMISSIONS, Permission
-from apps.rbac.selectors import custom_role_list, membership_grants, membership_list
+from apps.rbac.selectors import (
+    custom_role_list,
+    invitation_link_origin,
+    invitation_list,
+    invitation_state,
+    membership_grants,
+    membership_list,
+)
 from apps.rbac.services import (
     MembershipChangeRefused,
     custom_role_create,
     custom_role_delete,
     custom_role_update,
+    invitation_create,
+    invitation_revoke,
     membership_remove,
     membership_role_change,
 )
@@ -44,6 +53,11 @@ _STATUS = {
     "role_in_use": 409,
     "unknown_permission": 400,
     "invalid_name": 400,
+    "plan_limit_members": 403,
+    "already_member": 409,
+    "invitation_exists": 409,
+    "invitation_used": 409,
+    "invalid_email": 400,
 }
 
 
@@ -51,7 +65,11 @@ _STATUS = {
 def _refusals(param: str | None = None) -> Iterator[None]:
     try:
         yield
-    except (Membership.DoesNotExist, CustomRole.DoesNotExist) as missing:  # another organization's: absent
+    except (
+        Membership.DoesNotExist,
+        CustomRole.DoesNotExist,
+        Invitation.DoesNotExist,
+    ) as missing:  # another organization's: absent
         raise Http404 from missing
     except MembershipChangeRefused as refused:
         raise ApiError(_STATUS.get(refused.code, 400), refused.code, str(refused), param=param) from refused
@@ -264,3 +282,98 @@ class RoleDetailApi(APIView):
                 actor=request_principal(request),
             )
         return Response(status=204)
+
+
+class InvitationOutput(serializers.ModelSerializer[Invitation]):
+    role = serializers.CharField(help_text="A built-in role; empty when the invitation is to a custom role.")
+    custom_role = CustomRoleOutput(allow_null=True)
+    state = serializers.SerializerMethodField(help_text="open, accepted, revoked or expired.")
+
+    class Meta:
+        model = Invitation
+        fields = (
+            "id",
+            "email",
+            "role",
+            "custom_role",
+            "state",
+            "invited_by",
+            "created_at",
+            "expires_at",
+            "accepted_at",
+            "revoked_at",
+        )
+
+    def get_state(self, invitation: Invitation) -> str:
+        return invitation_state(invitation)
+
+
+class InvitationInput(serializers.Serializer[Any]):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Role.values, required=False, help_text="A built-in role.")
+    custom_role = serializers.IntegerField(required=False, help_text="Or the id of a custom role.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("role" in attrs) == ("custom_role" in attrs):
+            raise serializers.ValidationError("give either `role` or `custom_role`")
+        return attrs
+
+
+class InvitationListCreateApi(ListAPIView[Invitation]):
+    required_permissions = {"GET": Permission.MEMBERS_READ, "POST": Permission.MEMBERS_MANAGE}
+    serializer_class = InvitationOutput
+
+    def get_queryset(self) -> QuerySet[Invitation]:
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular's schema pass
+            return Invitation.objects.none()
+        return invitation_list(organization=request_organization(self.request))
+
+    @extend_schema(summary="Invitations, newest first", tags=[TAG])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        request=InvitationInput,
+        responses={201: InvitationOutput},
+        summary="Invite by email (never above your own role; within the plan's max_members)",
+        tags=[TAG],
+    )
+    @idempotent
+    def post(self, request: Request) -> Response:
+        data = InvitationInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        organization = request_organization(request)
+        role: Role | CustomRole = Role(data.validated_data.get("role") or Role.VIEWER)
+        if "custom_role" in data.validated_data:
+            try:
+                role = _custom_role(request, data.validated_data["custom_role"])
+            except CustomRole.DoesNotExist as missing:  # a bad reference in the body, not a missing resource
+                raise ApiError(
+                    400, "unknown_role", "no such custom role in this organization", param="custom_role"
+                ) from missing
+        with _refusals(param="role"):
+            invitation, _link = invitation_create(
+                organization=organization,
+                email=data.validated_data["email"],
+                role=role,
+                actor=request_principal(request),
+                link_origin=invitation_link_origin(request=request, organization=organization),
+            )
+        return Response(
+            InvitationOutput(invitation).data, status=201, headers={"Location": f"/api/v1/invitations/{invitation.pk}"}
+        )
+
+
+class InvitationRevokeApi(APIView):
+    required_permissions = {"POST": Permission.MEMBERS_MANAGE}
+
+    @extend_schema(request=None, responses=InvitationOutput, summary="Revoke an open invitation", tags=[TAG])
+    def post(self, request: Request, invitation_id: int) -> Response:
+        organization = request_organization(request)
+        with _refusals():
+            invitation = invitation_revoke(
+                organization=organization,
+                invitation=invitation_list(organization=organization).get(pk=invitation_id),
+                actor=request_principal(request),
+            )
+        return Response(InvitationOutput(invitation).data)

@@ -70,3 +70,54 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}@{self.organization_id}:{self.role or self.custom_role_id}"
+
+
+class Invitation(models.Model):
+    """An invitation by email to join an organization with a role (public schema, like memberships).
+
+    Only a hash of the token is stored: the link in the email is the one place the token exists.
+    An invitation is open until accepted, revoked or past `expires_at`; at most one open (not
+    accepted, not revoked) invitation per organization and address.
+    """
+
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(max_length=254)  # stored lowercased
+    role = models.CharField(max_length=20, choices=Role.choices, blank=True)
+    # An invitation to a role that no longer exists is void: it goes with the role.
+    custom_role = models.ForeignKey(
+        CustomRole, on_delete=models.CASCADE, null=True, blank=True, related_name="invitations"
+    )
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.CharField(max_length=254, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "email"],
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="rbac_invitation_one_open_per_email",
+            ),
+            models.CheckConstraint(condition=models.Q(role__in=[*Role.values, ""]), name="rbac_invitation_role_valid"),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(custom_role__isnull=True) & ~models.Q(role="")
+                    | models.Q(custom_role__isnull=False) & models.Q(role="")
+                ),
+                name="rbac_invitation_one_role",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(accepted_at__isnull=True) | models.Q(revoked_at__isnull=True),
+                name="rbac_invitation_not_accepted_and_revoked",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}:{self.email}"

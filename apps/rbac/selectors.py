@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import hashlib
 import time
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.http.request import split_domain_port
+from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.rbac.models import CustomRole, Membership
+from apps.rbac.models import CustomRole, Invitation, Membership
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
 from apps.tenants.models import Organization
 
@@ -81,3 +85,53 @@ def membership_cache_forget(*, organization_id: int | None = None) -> None:
         return
     for key in [key for key in _CACHE if key[1] == organization_id]:
         _CACHE.pop(key, None)
+
+
+def invitation_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def invitation_list(*, organization: Organization) -> QuerySet[Invitation]:
+    """Every invitation of the organization, newest first."""
+    return (
+        Invitation.objects.filter(organization=organization)
+        .select_related("custom_role")
+        .order_by("-created_at", "-pk")
+    )
+
+
+def invitation_open_list(*, organization: Organization) -> QuerySet[Invitation]:
+    """Invitations that can still be accepted (they hold a seat of the plan's `max_members`)."""
+    return invitation_list(organization=organization).filter(
+        Q(accepted_at__isnull=True) & Q(revoked_at__isnull=True) & Q(expires_at__gt=timezone.now())
+    )
+
+
+def invitation_for_token(*, organization: Organization, token: str) -> Invitation:
+    """The organization's invitation the token opens (raises Invitation.DoesNotExist: a token of
+    another organization is as unknown here as a forged one)."""
+    return Invitation.objects.select_related("organization", "custom_role").get(
+        organization=organization, token_hash=invitation_token_hash(token)
+    )
+
+
+def invitation_state(invitation: Invitation) -> str:
+    """open, accepted, revoked or expired."""
+    if invitation.accepted_at is not None:
+        return "accepted"
+    if invitation.revoked_at is not None:
+        return "revoked"
+    if invitation.expires_at <= timezone.now():
+        return "expired"
+    return "open"
+
+
+def invitation_link_origin(*, request: HttpRequest, organization: Organization) -> str:
+    """scheme://<organization's host>[:port] as seen by this request: where an invitation's link
+    leads (the organization's portal, whichever host the invitation was made on)."""
+    domain = organization.domains.filter(is_primary=True).values_list("domain", flat=True).first()
+    host = domain or f"{organization.slug}.{settings.BASE_DOMAIN}"
+    _host, port = split_domain_port(request.get_host())
+    default_port = "443" if request.is_secure() else "80"
+    suffix = f":{port}" if port and port != default_port else ""
+    return f"{request.scheme}://{host}{suffix}"

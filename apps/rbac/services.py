@@ -4,18 +4,32 @@ owners."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
+from datetime import timedelta
 from functools import partial
 
+from allauth.account.models import EmailAddress
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.urls import reverse
+from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.apikeys.services import apikey_revoke_for_member
 from apps.audit.services import audit_record
-from apps.rbac.models import CustomRole, Membership, Role
+from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
-from apps.rbac.selectors import membership_cache_forget, membership_grants
+from apps.rbac.selectors import (
+    invitation_open_list,
+    invitation_state,
+    invitation_token_hash,
+    membership_cache_forget,
+    membership_grants,
+)
 from apps.tenants.models import Organization
 
 
@@ -294,3 +308,174 @@ def custom_role_delete(*, organization: Organization, custom_role: CustomRole, a
         metadata={"name": custom_role.name, "permissions": list(custom_role.permissions)},
     )
     custom_role.delete()
+
+
+# Invitations -------------------------------------------------------------------------------------
+
+INVITATION_LIFETIME = timedelta(days=7)
+
+
+def _invitation_role_label(invitation: Invitation) -> str:
+    return invitation.role or (f"custom:{invitation.custom_role.name}" if invitation.custom_role else "")
+
+
+def _members_and_open_invitations(organization: Organization) -> int:
+    members = Membership.objects.filter(organization=organization).count()
+    return members + invitation_open_list(organization=organization).count()
+
+
+@transaction.atomic
+def invitation_create(
+    *,
+    organization: Organization,
+    email: str,
+    role: Role | str | CustomRole,
+    actor: Principal,
+    link_origin: str,
+    lifetime: timedelta = INVITATION_LIFETIME,
+) -> tuple[Invitation, str]:
+    """Invite an address to the organization with a role (never above the actor's own) and email it
+    the accept link on the organization's host (`link_origin`, scheme://host[:port]). Returns the
+    invitation and the link; the token itself is only in the link."""
+    # The organization row serializes invitations: two at once can't both take the last seat.
+    organization = Organization.objects.select_for_update(of=("self",)).select_related("plan").get(pk=organization.pk)
+    ceiling = _ceiling(organization=organization, actor=actor)
+    ceiling.require(Permission.MEMBERS_MANAGE)
+    email = email.strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError as invalid:
+        raise MembershipChangeRefused("invalid_email", "enter a valid email address") from invalid
+    if isinstance(role, CustomRole):
+        _custom_role_check_usable(organization=organization, custom_role=role)
+        grants = permissions_expand(frozenset(Permission(value) for value in role.permissions))
+        owner = False
+    else:
+        role = Role(role)
+        grants, owner = role_permissions(role), role == Role.OWNER
+    if not ceiling.allows(grants, owner=owner):
+        raise MembershipChangeRefused(
+            "above_your_role", "you can't invite to a role with more than your own permissions"
+        )
+    if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+        raise MembershipChangeRefused("already_member", f"{email} is a member already")
+    now = timezone.now()
+    still_open = Invitation.objects.filter(
+        organization=organization, email=email, accepted_at__isnull=True, revoked_at__isnull=True
+    )
+    if still_open.filter(expires_at__gt=now).exists():
+        raise MembershipChangeRefused("invitation_exists", f"{email} has an open invitation: revoke it first")
+    # An expired invitation no longer holds the address (nor a seat): closed so a new one can be sent.
+    still_open.update(revoked_at=now)
+    max_members = int(organization.plan.limit("max_members"))
+    if _members_and_open_invitations(organization) + 1 > max_members:
+        raise MembershipChangeRefused(
+            "plan_limit_members",
+            f"the plan allows {max_members} members, counting open invitations: "
+            "revoke an invitation, remove a member or change the plan",
+        )
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        organization=organization,
+        email=email,
+        role="" if isinstance(role, CustomRole) else role,
+        custom_role=role if isinstance(role, CustomRole) else None,
+        token_hash=invitation_token_hash(token),
+        invited_by=actor.label[:254],
+        expires_at=now + lifetime,
+    )
+    link = link_origin.rstrip("/") + reverse(
+        "portal-invitation-accept", kwargs={"token": token}, urlconf="cognitionos.urls_tenant"
+    )
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="invitation.created",
+        target=invitation,
+        metadata={
+            "email": email,
+            "role": _invitation_role_label(invitation),
+            "expires_at": invitation.expires_at.isoformat(),
+        },
+    )
+    # Sent inside the transaction: if sending fails, no invitation exists that nobody received.
+    send_mail(
+        subject=f"[CognitionOS] You are invited to {organization.name}",
+        message=(
+            f"{actor.label} invited you to join {organization.name} on CognitionOS "
+            f"as {_invitation_role_label(invitation)}.\n\n"
+            f"Accept the invitation (sign in or create an account with {email} first):\n{link}\n\n"
+            f"The link works once and expires on {invitation.expires_at:%Y-%m-%d %H:%M} UTC.\n"
+        ),
+        from_email=None,
+        recipient_list=[email],
+    )
+    return invitation, link
+
+
+@transaction.atomic
+def invitation_revoke(*, organization: Organization, invitation: Invitation, actor: Principal) -> Invitation:
+    if invitation.organization_id != organization.pk:
+        raise MembershipChangeRefused("not_found", "no such invitation in this organization")
+    _ceiling(organization=organization, actor=actor).require(Permission.MEMBERS_MANAGE)
+    invitation = Invitation.objects.select_for_update(of=("self",)).select_related("custom_role").get(pk=invitation.pk)
+    if invitation.accepted_at is not None:
+        raise MembershipChangeRefused("invitation_used", "this invitation was accepted already")
+    if invitation.revoked_at is not None:
+        return invitation
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="invitation.revoked",
+        target=invitation,
+        metadata={"email": invitation.email, "role": _invitation_role_label(invitation)},
+    )
+    return invitation
+
+
+@transaction.atomic
+def invitation_accept(*, organization: Organization, token: str, user: User) -> Membership:
+    """Accept an invitation as a signed-in user whose verified email is the invited address:
+    once, before it expires, within the plan's members."""
+    try:
+        invitation = Invitation.objects.select_for_update().get(
+            organization=organization, token_hash=invitation_token_hash(token)
+        )
+    except Invitation.DoesNotExist as missing:
+        raise MembershipChangeRefused("not_found", "this invitation link is not valid here") from missing
+    state = invitation_state(invitation)
+    if state != "open":
+        messages = {
+            "accepted": ("invitation_used", "this invitation was accepted already"),
+            "revoked": ("invitation_revoked", "this invitation was revoked"),
+            "expired": ("invitation_expired", "this invitation has expired: ask for a new one"),
+        }
+        raise MembershipChangeRefused(*messages[state])
+    if not EmailAddress.objects.filter(user=user, email__iexact=invitation.email, verified=True).exists():
+        raise MembershipChangeRefused(
+            "wrong_email", f"this invitation is for {invitation.email}: sign in with that verified address"
+        )
+    locked = Organization.objects.select_for_update(of=("self",)).select_related("plan").get(pk=organization.pk)
+    if Membership.objects.filter(organization=locked, user=user).exists():
+        raise MembershipChangeRefused("already_member", "you are a member of this organization already")
+    max_members = int(locked.plan.limit("max_members"))
+    if Membership.objects.filter(organization=locked).count() + 1 > max_members:
+        raise MembershipChangeRefused(
+            "plan_limit_members", f"the organization has reached its plan's {max_members} members"
+        )
+    actor = Principal.for_user(user)
+    role: Role | CustomRole = invitation.custom_role if invitation.custom_role is not None else Role(invitation.role)
+    membership = membership_create(user=user, organization=locked, role=role, actor=actor)
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit_record(
+        organization=locked,
+        actor=actor,
+        action="invitation.accepted",
+        target=invitation,
+        metadata={"email": invitation.email, "user_id": user.pk, "role": _role_label(membership)},
+    )
+    return membership

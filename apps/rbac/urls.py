@@ -9,4 +9,6 @@ urlpatterns = [
     path("members/<int:membership_id>", api.MemberDetailApi.as_view(), name="member"),
     path("roles", api.RoleListCreateApi.as_view(), name="roles"),
     path("roles/<int:role_id>", api.RoleDetailApi.as_view(), name="role"),
+    path("invitations", api.InvitationListCreateApi.as_view(), name="invitations"),
+    path("invitations/<int:invitation_id>/revoke", api.InvitationRevokeApi.as_view(), name="invitation-revoke"),
 ]
