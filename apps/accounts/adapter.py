@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.mfa.adapter import DefaultMFAAdapter
+from django.conf import settings
 from django.http import HttpRequest
 
 
@@ -19,3 +21,15 @@ class AccountAdapter(DefaultAccountAdapter):
         # person, one count, whichever host is tried (tests/portal/test_accounts_limits.py).
         login = credentials.get("email", credentials.get("username", ""))
         return str(login).lower()
+
+
+class MFAAdapter(DefaultMFAAdapter):
+    def get_public_key_credential_rp_entity(self) -> dict[str, str]:
+        # One relying party for the platform host and every organization's host under it: a
+        # security key added on acme.<BASE_DOMAIN> also answers a sign-in on <BASE_DOMAIN>.
+        entity: dict[str, str] = super().get_public_key_credential_rp_entity()
+        host = entity["id"]
+        base = settings.BASE_DOMAIN
+        if host == base or host.endswith(f".{base}"):
+            entity["id"] = base
+        return entity

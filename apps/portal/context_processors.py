@@ -18,6 +18,7 @@ NAVIGATION: list[dict[str, str | None]] = [
     {"label": "API keys", "url_name": "portal-keys", "permission": "keys:manage"},
     {"label": "Members", "url_name": "portal-members", "permission": "members:read"},
     {"label": "Usage", "url_name": None},
+    {"label": "Security", "url_name": "portal-security", "permission": "security:manage"},
     {"label": "Settings", "url_name": None},
     {"label": "Audit log", "url_name": "portal-audit", "permission": "audit:read"},
 ]

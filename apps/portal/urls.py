@@ -2,13 +2,14 @@
 
 from django.urls import include, path
 
-from apps.portal import members_pages, views
+from apps.portal import members_pages, security, views
 
 urlpatterns = [
     path("accounts/signup/slug-check/", views.slug_check, name="portal-slug-check"),
     path("accounts/", include("allauth.urls")),
     path("enter/", views.enter, name="portal-enter"),
     path("enter/<slug:slug>/", views.enter_organization, name="portal-enter-organization"),
+    path("settings/security/", security.security, name="portal-security"),
     path("members/", members_pages.members, name="portal-members"),
     path("members/<int:membership_id>/role/", members_pages.member_role, name="portal-member-role"),
     path("members/<int:membership_id>/remove/", members_pages.member_remove, name="portal-member-remove"),

@@ -17,6 +17,9 @@ class Organization(TenantMixin):
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
     plan = models.ForeignKey("billing.Plan", on_delete=models.PROTECT, related_name="organizations")
+    # Security policy: every member signs in with a second factor (apps.portal.middleware). On the
+    # organization row, so the tenant resolution that every request makes already carries it.
+    mfa_required = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -8,10 +8,13 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, connection, transaction
 
 from apps.accounts.principals import Principal
+from apps.accounts.selectors import user_has_mfa
 from apps.accounts.services import user_ensure
 from apps.audit.services import audit_record
 from apps.billing.selectors import UnknownPlan, plan_get
 from apps.rbac.models import Role
+from apps.rbac.permissions import Permission
+from apps.rbac.selectors import membership_permissions
 from apps.rbac.services import membership_create
 from apps.tenants.cloning import schema_clone
 from apps.tenants.errors import ProvisioningError
@@ -100,5 +103,56 @@ def organization_status_set(
         action="organization.status_changed",
         target=organization,
         metadata={"from": previous, "to": status, "reason": reason},
+    )
+    return organization
+
+
+class OrganizationChangeRefused(Exception):
+    """The actor may not change this organization setting; `code` names the rule."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _actor_may(*, organization: Organization, actor: Principal, permission: Permission) -> bool:
+    if actor.kind == "system":
+        return True
+    if actor.kind in ("user", "operator") and actor.id is not None:
+        # The current membership, not a request's (briefly cached) permissions.
+        held = membership_permissions(user_id=int(actor.id), organization_id=organization.pk) or frozenset()
+    else:
+        held = actor.permissions or frozenset()
+    return permission.value in held or Permission.ADMIN.value in held
+
+
+@transaction.atomic
+def organization_mfa_require_set(*, organization: Organization, required: bool, actor: Principal) -> Organization:
+    """Require (or stop requiring) a second factor of every member of the organization."""
+    if not _actor_may(organization=organization, actor=actor, permission=Permission.SECURITY_MANAGE):
+        raise OrganizationChangeRefused(
+            "permission_denied", f"this needs the {Permission.SECURITY_MANAGE.value} permission"
+        )
+    if (
+        required
+        and actor.kind in ("user", "operator")
+        and actor.id is not None
+        and not user_has_mfa(user_id=int(actor.id))
+    ):
+        # Otherwise the person turning it on is the first one locked out of the settings page.
+        raise OrganizationChangeRefused("actor_without_mfa", "set up two-factor authentication for yourself first")
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    if organization.mfa_required == required:
+        return organization
+    organization.mfa_required = required
+    organization.save(update_fields=["mfa_required", "updated_at"])
+    # Other processes see the change within TENANT_RESOLUTION_CACHE_SECONDS.
+    transaction.on_commit(lambda: organization_cache_forget(organization))
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="organization.mfa_required_changed",
+        target=organization,
+        metadata={"required": required},
     )
     return organization

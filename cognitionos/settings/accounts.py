@@ -34,6 +34,18 @@ ACCOUNT_RATE_LIMITS = {
     "manage_email": "10/m/user",
     "reauthenticate": "10/m/user",
 }
+# Second factors (allauth.mfa): an authenticator app (TOTP), recovery codes, and security keys or
+# passkeys (WebAuthn, through fido2). Sign-in asks for the second factor of whoever has one; an
+# organization can require one of every member (apps.portal.middleware.OrganizationMfaMiddleware).
+# A wrong code counts as a failed sign-in ("login_failed" above, per user: 5 in 5 minutes).
+MFA_ADAPTER = "apps.accounts.adapter.MFAAdapter"
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_TOTP_ISSUER = "CognitionOS"
+MFA_RECOVERY_CODE_COUNT = 10
+# A passkey is a second factor here, not a way to sign in without the password.
+MFA_PASSKEY_LOGIN_ENABLED = False
+# Browsers allow WebAuthn on http only for localhost; development serves *.localhost over http.
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("DEBUG", False)
 # Counted per client address as apps.tenants.middleware.client_address does (TRUSTED_PROXY_COUNT).
 ALLAUTH_TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 # Where a sign-in lands: /enter/ picks the organization and hands the session over to its host.

@@ -66,6 +66,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # After authentication and allauth's: an organization's "require MFA for all members".
+    "apps.portal.middleware.OrganizationMfaMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 

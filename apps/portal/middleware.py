@@ -1,0 +1,90 @@
+"""An organization's "require MFA for all members" (allauth has no such setting: PITFALLS).
+
+On the host of an organization that requires a second factor, a signed-in member
+- without an authenticator (TOTP or security key) is sent to set one up;
+- with one, but whose session was not authenticated with it (signed in before the requirement, or
+  handed over from a session that didn't use it: apps.portal.handover carries allauth's records),
+  is asked for it again (allauth's MFA reauthentication, which records it in the session).
+Under /api/ and /v1/ the same session gets 403 `mfa_required` in the API's JSON error shape.
+
+Not affected:
+- allauth's own pages (/accounts/: sign-in, sign-out, MFA set-up, reauthentication), the handover,
+  the organization switcher and static files, so the way out and the way through stay open;
+- people who are not members (the pages tell them so);
+- API keys. A key is a program's credential, not a sign-in: it is created in the portal by a member
+  (who, in such an organization, passed the second factor to get there), carries only the scopes
+  it was given, expires and is revoked without anyone's password. A second factor has nothing to
+  ask of a program; requiring one would only push people to share long-lived sessions instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+from allauth.account.authentication import get_authentication_records
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.urls import reverse
+
+from apps.accounts.principals import Principal
+from apps.accounts.selectors import user_has_mfa
+from apps.rbac.decorators import member_permissions
+
+_OPEN_PREFIXES = ("/accounts/", "/static/", "/handover/", "/enter/", "/favicon.ico")
+_API_PREFIXES = ("/api/", "/v1/")
+
+
+def session_used_mfa(request: HttpRequest) -> bool:
+    """Whether this session's sign-in (or a later reauthentication) used a second factor."""
+    return any(record.get("method") == "mfa" for record in get_authentication_records(request, request.user))
+
+
+class OrganizationMfaMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self._refusal(request) or self.get_response(request)
+
+    @staticmethod
+    def _applies(request: HttpRequest) -> bool:
+        """A signed-in member, in a session, on the host of an organization that requires MFA."""
+        tenant = getattr(request, "tenant", None)
+        if tenant is None or tenant.is_public or not tenant.mfa_required:
+            return False
+        principal = getattr(request, "principal", None)
+        if isinstance(principal, Principal) and principal.kind == "api_key":
+            return False
+        if not request.user.is_authenticated or request.path_info.startswith(_OPEN_PREFIXES):
+            return False
+        return bool(member_permissions(request))
+
+    def _refusal(self, request: HttpRequest) -> HttpResponse | None:
+        if not self._applies(request):
+            return None
+        # Asked each time (one indexed query, only in organizations that require MFA): a factor
+        # removed mid-session stops counting at once.
+        user_id = request.user.pk
+        assert user_id is not None  # signed in (checked in _applies)
+        has_factor = user_has_mfa(user_id=user_id)
+        if has_factor and session_used_mfa(request):
+            return None
+        if request.path_info.startswith(_API_PREFIXES):
+            message = (
+                "this organization requires two-factor authentication: sign in with your second factor in the portal"
+                if has_factor
+                else "this organization requires two-factor authentication: set up a second factor in the portal"
+            )
+            return JsonResponse(
+                {"error": {"message": message, "type": "permission_error", "param": None, "code": "mfa_required"}},
+                status=403,
+            )
+        tenant = request.tenant  # type: ignore[attr-defined]
+        next_query = urlencode({"next": request.get_full_path()})
+        if has_factor:
+            return HttpResponseRedirect(f"{reverse('mfa_reauthenticate')}?{next_query}")
+        messages.warning(
+            request, f"{tenant.name} requires two-factor authentication. Set up an authenticator app to continue."
+        )
+        return HttpResponseRedirect(reverse("mfa_activate_totp"))
