@@ -3,7 +3,9 @@ deep in a long log costs what the first one does."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import QuerySet
 
@@ -38,3 +40,17 @@ def audit_page(
     older = page[-1].sequence if len(rows) > size else None
     newer = page[0].sequence if before is not None and page else None
     return AuditPage(events=page, older_than=older, newer_than=newer)
+
+
+def _detail(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ", ".join(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def audit_details(event: AuditEvent) -> list[tuple[str, str]]:
+    """An event's metadata as (key, text) pairs to read on the page (empty values left out; the
+    exports keep everything exactly)."""
+    return [(key, _detail(value)) for key, value in sorted(event.metadata.items()) if value not in (None, "", [], {})]

@@ -25,7 +25,7 @@ from apps.apikeys.selectors import apikey_get, apikey_list
 from apps.apikeys.services import ApiKeyInvalid, ApiKeyRefused, apikey_create, apikey_revoke
 from apps.audit.filters import AuditEventFilter
 from apps.audit.models import AuditEvent
-from apps.portal.audit_pages import audit_page
+from apps.portal.audit_pages import audit_details, audit_page
 from apps.portal.context_processors import platform_origin
 from apps.portal.handover import HandoverRefused, handover_consume, handover_url
 from apps.portal.key_forms import ApiKeyCreateForm
@@ -216,10 +216,10 @@ def _cursor(request: HttpRequest, name: str) -> int | None:
 
 # The filters the page offers (the REST API takes these and more).
 _AUDIT_FILTER_LABELS = {
-    "action": "Action",
-    "actor": "Actor (email or key)",
-    "occurred_after": "From (UTC)",
-    "occurred_before": "Until (UTC)",
+    "action": ("Action", "Exactly this action, e.g. apikey.created"),
+    "actor": ("Actor", "An email, or a key's label"),
+    "occurred_after": ("From (UTC)", ""),
+    "occurred_before": ("Until (UTC)", ""),
 }
 
 
@@ -230,8 +230,8 @@ def audit(request: HttpRequest) -> HttpResponse:
     """The audit log, newest first, filtered as the REST API filters it, paged by keyset."""
     filterset = AuditEventFilter(request.GET, queryset=AuditEvent.objects.all())
     form = filterset.form
-    for name, label in _AUDIT_FILTER_LABELS.items():
-        form.fields[name].label = label
+    for name, (label, help_text) in _AUDIT_FILTER_LABELS.items():
+        form.fields[name].label, form.fields[name].help_text = label, help_text
     for name in ("occurred_after", "occurred_before"):
         form.fields[name].widget.input_type = "datetime-local"
     valid = filterset.is_valid()
@@ -250,6 +250,7 @@ def audit(request: HttpRequest) -> HttpResponse:
             "filter_form": form,
             "filter_fields": [form[name] for name in _AUDIT_FILTER_LABELS],
             "page": page,
+            "rows": [(event, audit_details(event)) for event in page.events],
             "filter_query": query,
             "filtered": bool(filters),
         },
