@@ -355,3 +355,50 @@ def test_an_owner_turns_the_requirement_on_after_setting_up_their_own(
     assert b"badge--ok" in client.get("/settings/security/").content
     assert "organization.mfa_required_changed" in _actions(tenant_a)
     assert "organization.mfa_required_changed" not in _actions(tenant_b)
+
+
+def test_failed_sign_ins_are_recorded_in_the_organization_of_their_host_only(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    tenant_a, tenant_b = two_tenants
+    user = _member("failing@mfa.example", tenant_a, tenant_b)
+    client_for("tenant-a.localhost").post("/accounts/login/", {"login": user.email, "password": "wrong"})
+    # On the platform host no organization is named: nothing is written anywhere.
+    client_for("localhost").post("/accounts/login/", {"login": user.email, "password": "wrong"})
+    assert _actions(tenant_a).count("account.sign_in_failed") == 1
+    assert "account.sign_in_failed" not in _actions(tenant_b)
+    with organization_schema(tenant_a):
+        event = AuditEvent.objects.get(action="account.sign_in_failed")
+    assert event.metadata["login"] == user.email and event.metadata["host"] == "tenant-a.localhost"
+    assert event.actor_kind == "system"
+
+
+def test_removing_a_factor_is_recorded_in_every_organization_of_the_person(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    tenant_a, tenant_b = two_tenants
+    user = _member("removing@mfa.example", tenant_a, tenant_b)
+    secret = _with_totp(user)
+    client = client_for("tenant-a.localhost")
+    _password_step(client, user.email)
+    assert client.post("/accounts/2fa/authenticate/", {"code": _code(secret)}).status_code == 302
+    # allauth asks for the password again before a factor is removed.
+    assert client.post("/accounts/reauthenticate/", {"password": PASSWORD}).status_code == 302
+    removed = client.post("/accounts/2fa/totp/deactivate/")
+    assert removed.status_code == 302
+    assert not Authenticator.objects.filter(user=user, type="totp").exists()
+    assert "account.mfa_deactivated" in _actions(tenant_a)
+    assert "account.mfa_deactivated" in _actions(tenant_b)
+
+
+def test_security_keys_use_one_relying_party_for_every_host(db: None, client_for: ClientFor) -> None:
+    user = _member("webauthn@mfa.example")
+    client = client_for("tenant-a.localhost")
+    client.force_login(user)
+    client.post("/accounts/reauthenticate/", {"password": PASSWORD})
+    page = client.get("/accounts/2fa/webauthn/add/")
+    assert page.status_code == 200
+    # The creation options name the platform's domain, so a key added here also answers a
+    # sign-in on the platform host.
+    options = page.context["js_data"]["creation_options"]
+    assert options["publicKey"]["rp"]["id"] == "localhost"
