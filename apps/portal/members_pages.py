@@ -21,6 +21,7 @@ from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
 from apps.rbac.selectors import (
     custom_role_list,
+    invitation_address_verified,
     invitation_for_token,
     invitation_link_origin,
     invitation_open_list,
@@ -300,6 +301,8 @@ def invitation_accept_page(request: HttpRequest, token: str) -> HttpResponseBase
         "invitation": invitation,
         "role_label": _role_label(invitation),
         "state": invitation_state(invitation),
+        "address_verified": request.user.is_authenticated
+        and invitation_address_verified(invitation=invitation, user=_user(request)),
     }
     if request.method == "POST":
         if not request.user.is_authenticated:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import time
 
+from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
@@ -135,3 +136,8 @@ def invitation_link_origin(*, request: HttpRequest, organization: Organization) 
     default_port = "443" if request.is_secure() else "80"
     suffix = f":{port}" if port and port != default_port else ""
     return f"{request.scheme}://{host}{suffix}"
+
+
+def invitation_address_verified(*, invitation: Invitation, user: User) -> bool:
+    """Whether the user holds the invited address, verified (the one who may accept)."""
+    return bool(EmailAddress.objects.filter(user=user, email__iexact=invitation.email, verified=True).exists())

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from datetime import timedelta
 from functools import partial
 
-from allauth.account.models import EmailAddress
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
@@ -24,6 +23,7 @@ from apps.audit.services import audit_record
 from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
 from apps.rbac.selectors import (
+    invitation_address_verified,
     invitation_open_list,
     invitation_state,
     invitation_token_hash,
@@ -453,7 +453,7 @@ def invitation_accept(*, organization: Organization, token: str, user: User) -> 
             "expired": ("invitation_expired", "this invitation has expired: ask for a new one"),
         }
         raise MembershipChangeRefused(*messages[state])
-    if not EmailAddress.objects.filter(user=user, email__iexact=invitation.email, verified=True).exists():
+    if not invitation_address_verified(invitation=invitation, user=user):
         raise MembershipChangeRefused(
             "wrong_email", f"this invitation is for {invitation.email}: sign in with that verified address"
         )

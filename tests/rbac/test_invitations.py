@@ -8,19 +8,23 @@ import re
 from datetime import timedelta
 
 import pytest
+from allauth.account.models import EmailAddress
 from django.core import mail
 from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from apps.accounts.models import User
 from apps.accounts.services import email_verified_ensure
+from apps.apikeys.services import apikey_create
 from apps.audit.models import AuditEvent
 from apps.billing.models import Plan
 from apps.rbac.models import Invitation, Membership, Role
+from apps.rbac.permissions import role_permissions
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
-from tests.factories import member_make
+from tests.factories import TEST_ACTOR, member_make
 
 _LINK = re.compile(r"https?://[^\s]+/invitations/[A-Za-z0-9_-]+/")
 
@@ -221,3 +225,44 @@ def test_an_invitation_of_one_organization_is_unknown_to_another(
 def test_invite_requires_members_manage_through_the_api(tenant: Organization, role: str) -> None:
     client = _client(tenant, member_make(organization=tenant, role=role))
     _error(_invite(client, "x@example.com"), 403, "permission_denied")
+
+
+def _key_client(organization: Organization, scopes: list[str]) -> APIClient:
+    issued = apikey_create(organization=organization, name="invites", actor=TEST_ACTOR, scopes=scopes)
+    client = APIClient(HTTP_HOST="localhost")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.key}")
+    return client
+
+
+def test_an_api_key_invites_within_its_scopes(roomy: Organization) -> None:
+    viewer_and_manager = [*sorted(p.value for p in role_permissions(Role.VIEWER)), "members:manage"]
+    manager = _key_client(roomy, viewer_and_manager)
+    created = manager.post("/api/v1/invitations", {"email": "by-key@example.com", "role": "viewer"}, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["invited_by"]
+    # The link leads to the organization's host even when the key called the platform host.
+    assert _link_for("by-key@example.com").startswith(f"http://{roomy.slug}.localhost/invitations/")
+    # The key holds less than a Developer: inviting one is above it.
+    _error(
+        manager.post("/api/v1/invitations", {"email": "dev@example.com", "role": "developer"}, format="json"),
+        403,
+        "above_your_role",
+    )
+    reader = _key_client(roomy, ["jobs:read"])
+    assert reader.get("/api/v1/invitations").status_code == 403
+    assert (
+        reader.post("/api/v1/invitations", {"email": "x@example.com", "role": "viewer"}, format="json").status_code
+        == 403
+    )
+
+
+def test_accepting_with_a_verified_secondary_address(roomy: Organization) -> None:
+    owner = _client(roomy, member_make(organization=roomy, role=Role.OWNER))
+    _invite(owner, "work@example.com")
+    link = _link_for("work@example.com")
+    person = _verified_user("personal@example.com")
+    EmailAddress.objects.create(user=person, email="work@example.com", verified=True, primary=False)
+    client = _client(roomy, person)
+    assert b"Accept the invitation" in client.get(_path(link)).content
+    assert client.post(_path(link)).status_code == 302
+    assert Membership.objects.filter(organization=roomy, user=person, role=Role.DEVELOPER).exists()
