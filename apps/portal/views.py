@@ -30,7 +30,7 @@ from apps.portal.context_processors import platform_origin
 from apps.portal.handover import HandoverRefused, handover_consume, handover_url
 from apps.portal.key_forms import ApiKeyCreateForm
 from apps.portal.selectors import portal_membership, portal_memberships
-from apps.rbac.decorators import member_permissions, permission_required
+from apps.rbac.decorators import member_may, member_permissions, permission_required
 from apps.rbac.permissions import Permission
 from apps.tenants.errors import ProvisioningError
 from apps.tenants.models import Organization
@@ -63,7 +63,12 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "portal/home.html",
-        {"organization": organization, "membership": membership, "base_domain": settings.BASE_DOMAIN},
+        {
+            "organization": organization,
+            "membership": membership,
+            "base_domain": settings.BASE_DOMAIN,
+            "may_manage_keys": member_may(request, Permission.KEYS_MANAGE),
+        },
     )
 
 

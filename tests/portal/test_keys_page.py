@@ -3,11 +3,15 @@ revoke (and the gateway refuses the key at once), per organization and per role.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterator
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.accounts.models import User
@@ -161,3 +165,33 @@ def test_roles_without_keys_manage_neither_see_nor_use_the_page(
 def test_signed_out_is_sent_to_sign_in(two_tenants: tuple[Organization, Organization], client_for: ClientFor) -> None:
     answer = client_for("tenant-a.localhost").get("/keys/")
     assert answer.status_code == 302 and "/accounts/login/" in answer["Location"]
+
+
+def test_the_list_shows_status_and_binding_with_queries_constant_in_the_number_of_keys(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    client, user = signed_in(client_for, organization, "owner")
+    assert b'href="/keys/"' in client.get("/").content  # home points to the page
+
+    def counted_page() -> tuple[int, str]:
+        connection.queries_log.clear()  # a full log (9,000 queries) would make every count zero
+        with CaptureQueriesContext(connection) as queries:
+            html = client.get("/keys/").content.decode()
+        return len(queries), html
+
+    apikey_create(organization=organization, name="bound one", actor=TEST_ACTOR, scopes=["llm:invoke"], user=user)
+    client.get("/keys/")  # warm per-process caches
+    few, _ = counted_page()
+    soon = timezone.now() + dt.timedelta(seconds=1)
+    expiring = apikey_create(
+        organization=organization, name="short lived", actor=TEST_ACTOR, scopes=["jobs:read"], expires_at=soon
+    )
+    for number in range(20):
+        apikey_create(organization=organization, name=f"bulk {number}", actor=TEST_ACTOR, scopes=["jobs:read"])
+    ApiKey.objects.filter(pk=expiring.api_key.pk).update(expires_at=timezone.now() - dt.timedelta(minutes=1))
+    many, html = counted_page()
+    assert many == few
+    assert f"bound to {user.email}" in html and "bulk 19" in html
+    row = html[html.index("short lived") :]
+    assert row.index("Expired") < row.index("</tr>")
