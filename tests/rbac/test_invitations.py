@@ -272,3 +272,16 @@ def test_accepting_with_a_verified_secondary_address(roomy: Organization) -> Non
     assert b"Accept the invitation" in client.get(_path(link)).content
     assert client.post(_path(link)).status_code == 302
     assert Membership.objects.filter(organization=roomy, user=person, role=Role.DEVELOPER).exists()
+
+
+def test_operators_see_invitations_in_the_admin_without_their_token(roomy: Organization) -> None:
+    owner = _client(roomy, member_make(organization=roomy, role=Role.OWNER))
+    invitation_id = _invite(owner, "listed@example.com").json()["id"]  # type: ignore[attr-defined]
+    operator = User.objects.create_superuser(email="ops-invites@example.com", password="a-long-password-1")
+    admin = Client(HTTP_HOST="localhost")
+    admin.force_login(operator)
+    listed = admin.get("/admin/rbac/invitation/", {"q": roomy.slug})
+    assert listed.status_code == 200 and b"listed@example.com" in listed.content
+    detail = admin.get(f"/admin/rbac/invitation/{invitation_id}/change/")
+    token_hash = Invitation.objects.get(pk=invitation_id).token_hash
+    assert detail.status_code == 200 and token_hash.encode() not in detail.content
