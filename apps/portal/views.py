@@ -161,6 +161,12 @@ def _member_principal(request: HttpRequest) -> Principal:
     return dataclasses.replace(Principal.for_user(_user(request)), permissions=member_permissions(request))
 
 
+_FORM_SENT_TWICE = (
+    "This form was already sent, and its key created (and shown) then: no second key was made. "
+    "If you didn't copy the key, revoke it below and create another."
+)
+
+
 @permission_required(Permission.KEYS_MANAGE)
 @never_cache
 def keys(request: HttpRequest) -> HttpResponse:
@@ -171,7 +177,9 @@ def keys(request: HttpRequest) -> HttpResponse:
     issued = None
     status = 200
     if request.method == "POST":
-        if form.is_valid():
+        if form.is_valid() and not form.submission_claim(organization_id=organization.pk):
+            form.add_error(None, _FORM_SENT_TWICE)
+        elif form.is_valid():
             try:
                 issued = apikey_create(
                     organization=organization,
@@ -182,6 +190,7 @@ def keys(request: HttpRequest) -> HttpResponse:
                     user=_user(request) if form.cleaned_data["bind_to_me"] else None,
                 )
             except (ApiKeyInvalid, ApiKeyRefused) as refused:
+                form.submission_release(organization_id=organization.pk)
                 form.add_error("scopes" if getattr(refused, "param", "scopes") == "scopes" else None, str(refused))
         if issued is None:
             status = 400

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -195,3 +196,24 @@ def test_the_list_shows_status_and_binding_with_queries_constant_in_the_number_o
     assert f"bound to {user.email}" in html and "bulk 19" in html
     row = html[html.index("short lived") :]
     assert row.index("Expired") < row.index("</tr>")
+
+
+def test_sending_the_same_form_twice_creates_one_key(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    client, _ = signed_in(client_for, organization, "developer")
+    form = client.get("/keys/").content.decode()
+    submission = re.search(r'name="submission" value="([^"]+)"', form)
+    assert submission is not None
+    data = {"name": "double click", "scopes": ["llm:invoke"], "submission": submission.group(1)}
+    first = client.post("/keys/", data)
+    assert first.status_code == 200 and 'id="new-key"' in first.content.decode()
+    again = client.post("/keys/", data)  # a reload of the answer, or a second click
+    assert again.status_code == 400 and b"already sent" in again.content and b'id="new-key"' not in again.content
+    assert ApiKey.objects.filter(organization=organization, name="double click").count() == 1
+
+    # A refused form may be corrected and sent again with the same value.
+    refused = {"name": "corrected", "scopes": ["admin"], "submission": uuid.uuid4().hex}
+    assert client.post("/keys/", refused).status_code == 400
+    assert client.post("/keys/", {**refused, "scopes": ["llm:invoke"]}).status_code == 200
