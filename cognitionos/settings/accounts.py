@@ -42,8 +42,11 @@ MFA_ADAPTER = "apps.accounts.adapter.MFAAdapter"
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_TOTP_ISSUER = "CognitionOS"
 MFA_RECOVERY_CODE_COUNT = 10
-# A passkey is a second factor here, not a way to sign in without the password.
-MFA_PASSKEY_LOGIN_ENABLED = False
+# "Sign in with a passkey" (no password). It counts as a sign-in with a second factor (allauth
+# records it as MFA), which holds only if the authenticator verified the person (PIN, biometrics):
+# user verification is required of every security key and passkey, for both uses.
+MFA_PASSKEY_LOGIN_ENABLED = True
+MFA_WEBAUTHN_USER_VERIFICATION = "required"
 # Browsers allow WebAuthn on http only for localhost; development serves *.localhost over http.
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("DEBUG", False)
 # Counted per client address as apps.tenants.middleware.client_address does (TRUSTED_PROXY_COUNT).

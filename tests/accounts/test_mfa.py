@@ -402,3 +402,9 @@ def test_security_keys_use_one_relying_party_for_every_host(db: None, client_for
     # sign-in on the platform host.
     options = page.context["js_data"]["creation_options"]
     assert options["publicKey"]["rp"]["id"] == "localhost"
+
+
+def test_the_sign_in_page_offers_a_passkey(db: None, client_for: ClientFor) -> None:
+    page = client_for("localhost").get("/accounts/login/")
+    assert page.status_code == 200
+    assert b"Sign in with a passkey" in page.content

@@ -50,7 +50,7 @@ def team(live_db: LiveDb) -> Any:
 def _sign_in(page: Any, url: str, email: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign In").click()
+    page.get_by_role("button", name="Sign In", exact=True).click()
 
 
 def _unlabeled_fields(page: Any) -> list[str]:

@@ -100,6 +100,6 @@ def test_sign_up_verify_enter_sign_out_and_sign_in_again(
     assert _unlabeled_fields(page) == []
     page.get_by_label("Email").fill(EMAIL)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign In").click()
+    page.get_by_role("button", name="Sign In", exact=True).click()
     page.wait_for_url(home_url)
     expect(page.get_by_role("heading", name="Acme End to End", level=1)).to_be_visible()
