@@ -6,8 +6,12 @@ from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.mfa.adapter import DefaultMFAAdapter
+from allauth.mfa.models import Authenticator
 from django.conf import settings
 from django.http import HttpRequest
+
+from apps.accounts.selectors import MFA_FACTOR_TYPES
+from apps.tenants.models import Organization
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -24,6 +28,25 @@ class AccountAdapter(DefaultAccountAdapter):
 
 
 class MFAAdapter(DefaultMFAAdapter):
+    error_messages = {
+        **DefaultMFAAdapter.error_messages,
+        "cannot_delete_authenticator": "An organization you belong to requires two-factor authentication: "
+        "add another authenticator before removing this one.",
+    }
+
+    def can_delete_authenticator(self, authenticator: Authenticator) -> bool:
+        # The last factor of a member of an organization that requires one stays (asked by
+        # allauth before an authenticator app is deactivated).
+        if authenticator.type not in MFA_FACTOR_TYPES:
+            return True
+        others = Authenticator.objects.filter(user_id=authenticator.user_id, type__in=MFA_FACTOR_TYPES).exclude(
+            pk=authenticator.pk
+        )
+        if others.exists():
+            return True
+        # Through the membership relation: the rbac app sits above accounts.
+        return not Organization.objects.filter(memberships__user_id=authenticator.user_id, mfa_required=True).exists()
+
     def get_public_key_credential_rp_entity(self) -> dict[str, str]:
         # One relying party for the platform host and every organization's host under it: a
         # security key added on acme.<BASE_DOMAIN> also answers a sign-in on <BASE_DOMAIN>.

@@ -408,3 +408,20 @@ def test_the_sign_in_page_offers_a_passkey(db: None, client_for: ClientFor) -> N
     page = client_for("localhost").get("/accounts/login/")
     assert page.status_code == 200
     assert b"Sign in with a passkey" in page.content
+
+
+def test_the_last_factor_of_a_member_of_an_organization_requiring_mfa_stays(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    tenant_a, _tenant_b = two_tenants
+    _require_mfa(tenant_a)
+    user = _member("keeping@mfa.example", tenant_a)
+    secret = _with_totp(user)
+    client = client_for("tenant-a.localhost")
+    _password_step(client, user.email)
+    assert client.post("/accounts/2fa/authenticate/", {"code": _code(secret)}).status_code == 302
+    assert client.post("/accounts/reauthenticate/", {"password": PASSWORD}).status_code == 302
+    refused = client.post("/accounts/2fa/totp/deactivate/")
+    assert refused.status_code == 200
+    assert b"requires two-factor authentication" in refused.content
+    assert Authenticator.objects.filter(user=user, type="totp").exists()
