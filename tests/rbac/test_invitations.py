@@ -21,6 +21,7 @@ from apps.audit.models import AuditEvent
 from apps.billing.models import Plan
 from apps.rbac.models import Invitation, Membership, Role
 from apps.rbac.permissions import role_permissions
+from apps.rbac.services import custom_role_create
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
@@ -285,3 +286,28 @@ def test_operators_see_invitations_in_the_admin_without_their_token(roomy: Organ
     detail = admin.get(f"/admin/rbac/invitation/{invitation_id}/change/")
     token_hash = Invitation.objects.get(pk=invitation_id).token_hash
     assert detail.status_code == 200 and token_hash.encode() not in detail.content
+
+
+def test_an_invitation_to_a_custom_role(roomy: Organization) -> None:
+    auditors = custom_role_create(organization=roomy, name="Auditors", permissions=["audit:read"], actor=TEST_ACTOR)
+    owner = _client(roomy, member_make(organization=roomy, role=Role.OWNER))
+    created = owner.post(
+        "/api/v1/invitations",
+        {"email": "auditor@example.com", "custom_role": auditors.pk},
+        content_type="application/json",
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["role"] == "" and created.json()["custom_role"]["name"] == "Auditors"
+    _error(
+        owner.post(
+            "/api/v1/invitations", {"email": "y@example.com", "custom_role": 2**31 - 1}, content_type="application/json"
+        ),
+        400,
+        "unknown_role",
+    )
+    # The portal offers it too, and the invitee gets that role.
+    page = owner.get("/members/").content.decode()
+    assert f'<option value="custom:{auditors.pk}">Auditors (custom)</option>' in page
+    auditor = _verified_user("auditor@example.com")
+    assert _client(roomy, auditor).post(_path(_link_for("auditor@example.com"))).status_code == 302
+    assert Membership.objects.get(organization=roomy, user=auditor).custom_role_id == auditors.pk
