@@ -20,7 +20,7 @@ Not affected:
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from allauth.account.authentication import get_authentication_records
 from django.contrib import messages
@@ -81,10 +81,28 @@ class OrganizationMfaMiddleware:
                 status=403,
             )
         tenant = request.tenant  # type: ignore[attr-defined]
-        next_query = urlencode({"next": request.get_full_path()})
         if has_factor:
-            return HttpResponseRedirect(f"{reverse('mfa_reauthenticate')}?{next_query}")
+            return _redirect(request, f"{reverse('mfa_reauthenticate')}?{urlencode({'next': _next_path(request)})}")
         messages.warning(
             request, f"{tenant.name} requires two-factor authentication. Set up an authenticator app to continue."
         )
-        return HttpResponseRedirect(reverse("mfa_activate_totp"))
+        return _redirect(request, reverse("mfa_activate_totp"))
+
+
+def _next_path(request: HttpRequest) -> str:
+    # An HTMX request is for a fragment: come back to the page it was made from, not the fragment.
+    current = request.headers.get("HX-Current-URL", "")
+    if request.headers.get("HX-Request") == "true" and current:
+        parts = urlsplit(current)
+        if parts.netloc == request.get_host():
+            return parts.path + (f"?{parts.query}" if parts.query else "")
+    return request.get_full_path()
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    if request.headers.get("HX-Request") == "true":
+        # A 302 would be followed by htmx and the whole page swapped into a fragment's place.
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return HttpResponseRedirect(url)

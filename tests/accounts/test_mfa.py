@@ -425,3 +425,21 @@ def test_the_last_factor_of_a_member_of_an_organization_requiring_mfa_stays(
     assert refused.status_code == 200
     assert b"requires two-factor authentication" in refused.content
     assert Authenticator.objects.filter(user=user, type="totp").exists()
+
+
+def test_an_htmx_request_is_sent_to_the_page_not_swapped(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    tenant_a, _tenant_b = two_tenants
+    _require_mfa(tenant_a)
+    user = _member("htmx@mfa.example", tenant_a)
+    _with_totp(user)
+    client = client_for("tenant-a.localhost")
+    client.force_login(user)
+    response = client.get(
+        "/keys/", HTTP_HX_REQUEST="true", HTTP_HX_CURRENT_URL="http://tenant-a.localhost/members/?page=2"
+    )
+    assert response.status_code == 204
+    target = urlsplit(response["HX-Redirect"])
+    assert target.path == "/accounts/2fa/reauthenticate/"
+    assert parse_qs(target.query)["next"] == ["/members/?page=2"]
