@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from django.db import connections
 
 from apps.ops.management.commands.up import web_binds
-from tests.support.processes import ROOT, database_url_for_subprocess
+from tests.support.processes import ROOT, free_port, gunicorn_serving
 
 # Playwright's sync API runs an event loop in the test's thread; the test still reads and writes
 # the database from that thread, which Django would otherwise refuse as "async".
@@ -71,12 +67,6 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class LiveServer:
     def __init__(self, port: int, mailbox: Path) -> None:
         self.port = port
@@ -90,40 +80,11 @@ class LiveServer:
 @pytest.fixture
 def portal_server(live_db: Any, tmp_path: Path) -> Iterator[LiveServer]:
     """gunicorn on the test database; its mail goes to a folder of this test."""
-    port = _free_port()
+    port = free_port()
     mailbox = tmp_path / "mail"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_subprocess(),
-        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
-        "COGNITIONOS_MAILBOX_DIR": str(mailbox),
-        "WEB_PROCESSES": "1",
-        "WEB_THREADS": "4",
-    }
-    binds = [arg for bind in web_binds("127.0.0.1", port) for arg in ("--bind", bind)]
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "-c", "python:cognitionos.gunicorn_conf"),
-            *("cognitionos.wsgi:application", *binds, "--access-logfile", "/dev/null"),
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.2)
+    env = {"COGNITIONOS_MAILBOX_DIR": str(mailbox), "WEB_PROCESSES": "1", "WEB_THREADS": "4"}
+    with gunicorn_serving(port=port, env=env, binds=web_binds("127.0.0.1", port)):
         yield LiveServer(port, mailbox)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

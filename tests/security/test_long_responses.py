@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,24 +20,14 @@ from apps.tenants.connection import tenant_connection
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
 from tests.support.fake_provider import FakeProvider
-from tests.support.processes import ROOT, database_url_for_subprocess
+from tests.support.processes import free_port, gunicorn_serving
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _gunicorn(port: int, provider: FakeProvider) -> Iterator[str]:
-    import subprocess
-
+def _gunicorn(provider: FakeProvider) -> Any:
+    """One process with 4 threads (a cap of 2 long responses), the fake provider as the platform's."""
     env = {
-        **os.environ,
-        "DATABASE_URL": database_url_for_subprocess(),
-        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
         "WEB_PROCESSES": "1",
         "WEB_THREADS": "4",
         "OPENAI_API_KEY": "sk-test-platform",
@@ -48,30 +35,7 @@ def _gunicorn(port: int, provider: FakeProvider) -> Iterator[str]:
         "ANTHROPIC_API_KEY": "sk-ant-test-platform",
         "ANTHROPIC_BASE_URL": provider.anthropic_base_url,
     }
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "-c", "python:cognitionos.gunicorn_conf"),
-            *("cognitionos.wsgi:application", "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"),
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx2.get(f"{base}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.2)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    return gunicorn_serving(port=free_port(), env=env)
 
 
 @pytest.fixture
@@ -89,7 +53,7 @@ def test_streams_over_the_cap_are_refused_and_short_requests_still_answered(
     key = apikey_create(organization=organization, name="streams", actor=TEST_ACTOR).key
     headers = {"Authorization": f"Bearer {key}", "Host": "localhost"}
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}], "stream": True}
-    for base in _gunicorn(_free_port(), slow_provider):
+    with _gunicorn(slow_provider) as base:
         opened: list[int] = []
         release = threading.Event()
         hold = functools.partial(_hold_a_stream, f"{base}/v1/chat/completions", chat, headers, opened, release)

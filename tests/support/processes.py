@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,3 +45,46 @@ def run_cognitionos(*args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         timeout=120,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gunicorn_serving(*, port: int, env: dict[str, str], binds: list[str] | None = None) -> Iterator[str]:
+    """The production web server (gunicorn_conf) on the test database, answering /health/live when
+    this yields its base URL; `env` adds settings (WEB_THREADS, provider URLs). Stopped on exit."""
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_subprocess(),
+        "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
+        **env,
+    }
+    arguments = [arg for bind in (binds or [f"127.0.0.1:{port}"]) for arg in ("--bind", bind)]
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gunicorn", "-c", "python:cognitionos.gunicorn_conf"),
+            *("cognitionos.wsgi:application", *arguments, "--access-logfile", "/dev/null"),
+        ],
+        cwd=ROOT,
+        env=environment,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
