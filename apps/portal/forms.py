@@ -1,22 +1,42 @@
-"""Sign-up: the account and its first organization, in one form and one transaction."""
+"""Sign-up: the account and its first organization, in one form and one transaction; or, following
+an invitation link, the account alone, joining the inviting organization once its address is verified."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from allauth.account.forms import SignupForm as AllauthSignupForm
+from allauth.core import context as allauth_context
 from django import forms
 from django.conf import settings
+from django.contrib import messages
 from django.db import transaction
 from django.http import HttpRequest
 from django.urls import reverse_lazy
 from django.utils.html import escape
+from django_tenants.utils import get_public_schema_name, schema_context
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
+from apps.rbac.models import Invitation
+from apps.rbac.selectors import invitation_for_token, invitation_state
 from apps.tenants.errors import ProvisioningError
 from apps.tenants.models import Organization
 from apps.tenants.services import organization_create, slug_validate
+
+# The session remembers the invitation a sign-up followed until the address is verified
+# (apps.portal.receivers accepts it then). The token stays server-side, in the session store.
+SIGNUP_INVITATION_SESSION_KEY = "portal.signup_invitation"
+
+_INVITATION_PROBLEMS = {
+    "accepted": "This invitation was accepted already.",
+    "revoked": "This invitation was revoked: ask for a new one.",
+    "expired": "This invitation has expired: ask for a new one.",
+}
+
+
+def _invitation_label(invitation: Invitation) -> str:
+    return invitation.custom_role.name if invitation.custom_role is not None else str(invitation.role)
 
 
 class SignupForm(AllauthSignupForm):
@@ -49,9 +69,12 @@ class SignupForm(AllauthSignupForm):
             }
         ),
     )
-    field_order = ["email", "password1", "password2", "organization_name", "organization_slug"]
+    # The token of the invitation being followed, carried from the link (?invitation=) to the POST.
+    invitation = forms.CharField(required=False, widget=forms.HiddenInput)
+    field_order = ["email", "password1", "password2", "organization_name", "organization_slug", "invitation"]
 
     organization: Organization | None = None
+    invited: Invitation | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,6 +83,57 @@ class SignupForm(AllauthSignupForm):
             "3 to 40 lowercase letters, digits and single hyphens, starting with a letter. "
             f"Your portal will be at <address>.{settings.BASE_DOMAIN}."
         )
+        self.invited = self._invitation_followed()
+        if self.invited is not None:
+            # An invited person joins the inviting organization: they create none.
+            del self.fields["organization_name"]
+            del self.fields["organization_slug"]
+            self.fields["email"].initial = self.invited.email
+            self.fields["email"].help_text = escape(
+                f"You were invited to {self.invited.organization.name} as {_invitation_label(self.invited)}: "
+                f"sign up with {self.invited.email}."
+            )
+
+    def _invitation_followed(self) -> Invitation | None:
+        """The open invitation of this host's organization that the sign-up follows, if any. A token
+        that opens nothing here (unknown, another organization's, used, revoked, expired) falls back
+        to a normal sign-up, with the reason shown."""
+        # allauth doesn't hand the sign-up form its request; its middleware keeps it at hand.
+        request: HttpRequest | None = allauth_context.request
+        if request is None:
+            return None
+        source = request.POST if self.is_bound else request.GET
+        token = str(source.get("invitation", "") or "")
+        if not token:
+            return None
+        self.fields["invitation"].initial = token
+        tenant = getattr(request, "tenant", None)
+        problem = "This invitation link is not valid."
+        invitation: Invitation | None = None
+        if isinstance(tenant, Organization) and not tenant.is_public:
+            try:
+                invitation = invitation_for_token(organization=tenant, token=token)
+            except Invitation.DoesNotExist:
+                invitation = None
+        if invitation is not None:
+            state = invitation_state(invitation)
+            if state == "open":
+                return invitation
+            problem = _INVITATION_PROBLEMS[state]
+        self.fields["invitation"].initial = ""
+        messages.error(request, f"{problem} You can still create an account with your own organization.")
+        return None
+
+    def clean_invitation(self) -> str:
+        # Only an invitation found open here counts; a stale token is no more than a normal sign-up.
+        return str(self.cleaned_data.get("invitation") or "") if self.invited is not None else ""
+
+    def clean_email(self) -> str:
+        email = str(super().clean_email())
+        if self.invited is not None and email.lower() != self.invited.email.lower():
+            # The invitation is for one address: another one would get an account and nothing else.
+            raise forms.ValidationError(f"This invitation is for {self.invited.email}: sign up with that address.")
+        return email
 
     def clean_organization_name(self) -> str:
         name = str(self.cleaned_data["organization_name"]).strip()
@@ -80,11 +154,22 @@ class SignupForm(AllauthSignupForm):
             user: User | None = super().save(request)
             if user is None:  # allauth's answer when the address is taken and enumeration is hidden
                 return None
+            if self.invited is not None:
+                # Accepted when the address is verified (apps.portal.receivers), not before.
+                request.session[SIGNUP_INVITATION_SESSION_KEY] = {
+                    "organization_id": self.invited.organization_id,
+                    "token": self.cleaned_data["invitation"],
+                }
+                return user
+            # Organizations live in the public schema (django-tenants refuses to create one from a
+            # tenant's); sign-up is offered on every organization's host, so the creation switches
+            # there and schema_context puts the request back on its own tenant right after.
             # A slug taken by a concurrent sign-up since clean() raises here and rolls the user back.
-            self.organization = organization_create(
-                slug=self.cleaned_data["organization_slug"],
-                name=self.cleaned_data["organization_name"],
-                owner_email=user.email,
-                actor=Principal.for_user(user),
-            )
+            with schema_context(get_public_schema_name()):
+                self.organization = organization_create(
+                    slug=self.cleaned_data["organization_slug"],
+                    name=self.cleaned_data["organization_name"],
+                    owner_email=user.email,
+                    actor=Principal.for_user(user),
+                )
         return user

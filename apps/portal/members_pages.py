@@ -301,6 +301,9 @@ def invitation_accept_page(request: HttpRequest, token: str) -> HttpResponseBase
         "invitation": invitation,
         "role_label": _role_label(invitation),
         "state": invitation_state(invitation),
+        # The sign-up link carries the token: the account is made without an organization of its
+        # own and joins this one once the invited address is verified (apps.portal.forms).
+        "token": token,
         "address_verified": request.user.is_authenticated
         and invitation_address_verified(invitation=invitation, user=_user(request)),
     }

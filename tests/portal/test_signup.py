@@ -123,3 +123,43 @@ def test_signup_with_a_taken_email_creates_no_organization_and_reveals_nothing(c
     assert response.status_code == 302 and response["Location"] == "/accounts/confirm-email/"
     assert not Organization.objects.filter(slug="acme-second").exists()
     assert User.objects.filter(email="dup@acme.example").count() == 1
+
+
+@pytest.mark.django_db
+def test_signup_on_an_organizations_host_creates_the_new_organization_and_lands_in_it(
+    client_for: ClientFor, tenant: Organization
+) -> None:
+    # Sign-up is offered on every organization's host too; the organization it creates lives in
+    # the public schema whichever host the request came to, and the request stays on its own.
+    host = f"{tenant.slug}.localhost"
+    visitor = client_for(host)
+    response = visitor.post(
+        "/accounts/signup/",
+        {
+            "email": "dee@beta.example",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "organization_name": "Beta",
+            "organization_slug": "beta-from-host",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert response["Location"] == "/accounts/confirm-email/"
+    organization = Organization.objects.get(slug="beta-from-host")
+    user = User.objects.get(email="dee@beta.example")
+    assert Membership.objects.get(user=user, organization=organization).role == Role.OWNER
+    assert not Membership.objects.filter(user=user, organization=tenant).exists()
+
+    link = _verification_link("dee@beta.example")
+    assert urlsplit(link).netloc == host
+    confirmed = visitor.post(urlsplit(link).path)
+    assert confirmed.status_code == 302
+    entered = visitor.get(confirmed["Location"])  # /enter/ on the first organization's host
+    handover = urlsplit(entered["Location"])
+    assert (handover.netloc, handover.path) == ("beta-from-host.localhost", "/handover/")
+    beta = client_for("beta-from-host.localhost")
+    assert beta.get(f"{handover.path}?{handover.query}")["Location"] == "/"
+    home = beta.get("/")
+    assert home.status_code == 200 and b"Beta" in home.content
+    # The first host's pages still answer from its own schema after the sign-up.
+    assert client_for(host).get("/accounts/login/").status_code == 200
