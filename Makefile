@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/access.py
 	$(BIN)/python bench/rbac.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/portal.py
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
