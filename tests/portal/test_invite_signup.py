@@ -179,3 +179,24 @@ def test_an_expired_token_says_so_and_falls_back_to_a_normal_sign_up(
     user = User.objects.get(email="late@example.com")
     browser.post(_verification_path("late@example.com"))
     assert [m.organization.slug for m in Membership.objects.filter(user=user)] == ["late-co"]
+
+
+@pytest.mark.django_db
+def test_verified_in_another_browser_the_invitation_waits_for_one_click(
+    client_for: ClientFor, organizations: tuple[Organization, Organization]
+) -> None:
+    # Only the session that signed up remembers the invitation; elsewhere the address is verified
+    # and the invitation link accepts it as for any signed-in invited person.
+    inviting, _other = organizations
+    token = _invite(inviting, "ivy@example.com")
+    _sign_up(client_for(f"{inviting.slug}.localhost"), email="ivy@example.com", token=token)
+    user = User.objects.get(email="ivy@example.com")
+
+    elsewhere = client_for(f"{inviting.slug}.localhost")
+    assert elsewhere.post(_verification_path("ivy@example.com")).status_code == 302
+    assert not Membership.objects.filter(user=user).exists()
+
+    elsewhere.force_login(user)
+    accepted = elsewhere.post(f"/invitations/{token}/")
+    assert accepted.status_code == 302 and accepted["Location"] == "/"
+    assert Membership.objects.get(user=user).organization_id == inviting.pk
