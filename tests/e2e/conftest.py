@@ -127,3 +127,19 @@ def screenshot(page: Any, name: str) -> None:
         page.set_viewport_size(size)
         page.screenshot(path=str(folder / f"{name}-{label}.png"), full_page=True)
     page.set_viewport_size(DESKTOP)
+
+
+def unlabeled_fields(page: Any) -> list[str]:
+    """Form fields a screen reader could not name."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                .filter(field => !field.labels.length && !field.getAttribute('aria-label'))
+                .map(field => field.name || field.id)"""
+        )
+    )
+
+
+def overflowing(page: Any) -> int:
+    """How far the page is wider than the window (a phone must not scroll sideways)."""
+    return int(page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth"))

@@ -13,13 +13,11 @@ from apps.accounts.models import User
 from apps.rbac.models import Membership, Role
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
-from tests.e2e.conftest import DESKTOP, LiveServer, screenshot
+from tests.e2e.conftest import DESKTOP, LiveServer, overflowing, screenshot, unlabeled_fields
 from tests.e2e.test_keys_flow import (
     PASSWORD,
     RUN,
     SLUG,
-    _overflowing,
-    _unlabeled_fields,
     cleanup,  # noqa: F401  (the fixture: removes the organization and the owner sign_up makes)
     sign_up,
 )
@@ -73,10 +71,10 @@ def test_sign_up_key_invite_role_change_and_a_verified_audit_chain(
         expect(colleague.get_by_label("Work email")).to_have_value(COLLEAGUE)
         expect(colleague.get_by_label("Organization name")).to_have_count(0)
         expect(colleague.get_by_text("You were invited to Keys End to End as developer")).to_be_visible()
-        assert _unlabeled_fields(colleague) == []
+        assert unlabeled_fields(colleague) == []
         screenshot(colleague, "signup-invited")
         colleague.set_viewport_size({"width": 390, "height": 844})
-        assert _overflowing(colleague) <= 0
+        assert overflowing(colleague) <= 0
         colleague.set_viewport_size(DESKTOP)
         colleague.get_by_label("Password", exact=True).fill(PASSWORD)
         colleague.get_by_label("Password (again)").fill(PASSWORD)

@@ -14,7 +14,7 @@ from apps.accounts.models import User
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.e2e.conftest import LiveServer, screenshot
+from tests.e2e.conftest import LiveServer, overflowing, screenshot, unlabeled_fields
 
 pytestmark = pytest.mark.integration
 
@@ -22,21 +22,6 @@ RUN = uuid.uuid4().hex[:8]
 EMAIL = f"keys-{RUN}@e2e-acme.example"
 PASSWORD = "a-long-enough-passphrase-42"
 SLUG = f"e2e-keys-{RUN}"
-
-
-def _unlabeled_fields(page: Any) -> list[str]:
-    return list(
-        page.evaluate(
-            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-                .filter(field => !field.labels.length && !field.getAttribute('aria-label'))
-                .map(field => field.name || field.id)"""
-        )
-    )
-
-
-def _overflowing(page: Any) -> int:
-    """How far the page is wider than the window (a phone must not scroll sideways)."""
-    return int(page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth"))
 
 
 @pytest.fixture
@@ -76,7 +61,7 @@ def test_create_a_key_in_the_portal_and_call_the_gateway_with_it(
     page.get_by_role("navigation", name="Portal").get_by_role("link", name="API keys").click()
     expect(page.get_by_role("heading", name="API keys", level=1)).to_be_visible()
     expect(page.get_by_text("No keys yet.")).to_be_visible()
-    assert _unlabeled_fields(page) == []
+    assert unlabeled_fields(page) == []
 
     page.get_by_label("Name").fill("first script")
     page.get_by_label("llm:invoke").check()
@@ -90,11 +75,11 @@ def test_create_a_key_in_the_portal_and_call_the_gateway_with_it(
     page.get_by_role("button", name="Copy key").click()
     expect(page.locator("#new-key-copied")).not_to_be_empty()
     expect(page.locator("tbody tr", has_text="first script")).to_have_count(1)
-    assert _unlabeled_fields(page) == []
-    assert _overflowing(page) <= 0
+    assert unlabeled_fields(page) == []
+    assert overflowing(page) <= 0
     screenshot(page, "keys-created")
     page.set_viewport_size({"width": 390, "height": 844})
-    assert _overflowing(page) <= 0
+    assert overflowing(page) <= 0
     page.set_viewport_size({"width": 1280, "height": 800})
 
     client = OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30)
@@ -112,13 +97,13 @@ def test_create_a_key_in_the_portal_and_call_the_gateway_with_it(
     page.get_by_role("navigation", name="Portal").get_by_role("link", name="Audit log").click()
     expect(page.get_by_role("heading", name="Audit log", level=1)).to_be_visible()
     expect(page.get_by_role("cell", name="apikey.created")).to_be_visible()
-    assert _unlabeled_fields(page) == []
+    assert unlabeled_fields(page) == []
     page.get_by_label("Action").fill("apikey.created")
     page.get_by_role("button", name="Apply filters").click()
     expect(page.locator("tbody tr")).to_have_count(1)
     expect(page.get_by_role("cell", name=EMAIL)).to_be_visible()
-    assert _overflowing(page) <= 0
+    assert overflowing(page) <= 0
     page.get_by_role("link", name="Clear filters").click()
     screenshot(page, "audit")
     page.set_viewport_size({"width": 390, "height": 844})
-    assert _overflowing(page) <= 0
+    assert overflowing(page) <= 0

@@ -15,7 +15,7 @@ from apps.rbac.models import Membership, Role
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.e2e.conftest import DESKTOP, LiveServer, screenshot
+from tests.e2e.conftest import DESKTOP, LiveServer, screenshot, unlabeled_fields
 from tests.factories import organization_make
 
 pytestmark = pytest.mark.integration
@@ -53,16 +53,6 @@ def _sign_in(page: Any, url: str, email: str) -> None:
     page.get_by_role("button", name="Sign In", exact=True).click()
 
 
-def _unlabeled_fields(page: Any) -> list[str]:
-    return list(
-        page.evaluate(
-            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-                .filter(field => !field.labels.length && !field.getAttribute('aria-label'))
-                .map(field => field.name)"""
-        )
-    )
-
-
 def test_invite_accept_and_make_viewer(page: Any, browser: Any, portal_server: LiveServer, team: Organization) -> None:
     from playwright.sync_api import expect
 
@@ -71,7 +61,7 @@ def test_invite_accept_and_make_viewer(page: Any, browser: Any, portal_server: L
     _sign_in(page, origin, OWNER)
     page.wait_for_url(f"{origin}/members/")
     expect(page.get_by_role("heading", name="Members", level=1)).to_be_visible()
-    assert _unlabeled_fields(page) == []
+    assert unlabeled_fields(page) == []
     page.get_by_label("Email address").fill(COLLEAGUE)
     page.get_by_label("Role", exact=True).select_option("developer")
     page.get_by_role("button", name="Send invitation").click()

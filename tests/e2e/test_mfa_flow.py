@@ -17,7 +17,7 @@ from apps.accounts.models import User
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.e2e.conftest import LiveServer, screenshot
+from tests.e2e.conftest import LiveServer, overflowing, screenshot, unlabeled_fields
 
 pytestmark = pytest.mark.integration
 
@@ -29,20 +29,6 @@ PASSWORD = "a-long-enough-passphrase-42"
 
 def _code(secret: str) -> str:
     return str(format_hotp_value(hotp_value(secret, int(time.time()) // 30)))
-
-
-def _unlabeled_fields(page: Any) -> list[str]:
-    return list(
-        page.evaluate(
-            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-                .filter(field => !field.labels.length && !field.getAttribute('aria-label'))
-                .map(field => field.name || field.id)"""
-        )
-    )
-
-
-def _overflowing(page: Any) -> int:
-    return int(page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth"))
 
 
 @pytest.fixture
@@ -72,7 +58,7 @@ def test_owner_sets_up_totp_requires_mfa_and_signs_in_with_a_code(
 
     page.get_by_role("navigation", name="Portal").get_by_role("link", name="Security").click()
     expect(page.get_by_role("heading", name="Security", level=1)).to_be_visible()
-    assert _unlabeled_fields(page) == []
+    assert unlabeled_fields(page) == []
     screenshot(page, "security-settings")
     page.get_by_label("Require two-factor authentication for all members").check()
     page.get_by_role("button", name="Save security settings").click()
@@ -86,7 +72,7 @@ def test_owner_sets_up_totp_requires_mfa_and_signs_in_with_a_code(
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Confirm").click()
     expect(page.get_by_role("heading", name="Activate Authenticator App")).to_be_visible()
-    assert _unlabeled_fields(page) == []
+    assert unlabeled_fields(page) == []
     screenshot(page, "mfa-activate-totp")
     secret = page.locator("#authenticator_secret").input_value()
     page.get_by_label("Authenticator code").fill(_code(secret))
@@ -99,7 +85,7 @@ def test_owner_sets_up_totp_requires_mfa_and_signs_in_with_a_code(
     page.get_by_role("button", name="Save security settings").click()
     expect(page.get_by_text("Two-factor authentication is now required for all members.")).to_be_visible()
     screenshot(page, "security-settings-required")
-    assert _overflowing(page) <= 0
+    assert overflowing(page) <= 0
 
     page.locator("details.usermenu summary").click()
     page.get_by_role("button", name="Sign out").click()
@@ -108,7 +94,7 @@ def test_owner_sets_up_totp_requires_mfa_and_signs_in_with_a_code(
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign In").click()
     expect(page.get_by_role("heading", name="Two-Factor Authentication")).to_be_visible()
-    assert _unlabeled_fields(page) == []
+    assert unlabeled_fields(page) == []
     screenshot(page, "mfa-authenticate")
     page.get_by_label("Code").fill(_code(secret))
     page.get_by_role("button", name="Sign In").click()

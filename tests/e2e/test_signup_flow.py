@@ -15,7 +15,7 @@ from apps.apikeys.services import apikey_create
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.e2e.conftest import LiveServer, screenshot
+from tests.e2e.conftest import LiveServer, screenshot, unlabeled_fields
 from tests.factories import TEST_ACTOR
 
 pytestmark = pytest.mark.integration
@@ -26,17 +26,6 @@ RUN = uuid.uuid4().hex[:8]
 EMAIL = f"founder-{RUN}@e2e-acme.example"
 PASSWORD = "a-long-enough-passphrase-42"
 SLUG = f"e2e-{RUN}"
-
-
-def _unlabeled_fields(page: Any) -> list[str]:
-    """Form fields a screen reader could not name."""
-    return list(
-        page.evaluate(
-            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
-                .filter(field => !field.labels.length && !field.getAttribute('aria-label'))
-                .map(field => field.name)"""
-        )
-    )
 
 
 @pytest.fixture
@@ -57,7 +46,7 @@ def test_sign_up_verify_enter_sign_out_and_sign_in_again(
 
     page.goto(f"{portal_server.url}/accounts/signup/")
     screenshot(page, "signup")
-    assert _unlabeled_fields(page) == []
+    assert unlabeled_fields(page) == []
     page.get_by_label("Work email").fill(EMAIL)
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_label("Password (again)").fill(PASSWORD)
@@ -97,7 +86,7 @@ def test_sign_up_verify_enter_sign_out_and_sign_in_again(
 
     page.goto(f"{portal_server.url}/accounts/login/")
     screenshot(page, "signin")
-    assert _unlabeled_fields(page) == []
+    assert unlabeled_fields(page) == []
     page.get_by_label("Email").fill(EMAIL)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign In", exact=True).click()
