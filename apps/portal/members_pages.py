@@ -16,6 +16,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
+from apps.portal.caller import caller_organization, caller_user
 from apps.rbac.decorators import member_may, permission_required
 from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
@@ -37,19 +38,8 @@ from apps.rbac.services import (
     membership_remove,
     membership_role_change,
 )
-from apps.tenants.models import Organization
 
 _CUSTOM_PREFIX = "custom:"
-
-
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)
-    return user
-
-
-def _tenant(request: HttpRequest) -> Organization:
-    return request.tenant  # type: ignore[attr-defined,no-any-return]
 
 
 @dataclass(frozen=True)
@@ -142,8 +132,8 @@ def _rows(memberships: list[Membership], actor: _Actor, user: User, may_manage: 
 
 
 def _page(request: HttpRequest, form: InviteForm | None = None, status: int = 200) -> HttpResponse:
-    organization = _tenant(request)
-    user = _user(request)
+    organization = caller_organization(request)
+    user = caller_user(request)
     # Three queries whatever the number of members: members (with users and custom roles), open
     # invitations, custom roles.
     memberships = list(membership_list(organization=organization))
@@ -176,10 +166,10 @@ def members(request: HttpRequest) -> HttpResponse:
     """GET: the page. POST: the invite form."""
     if request.method != "POST":
         return _page(request)
-    organization = _tenant(request)
+    organization = caller_organization(request)
     custom_roles = list(custom_role_list(organization=organization))
     memberships = list(membership_list(organization=organization))
-    form = InviteForm(request.POST, role_choices=_role_choices(_actor(memberships, _user(request)), custom_roles))
+    form = InviteForm(request.POST, role_choices=_role_choices(_actor(memberships, caller_user(request)), custom_roles))
     if not form.is_valid():
         return _page(request, form=form, status=400)
     try:
@@ -187,7 +177,7 @@ def members(request: HttpRequest) -> HttpResponse:
             organization=organization,
             email=form.cleaned_data["email"],
             role=_role_parse(form.cleaned_data["role"], custom_roles),
-            actor=Principal.for_user(_user(request)),
+            actor=Principal.for_user(caller_user(request)),
             link_origin=invitation_link_origin(request=request, organization=organization),
         )
     except MembershipChangeRefused as refused:
@@ -198,14 +188,14 @@ def members(request: HttpRequest) -> HttpResponse:
 
 
 def _member(request: HttpRequest, membership_id: int) -> Membership | None:
-    return membership_list(organization=_tenant(request)).filter(pk=membership_id).first()
+    return membership_list(organization=caller_organization(request)).filter(pk=membership_id).first()
 
 
 @require_POST
 @permission_required({"POST": Permission.MEMBERS_MANAGE})
 def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
     """Change a member's role: with HTMX the row is answered in place, otherwise back to the page."""
-    organization = _tenant(request)
+    organization = caller_organization(request)
     membership = _member(request, membership_id)
     if membership is None:
         return HttpResponse("No such member.", status=404)
@@ -216,7 +206,7 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
             organization=organization,
             membership=membership,
             role=_role_parse(request.POST.get("role", ""), custom_roles),
-            actor=Principal.for_user(_user(request)),
+            actor=Principal.for_user(caller_user(request)),
         )
     except MembershipChangeRefused as refused:
         error = str(refused).capitalize() + "."
@@ -229,11 +219,11 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
             )
         return redirect("portal-members")
     memberships = list(membership_list(organization=organization))
-    actor = _actor(memberships, _user(request))
+    actor = _actor(memberships, caller_user(request))
     row = next(
         (
             row
-            for row in _rows(memberships, actor, _user(request), may_manage=True)
+            for row in _rows(memberships, actor, caller_user(request), may_manage=True)
             if row.membership.pk == membership_id
         ),
         None,
@@ -255,13 +245,15 @@ def member_remove(request: HttpRequest, membership_id: int) -> HttpResponseBase:
         return HttpResponse("No such member.", status=404)
     try:
         membership_remove(
-            organization=_tenant(request), membership=membership, actor=Principal.for_user(_user(request))
+            organization=caller_organization(request),
+            membership=membership,
+            actor=Principal.for_user(caller_user(request)),
         )
     except MembershipChangeRefused as refused:
         messages.error(request, str(refused).capitalize() + ".")
         return redirect("portal-members")
-    if membership.user_id == _user(request).pk:
-        messages.success(request, f"You left {_tenant(request).name}.")
+    if membership.user_id == caller_user(request).pk:
+        messages.success(request, f"You left {caller_organization(request).name}.")
         return redirect("portal-enter")
     messages.success(request, f"{membership.user.email} was removed.")
     return redirect("portal-members")
@@ -270,12 +262,14 @@ def member_remove(request: HttpRequest, membership_id: int) -> HttpResponseBase:
 @require_POST
 @permission_required({"POST": Permission.MEMBERS_MANAGE})
 def invitation_revoke_page(request: HttpRequest, invitation_id: int) -> HttpResponseBase:
-    organization = _tenant(request)
+    organization = caller_organization(request)
     invitation = Invitation.objects.filter(organization=organization, pk=invitation_id).first()
     if invitation is None:
         return HttpResponse("No such invitation.", status=404)
     try:
-        invitation_revoke(organization=organization, invitation=invitation, actor=Principal.for_user(_user(request)))
+        invitation_revoke(
+            organization=organization, invitation=invitation, actor=Principal.for_user(caller_user(request))
+        )
     except MembershipChangeRefused as refused:
         messages.error(request, str(refused).capitalize() + ".")
     else:
@@ -289,7 +283,7 @@ def invitation_accept_page(request: HttpRequest, token: str) -> HttpResponseBase
     """The link in the invitation's email. The token is the permission: signed out, the page asks to
     sign in (or sign up) with the invited address and come back; signed in with that verified
     address, one click accepts."""
-    organization = _tenant(request)
+    organization = caller_organization(request)
     if organization.is_public:
         return render(request, "portal/invitation.html", {"problem": "This invitation link is not valid."}, status=404)
     try:
@@ -305,13 +299,13 @@ def invitation_accept_page(request: HttpRequest, token: str) -> HttpResponseBase
         # own and joins this one once the invited address is verified (apps.portal.forms).
         "token": token,
         "address_verified": request.user.is_authenticated
-        and invitation_address_verified(invitation=invitation, user=_user(request)),
+        and invitation_address_verified(invitation=invitation, user=caller_user(request)),
     }
     if request.method == "POST":
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         try:
-            invitation_accept(organization=organization, token=token, user=_user(request))
+            invitation_accept(organization=organization, token=token, user=caller_user(request))
         except MembershipChangeRefused as refused:
             context["problem"] = str(refused).capitalize() + "."
             return render(

@@ -26,6 +26,7 @@ from apps.apikeys.services import ApiKeyInvalid, ApiKeyRefused, apikey_create, a
 from apps.audit.filters import AuditEventFilter
 from apps.audit.models import AuditEvent
 from apps.portal.audit_pages import audit_details, audit_page
+from apps.portal.caller import caller_organization, caller_user
 from apps.portal.context_processors import platform_origin
 from apps.portal.handover import HandoverRefused, handover_consume, handover_url
 from apps.portal.key_forms import ApiKeyCreateForm
@@ -40,24 +41,14 @@ from apps.tenants.services import slug_validate
 _SESSION_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
-def _user(request: HttpRequest) -> User:
-    user = request.user
-    assert isinstance(user, User)
-    return user
-
-
-def _tenant(request: HttpRequest) -> Organization:
-    return request.tenant  # type: ignore[attr-defined,no-any-return]
-
-
 def home(request: HttpRequest) -> HttpResponse:
     """An organization's portal home: where things are, and the next step for a new organization.
     Signed out, the organization's own sign-in page."""
-    organization = _tenant(request)
+    organization = caller_organization(request)
     if not request.user.is_authenticated:
         form = LoginForm(request=request)
         return render(request, "portal/organization_signin.html", {"organization": organization, "form": form})
-    membership = portal_membership(user=_user(request), organization=organization)
+    membership = portal_membership(user=caller_user(request), organization=organization)
     if membership is None:
         return render(request, "portal/not_member.html", {"organization": organization}, status=403)
     return render(
@@ -80,8 +71,8 @@ def platform_home(request: HttpRequest) -> HttpResponse:
 @never_cache
 def enter(request: HttpRequest) -> HttpResponse:
     """Where a sign-in lands: the organization to work in, on its own host."""
-    organization = _tenant(request)
-    user = _user(request)
+    organization = caller_organization(request)
+    user = caller_user(request)
     if not organization.is_public and portal_membership(user=user, organization=organization) is not None:
         return redirect("portal-home")
     memberships = list(portal_memberships(user=user))
@@ -95,18 +86,18 @@ def enter(request: HttpRequest) -> HttpResponse:
 @require_GET
 def enter_organization(request: HttpRequest, slug: str) -> HttpResponse:
     """The switcher's link: hand the session over to one of the person's organizations."""
-    user = _user(request)
+    user = caller_user(request)
     membership = next((m for m in portal_memberships(user=user) if m.organization.slug == slug), None)
     if membership is None:
         raise Http404("No such organization among yours.")
-    if membership.organization.pk == _tenant(request).pk:
+    if membership.organization.pk == caller_organization(request).pk:
         return redirect("portal-home")
     return _hand_over(request, user, membership.organization)
 
 
 def _hand_over(request: HttpRequest, user: User, organization: Organization) -> HttpResponse:
     url = handover_url(request=request, user=user, organization=organization)
-    if _tenant(request).is_public:
+    if caller_organization(request).is_public:
         # From the platform host the session moves rather than copies (as Zulip's root domain does):
         # signing out in the organization then leaves no session behind on the platform host.
         # Between organizations each host keeps its own, for the switcher.
@@ -158,7 +149,7 @@ def dev_mailbox(request: HttpRequest) -> HttpResponse:
 def _member_principal(request: HttpRequest) -> Principal:
     """The signed-in member as the services' actor, with their role's permissions (so a service's
     own checks, such as "a key never above its creator", hold for the portal as for the API)."""
-    return dataclasses.replace(Principal.for_user(_user(request)), permissions=member_permissions(request))
+    return dataclasses.replace(Principal.for_user(caller_user(request)), permissions=member_permissions(request))
 
 
 _FORM_SENT_TWICE = (
@@ -172,7 +163,7 @@ _FORM_SENT_TWICE = (
 def keys(request: HttpRequest) -> HttpResponse:
     """The organization's API keys, and a form for a new one; a new key's secret is in this one
     answer only (never stored, never redirected through the session)."""
-    organization = _tenant(request)
+    organization = caller_organization(request)
     form = ApiKeyCreateForm(request.POST or None, held=member_permissions(request))
     issued = None
     status = 200
@@ -187,7 +178,7 @@ def keys(request: HttpRequest) -> HttpResponse:
                     name=form.cleaned_data["name"],
                     scopes=form.cleaned_data["scopes"],
                     expires_at=form.expires_at(),
-                    user=_user(request) if form.cleaned_data["bind_to_me"] else None,
+                    user=caller_user(request) if form.cleaned_data["bind_to_me"] else None,
                 )
             except (ApiKeyInvalid, ApiKeyRefused) as refused:
                 form.submission_release(organization_id=organization.pk)
@@ -215,7 +206,7 @@ def keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     try:
-        api_key = apikey_get(organization=_tenant(request), key_id=key_id)
+        api_key = apikey_get(organization=caller_organization(request), key_id=key_id)
     except ApiKey.DoesNotExist as missing:  # another organization's key is simply absent
         raise Http404 from missing
     apikey_revoke(api_key=api_key, actor=_member_principal(request), reason="revoked in the portal")
@@ -260,7 +251,7 @@ def audit(request: HttpRequest) -> HttpResponse:
         request,
         "portal/audit.html",
         {
-            "organization": _tenant(request),
+            "organization": caller_organization(request),
             "filter_form": form,
             "filter_fields": [form[name] for name in _AUDIT_FILTER_LABELS],
             "page": page,
