@@ -26,6 +26,7 @@ SHARED_APPS = [
     "apps.billing",
     "apps.ops",
     "apps.apikeys",
+    "apps.sso",
     "apps.llm.platform",
     "django.contrib.contenttypes",
     "django.contrib.auth",
