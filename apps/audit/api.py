@@ -37,15 +37,16 @@ class AuditEventOutput(serializers.ModelSerializer[AuditEvent]):
         fields = EVENT_FIELDS
 
 
-class SequenceCursorPagination(CreatedCursorPagination):
-    ordering = ("-sequence", "-pk")
+class IdCursorPagination(CreatedCursorPagination):
+    # By id, the insert's order: events not chained yet (sequence null) are listed too.
+    ordering = ("-pk",)
 
 
 class AuditEventListApi(ListAPIView[AuditEvent]):
     required_permissions = {"GET": Permission.AUDIT_READ}
     serializer_class = AuditEventOutput
     filterset_class = AuditEventFilter
-    pagination_class = SequenceCursorPagination
+    pagination_class = IdCursorPagination
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
         return AuditEvent.objects.all()
@@ -109,10 +110,10 @@ class AuditEventExportApi(ListAPIView[AuditEvent]):
             slot.give_back()
             raise
         lines = _csv_lines if export_format == "csv" else _jsonl_lines
-        body = lines(organization=organization, events=events, below_sequence=export.sequence)
+        body = lines(organization=organization, events=events, below_id=export.pk)
         response = StreamingHttpResponse(slot.hold(body), content_type=EXPORT_FORMATS[export_format])
         response["Content-Disposition"] = (
-            f'attachment; filename="audit-{organization.slug}-{export.sequence}.{export_format}"'
+            f'attachment; filename="audit-{organization.slug}-{export.pk}.{export_format}"'
         )
         response["X-Accel-Buffering"] = "no"
         return response
@@ -122,8 +123,8 @@ def _row(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "occurred_at": event["occurred_at"].isoformat()}
 
 
-def _jsonl_lines(*, organization: Organization, events: QuerySet[AuditEvent], below_sequence: int) -> Iterator[str]:
-    for batch in audit_events_batches(organization=organization, events=events, below_sequence=below_sequence):
+def _jsonl_lines(*, organization: Organization, events: QuerySet[AuditEvent], below_id: int) -> Iterator[str]:
+    for batch in audit_events_batches(organization=organization, events=events, below_id=below_id):
         yield "".join(json.dumps(_row(event), ensure_ascii=False, separators=(",", ":")) + "\n" for event in batch)
 
 
@@ -145,10 +146,10 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _csv_lines(*, organization: Organization, events: QuerySet[AuditEvent], below_sequence: int) -> Iterator[str]:
+def _csv_lines(*, organization: Organization, events: QuerySet[AuditEvent], below_id: int) -> Iterator[str]:
     writer = csv.writer(_Line())
     yield writer.writerow(EVENT_FIELDS)
-    for batch in audit_events_batches(organization=organization, events=events, below_sequence=below_sequence):
+    for batch in audit_events_batches(organization=organization, events=events, below_id=below_id):
         rows = []
         for event in batch:
             row = _row(event)

@@ -3,11 +3,14 @@ from django.db.models.functions import Now
 
 
 class AuditEvent(models.Model):
-    """One thing that changed, in the organization's own schema. Rows are never updated or deleted
-    (a database trigger refuses it), and each one carries the hash of the one before it
-    (apps.audit.chain): `sequence` numbers them 1, 2, 3, ... in chain order, one chain per schema."""
+    """One thing that changed, in the organization's own schema. Rows are never deleted, and never
+    updated except once: the chainer (apps.audit.services.audit_chain_link) sets `sequence`,
+    `previous_hash` and `hash` of an event inserted without them (a database trigger refuses
+    anything else). Chained events carry the hash of the one before (apps.audit.chain): `sequence`
+    numbers them 1, 2, 3, ... in chain order, one chain per schema."""
 
-    sequence = models.BigIntegerField(editable=False)
+    # Null until the chainer links the event (after its transaction commits); then set once.
+    sequence = models.BigIntegerField(editable=False, null=True)
     occurred_at = models.DateTimeField(db_default=Now(), db_index=True)
     actor_kind = models.CharField(max_length=20)
     actor_id = models.CharField(max_length=64, blank=True, default="")
@@ -17,18 +20,30 @@ class AuditEvent(models.Model):
     target_id = models.CharField(max_length=64, blank=True, default="")
     target_label = models.CharField(max_length=254, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
-    previous_hash = models.CharField(max_length=64, editable=False)
-    hash = models.CharField(max_length=64, editable=False)
+    previous_hash = models.CharField(max_length=64, editable=False, null=True)
+    hash = models.CharField(max_length=64, editable=False, null=True)
 
     class Meta:
-        ordering = ("-sequence",)
+        # id: the insert's order, defined for chained and unchained events alike.
+        ordering = ("-id",)
+        indexes = [
+            # The chainer's read: unchained events by id; stays as small as the chainer's backlog.
+            models.Index(fields=["id"], condition=models.Q(sequence__isnull=True), name="audit_event_unchained"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(actor_kind__in=["user", "api_key", "operator", "system"]),
                 name="audit_event_actor_kind_valid",
             ),
             # Two writers that bypassed the chain lock can't both append event N: the chain can't fork.
+            # (Unchained events' null sequences don't collide: NULLs are distinct.)
             models.UniqueConstraint(fields=["sequence"], name="audit_event_sequence_unique"),
+            # Chained or not, never half-chained.
+            models.CheckConstraint(
+                condition=models.Q(sequence__isnull=True, previous_hash__isnull=True, hash__isnull=True)
+                | models.Q(sequence__isnull=False, previous_hash__isnull=False, hash__isnull=False),
+                name="audit_event_chained_whole",
+            ),
             models.CheckConstraint(condition=models.Q(sequence__gte=1), name="audit_event_sequence_positive"),
             models.CheckConstraint(
                 condition=models.Q(hash__regex=r"^[0-9a-f]{64}$", previous_hash__regex=r"^[0-9a-f]{64}$"),

@@ -48,6 +48,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "jobs-content-expire": {"task": "apps.jobs.tasks.jobs_content_expire_all", "schedule": 3600.0},
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
+    # Audit events are chained after commit by a task per organization; this catches any left behind.
+    "audit-chain-sweep": {"task": "apps.audit.tasks.audit_chain_sweep_all", "schedule": 60.0},
     # Webhook retries are scheduled in the database (next_attempt_at); this sends the due ones.
     "webhooks-dispatch": {"task": "apps.webhooks.tasks.webhook_deliveries_dispatch_all", "schedule": 10.0},
     # Webhook payloads (outputs, results) are kept only as long as the organization allows.

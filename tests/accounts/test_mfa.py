@@ -82,7 +82,7 @@ def _require_mfa(organization: Organization, required: bool = True) -> None:
 
 def _actions(organization: Organization) -> list[str]:
     with organization_schema(organization):
-        return list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True))
+        return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
 
 
 def _password_step(client: Client, email: str) -> str:

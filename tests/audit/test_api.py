@@ -25,6 +25,7 @@ from apps.rbac.models import Role
 from apps.rbac.permissions import Permission
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
+from tests.audit.support import chained
 from tests.conftest import ApiClientFor
 from tests.factories import TEST_ACTOR, member_make
 
@@ -33,12 +34,14 @@ BOB = Principal(kind="api_key", id="7", label="ci key")
 
 
 def _seed(organization: Organization) -> list[AuditEvent]:
-    return [
+    """Four events, chained."""
+    return chained(
+        organization,
         audit_record(organization=organization, actor=ALICE, action="budget.set", target=organization),
         audit_record(organization=organization, actor=BOB, action="job.submitted", metadata={"job": "1"}),
         audit_record(organization=organization, actor=ALICE, action="job.cancelled", metadata={"job": "1"}),
         audit_record(organization=organization, actor=BOB, action='=HYPERLINK("http://evil")'),
-    ]
+    )
 
 
 def _export(client: APIClient, query: str) -> Any:
@@ -120,16 +123,19 @@ def test_export_jsonl_streams_every_matching_event_oldest_first_and_is_audited(
         assert event_hash(ChainFields(occurred_at=occurred_at, **fields)) == row["hash"]
 
     everything = [json.loads(line) for line in _export(client, "format=jsonl")[1].splitlines()]
-    sequences = [row["sequence"] for row in everything]
-    assert sequences == list(range(1, len(sequences) + 1))  # the whole chain, before the export's own event
     with schema_context(tenant_a.schema_name):
-        exports = list(AuditEvent.objects.filter(action="audit.exported").order_by("sequence"))
+        exports = list(AuditEvent.objects.filter(action="audit.exported").order_by("id"))
     assert [event.metadata for event in exports] == [
         {"format": "jsonl", "filters": {"action_prefix": "job."}},
         {"format": "jsonl", "filters": {}},
     ]
-    assert exports[0].actor_kind == "api_key" and exports[0].sequence in sequences
-    assert exports[1].sequence == sequences[-1] + 1
+    ids = [row["id"] for row in everything]  # every event written before the export's own, chained or not
+    with schema_context(tenant_a.schema_name):
+        assert ids == list(AuditEvent.objects.filter(id__lt=exports[1].pk).order_by("id").values_list("id", flat=True))
+    assert exports[0].actor_kind == "api_key" and ids[-1] == exports[0].pk
+    assert everything[-1]["sequence"] is None and everything[-1]["hash"] is None  # the first export's: not chained yet
+    sequences = [row["sequence"] for row in everything[:-1]]
+    assert sequences == list(range(1, len(sequences) + 1))  # the chain as it stood
 
 
 def test_export_csv_has_a_header_and_defuses_formulas(

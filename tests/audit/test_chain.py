@@ -20,9 +20,11 @@ from apps.accounts.principals import Principal
 from apps.audit.chain import GENESIS_HASH, event_hash
 from apps.audit.models import AuditEvent
 from apps.audit.selectors import audit_chain_verify
-from apps.audit.services import _chain_fields, audit_record
+from apps.audit.selectors import audit_event_chain_fields as _chain_fields
+from apps.audit.services import audit_chain_link, audit_record
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
+from tests.audit.support import chained
 from tests.conftest import LiveDb
 from tests.factories import organization_make
 
@@ -30,10 +32,12 @@ ALICE = Principal(kind="user", id="42", label="alice@example.com")
 
 
 def _record(organization: Organization, count: int, action: str = "widget.changed") -> list[AuditEvent]:
-    return [
+    """`count` events, chained."""
+    events = [
         audit_record(organization=organization, actor=ALICE, action=action, metadata={"n": number})
         for number in range(count)
     ]
+    return chained(organization, *events)
 
 
 @contextmanager
@@ -74,8 +78,9 @@ def test_metadata_that_jsonb_rewrites_still_verifies(tenant: Organization) -> No
         7: "an int key",
         "tuple": (1, 2),
     }
-    audit_record(organization=tenant, actor=ALICE, action="awkward", metadata=awkward)
-    assert audit_chain_verify(organization=tenant).ok
+    event = chained(tenant, audit_record(organization=tenant, actor=ALICE, action="awkward", metadata=awkward))[0]
+    report = audit_chain_verify(organization=tenant)
+    assert report.ok and report.count == event.sequence and report.unchained.count == 0
 
 
 def test_verify_reports_ok_with_the_count(tenant: Organization) -> None:
@@ -214,9 +219,24 @@ def test_concurrent_writers_leave_one_unbroken_chain(live_db: LiveDb) -> None:
         finally:
             connection.close()
 
-    with ThreadPoolExecutor(max_workers=writers) as pool:
+    def chain_meanwhile(org: Organization) -> None:
+        # Chainers run while the writers write, as the tasks scheduled on commit do.
+        try:
+            while not done.is_set():
+                audit_chain_link(organization=org, batch_size=7)
+        finally:
+            connection.close()
+
+    done = threading.Event()
+    with ThreadPoolExecutor(max_workers=writers + 2) as pool:
+        chainers = [pool.submit(chain_meanwhile, org) for org in (organization, other)]
         for future in [pool.submit(write, number) for number in range(writers)]:
             future.result(timeout=120)  # a writer's error fails the test here
+        done.set()
+        for future in chainers:
+            future.result(timeout=120)
+    for org in (organization, other):
+        audit_chain_link(organization=org)  # what committed after the chainers' last pass
     written_other = sum(1 for number in range(writers) if number % 2 for item in range(per_writer) if item % 3 == 0)
     for org, expected in ((organization, writers * per_writer - written_other), (other, written_other)):
         with schema_context(org.schema_name):
@@ -230,6 +250,7 @@ def test_concurrent_writers_leave_one_unbroken_chain(live_db: LiveDb) -> None:
 
 def test_a_new_organization_cloned_from_the_template_starts_its_own_chain(db: None) -> None:
     organization = organization_make(slug="fresh-chain")
+    audit_chain_link(organization=organization)
     report = audit_chain_verify(organization=organization)
     with schema_context(organization.schema_name):
         first = AuditEvent.objects.get(sequence=1)

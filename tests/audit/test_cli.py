@@ -19,6 +19,10 @@ ALICE = Principal(kind="user", id="42", label="alice@example.com")
 def test_verify_exits_0_on_a_sound_chain_and_1_at_the_first_tampered_event(live_db: LiveDb) -> None:
     organization = live_db.organization(slug="audited")
     events = [audit_record(organization=organization, actor=ALICE, action="probe", metadata={"n": n}) for n in range(3)]
+    linked = run_cognitionos("audit", "chain", "--tenant", "audited")  # the chainer, run by hand
+    assert linked.returncode == 0 and linked.stdout.startswith("Linked "), linked.stderr
+    with schema_context(organization.schema_name):
+        events = [AuditEvent.objects.get(pk=event.pk) for event in events]
     sound = run_cognitionos("audit", "verify", "--tenant", "audited")
     assert sound.returncode == 0, sound.stderr
     assert sound.stdout.startswith(f"OK: 5 events, chain head 5:{events[-1].hash}")

@@ -60,7 +60,7 @@ def _sign_up(client: Client, *, email: str, token: str, **extra: str) -> object:
 
 def _audit_actions(organization: Organization) -> list[str]:
     with organization_schema(organization):
-        return list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True))
+        return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
 
 
 @pytest.fixture

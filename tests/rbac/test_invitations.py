@@ -73,7 +73,7 @@ def roomy(tenant: Organization) -> Organization:
 
 def _audit_actions(organization: Organization) -> list[str]:
     with organization_schema(organization):
-        return list(AuditEvent.objects.order_by("sequence").values_list("action", flat=True))
+        return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
 
 
 def _error(response: object, status: int, code: str) -> None:

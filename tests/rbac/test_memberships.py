@@ -139,7 +139,7 @@ def test_role_changes_and_removals_are_audited(tenant: Organization, owner: User
     membership_remove(organization=tenant, membership=membership, actor=_as(owner))
     with organization_schema(tenant):
         events = list(
-            AuditEvent.objects.filter(target_id=str(membership.pk), target_type="rbac.Membership").order_by("sequence")
+            AuditEvent.objects.filter(target_id=str(membership.pk), target_type="rbac.Membership").order_by("id")
         )
     assert [event.action for event in events] == ["membership.created", "membership.role_changed", "membership.removed"]
     changed = events[1]
