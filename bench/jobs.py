@@ -1,13 +1,25 @@
 """Jobs end to end on real Celery workers (threads pool) against the fake provider.
 
-    .venv/bin/python bench/jobs.py [--jobs 1500] [--seconds 10]
+    .venv/bin/python bench/jobs.py [--jobs 1500] [--seconds 10] [--part all|submission]
+                                   [--rate 200] [--sweep 100,200,300,400] [--port 18322]
 
 Prints:
 - provider calls in flight in one worker process, with the fake provider at 1 s latency;
 - jobs completed per second end to end (submitted from 8 threads, run by 2 worker processes, one
   per core), at 1 s and at 0 ms provider latency;
 - API p95 and throughput of job submission (POST /api/v1/jobs) at 50 concurrent clients (wrk
-  against gunicorn with the production configuration).
+  against gunicorn with the production configuration): closed loop, each client waits for its
+  answer before it sends again, so a slow server is offered less and its queueing hides;
+- job submission at a fixed offered rate (open loop, `--rate` per second for `--seconds`): requests
+  leave on a fixed timetable whatever the answers do, and each one's latency counts from its
+  scheduled send time, so time spent waiting for a free connection (queueing) is counted. p50, p95,
+  p99, the achieved rate and non-2xx answers;
+- a sweep over `--sweep` rates: the highest rate held with p95 <= 100 ms (and at least 95% of the
+  offered rate achieved, no errors).
+
+During the submission runs the organization's audit chainer runs in a process of its own, as a
+worker would run its task after each commit (where the code chains asynchronously), and its
+backlog is printed. `--part submission` runs only the submission measurements.
 
 Runs on its own database in the bench servers (.data/bench). Not a test: compare within one run.
 """
@@ -15,14 +27,17 @@ Runs on its own database in the bench servers (.data/bench). Not a test: compare
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +49,15 @@ from bench.gateway import ensure_wrk  # noqa: E402
 
 PORT = 18322
 QUEUE = "cognitionos-bench-jobs"
+DATABASE = "cognitionos_bench_jobs"
+JOB_BODY = b'{"prompt": "Benchmark question", "model": "gpt-4o-mini", "max_tokens": 32}'
+# The sweep's criterion, as issue 11 states it.
+SWEEP_P95_MS = 100.0
 
 
 def setup() -> tuple[Any, str]:
     os.environ["CELERY_TASK_DEFAULT_QUEUE"] = QUEUE
-    django_on_fresh_database("cognitionos_bench_jobs")
+    django_on_fresh_database(DATABASE)
     from decimal import Decimal
 
     from apps.accounts.principals import Principal
@@ -165,14 +184,18 @@ def submit_and_wait(
     return elapsed, succeeded
 
 
-def submission_latency(key: str, seconds: int, fake_url: str) -> str:
-    binary = ensure_wrk()
+def submission_server(fake_url: str) -> subprocess.Popen[bytes]:
     env = {**worker_env(fake_url), "DEBUG": "false", "DATABASE_POOL_MAX_SIZE": "10"}
-    server = gunicorn_start(port=PORT, env=env)
+    return gunicorn_start(port=PORT, env=env)
+
+
+def submission_latency(key: str, seconds: int) -> str:
+    """Closed loop: wrk's 50 connections each send their next request when the last one answered."""
+    binary = ensure_wrk()
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115
     script.write(
         'wrk.method = "POST"\n'
-        'wrk.body = [[{"prompt": "Benchmark question", "model": "gpt-4o-mini", "max_tokens": 32}]]\n'
+        f"wrk.body = [[{JOB_BODY.decode()}]]\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
         'wrk.headers["Host"] = "localhost"\n'
@@ -181,13 +204,10 @@ def submission_latency(key: str, seconds: int, fake_url: str) -> str:
         "end\n"
     )
     script.close()
-    try:
-        command = [binary, "-t", "2", "-c", "50", "--latency", "-s", script.name]
-        url = f"http://127.0.0.1:{PORT}/api/v1/jobs"
-        subprocess.run([*command, "-d", "2s", url], capture_output=True, check=True)  # warm-up
-        output = subprocess.run([*command, "-d", f"{seconds}s", url], capture_output=True, text=True, check=True).stdout
-    finally:
-        gunicorn_stop(server)
+    command = [binary, "-t", "2", "-c", "50", "--latency", "-s", script.name]
+    url = f"http://127.0.0.1:{PORT}/api/v1/jobs"
+    subprocess.run([*command, "-d", "2s", url], capture_output=True, check=True)  # warm-up
+    output = subprocess.run([*command, "-d", f"{seconds}s", url], capture_output=True, text=True, check=True).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     p50 = re.search(r"\s50%\s+([\d.]+\w+)", output)
     p95 = re.search(r"p95_us (\d+)", output)
@@ -198,14 +218,271 @@ def submission_latency(key: str, seconds: int, fake_url: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class OpenLoopResult:
+    offered: float
+    achieved: float  # answers per second over the window from the first scheduled send to the last answer
+    sent: int
+    answered: int
+    non_2xx: int
+    errors: int  # no answer at all (connection refused or reset, timeout)
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @property
+    def held(self) -> bool:
+        return (
+            self.p95_ms <= SWEEP_P95_MS
+            and self.achieved >= 0.95 * self.offered
+            and self.non_2xx == 0
+            and self.errors == 0
+        )
+
+    def line(self) -> str:
+        return (
+            f"offered {self.offered:.0f}/s: achieved {self.achieved:.1f}/s, p50 {self.p50_ms:.1f} ms, "
+            f"p95 {self.p95_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, max {self.max_ms:.0f} ms, "
+            f"non-2xx {self.non_2xx}, errors {self.errors} ({self.answered}/{self.sent} answered)"
+        )
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection, read by hand: the load generator must stay cheap."""
+
+    def __init__(self) -> None:
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.used_at = 0.0
+
+    async def open(self) -> None:
+        self.close()
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", PORT)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, payload: bytes) -> int:
+        if self.writer is None or time.monotonic() - self.used_at > 3.0:  # gunicorn drops idle ones at 5 s
+            await self.open()
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(payload)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+        await self.reader.readexactly(int(length.group(1)) if length else 0)
+        if re.search(rb"(?i)\r\nconnection:\s*close", head):
+            self.close()
+        self.used_at = time.monotonic()
+        return status
+
+
+async def _open_loop(key: str, rate: float, seconds: float, connections: int) -> OpenLoopResult:
+    payload = (
+        "POST /api/v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: {len(JOB_BODY)}\r\n\r\n"
+    ).encode() + JOB_BODY
+    pool: asyncio.LifoQueue[_Connection] = asyncio.LifoQueue()
+    for _ in range(connections):
+        pool.put_nowait(_Connection())
+    latencies: list[float] = []
+    statuses: list[int] = []
+    errors = 0
+    last_answer = 0.0
+
+    async def send(scheduled: float) -> None:
+        nonlocal errors, last_answer
+        connection = await pool.get()  # waiting here is queueing: counted, from the scheduled time
+        try:
+            for attempt in range(2):
+                try:
+                    status = await asyncio.wait_for(connection.request(payload), timeout=30)
+                    break
+                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    connection.close()  # a keep-alive connection the server had just closed: once more
+                    if attempt:
+                        raise exc
+            done = time.monotonic()
+            latencies.append(done - scheduled)
+            statuses.append(status)
+            last_answer = max(last_answer, done)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            connection.close()
+            errors += 1
+        finally:
+            pool.put_nowait(connection)
+
+    total = int(rate * seconds)
+    start = time.monotonic() + 0.05
+    tasks = []
+    for number in range(total):
+        scheduled = start + number / rate  # the timetable: never later because answers are slow
+        delay = scheduled - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(scheduled)))
+    await asyncio.gather(*tasks)
+    ordered = sorted(latencies) or [float("nan")]
+
+    def percentile(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+    answered = len(latencies)
+    return OpenLoopResult(
+        offered=rate,
+        achieved=answered / (last_answer - start) if answered else 0.0,
+        sent=total,
+        answered=answered,
+        non_2xx=sum(1 for status in statuses if not 200 <= status < 300),
+        errors=errors,
+        p50_ms=statistics.median(ordered) * 1000,
+        p95_ms=percentile(0.95),
+        p99_ms=percentile(0.99),
+        max_ms=ordered[-1] * 1000,
+    )
+
+
+def open_loop(key: str, rate: float, seconds: float, connections: int = 256) -> OpenLoopResult:
+    return asyncio.run(_open_loop(key, rate, seconds, connections))
+
+
+CHAINER = """
+import os, sys, time, django
+django.setup()
+from apps.tenants.models import Organization
+try:
+    from apps.audit.services import audit_chain_run
+except ImportError:  # the audit log chains inside each request: nothing to run
+    sys.exit(0)
+organization = Organization.objects.get(slug=sys.argv[1])
+linked, runs = 0, 0
+while not os.path.exists(sys.argv[2]):
+    count = audit_chain_run(organization=organization)
+    linked, runs = linked + count, runs + 1
+    if not count:
+        time.sleep(0.02)  # as a worker picking up the task the next commit sends
+print(linked, runs)
+"""
+
+
+class Chainer:
+    """The organization's audit chainer in a process of its own, while submissions run."""
+
+    def __init__(self, organization: Any, fake_url: str) -> None:
+        self.stop_file = Path(tempfile.mkdtemp()) / "stop"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", CHAINER, organization.slug, str(self.stop_file)],
+            cwd=ROOT,
+            env={**worker_env(fake_url), "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.organization = organization
+
+    def backlog(self) -> tuple[int, float]:
+        """Events not chained yet, and the oldest one's age in seconds (0, 0 where chaining is synchronous)."""
+        from django.db import connection
+        from django_tenants.utils import schema_context
+
+        with schema_context(self.organization.schema_name), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(occurred_at)), 0) "
+                "FROM audit_auditevent WHERE hash IS NULL"
+            )
+            count, age = cursor.fetchone()
+        return int(count), float(age)
+
+    def stop(self) -> str:
+        self.stop_file.touch()
+        out, _ = self.process.communicate(timeout=120)
+        if not out.strip():
+            return "none (events are chained in the request)"
+        linked, runs = out.split()
+        return f"{linked} events linked in {runs} runs"
+
+
+def jobs_clear(organization: Any) -> None:
+    """A fresh start for each measurement: submissions admit against the jobs already waiting."""
+    from django.db import connection
+    from django_tenants.utils import schema_context
+
+    from apps.jobs.models import Job
+
+    with schema_context(organization.schema_name):
+        Job.objects.all().delete()
+    connection.close()
+
+
+def verify_chain(organization: Any) -> str:
+    from apps.audit.selectors import audit_chain_verify
+
+    report = audit_chain_verify(organization=organization)
+    unchained = getattr(report, "unchained", None)
+    return f"audit verify: {'OK' if report.ok else 'BROKEN'}, {report.count} chained" + (
+        f", {unchained.count} not chained yet" if unchained is not None else ""
+    )
+
+
+def submission_measurements(organization: Any, key: str, args: argparse.Namespace, fake_url: str) -> None:
+    server = submission_server(fake_url)
+    chainer = Chainer(organization, fake_url)
+    try:
+        jobs_clear(organization)
+        api = submission_latency(key, args.seconds)
+        print(f"job submission API, 50 clients (closed loop), {args.seconds} s: {api}")
+        jobs_clear(organization)
+        open_loop(key, min(args.rate, 100), 2)  # warm-up
+        jobs_clear(organization)
+        result = open_loop(key, args.rate, args.seconds)
+        count, age = chainer.backlog()
+        print(f"job submission API, open loop at {args.rate:g}/s, {args.seconds} s: {result.line()}")
+        print(f"  audit events not chained at the end: {count} (oldest {age:.2f} s)")
+        held = None
+        for rate in [float(rate) for rate in args.sweep.split(",") if rate]:
+            jobs_clear(organization)
+            step = open_loop(key, rate, args.seconds)
+            count, age = chainer.backlog()
+            print(
+                f"  sweep {step.line()}; unchained {count} (oldest {age:.2f} s) {'held' if step.held else 'NOT held'}"
+            )
+            if step.held:
+                held = step
+            elif step.p95_ms > 4 * SWEEP_P95_MS:
+                break  # far past it: higher rates only take longer to fail
+            time.sleep(2)
+        print(
+            f"highest rate held with p95 <= {SWEEP_P95_MS:.0f} ms: "
+            + (f"{held.offered:.0f}/s (p95 {held.p95_ms:.1f} ms)" if held else "none of the rates tried")
+        )
+    finally:
+        gunicorn_stop(server)
+        print(f"chainer: {chainer.stop()}; {verify_chain(organization)}")
+
+
 def main() -> None:
+    global PORT, DATABASE, QUEUE  # noqa: PLW0603 - a script's settings, from its arguments
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1500)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--part", choices=["all", "submission"], default="all")
+    parser.add_argument("--rate", type=float, default=200.0, help="Open loop: submissions offered per second")
+    parser.add_argument("--sweep", default="100,150,200,250,300,350,400,500", help="Open-loop rates to try, ascending")
+    parser.add_argument("--port", type=int, default=PORT, help="gunicorn's port (another bench may hold the default)")
+    parser.add_argument("--database", default=DATABASE, help="The bench database's name (recreated)")
     args = parser.parse_args()
+    PORT, DATABASE = args.port, args.database
+    if DATABASE != "cognitionos_bench_jobs":  # another bench's workers must not take this one's tasks
+        QUEUE = DATABASE.replace("_", "-")
     organization, key = setup()
     from tests.support.fake_provider import FakeProvider
 
+    if args.part == "submission":
+        with FakeProvider(latency_s=0.0) as fake:
+            submission_measurements(organization, key, args, fake.openai_base_url)
+        return
     with FakeProvider(latency_s=1.0) as fake:
         # The jobs wait in the queue first, so the worker's own pace is measured, not the submitters'.
         workers: list[subprocess.Popen[bytes]] = []
@@ -235,8 +512,7 @@ def main() -> None:
             )
         finally:
             stop(workers)
-        api = submission_latency(key, args.seconds, fake.openai_base_url)
-        print(f"job submission API, 50 clients, {args.seconds} s: {api}")
+        submission_measurements(organization, key, args, fake.openai_base_url)
 
 
 if __name__ == "__main__":
