@@ -19,6 +19,7 @@ NAVIGATION: list[dict[str, str | None]] = [
     {"label": "Members", "url_name": "portal-members", "permission": "members:read"},
     {"label": "Usage", "url_name": None},
     {"label": "Security", "url_name": "portal-security", "permission": "security:manage"},
+    {"label": "Single sign-on", "url_name": "portal-sso", "permission": "security:manage"},
     {"label": "Settings", "url_name": None},
     {"label": "Audit log", "url_name": "portal-audit", "permission": "audit:read"},
 ]

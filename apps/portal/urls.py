@@ -2,14 +2,33 @@
 
 from django.urls import include, path
 
-from apps.portal import members_pages, security, views
+from apps.portal import members_pages, security, sso_pages, views
 
 urlpatterns = [
     path("accounts/signup/slug-check/", views.slug_check, name="portal-slug-check"),
+    path("accounts/sso/", sso_pages.sso_signin, name="portal-sso-signin"),
     path("accounts/", include("allauth.urls")),
     path("enter/", views.enter, name="portal-enter"),
     path("enter/<slug:slug>/", views.enter_organization, name="portal-enter-organization"),
     path("settings/security/", security.security, name="portal-security"),
+    path("settings/sso/", sso_pages.sso_settings, name="portal-sso"),
+    path("settings/sso/identity-provider/delete/", sso_pages.sso_idp_delete, name="portal-sso-idp-delete"),
+    path("settings/sso/domains/", sso_pages.sso_domain_add_page, name="portal-sso-domain-add"),
+    path(
+        "settings/sso/domains/<int:domain_id>/verify/",
+        sso_pages.sso_domain_verify_page,
+        name="portal-sso-domain-verify",
+    ),
+    path(
+        "settings/sso/domains/<int:domain_id>/remove/",
+        sso_pages.sso_domain_remove_page,
+        name="portal-sso-domain-remove",
+    ),
+    path(
+        "settings/sso/domains/<int:domain_id>/require/",
+        sso_pages.sso_domain_require_page,
+        name="portal-sso-domain-require",
+    ),
     path("members/", members_pages.members, name="portal-members"),
     path("members/<int:membership_id>/role/", members_pages.member_role, name="portal-member-role"),
     path("members/<int:membership_id>/remove/", members_pages.member_remove, name="portal-member-remove"),

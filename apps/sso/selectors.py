@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 
 from apps.sso.domains import email_domain
 from apps.sso.models import IdentityProvider, SsoDomain
+from apps.sso.saml import provider_sub_id
 from apps.tenants.models import Organization
 
 # --- Discovery, enforcement and the domains list (sso-portal) -------------------------------------
@@ -64,3 +65,19 @@ def sso_required_for_emails(*, emails: Iterable[str]) -> IdentityProvider | None
 
 def sso_domain_list(*, organization: Organization) -> QuerySet[SsoDomain]:
     return SsoDomain.objects.filter(organization=organization).order_by("domain")
+
+
+def sso_provider_id(provider: IdentityProvider) -> str:
+    """allauth's provider id for sign-ins through this IdP (SocialAccount.provider, and the
+    `provider` of allauth's authentication record)."""
+    return provider_sub_id(provider.organization)
+
+
+def sso_enabled_provider(*, organization: Organization) -> IdentityProvider | None:
+    """The organization's IdP when people can sign in through it now (enabled, on a plan with SSO)."""
+    provider = (
+        IdentityProvider.objects.select_related("organization__plan")
+        .filter(organization_id=organization.pk, enabled=True)
+        .first()
+    )
+    return _usable(provider)

@@ -19,7 +19,14 @@ from apps.rbac.models import Membership, Role
 from apps.rbac.permissions import Permission, role_permissions
 from apps.rbac.selectors import membership_permissions
 from apps.rbac.services import membership_create
-from apps.sso.domains import DnsOutcome, DomainInvalid, dns_txt_check, domain_normalize, verification_token_new
+from apps.sso.domains import (
+    DnsOutcome,
+    DomainInvalid,
+    dns_txt_check,
+    domain_normalize,
+    email_domain,
+    verification_token_new,
+)
 from apps.sso.metadata import IdpMetadata, MetadataInvalid, metadata_fetch, metadata_parse
 from apps.sso.models import IdentityProvider, SsoDomain
 from apps.sso.saml import SamlRefused, provider_sub_id
@@ -410,9 +417,29 @@ def sso_domain_require(*, organization: Organization, actor: Principal, domain_i
     if required:
         if row.verified_at is None:
             raise SsoDomainRefused("domain_not_verified", f"verify {row.domain} before requiring SSO for it")
+        if not _actor_may_keep_signing_in(organization=organization, actor=actor, domain=row.domain):
+            raise SsoDomainRefused(
+                "actor_without_sso",
+                f"your own address is at {row.domain}: sign in once through the identity provider yourself first",
+            )
         if not _identity_provider_enabled(organization):
             raise SsoDomainRefused("idp_not_enabled", "configure and enable the identity provider first")
     return _domain_require_write(organization=organization, actor=actor, row=row, required=required)
+def _actor_may_keep_signing_in(*, organization: Organization, actor: Principal, domain: str) -> bool:
+    """A person whose own address is in the domain has signed in through the IdP before: so the
+    requirement they turn on doesn't lock them out of the settings page they turn it on from."""
+    if actor.kind not in ("user", "operator") or actor.id is None:
+        return True
+    user_id = int(actor.id)
+    addresses = [
+        *User.objects.filter(pk=user_id).values_list("email", flat=True),
+        *EmailAddress.objects.filter(user_id=user_id, verified=True).values_list("email", flat=True),
+    ]
+    if not any(email_domain(address) == domain for address in addresses):
+        return True
+    return SocialAccount.objects.filter(user_id=user_id, provider=provider_sub_id(organization)).exists()
+
+
 
 
 def _identity_provider_enabled(organization: Organization) -> bool:

@@ -20,7 +20,11 @@ ACCOUNT_SESSION_REMEMBER = None
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[CognitionOS] "
 ACCOUNT_PREVENT_ENUMERATION = True
 # Sign-up also creates the first organization (apps.portal.forms.SignupForm).
-ACCOUNT_FORMS = {"signup": "apps.portal.forms.SignupForm"}
+ACCOUNT_FORMS = {
+    "signup": "apps.portal.forms.SignupForm",
+    # Refused for addresses whose verified domain requires SSO (apps.sso).
+    "reset_password": "apps.sso.forms.SsoAwareResetPasswordForm",
+}
 # Brute force: failed sign-ins and resets are limited per client address and per account (the
 # email), in Redis through Django's cache, so every web process shares the counts.
 ACCOUNT_RATE_LIMITS = {

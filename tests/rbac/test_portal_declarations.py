@@ -34,6 +34,7 @@ NO_PERMISSION_NEEDED = {
     "portal-enter-organization": "a signed-in user entering one of their own organizations",
     "portal-home": "every member's home page (it shows only what the role may do)",
     "portal-invitation-accept": "the invitation's token is the permission (for its verified address only)",
+    "portal-sso-signin": "Sign in with SSO: finds an organization by the email's verified domain",
 }
 
 
