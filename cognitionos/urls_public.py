@@ -14,6 +14,8 @@ urlpatterns = [
     path("", include("cognitionos.urls_api")),
     path("admin/", admin.site.urls),
     path("metrics", metrics, name="metrics"),
+    # SAML SSO (apps.sso) before allauth's routes (in the portal's /accounts/), which it wraps.
+    path("", include("apps.sso.urls")),
     path("", include("apps.portal.urls")),
     path("", platform_home, name="platform-home"),
 ]

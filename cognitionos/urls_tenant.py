@@ -7,6 +7,8 @@ from apps.portal.views import handover, home
 urlpatterns = [
     path("", include("cognitionos.urls_api")),
     path("handover/", handover, name="portal-handover"),
+    # SAML SSO (apps.sso) before allauth's routes (in the portal's /accounts/), which it wraps.
+    path("", include("apps.sso.urls")),
     path("", include("apps.portal.urls")),
     path("", home, name="portal-home"),
 ]

@@ -77,3 +77,16 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # The development mailbox page: only where a settings module turns it on (never production).
 DEV_MAILBOX = False
 MAILBOX_DIR = env_str("COGNITIONOS_MAILBOX_DIR", str(default_data_dir() / "mail"))
+
+# SAML SSO (apps.sso, docs/sso.md): allauth's SAML provider, one app per organization, built from
+# its IdentityProvider row by apps.sso.adapter (no SocialApp rows). The SSO flow links the person by
+# their address in a verified domain itself, so allauth never matches accounts by email on its own
+# and never shows its social sign-up form.
+SOCIALACCOUNT_ADAPTER = "apps.sso.adapter.SsoSocialAccountAdapter"
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = False
+SOCIALACCOUNT_STORE_TOKENS = False
+# A GET to an organization's /accounts/saml/<slug>/login/ shows a button that POSTs (CSRF-checked):
+# a link elsewhere can't start a sign-in on someone's behalf.
+SOCIALACCOUNT_LOGIN_ON_GET = False

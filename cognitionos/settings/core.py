@@ -41,6 +41,9 @@ SHARED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.mfa",
+    # SAML SSO (apps.sso): allauth's provider, one app per organization built from its IdentityProvider.
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.saml",
     "django_htmx",
     "apps.portal",
 ]

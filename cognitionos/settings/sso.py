@@ -1,6 +1,6 @@
 """SAML SSO and verified email domains (apps.sso)."""
 
-from .env import env_int, env_list, env_str
+from .env import env_bool, env_int, env_list, env_str
 
 # Verified domains: the resolvers asked for `_cognitionos-verification.<domain>` TXT records, as
 # "address" or "address:port" (empty: the machine's own resolver configuration). The tests point it
@@ -23,3 +23,6 @@ SSO_METADATA_FETCH_TIMEOUT_SECONDS = float(env_str("SSO_METADATA_FETCH_TIMEOUT_S
 # An assertion's id is remembered until its NotOnOrAfter (replays refused); one that claims to stay
 # valid longer than this is refused rather than remembered for that long.
 SSO_ASSERTION_MAX_LIFETIME_SECONDS = env_int("SSO_ASSERTION_MAX_LIFETIME_SECONDS", 24 * 3600)
+# Metadata URLs are https only (a certificate fetched over http could be swapped on the way); the
+# test suite turns this on for its local metadata server.
+SSO_METADATA_ALLOW_HTTP = env_bool("SSO_METADATA_ALLOW_HTTP", False)

@@ -34,6 +34,11 @@ NO_PERMISSION_NEEDED = {
     "portal-enter-organization": "a signed-in user entering one of their own organizations",
     "portal-home": "every member's home page (it shows only what the role may do)",
     "portal-invitation-accept": "the invitation's token is the permission (for its verified address only)",
+    "sso-saml-login": "starts a sign-in at the organization's IdP (anyone may try to sign in)",
+    "sso-saml-acs": "the IdP's POST: the signed assertion is the credential",
+    "sso-saml-acs-finish": "completes the IdP's POST in this browser's session: the signed assertion is the credential",
+    "sso-saml-metadata": "our public SAML service-provider metadata, for the IdP's administrator",
+    "sso-saml-sls": "single logout is not offered (404 for everyone)",
     "portal-sso-signin": "Sign in with SSO: finds an organization by the email's verified domain",
 }
 
