@@ -219,7 +219,7 @@ def saml_config(
     *, request: HttpRequest, app_settings: dict[str, Any], slug: str, idp: IdentityProvider
 ) -> dict[str, Any]:
     """python3-saml's settings: allauth's, with every signing certificate of the IdP (rollover)."""
-    config = build_saml_config(request, app_settings, slug)
+    config: dict[str, Any] = build_saml_config(request, app_settings, slug)
     certificates = list(idp.certificates)
     if len(certificates) > 1:
         config["idp"]["x509certMulti"] = {"signing": certificates}

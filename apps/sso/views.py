@@ -83,7 +83,8 @@ def login(request: HttpRequest, organization_slug: str) -> HttpResponse:
     except SamlRefused as refused:
         # Nothing from the IdP yet: a page, no audit event (anyone can open this URL).
         return refusal_response(request, refused, organization)
-    return allauth_saml.login(request, organization_slug=organization_slug)
+    response: HttpResponse = allauth_saml.login(request, organization_slug=organization_slug)
+    return response
 
 
 @csrf_exempt  # the IdP's POST: the response's signature and our state are the checks
@@ -98,7 +99,8 @@ def acs(request: HttpRequest, organization_slug: str) -> HttpResponse:
         return _refuse(request, organization, refused)
     # allauth keeps the POST in a session of its own and redirects to acs/finish/: the browser
     # sends this host's (SameSite=Lax) session cookie on that GET, not on the IdP's cross-site POST.
-    return allauth_saml.acs(request, organization_slug=organization_slug)
+    response: HttpResponse = allauth_saml.acs(request, organization_slug=organization_slug)
+    return response
 
 
 @never_cache
@@ -152,7 +154,8 @@ def acs_finish(request: HttpRequest, organization_slug: str) -> HttpResponse:
         state["next"] = next_url
     state[SSO_USER_STATE_KEY] = user.pk
     sociallogin.state = state
-    return complete_social_login(request, sociallogin)
+    response: HttpResponse = complete_social_login(request, sociallogin)
+    return response
 
 
 @never_cache
@@ -161,7 +164,7 @@ def metadata(request: HttpRequest, organization_slug: str) -> HttpResponse:
     organization, _idp = _organization_idp(request, organization_slug)
     if not organization.plan.limit("sso"):
         return refusal_response(request, SamlRefused("plan_without_sso"), organization)
-    response = allauth_saml.metadata(request, organization_slug=organization_slug)
+    response: HttpResponse = allauth_saml.metadata(request, organization_slug=organization_slug)
     if request.GET.get("download") and response.status_code == 200:
         response["Content-Disposition"] = f'attachment; filename="cognitionos-{organization.slug}-sp-metadata.xml"'
     return response

@@ -123,7 +123,7 @@ class TestIdp:
         name_id_format = etree.SubElement(descriptor, f"{{{MD}}}NameIDFormat")
         name_id_format.text = EMAIL_FORMAT
         etree.SubElement(descriptor, f"{{{MD}}}SingleSignOnService", Binding=REDIRECT_BINDING, Location=self.sso_url)
-        return etree.tostring(root, xml_declaration=True, encoding="UTF-8").decode()
+        return str(etree.tostring(root, xml_declaration=True, encoding="UTF-8").decode())
 
     def response_tree(self, spec: Assertion) -> etree._Element:
         """The unsigned response (Response > Issuer, Status, Assertion), schema-valid."""

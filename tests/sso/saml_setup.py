@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.http import HttpResponse
 from django.test import Client
 from django.utils import timezone
 
@@ -87,7 +86,7 @@ class SsoOrganization:
         assert response["Location"].startswith(self.idp.sso_url)
         return authn_request_id(response["Location"])
 
-    def post(self, tree: Any, *, relay_state: str | None = None, client: Client | None = None) -> HttpResponse:
+    def post(self, tree: Any, *, relay_state: str | None = None, client: Client | None = None) -> Any:
         """The browser posts the IdP's response to the ACS and follows to acs/finish/."""
         client = client or self.client
         data = {"SAMLResponse": tree if isinstance(tree, str) else encoded(tree)}
