@@ -169,7 +169,8 @@ def _person_for_address(email: str) -> User:
     verifies the address, and the password chosen by whoever made the claim stops working."""
     address = EmailAddress.objects.select_related("user").filter(email__iexact=email, verified=True).first()
     if address is not None:
-        return address.user
+        found: User = address.user
+        return found
     user = User.objects.filter(email__iexact=email).first()
     if user is None:
         user = User.objects.create_user(email=email)  # no usable password: they sign in through SSO
