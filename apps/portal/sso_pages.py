@@ -227,6 +227,14 @@ def _require_plan(request: HttpRequest) -> Organization:
     return organization
 
 
+def _sentence(text: str) -> str:
+    """A service's refusal as a sentence; one that starts with a domain name keeps it as typed."""
+    first = text.split(" ", 1)[0]
+    if "." not in first:
+        text = text[:1].upper() + text[1:]
+    return text.rstrip(".") + "."
+
+
 def _refusal_status(code: str) -> int:
     if code in ("permission_denied", "plan_without_sso"):
         return 403
@@ -245,10 +253,10 @@ def sso_settings(request: HttpRequest) -> HttpResponse:
     """GET: the page. POST: configure the identity provider."""
     if request.method != "POST":
         return _render_settings(request)
-    organization = _require_plan(request)
     form = IdentityProviderForm(request.POST)
     if not form.is_valid():
         return _render_settings(request, idp_form=form, status=400)
+    organization = _require_plan(request)
     data = form.cleaned_data
     try:
         identity_provider_configure(
@@ -263,7 +271,7 @@ def sso_settings(request: HttpRequest) -> HttpResponse:
     except IdentityProviderRefused as refused:
         if refused.code == "permission_denied":
             raise PermissionDenied(str(refused)) from refused
-        form.add_error(None, str(refused)[:1].upper() + str(refused)[1:] + ".")
+        form.add_error(None, _sentence(str(refused)))
         return _render_settings(request, idp_form=form, status=_refusal_status(refused.code))
     messages.success(request, "Identity provider saved.")
     return redirect(reverse("portal-sso") + "#idp-heading")
@@ -273,13 +281,15 @@ def sso_settings(request: HttpRequest) -> HttpResponse:
 @permission_required(_POST_ONLY)
 @require_POST
 def sso_idp_delete(request: HttpRequest) -> HttpResponse:
+    if not IdentityProvider.objects.filter(organization_id=caller_organization(request).pk).exists():
+        raise Http404("No identity provider to remove.")
     organization = _require_plan(request)
     try:
         identity_provider_delete(organization=organization, actor=_actor(request))
     except IdentityProviderRefused as refused:
         if refused.code == "permission_denied":
             raise PermissionDenied(str(refused)) from refused
-        messages.error(request, str(refused)[:1].upper() + str(refused)[1:] + ".")
+        messages.error(request, _sentence(str(refused)))
         return redirect("portal-sso")
     messages.success(request, "Identity provider removed: nobody signs in through it any more.")
     return redirect("portal-sso")
@@ -289,16 +299,16 @@ def sso_idp_delete(request: HttpRequest) -> HttpResponse:
 @permission_required(_POST_ONLY)
 @require_POST
 def sso_domain_add_page(request: HttpRequest) -> HttpResponse:
-    organization = _require_plan(request)
     form = DomainAddForm(request.POST)
     if not form.is_valid():
         return _render_settings(request, domain_form=form, status=400)
+    organization = _require_plan(request)
     try:
         row = sso_domain_add(organization=organization, actor=_actor(request), domain=form.cleaned_data["domain"])
     except SsoDomainRefused as refused:
         if refused.code == "permission_denied":
             raise PermissionDenied(str(refused)) from refused
-        form.add_error("domain", str(refused)[:1].upper() + str(refused)[1:].rstrip(".") + ".")
+        form.add_error("domain", _sentence(str(refused)))
         return _render_settings(request, domain_form=form, status=_refusal_status(refused.code))
     messages.success(request, f"{row.domain} added. Publish its DNS record, then select “Verify”.")
     return redirect(reverse("portal-sso") + f"#domain-{row.pk}")
@@ -327,7 +337,7 @@ def _domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpRes
             raise PermissionDenied(str(refused)) from refused
         if refused.code == "not_found":
             raise Http404("No such domain in this organization.") from refused
-        text = str(refused)[:1].upper() + str(refused)[1:].rstrip(".") + "."
+        text = _sentence(str(refused))
         return _render_settings(request, domain_error=(domain_id, text), status=_refusal_status(refused.code))
     messages.success(request, message)
     return redirect(reverse("portal-sso") + ("" if action == "remove" else f"#domain-{domain_id}"))
