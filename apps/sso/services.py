@@ -158,7 +158,11 @@ def _sso_actor(idp: IdentityProvider) -> Principal:
 
 
 def _email_domain_verified(*, organization: Organization, email: str) -> bool:
-    domain = email.rpartition("@")[2]
+    # Exactly the verified domain (IDNA-normalised as domains are stored): a verified example.com
+    # doesn't vouch for eu.example.com.
+    domain = email_domain(email)
+    if domain is None:
+        return False
     return SsoDomain.objects.filter(organization=organization, domain=domain, verified_at__isnull=False).exists()
 
 
@@ -200,7 +204,7 @@ def sso_login_complete(
     if not email or "@" not in email:
         raise SamlRefused("no_email")
     if not _email_domain_verified(organization=organization, email=email):
-        raise SamlRefused("domain_not_verified", email.rpartition("@")[2][:253])
+        raise SamlRefused("domain_not_verified", (email_domain(email) or "")[:253])
     user = _person_for_address(email)
     if not user.is_active:
         raise SamlRefused("user_inactive")

@@ -276,6 +276,12 @@ def test_an_address_outside_the_verified_domains_is_refused(org_a_idp_initiated:
     assert not User.objects.filter(email="eve@unverified.example").exists()
 
 
+def test_a_subdomain_of_a_verified_domain_is_not_vouched_for(org_a_idp_initiated: SsoOrganization) -> None:
+    org = org_a_idp_initiated
+    response = org.post(org.idp.response(org.spec(f"eve@eu.{org.domain}")))
+    _assert_refused(org, response, "domain_not_verified", status=403)
+
+
 def test_a_domain_claimed_but_not_verified_is_refused(org_a_idp_initiated: SsoOrganization) -> None:
     from apps.sso.models import SsoDomain
 
