@@ -41,13 +41,15 @@ class AccountAdapter(DefaultAccountAdapter):
         signing_in = user is None or not user.is_authenticated
         if signing_in and isinstance(email, str) and sso_required_for(email=email) is not None:
             raise self.validation_error("sso_required")
-        return super().authenticate(request, **credentials)
+        user_found: AbstractBaseUser | None = super().authenticate(request, **credentials)
+        return user_found
 
     def pre_login(self, request: HttpRequest, user: AbstractBaseUser, **kwargs: Any) -> HttpResponse | None:
         refusal = self._sso_refusal(request, user)
         if refusal is not None:
             return refusal
-        return super().pre_login(request, user, **kwargs)
+        response: HttpResponse | None = super().pre_login(request, user, **kwargs)
+        return response
 
     def _sso_refusal(self, request: HttpRequest, user: AbstractBaseUser) -> HttpResponse | None:
         """Every sign-in (password through another of the person's addresses, passkey, the link of

@@ -442,9 +442,7 @@ def _actor_may_keep_signing_in(*, organization: Organization, actor: Principal, 
     ]
     if not any(email_domain(address) == domain for address in addresses):
         return True
-    return SocialAccount.objects.filter(user_id=user_id, provider=provider_sub_id(organization)).exists()
-
-
+    return bool(SocialAccount.objects.filter(user_id=user_id, provider=provider_sub_id(organization)).exists())
 
 
 def _identity_provider_enabled(organization: Organization) -> bool:

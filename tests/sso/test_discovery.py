@@ -238,17 +238,17 @@ def test_passkey_sign_in_is_refused_for_such_an_address(org_a: SsoOrganization) 
     user = _person(f"alice@{org_a.domain}", organization=org_a.organization)
     _require(org_a)
     request = _hook_request()
-    record_authentication(request, user, "mfa", type="webauthn", passwordless=True)  # type: ignore[arg-type]
-    response = get_adapter(request).pre_login(  # type: ignore[arg-type]
+    record_authentication(request, user, "mfa", type="webauthn", passwordless=True)
+    response = get_adapter(request).pre_login(
         request, user, email_verification="mandatory", signal_kwargs=None, email=None, signup=False, redirect_url=None
     )
     assert response is not None and response.status_code == 302 and response["Location"] == "/accounts/sso/"
     # Without the requirement the same sign-in goes on.
     _require(org_a, required=False)
     request = _hook_request()
-    record_authentication(request, user, "mfa", type="webauthn", passwordless=True)  # type: ignore[arg-type]
+    record_authentication(request, user, "mfa", type="webauthn", passwordless=True)
     assert (
-        get_adapter(request).pre_login(  # type: ignore[arg-type]
+        get_adapter(request).pre_login(
             request,
             user,
             email_verification="mandatory",

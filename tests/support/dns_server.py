@@ -14,11 +14,11 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
-from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
+from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord  # type: ignore[import-untyped]
+from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer  # type: ignore[import-untyped]
 
 
-class TxtResolver(BaseResolver):  # type: ignore[misc]
+class TxtResolver(BaseResolver):
     def __init__(self) -> None:
         self.txt: dict[str, list[str | list[str]]] = {}
         self.queries: list[str] = []
