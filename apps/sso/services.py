@@ -422,14 +422,16 @@ def sso_domain_require(*, organization: Organization, actor: Principal, domain_i
     if required:
         if row.verified_at is None:
             raise SsoDomainRefused("domain_not_verified", f"verify {row.domain} before requiring SSO for it")
+        if not _identity_provider_enabled(organization):
+            raise SsoDomainRefused("idp_not_enabled", "configure and enable the identity provider first")
         if not _actor_may_keep_signing_in(organization=organization, actor=actor, domain=row.domain):
             raise SsoDomainRefused(
                 "actor_without_sso",
                 f"your own address is at {row.domain}: sign in once through the identity provider yourself first",
             )
-        if not _identity_provider_enabled(organization):
-            raise SsoDomainRefused("idp_not_enabled", "configure and enable the identity provider first")
     return _domain_require_write(organization=organization, actor=actor, row=row, required=required)
+
+
 def _actor_may_keep_signing_in(*, organization: Organization, actor: Principal, domain: str) -> bool:
     """A person whose own address is in the domain has signed in through the IdP before: so the
     requirement they turn on doesn't lock them out of the settings page they turn it on from."""
