@@ -80,7 +80,7 @@ def bag_of_words(text: str, dimensions: int) -> list[float]:
 def semantic_figures(organization: object, principal: object) -> None:
     from decimal import Decimal
 
-    from apps.llm.engine import chat_call_parse, chat_complete
+    from apps.llm.calls import chat_call_parse, chat_complete
     from apps.llm.models import SEMANTIC_DIMENSIONS, SemanticCacheEntry
     from apps.llm.semantic import normalise, semantic_get, semantic_put, semantic_query
     from apps.llm.services import llm_settings_set
@@ -172,7 +172,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script, section by section
 
     from apps.accounts.principals import Principal
     from apps.llm import caching
-    from apps.llm.engine import GatewayError, chat_call_parse, chat_complete
+    from apps.llm.calls import LlmRefusal, chat_call_parse, chat_complete
     from apps.llm.models import BudgetWindow, UsageAttempt
     from apps.llm.services import budget_set
     from apps.tenants.connection import tenant_connection
@@ -260,7 +260,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script, section by section
         try:
             chat_complete(organization=other, principal=principal, call=small)
             return "ok"
-        except GatewayError as error:
+        except LlmRefusal as error:
             return error.code
         finally:
             connection.close()

@@ -31,14 +31,14 @@ from apps.jobs.services import (
     job_cancel,
     job_submit,
 )
-from apps.llm.engine import GatewayError
+from apps.llm.calls import LlmRefusal
 from apps.rbac.permissions import Permission
 
 _PASSED_THROUGH = ("tools", "tool_choice", "response_format", "seed", "stop", "top_p", "cache", "min_quality")
 
 
-def _gateway_error(error: GatewayError) -> ApiError:
-    return ApiError(error.status, error.code, error.message, param=error.param)
+def _gateway_error(error: LlmRefusal) -> ApiError:
+    return ApiError(error.http_status, error.code, error.message, param=error.param)
 
 
 class JobInput(serializers.Serializer[Any]):
@@ -156,7 +156,7 @@ class JobListCreateApi(ListAPIView[Job]):
                 agent=agent,
                 webhook_endpoint_id=webhook_endpoint_id,
             )
-        except GatewayError as error:
+        except LlmRefusal as error:
             raise _gateway_error(error) from error
         return Response(JobOutput(job).data, status=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 

@@ -26,7 +26,7 @@ from apps.jobs.heartbeat import heartbeats
 from apps.jobs.models import FINISHED, Agent, Job, JobStatus
 from apps.knowledge.selectors import chunks_search
 from apps.llm.budgets import attempts_abandon
-from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete
+from apps.llm.calls import ChatOutcome, LlmRefusal, chat_call_parse, chat_complete
 from apps.llm.platform.selectors import catalog
 from apps.llm.selectors import llm_content_policy
 from apps.tenants.models import Organization
@@ -94,7 +94,7 @@ def agent_delete(*, organization: Organization, actor: Principal, agent: Agent) 
 
 def job_request_build(*, request: dict[str, Any], agent: Agent | None) -> dict[str, Any]:
     """The engine request for a job: the submitted fields over the agent's defaults. Raises
-    GatewayError (400) for what the engine would refuse, before anything is written."""
+    LlmRefusal (400) for what the engine would refuse, before anything is written."""
     body = {key: value for key, value in request.items() if value is not None}
     if "prompt" in body:
         body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
@@ -113,12 +113,12 @@ def job_request_build(*, request: dict[str, Any], agent: Agent | None) -> dict[s
     if "max_cost_usd" in body:
         body["max_cost_usd"] = str(body["max_cost_usd"])
     if body.get("stream"):
-        raise GatewayError(
+        raise LlmRefusal(
             400, "unsupported_parameter", "jobs don't stream; poll the job or follow its events", param="stream"
         )
     call = chat_call_parse(body)
     if call.model is not None and call.model not in catalog():
-        raise GatewayError(
+        raise LlmRefusal(
             400, "model_not_found", f"the model {call.model!r} does not exist or is not available", param="model"
         )
     return body
@@ -341,8 +341,8 @@ def job_execute(*, organization: Organization, job_id: UUID) -> None:
                 request_id=request_id,
                 on_settled=record,
             )
-        except GatewayError as error:
-            if error.status in TRANSIENT_STATUSES and job.runs < settings.JOB_MAX_RUNS:
+        except LlmRefusal as error:
+            if error.retryable and job.runs < settings.JOB_MAX_RUNS:
                 job_retry_later(organization=organization, job=job, error_class=error.code)
             else:
                 job_fail(organization=organization, job=job, error_class=error.code, message=error.message)

@@ -12,8 +12,7 @@ from pgvector.django import CosineDistance
 
 from apps.accounts.principals import Principal
 from apps.knowledge.models import EMBEDDING_DIMENSIONS, Chunk
-from apps.llm.engine import GatewayError, embeddings_create
-from apps.llm.semantic import embedding_model_name
+from apps.llm.calls import LlmRefusal, embedding_model_name, embeddings_create
 from apps.tenants.models import Organization
 
 
@@ -29,7 +28,7 @@ def query_embed(
 ) -> tuple[list[float], Decimal, str]:
     model = embedding_model_name()
     if model is None:
-        raise GatewayError(503, "no_embedding_model", "no embedding model is available for retrieval")
+        raise LlmRefusal(503, "no_embedding_model", "no embedding model is available for retrieval", retryable=True)
     outcome = embeddings_create(
         organization=organization,
         principal=principal,
@@ -38,7 +37,9 @@ def query_embed(
     )
     vector = (outcome.body.get("data") or [{}])[0].get("embedding")
     if not isinstance(vector, list) or len(vector) != EMBEDDING_DIMENSIONS:
-        raise GatewayError(502, "embedding_mismatch", f"{model} does not give {EMBEDDING_DIMENSIONS} floats")
+        raise LlmRefusal(
+            502, "embedding_mismatch", f"{model} does not give {EMBEDDING_DIMENSIONS} floats", retryable=True
+        )
     return vector, outcome.cost_usd, model
 
 

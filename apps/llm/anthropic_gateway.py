@@ -11,30 +11,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from apps.llm.engine import GatewayError, chat_call_parse, chat_complete
-from apps.llm.errors import invalid, unsupported
+from apps.llm.engine import chat_call_parse, chat_complete
+from apps.llm.errors import GatewayError
 from apps.llm.gateway import _caller, _json_body, stream_start
+from apps.llm.refusals import LlmRefusal, invalid, unsupported
 from apps.llm.validation import EXTENSIONS
 
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-}
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
-
-
-def _error(error: GatewayError, request_id: str) -> JsonResponse:
-    kind = _ERROR_TYPES.get(error.status, "api_error")
-    response = JsonResponse({"type": "error", "error": {"type": kind, "message": error.message}}, status=error.status)
-    for name, value in error.headers.items():
-        response[name] = value
-    response["x-cognitionos-request-id"] = request_id
-    return response
 
 
 # The Messages API fields we translate; anything else (top_k, thinking, container, mcp_servers...) is
@@ -231,8 +214,8 @@ def messages(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
             )
         else:
             outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
-    except GatewayError as error:
-        return _error(error, request_id)
+    except LlmRefusal as refusal:
+        return GatewayError(refusal).anthropic(request_id=request_id)
     if not call.stream:
         response = JsonResponse(anthropic_message(outcome.body, outcome.request_id))
         response["x-cognitionos-cost-usd"] = str(outcome.cost_usd)

@@ -24,12 +24,12 @@ from apps.accounts.principals import Principal
 from apps.llm import caching
 from apps.llm.breaker import breaker_allow, breaker_record
 from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserve, attempt_settle, cache_hit_record
-from apps.llm.errors import GatewayError
 from apps.llm.models import SEMANTIC_DIMENSIONS, AttemptStatus, UsageAttempt
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.providers import CallContext, ChatProvider, ProviderError, StreamChunk, Usage, provider_for
 from apps.llm.ratelimits import RateLimited, RateLimitUnavailable, rate_limit_take
+from apps.llm.refusals import LlmRefusal
 from apps.llm.router import UnknownModel, candidates, deployment_observe, usable
 from apps.llm.selectors import EngineSettings, llm_settings_get
 from apps.llm.semantic import SemanticQuery, embedding_model_name, semantic_get, semantic_put, semantic_query
@@ -40,7 +40,7 @@ from apps.tenants.models import Organization
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChatCall", "ChatOutcome", "GatewayError", "chat_call_parse", "chat_complete", "chat_stream"]
+__all__ = ["ChatCall", "ChatOutcome", "LlmRefusal", "chat_call_parse", "chat_complete", "chat_stream"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _settlement(entry: PricedModel, usage: Usage, latency_ms: int) -> Settlement
 
 def _refuse_unpriced(entry: PricedModel) -> None:
     if entry.price is None:
-        raise GatewayError(
+        raise LlmRefusal(
             400, "model_not_priced", f"model {entry.model.name!r} has no price and cannot be used", param="model"
         )
 
@@ -131,19 +131,17 @@ class _Attempts:
                 health_scope=self.health_scope,
             )
         except UnknownModel as exc:
-            raise GatewayError(
+            raise LlmRefusal(
                 404, "model_not_found", f"the model {exc} does not exist or is not available", param="model"
             ) from exc
         if self.call.images:
             if self.call.model is not None and not found[0].model.accepts_images:
-                raise GatewayError(
+                raise LlmRefusal(
                     400, "images_not_supported", f"the model {self.call.model!r} does not accept images", param="model"
                 )
             found = [entry for entry in found if entry.model.accepts_images]
         if not found:
-            raise GatewayError(
-                503, "no_model_available", "no configured model satisfies this policy", type="server_error"
-            )
+            raise LlmRefusal(503, "no_model_available", "no configured model satisfies this policy", retryable=True)
         _refuse_unpriced(found[0])
         return [entry for entry in found if entry.price is not None]
 
@@ -208,20 +206,20 @@ class _Attempts:
         time.sleep(_backoff(retry, error.retry_after))
         return True
 
-    def exhausted(self) -> GatewayError:
+    def exhausted(self) -> LlmRefusal:
         error = self.last_error
         detail = f": {error.error_class}" if error else ""
         if error is not None and error.status == 429:
-            return GatewayError(
+            return LlmRefusal(
                 429,
                 "provider_rate_limited",
                 f"every provider refused the request{detail}",
-                type="rate_limit_error",
-                headers={"Retry-After": str(int(error.retry_after or 1))},
+                retryable=True,
+                retry_after_s=int(error.retry_after or 1),
             )
         if error is not None and error.request_fault:
-            return GatewayError(400, "provider_rejected_request", f"the provider refused the request{detail}")
-        return GatewayError(502, "provider_unavailable", f"no provider could answer{detail}", type="server_error")
+            return LlmRefusal(400, "provider_rejected_request", f"the provider refused the request{detail}")
+        return LlmRefusal(502, "provider_unavailable", f"no provider could answer{detail}", retryable=True)
 
 
 T = TypeVar("T")
@@ -240,9 +238,7 @@ def _guarded_call(call: Callable[..., T], *args: Any) -> T:
 
 def _admit(organization: Organization, spender: Spender, tokens: int) -> None:
     if not organization.accepts_requests:
-        raise GatewayError(
-            403, "organization_suspended", f"the organization is {organization.status}", type="permission_error"
-        )
+        raise LlmRefusal(403, "organization_suspended", f"the organization is {organization.status}")
     try:
         rate_limit_take(
             organization=organization,
@@ -250,16 +246,16 @@ def _admit(organization: Organization, spender: Spender, tokens: int) -> None:
             tokens=tokens,
         )
     except RateLimited as exc:
-        raise GatewayError(
+        raise LlmRefusal(
             429,
             "rate_limit_exceeded",
             str(exc),
-            type="rate_limit_error",
-            headers={"Retry-After": str(exc.retry_after_s)},
+            retryable=True,
+            retry_after_s=exc.retry_after_s,
         ) from exc
     except RateLimitUnavailable as exc:
-        raise GatewayError(
-            503, "rate_limiter_unavailable", "the rate limiter cannot be reached; try again", type="server_error"
+        raise LlmRefusal(
+            503, "rate_limiter_unavailable", "the rate limiter cannot be reached; try again", retryable=True
         ) from exc
 
 
@@ -268,8 +264,8 @@ def _rate_tokens(call: ChatCall) -> int:
     return call.prompt_token_bound // 4 + call.images * 1_000 + (call.max_tokens or 0)
 
 
-def _budget_error(exc: BudgetExceeded) -> GatewayError:
-    return GatewayError(402, "budget_exceeded", str(exc), type="insufficient_quota")
+def _budget_error(exc: BudgetExceeded) -> LlmRefusal:
+    return LlmRefusal(402, "budget_exceeded", str(exc))
 
 
 def _content_ttl(call: ChatCall, engine_settings: EngineSettings) -> int:
@@ -308,7 +304,7 @@ def _semantic_prepare(
             request_id=_derived_request_id(request_id, "l3"),
             admit=False,
         )
-    except GatewayError as error:
+    except LlmRefusal as error:
         logger.warning("semantic cache skipped: the prompt could not be embedded (%s)", error.code)
         return None
     data = outcome.body.get("data") or [{}]
@@ -732,8 +728,8 @@ def embeddings_create(
                 ),
             )
             if not error.retryable or retry == settings.LLM_MAX_ATTEMPTS:
-                raise GatewayError(
-                    502, "provider_unavailable", f"no provider could answer: {error.error_class}", type="server_error"
+                raise LlmRefusal(
+                    502, "provider_unavailable", f"no provider could answer: {error.error_class}", retryable=True
                 ) from error
             time.sleep(_backoff(retry, error.retry_after))
             continue

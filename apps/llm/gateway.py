@@ -20,14 +20,15 @@ from apps.llm.engine import (
     ChatCall,
     ChatOutcome,
     ChatStream,
-    GatewayError,
     chat_call_parse,
     chat_complete,
     chat_stream,
     embeddings_create,
 )
+from apps.llm.errors import GatewayError
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
+from apps.llm.refusals import LlmRefusal
 from apps.llm.router import usable
 from apps.llm.services import provider_own_keys
 from apps.rbac.permissions import Permission
@@ -44,26 +45,12 @@ def stream_start(
     try:
         slot = long_response_begin()
     except LongResponsesFull as exc:
-        raise GatewayError(
-            429, "too_many_streams", str(exc), type="rate_limit_error", headers={"Retry-After": str(exc.retry_after)}
-        ) from exc
+        raise LlmRefusal(429, "too_many_streams", str(exc), retryable=True, retry_after_s=int(exc.retry_after)) from exc
     try:
         return chat_stream(organization=organization, principal=principal, call=call, request_id=request_id), slot
     except BaseException:
         slot.give_back()
         raise
-
-
-def error_response(error: GatewayError, *, request_id: str | None = None) -> JsonResponse:
-    response = JsonResponse(
-        {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}},
-        status=error.status,
-    )
-    for name, value in error.headers.items():
-        response[name] = value
-    if request_id is not None:
-        response["x-cognitionos-request-id"] = request_id
-    return response
 
 
 def outcome_response(outcome: ChatOutcome) -> JsonResponse:
@@ -81,19 +68,16 @@ def _caller(request: HttpRequest) -> tuple[Organization, Principal]:
     principal = getattr(request, "principal", None)
     if organization is None or organization.is_public or principal is None:
         has_header = request.headers.get("Authorization", "").startswith("Bearer ") or "X-Api-Key" in request.headers
-        raise GatewayError(
+        raise LlmRefusal(
             401,
             "invalid_api_key",
             "invalid, revoked or missing API key"
             if has_header
             else "send your API key as `Authorization: Bearer <key>`",
-            type="authentication_error",
         )
     held = principal.permissions or frozenset()
     if Permission.LLM_INVOKE.value not in held and Permission.ADMIN.value not in held:
-        raise GatewayError(
-            403, "insufficient_scope", "this API key lacks the `llm:invoke` scope", type="permission_error"
-        )
+        raise LlmRefusal(403, "insufficient_scope", "this API key lacks the `llm:invoke` scope")
     return organization, principal
 
 
@@ -104,13 +88,13 @@ def _not_a_number(name: str) -> NoReturn:
 
 def _json_body(request: HttpRequest) -> Any:
     if request.content_type != "application/json":
-        raise GatewayError(415, "unsupported_media_type", "send the body as application/json")
+        raise LlmRefusal(415, "unsupported_media_type", "send the body as application/json")
     limit = settings.LLM_MAX_REQUEST_BYTES
-    too_large = GatewayError(413, "request_too_large", f"the body is over {limit} bytes", type="request_too_large")
+    too_large = LlmRefusal(413, "request_too_large", f"the body is over {limit} bytes")
     try:
         length = int(request.headers.get("Content-Length") or 0)
     except ValueError as exc:
-        raise GatewayError(400, "invalid_request", "the Content-Length header is not a number") from exc
+        raise LlmRefusal(400, "invalid_request", "the Content-Length header is not a number") from exc
     if length > limit:
         raise too_large
     # Read the stream ourselves, never past the limit (request.body has a lower limit of its own,
@@ -121,9 +105,9 @@ def _json_body(request: HttpRequest) -> Any:
     try:
         return json_loads_bounded(data, parse_constant=_not_a_number)
     except JsonTooDeep as exc:
-        raise GatewayError(400, "json_too_deep", f"the body is refused: {exc}") from exc
+        raise LlmRefusal(400, "json_too_deep", f"the body is refused: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise GatewayError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+        raise LlmRefusal(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
 
 
 @csrf_exempt
@@ -136,8 +120,8 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
         if call.stream:
             return _stream_response(organization, principal, call, request_id)
         outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
-    except GatewayError as error:
-        return error_response(error, request_id=request_id)
+    except LlmRefusal as refusal:
+        return GatewayError(refusal).openai(request_id=request_id)
     return outcome_response(outcome)
 
 
@@ -175,8 +159,8 @@ def embeddings(request: HttpRequest) -> HttpResponse:
         outcome = embeddings_create(
             organization=organization, principal=principal, body=_json_body(request), request_id=request_id
         )
-    except GatewayError as error:
-        return error_response(error, request_id=request_id)
+    except LlmRefusal as refusal:
+        return GatewayError(refusal).openai(request_id=request_id)
     return outcome_response(outcome)
 
 
@@ -184,8 +168,8 @@ def embeddings(request: HttpRequest) -> HttpResponse:
 def models(request: HttpRequest) -> HttpResponse:
     try:
         organization, _ = _caller(request)
-    except GatewayError as error:
-        return error_response(error)
+    except LlmRefusal as refusal:
+        return GatewayError(refusal).openai()
     own = frozenset(provider_own_keys(organization=organization))
     data = [
         {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from apps.llm.errors import GatewayError, invalid, unsupported
+from apps.llm.refusals import LlmRefusal, invalid, unsupported
 from apps.llm.router import POLICIES
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -417,7 +417,7 @@ def embeddings_call_parse(body: Any, *, max_dimensions: Callable[[str], int | No
     name = body.get("model")
     limit = max_dimensions(name) if isinstance(name, str) else None
     if limit is None or not isinstance(name, str):
-        raise GatewayError(
+        raise LlmRefusal(
             404, "model_not_found", f"the embedding model {name!r} does not exist or is not available", param="model"
         )
     dimensions = body.get("dimensions")

@@ -34,7 +34,7 @@ from apps.audit.services import audit_record
 from apps.jobs.admission import waiting_admit
 from apps.jobs.services import job_request_build
 from apps.llm.budgets import attempts_abandon
-from apps.llm.engine import GatewayError
+from apps.llm.calls import LlmRefusal
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.selectors import llm_content_policy
@@ -547,7 +547,7 @@ def _llm_body(spec: StepSpec, scope: Scope) -> dict[str, Any]:
             raise StepFailure("agent_not_found", f"no agent {spec.config['agent']!r} in this organization")
     try:
         return job_request_build(request=body, agent=agent)
-    except GatewayError as error:
+    except LlmRefusal as error:
         raise StepFailure(error.code, error.message) from error
 
 

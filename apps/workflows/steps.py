@@ -18,7 +18,7 @@ from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import ChatOutcome, GatewayError, chat_call_parse, chat_complete
+from apps.llm.calls import ChatOutcome, LlmRefusal, chat_call_parse, chat_complete
 from apps.tenants.models import Organization
 from apps.workflows.definition import StepSpec, pattern_compile
 from apps.workflows.templating import (
@@ -172,7 +172,7 @@ def run_llm(context: StepContext, body: dict[str, Any], on_settled: Settled) -> 
             request_id=context.request_id,
             on_settled=lambda settled: on_settled(_llm_result(settled)),
         )
-    except GatewayError as error:
+    except LlmRefusal as error:
         raise StepFailure(error.code, error.message) from error
     return _llm_result(outcome)
 
@@ -195,7 +195,7 @@ def run_retrieve(context: StepContext, spec: StepSpec, scope: Scope) -> StepResu
             document_ids=spec.config.get("documents"),
             request_id=context.request_id,
         )
-    except GatewayError as error:
+    except LlmRefusal as error:
         raise StepFailure(error.code, error.message) from error
     return StepResult(output=found.chunks, cost_usd=found.cost_usd, model=found.model)
 

@@ -17,7 +17,7 @@ from django.db import connection
 from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import GatewayError, chat_call_parse, chat_complete
+from apps.llm.calls import LlmRefusal, chat_call_parse, chat_complete
 from apps.llm.models import AttemptStatus, BudgetWindow, UsageAttempt
 from apps.llm.services import budget_set
 from apps.tenants.connection import tenant_connection
@@ -56,7 +56,7 @@ def test_hundreds_of_concurrent_calls_never_overspend_a_hard_budget(live_db: Liv
             )
             chat_complete(organization=organization, principal=principal, call=call)
             return "ok"
-        except GatewayError as error:
+        except LlmRefusal as error:
             return error.code
         finally:
             connection.close()

@@ -17,7 +17,7 @@ from django_tenants.utils import schema_context
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
 from apps.llm import caching
-from apps.llm.engine import ChatOutcome, chat_call_parse, chat_complete
+from apps.llm.calls import ChatOutcome, chat_call_parse, chat_complete
 from apps.llm.models import AttemptStatus, CachedResponse, SemanticCacheEntry, UsageAttempt
 from apps.llm.selectors import ContentPolicy, llm_content_policy, llm_settings_forget
 from apps.llm.services import SettingsInvalid, llm_content_sweep, llm_settings_set

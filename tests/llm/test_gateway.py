@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from apps.accounts.principals import Principal
 from apps.apikeys.models import ApiKey
 from apps.apikeys.services import apikey_revoke
-from apps.llm.engine import chat_call_parse, chat_stream
+from apps.llm.calls import chat_call_parse, chat_stream
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.models import UsageRollup
 from apps.tenants.models import Organization

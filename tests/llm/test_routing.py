@@ -9,7 +9,7 @@ import pytest
 from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import chat_call_parse, chat_complete
+from apps.llm.calls import chat_call_parse, chat_complete
 from apps.llm.router import candidates, deployment_observe, observed
 from apps.tenants.models import Organization
 from tests.support.fake_provider import FakeProvider

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import ChatOutcome, chat_call_parse, chat_complete
+from apps.llm.calls import ChatOutcome, chat_call_parse, chat_complete
 from apps.llm.models import SEMANTIC_DIMENSIONS, AttemptStatus, SemanticCacheEntry, UsageAttempt
 from apps.llm.semantic import semantic_get, semantic_put, semantic_query
 from apps.llm.services import llm_settings_set

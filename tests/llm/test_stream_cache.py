@@ -14,7 +14,7 @@ from django_tenants.utils import schema_context
 from openai.types.chat import ChatCompletionMessageParam
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import chat_call_parse, chat_stream
+from apps.llm.calls import chat_call_parse, chat_stream
 from apps.llm.models import AttemptStatus, CachedResponse, UsageAttempt
 from apps.llm.services import llm_settings_set
 from apps.tenants.models import Organization

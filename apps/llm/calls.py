@@ -1,0 +1,102 @@
+"""The LLM engine's public surface: what every other app (jobs, workflows, knowledge, webhooks,
+operations, the portal) may use. Everything else in `apps.llm` is internal; import-linter enforces
+it (pyproject.toml).
+
+Every call here is governed end to end for the organization: rate limits, caches, routing with
+fallbacks and breakers (the organization's own provider keys included), budget reservation and
+settlement, ledger. A call the engine won't or can't answer raises `LlmRefusal`: catch that, never
+an HTTP error type (the gateway alone shapes refusals into OpenAI's and Anthropic's bodies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from apps.accounts.principals import Principal
+from apps.llm import engine
+from apps.llm.budgets import attempts_abandon
+from apps.llm.engine import ChatOutcome, ChatStream
+from apps.llm.platform.models import ModelKind
+from apps.llm.platform.selectors import catalog
+from apps.llm.pricing import ChatCostPreview, EmbeddingCostPreview, chat_cost_preview, embedding_cost_preview
+from apps.llm.refusals import LlmRefusal
+from apps.llm.selectors import BudgetStatus, ContentPolicy, budget_statuses, llm_content_policy
+from apps.llm.semantic import embedding_model_name
+from apps.llm.validation import ChatCall
+from apps.llm.validation import chat_call_parse as _chat_call_parse
+from apps.tenants.models import Organization
+
+__all__ = [
+    "BudgetStatus",
+    "ChatCall",
+    "ChatCostPreview",
+    "ChatOutcome",
+    "ChatStream",
+    "ContentPolicy",
+    "EmbeddingCostPreview",
+    "LlmRefusal",
+    "attempts_abandon",
+    "budget_statuses",
+    "chat_call_parse",
+    "chat_complete",
+    "chat_cost_preview",
+    "chat_stream",
+    "embedding_cost_preview",
+    "embedding_model_name",
+    "embeddings_create",
+    "llm_content_policy",
+    "model_exists",
+]
+
+
+def chat_call_parse(body: Any) -> ChatCall:
+    """Validate an OpenAI chat-completions body (plus our extensions: policy, min_quality,
+    max_cost_usd, cache) against the allowlist. Raises LlmRefusal (400, naming the field) for what
+    the engine would refuse, before anything is reserved or written."""
+    return _chat_call_parse(body)
+
+
+def chat_complete(
+    *,
+    organization: Organization,
+    principal: Principal,
+    call: ChatCall,
+    request_id: str | None = None,
+    on_settled: Callable[[ChatOutcome], None] | None = None,
+) -> ChatOutcome:
+    """Answer a non-streaming chat call. `request_id` names the call in the ledger (its attempts are
+    `<request_id>` numbered 1, 2...); give a stable one to make a retried job's spend traceable.
+
+    `on_settled` runs inside the transaction that settles the successful attempt (or records the
+    cache hit), so the caller's record of the answer commits together with the ledger row or not
+    at all. Raises LlmRefusal."""
+    return engine.chat_complete(
+        organization=organization, principal=principal, call=call, request_id=request_id, on_settled=on_settled
+    )
+
+
+def chat_stream(
+    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str | None = None
+) -> ChatStream:
+    """Start a streamed chat call. Admission, routing, retries and fallbacks happen before this
+    returns (so a refusal raises LlmRefusal here, never mid-stream); the returned `chunks` iterator
+    yields OpenAI `chat.completion.chunk` dicts and settles the attempt when it ends or is closed —
+    always close it (a client that went away is charged the reservation)."""
+    return engine.chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
+
+
+def embeddings_create(
+    *, organization: Organization, principal: Principal, body: Any, request_id: str | None = None
+) -> ChatOutcome:
+    """Embed text: `body` is an OpenAI embeddings request (`model`, `input`, optional `dimensions`,
+    `encoding_format`). Governed like a chat call: rate limits, breakers, the organization's own
+    key for the provider if it has one, budget reservation, ledger. Raises LlmRefusal."""
+    return engine.embeddings_create(organization=organization, principal=principal, body=body, request_id=request_id)
+
+
+def model_exists(name: str, *, kind: str | None = None) -> bool:
+    """Whether the catalog has an active model of this name (of this kind, `chat` or `embedding`,
+    if given). Whether it can serve a call right now is the engine's decision at call time."""
+    entry = catalog().get(name)
+    return entry is not None and (kind is None or entry.model.kind == ModelKind(kind))
