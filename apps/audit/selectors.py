@@ -56,8 +56,8 @@ class Unchained:
 
     count: int
     stale: int  # of them, written longer than the allowed age ago: the chainer is stuck
-    oldest_id: int | None
-    oldest_age_seconds: float | None
+    first_id: int | None  # the lowest id: the next one the chainer links
+    oldest_age_seconds: float | None  # since the earliest occurred_at among them
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,8 @@ def _unchained(max_age: float) -> Unchained:
             """,
             [max_age],
         )
-        count, stale, oldest_id, oldest_age = cursor.fetchone()
-    return Unchained(count, stale, oldest_id, float(oldest_age) if oldest_age is not None else None)
+        count, stale, first_id, oldest_age = cursor.fetchone()
+    return Unchained(count, stale, first_id, float(oldest_age) if oldest_age is not None else None)
 
 
 def _chain_walk(anchors: dict[int, str], batch_size: int) -> ChainReport:

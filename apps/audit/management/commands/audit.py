@@ -78,7 +78,8 @@ class Command(BaseCommand):
         if report.stuck:
             raise CommandError(
                 f"STUCK: {unchained.stale} events unchained for more than {options['unchained_max_age']:g} s "
-                f"(the oldest, id={unchained.oldest_id}, written {unchained.oldest_age_seconds:.0f} s ago): "
+                f"(the oldest written {unchained.oldest_age_seconds:.0f} s ago; "
+                f"next in line: id={unchained.first_id}): "
                 f"is the chainer running? ({report.count} chained events verified, chain head "
                 f"{report.count}:{report.head_hash})",
                 returncode=1,
