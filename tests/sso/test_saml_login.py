@@ -95,6 +95,15 @@ def test_sp_initiated_sign_in_creates_the_member_just_in_time(org_a: SsoOrganiza
     assert org_a.last_event("sso.login_refused") is None
 
 
+def test_opening_the_sign_in_link_asks_before_going_to_the_idp(org_a: SsoOrganization) -> None:
+    # A GET (a link, a redirect from discovery) shows a button; only its POST goes to the IdP.
+    response = org_a.client.get(f"/accounts/saml/{org_a.slug}/login/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Continue to your identity provider" in body and 'method="post"' in body
+    assert org_a.idp.sso_url not in body
+
+
 def test_an_existing_member_signs_in_and_keeps_their_role(org_a: SsoOrganization) -> None:
     email = f"dev@{org_a.domain}"
     user = member_make(organization=org_a.organization, role=Role.DEVELOPER, email=email)
