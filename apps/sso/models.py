@@ -47,7 +47,7 @@ class SsoDomain(models.Model):
     domain = models.CharField(max_length=253)  # lowercased, IDNA/punycode, validated
     verification_token = models.CharField(max_length=64)  # TXT value "cognitionos-verification=<token>"
     verified_at = models.DateTimeField(null=True, blank=True)
-    verified_by = models.CharField(max_length=20, blank=True)  # "dns" or "operator:<staff email>"
+    verified_by = models.CharField(max_length=300, blank=True)  # "dns" or "operator:<staff email>"
     require_sso = models.BooleanField(default=False)  # members with this domain must sign in through SSO
     created_at = models.DateTimeField(auto_now_add=True)
 

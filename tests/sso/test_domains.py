@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from allauth.socialaccount.models import SocialAccount
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -419,3 +420,22 @@ def test_operator_break_glass_stops_requiring_sso(orgs: tuple[Organization, Orga
         event = AuditEvent.objects.filter(action="sso.domain_required").order_by("-id").first()
     assert event is not None
     assert (event.actor_kind, event.actor_label, event.metadata["required"]) == ("operator", "op@ops.test", False)
+
+
+def test_requiring_sso_for_your_own_domain_needs_one_sign_in_through_it_first(
+    orgs: tuple[Organization, Organization],
+) -> None:
+    org_a, org_b = orgs
+    row = _verified(org_a)
+    _idp(org_a)
+    me = member_make(organization=org_a, role=Role.ADMIN, email="me@acme.test")
+    with refused("actor_without_sso"):
+        sso_domain_require(organization=org_a, actor=Principal.for_user(me), domain_id=row.pk, required=True)
+    # A sign-in through another organization's IdP proves nothing about this one.
+    SocialAccount.objects.create(user=me, provider=f"saml:{org_b.slug}", uid="me@acme.test")
+    with refused("actor_without_sso"):
+        sso_domain_require(organization=org_a, actor=Principal.for_user(me), domain_id=row.pk, required=True)
+    SocialAccount.objects.create(user=me, provider=f"saml:{org_a.slug}", uid="me@acme.test")
+    assert sso_domain_require(
+        organization=org_a, actor=Principal.for_user(me), domain_id=row.pk, required=True
+    ).require_sso
