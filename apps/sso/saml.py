@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from allauth.socialaccount.providers.saml.utils import build_saml_config, prepare_django_request
 from django.conf import settings
 from django.http import HttpRequest
@@ -84,6 +85,7 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "user_inactive": (403, "Your account is deactivated."),
     "account_mismatch": (403, "Your identity provider's account is linked to another person here."),
     "invalid": (400, "The sign-in response is not valid."),
+    "unavailable": (503, "Single sign-on is unavailable for a moment. Please try again shortly."),
 }
 
 _REASON_BY_CODE = {
@@ -313,8 +315,31 @@ def assertion_claim(*, organization: Organization, assertion: ValidAssertion) ->
     digest = hashlib.sha256(assertion.assertion_id.encode()).hexdigest()
     key = _ASSERTION_KEY.format(organization_id=organization.pk, digest=digest)
     ttl = max(1, int(assertion.not_on_or_after - time.time()) + _ASSERTION_KEY_MARGIN_SECONDS)
-    if not redis_client().set(key, "1", nx=True, ex=ttl):
+    try:
+        claimed = redis_client().set(key, "1", nx=True, ex=ttl)
+    except redis.RedisError as exc:
+        # Without the record of used assertions a replay can't be told apart: refuse (fail closed).
+        raise SamlRefused("unavailable", f"replay cache: {type(exc).__name__}") from exc
+    if not claimed:
         raise SamlRefused("replayed", assertion.assertion_id[:100])
+
+
+_REFUSALS_KEY = "sso:refusals:{organization_id}:{minute}"
+
+
+def refusal_audit_allowed(*, organization: Organization) -> bool:
+    """Whether another refused response may be written to the organization's audit log this minute
+    (SSO_REFUSALS_AUDITED_PER_MINUTE): anyone can post to an ACS, and a flood of garbage must not
+    flood the log. Past the bound responses are still refused, and logged here instead."""
+    key = _REFUSALS_KEY.format(organization_id=organization.pk, minute=int(time.time() // 60))
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        count = int(pipe.execute()[0])
+    except redis.RedisError:
+        return True  # the audit log is the record; don't lose it to a counter
+    return count <= settings.SSO_REFUSALS_AUDITED_PER_MINUTE
 
 
 def our_hosts(request: HttpRequest) -> set[str]:

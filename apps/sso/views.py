@@ -13,6 +13,8 @@ reason) and the person gets a page that says what happened, without the response
 
 from __future__ import annotations
 
+import logging
+
 from allauth.account.adapter import get_adapter as get_account_adapter
 from allauth.core.internal import httpkit
 from allauth.socialaccount.adapter import get_adapter
@@ -29,9 +31,18 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.sso.adapter import SSO_USER_STATE_KEY, host_organization
 from apps.sso.models import IdentityProvider
-from apps.sso.saml import SamlRefused, assertion_claim, response_size_check, safe_next, saml_response_validate
+from apps.sso.saml import (
+    SamlRefused,
+    assertion_claim,
+    refusal_audit_allowed,
+    response_size_check,
+    safe_next,
+    saml_response_validate,
+)
 from apps.sso.services import sso_login_complete, sso_login_refused_record
 from apps.tenants.models import Organization
+
+logger = logging.getLogger(__name__)
 
 
 def refusal_response(
@@ -70,7 +81,13 @@ def _usable(organization: Organization, idp: IdentityProvider) -> None:
 
 
 def _refuse(request: HttpRequest, organization: Organization, refused: SamlRefused) -> HttpResponse:
-    sso_login_refused_record(organization=organization, refused=refused, client=_client(request))
+    if refusal_audit_allowed(organization=organization):
+        sso_login_refused_record(organization=organization, refused=refused, client=_client(request))
+    else:
+        logger.warning(
+            "sso.login_refused not audited (over SSO_REFUSALS_AUDITED_PER_MINUTE)",
+            extra={"organization": organization.slug, "reason": refused.reason},
+        )
     return refusal_response(request, refused, organization)
 
 

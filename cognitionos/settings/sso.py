@@ -26,3 +26,6 @@ SSO_ASSERTION_MAX_LIFETIME_SECONDS = env_int("SSO_ASSERTION_MAX_LIFETIME_SECONDS
 # Metadata URLs are https only (a certificate fetched over http could be swapped on the way); the
 # test suite turns this on for its local metadata server.
 SSO_METADATA_ALLOW_HTTP = env_bool("SSO_METADATA_ALLOW_HTTP", False)
+# Refused SAML responses written to an organization's audit log per minute; past it they are still
+# refused, and logged instead (anyone can post to an ACS: a flood must not flood the audit log).
+SSO_REFUSALS_AUDITED_PER_MINUTE = env_int("SSO_REFUSALS_AUDITED_PER_MINUTE", 60)

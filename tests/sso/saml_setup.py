@@ -16,8 +16,16 @@ from apps.sso.services import identity_provider_configure
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
+from cognitionos.redis import redis_client
 from tests.factories import TEST_ACTOR
 from tests.sso.idp import Assertion, TestIdp, authn_request_id, encoded
+
+
+def sso_counters_forget() -> None:
+    """The per-minute bound on audited refusals counts in the shared Redis: each test starts at 0."""
+    client = redis_client()
+    for key in client.scan_iter(match="sso:refusals:*"):
+        client.delete(key)
 
 
 def sso_plan() -> Plan:

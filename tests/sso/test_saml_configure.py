@@ -19,7 +19,21 @@ from apps.sso.services import IdentityProviderRefused, identity_provider_configu
 from apps.tenants.models import Organization
 from tests.factories import TEST_ACTOR, member_make
 from tests.sso.idp import TestIdp, key_pair
-from tests.sso.saml_setup import SsoOrganization, domain_verify, plan_set, sso_organization, sso_plan
+from tests.sso.saml_setup import (
+    SsoOrganization,
+    domain_verify,
+    plan_set,
+    sso_counters_forget,
+    sso_organization,
+    sso_plan,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counters() -> Iterator[None]:
+    sso_counters_forget()
+    yield
+    sso_counters_forget()
 
 
 @pytest.fixture

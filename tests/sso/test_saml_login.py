@@ -5,10 +5,12 @@ nothing of the response."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import lxml.etree
 import pytest
+import redis
 import xmlsec
 from allauth.account.models import EmailAddress
 from allauth.socialaccount.models import SocialAccount
@@ -28,13 +30,20 @@ from tests.sso.idp import (
     xsw_second_assertion,
     xsw_signature_points_elsewhere,
 )
-from tests.sso.saml_setup import SsoOrganization, plan_set, sso_organization
+from tests.sso.saml_setup import SsoOrganization, plan_set, sso_counters_forget, sso_organization
 
 PASSWORD = "a-long-enough-passphrase-42"
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_counters() -> Iterator[None]:
+    sso_counters_forget()
+    yield
+    sso_counters_forget()
 
 
 @pytest.fixture
@@ -324,6 +333,25 @@ def test_a_response_larger_than_the_bound_is_refused_before_parsing(org_a_idp_in
     org = org_a_idp_initiated
     response = org.post("A" * (256 * 1024 + 10))
     _assert_refused(org, response, "too_large", status=413)
+
+
+def test_a_flood_of_refusals_is_audited_up_to_the_bound(org_a_idp_initiated: SsoOrganization, settings: Any) -> None:
+    org = org_a_idp_initiated
+    settings.SSO_REFUSALS_AUDITED_PER_MINUTE = 3
+    for _ in range(5):
+        assert org.post("bm90IFhNTA==").status_code == 400  # every one refused...
+    assert len(org.events("sso.login_refused")) == 3  # ...the first three audited this minute
+
+
+def test_without_the_replay_cache_sign_in_fails_closed(
+    org_a_idp_initiated: SsoOrganization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    org = org_a_idp_initiated
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    monkeypatch.setattr("apps.sso.saml.redis_client", lambda: unreachable)
+    response = org.post(org.idp.response(org.spec()))
+    _assert_refused(org, response, "unavailable", status=503)
+    assert _signed_in_as(org.client) is None
 
 
 def test_garbage_is_refused_as_malformed(org_a_idp_initiated: SsoOrganization) -> None:
