@@ -1,11 +1,16 @@
-"""Audit log figures: what the hash chain adds to each audit_record, and export and verify speed.
+"""Audit log figures: what recording an event costs, how fast the chainer links, export and verify speed.
 
     .venv/bin/python bench/audit.py [--samples 2000] [--events 100000]
 
 Prints:
-- the cost of one audit event in its own transaction, median, before the chain (one INSERT, as
-  audit_record did) and with it (chain lock, head read, SHA-256, INSERT), interleaved in one run;
-- events/s with 8 processes writing one organization at once (the chain lock serializes them);
+- the cost of one audit event in its own transaction, median, chained synchronously (the previous
+  design: chain lock, head read, SHA-256 and INSERT in the writer's transaction, the lock held to
+  its commit) and asynchronously (audit_record now: one INSERT, and after the commit the chainer's
+  pending flag in Redis, plus a task sent for the first event of a burst), interleaved in one run;
+- events/s with 8 processes writing one organization at once, both ways (the synchronous chain
+  serializes them on its lock from the insert to the commit); with the chainer running in a process
+  of its own meanwhile (as a worker runs its task), and how far behind it was at the end;
+- the chainer alone: events linked per second, from a backlog of unchained events;
 - GET /api/v1/audit-events/export over `--events` events (CSV and JSON lines): events/s and the
   Python memory the export peaked at (it streams in batches);
 - `audit verify` over the same events: events/s and peak memory.
@@ -16,9 +21,11 @@ Runs on its own database in the bench servers (.data/bench). Not a test: compare
 from __future__ import annotations
 
 import argparse
-import itertools
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -31,36 +38,54 @@ sys.path.insert(0, str(ROOT))
 from bench._setup import django_on_fresh_database  # noqa: E402 - after the path is set
 
 WRITERS = 8
-_SEQUENCES = itertools.count(10**9, 10**8)  # the unchained writers' sequence ranges, apart
+METADATA = {"model": "simulated-mini", "n": 1}
+
+# The previous design's append, kept here to compare against: lock, then the head, in one round trip.
+_LOCK_THEN_HEAD_SQL = """
+    SELECT pg_advisory_xact_lock(%s, 'audit_auditevent'::regclass::oid::int);
+    SELECT clock_timestamp(), head.sequence, head.hash
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT sequence, hash FROM audit_auditevent WHERE sequence IS NOT NULL ORDER BY sequence DESC LIMIT 1
+    ) AS head ON true
+"""
 
 
-def _unchained_insert(organization: Any, counter: Any) -> Callable[[], None]:
-    """What audit_record did before the chain: one INSERT of the event, no lock, no head read."""
-    from django.db import transaction
+def _synchronous(organization: Any) -> Callable[[], None]:
+    """What audit_record did before: the chain lock, the head, the hash and the INSERT, in the
+    writer's transaction (the lock held until it commits)."""
+    from django.db import connection, transaction
     from django_tenants.utils import schema_context
 
+    from apps.audit.chain import GENESIS_HASH, ChainFields, event_hash
     from apps.audit.models import AuditEvent
+    from apps.audit.services import AUDIT_CHAIN_LOCK_CLASS
 
     def record() -> None:
         with transaction.atomic(), schema_context(organization.schema_name):
-            AuditEvent(
-                sequence=next(counter),
+            with connection.cursor() as cursor:
+                cursor.execute(_LOCK_THEN_HEAD_SQL, [AUDIT_CHAIN_LOCK_CLASS])
+                cursor.nextset()
+                occurred_at, last_sequence, last_hash = cursor.fetchone()
+            fields = ChainFields(
+                sequence=(last_sequence or 0) + 1,
+                occurred_at=occurred_at,
                 actor_kind="user",
                 actor_id="42",
                 actor_label="alice@example.com",
                 action="job.submitted",
-                target_type="jobs.Job",
-                target_id="0b7a4c2e-1f8e-4d3a-9c55-5a1e0f3d2b11",
-                target_label="job",
-                metadata={"model": "simulated-mini", "n": 1},
-                previous_hash="0" * 64,
-                hash="0" * 64,
-            ).save(force_insert=True)
+                target_type="",
+                target_id="",
+                target_label="",
+                metadata=METADATA,
+                previous_hash=last_hash or GENESIS_HASH,
+            )
+            AuditEvent(**fields.__dict__, hash=event_hash(fields)).save(force_insert=True)
 
     return record
 
 
-def _chained(organization: Any) -> Callable[[], None]:
+def _asynchronous(organization: Any) -> Callable[[], None]:
     from django.db import transaction
 
     from apps.accounts.principals import Principal
@@ -70,12 +95,7 @@ def _chained(organization: Any) -> Callable[[], None]:
 
     def record() -> None:
         with transaction.atomic():
-            audit_record(
-                organization=organization,
-                actor=actor,
-                action="job.submitted",
-                metadata={"model": "simulated-mini", "n": 1},
-            )
+            audit_record(organization=organization, actor=actor, action="job.submitted", metadata=METADATA)
 
     return record
 
@@ -86,53 +106,138 @@ def _timed(record: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
-def bench_record(samples: int) -> None:
-    from itertools import count
+CHAINER = """
+import os, sys, time, django
+django.setup()
+from apps.audit.services import audit_chain_pending_key, audit_chain_run
+from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
+organization = Organization.objects.get(slug=sys.argv[1])
+pending = audit_chain_pending_key(organization.pk)
+while not os.path.exists(sys.argv[2]):
+    # A run when a commit asked for one (the flag its task is sent with), as a worker takes the task.
+    if redis_client().exists(pending):
+        audit_chain_run(organization=organization)
+    else:
+        time.sleep(0.01)
+"""
 
+
+def _unchained_backlog(organization: Any) -> tuple[int, float]:
+    from django.db import connection
+    from django_tenants.utils import schema_context
+
+    with schema_context(organization.schema_name), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(occurred_at)), 0) "
+            "FROM audit_auditevent WHERE sequence IS NULL"
+        )
+        count, age = cursor.fetchone()
+    return int(count), float(age)
+
+
+def bench_record(samples: int) -> None:
     from apps.accounts.principals import Principal
+    from apps.audit.selectors import audit_chain_verify
+    from apps.audit.services import audit_chain_link
     from apps.tenants.services import organization_create
 
     actor = Principal.system("bench")
-    before_org = organization_create(slug="unchained", name="Unchained", owner_email="b@example.com", actor=actor)
-    after_org = organization_create(slug="chained", name="Chained", owner_email="a@example.com", actor=actor)
-    before, after = _unchained_insert(before_org, count(1000)), _chained(after_org)
+    sync_org = organization_create(slug="synchronous", name="Synchronous", owner_email="s@example.com", actor=actor)
+    async_org = organization_create(slug="asynchronous", name="Asynchronous", owner_email="a@example.com", actor=actor)
+    for organization in (sync_org, async_org):
+        audit_chain_link(organization=organization)  # provisioning's events
+    synchronous, asynchronous = _synchronous(sync_org), _asynchronous(async_org)
     for _ in range(200):  # warm both paths
-        before()
-        after()
-    before_times, after_times = [], []
+        synchronous()
+        asynchronous()
+    sync_times, async_times = [], []
     for _ in range(samples):  # interleaved, so drift on a shared machine hits both alike
-        before_times.append(_timed(before))
-        after_times.append(_timed(after))
-    b, a = statistics.median(before_times), statistics.median(after_times)
+        sync_times.append(_timed(synchronous))
+        async_times.append(_timed(asynchronous))
+    s, a = statistics.median(sync_times), statistics.median(async_times)
     print(
-        f"audit event in its own transaction, median of {samples}: before the chain {b * 1e3:.3f} ms, "
-        f"with the chain {a * 1e3:.3f} ms, added {(a - b) * 1e3:.3f} ms per audit_record"
+        f"audit event in its own transaction, median of {samples}: chained synchronously {s * 1e3:.3f} ms, "
+        f"asynchronously (audit_record) {a * 1e3:.3f} ms ({(a - s) * 1e3:+.3f} ms)"
     )
 
     per_writer, rounds = max(50, samples // 20), 3
     rates: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(rounds):  # alternated, as above
-        for chained in (False, True):
-            slug = after_org.slug if chained else before_org.slug
-            rates[chained].append(_processes_throughput(slug, chained, per_writer))
+    stop_file = Path(tempfile.mkdtemp()) / "stop"
+    chainer = subprocess.Popen([sys.executable, "-c", CHAINER, async_org.slug, str(stop_file)], cwd=ROOT)
+    lags = []
+    try:
+        for _ in range(rounds):  # alternated, as above
+            for is_async in (False, True):
+                slug = async_org.slug if is_async else sync_org.slug
+                rates[is_async].append(_processes_throughput(slug, is_async, per_writer))
+                if is_async:
+                    lags.append(_unchained_backlog(async_org))
+    finally:
+        stop_file.touch()
+        chainer.wait(timeout=60)
+    started = time.perf_counter()
+    audit_chain_link(organization=async_org)
+    drained = time.perf_counter() - started
+    report = audit_chain_verify(organization=async_org)
     print(
         f"{WRITERS} processes writing one organization, median of {rounds} rounds of {WRITERS}x{per_writer}: "
-        f"before the chain {statistics.median(rates[False]):,.0f} events/s, "
-        f"with the chain {statistics.median(rates[True]):,.0f} events/s"
+        f"chained synchronously {statistics.median(rates[False]):,.0f} events/s, "
+        f"asynchronously {statistics.median(rates[True]):,.0f} events/s; unchained when the writers ended: "
+        + ", ".join(f"{count} (oldest {age:.2f} s)" for count, age in lags)
+        + f"; the rest linked in {drained * 1e3:.0f} ms; "
+        f"verify {'OK' if report.ok else 'BROKEN'}, {report.count} events"
     )
 
 
-def _writer(slug: str, chained: bool, per_writer: int, start_at: float, first_sequence: int) -> tuple[float, float]:
+def bench_chainer(events: int) -> None:
+    """The chainer alone: a backlog of `events` unchained events, linked in its batches."""
+    from django.db import transaction
+    from django.utils import timezone
+    from django_tenants.utils import schema_context
+
+    from apps.accounts.principals import Principal
+    from apps.audit.models import AuditEvent
+    from apps.audit.services import AUDIT_CHAIN_BATCH, audit_chain_link
+    from apps.tenants.services import organization_create
+
+    organization = organization_create(
+        slug="backlog", name="Backlog", owner_email="c@example.com", actor=Principal.system("bench")
+    )
+    with schema_context(organization.schema_name), transaction.atomic():
+        AuditEvent.objects.bulk_create(
+            AuditEvent(
+                occurred_at=timezone.now(),
+                actor_kind="api_key",
+                actor_id="7",
+                actor_label="key 7",
+                action="job.submitted",
+                target_type="jobs.Job",
+                target_id=f"{number:08d}-4d3a-9c55-5a1e0f3d2b11",
+                target_label=f"job {number}",
+                metadata={"model": "simulated-mini", "tokens": number % 997},
+            )
+            for number in range(events)
+        )
+    started = time.perf_counter()
+    linked = audit_chain_link(organization=organization)
+    elapsed = time.perf_counter() - started
+    print(
+        f"chainer: {linked:,} unchained events linked in {elapsed:.2f} s, {linked / elapsed:,.0f} events/s "
+        f"(batches of {AUDIT_CHAIN_BATCH}, each its own transaction under the lock)"
+    )
+
+
+def _writer(slug: str, is_async: bool, per_writer: int, start_at: float) -> tuple[float, float]:
     """One writer process: `per_writer` events, each in its own transaction, from `start_at` on."""
     import django
 
     django.setup()
-    from itertools import count
 
     from apps.tenants.models import Organization
 
     organization = Organization.objects.get(slug=slug)
-    record = _chained(organization) if chained else _unchained_insert(organization, count(first_sequence))
+    record = _asynchronous(organization) if is_async else _synchronous(organization)
     record()  # connect before the start
     time.sleep(max(0.0, start_at - time.time()))
     started = time.time()
@@ -141,7 +246,7 @@ def _writer(slug: str, chained: bool, per_writer: int, start_at: float, first_se
     return started, time.time()
 
 
-def _processes_throughput(slug: str, chained: bool, per_writer: int) -> float:
+def _processes_throughput(slug: str, is_async: bool, per_writer: int) -> float:
     """Writers in separate processes, as web workers are (threads of one process would also queue on
     the GIL while one of them holds the chain lock)."""
     import multiprocessing
@@ -149,10 +254,7 @@ def _processes_throughput(slug: str, chained: bool, per_writer: int) -> float:
 
     start_at = time.time() + 5  # after every process has started Django
     with ProcessPoolExecutor(max_workers=WRITERS, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [
-            pool.submit(_writer, slug, chained, per_writer, start_at, next(_SEQUENCES) + number * 10**6)
-            for number in range(WRITERS)
-        ]
+        futures = [pool.submit(_writer, slug, is_async, per_writer, start_at) for _ in range(WRITERS)]
         spans = [future.result() for future in futures]
     return WRITERS * per_writer / (max(end for _, end in spans) - min(start for start, _ in spans))
 
@@ -165,12 +267,18 @@ def _seed(organization: Any, events: int) -> None:
 
     from apps.audit.chain import GENESIS_HASH, ChainFields, event_hash
     from apps.audit.models import AuditEvent
+    from apps.audit.services import audit_chain_link
 
     previous, batch_size = GENESIS_HASH, 5000
+    audit_chain_link(organization=organization)  # provisioning's events first
     with schema_context(organization.schema_name):
         sequence = AuditEvent.objects.count()
         if sequence:
-            previous = AuditEvent.objects.order_by("-sequence").values_list("hash", flat=True)[0]
+            previous = (
+                AuditEvent.objects.filter(sequence__isnull=False)
+                .order_by("-sequence")
+                .values_list("hash", flat=True)[0]
+            )
         while sequence < events:
             rows = []
             for _ in range(min(batch_size, events - sequence)):
@@ -260,8 +368,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--events", type=int, default=100_000)
     args = parser.parse_args()
+    os.environ["CELERY_TASK_DEFAULT_QUEUE"] = "cognitionos-bench-audit"  # the chainer's tasks: no worker takes them
     django_on_fresh_database("cognitionos_bench_audit")
     bench_record(args.samples)
+    bench_chainer(args.events)
     bench_export_and_verify(args.events)
 
 
