@@ -76,6 +76,8 @@ class JobOutput(serializers.ModelSerializer[Job]):
     timings = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
     cost_usd = serializers.DecimalField(max_digits=14, decimal_places=8)
+    # How many times a worker started the job (the runtime's `attempts`).
+    runs = serializers.IntegerField(source="attempts")
 
     class Meta:
         model = Job

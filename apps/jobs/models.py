@@ -1,8 +1,11 @@
 import uuid
-from decimal import Decimal
 
 from django.db import models
 from django.db.models.functions import Now
+
+from apps.work.models import FINISHED, WorkItem, WorkStatus
+
+__all__ = ["FINISHED", "POLICIES", "Agent", "Job", "JobStatus"]
 
 POLICIES = ("cheapest", "fastest", "balanced")
 
@@ -46,51 +49,24 @@ class Agent(models.Model):
         return self.name
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+# A job has the durable-work lifecycle of apps.work (status, attempts, heartbeats, retention).
+JobStatus = WorkStatus
 
 
-FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class Job(models.Model):
-    """One governed LLM call run by a worker. `admitted_at` is set when the organization's
-    concurrency cap lets it go to the queue; `heartbeat_at` proves a worker is still on it."""
+class Job(WorkItem):
+    """One governed LLM call run by a worker (apps.work runs it: admission per organization,
+    claim, heartbeat, retry later, reaper, content retention of `request` and `result`)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
     request = models.JSONField()  # the chat request sent to the engine (OpenAI shape plus our fields)
     agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     webhook_endpoint_id = models.UUIDField(null=True, blank=True)
-    principal_kind = models.CharField(max_length=20)
-    principal_id = models.CharField(max_length=64, blank=True, default="")
-    principal_label = models.CharField(max_length=254, blank=True, default="")
-    created_at = models.DateTimeField(db_default=Now())
-    admitted_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    runs = models.PositiveSmallIntegerField(default=0)  # how many times a worker started it
     result = models.JSONField(null=True, blank=True)  # text, usage, cost_usd, model, cache, finish_reason
-    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
-    error_class = models.CharField(max_length=100, blank=True, default="")
-    error_message = models.TextField(blank=True, default="")
-    # Prompt and answer removed: at the end (organization stores no content) or after its retention.
-    content_removed = models.BooleanField(default=False)
 
-    class Meta:
+    class Meta(WorkItem.Meta):
         ordering = ("-created_at",)
         constraints = [
-            models.CheckConstraint(condition=models.Q(status__in=JobStatus.values), name="jobs_job_status_valid"),
-            models.CheckConstraint(
-                condition=models.Q(status__in=FINISHED, finished_at__isnull=False)
-                | (~models.Q(status__in=FINISHED) & models.Q(finished_at__isnull=True)),
-                name="jobs_job_finished_iff_finished_at",
-            ),
+            *WorkItem.Meta.constraints,
             models.CheckConstraint(
                 condition=~models.Q(status="succeeded") | models.Q(result__isnull=False),
                 name="jobs_job_succeeded_has_result",
@@ -108,11 +84,15 @@ class Job(models.Model):
                 condition=(models.Q(status="queued") | models.Q(status="running"))
                 & models.Q(admitted_at__isnull=False),
             ),
+            # The content retention sweep: finished jobs that still hold their prompt and answer.
+            models.Index(
+                fields=["finished_at"], name="jobs_job_content_kept", condition=models.Q(content_deleted_at=None)
+            ),
         ]
+
+    @property
+    def content_removed(self) -> bool:
+        return self.content_deleted_at is not None
 
     def __str__(self) -> str:
         return str(self.id)
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from apps.jobs.heartbeat import Heartbeats
+from apps.work.heartbeat import Heartbeats
 
 
 def _touch_steps(ids: list[int]) -> int:

@@ -6,7 +6,7 @@ from decimal import Decimal
 from django.db import models
 from django.db.models.functions import Now
 
-from apps.jobs.models import FINISHED, JobStatus
+from apps.work.models import FINISHED, WorkStatus
 
 
 class Workflow(models.Model):
@@ -42,8 +42,8 @@ class WorkflowVersion(models.Model):
         return f"{self.workflow_id} v{self.number}"
 
 
-# A run has a job's lifecycle: the admission of apps.jobs.admission counts both by these statuses.
-RunStatus = JobStatus
+# A run has the durable-work statuses: the admission of apps.work.admission counts runs by them.
+RunStatus = WorkStatus
 RUN_FINISHED = FINISHED
 
 

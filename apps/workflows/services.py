@@ -31,7 +31,6 @@ from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
-from apps.jobs.admission import waiting_admit
 from apps.jobs.services import job_request_build
 from apps.llm.budgets import attempts_abandon
 from apps.llm.calls import LlmRefusal
@@ -39,6 +38,7 @@ from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.selectors import llm_content_policy
 from apps.tenants.models import Organization
+from apps.work.admission import waiting_admit
 from apps.workflows.definition import (
     MAX_DEFINITION_BYTES,
     Definition,

@@ -38,14 +38,23 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "llm-holds-sweep": {"task": "apps.llm.tasks.llm_holds_sweep_all", "schedule": 60.0},
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
-    # Jobs whose worker died (heartbeat stopped) are requeued or failed.
-    "jobs-reap": {"task": "apps.jobs.tasks.jobs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
+    # Durable work (apps.work: jobs) whose worker died (heartbeat stopped) is requeued or failed,
+    # and admitted work no worker took is sent again.
+    "work-reap": {
+        "task": "apps.work.tasks.work_maintain_all",
+        "schedule": float(JOB_REAPER_SECONDS),
+        "kwargs": {"duty": "reap"},
+    },
+    # Content of durable work (job prompts and answers) is kept only as long as the organization allows.
+    "work-content-sweep": {
+        "task": "apps.work.tasks.work_maintain_all",
+        "schedule": 3600.0,
+        "kwargs": {"duty": "sweep"},
+    },
     # Workflow steps whose worker died or whose message was lost are sent again.
     "workflows-reap": {"task": "apps.workflows.tasks.workflow_runs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
     # Inputs and outputs of workflow runs past each organization's content retention are deleted.
     "workflows-content-sweep": {"task": "apps.workflows.tasks.workflow_content_sweep_all", "schedule": 3600.0},
-    # Job prompts and answers are kept only as long as the organization allows.
-    "jobs-content-expire": {"task": "apps.jobs.tasks.jobs_content_expire_all", "schedule": 3600.0},
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
     # Audit events are chained after commit by a task per organization; this catches any left behind.

@@ -52,6 +52,7 @@ TENANT_APPS = [
     "apps.llm",
     "apps.knowledge",
     "apps.api",
+    "apps.work",  # the durable-work runtime: no tables of its own, its tasks run every kind
     "apps.jobs",
     "apps.workflows",
     "apps.webhooks",

@@ -10,14 +10,15 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts.principals import Principal
-from apps.jobs.heartbeat import Heartbeats, _touch_jobs
 from apps.jobs.models import Job, JobStatus
-from apps.jobs.services import _job_start, job_cancel, job_execute, job_submit, jobs_reap
+from apps.jobs.services import JOB, job_cancel, job_execute, job_submit
 from apps.llm.budgets import Spender, attempt_reserve
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.services import budget_set
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+from apps.work.heartbeat import Heartbeats, _touch
+from apps.work.services import work_claim, work_content_sweep, work_reap
 from tests.factories import TEST_ACTOR
 from tests.support.fake_provider import FakeProvider
 
@@ -74,8 +75,8 @@ def test_the_reaper_requeues_a_job_whose_worker_died_and_settles_the_dead_runs_a
     tenant: Organization, fake_provider: FakeProvider
 ) -> None:
     job = _submit(tenant)
-    started = _job_start(organization=tenant, job_id=job.pk)
-    assert started is not None and started.runs == 1
+    started = work_claim(organization=tenant, kind=JOB, item_id=job.pk)
+    assert started is not None and started.attempts == 1
     dead_attempt = attempt_reserve(
         spender=Spender(organization=tenant, principal=KEY),
         request_id=f"job-{job.pk.hex}-1",
@@ -87,12 +88,12 @@ def test_the_reaper_requeues_a_job_whose_worker_died_and_settles_the_dead_runs_a
     )
     Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - dt.timedelta(minutes=10))
 
-    assert jobs_reap(organization=tenant) == {"requeued": 1, "failed": 0, "resent": 0}
+    assert work_reap(organization=tenant, kind=JOB) == {"requeued": 1, "failed": 0, "resent": 0}
     assert Job.objects.get(pk=job.pk).status == JobStatus.QUEUED
     job_execute(organization=tenant, job_id=job.pk)
 
     job.refresh_from_db()
-    assert (job.status, job.runs) == (JobStatus.SUCCEEDED, 2)
+    assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 2)
     dead_attempt.refresh_from_db()
     assert (dead_attempt.status, dead_attempt.cost_usd) == (AttemptStatus.SWEPT, Decimal("0.01"))
     assert UsageAttempt.objects.get(request_id=f"job-{job.pk.hex}-2").status == AttemptStatus.SUCCEEDED
@@ -104,18 +105,21 @@ def test_a_job_whose_worker_keeps_dying_fails_instead_of_running_forever(
 ) -> None:
     job = _submit(tenant)
     Job.objects.filter(pk=job.pk).update(
-        status=JobStatus.RUNNING, runs=3, heartbeat_at=timezone.now() - dt.timedelta(minutes=10)
+        status=JobStatus.RUNNING,
+        attempts=3,
+        started_at=timezone.now() - dt.timedelta(minutes=20),
+        heartbeat_at=timezone.now() - dt.timedelta(minutes=10),
     )
-    assert jobs_reap(organization=tenant)["failed"] == 1
+    assert work_reap(organization=tenant, kind=JOB)["failed"] == 1
     job.refresh_from_db()
     assert (job.status, job.error_class) == (JobStatus.FAILED, "WorkerLost")
 
 
 def test_a_live_workers_job_is_not_taken_by_a_redelivered_message(tenant: Organization) -> None:
     job = _submit(tenant)
-    assert _job_start(organization=tenant, job_id=job.pk) is not None
-    assert _job_start(organization=tenant, job_id=job.pk) is None
-    assert Job.objects.get(pk=job.pk).runs == 1
+    assert work_claim(organization=tenant, kind=JOB, item_id=job.pk) is not None
+    assert work_claim(organization=tenant, kind=JOB, item_id=job.pk) is None
+    assert Job.objects.get(pk=job.pk).attempts == 1
 
 
 def test_admission_caps_each_organization_on_its_own(two_tenants: tuple[Organization, Organization]) -> None:
@@ -159,9 +163,11 @@ def test_cancelling_a_running_job_keeps_it_cancelled_and_records_what_the_call_c
 def test_heartbeats_touch_only_the_running_jobs_of_this_process(tenant: Organization) -> None:
     mine, other = _submit(tenant), _submit(tenant)
     old = timezone.now() - dt.timedelta(minutes=5)
-    Job.objects.filter(pk__in=[mine.pk, other.pk]).update(status=JobStatus.RUNNING, heartbeat_at=old)
-    beats = Heartbeats(touch=_touch_jobs, name="test-heartbeats")
-    with beats.running(tenant.schema_name, mine.pk):
+    Job.objects.filter(pk__in=[mine.pk, other.pk]).update(
+        status=JobStatus.RUNNING, attempts=1, started_at=old, heartbeat_at=old
+    )
+    beats = Heartbeats(touch=_touch, name="test-heartbeats")
+    with beats.running(tenant.schema_name, (JOB.name, mine.pk)):
         assert beats.beat() == 1
     assert Job.objects.get(pk=mine.pk).heartbeat_at > old  # type: ignore[operator]
     assert Job.objects.get(pk=other.pk).heartbeat_at == old
@@ -208,13 +214,11 @@ def test_an_organization_that_stores_no_content_keeps_only_counts_and_costs_of_i
 
 
 def test_job_content_is_removed_after_the_retention(tenant: Organization, fake_provider: FakeProvider) -> None:
-    from apps.jobs.services import jobs_content_expire
-
     old, recent = _submit(tenant), _submit(tenant, {**HELLO, "max_tokens": 10})
     for job in (old, recent):
         job_execute(organization=tenant, job_id=job.pk)
     Job.objects.filter(pk=old.pk).update(finished_at=timezone.now() - dt.timedelta(days=31))
-    assert jobs_content_expire(organization=tenant) == 1
+    assert work_content_sweep(organization=tenant, kind=JOB) == 1
     old.refresh_from_db()
     recent.refresh_from_db()
     assert old.content_removed and old.result is not None and old.result["text"] is None
@@ -229,12 +233,12 @@ def test_a_provider_outage_sends_the_job_back_to_the_queue_until_its_runs_are_sp
     job = _submit(tenant)
     job_execute(organization=tenant, job_id=job.pk)
     job.refresh_from_db()
-    assert (job.status, job.runs, job.error_class) == (JobStatus.QUEUED, 1, "provider_unavailable")
+    assert (job.status, job.attempts, job.error_class) == (JobStatus.QUEUED, 1, "provider_unavailable")
     assert job.admitted_at is not None and job.finished_at is None
     for _ in range(2):
         job_execute(organization=tenant, job_id=job.pk)
     job.refresh_from_db()
-    assert (job.status, job.runs, job.error_class) == (JobStatus.FAILED, 3, "provider_unavailable")
+    assert (job.status, job.attempts, job.error_class) == (JobStatus.FAILED, 3, "provider_unavailable")
     failed_attempts = UsageAttempt.objects.filter(request_id__startswith=f"job-{job.pk.hex}-")
     assert failed_attempts.count() == len(fake_provider.calls) and failed_attempts.exclude(status="failed").count() == 0
 
@@ -254,7 +258,7 @@ def test_a_database_outage_leaves_the_job_to_the_reaper_instead_of_failing_it(
     with pytest.raises(OperationalError):
         job_execute(organization=tenant, job_id=job.pk)
     job.refresh_from_db()
-    assert (job.status, job.runs, job.error_class) == (JobStatus.RUNNING, 1, "")
+    assert (job.status, job.attempts, job.error_class) == (JobStatus.RUNNING, 1, "")
 
 
 def test_an_agent_with_documents_answers_from_their_nearest_chunks_and_the_job_pays_the_search(
@@ -309,7 +313,7 @@ def test_a_redis_stall_sends_the_job_back_to_the_queue(tenant: Organization, mon
     job = _submit(tenant)
     job_execute(organization=tenant, job_id=job.pk)
     job.refresh_from_db()
-    assert (job.status, job.runs, job.error_class) == (JobStatus.QUEUED, 1, "TimeoutError")
+    assert (job.status, job.attempts, job.error_class) == (JobStatus.QUEUED, 1, "TimeoutError")
 
 
 def test_the_rate_limiter_fails_closed_on_redis_py_errors_that_are_not_redis_errors(

@@ -16,9 +16,10 @@ from rest_framework.test import APIClient
 from apps.accounts.principals import Principal
 from apps.apikeys.services import apikey_create
 from apps.jobs.models import Job, JobStatus
-from apps.jobs.services import job_submit, jobs_reap
+from apps.jobs.services import JOB, job_submit
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.tenants.models import Organization
+from apps.work.services import work_reap
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR, organization_make
 from tests.support.fake_provider import FakeProvider
@@ -120,18 +121,18 @@ def test_jobs_survive_workers_killed_at_random_each_ends_once_and_the_ledger_mat
                     while unfinished.exists() and not unfinished.filter(status=JobStatus.RUNNING).exists():
                         if time.monotonic() > waited_until:
                             break
-                        jobs_reap(organization=organization)  # a message lost with a killed worker
+                        work_reap(organization=organization, kind=JOB)  # a message lost with a killed worker
                         time.sleep(0.1)  # kill while calls are in flight
                 name = rng.choice(sorted(workers))
                 workers[name].send_signal(signal.SIGKILL)
                 workers[name].wait()
                 with schema_context(organization.schema_name):
-                    jobs_reap(organization=organization)
+                    work_reap(organization=organization, kind=JOB)
                 workers[name] = worker_start(concurrency=40, env=env, name=name)
 
             def reap() -> None:
                 with schema_context(organization.schema_name):
-                    jobs_reap(organization=organization)
+                    work_reap(organization=organization, kind=JOB)
 
             counts = _wait_finished(organization, timeout_s=120, tick=reap)
             elapsed = time.monotonic() - started
@@ -158,8 +159,8 @@ def test_jobs_survive_workers_killed_at_random_each_ends_once_and_the_ledger_mat
     succeeded_rows = Counter(request_id.split("-")[1] for request_id, _, status, _ in rows if status == "succeeded")
     for job_hex, job in jobs.items():
         expected = 1 if job.status == JobStatus.SUCCEEDED else 0
-        assert succeeded_rows.get(job_hex, 0) == expected, (job.status, job.runs)
-    recovered = sum(1 for job in jobs.values() if job.runs > 1)
+        assert succeeded_rows.get(job_hex, 0) == expected, (job.status, job.attempts)
+    recovered = sum(1 for job in jobs.values() if job.attempts > 1)
     assert recovered > 0, "no kill landed on a running job: the test proved nothing"
     print(
         f"\nreliability: {jobs_count} jobs, {kills} SIGKILLs, ended in {elapsed:.1f} s; {dict(counts)}; "

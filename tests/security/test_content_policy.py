@@ -23,7 +23,6 @@ from rest_framework.test import APIClient
 
 from apps.api import tasks as api_tasks
 from apps.api.models import IdempotencyKey
-from apps.jobs import tasks as job_tasks
 from apps.jobs.models import Job
 from apps.jobs.services import job_execute
 from apps.llm import caching
@@ -37,6 +36,7 @@ from apps.tenants.selectors import organization_cache_forget
 from apps.webhooks import tasks as webhook_tasks
 from apps.webhooks.models import WebhookDelivery
 from apps.webhooks.services import webhook_delivery_attempt, webhook_endpoint_create
+from apps.work import tasks as work_tasks
 from apps.workflows import tasks as workflow_tasks
 from apps.workflows.models import StepRun, WorkflowRun
 from cognitionos.redis import redis_client
@@ -339,7 +339,7 @@ def test_retention_sweeps_reach_suspended_and_past_due_organizations(
     _eager(
         monkeypatch,
         llm_tasks.llm_content_sweep_one,
-        job_tasks.jobs_content_expire_tenant,
+        work_tasks.work_maintain,
         workflow_tasks.workflow_content_sweep,
         webhook_tasks.webhook_deliveries_content_sweep_tenant,
         api_tasks.idempotency_keys_purge,
@@ -363,7 +363,7 @@ def test_retention_sweeps_reach_suspended_and_past_due_organizations(
     organization_cache_forget()
 
     llm_tasks.llm_content_sweep_all()
-    job_tasks.jobs_content_expire_all()
+    work_tasks.work_maintain_all(duty="sweep")
     workflow_tasks.workflow_content_sweep_all()
     webhook_tasks.webhook_deliveries_content_sweep_all()
     api_tasks.idempotency_keys_purge_all()

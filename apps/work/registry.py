@@ -1,0 +1,56 @@
+"""The kinds of durable work. Each app registers its kind in its AppConfig.ready:
+
+    work_kind_register(WorkKind(name="job", model=Job, execute=..., ...))
+
+and the runtime (apps.work.services, apps.work.tasks) runs, reaps, retries and sweeps it without
+importing the app: the app's services never import a tasks module, so there is no cycle to break."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from apps.tenants.models import Organization
+    from apps.work.models import WorkItem
+
+
+@dataclass(frozen=True)
+class WorkKind:
+    # Short, stable: it travels in task messages ("job").
+    name: str
+    model: type[WorkItem]
+    # Runs one claimed row on this worker (the row is running, `attempts` is this run's number).
+    # It records success itself, with `work_finish(..., attempt=item.attempts)`, in the transaction
+    # that settles what the work cost; the runtime handles every exception it raises.
+    execute: Callable[[Organization, Any], None]
+    # After the row ended (in the transaction that ended it): events, notifications.
+    on_finished: Callable[[Organization, Any], None] | None = None
+    # Settles what runs that died left open (reserved provider calls), given their attempt numbers.
+    abandon: Callable[[Organization, Any, list[int]], None] | None = None
+    # The JSON fields whose content the organization's retention removes, and how: (field, strip).
+    content_fields: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
+    # How many admitted and unfinished rows one organization may have (None: no admission step).
+    cap: Callable[[Organization], int] | None = None
+
+
+_kinds: dict[str, WorkKind] = {}
+
+
+def work_kind_register(kind: WorkKind) -> None:
+    existing = _kinds.get(kind.name)
+    if existing is not None and existing.model is not kind.model:
+        raise ValueError(f"another kind of work is registered as {kind.name!r}")
+    _kinds[kind.name] = kind
+
+
+def work_kind(name: str) -> WorkKind:
+    try:
+        return _kinds[name]
+    except KeyError:
+        raise LookupError(f"no kind of work {name!r} is registered") from None
+
+
+def work_kinds() -> list[WorkKind]:
+    return list(_kinds.values())
