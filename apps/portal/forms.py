@@ -20,13 +20,10 @@ from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.rbac.models import Invitation
 from apps.rbac.selectors import invitation_for_token, invitation_state
+from apps.rbac.services import invitation_follow
 from apps.tenants.errors import ProvisioningError
 from apps.tenants.models import Organization
 from apps.tenants.services import organization_create, slug_validate
-
-# The session remembers the invitation a sign-up followed until the address is verified
-# (apps.portal.receivers accepts it then). The token stays server-side, in the session store.
-SIGNUP_INVITATION_SESSION_KEY = "portal.signup_invitation"
 
 _INVITATION_PROBLEMS = {
     "accepted": "This invitation was accepted already.",
@@ -155,11 +152,11 @@ class SignupForm(AllauthSignupForm):
             if user is None:  # allauth's answer when the address is taken and enumeration is hidden
                 return None
             if self.invited is not None:
-                # Accepted when the address is verified (apps.portal.receivers), not before.
-                request.session[SIGNUP_INVITATION_SESSION_KEY] = {
-                    "organization_id": self.invited.organization_id,
-                    "token": self.cleaned_data["invitation"],
-                }
+                # Accepted when the address is verified (apps.portal.receivers), not before, in
+                # whichever browser the verification link is opened: remembered on the invitation.
+                invitation_follow(
+                    organization=self.invited.organization, token=self.cleaned_data["invitation"], user=user
+                )
                 return user
             # Organizations live in the public schema (django-tenants refuses to create one from a
             # tenant's); sign-up is offered on every organization's host, so the creation switches

@@ -17,23 +17,29 @@ from django.views.decorators.http import require_http_methods, require_POST
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.portal.caller import caller_organization, caller_user
+from apps.portal.paging import cursor_params, keyset_page
 from apps.rbac.decorators import member_may, permission_required
 from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
 from apps.rbac.selectors import (
+    CUSTOM_ROLE_FALLBACK,
     custom_role_list,
+    custom_roles_included,
     invitation_address_verified,
     invitation_for_token,
     invitation_link_origin,
     invitation_open_list,
     invitation_state,
+    membership_get,
     membership_grants,
     membership_list,
+    organization_owner_count,
 )
 from apps.rbac.services import (
     MembershipChangeRefused,
     invitation_accept,
     invitation_create,
+    invitation_resend,
     invitation_revoke,
     membership_remove,
     membership_role_change,
@@ -53,11 +59,10 @@ class _Actor:
         return (self.is_owner or not owner) and permissions <= self.grants
 
 
-def _actor(memberships: list[Membership], user: User) -> _Actor:
-    mine = next((m for m in memberships if m.user_id == user.pk), None)
+def _actor(mine: Membership | None, *, custom_roles: bool) -> _Actor:
     if mine is None:
         return _Actor(frozenset(), is_owner=False)
-    return _Actor(membership_grants(mine), is_owner=mine.role == Role.OWNER)
+    return _Actor(membership_grants(mine, custom_roles=custom_roles), is_owner=mine.role == Role.OWNER)
 
 
 def _role_choices(actor: _Actor, custom_roles: list[CustomRole]) -> list[tuple[str, str]]:
@@ -78,8 +83,10 @@ def _role_value(membership: Membership | Invitation) -> str:
     return f"{_CUSTOM_PREFIX}{membership.custom_role_id}" if membership.custom_role_id else membership.role
 
 
-def _role_label(membership: Membership | Invitation) -> str:
+def _role_label(membership: Membership | Invitation, *, custom_roles: bool = True) -> str:
     if membership.custom_role is not None:
+        if not custom_roles:
+            return f"{membership.custom_role.name} (custom, acting as {CUSTOM_ROLE_FALLBACK.label})"
         return f"{membership.custom_role.name} (custom)"
     return str(Role(membership.role).label)
 
@@ -117,44 +124,76 @@ class _Row:
     is_me: bool
 
 
-def _rows(memberships: list[Membership], actor: _Actor, user: User, may_manage: bool) -> list[_Row]:
-    return [
-        _Row(
-            membership=membership,
-            role_value=_role_value(membership),
-            role_label=_role_label(membership),
-            manageable=may_manage
-            and actor.may_hold(membership_grants(membership), owner=membership.role == Role.OWNER),
-            is_me=membership.user_id == user.pk,
-        )
-        for membership in memberships
-    ]
+def _row(membership: Membership, actor: _Actor, user: User, may_manage: bool, custom_roles: bool) -> _Row:
+    return _Row(
+        membership=membership,
+        role_value=_role_value(membership),
+        role_label=_role_label(membership, custom_roles=custom_roles),
+        manageable=may_manage
+        and actor.may_hold(
+            membership_grants(membership, custom_roles=custom_roles), owner=membership.role == Role.OWNER
+        ),
+        is_me=membership.user_id == user.pk,
+    )
+
+
+_LISTS = ["members_", "invitations_"]
 
 
 def _page(request: HttpRequest, form: InviteForm | None = None, status: int = 200) -> HttpResponse:
     organization = caller_organization(request)
     user = caller_user(request)
-    # Three queries whatever the number of members: members (with users and custom roles), open
-    # invitations, custom roles.
-    memberships = list(membership_list(organization=organization))
+    custom_roles_on = custom_roles_included(organization)
+    # A constant number of queries whatever the number of members: the caller's membership, a page
+    # of members (with users and custom roles), a page of open invitations, the two counts, the
+    # custom roles.
+    mine = membership_get(organization=organization, user_id=user.pk)
+    actor = _actor(mine, custom_roles=custom_roles_on)
     custom_roles = list(custom_role_list(organization=organization))
-    actor = _actor(memberships, user)
     may_manage = member_may(request, Permission.MEMBERS_MANAGE)
-    role_choices = _role_choices(actor, custom_roles) if may_manage else []
-    invitations = [
-        (invitation, _role_label(invitation)) for invitation in invitation_open_list(organization=organization)
-    ]
+    # Custom roles are offered only while the plan includes them.
+    role_choices = _role_choices(actor, custom_roles if custom_roles_on else []) if may_manage else []
+    members_page = keyset_page(
+        membership_list(organization=organization),
+        request=request,
+        prefix="members_",
+        keep=cursor_params(request, ["invitations_"]),
+    )
+    # Newest first.
+    invitations_page = keyset_page(
+        invitation_open_list(organization=organization),
+        request=request,
+        prefix="invitations_",
+        descending=True,
+        keep=cursor_params(request, ["members_"]),
+    )
+    member_count = membership_list(organization=organization).count()
+    # The last owner can't leave (the organization keeps an owner): no button to a refusal.
+    may_leave = mine is not None and (
+        mine.role != Role.OWNER or organization_owner_count(organization=organization) > 1
+    )
     return render(
         request,
         "portal/members.html",
         {
             "organization": organization,
-            "rows": _rows(memberships, actor, user, may_manage),
-            "invitations": invitations,
+            "members_page": members_page,
+            "rows": [_row(m, actor, user, may_manage, custom_roles_on) for m in members_page.items],
+            "member_count": member_count,
+            "invitations_page": invitations_page,
+            "invitations": [
+                (invitation, _role_label(invitation, custom_roles=custom_roles_on))
+                for invitation in invitations_page.items
+            ],
+            "invitation_count": invitation_open_list(organization=organization).count(),
             "may_manage": may_manage,
+            "may_leave": may_leave,
             "role_choices": role_choices,
             "form": form or (InviteForm(role_choices=role_choices) if may_manage else None),
             "max_members": organization.plan.limit("max_members"),
+            "custom_roles_off": not custom_roles_on
+            and any(member.custom_role_id is not None for member in members_page.items),
+            "fallback_role": CUSTOM_ROLE_FALLBACK.label,
         },
         status=status,
     )
@@ -167,9 +206,12 @@ def members(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _page(request)
     organization = caller_organization(request)
-    custom_roles = list(custom_role_list(organization=organization))
-    memberships = list(membership_list(organization=organization))
-    form = InviteForm(request.POST, role_choices=_role_choices(_actor(memberships, caller_user(request)), custom_roles))
+    custom_roles_on = custom_roles_included(organization)
+    custom_roles = list(custom_role_list(organization=organization)) if custom_roles_on else []
+    actor = _actor(
+        membership_get(organization=organization, user_id=caller_user(request).pk), custom_roles=custom_roles_on
+    )
+    form = InviteForm(request.POST, role_choices=_role_choices(actor, custom_roles))
     if not form.is_valid():
         return _page(request, form=form, status=400)
     try:
@@ -214,26 +256,29 @@ def member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
         if error:
             messages.error(request, error)
         else:
+            changed = _member(request, membership_id) or membership
             messages.success(
-                request, f"{membership.user.email} is now {_role_label(_member(request, membership_id) or membership)}."
+                request,
+                f"{membership.user.email} is now "
+                f"{_role_label(changed, custom_roles=custom_roles_included(organization))}.",
             )
         return redirect("portal-members")
-    memberships = list(membership_list(organization=organization))
-    actor = _actor(memberships, caller_user(request))
-    row = next(
-        (
-            row
-            for row in _rows(memberships, actor, caller_user(request), may_manage=True)
-            if row.membership.pk == membership_id
-        ),
-        None,
-    )
-    if row is None:  # no longer a member (removed meanwhile)
+    custom_roles_on = custom_roles_included(organization)
+    user = caller_user(request)
+    actor = _actor(membership_get(organization=organization, user_id=user.pk), custom_roles=custom_roles_on)
+    current = _member(request, membership_id)
+    if current is None:  # no longer a member (removed meanwhile)
         return HttpResponse("")
+    row = _row(current, actor, user, may_manage=True, custom_roles=custom_roles_on)
     return render(
         request,
         "portal/members_row.html",
-        {"row": row, "may_manage": True, "role_choices": _role_choices(actor, custom_roles), "error": error},
+        {
+            "row": row,
+            "may_manage": True,
+            "role_choices": _role_choices(actor, custom_roles if custom_roles_on else []),
+            "error": error,
+        },
     )
 
 
@@ -275,6 +320,47 @@ def invitation_revoke_page(request: HttpRequest, invitation_id: int) -> HttpResp
     else:
         messages.success(request, f"The invitation to {invitation.email} was revoked.")
     return redirect("portal-members")
+
+
+@require_POST
+@permission_required({"POST": Permission.MEMBERS_MANAGE})
+def invitation_resend_page(request: HttpRequest, invitation_id: int) -> HttpResponseBase:
+    """Mail the invitation again with a new link (the old one stops working) and a new expiry."""
+    organization = caller_organization(request)
+    invitation = Invitation.objects.filter(organization=organization, pk=invitation_id).first()
+    if invitation is None:
+        return HttpResponse("No such invitation.", status=404)
+    try:
+        invitation_resend(
+            organization=organization,
+            invitation=invitation,
+            actor=Principal.for_user(caller_user(request)),
+            link_origin=invitation_link_origin(request=request, organization=organization),
+        )
+    except MembershipChangeRefused as refused:
+        messages.error(request, str(refused).capitalize() + ".")
+    else:
+        messages.success(request, f"The invitation to {invitation.email} was sent again with a new link.")
+    return redirect("portal-members")
+
+
+@never_cache
+@permission_required({"GET": Permission.MEMBERS_READ, "POST": Permission.MEMBERS_READ})
+def member_leave(request: HttpRequest) -> HttpResponseBase:
+    """GET: what leaving means, and the button to confirm. POST: leave (never the last owner)."""
+    organization = caller_organization(request)
+    mine = membership_get(organization=organization, user_id=caller_user(request).pk)
+    if mine is None:
+        return HttpResponse("You are not a member of this organization.", status=404)
+    if request.method != "POST":
+        return render(request, "portal/leave.html", {"organization": organization, "membership": mine})
+    try:
+        membership_remove(organization=organization, membership=mine, actor=Principal.for_user(caller_user(request)))
+    except MembershipChangeRefused as refused:
+        messages.error(request, str(refused).capitalize() + ".")
+        return redirect("portal-members")
+    messages.success(request, f"You left {organization.name}.")
+    return redirect("portal-enter")
 
 
 @never_cache

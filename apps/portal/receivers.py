@@ -1,5 +1,5 @@
 """An invited person's sign-up ends with them in the inviting organization once their address is
-verified (the invitation is followed in apps.portal.forms.SignupForm)."""
+verified (the sign-up through the invitation is remembered on it: apps.portal.forms.SignupForm)."""
 
 from __future__ import annotations
 
@@ -12,38 +12,25 @@ from django.dispatch import receiver
 from django.http import HttpRequest
 
 from apps.accounts.models import User
-from apps.portal.forms import SIGNUP_INVITATION_SESSION_KEY
-from apps.rbac.services import MembershipChangeRefused, invitation_accept
-from apps.tenants.models import Organization
+from apps.rbac.models import Membership
+from apps.rbac.services import invitation_accept_followed
 
 
 @receiver(email_confirmed, dispatch_uid="portal.signup_invitation_accept")
 def _accept_followed_invitation(
     sender: Any, request: HttpRequest | None, email_address: EmailAddress, **kwargs: Any
 ) -> None:
-    # Only the session that signed up through the invitation remembers it: a verification link
-    # opened elsewhere verifies the address, and the invitation link then accepts in one click.
-    if request is None or not hasattr(request, "session"):
-        return
-    pending = request.session.get(SIGNUP_INVITATION_SESSION_KEY)
-    if not isinstance(pending, dict):
-        return
+    # Whichever browser opens the verification link: the invitation the account signed up through
+    # is accepted (audited "invitation.accepted", via email_verification). invitation_accept
+    # checks the verified address is the invited one: confirming another address grants nothing.
     user = email_address.user
     if not isinstance(user, User):
         return
-    organization = Organization.objects.filter(pk=int(pending.get("organization_id") or 0)).first()
-    if organization is None:
-        request.session.pop(SIGNUP_INVITATION_SESSION_KEY, None)
+    results = invitation_accept_followed(user=user, email=email_address.email)
+    if request is None or not hasattr(request, "session"):
         return
-    try:
-        # invitation_accept checks that the verified address is the invited one: confirming
-        # another address of the same account grants nothing, and the invitation stays pending.
-        invitation_accept(organization=organization, token=str(pending.get("token", "")), user=user)
-    except MembershipChangeRefused as refused:
-        if refused.code == "wrong_email":
-            return
-        request.session.pop(SIGNUP_INVITATION_SESSION_KEY, None)
-        messages.error(request, f"{str(refused).capitalize()}.")
-        return
-    request.session.pop(SIGNUP_INVITATION_SESSION_KEY, None)
-    messages.success(request, f"Welcome to {organization.name}.")
+    for organization, outcome in results:
+        if isinstance(outcome, Membership):
+            messages.success(request, f"Welcome to {organization.name}.")
+        elif outcome.code != "wrong_email":
+            messages.error(request, f"{str(outcome).capitalize()}.")

@@ -37,6 +37,12 @@ urlpatterns = [
         members_pages.invitation_revoke_page,
         name="portal-invitation-revoke",
     ),
+    path(
+        "members/invitations/<int:invitation_id>/resend/",
+        members_pages.invitation_resend_page,
+        name="portal-invitation-resend",
+    ),
+    path("members/leave/", members_pages.member_leave, name="portal-member-leave"),
     path("invitations/<str:token>/", members_pages.invitation_accept_page, name="portal-invitation-accept"),
     path("keys/", views.keys, name="portal-keys"),
     path("keys/<int:key_id>/revoke/", views.key_revoke, name="portal-key-revoke"),

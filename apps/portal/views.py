@@ -25,11 +25,12 @@ from apps.apikeys.selectors import apikey_get, apikey_list
 from apps.apikeys.services import ApiKeyInvalid, ApiKeyRefused, apikey_create, apikey_revoke
 from apps.audit.filters import AuditEventFilter
 from apps.audit.models import AuditEvent
-from apps.portal.audit_pages import audit_details, audit_page
+from apps.portal.audit_pages import audit_details
 from apps.portal.caller import caller_organization, caller_user
 from apps.portal.context_processors import platform_origin
 from apps.portal.handover import HandoverRefused, handover_consume, handover_url
 from apps.portal.key_forms import ApiKeyCreateForm
+from apps.portal.paging import keyset_page
 from apps.portal.selectors import portal_membership, portal_memberships
 from apps.rbac.decorators import member_may, member_permissions, permission_required
 from apps.rbac.permissions import Permission
@@ -192,7 +193,8 @@ def keys(request: HttpRequest) -> HttpResponse:
         "portal/keys.html",
         {
             "organization": organization,
-            "api_keys": apikey_list(organization=organization),
+            # Newest first, a page at a time (`before=` toward older keys).
+            "keys_page": keyset_page(apikey_list(organization=organization), request=request, descending=True),
             "form": form,
             "issued": issued,
             "now": timezone.now(),
@@ -214,10 +216,7 @@ def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     return redirect("portal-keys")
 
 
-def _cursor(request: HttpRequest, name: str) -> int | None:
-    value = request.GET.get(name, "")
-    return int(value) if value.isdigit() else None
-
+AUDIT_PAGE_SIZE = 50
 
 # The filters the page offers (the REST API takes these and more).
 _AUDIT_FILTER_LABELS = {
@@ -240,13 +239,17 @@ def audit(request: HttpRequest) -> HttpResponse:
     for name in ("occurred_after", "occurred_before"):
         form.fields[name].widget.input_type = "datetime-local"
     valid = filterset.is_valid()
-    page = audit_page(
-        events=filterset.qs if valid else AuditEvent.objects.none(),
-        before=_cursor(request, "before"),
-        after=_cursor(request, "after"),
-    )
     filters = {name: value for name, value in request.GET.items() if name in filterset.filters and value and valid}
-    query = urllib.parse.urlencode(filters)
+    # Newest first: `before=` pages toward older events, `after=` back toward newer ones. By id, not
+    # by the chain's sequence: events are chained after commit, and one not chained yet shows too.
+    page = keyset_page(
+        filterset.qs if valid else AuditEvent.objects.none(),
+        request=request,
+        key="id",
+        descending=True,
+        keep=filters,
+        size=AUDIT_PAGE_SIZE,
+    )
     return render(
         request,
         "portal/audit.html",
@@ -255,8 +258,8 @@ def audit(request: HttpRequest) -> HttpResponse:
             "filter_form": form,
             "filter_fields": [form[name] for name in _AUDIT_FILTER_LABELS],
             "page": page,
-            "rows": [(event, audit_details(event)) for event in page.events],
-            "filter_query": query,
+            "rows": [(event, audit_details(event)) for event in page.items],
+            "filter_query": urllib.parse.urlencode(filters),
             "filtered": bool(filters),
         },
         status=200 if valid else 400,

@@ -23,6 +23,7 @@ from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import DESCRIPTIONS, ROLE_PERMISSIONS, Permission
 from apps.rbac.selectors import (
     custom_role_list,
+    custom_roles_included,
     invitation_link_origin,
     invitation_list,
     invitation_state,
@@ -94,7 +95,9 @@ class MemberOutput(serializers.ModelSerializer[Membership]):
         fields = ("id", "email", "role", "custom_role", "permissions", "created_at")
 
     def get_permissions(self, membership: Membership) -> list[str]:
-        return sorted(permission.value for permission in membership_grants(membership))
+        # membership_list loads the organization's plan with each member.
+        grants = membership_grants(membership, custom_roles=custom_roles_included(membership.organization))
+        return sorted(permission.value for permission in grants)
 
 
 class MemberChangeInput(serializers.Serializer[Any]):

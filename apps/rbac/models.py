@@ -96,6 +96,11 @@ class Invitation(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The account made by a sign-up through this invitation's link: the invitation is accepted for
+    # it once it verifies the invited address, in whichever browser (apps.portal.receivers).
+    followed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ("-created_at", "-pk")

@@ -11,7 +11,7 @@ from django.http.request import split_domain_port
 from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.rbac.models import CustomRole, Invitation, Membership
+from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
 from apps.tenants.models import Organization
 
@@ -22,20 +22,44 @@ def membership_role(*, user: User, organization: Organization) -> str | None:
 
 
 def membership_list(*, organization: Organization) -> QuerySet[Membership]:
+    # With the organization's plan (joined, no query more): what a custom role grants depends on it.
     return (
         Membership.objects.filter(organization=organization)
-        .select_related("user", "custom_role")
+        .select_related("user", "custom_role", "organization__plan")
         .order_by("created_at", "pk")
     )
+
+
+def organization_owner_count(*, organization: Organization) -> int:
+    return Membership.objects.filter(organization=organization, role=Role.OWNER).count()
+
+
+def membership_get(*, organization: Organization, user_id: int) -> Membership | None:
+    return membership_list(organization=organization).filter(user_id=user_id).first()
 
 
 def custom_role_list(*, organization: Organization) -> QuerySet[CustomRole]:
     return CustomRole.objects.filter(organization=organization).order_by("name")
 
 
-def membership_grants(membership: Membership) -> frozenset[Permission]:
-    """What a membership may do: its built-in role's permissions or its custom role's, expanded."""
+# What a member holding a custom role may do while the organization's plan doesn't include custom
+# roles (after a downgrade): the role and its assignment are kept, and count again once the plan
+# includes them again; meanwhile the member reads like a Viewer and can change nothing.
+CUSTOM_ROLE_FALLBACK = Role.VIEWER
+
+
+def custom_roles_included(organization: Organization) -> bool:
+    """Whether the organization's plan includes custom roles (the plan is on the organization's row
+    as tenant resolution and membership_list load it: no query)."""
+    return bool(organization.plan.limit("custom_roles"))
+
+
+def membership_grants(membership: Membership, *, custom_roles: bool) -> frozenset[Permission]:
+    """What a membership may do: its built-in role's permissions or its custom role's, expanded.
+    `custom_roles`: whether the organization's plan includes them (custom_roles_included)."""
     if membership.custom_role_id is not None:
+        if not custom_roles:
+            return permissions_expand(role_permissions(CUSTOM_ROLE_FALLBACK))
         assert membership.custom_role is not None
         granted = frozenset(Permission(value) for value in membership.custom_role.permissions)
     else:
@@ -46,13 +70,14 @@ def membership_grants(membership: Membership) -> frozenset[Permission]:
 def membership_permissions(*, user_id: int, organization_id: int) -> frozenset[str] | None:
     """The permission values a user holds in an organization, or None when not a member."""
     membership = (
-        Membership.objects.select_related("custom_role")
+        Membership.objects.select_related("custom_role", "organization__plan")
         .filter(user_id=user_id, organization_id=organization_id)
         .first()
     )
     if membership is None:
         return None
-    return frozenset(permission.value for permission in membership_grants(membership))
+    grants = membership_grants(membership, custom_roles=custom_roles_included(membership.organization))
+    return frozenset(permission.value for permission in grants)
 
 
 # (user id, organization id) -> (expires_at, permissions or None). Per process, like tenant

@@ -23,6 +23,7 @@ from apps.audit.services import audit_record
 from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
 from apps.rbac.selectors import (
+    custom_roles_included,
     invitation_address_verified,
     invitation_open_list,
     invitation_state,
@@ -31,6 +32,7 @@ from apps.rbac.selectors import (
     membership_grants,
 )
 from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
 
 
 class MembershipChangeRefused(Exception):
@@ -73,7 +75,8 @@ def _ceiling(*, organization: Organization, actor: Principal) -> _Ceiling:
         )
         if membership is None:
             raise MembershipChangeRefused("not_a_member", "you are not a member of this organization")
-        return _Ceiling(membership_grants(membership), is_owner=membership.role == Role.OWNER)
+        grants = membership_grants(membership, custom_roles=custom_roles_included(organization))
+        return _Ceiling(grants, is_owner=membership.role == Role.OWNER)
     # An API key: its scopes, and never an owner's powers.
     held = frozenset(Permission(value) for value in (actor.permissions or ()))
     return _Ceiling(permissions_expand(held), is_owner=False)
@@ -148,7 +151,8 @@ def membership_role_change(
         new_grants = role_permissions(role)
         new_owner = role == Role.OWNER
     was_owner = membership.role == Role.OWNER
-    if not ceiling.allows(membership_grants(membership), owner=was_owner):
+    held = membership_grants(membership, custom_roles=custom_roles_included(organization))
+    if not ceiling.allows(held, owner=was_owner):
         raise MembershipChangeRefused("above_your_role", "you can't change the role of someone above your own role")
     if not ceiling.allows(new_grants, owner=new_owner):
         raise MembershipChangeRefused("above_your_role", "you can't grant a role with more than your own permissions")
@@ -192,7 +196,8 @@ def membership_remove(*, organization: Organization, membership: Membership, act
     if not leaving:
         ceiling = _ceiling(organization=organization, actor=actor)
         ceiling.require(Permission.MEMBERS_MANAGE)
-        if not ceiling.allows(membership_grants(membership), owner=is_owner):
+        held = membership_grants(membership, custom_roles=custom_roles_included(organization))
+        if not ceiling.allows(held, owner=is_owner):
             raise MembershipChangeRefused("above_your_role", "you can't remove someone above your own role")
     if is_owner and owners == [membership.pk]:
         raise MembershipChangeRefused(
@@ -201,7 +206,7 @@ def membership_remove(*, organization: Organization, membership: Membership, act
     audit_record(
         organization=organization,
         actor=actor,
-        action="membership.removed",
+        action="membership.left" if leaving else "membership.removed",
         target=membership,
         metadata={"user_id": membership.user_id, "user": membership.user.email, "role": _role_label(membership)},
     )
@@ -384,9 +389,6 @@ def invitation_create(
         invited_by=actor.label[:254],
         expires_at=now + lifetime,
     )
-    link = link_origin.rstrip("/") + reverse(
-        "portal-invitation-accept", kwargs={"token": token}, urlconf="cognitionos.urls_tenant"
-    )
     audit_record(
         organization=organization,
         actor=actor,
@@ -398,17 +400,123 @@ def invitation_create(
             "expires_at": invitation.expires_at.isoformat(),
         },
     )
-    # Sent inside the transaction: if sending fails, no invitation exists that nobody received.
+    link = _invitation_send(
+        organization=organization, invitation=invitation, token=token, actor=actor, link_origin=link_origin
+    )
+    return invitation, link
+
+
+def _invitation_send(
+    *, organization: Organization, invitation: Invitation, token: str, actor: Principal, link_origin: str
+) -> str:
+    """Mail the accept link (inside the caller's transaction: if sending fails, no invitation exists
+    that nobody received). Returns the link."""
+    link = link_origin.rstrip("/") + reverse(
+        "portal-invitation-accept", kwargs={"token": token}, urlconf="cognitionos.urls_tenant"
+    )
     send_mail(
         subject=f"[CognitionOS] You are invited to {organization.name}",
         message=(
             f"{actor.label} invited you to join {organization.name} on CognitionOS "
             f"as {_invitation_role_label(invitation)}.\n\n"
-            f"Accept the invitation (sign in or create an account with {email} first):\n{link}\n\n"
+            f"Accept the invitation (sign in or create an account with {invitation.email} first):\n{link}\n\n"
             f"The link works once and expires on {invitation.expires_at:%Y-%m-%d %H:%M} UTC.\n"
         ),
         from_email=None,
-        recipient_list=[email],
+        recipient_list=[invitation.email],
+    )
+    return link
+
+
+# Resending mails someone again: at most once a minute per invitation, and
+# INVITATION_RESENDS_PER_HOUR per organization (tenant-scoped Redis keys).
+INVITATION_RESEND_INTERVAL_SECONDS = 60
+INVITATION_RESENDS_PER_HOUR = 30
+_RESEND_ONE_KEY = "rbac:invitation:resend:{organization_id}:{invitation_id}"
+_RESEND_HOUR_KEY = "rbac:invitation:resends:{organization_id}"
+
+
+def _invitation_resend_allow(*, organization: Organization, invitation: Invitation) -> None:
+    client = redis_client()
+    one = _RESEND_ONE_KEY.format(organization_id=organization.pk, invitation_id=invitation.pk)
+    if not client.set(one, "1", nx=True, ex=INVITATION_RESEND_INTERVAL_SECONDS):
+        raise MembershipChangeRefused(
+            "rate_limited", f"this invitation was just sent: try again in {INVITATION_RESEND_INTERVAL_SECONDS} seconds"
+        )
+    hour = _RESEND_HOUR_KEY.format(organization_id=organization.pk)
+    pipe = client.pipeline()
+    pipe.incr(hour)
+    pipe.expire(hour, 3600, nx=True)
+    count = int(pipe.execute()[0])
+    if count > INVITATION_RESENDS_PER_HOUR:
+        client.delete(one)
+        raise MembershipChangeRefused(
+            "rate_limited", f"at most {INVITATION_RESENDS_PER_HOUR} invitations are resent an hour: try again later"
+        )
+
+
+@transaction.atomic
+def invitation_resend(
+    *,
+    organization: Organization,
+    invitation: Invitation,
+    actor: Principal,
+    link_origin: str,
+    lifetime: timedelta = INVITATION_LIFETIME,
+) -> tuple[Invitation, str]:
+    """Mail an open (or expired, not accepted nor revoked) invitation again with a new token: the old
+    link stops working, and the expiry starts over. Rate-limited (MembershipChangeRefused
+    "rate_limited")."""
+    if invitation.organization_id != organization.pk:
+        raise MembershipChangeRefused("not_found", "no such invitation in this organization")
+    # The organization row first, as invitation_create: a reopened invitation takes a seat.
+    organization = Organization.objects.select_for_update(of=("self",)).select_related("plan").get(pk=organization.pk)
+    ceiling = _ceiling(organization=organization, actor=actor)
+    ceiling.require(Permission.MEMBERS_MANAGE)
+    invitation = Invitation.objects.select_for_update(of=("self",)).select_related("custom_role").get(pk=invitation.pk)
+    state = invitation_state(invitation)
+    if state == "accepted":
+        raise MembershipChangeRefused("invitation_used", "this invitation was accepted already")
+    if state == "revoked":
+        raise MembershipChangeRefused("invitation_revoked", "this invitation was revoked: send a new one")
+    if invitation.custom_role is not None:
+        _custom_roles_require(organization)
+        grants = permissions_expand(frozenset(Permission(value) for value in invitation.custom_role.permissions))
+        owner = False
+    else:
+        grants, owner = role_permissions(invitation.role), invitation.role == Role.OWNER
+    if not ceiling.allows(grants, owner=owner):
+        raise MembershipChangeRefused(
+            "above_your_role", "you can't invite to a role with more than your own permissions"
+        )
+    if state == "expired":
+        # An expired invitation holds no seat: reopening it needs one, as a new invitation would.
+        max_members = int(organization.plan.limit("max_members"))
+        if _members_and_open_invitations(organization) + 1 > max_members:
+            raise MembershipChangeRefused(
+                "plan_limit_members",
+                f"the plan allows {max_members} members, counting open invitations: "
+                "revoke an invitation, remove a member or change the plan",
+            )
+    _invitation_resend_allow(organization=organization, invitation=invitation)
+    token = secrets.token_urlsafe(32)
+    invitation.token_hash = invitation_token_hash(token)
+    invitation.expires_at = timezone.now() + lifetime
+    invitation.save(update_fields=["token_hash", "expires_at"])
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="invitation.resent",
+        target=invitation,
+        metadata={
+            "email": invitation.email,
+            "role": _invitation_role_label(invitation),
+            "expires_at": invitation.expires_at.isoformat(),
+            "was": state,
+        },
+    )
+    link = _invitation_send(
+        organization=organization, invitation=invitation, token=token, actor=actor, link_origin=link_origin
     )
     return invitation, link
 
@@ -445,6 +553,12 @@ def invitation_accept(*, organization: Organization, token: str, user: User) -> 
         )
     except Invitation.DoesNotExist as missing:
         raise MembershipChangeRefused("not_found", "this invitation link is not valid here") from missing
+    return _invitation_accept_locked(organization=organization, invitation=invitation, user=user, via="link")
+
+
+def _invitation_accept_locked(
+    *, organization: Organization, invitation: Invitation, user: User, via: str
+) -> Membership:
     state = invitation_state(invitation)
     if state != "open":
         messages = {
@@ -476,6 +590,47 @@ def invitation_accept(*, organization: Organization, token: str, user: User) -> 
         actor=actor,
         action="invitation.accepted",
         target=invitation,
-        metadata={"email": invitation.email, "user_id": user.pk, "role": _role_label(membership)},
+        metadata={"email": invitation.email, "user_id": user.pk, "role": _role_label(membership), "via": via},
     )
     return membership
+
+
+@transaction.atomic
+def invitation_follow(*, organization: Organization, token: str, user: User) -> Invitation:
+    """Remember that `user` signed up through this invitation's link (the sign-up's own transaction):
+    verifying the invited address then accepts it (invitation_accept_followed)."""
+    invitation = Invitation.objects.select_for_update().get(
+        organization=organization, token_hash=invitation_token_hash(token)
+    )
+    invitation.followed_by = user
+    invitation.save(update_fields=["followed_by"])
+    return invitation
+
+
+def invitation_accept_followed(
+    *, user: User, email: str
+) -> list[tuple[Organization, Membership | MembershipChangeRefused]]:
+    """On verification of `email`: accept the open invitations to that address whose link `user`
+    signed up through — in whichever browser the address was verified (the sign-up followed the
+    invitation, so this is the person's own choice, not every invitation that names the address).
+    Each is its own transaction; a refusal (plan full, revoked meanwhile) is returned, not raised."""
+    results: list[tuple[Organization, Membership | MembershipChangeRefused]] = []
+    followed = (
+        Invitation.objects.filter(
+            followed_by=user, email__iexact=email, accepted_at__isnull=True, revoked_at__isnull=True
+        )
+        .select_related("organization")
+        .order_by("pk")
+    )
+    for candidate in followed:
+        try:
+            with transaction.atomic():
+                invitation = Invitation.objects.select_for_update().get(pk=candidate.pk)
+                membership = _invitation_accept_locked(
+                    organization=candidate.organization, invitation=invitation, user=user, via="email_verification"
+                )
+        except MembershipChangeRefused as refused:
+            results.append((candidate.organization, refused))
+        else:
+            results.append((candidate.organization, membership))
+    return results

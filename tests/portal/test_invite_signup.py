@@ -182,21 +182,46 @@ def test_an_expired_token_says_so_and_falls_back_to_a_normal_sign_up(
 
 
 @pytest.mark.django_db
-def test_verified_in_another_browser_the_invitation_waits_for_one_click(
+def test_verified_in_another_browser_the_invitation_is_accepted_there_too(
     client_for: ClientFor, organizations: tuple[Organization, Organization]
 ) -> None:
-    # Only the session that signed up remembers the invitation; elsewhere the address is verified
-    # and the invitation link accepts it as for any signed-in invited person.
-    inviting, _other = organizations
+    # The sign-up through the invitation is remembered on the invitation, not in the browser's
+    # session: opening the verification link in another browser accepts it as well (audited).
+    inviting, other = organizations
     token = _invite(inviting, "ivy@example.com")
     _sign_up(client_for(f"{inviting.slug}.localhost"), email="ivy@example.com", token=token)
     user = User.objects.get(email="ivy@example.com")
+    assert not Membership.objects.filter(user=user).exists()  # not before the address is verified
 
-    elsewhere = client_for(f"{inviting.slug}.localhost")
+    elsewhere = client_for(f"{other.slug}.localhost")  # another browser, even on another host
     assert elsewhere.post(_verification_path("ivy@example.com")).status_code == 302
-    assert not Membership.objects.filter(user=user).exists()
+    assert [m.organization_id for m in Membership.objects.filter(user=user)] == [inviting.pk]
+    invitation = Invitation.objects.get(organization=inviting, email="ivy@example.com")
+    assert invitation.accepted_by_id == user.pk
+    with organization_schema(inviting):
+        accepted = AuditEvent.objects.get(action="invitation.accepted")
+    tenant_connection().set_schema_to_public()
+    assert accepted.metadata["via"] == "email_verification" and accepted.metadata["user_id"] == user.pk
+    assert "invitation.accepted" not in _audit_actions(other)
 
+    # The link is used up: following it again says so.
+    elsewhere = client_for(f"{inviting.slug}.localhost")
     elsewhere.force_login(user)
-    accepted = elsewhere.post(f"/invitations/{token}/")
-    assert accepted.status_code == 302 and accepted["Location"] == "/"
-    assert Membership.objects.get(user=user).organization_id == inviting.pk
+    again = elsewhere.post(f"/invitations/{token}/")
+    assert again.status_code == 409
+
+
+@pytest.mark.django_db
+def test_verifying_an_address_accepts_only_the_invitation_the_sign_up_followed(
+    client_for: ClientFor, organizations: tuple[Organization, Organization]
+) -> None:
+    # Another organization's invitation to the same address was never followed: it waits for a click.
+    inviting, other = organizations
+    token = _invite(inviting, "ivy@example.com")
+    other_token = _invite(other, "ivy@example.com")
+    _sign_up(client_for(f"{inviting.slug}.localhost"), email="ivy@example.com", token=token)
+    client_for(f"{inviting.slug}.localhost").post(_verification_path("ivy@example.com"))
+    user = User.objects.get(email="ivy@example.com")
+    assert [m.organization_id for m in Membership.objects.filter(user=user)] == [inviting.pk]
+    assert Invitation.objects.get(organization=other, email="ivy@example.com").accepted_at is None
+    assert other_token

@@ -43,6 +43,9 @@ NO_PERMISSION_NEEDED = {
 }
 
 
+LAST_IN_THE_WALK = {"portal-member-leave"}
+
+
 def _ours(patterns: list[Any], prefix: str = "") -> Iterator[tuple[str, URLPattern]]:
     for pattern in patterns:
         if isinstance(pattern, URLResolver):
@@ -81,7 +84,10 @@ def test_declared_pages_answer_each_role_as_the_matrix_says(tenant: Organization
     client.force_login(member_make(organization=tenant, role=role))
     granted = permissions_expand(role_permissions(role))
     wrong = []
-    for _, pattern in _ours(get_resolver("cognitionos.urls_tenant").url_patterns):
+    patterns = [pattern for _, pattern in _ours(get_resolver("cognitionos.urls_tenant").url_patterns)]
+    # Leaving the organization (a POST any member may make) ends the walk: the pages after it would
+    # answer someone who is no longer a member.
+    for pattern in sorted(patterns, key=lambda pattern: pattern.name in LAST_IN_THE_WALK):
         declared = _declared(pattern)
         if declared is None or pattern.pattern.converters:
             continue  # pages with ids are covered by their own tests

@@ -1,0 +1,103 @@
+"""Keyset pagination for the portal's long lists (audit log, members, invitations, API keys).
+
+A page is found by the key of the row it starts after (`?after=`, keys greater than) or before
+(`?before=`, keys smaller than), never by OFFSET: a page deep in a long list costs what the first
+one does, and rows added or removed meanwhile don't shift the pages. One query per page (one more
+only when paging backwards with nothing more behind), whatever the number of rows.
+
+Several lists on one page each take a `prefix` for their cursors (`members_after=`...), and the
+links of one list keep the others' cursors (and the page's filters) through `keep`.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+
+DEFAULT_PAGE_SIZE = 50
+# A key is a bigint: a longer cursor can only be a hostile one (and would overflow the query).
+_CURSOR_MAX_DIGITS = 18
+
+M = TypeVar("M", bound=Model)
+
+
+@dataclass(frozen=True)
+class KeysetPage(Generic[M]):
+    items: list[M]
+    next_query: str | None  # the query string of the next page's link, None on the last page
+    previous_query: str | None  # the previous page's, None on the first page
+    first_query: str | None  # the first page's (the others' cursors and filters kept), None on it
+
+    @property
+    def paged(self) -> bool:
+        return self.next_query is not None or self.previous_query is not None
+
+
+def cursor_param(request: HttpRequest, name: str) -> int | None:
+    """A cursor from the query string: a key, or None for anything else (ignored, first page)."""
+    value = request.GET.get(name, "")
+    return int(value) if value.isdigit() and len(value) <= _CURSOR_MAX_DIGITS else None
+
+
+def cursor_params(request: HttpRequest, prefixes: list[str]) -> dict[str, str]:
+    """The valid cursors of these lists present in the request (to be kept by the others' links)."""
+    kept: dict[str, str] = {}
+    for prefix in prefixes:
+        for side in ("after", "before"):
+            value = cursor_param(request, f"{prefix}{side}")
+            if value is not None:
+                kept[f"{prefix}{side}"] = str(value)
+    return kept
+
+
+def keyset_page(
+    rows: QuerySet[M],
+    *,
+    request: HttpRequest,
+    key: str = "pk",
+    descending: bool = False,
+    prefix: str = "",
+    keep: Mapping[str, str] | None = None,
+    size: int = DEFAULT_PAGE_SIZE,
+) -> KeysetPage[M]:
+    """One page of `rows` ordered by `key` (unique, indexed), from the cursors in the request."""
+    after = cursor_param(request, f"{prefix}after")
+    before = cursor_param(request, f"{prefix}before")
+    # In the page's order: "onward" is toward the next page, "back" toward the previous one.
+    onward_param, back_param = ("before", "after") if descending else ("after", "before")
+    onward = before if descending else after
+    back = after if descending else before
+    order, reverse = (f"-{key}", key) if descending else (key, f"-{key}")
+
+    def query(param: str, value: object) -> str:
+        return urllib.parse.urlencode({**(keep or {}), f"{prefix}{param}": value})
+
+    first = urllib.parse.urlencode(dict(keep or {}))
+    if back is not None:
+        # Walk backwards from the cursor and turn the rows round: the page just before it.
+        lookup = f"{key}__gt" if descending else f"{key}__lt"
+        fetched = list(rows.filter(**{lookup: back}).order_by(reverse)[: size + 1])
+        items = list(reversed(fetched[:size]))
+        more_back = len(fetched) > size
+        return KeysetPage(
+            items=items,
+            # The cursor's row (or what came after it) lies onward.
+            next_query=query(onward_param, getattr(items[-1], key)) if items else None,
+            previous_query=query(back_param, getattr(items[0], key)) if items and more_back else None,
+            first_query=first if more_back else None,
+        )
+    if onward is not None:
+        rows = rows.filter(**{f"{key}__lt" if descending else f"{key}__gt": onward})
+    fetched = list(rows.order_by(order)[: size + 1])
+    items = fetched[:size]
+    return KeysetPage(
+        items=items,
+        next_query=query(onward_param, getattr(items[-1], key)) if len(fetched) > size else None,
+        previous_query=query(back_param, getattr(items[0], key)) if onward is not None and items else None,
+        first_query=first if onward is not None else None,
+    )
