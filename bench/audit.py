@@ -275,9 +275,12 @@ def _seed(organization: Any, events: int) -> None:
         sequence = AuditEvent.objects.count()
         if sequence:
             previous = (
-                AuditEvent.objects.filter(sequence__isnull=False)
-                .order_by("-sequence")
-                .values_list("hash", flat=True)[0]
+                (
+                    AuditEvent.objects.filter(sequence__isnull=False)
+                    .order_by("-sequence")
+                    .values_list("hash", flat=True)[0]
+                )
+                or GENESIS_HASH
             )
         while sequence < events:
             rows = []

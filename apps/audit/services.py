@@ -146,7 +146,21 @@ def _link_batch(batch_size: int) -> int:
         ids, sequences, previous_hashes, hashes = [], [], [], []
         for row in rows:
             sequence += 1
-            digest = event_hash(ChainFields(sequence, *row[1:9], json.loads(row[9]), previous_hash))
+            digest = event_hash(
+                ChainFields(
+                    sequence=sequence,
+                    occurred_at=row[1],
+                    actor_kind=row[2],
+                    actor_id=row[3],
+                    actor_label=row[4],
+                    action=row[5],
+                    target_type=row[6],
+                    target_id=row[7],
+                    target_label=row[8],
+                    metadata=json.loads(row[9]),  # as the ORM decodes it for `audit verify`
+                    previous_hash=previous_hash,
+                )
+            )
             ids.append(row[0])
             sequences.append(sequence)
             previous_hashes.append(previous_hash)

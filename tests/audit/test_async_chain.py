@@ -40,7 +40,7 @@ from tests.conftest import LiveDb
 ALICE = Principal(kind="user", id="42", label="alice@example.com")
 
 
-def _chain_messages() -> list[tuple[bytes, int]]:
+def _chain_messages() -> list[tuple[Any, int]]:
     """The chainer tasks waiting in the test process's broker queue: (raw message, tenant_id)."""
     found = []
     for raw in redis_client().lrange(settings.CELERY_TASK_DEFAULT_QUEUE, 0, -1):
@@ -78,7 +78,7 @@ def test_events_are_inserted_unchained_and_linked_in_id_order(tenant: Organizati
 
     head = AuditEvent.objects.filter(sequence__isnull=False).order_by("-sequence").first()
     linked = chained(tenant, *events)
-    start = head.sequence if head else 0
+    start = head.sequence or 0 if head else 0
     assert [event.sequence for event in linked] == [start + 1, start + 2, start + 3]
     assert linked[0].previous_hash == (head.hash if head else GENESIS_HASH)
     assert linked[1].previous_hash == linked[0].hash and linked[2].previous_hash == linked[1].hash
@@ -120,6 +120,7 @@ def test_events_of_a_rolled_back_transaction_are_never_chained(tenant: Organizat
     kept, after = chained(tenant, kept, after)
     assert not AuditEvent.objects.filter(pk__in=lost_ids).exists()
     assert not AuditEvent.objects.filter(action="lost").exists()
+    assert kept.sequence is not None
     assert after.pk > lost_ids[0] and after.sequence == kept.sequence + 1  # no hole where it was
     assert audit_chain_verify(organization=tenant).ok
 

@@ -98,6 +98,7 @@ def test_a_changed_field_is_reported_at_that_exact_event(tenant: Organization) -
     report = audit_chain_verify(organization=tenant, batch_size=2)
     assert report.broken is not None
     assert (report.broken.event_id, report.broken.field, report.broken.stored) == (tampered.pk, "hash", tampered.hash)
+    assert tampered.sequence is not None
     assert report.broken.expected != tampered.hash and report.count == tampered.sequence - 1
     with pytest.raises(CommandError) as failure:
         _verify(tenant.slug)
@@ -137,6 +138,7 @@ def test_anchors_catch_a_rewritten_tail_and_a_cut_off_end(tenant: Organization) 
     with _append_only_suspended():  # rewrite the last two events and recompute their hashes
         previous = events[1].hash
         for event in events[2:]:
+            assert previous is not None
             fields = replace(_chain_fields(event), previous_hash=previous, actor_label="someone else")
             AuditEvent.objects.filter(pk=event.pk).update(
                 actor_label="someone else", previous_hash=previous, hash=event_hash(fields)
