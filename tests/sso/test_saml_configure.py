@@ -4,7 +4,7 @@ checked before it is stored, audited; removal; who may, on which plan."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -118,7 +118,7 @@ def _metadata_without_redirect_binding() -> str:
     )
 
 
-BAD_METADATA = {
+BAD_METADATA: dict[str, Callable[[], str]] = {
     "no signing certificate": lambda: TestIdp("conf").metadata_xml(with_certificate=False),
     "no HTTP-Redirect SSO": _metadata_without_redirect_binding,
     "not XML": lambda: "this is not metadata",
