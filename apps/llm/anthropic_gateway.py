@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from apps.llm.engine import chat_call_parse, chat_complete
+from apps.llm.calls import chat_call_parse, chat_complete
 from apps.llm.errors import GatewayError
 from apps.llm.gateway import _caller, _json_body, stream_start
 from apps.llm.refusals import LlmRefusal, invalid, unsupported

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from apps.accounts.principals import Principal
-from apps.llm import engine
+from apps.llm import embeddings, engine
 from apps.llm.budgets import attempts_abandon
-from apps.llm.engine import ChatOutcome, ChatStream
+from apps.llm.outcomes import ChatOutcome, ChatStream
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.pricing import ChatCostPreview, EmbeddingCostPreview, chat_cost_preview, embedding_cost_preview
@@ -92,7 +92,9 @@ def embeddings_create(
     """Embed text: `body` is an OpenAI embeddings request (`model`, `input`, optional `dimensions`,
     `encoding_format`). Governed like a chat call: rate limits, breakers, the organization's own
     key for the provider if it has one, budget reservation, ledger. Raises LlmRefusal."""
-    return engine.embeddings_create(organization=organization, principal=principal, body=body, request_id=request_id)
+    return embeddings.embeddings_create(
+        organization=organization, principal=principal, body=body, request_id=request_id
+    )
 
 
 def model_exists(name: str, *, kind: str | None = None) -> bool:

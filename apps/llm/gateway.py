@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.principals import Principal
-from apps.llm.engine import (
+from apps.llm.calls import (
     ChatCall,
     ChatOutcome,
     ChatStream,

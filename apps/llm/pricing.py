@@ -6,11 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from apps.llm.budgets import Settlement
+from apps.llm.models import AttemptStatus
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
+from apps.llm.providers import Usage
 from apps.llm.refusals import LlmRefusal
 from apps.llm.router import UnknownModel, candidates
 from apps.llm.semantic import embedding_model_name
+from apps.llm.validation import ChatCall, EmbeddingsCall
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,42 @@ def refuse_unpriced(entry: PricedModel) -> None:
 def model_output_allowance(entry: PricedModel, max_tokens: int | None) -> int:
     """The output tokens a call may produce on this model: what it asked for, never over the model's most."""
     return min(max_tokens or entry.model.max_output_tokens, entry.model.max_output_tokens)
+
+
+def output_allowance(entry: PricedModel, call: ChatCall) -> int:
+    return model_output_allowance(entry, call.max_tokens)
+
+
+def worst_case_cost(entry: PricedModel, call: ChatCall) -> Decimal:
+    """What the call can cost on this model at most: every prompt byte a token, every image at the
+    model's most per image, and the whole output allowance (which the adapter sends as the limit)."""
+    assert entry.price is not None
+    prompt = call.prompt_token_bound + call.images * entry.model.max_tokens_per_image
+    return entry.price.cost(input_tokens=prompt, cached_input_tokens=0, output_tokens=output_allowance(entry, call))
+
+
+def embedding_worst_case_cost(entry: PricedModel, call: EmbeddingsCall) -> Decimal:
+    """Every input byte a token: no token is shorter than one UTF-8 byte."""
+    assert entry.price is not None
+    return entry.price.cost(input_tokens=call.input_bytes, cached_input_tokens=0, output_tokens=0)
+
+
+def success_settlement(entry: PricedModel, usage: Usage, latency_ms: int) -> Settlement:
+    """A succeeded attempt's settlement: the provider's reported usage at the model's current price."""
+    assert entry.price is not None
+    return Settlement(
+        status=AttemptStatus.SUCCEEDED,
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=entry.price.cost(
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            output_tokens=usage.output_tokens,
+        ).quantize(Decimal("0.00000001")),
+        price_version=entry.price.version,
+        latency_ms=latency_ms,
+    )
 
 
 def chat_cost_preview(

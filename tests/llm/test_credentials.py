@@ -3,11 +3,13 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import openai
 import pytest
 from cryptography.exceptions import InvalidTag
 from django_tenants.utils import schema_context
 
 from apps.llm import crypto
+from apps.llm.breaker import OPEN, breaker_state
 from apps.llm.models import ProviderCredential, UsageAttempt
 from apps.llm.services import (
     provider_credential_set,
@@ -70,3 +72,39 @@ def test_an_organization_with_its_own_key_uses_it_and_pays_itself(
     assert completion.model == "gpt-4o-mini"
     with schema_context(tenant_a.schema_name):
         assert UsageAttempt.objects.get().paid_by == "organization"
+
+
+def test_embeddings_use_the_organizations_own_key_and_its_own_breaker(
+    two_tenants: tuple[Organization, Organization],
+    key_a: str,
+    key_b: str,
+    fake_provider: FakeProvider,
+    settings: Any,
+) -> None:
+    """Embeddings go through the same attempt loop as chat: the organization's own key (with no
+    platform key at all), paid by the organization, and a breaker of its own for that key."""
+    settings.OPENAI_API_KEY = ""
+    settings.LLM_BREAKER_FAILURES = 3
+    settings.LLM_MAX_ATTEMPTS = 1
+    tenant_a, _ = two_tenants
+    provider_credential_set(organization=tenant_a, provider="openai", api_key="sk-org-a-123456", actor=TEST_ACTOR)
+    provider_own_keys_forget()
+    embedded = gateway_client(key_a).embeddings.create(model="text-embedding-3-small", input="Hello there")
+    assert len(embedded.data[0].embedding) == 1536
+    assert [call.path for call in fake_provider.calls] == ["/v1/embeddings"]
+    with schema_context(tenant_a.schema_name):
+        assert UsageAttempt.objects.get().paid_by == "organization"
+    with pytest.raises(openai.NotFoundError):  # B has no key of its own, and there is no platform key
+        gateway_client(key_b).embeddings.create(model="text-embedding-3-small", input="Hello there")
+
+    fake_provider.fail_models({"text-embedding-3-small"}, status=503)
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            gateway_client(key_a).embeddings.create(model="text-embedding-3-small", input="Hello there")
+    assert breaker_state("openai", "text-embedding-3-small", scope=f"org{tenant_a.pk}") == OPEN
+    assert breaker_state("openai", "text-embedding-3-small") != OPEN  # A's key's failures are A's own
+    sent = len(fake_provider.calls)
+    with pytest.raises(openai.InternalServerError) as refused:  # the open breaker: no provider call
+        gateway_client(key_a).embeddings.create(model="text-embedding-3-small", input="Hello there")
+    assert refused.value.status_code == 502
+    assert len(fake_provider.calls) == sent
