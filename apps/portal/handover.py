@@ -4,6 +4,13 @@ Sessions are per host: the cookie of `localhost` is not sent to `acme.localhost`
 signed in on one host gets a one-time token bound to them and to the target host; the target host
 consumes it and signs them in there. The token is signed (SECRET_KEY), lives PORTAL_HANDOVER_SECONDS,
 and its id is remembered in Redis until it expires, so it is accepted once.
+
+The token travels in the body of a POST (a form on the source host's page, submitted by script or
+by its button), never in a URL: a link can't sign anyone in. The target accepts the POST only from
+a page of ours (its Origin, or Referer, is the platform host or an organization's host), so another
+site can't sign a visitor in as the site's owner with a token of their own (login CSRF). The POST is
+exempt from Django's CSRF check, which can't apply: the target host has no cookie of this browser
+yet, and the token is the credential.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlsplit
 
 from allauth.account.authentication import get_authentication_records
 from django.conf import settings
@@ -22,7 +29,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from apps.accounts.models import User
-from apps.tenants.models import Organization
+from apps.tenants.models import Domain, Organization
 from cognitionos.redis import redis_client
 
 _SALT = "cognitionos.portal.handover"
@@ -53,8 +60,18 @@ def _origin(request: HttpRequest, host: str) -> str:
     return f"{request.scheme}://{host}{suffix}"
 
 
-def handover_url(*, request: HttpRequest, user: User, organization: Organization, next_path: str = "/") -> str:
-    """The URL on the organization's host that signs `user` in there, once, within the lifetime."""
+@dataclass(frozen=True)
+class HandoverForm:
+    """What the source page posts: to `action` (the target host's /handover/), the field `token`."""
+
+    action: str
+    token: str
+
+
+def handover_prepare(
+    *, request: HttpRequest, user: User, organization: Organization, next_path: str = "/"
+) -> HandoverForm:
+    """The form that signs `user` in on the organization's host, once, within the lifetime."""
     host = organization_host(organization)
     if not next_path.startswith("/") or next_path.startswith("//"):
         next_path = "/"
@@ -73,7 +90,19 @@ def handover_url(*, request: HttpRequest, user: User, organization: Organization
     }
     token = signing.dumps(claims, salt=_SALT, compress=True)
     path = reverse("portal-handover", urlconf=settings.ROOT_URLCONF)  # a route of organization hosts only
-    return f"{_origin(request, host)}{path}?{urlencode({'token': token})}"
+    return HandoverForm(action=f"{_origin(request, host)}{path}", token=token)
+
+
+def handover_source_allowed(request: HttpRequest) -> bool:
+    """Whether the POST comes from a page of ours: its Origin (or, without one, its Referer) is the
+    platform host, an organization's host under it, or an organization's own domain."""
+    source = request.headers.get("Origin") or request.headers.get("Referer") or ""
+    parts = urlsplit(source)
+    if parts.scheme != request.scheme or not parts.hostname:
+        return False
+    host = parts.hostname.lower()
+    base = settings.BASE_DOMAIN
+    return host == base or host.endswith(f".{base}") or Domain.objects.filter(domain=host).exists()
 
 
 def handover_consume(*, request: HttpRequest, token: str) -> Handover:

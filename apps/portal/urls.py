@@ -2,11 +2,14 @@
 
 from django.urls import include, path
 
-from apps.portal import members_pages, security, sso_pages, views
+from apps.portal import members_pages, mfa_pages, security, sso_pages, views
 
 urlpatterns = [
     path("accounts/signup/slug-check/", views.slug_check, name="portal-slug-check"),
     path("accounts/sso/", sso_pages.sso_signin, name="portal-sso-signin"),
+    # Before allauth's own route of the same name: a security key is removed under the same rule as
+    # an authenticator app (apps.portal.mfa_pages).
+    path("accounts/2fa/webauthn/keys/<int:pk>/remove/", mfa_pages.remove_webauthn, name="mfa_remove_webauthn"),
     path("accounts/", include("allauth.urls")),
     path("enter/", views.enter, name="portal-enter"),
     path("enter/<slug:slug>/", views.enter_organization, name="portal-enter-organization"),

@@ -14,8 +14,10 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.html import format_html
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.accounts.mail import mailbox_messages
 from apps.accounts.models import User
@@ -28,7 +30,7 @@ from apps.audit.models import AuditEvent
 from apps.portal.audit_pages import audit_details
 from apps.portal.caller import caller_organization, caller_user
 from apps.portal.context_processors import platform_origin
-from apps.portal.handover import HandoverRefused, handover_consume, handover_url
+from apps.portal.handover import HandoverRefused, handover_consume, handover_prepare, handover_source_allowed
 from apps.portal.key_forms import ApiKeyCreateForm
 from apps.portal.paging import keyset_page
 from apps.portal.selectors import portal_membership, portal_memberships
@@ -48,7 +50,19 @@ def home(request: HttpRequest) -> HttpResponse:
     organization = caller_organization(request)
     if not request.user.is_authenticated:
         form = LoginForm(request=request)
-        return render(request, "portal/organization_signin.html", {"organization": organization, "form": form})
+        # The passkey button as allauth's own sign-in page offers it (this page is ours, so
+        # allauth's entrance context, which switches it on there, isn't applied here).
+        return render(
+            request,
+            "portal/organization_signin.html",
+            {
+                "organization": organization,
+                "form": form,
+                "passkey_login_enabled": settings.MFA_PASSKEY_LOGIN_ENABLED,
+                # Where a passkey sign-in lands: this organization's home.
+                "redirect_field": format_html('<input type="hidden" name="next" value="{}">', "/"),
+            },
+        )
     membership = portal_membership(user=caller_user(request), organization=organization)
     if membership is None:
         return render(request, "portal/not_member.html", {"organization": organization}, status=403)
@@ -97,7 +111,9 @@ def enter_organization(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _hand_over(request: HttpRequest, user: User, organization: Organization) -> HttpResponse:
-    url = handover_url(request=request, user=user, organization=organization)
+    # A page that posts the token to the organization's host (by script, or its button without):
+    # the token never sits in a URL (apps.portal.handover).
+    form = handover_prepare(request=request, user=user, organization=organization)
     if caller_organization(request).is_public:
         # From the platform host the session moves rather than copies (as Zulip's root domain does):
         # signing out in the organization then leaves no session behind on the platform host.
@@ -107,15 +123,23 @@ def _hand_over(request: HttpRequest, user: User, organization: Organization) -> 
         # the platform host, signed out by then: they are dropped with the session.
         for _notice in messages.get_messages(request):
             pass
-    return HttpResponseRedirect(url)
+    response = render(request, "portal/handover_post.html", {"form": form, "organization": organization})
+    response["Referrer-Policy"] = "origin"  # the target checks where the POST comes from
+    return response
 
 
+@csrf_exempt  # the token is the credential; the target host has no CSRF cookie yet (apps.portal.handover)
 @never_cache
-@require_GET
+@require_http_methods(["GET", "HEAD", "POST"])
 def handover(request: HttpRequest) -> HttpResponse:
-    """Consume a handover token on this organization's host and sign its person in here."""
+    """Consume a handover token posted from a page of ours and sign its person in on this host. A
+    GET (a link, wherever it came from) signs nobody in."""
+    if request.method != "POST":
+        return render(request, "portal/handover_refused.html", {"reason": "not a form"}, status=405)
+    if not handover_source_allowed(request):
+        return render(request, "portal/handover_refused.html", {"reason": "another site"}, status=403)
     try:
-        accepted = handover_consume(request=request, token=request.GET.get("token", ""))
+        accepted = handover_consume(request=request, token=request.POST.get("token", ""))
     except HandoverRefused as refused:
         return render(request, "portal/handover_refused.html", {"reason": str(refused)}, status=400)
     login(request, accepted.user, backend=_SESSION_BACKEND)

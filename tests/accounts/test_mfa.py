@@ -13,12 +13,11 @@ from allauth.account.models import EmailAddress
 from allauth.mfa.models import Authenticator
 from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
 from allauth.mfa.totp.internal.auth import TOTP, format_hotp_value, generate_totp_secret, hotp_value
-from django.test import Client, RequestFactory
+from django.test import Client
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
-from apps.portal.handover import handover_url
 from apps.rbac.models import Role
 from apps.rbac.services import membership_create
 from apps.tenants.connection import organization_schema, tenant_connection
@@ -26,6 +25,7 @@ from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
 from apps.tenants.services import OrganizationChangeRefused, organization_mfa_require_set
 from cognitionos.redis import redis_client
+from tests.portal.handover_support import handover_form, handover_post, token_for
 
 PASSWORD = "a-long-enough-passphrase-42"
 SYSTEM = Principal.system("tests")
@@ -273,13 +273,11 @@ def test_a_handover_from_a_sign_in_with_mfa_satisfies_the_requirement(
     _password_step(platform, user.email)
     entered = platform.post("/accounts/2fa/authenticate/", {"code": _code(secret)})
     assert entered.status_code == 302
-    handover = platform.get(entered["Location"])  # /enter/: one organization, handed over
-    assert handover.status_code == 302
-    target = urlsplit(handover["Location"])
-    assert target.netloc.startswith("tenant-a.localhost")
+    handover = handover_form(platform.get(entered["Location"]))  # /enter/: one organization, handed over
+    assert handover.host.startswith("tenant-a.localhost")
 
     organization_client = client_for("tenant-a.localhost")
-    assert organization_client.get(f"{target.path}?{target.query}").status_code == 302
+    assert handover_post(organization_client, handover.token).status_code == 302
     assert organization_client.get("/").status_code == 200
     assert "account.signed_in" in _actions(tenant_a)
 
@@ -291,10 +289,8 @@ def test_handover_from_a_sign_in_without_mfa_is_asked_for_it(
     _require_mfa(tenant_a)
     user = _member("nomfa-handover@mfa.example", tenant_a)
     _with_totp(user)
-    request = RequestFactory().get("/", HTTP_HOST="localhost")
-    url = urlsplit(handover_url(request=request, user=user, organization=tenant_a))
     client = client_for("tenant-a.localhost")
-    assert client.get(f"{url.path}?{url.query}").status_code == 302
+    assert handover_post(client, token_for(user, tenant_a)).status_code == 302
     assert urlsplit(client.get("/")["Location"]).path == "/accounts/2fa/reauthenticate/"
 
 

@@ -34,6 +34,7 @@ NO_PERMISSION_NEEDED = {
     "portal-enter-organization": "a signed-in user entering one of their own organizations",
     "portal-home": "every member's home page (it shows only what the role may do)",
     "portal-invitation-accept": "the invitation's token is the permission (for its verified address only)",
+    "mfa_remove_webauthn": "allauth's page for the person's own security keys (signed in, reauthenticated)",
     "sso-saml-login": "starts a sign-in at the organization's IdP (anyone may try to sign in)",
     "sso-saml-acs": "the IdP's POST: the signed assertion is the credential",
     "sso-saml-acs-finish": "completes the IdP's POST in this browser's session: the signed assertion is the credential",
