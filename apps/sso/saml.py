@@ -25,6 +25,7 @@ from django.urls import reverse
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 from onelogin.saml2.response import OneLogin_Saml2_Response
+from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_ValidationError
 
 from apps.sso.models import IdentityProvider
@@ -226,6 +227,19 @@ def saml_config(
     if len(certificates) > 1:
         config["idp"]["x509certMulti"] = {"signing": certificates}
     return config
+
+
+def sp_metadata(*, request: HttpRequest, app_settings: dict[str, Any], slug: str, idp: IdentityProvider) -> bytes:
+    """Our SP metadata for the IdP's administrator (allauth's, without the single-logout endpoint,
+    which is not offered)."""
+    config = saml_config(request=request, app_settings=app_settings, slug=slug, idp=idp)
+    config["sp"].pop("singleLogoutService", None)
+    saml_settings = OneLogin_Saml2_Settings(settings=config, sp_validation_only=True)
+    metadata = saml_settings.get_sp_metadata()
+    errors = saml_settings.validate_metadata(metadata)
+    if errors:
+        raise RuntimeError(f"our SP metadata doesn't validate: {errors}")
+    return metadata if isinstance(metadata, bytes) else str(metadata).encode()
 
 
 def sp_urls(*, request: HttpRequest, organization: Organization) -> dict[str, str]:

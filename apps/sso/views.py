@@ -38,6 +38,7 @@ from apps.sso.saml import (
     response_size_check,
     safe_next,
     saml_response_validate,
+    sp_metadata,
 )
 from apps.sso.services import sso_login_complete, sso_login_refused_record
 from apps.tenants.models import Organization
@@ -178,11 +179,13 @@ def acs_finish(request: HttpRequest, organization_slug: str) -> HttpResponse:
 @never_cache
 @require_GET
 def metadata(request: HttpRequest, organization_slug: str) -> HttpResponse:
-    organization, _idp = _organization_idp(request, organization_slug)
+    organization, idp = _organization_idp(request, organization_slug)
     if not organization.plan.limit("sso"):
         return refusal_response(request, SamlRefused("plan_without_sso"), organization)
-    response: HttpResponse = allauth_saml.metadata(request, organization_slug=organization_slug)
-    if request.GET.get("download") and response.status_code == 200:
+    app = get_adapter().get_app(request, provider="saml", client_id=organization_slug)
+    body = sp_metadata(request=request, app_settings=app.settings, slug=organization_slug, idp=idp)
+    response = HttpResponse(body, content_type="text/xml; charset=utf-8")
+    if request.GET.get("download"):
         response["Content-Disposition"] = f'attachment; filename="cognitionos-{organization.slug}-sp-metadata.xml"'
     return response
 

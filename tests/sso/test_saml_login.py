@@ -435,6 +435,7 @@ def test_sp_metadata_names_the_organization_host(org_a: SsoOrganization) -> None
     assert f'entityID="{org_a.sp_entity_id}"' in body
     assert f'Location="{org_a.acs_url}"' in body
     assert 'WantAssertionsSigned="true"' in body
+    assert "SingleLogoutService" not in body  # not offered, so not advertised
 
 
 def test_assertion_of_helper_finds_the_signed_assertion(org_a: SsoOrganization) -> None:
