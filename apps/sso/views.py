@@ -4,7 +4,7 @@
 /accounts/saml/<slug>/acs/      the IdP's POST: size bounded before anything reads it, then allauth's
 /accounts/saml/<slug>/acs/finish/  ours: python3-saml's strict checks plus ours (saml.py), then
                                    allauth completes the sign-in
-/accounts/saml/<slug>/metadata/ allauth's SP metadata (?download=1 as a file)
+/accounts/saml/<slug>/metadata/ our SP metadata, from allauth's config minus single logout (?download=1: a file)
 /accounts/saml/<slug>/sls/      not offered (single logout)
 
 Every refused response is recorded in the organization's audit log ("sso.login_refused" with the
