@@ -177,7 +177,11 @@ def _person_for_address(email: str) -> User:
         return found
     user = User.objects.filter(email__iexact=email).first()
     if user is None:
-        user = User.objects.create_user(email=email)  # no usable password: they sign in through SSO
+        try:
+            with transaction.atomic():  # a savepoint: the same person signing in to another organization at once
+                user = User.objects.create_user(email=email)  # no usable password: they sign in through SSO
+        except IntegrityError:
+            user = User.objects.get(email__iexact=email)
     elif user.has_usable_password():
         user.set_unusable_password()
         user.save(update_fields=["password"])
@@ -205,10 +209,12 @@ def sso_login_complete(
         raise SamlRefused("no_email")
     if not _email_domain_verified(organization=organization, email=email):
         raise SamlRefused("domain_not_verified", (email_domain(email) or "")[:253])
+    # First: sign-ins to one organization take turns, so two first sign-ins of the same person
+    # (two tabs) make one account and one membership, and the member count below holds.
+    locked = Organization.objects.select_for_update(of=("self",)).select_related("plan").get(pk=organization.pk)
     user = _person_for_address(email)
     if not user.is_active:
         raise SamlRefused("user_inactive")
-    locked = Organization.objects.select_for_update(of=("self",)).select_related("plan").get(pk=organization.pk)
     membership_created = False
     if not Membership.objects.filter(organization=locked, user=user).exists():
         max_members = int(locked.plan.limit("max_members"))
@@ -233,9 +239,7 @@ def sso_login_complete(
     return user
 
 
-def sso_login_refused_record(
-    *, organization: Organization, refused: SamlRefused, client: dict[str, str]
-) -> None:
+def sso_login_refused_record(*, organization: Organization, refused: SamlRefused, client: dict[str, str]) -> None:
     """Record a refused SAML response (or use of SSO) in the organization's audit log, in a
     transaction of its own (what was refused may have rolled back)."""
     with transaction.atomic():
