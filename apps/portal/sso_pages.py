@@ -23,7 +23,7 @@ from apps.rbac.decorators import member_permissions, permission_required
 from apps.rbac.models import Role
 from apps.rbac.permissions import Permission
 from apps.sso.domains import email_domain, verification_record_name, verification_record_value
-from apps.sso.models import IdentityProvider
+from apps.sso.models import IdentityProvider, SsoDomain
 from apps.sso.saml import sp_urls
 from apps.sso.selectors import sso_discover, sso_domain_list, sso_enabled_provider
 from apps.sso.services import (
@@ -196,12 +196,7 @@ def _render_settings(
             }
         )
     domains = [
-        {
-            "row": row,
-            "record_name": verification_record_name(row.domain),
-            "record_value": verification_record_value(row.verification_token),
-            "error": domain_error[1] if domain_error and domain_error[0] == row.pk else None,
-        }
+        _domain_item(row, error=domain_error[1] if domain_error and domain_error[0] == row.pk else None)
         for row in sso_domain_list(organization=organization)
     ]
     return render(
@@ -218,6 +213,26 @@ def _render_settings(
         },
         status=status,
     )
+
+
+def _domain_item(row: SsoDomain, *, error: str | None = None, notice: str | None = None) -> dict[str, Any]:
+    return {
+        "row": row,
+        "record_name": verification_record_name(row.domain),
+        "record_value": verification_record_value(row.verification_token),
+        "error": error,
+        "notice": notice,
+    }
+
+
+def _domain_card(
+    request: HttpRequest, domain_id: int, *, error: str | None = None, notice: str | None = None
+) -> HttpResponse:
+    """HTMX: the domain's card, answered in place (200 also for a refusal, which the card shows)."""
+    row = sso_domain_list(organization=caller_organization(request)).filter(pk=domain_id).first()
+    if row is None:
+        return HttpResponse("")
+    return render(request, "portal/sso_domain.html", {"item": _domain_item(row, error=error, notice=notice)})
 
 
 def _require_plan(request: HttpRequest) -> Organization:
@@ -317,13 +332,15 @@ def sso_domain_add_page(request: HttpRequest) -> HttpResponse:
 def _domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpResponse:
     organization = _require_plan(request)
     actor = _actor(request)
+    htmx = bool(getattr(request, "htmx", False))
     try:
         if action == "verify":
             row = sso_domain_verify_dns(organization=organization, actor=actor, domain_id=domain_id)
             message = f"{row.domain} is verified."
         elif action == "remove":
+            removed = sso_domain_list(organization=organization).filter(pk=domain_id).first()
             sso_domain_remove(organization=organization, actor=actor, domain_id=domain_id)
-            message = "Domain removed."
+            message = f"{removed.domain if removed else 'The domain'} removed."
         else:
             required = request.POST.get("required") == "1"
             row = sso_domain_require(organization=organization, actor=actor, domain_id=domain_id, required=required)
@@ -338,7 +355,13 @@ def _domain_action(request: HttpRequest, domain_id: int, action: str) -> HttpRes
         if refused.code == "not_found":
             raise Http404("No such domain in this organization.") from refused
         text = _sentence(str(refused))
+        if htmx:
+            return _domain_card(request, domain_id, error=text)
         return _render_settings(request, domain_error=(domain_id, text), status=_refusal_status(refused.code))
+    if htmx:
+        if action == "remove":
+            return render(request, "portal/sso_domain_removed.html", {"message": message})
+        return _domain_card(request, domain_id, notice=message)
     messages.success(request, message)
     return redirect(reverse("portal-sso") + ("" if action == "remove" else f"#domain-{domain_id}"))
 

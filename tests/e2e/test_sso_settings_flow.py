@@ -112,7 +112,9 @@ def test_owner_verifies_a_domain_and_configures_the_idp_viewer_is_refused(
     page.get_by_role("button", name=f"Verify {DOMAIN}").click()
     expect(page.get_by_role("alert")).to_contain_text(f"No TXT record found at {record_name}.")
     dns.txt[record_name] = [f"cognitionos-verification={token}"]
-    page.get_by_role("button", name=f"Verify {DOMAIN}").click()
+    with page.expect_response(lambda answer: answer.url.endswith("/verify/")) as verified:
+        page.get_by_role("button", name=f"Verify {DOMAIN}").click()
+    assert verified.value.request.headers.get("hx-request") == "true"  # the card, answered in place
     expect(page.get_by_text(f"{DOMAIN} is verified.")).to_be_visible()
     expect(page.get_by_text("through DNS")).to_be_visible()
     assert record_name in dns.resolver.queries
@@ -127,9 +129,14 @@ def test_owner_verifies_a_domain_and_configures_the_idp_viewer_is_refused(
     expect(page.get_by_text(idp.entity_id, exact=True)).to_be_visible()
     acs = f"{origin}/accounts/saml/{SLUG}/acs/"
     expect(page.locator("#sp-acs")).to_have_text(acs)
-    expect(page.get_by_role("link", name="Download our SP metadata (XML)")).to_have_attribute(
-        "href", f"{origin}/accounts/saml/{SLUG}/metadata/"
+    metadata_link = page.get_by_role("link", name="Download our SP metadata (XML)")
+    expect(metadata_link).to_have_attribute("href", f"{origin}/accounts/saml/{SLUG}/metadata/?download=1")
+    # Fetched by the page (the browser resolves *.localhost; the test process may not).
+    sp_metadata = page.evaluate(
+        "async (url) => { const answer = await fetch(url); return [answer.status, await answer.text()]; }",
+        f"/accounts/saml/{SLUG}/metadata/?download=1",
     )
+    assert sp_metadata[0] == 200 and acs in sp_metadata[1]
     tenant_connection().set_schema_to_public()
     stored = IdentityProvider.objects.get(organization=team)
     assert (stored.entity_id, stored.enabled, stored.default_role) == (idp.entity_id, True, "developer")

@@ -63,8 +63,9 @@ def test_the_page_shows_what_the_identity_provider_needs(orgs: tuple[Organizatio
     org_a, _ = orgs
     html = _page(_admin(org_a))
     assert "http://tenant-a.localhost/accounts/saml/tenant-a/acs/" in html
-    assert "http://tenant-a.localhost/accounts/saml/tenant-a/metadata/" in html
-    assert 'href="http://tenant-a.localhost/accounts/saml/tenant-a/metadata/" download' in html
+    assert "http://tenant-a.localhost/accounts/saml/tenant-a/metadata/" in html  # the entity ID
+    # The metadata file exists once an IdP does.
+    assert "Download our SP metadata" not in html and "once your identity provider is saved" in html
     for label in (
         "Identity provider metadata (XML)",
         "…or the metadata&#x27;s URL",
@@ -101,6 +102,10 @@ def test_identity_provider_configured_from_pasted_metadata(orgs: tuple[Organizat
     )
     html = _page(client)
     assert idp.entity_id in html and "Enabled" in html and "Remove identity provider" in html
+    assert 'href="http://tenant-a.localhost/accounts/saml/tenant-a/metadata/?download=1" download' in html
+    sp_metadata = client.get("/accounts/saml/tenant-a/metadata/?download=1")
+    assert sp_metadata.status_code == 200 and b"EntityDescriptor" in sp_metadata.content
+    assert b"http://tenant-a.localhost/accounts/saml/tenant-a/acs/" in sp_metadata.content
     assert not IdentityProvider.objects.filter(organization=org_b).exists()
 
 
@@ -249,3 +254,27 @@ def test_roles_without_security_manage_see_no_page_and_are_refused(
 def test_signed_out_visitors_are_sent_to_sign_in(orgs: tuple[Organization, Organization]) -> None:
     response = Client(HTTP_HOST="tenant-a.localhost").get("/settings/sso/")
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_with_htmx_a_domain_card_is_answered_in_place(
+    orgs: tuple[Organization, Organization], dns_server: RunningDnsServer
+) -> None:
+    org_a, _ = orgs
+    client = _admin(org_a)
+    client.post("/settings/sso/domains/", {"domain": "acme.test"})
+    row = SsoDomain.objects.get(organization=org_a)
+    missing = client.post(f"/settings/sso/domains/{row.pk}/verify/", HTTP_HX_REQUEST="true")
+    assert missing.status_code == 200
+    card = missing.content.decode()
+    assert card.strip().startswith(f'<li class="sso-domain" id="domain-{row.pk}">') and "<html" not in card
+    assert 'role="alert">No TXT record found at _cognitionos-verification.acme.test.' in card
+
+    dns_server.txt["_cognitionos-verification.acme.test"] = [verification_record_value(row.verification_token)]
+    verified = client.post(f"/settings/sso/domains/{row.pk}/verify/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'role="status">acme.test is verified.</p>' in verified
+    assert "Require SSO<span" in verified and "Verify<span" not in verified
+
+    removed = client.post(f"/settings/sso/domains/{row.pk}/remove/", HTTP_HX_REQUEST="true")
+    assert removed.status_code == 200
+    assert 'role="status">acme.test removed.</li>' in removed.content.decode()
+    assert not SsoDomain.objects.filter(pk=row.pk).exists()
