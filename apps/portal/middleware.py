@@ -1,4 +1,15 @@
-"""An organization's "require MFA for all members" (allauth has no such setting: PITFALLS).
+"""The portal's middleware: sign-out everywhere (SignedOutMiddleware), and an organization's
+"require MFA for all members" (OrganizationMfaMiddleware; allauth has no such setting: PITFALLS).
+
+Sign-out. Sessions are per host (a handover makes one on each organization's host the person
+enters), so signing out on one host used to leave the others signed in. Now a sign-out (Django's
+user_logged_out, whichever host and however it is made) records the moment in Redis for the person,
+and every session made before that moment is ended on its next request, on every host and in every
+browser. Each session keeps when it was signed in (apps.portal.receivers). One Redis read per
+signed-in request; nothing to find or delete up front, and a session whose key changed since (e.g.
+by a password change) is caught all the same. The record lives as long as a session cookie may.
+
+MFA.
 
 On the host of an organization that requires a second factor, a signed-in member
 - without an authenticator (TOTP or security key) is sent to set one up;
@@ -23,13 +34,43 @@ from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
 
 from allauth.account.authentication import get_authentication_records
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 
 from apps.accounts.principals import Principal
 from apps.accounts.selectors import user_has_mfa
 from apps.rbac.decorators import member_permissions
+from cognitionos.redis import redis_client
+
+SIGNED_IN_AT_SESSION_KEY = "portal.signed_in_at"
+_SIGNED_OUT_KEY = "portal:signed-out:{}"
+
+
+def signed_out_record(*, user_id: int, at: float) -> None:
+    """Every session of the person signed in before `at` ends on its next request."""
+    redis_client().set(_SIGNED_OUT_KEY.format(user_id), repr(at), ex=settings.SESSION_COOKIE_AGE)
+
+
+class SignedOutMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated and hasattr(request, "session"):
+            signed_out = redis_client().get(_SIGNED_OUT_KEY.format(user.pk))
+            if signed_out is not None:
+                signed_in = request.session.get(SIGNED_IN_AT_SESSION_KEY)
+                if not isinstance(signed_in, (int, float)) or signed_in < float(signed_out):
+                    # Not django's logout(): its signal would record a sign-out again, now, and end
+                    # the sessions made since the real one.
+                    request.session.flush()
+                    request.user = AnonymousUser()
+        return self.get_response(request)
+
 
 _OPEN_PREFIXES = ("/accounts/", "/static/", "/handover/", "/enter/", "/favicon.ico")
 _API_PREFIXES = ("/api/", "/v1/")

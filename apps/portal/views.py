@@ -9,8 +9,9 @@ from allauth.account.forms import LoginForm
 from allauth.account.internal.flows.login import record_authentication
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login, logout
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AnonymousUser
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -118,7 +119,9 @@ def _hand_over(request: HttpRequest, user: User, organization: Organization) -> 
         # From the platform host the session moves rather than copies (as Zulip's root domain does):
         # signing out in the organization then leaves no session behind on the platform host.
         # Between organizations each host keeps its own, for the switcher.
-        logout(request)
+        # Not logout(): its signal would sign the person out on every host (apps.portal.middleware).
+        request.session.flush()
+        request.user = AnonymousUser()
         # Notices queued here ("signed in as ...") would greet the person on their next visit to
         # the platform host, signed out by then: they are dropped with the session.
         for _notice in messages.get_messages(request):
