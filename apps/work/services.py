@@ -136,7 +136,6 @@ def work_content_strip(*, kind: WorkKind | str, item: Any, values: dict[str, Any
     }
 
 
-@transaction.atomic
 def work_finish(
     *,
     organization: Organization,
@@ -160,13 +159,15 @@ def work_finish(
     unfinished = kind.model._default_manager.filter(pk=item.pk).exclude(status__in=FINISHED)
     if attempt is not None:
         unfinished = unfinished.filter(status=WorkStatus.RUNNING, attempts=attempt)
-    if not unfinished.update(**values):
-        return False
-    for name, value in values.items():
-        setattr(item, name, value)
-    work_admit(organization=organization, kind=kind)
-    if kind.on_finished is not None:
-        kind.on_finished(organization, item)
+    # Usually inside the caller's transaction (the one settling the call's ledger row): no savepoint.
+    with transaction.atomic(savepoint=False):
+        if not unfinished.update(**values):
+            return False
+        for name, value in values.items():
+            setattr(item, name, value)
+        work_admit(organization=organization, kind=kind)
+        if kind.on_finished is not None:
+            kind.on_finished(organization, item)
     return True
 
 
@@ -182,7 +183,6 @@ def work_fail(*, organization: Organization, kind: WorkKind | str, item: Any, er
     )
 
 
-@transaction.atomic
 def work_retry_later(*, organization: Organization, kind: WorkKind | str, item: Any, error_class: str) -> bool:
     """Put the row this run owns back in the queue, admitted, to run again after the policy's
     backoff (seconds, far below the broker's visibility timeout; the reaper sends it again if the
@@ -190,14 +190,19 @@ def work_retry_later(*, organization: Organization, kind: WorkKind | str, item: 
     kind = _kind(kind)
     delay = backoff_seconds(item.attempts)
     now = timezone.now()
-    requeued = kind.model._default_manager.filter(pk=item.pk, status=WorkStatus.RUNNING, attempts=item.attempts).update(
-        status=WorkStatus.QUEUED,
-        error_class=error_class[:100],
-        admitted_at=now,
-        next_attempt_at=now + dt.timedelta(seconds=delay),
-    )
-    if requeued:
-        transaction.on_commit(lambda: work_send(organization=organization, kind=kind, ids=[item.pk], countdown=delay))
+    with transaction.atomic(savepoint=False):
+        requeued = kind.model._default_manager.filter(
+            pk=item.pk, status=WorkStatus.RUNNING, attempts=item.attempts
+        ).update(
+            status=WorkStatus.QUEUED,
+            error_class=error_class[:100],
+            admitted_at=now,
+            next_attempt_at=now + dt.timedelta(seconds=delay),
+        )
+        if requeued:
+            transaction.on_commit(
+                lambda: work_send(organization=organization, kind=kind, ids=[item.pk], countdown=delay)
+            )
     return bool(requeued)
 
 

@@ -39,6 +39,7 @@ from apps.llm.platform.selectors import catalog
 from apps.llm.selectors import llm_content_policy
 from apps.tenants.models import Organization
 from apps.work.admission import waiting_admit
+from apps.work.policy import Failure, backoff_seconds, failure_classify, max_attempts
 from apps.workflows.definition import (
     MAX_DEFINITION_BYTES,
     Definition,
@@ -374,11 +375,16 @@ def _advance(organization: Organization, run: WorkflowRun, definition: Definitio
         _run_finish(organization, run, RunStatus.SUCCEEDED, output=output)
 
 
-def _dispatch(organization: Organization, run_id: UUID, names: list[str]) -> None:
+def _dispatch(organization: Organization, run_id: UUID, names: list[str], countdown: float | None = None) -> None:
     from apps.workflows.tasks import workflow_step_run
 
     for name in names:
-        workflow_step_run.delay(tenant_id=organization.pk, run_id=str(run_id), step_name=name)
+        if countdown is None:
+            workflow_step_run.delay(tenant_id=organization.pk, run_id=str(run_id), step_name=name)
+        else:
+            workflow_step_run.apply_async(
+                kwargs={"tenant_id": organization.pk, "run_id": str(run_id), "step_name": name}, countdown=countdown
+            )
 
 
 def _run_finish(
@@ -531,11 +537,46 @@ def step_execute(*, organization: Organization, run_id: UUID, step_name: str) ->
                 record(_run_map(run, step, spec, scope, context))
             else:
                 record(_run_simple(context, spec, scope))
-        except StepFailure as failure:
-            _step_fail(organization, step.pk, step.attempts, failure.error_class, failure.message)
         except Exception as error:
-            logger.exception("workflow step %s failed unexpectedly", step_name)
-            _step_fail(organization, step.pk, step.attempts, type(error).__name__, "the step failed unexpectedly")
+            transient = _transient(error)
+            if transient is not None and step.attempts < max_attempts():
+                # A provider refusal or an outage that may pass: the step runs again later, as a
+                # job would (apps.work.policy), instead of failing the whole run.
+                _step_retry_later(organization, step.pk, step.attempts, transient.error_class)
+            elif isinstance(error, StepFailure):
+                _step_fail(organization, step.pk, step.attempts, error.error_class, error.message)
+            elif transient is not None:
+                _step_fail(organization, step.pk, step.attempts, transient.error_class, transient.message)
+            else:
+                logger.exception("workflow step %s failed unexpectedly", step_name)
+                _step_fail(organization, step.pk, step.attempts, type(error).__name__, "the step failed unexpectedly")
+
+
+def _transient(error: BaseException) -> Failure | None:
+    """The transient failure behind `error` (a step failure caused by an engine refusal that may
+    pass, for one item of a map, say), classified by the runtime's one retry policy."""
+    root = error
+    while isinstance(root, StepFailure) and root.__cause__ is not None:
+        root = root.__cause__
+    failure = failure_classify(root)
+    return failure if failure is not None and failure.transient else None
+
+
+def _step_retry_later(organization: Organization, step_id: int, attempt: int, error_class: str) -> None:
+    """Put the step this attempt owns back in the queue, sent again after the policy's backoff (the
+    reaper sends it again if that message is lost). A map step keeps the items already done."""
+    with transaction.atomic():
+        run, step = _locked(step_id)
+        if step.status != StepStatus.RUNNING or step.attempts != attempt:
+            return
+        if run.is_finished:  # the run ended meanwhile: nothing to retry for
+            _step_fail(organization, step_id, attempt, error_class, "the run ended before the step could run again")
+            return
+        step.status, step.dispatched_at, step.error_class = StepStatus.PENDING, timezone.now(), error_class[:100]
+        step.save(update_fields=["status", "dispatched_at", "error_class"])
+        delay = backoff_seconds(attempt)
+        logger.warning("workflow step %s: %s, retried in %.1f s", step.name, error_class, delay)
+        transaction.on_commit(lambda: _dispatch(organization, run.pk, [step.name], countdown=delay))
 
 
 def _llm_body(spec: StepSpec, scope: Scope) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from apps.workflows.services import (
     step_execute,
 )
 from tests.factories import TEST_ACTOR
+from tests.support.fake_provider import FakeProvider
 from tests.webhooks.receiver import http_receiver
 from tests.workflows.factories import (
     EXAMPLE,
@@ -476,3 +477,41 @@ def test_the_end_of_a_run_is_a_webhook_event(tenant: Organization) -> None:
     payload = WebhookDelivery.objects.get(event_type="run.succeeded").payload["run"]
     assert payload["output"] == succeeded.output and payload["cost_usd"] == str(succeeded.cost_usd)
     assert payload["workflow"]["name"] == "example" and payload["version"] == 1
+
+
+def test_a_provider_outage_sends_the_step_back_to_the_queue_instead_of_failing_the_run(
+    tenant: Organization, fake_provider: FakeProvider, settings: Any
+) -> None:
+    """Like a job: a transient refusal (every provider down) retries the step later, up to the
+    runtime's limit of attempts; the run goes on once the provider is back."""
+    definition = {"steps": [{"name": "ask", "type": "llm", "model": "gpt-4o-mini", "max_tokens": 16, "prompt": "Hi"}]}
+    run = run_start(organization=tenant, principal=KEY, workflow=workflow_make(tenant, definition), input={})
+    fake_provider.fail_next(1000, status=503)
+    step_execute(organization=tenant, run_id=run.pk, step_name="ask")
+    run.refresh_from_db()
+    step = steps_of(run)["ask"]
+    assert run.status in (RunStatus.QUEUED, RunStatus.RUNNING) and run.error_class == ""
+    assert (step.status, step.attempts, step.error_class) == (StepStatus.PENDING, 1, "provider_unavailable")
+    assert dispatched(run) == ["ask"]  # sent again (after a backoff), and the reaper resends it if lost
+    fake_provider.reset()
+    step_execute(organization=tenant, run_id=run.pk, step_name="ask")
+    run.refresh_from_db()
+    step = steps_of(run)["ask"]
+    assert (run.status, step.status, step.attempts) == (RunStatus.SUCCEEDED, StepStatus.SUCCEEDED, 2)
+    assert step.output and step.cost_usd > 0
+
+
+def test_a_step_whose_provider_stays_down_fails_the_run_after_the_last_attempt(
+    tenant: Organization, fake_provider: FakeProvider, settings: Any
+) -> None:
+    definition = {"steps": [{"name": "ask", "type": "llm", "model": "gpt-4o-mini", "max_tokens": 16, "prompt": "Hi"}]}
+    run = run_start(organization=tenant, principal=KEY, workflow=workflow_make(tenant, definition), input={})
+    fake_provider.fail_next(10_000, status=503)
+    run = drive(tenant, run)
+    step = steps_of(run)["ask"]
+    assert (step.status, step.attempts, step.error_class) == (
+        StepStatus.FAILED,
+        settings.JOB_MAX_RUNS,
+        "provider_unavailable",
+    )
+    assert (run.status, run.error_class) == (RunStatus.FAILED, "provider_unavailable")
