@@ -32,6 +32,8 @@ RUN = uuid.uuid4().hex[:8]
 SLUG = f"e2e-sso-{RUN}"
 DOMAIN = f"corp-{RUN}.example"
 OWNER = f"owner-{RUN}@owners-{RUN}.example"
+FREE_SLUG = f"e2e-sso-free-{RUN}"
+FREE_OWNER = f"free-owner-{RUN}@owners-{RUN}.example"
 VIEWER = f"viewer-{RUN}@owners-{RUN}.example"
 PASSWORD = "a-long-enough-passphrase-42"
 
@@ -69,13 +71,15 @@ def sso_server(live_db: LiveDb, tmp_path: Path, dns: RunningDnsServer) -> Iterat
 def team(live_db: LiveDb) -> Iterator[Organization]:
     organization = organization_make(slug=SLUG, name="SSO End to End", plan_code="enterprise", owner_email=OWNER)
     live_db.track(organization)
+    live_db.track(organization_make(slug=FREE_SLUG, name="Free End to End", plan_code="free", owner_email=FREE_OWNER))
     tenant_connection().set_schema_to_public()
     _account(OWNER)
+    _account(FREE_OWNER)
     membership_create(user=_account(VIEWER), organization=organization, role=Role.VIEWER, actor=TEST_ACTOR)
     tenant_connection().set_schema_to_public()
     yield organization
     tenant_connection().set_schema_to_public()
-    User.objects.filter(email__in=[OWNER, VIEWER]).delete()
+    User.objects.filter(email__in=[OWNER, VIEWER, FREE_OWNER]).delete()
 
 
 def _sign_in(page: Any, origin: str, email: str, next_path: str) -> None:
@@ -193,5 +197,25 @@ def test_owner_verifies_a_domain_and_configures_the_idp_viewer_is_refused(
         visitor.get_by_label("Work email").fill(f"alice@{DOMAIN}")
         visitor.get_by_role("button", name="Continue with SSO").click()
         visitor.wait_for_url(f"{origin}/accounts/saml/{SLUG}/login/")
+        # On the organization's own host the page offers its IdP directly.
+        visitor.goto(f"{origin}/accounts/sso/")
+        expect(visitor.get_by_role("link", name="Continue to SSO End to End's identity provider")).to_have_attribute(
+            "href", f"{origin}/accounts/saml/{SLUG}/login/"
+        )
+        screenshot(visitor, "sso-signin-organization-host")
     finally:
         signed_out.close()
+
+    # An owner on a plan without SSO: the page says so and offers no form.
+    free_context = browser.new_context(viewport=DESKTOP)
+    try:
+        free = free_context.new_page()
+        free.set_default_timeout(15_000)
+        free_origin = sso_server.organization_url(FREE_SLUG)
+        _sign_in(free, free_origin, FREE_OWNER, "/settings/sso/")
+        free.wait_for_url(f"{free_origin}/settings/sso/")
+        expect(free.get_by_text("The Free plan doesn't include single sign-on.")).to_be_visible()
+        expect(free.locator("main form")).to_have_count(0)
+        screenshot(free, "sso-settings-free-plan")
+    finally:
+        free_context.close()
