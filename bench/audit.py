@@ -109,15 +109,18 @@ def _timed(record: Callable[[], None]) -> float:
 CHAINER = """
 import os, sys, time, django
 django.setup()
-from apps.audit.services import audit_chain_pending_key, audit_chain_run
+from apps.audit import services
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
 organization = Organization.objects.get(slug=sys.argv[1])
-pending = audit_chain_pending_key(organization.pk)
+pending = services.audit_chain_pending_key(organization.pk)
+expiry_ms, delay_ms = services.AUDIT_CHAIN_PENDING_SECONDS * 1000, services.AUDIT_CHAIN_DELAY_SECONDS * 1000
 while not os.path.exists(sys.argv[2]):
-    # A run when a commit asked for one (the flag its task is sent with), as a worker takes the task.
-    if redis_client().exists(pending):
-        audit_chain_run(organization=organization)
+    # A run when a commit asked for one (the flag its task is sent with) and the task's countdown
+    # has passed, as a worker takes the task.
+    left_ms = redis_client().pttl(pending)
+    if left_ms > 0 and expiry_ms - left_ms >= delay_ms:
+        services.audit_chain_run(organization=organization)
     else:
         time.sleep(0.01)
 """

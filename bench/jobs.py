@@ -357,16 +357,20 @@ django.setup()
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
 try:
-    from apps.audit.services import audit_chain_pending_key, audit_chain_run
+    from apps.audit import services
 except ImportError:  # the audit log chains inside each request: nothing to run
     sys.exit(0)
 organization = Organization.objects.get(slug=sys.argv[1])
-pending = audit_chain_pending_key(organization.pk)
+pending = services.audit_chain_pending_key(organization.pk)
+expiry_ms = services.AUDIT_CHAIN_PENDING_SECONDS * 1000
+delay_ms = getattr(services, "AUDIT_CHAIN_DELAY_SECONDS", 0) * 1000
 linked, runs = 0, 0
 while not os.path.exists(sys.argv[2]):
-    # Runs when a commit asked for a run (the flag its task is sent with), as a worker takes the task.
-    if redis_client().exists(pending):
-        linked, runs = linked + audit_chain_run(organization=organization), runs + 1
+    # A run when a commit asked for one (the flag its task is sent with) and the task's countdown
+    # has passed, as a worker takes the task.
+    left_ms = redis_client().pttl(pending)
+    if left_ms > 0 and expiry_ms - left_ms >= delay_ms:
+        linked, runs = linked + services.audit_chain_run(organization=organization), runs + 1
     else:
         time.sleep(0.01)
 linked += audit_chain_run(organization=organization)

@@ -28,6 +28,10 @@ AUDIT_CHAIN_BATCH = 1000
 # "A chainer run is on its way" for one organization: set by the first commit that finds it unset,
 # cleared by the run before it reads. Expires in case the task is lost (the beat sweep chains anyway).
 AUDIT_CHAIN_PENDING_SECONDS = 60
+# A run starts this long after the commit that asked for it, so the commits of that moment share it
+# (one task sent per organization per quarter second at most, not one per event): sending a task
+# costs a request about as much as its own audit INSERT.
+AUDIT_CHAIN_DELAY_SECONDS = 0.25
 AUDIT_CHAIN_TASK = "apps.audit.tasks.audit_chain_tenant"
 
 # Three statements in one round trip: the lock, then the head and the unchained events, each read by
@@ -86,15 +90,18 @@ def audit_record(
 
 
 def audit_chain_schedule(*, organization_id: int) -> None:
-    """Make sure a chainer run for the organization is on its way: one task per burst of commits,
-    not one per event. Runs after the commit, so a failure here must not fail the request (which
-    already happened): it is logged, and the beat sweep chains the event within its period."""
+    """Make sure a chainer run for the organization is on its way, `AUDIT_CHAIN_DELAY_SECONDS` from
+    now: one task per burst of commits, not one per event. Runs after the commit, so a failure here
+    must not fail the request (which already happened): it is logged, and the beat sweep chains the
+    event within its period."""
     key = audit_chain_pending_key(organization_id)
     try:
         if redis_client().set(key, "1", nx=True, ex=AUDIT_CHAIN_PENDING_SECONDS):
             try:
                 # By name: the audit app sits below tenancy and doesn't import its task module.
-                current_app.send_task(AUDIT_CHAIN_TASK, kwargs={"tenant_id": organization_id})
+                current_app.send_task(
+                    AUDIT_CHAIN_TASK, kwargs={"tenant_id": organization_id}, countdown=AUDIT_CHAIN_DELAY_SECONDS
+                )
             except BaseException:
                 redis_client().delete(key)
                 raise

@@ -24,6 +24,7 @@ from apps.audit.chain import GENESIS_HASH
 from apps.audit.models import AuditEvent
 from apps.audit.selectors import audit_chain_verify
 from apps.audit.services import (
+    AUDIT_CHAIN_DELAY_SECONDS,
     AUDIT_CHAIN_TASK,
     audit_chain_link,
     audit_chain_pending_key,
@@ -51,14 +52,20 @@ def _chain_messages() -> list[tuple[Any, int]]:
     return found
 
 
-@pytest.fixture(autouse=True)
-def _no_chainer_tasks_left() -> Iterator[None]:
-    """Tasks these tests send stay in the broker queue (no worker here): none is left for a later
-    test's workers, nor a pending flag that would stop a later test's commits from sending one."""
-    yield
+def _chain_messages_remove() -> None:
     for raw, tenant_id in _chain_messages():
         redis_client().lrem(settings.CELERY_TASK_DEFAULT_QUEUE, 0, raw)
         redis_client().delete(audit_chain_pending_key(tenant_id))
+
+
+@pytest.fixture(autouse=True)
+def _no_chainer_tasks_left() -> Iterator[None]:
+    """Tasks these tests send stay in the broker queue (no worker here): none is left for a later
+    test's workers, nor a pending flag that would stop a later test's commits from sending one (nor
+    one an earlier test left, before)."""
+    _chain_messages_remove()
+    yield
+    _chain_messages_remove()
 
 
 def _verify(slug: str, *args: str) -> str:
@@ -174,9 +181,13 @@ def test_verify_reports_events_left_unchained_too_long(tenant: Organization) -> 
 def test_commits_send_one_chainer_task_per_burst(tenant: Organization, django_capture_on_commit_callbacks: Any) -> None:
     pending = audit_chain_pending_key(tenant.pk)
     redis_client().delete(pending)
+    before = timezone.now()
     with django_capture_on_commit_callbacks(execute=True):
         events = [audit_record(organization=tenant, actor=ALICE, action="burst") for _ in range(3)]
     assert [tenant_id for _, tenant_id in _chain_messages()] == [tenant.pk]  # one task, for this organization
+    eta = json.loads(_chain_messages()[0][0])["headers"]["eta"]
+    # A moment after the commit: that moment's commits share the run.
+    assert dt.datetime.fromisoformat(eta) >= before + dt.timedelta(seconds=AUDIT_CHAIN_DELAY_SECONDS)
     assert 0 < redis_client().ttl(pending) <= 60
     with django_capture_on_commit_callbacks(execute=True):
         audit_record(organization=tenant, actor=ALICE, action="burst")
