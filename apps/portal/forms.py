@@ -21,6 +21,7 @@ from apps.accounts.principals import Principal
 from apps.rbac.models import Invitation
 from apps.rbac.selectors import invitation_for_token, invitation_state
 from apps.rbac.services import invitation_follow
+from apps.sso.selectors import sso_required_for
 from apps.tenants.errors import ProvisioningError
 from apps.tenants.models import Organization
 from apps.tenants.services import organization_create, slug_validate
@@ -130,6 +131,11 @@ class SignupForm(AllauthSignupForm):
         if self.invited is not None and email.lower() != self.invited.email.lower():
             # The invitation is for one address: another one would get an account and nothing else.
             raise forms.ValidationError(f"This invitation is for {self.invited.email}: sign up with that address.")
+        if sso_required_for(email=email) is not None:
+            # Its people sign in only through their organization's IdP, which makes their account.
+            raise forms.ValidationError(
+                "Your organization requires single sign-on for this address: use “Sign in with SSO” instead."
+            )
         return email
 
     def clean_organization_name(self) -> str:

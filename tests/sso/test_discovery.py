@@ -271,3 +271,22 @@ def test_sign_in_through_the_organizations_idp_still_works_when_required(org_a: 
     assert response.status_code == 302, response.content[:400]
     assert response["Location"] != "/accounts/sso/"
     assert org_a.client.session.get("_auth_user_id") == str(User.objects.get(email=email).pk)
+
+
+def test_sign_up_with_an_address_whose_domain_requires_sso_is_refused(org_a: SsoOrganization) -> None:
+    _require(org_a)
+    email = f"newcomer@{org_a.domain}"
+    response = Client(HTTP_HOST="localhost").post(
+        "/accounts/signup/",
+        {
+            "email": email,
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "organization_name": "Side Project",
+            "organization_slug": "side-project-sso",
+        },
+    )
+    assert response.status_code == 200
+    assert "requires single sign-on for this address" in response.content.decode()
+    assert not User.objects.filter(email=email).exists()
+    assert not Organization.objects.filter(slug="side-project-sso").exists()
