@@ -122,6 +122,8 @@ class _Row:
     role_label: str
     manageable: bool  # the signed-in member may change this member's role and remove them
     is_me: bool
+    # A custom role while the plan lacks custom roles: shown (acting as Viewer), not offered.
+    custom_inactive: bool = False
 
 
 def _row(membership: Membership, actor: _Actor, user: User, may_manage: bool, custom_roles: bool) -> _Row:
@@ -134,10 +136,8 @@ def _row(membership: Membership, actor: _Actor, user: User, may_manage: bool, cu
             membership_grants(membership, custom_roles=custom_roles), owner=membership.role == Role.OWNER
         ),
         is_me=membership.user_id == user.pk,
+        custom_inactive=membership.custom_role_id is not None and not custom_roles,
     )
-
-
-_LISTS = ["members_", "invitations_"]
 
 
 def _page(request: HttpRequest, form: InviteForm | None = None, status: int = 200) -> HttpResponse:

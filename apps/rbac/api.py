@@ -36,6 +36,7 @@ from apps.rbac.services import (
     custom_role_delete,
     custom_role_update,
     invitation_create,
+    invitation_resend,
     invitation_revoke,
     membership_remove,
     membership_role_change,
@@ -59,6 +60,8 @@ _STATUS = {
     "invitation_exists": 409,
     "invitation_used": 409,
     "invalid_email": 400,
+    "invitation_revoked": 409,
+    "rate_limited": 429,
 }
 
 
@@ -378,5 +381,27 @@ class InvitationRevokeApi(APIView):
                 organization=organization,
                 invitation=invitation_list(organization=organization).get(pk=invitation_id),
                 actor=request_principal(request),
+            )
+        return Response(InvitationOutput(invitation).data)
+
+
+class InvitationResendApi(APIView):
+    required_permissions = {"POST": Permission.MEMBERS_MANAGE}
+
+    @extend_schema(
+        request=None,
+        responses=InvitationOutput,
+        summary="Send an open or expired invitation again: a new link (the old one stops working) and a new "
+        "expiry; at most once a minute per invitation (429 rate_limited)",
+        tags=[TAG],
+    )
+    def post(self, request: Request, invitation_id: int) -> Response:
+        organization = request_organization(request)
+        with _refusals():
+            invitation, _link = invitation_resend(
+                organization=organization,
+                invitation=invitation_list(organization=organization).get(pk=invitation_id),
+                actor=request_principal(request),
+                link_origin=invitation_link_origin(request=request, organization=organization),
             )
         return Response(InvitationOutput(invitation).data)

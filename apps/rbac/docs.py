@@ -9,6 +9,7 @@ from django.conf import settings
 
 from apps.rbac.models import Role
 from apps.rbac.permissions import DESCRIPTIONS, Permission, permissions_expand, role_permissions
+from apps.rbac.selectors import CUSTOM_ROLE_FALLBACK
 
 
 def permissions_doc_path() -> Path:
@@ -63,6 +64,9 @@ def permissions_doc_render() -> str:
         "roles: a name (unique in the organization) and any set of the permissions above. A member holds",
         "either a built-in role or one custom role. Changing a custom role's permissions changes what",
         "its members may do; a custom role still held by members can't be deleted.",
+        "If the plan stops including custom roles (a downgrade), members holding one act as",
+        f"{CUSTOM_ROLE_FALLBACK.label} until the plan includes them again or they are given a built-in role; the",
+        "Members page says so.",
         "",
         "## Members and roles over the REST API",
         "",
@@ -87,9 +91,15 @@ def permissions_doc_render() -> str:
         "  `above_your_role` (a role above the inviter's), 403 `plan_limit_members` (members plus open",
         "  invitations would pass the plan's `max_members`), 409 `already_member` or `invitation_exists`.",
         f"- `POST /api/v1/invitations/{{id}}/revoke` (`{Permission.MEMBERS_MANAGE.value}`).",
+        f"- `POST /api/v1/invitations/{{id}}/resend` (`{Permission.MEMBERS_MANAGE.value}`): mails an open or expired",
+        "  invitation again with a new link (the old one stops working) and a new 7-day expiry; 429",
+        "  `rate_limited` within a minute of the last sending, 409 for an accepted or revoked invitation.",
         "- Accepting: the invited person signs in (or signs up and verifies the address) on the",
         "  organization's host and opens the link; only an account whose verified email is the invited",
-        "  address can accept. The portal's Members page (`/members/`) does the same as the API.",
+        "  address can accept. Someone who signed up through the link joins when the address is verified,",
+        "  in whichever browser. The portal's Members page (`/members/`) does the same as the API.",
+        "- Leaving: any member may leave from the Members page (never the last owner), audited",
+        "  `membership.left`.",
         "",
         "## API key scopes",
         "",

@@ -444,10 +444,9 @@ def _invitation_resend_allow(*, organization: Organization, invitation: Invitati
             "rate_limited", f"this invitation was just sent: try again in {INVITATION_RESEND_INTERVAL_SECONDS} seconds"
         )
     hour = _RESEND_HOUR_KEY.format(organization_id=organization.pk)
-    pipe = client.pipeline()
-    pipe.incr(hour)
-    pipe.expire(hour, 3600, nx=True)
-    count = int(pipe.execute()[0])
+    count = int(client.incr(hour))
+    if count == 1:  # the hour starts with its first resend (EXPIRE NX needs Redis 7)
+        client.expire(hour, 3600)
     if count > INVITATION_RESENDS_PER_HOUR:
         client.delete(one)
         raise MembershipChangeRefused(

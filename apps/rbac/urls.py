@@ -11,4 +11,5 @@ urlpatterns = [
     path("roles/<int:role_id>", api.RoleDetailApi.as_view(), name="role"),
     path("invitations", api.InvitationListCreateApi.as_view(), name="invitations"),
     path("invitations/<int:invitation_id>/revoke", api.InvitationRevokeApi.as_view(), name="invitation-revoke"),
+    path("invitations/<int:invitation_id>/resend", api.InvitationResendApi.as_view(), name="invitation-resend"),
 ]
