@@ -54,3 +54,20 @@ def work_kind(name: str) -> WorkKind:
 
 def work_kinds() -> list[WorkKind]:
     return list(_kinds.values())
+
+
+# Upkeep of work that is not (yet) a registered kind, run by the same per-tenant fan-out
+# (apps.work.tasks.work_maintain): duty -> name -> function(*, organization) run in its schema.
+DUTY_NAMES = ("reap", "sweep", "dispatch")
+_upkeeps: dict[str, dict[str, Callable[..., Any]]] = {duty: {} for duty in DUTY_NAMES}
+
+
+def work_upkeep_register(*, duty: str, name: str, run: Callable[..., Any]) -> None:
+    """`run(organization=...)` joins the beat's `duty` for every organization that gets it."""
+    if duty not in _upkeeps:
+        raise ValueError(f"no duty {duty!r}; duties are {', '.join(DUTY_NAMES)}")
+    _upkeeps[duty][name] = run
+
+
+def work_upkeeps(duty: str) -> dict[str, Callable[..., Any]]:
+    return dict(_upkeeps[duty])

@@ -1,6 +1,7 @@
-"""The runtime's tasks: one that runs a row of any kind, and one per-tenant beat fan-out for the
-upkeep of every kind (reaping for organizations that are served, content retention for suspended
-and past-due ones too). Only this module defines tasks for durable work."""
+"""The runtime's tasks: one that runs a row of any kind, and the one per-tenant beat fan-out for
+the upkeep of all background work (reaping and dispatching for organizations that are served,
+content retention for suspended and past-due ones too), the registered kinds' and the upkeep
+functions of apps whose work is not a kind yet (workflow steps, webhook deliveries)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_list
 from apps.tenants.tasks import tenant_task
-from apps.work.registry import work_kind, work_kinds
+from apps.work.registry import work_kind, work_kinds, work_upkeeps
 from apps.work.services import work_content_sweep, work_execute, work_reap
 
 
@@ -30,21 +31,29 @@ def work_run(*, kind: str, item_id: str) -> None:
 
 
 # duty -> (what it does to one kind in one organization, whether only served organizations get it)
-DUTIES: dict[str, tuple[Callable[..., Any], bool]] = {
+DUTIES: dict[str, tuple[Callable[..., Any] | None, bool]] = {
     # Rows whose worker died go back to the queue; admitted rows no worker took are sent again.
     "reap": (work_reap, True),
     # Content past the organization's retention is removed: keeping it is not serving the organization.
     "sweep": (work_content_sweep, False),
+    # Work scheduled in the database is sent when due (webhook retries).
+    "dispatch": (None, True),
 }
 
 
 @tenant_task(serves_organization=False)
 def work_maintain(*, duty: str) -> dict[str, Any]:
+    """One duty for every kind of work, and every upkeep registered for it, in this organization."""
     run, served_only = DUTIES[duty]
     organization = _organization()
     if served_only and not organization.accepts_jobs:
         return {}
-    return {kind.name: run(organization=organization, kind=kind) for kind in work_kinds()}
+    done: dict[str, Any] = {}
+    if run is not None:
+        done.update({kind.name: run(organization=organization, kind=kind) for kind in work_kinds()})
+    for name, upkeep in work_upkeeps(duty).items():
+        done[name] = upkeep(organization=organization)
+    return done
 
 
 @shared_task

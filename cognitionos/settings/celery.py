@@ -38,29 +38,29 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "llm-holds-sweep": {"task": "apps.llm.tasks.llm_holds_sweep_all", "schedule": 60.0},
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
-    # Durable work (apps.work: jobs) whose worker died (heartbeat stopped) is requeued or failed,
-    # and admitted work no worker took is sent again.
+    # The one per-tenant fan-out of background work (apps.work.tasks), three duties:
+    # reap - jobs and workflow steps whose worker died (heartbeat stopped) are requeued or failed,
+    # and admitted work no worker took is sent again;
     "work-reap": {
         "task": "apps.work.tasks.work_maintain_all",
         "schedule": float(JOB_REAPER_SECONDS),
         "kwargs": {"duty": "reap"},
     },
-    # Content of durable work (job prompts and answers) is kept only as long as the organization allows.
+    # sweep - job prompts and answers, workflow run inputs and outputs, webhook payloads are kept only
+    # as long as the organization allows (suspended and past-due organizations included);
     "work-content-sweep": {
         "task": "apps.work.tasks.work_maintain_all",
         "schedule": 3600.0,
         "kwargs": {"duty": "sweep"},
     },
-    # Workflow steps whose worker died or whose message was lost are sent again.
-    "workflows-reap": {"task": "apps.workflows.tasks.workflow_runs_reap_all", "schedule": float(JOB_REAPER_SECONDS)},
-    # Inputs and outputs of workflow runs past each organization's content retention are deleted.
-    "workflows-content-sweep": {"task": "apps.workflows.tasks.workflow_content_sweep_all", "schedule": 3600.0},
+    # dispatch - webhook retries, scheduled in the database (next_attempt_at), are sent when due.
+    "work-dispatch": {
+        "task": "apps.work.tasks.work_maintain_all",
+        "schedule": 10.0,
+        "kwargs": {"duty": "dispatch"},
+    },
     # Idempotency-Keys are kept for a day.
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
     # Audit events are chained after commit by a task per organization; this catches any left behind.
     "audit-chain-sweep": {"task": "apps.audit.tasks.audit_chain_sweep_all", "schedule": 60.0},
-    # Webhook retries are scheduled in the database (next_attempt_at); this sends the due ones.
-    "webhooks-dispatch": {"task": "apps.webhooks.tasks.webhook_deliveries_dispatch_all", "schedule": 10.0},
-    # Webhook payloads (outputs, results) are kept only as long as the organization allows.
-    "webhooks-content-sweep": {"task": "apps.webhooks.tasks.webhook_deliveries_content_sweep_all", "schedule": 3600.0},
 }

@@ -33,11 +33,9 @@ from apps.llm.services import llm_settings_set
 from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
-from apps.webhooks import tasks as webhook_tasks
 from apps.webhooks.models import WebhookDelivery
 from apps.webhooks.services import webhook_delivery_attempt, webhook_endpoint_create
 from apps.work import tasks as work_tasks
-from apps.workflows import tasks as workflow_tasks
 from apps.workflows.models import StepRun, WorkflowRun
 from cognitionos.redis import redis_client
 from tests.conftest import ApiClientFor
@@ -340,8 +338,6 @@ def test_retention_sweeps_reach_suspended_and_past_due_organizations(
         monkeypatch,
         llm_tasks.llm_content_sweep_one,
         work_tasks.work_maintain,
-        workflow_tasks.workflow_content_sweep,
-        webhook_tasks.webhook_deliveries_content_sweep_tenant,
         api_tasks.idempotency_keys_purge,
     )
     marker = _marker()
@@ -364,8 +360,6 @@ def test_retention_sweeps_reach_suspended_and_past_due_organizations(
 
     llm_tasks.llm_content_sweep_all()
     work_tasks.work_maintain_all(duty="sweep")
-    workflow_tasks.workflow_content_sweep_all()
-    webhook_tasks.webhook_deliveries_content_sweep_all()
     api_tasks.idempotency_keys_purge_all()
 
     for organization in two_tenants:

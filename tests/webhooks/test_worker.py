@@ -12,7 +12,7 @@ from django_tenants.utils import schema_context
 from apps.tenants.models import Organization
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery
 from apps.webhooks.services import webhook_delivery_attempt, webhook_endpoint_create, webhook_event_emit
-from apps.webhooks.tasks import webhook_deliveries_dispatch_all
+from apps.work.tasks import work_maintain_all
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
 from tests.support.worker import celery_worker
@@ -55,7 +55,7 @@ def test_a_worker_delivers_an_event_signed_and_retries_through_the_dispatcher(li
         with schema_context(organization.schema_name):
             [second] = webhook_event_emit(organization=organization, event_type="job.failed", payload={"n": 2})
         assert _status(organization, second, until={"retrying"}, timeout_s=30) == "retrying"
-        webhook_deliveries_dispatch_all.delay()
+        work_maintain_all.delay(duty="dispatch")
         assert _status(organization, second, until={"succeeded", "failed"}, timeout_s=30) == "succeeded"
     assert [r.headers["CognitionOS-Attempt"] for r in receiver.received] == ["1", "1", "2"]
     assert all(r.signature_ok for r in receiver.received)

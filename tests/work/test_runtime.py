@@ -21,7 +21,7 @@ from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.tenants.services import organization_status_set
 from apps.work import policy, tasks
-from apps.work.registry import work_kind, work_kinds
+from apps.work.registry import work_kind, work_kinds, work_upkeep_register
 from apps.work.services import WORK_RUN_TASK, work_claim, work_content_sweep, work_finish, work_reap
 from cognitionos.celery import app as celery_app
 from tests.factories import TEST_ACTOR
@@ -172,7 +172,7 @@ def test_the_sweep_of_a_suspended_organization_removes_its_expired_job_content(
             expired[organization.slug] = job
     organization_status_set(organization=organization_a, status=Organization.Status.SUSPENDED, actor=TEST_ACTOR)
     swept = tasks.work_maintain(tenant_id=organization_a.pk, duty="sweep")
-    assert swept == {"job": 1}
+    assert swept["job"] == 1
     reaped = tasks.work_maintain(tenant_id=organization_a.pk, duty="reap")
     assert reaped == {}  # a suspended organization's work is not run
     with organization_schema(organization_a):
@@ -183,3 +183,16 @@ def test_the_sweep_of_a_suspended_organization_removes_its_expired_job_content(
         other = Job.objects.get(pk=expired[organization_b.slug].pk)
         assert other.content_deleted_at is None and other.result is not None and other.result["text"]
         assert work_content_sweep(organization=organization_b, kind=JOB) == 1
+
+
+def test_one_fan_out_runs_the_upkeep_of_workflow_steps_and_webhook_deliveries_too(tenant: Organization) -> None:
+    """Workflow steps and webhook deliveries are not kinds yet; their reaper, dispatcher and
+    retention sweeps run under the same per-tenant tasks, with no fan-out of their own."""
+    reaped = tasks.work_maintain(tenant_id=tenant.pk, duty="reap")
+    swept = tasks.work_maintain(tenant_id=tenant.pk, duty="sweep")
+    dispatched = tasks.work_maintain(tenant_id=tenant.pk, duty="dispatch")
+    assert set(reaped) == {"job", "workflow_steps"} and reaped["job"] == {"requeued": 0, "failed": 0, "resent": 0}
+    assert set(swept) == {"job", "workflow_runs", "webhook_deliveries"}
+    assert dispatched == {"webhook_deliveries": 0}
+    with pytest.raises(ValueError, match="no duty"):
+        work_upkeep_register(duty="nothing", name="x", run=lambda **kwargs: None)
