@@ -372,7 +372,7 @@ while not os.path.exists(sys.argv[2]):
         linked, runs = linked + services.audit_chain_run(organization=organization), runs + 1
     else:
         time.sleep(0.01)
-linked += audit_chain_run(organization=organization)
+linked += services.audit_chain_run(organization=organization)
 print(linked, runs)
 """
 
