@@ -10,12 +10,12 @@ from django.utils import timezone
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.llm.caching import cache_content_delete, cache_fast_layers_drop
-from apps.llm.crypto import Sealed, current_key_id, seal, unseal
 from apps.llm.models import Budget, BudgetPeriod, BudgetScope, LlmSettings, ProviderCredential
 from apps.llm.platform.models import Provider
 from apps.llm.selectors import llm_settings_forget
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+from cognitionos.sealing import Sealed, current_key_id, seal, unseal
 
 
 class BudgetInvalid(ValueError):

@@ -14,7 +14,7 @@ from django.core.validators import URLValidator
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
 
-from apps.webhooks.safehttp import OutboundError, OutboundRefused, outbound_request
+from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_request
 
 # More signing certificates than a rollover needs is a mistake (or a way to make every check slow).
 MAX_CERTIFICATES = 5

@@ -24,14 +24,14 @@ from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
-from apps.llm.crypto import Sealed, current_key_id, seal, unseal
-from apps.llm.selectors import llm_content_policy
+from apps.llm.calls import llm_content_policy
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.webhooks.events import EventsInvalid, events_normalize, subscription_entries
 from apps.webhooks.models import SCHEDULED, DeliveryStatus, WebhookDelivery, WebhookEndpoint
-from apps.webhooks.safehttp import OutboundError, OutboundRefused, outbound_request, outbound_url_check
 from apps.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, webhook_signature_header
+from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_request, outbound_url_check
+from cognitionos.sealing import Sealed, current_key_id, seal, unseal
 
 logger = logging.getLogger(__name__)
 

@@ -278,7 +278,7 @@ def _body(spec: StepSpec, scope: Scope, value: Any, path: str, room: _Room) -> A
 
 
 def run_http(spec: StepSpec, scope: Scope) -> StepResult:
-    from apps.webhooks.safehttp import OutboundError, OutboundRefused, outbound_request
+    from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_request
 
     config = spec.config
     room = _Room()

@@ -1,10 +1,10 @@
-"""AES-256-GCM for provider credentials at rest.
+"""AES-256-GCM sealing of secrets at rest (organizations' provider keys, webhook signing secrets).
 
 Keys come from `CREDENTIALS_ENCRYPTION_KEYS`: comma-separated `id:base64key` (32 bytes each), the
 first one current. Every ciphertext names its key id, so old keys keep decrypting until
-`cognitionos credentials rotate` has re-encrypted everything under the current one. The
-organization's schema and the provider are bound in as associated data: a ciphertext copied to
-another organization or provider does not decrypt.
+`cognitionos credentials rotate` has re-encrypted everything under the current one. The caller's
+`context` (for a provider key, the organization's schema and the provider) is bound in as
+associated data: a ciphertext copied to another organization or purpose does not decrypt.
 """
 
 from __future__ import annotations

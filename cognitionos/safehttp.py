@@ -1,6 +1,7 @@
-"""Outgoing HTTP that cannot be pointed at our own network (SSRF-safe).
+"""Outgoing HTTP that cannot be pointed at our own network (SSRF-safe): webhook deliveries, workflow
+HTTP steps, SSO metadata fetches.
 
-    from apps.webhooks.safehttp import OutboundError, OutboundRefused, outbound_request
+    from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_request
 
     try:
         response = outbound_request(method="POST", url=url, headers={"Content-Type": "application/json"},

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from apps.webhooks.safehttp import (
+from cognitionos.safehttp import (
     OutboundError,
     OutboundRefused,
     address_forbidden_reason,
