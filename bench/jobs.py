@@ -204,7 +204,7 @@ def submission_latency(key: str, seconds: int) -> str:
         "end\n"
     )
     script.close()
-    command = [binary, "-t", "2", "-c", "50", "--latency", "-s", script.name]
+    command = [binary, "-t", "2", "-c", "50", "--timeout", "30s", "--latency", "-s", script.name]
     url = f"http://127.0.0.1:{PORT}/api/v1/jobs"
     subprocess.run([*command, "-d", "2s", url], capture_output=True, check=True)  # warm-up
     output = subprocess.run([*command, "-d", f"{seconds}s", url], capture_output=True, text=True, check=True).stdout
@@ -214,9 +214,11 @@ def submission_latency(key: str, seconds: int) -> str:
     p50 = re.search(r"\s50%\s+([\d.]+\w+)", output)
     p95 = re.search(r"p95_us (\d+)", output)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    timeouts = re.search(r"Socket errors:.*timeout (\d+)", output)
     return (
         f"{float(rps.group(1)) if rps else 0:.0f} submissions/s, p50 {p50.group(1) if p50 else '?'}, "
-        f"p95 {int(p95.group(1)) / 1000 if p95 else float('nan'):.1f}ms, non-2xx {errors.group(1) if errors else 0}"
+        f"p95 {int(p95.group(1)) / 1000 if p95 else float('nan'):.1f}ms, non-2xx {errors.group(1) if errors else 0}, "
+        f"timeouts (30 s) {timeouts.group(1) if timeouts else 0}"
     )
 
 
