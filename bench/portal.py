@@ -196,7 +196,9 @@ def bench_pages(requests: int, events: int) -> None:
     )
     pages = {
         "members": "/members/",
+        "members, page 10": "/members/?members_after={member_cursor}",
         "keys": "/keys/",
+        "keys, page 10": "/keys/?before={key_cursor}",
         "audit, newest 50": "/audit/",
         "audit, deep page": "/audit/?before={middle}",
         "audit, by action": "/audit/?action=budget.set",
@@ -207,6 +209,21 @@ def bench_pages(requests: int, events: int) -> None:
         client.force_login(owner)
         clients[size] = client
     middle = {"small": SMALL * 5, "full": events // 2}
+    # Deep pages of members (oldest first) and keys (newest first): their 10th page at full size.
+    from apps.apikeys.models import ApiKey
+    from apps.rbac.models import Membership
+
+    cursors = {
+        size: {
+            "member_cursor": Membership.objects.filter(organization=organization)
+            .order_by("pk")
+            .values_list("pk", flat=True)[min(449, SMALL - 1) if size == "small" else 449],
+            "key_cursor": ApiKey.objects.filter(organization=organization)
+            .order_by("-pk")
+            .values_list("pk", flat=True)[min(449, SMALL - 1) if size == "small" else 449],
+        }
+        for size, (organization, _owner) in sizes.items()
+    }
     rng = random.Random(10)
     print(
         f"Portal page server time, signed in as the owner, {requests} requests each after 20 warm-up; "
@@ -216,14 +233,20 @@ def bench_pages(requests: int, events: int) -> None:
         counts: dict[str, int] = {}
         sizes_kb: dict[str, float] = {}
         times: dict[str, list[float]] = {"small": [], "full": []}
-        paths = {size: template.format(middle=middle[size]) for size in sizes}
+        paths = {size: template.format(middle=middle[size], **cursors[size]) for size in sizes}
         for size, client in clients.items():
             for _ in range(20):
                 _get(client, paths[size])
-            queries: list[str] = []
-            with connection.execute_wrapper(_counting(queries)):
-                response = client.get(paths[size])
-            counts[size], sizes_kb[size] = len(queries), len(response.content) / 1024
+            # The fewest of three: the per-process tenant and membership caches live 5 s, and on a
+            # busy machine one of them may expire just before a counted request (3 queries more).
+            fewest: int | None = None
+            for _ in range(3):
+                queries: list[str] = []
+                with connection.execute_wrapper(_counting(queries)):
+                    response = client.get(paths[size])
+                fewest = len(queries) if fewest is None else min(fewest, len(queries))
+            assert fewest is not None
+            counts[size], sizes_kb[size] = fewest, len(response.content) / 1024
         order = ["small", "full"] * requests
         rng.shuffle(order)  # interleaved, so drift on a shared machine hits both sizes alike
         for size in order:
