@@ -15,6 +15,8 @@ from rest_framework import exceptions, status
 from rest_framework import views as drf_views  # a module: authentication imports this while DRF loads
 from rest_framework.response import Response
 
+from cognitionos.refusals import Refusal
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -92,8 +94,16 @@ def _first_problem(detail: Any, path: str = "") -> tuple[str | None, str]:
     return (path or None), str(detail)
 
 
+def refusal_api_error(refusal: Refusal) -> ApiError:
+    """A service's refusal in the API's error shape (the one translation; views needn't catch them)."""
+    headers = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s is not None else None
+    return ApiError(refusal.http_status, refusal.code, str(refusal), param=refusal.param, headers=headers)
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, Http404):
+    if isinstance(exc, Refusal):
+        exc = refusal_api_error(exc)
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound("no such object in this organization")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()

@@ -31,14 +31,9 @@ from apps.jobs.services import (
     job_cancel,
     job_submit,
 )
-from apps.llm.calls import LlmRefusal
 from apps.rbac.permissions import Permission
 
 _PASSED_THROUGH = ("tools", "tool_choice", "response_format", "seed", "stop", "top_p", "cache", "min_quality")
-
-
-def _gateway_error(error: LlmRefusal) -> ApiError:
-    return ApiError(error.http_status, error.code, error.message, param=error.param)
 
 
 class JobInput(serializers.Serializer[Any]):
@@ -150,16 +145,13 @@ class JobListCreateApi(ListAPIView[Job]):
         fields = dict(data.validated_data)
         agent = _agent_for(fields.pop("agent")) if "agent" in fields else None
         webhook_endpoint_id = fields.pop("webhook_endpoint_id", None)
-        try:
-            job = job_submit(
-                organization=request_organization(request),
-                principal=request_principal(request),
-                request=fields,
-                agent=agent,
-                webhook_endpoint_id=webhook_endpoint_id,
-            )
-        except LlmRefusal as error:
-            raise _gateway_error(error) from error
+        job = job_submit(  # an LlmRefusal (unknown model, bad field) is rendered by apps.api.errors
+            organization=request_organization(request),
+            principal=request_principal(request),
+            request=fields,
+            agent=agent,
+            webhook_endpoint_id=webhook_endpoint_id,
+        )
         return Response(JobOutput(job).data, status=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 

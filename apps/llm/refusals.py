@@ -1,17 +1,17 @@
 """The engine's refusal: why a call was not (or could not be) answered, in domain terms.
 
 Every part of the engine raises `LlmRefusal`; callers in other apps catch it (a job retries later
-when it is `retryable`, a workflow step fails with its `code`). Only the gateway turns it into an
-HTTP error body, in OpenAI's or Anthropic's shape (`apps.llm.errors.GatewayError`).
+when it is `retryable`, a workflow step fails with its `code`). The gateway turns it into OpenAI's
+or Anthropic's error body (`apps.llm.errors.GatewayError`); the REST API renders it like any other
+service refusal (`cognitionos.refusals.Refusal`, apps.api.errors).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from cognitionos.refusals import Refusal
 
 
-@dataclass
-class LlmRefusal(Exception):
+class LlmRefusal(Refusal):
     """A refused call.
 
     - `http_status`: the status an HTTP edge should answer with (400 bad request, 402 budget,
@@ -23,15 +23,22 @@ class LlmRefusal(Exception):
     - `retry_after_s`: when known, how long to wait before retrying.
     """
 
-    http_status: int
-    code: str
-    message: str
-    param: str | None = None
-    retryable: bool = False
-    retry_after_s: int | None = None
+    def __init__(
+        self,
+        http_status: int,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        retryable: bool = False,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status, self.code, self.message = http_status, code, message
+        self.param, self.retryable, self.retry_after_s = param, retryable, retry_after_s
 
-    def __str__(self) -> str:
-        return self.message
+    def __repr__(self) -> str:
+        return f"LlmRefusal({self.http_status}, {self.code!r}, {self.message!r})"
 
 
 def invalid(message: str, param: str | None = None, code: str = "invalid_request") -> LlmRefusal:
