@@ -26,7 +26,8 @@ class GuardedRemoveWebAuthnView(RemoveWebAuthnView):
         if not adapter.can_delete_authenticator(authenticator):
             messages.error(self.request, adapter.error_messages["cannot_delete_authenticator"])
             return HttpResponseRedirect(reverse("mfa_list_webauthn"))
-        return super().form_valid(form)
+        removed: HttpResponse = super().form_valid(form)
+        return removed
 
 
 remove_webauthn = GuardedRemoveWebAuthnView.as_view()

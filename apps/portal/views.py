@@ -266,7 +266,7 @@ def audit(request: HttpRequest) -> HttpResponse:
     for name in ("occurred_after", "occurred_before"):
         form.fields[name].widget.input_type = "datetime-local"
     valid = filterset.is_valid()
-    filters = {name: value for name, value in request.GET.items() if name in filterset.filters and value and valid}
+    filters = {name: str(value) for name, value in request.GET.items() if name in filterset.filters and value and valid}
     # Newest first: `before=` pages toward older events, `after=` back toward newer ones. By id, not
     # by the chain's sequence: events are chained after commit, and one not chained yet shows too.
     page = keyset_page(

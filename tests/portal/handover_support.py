@@ -6,9 +6,9 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from django.http import HttpResponse
 from django.test import Client, RequestFactory
 
 from apps.accounts.models import User
@@ -25,7 +25,7 @@ class PostedForm:
     token: str
 
 
-def handover_form(response: HttpResponse) -> PostedForm:
+def handover_form(response: Any) -> PostedForm:
     """The handover form in a source page (200, never a redirect: the token is in no URL)."""
     assert response.status_code == 200, response.status_code
     page = response.content.decode()
@@ -36,9 +36,8 @@ def handover_form(response: HttpResponse) -> PostedForm:
     return PostedForm(host=parts.netloc, path=parts.path, token=html.unescape(token.group(1)))
 
 
-def handover_post(client: Client, token: str, origin: str = ORIGIN) -> HttpResponse:
-    response: HttpResponse = client.post("/handover/", {"token": token}, HTTP_ORIGIN=origin)
-    return response
+def handover_post(client: Client, token: str, origin: str = ORIGIN) -> Any:
+    return client.post("/handover/", {"token": token}, HTTP_ORIGIN=origin)
 
 
 def token_for(user: User, organization: Organization, next_path: str = "/") -> str:
