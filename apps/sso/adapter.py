@@ -12,7 +12,8 @@ from typing import Any
 
 from allauth.core.exceptions import ImmediateHttpResponse
 from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
-from allauth.socialaccount.models import SocialApp, SocialLogin
+from allauth.socialaccount.models import SocialAccount, SocialApp, SocialLogin
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 
 from apps.accounts.models import User
@@ -86,7 +87,17 @@ class SsoSocialAccountAdapter(DefaultSocialAccountAdapter):
                 account.save(update_fields=["user"])
                 sociallogin.user = user
             return
-        sociallogin.connect(request, user)
+        try:
+            with transaction.atomic():  # a savepoint
+                sociallogin.connect(request, user)
+        except IntegrityError:
+            # A parallel first sign-in of the same subject (two tabs) linked it a moment ago.
+            account = SocialAccount.objects.get(provider=sociallogin.account.provider, uid=sociallogin.account.uid)
+            if account.user_id != user.pk:
+                account.user = user
+                account.save(update_fields=["user"])
+            sociallogin.account = account
+            sociallogin.user = user
 
     def on_authentication_error(
         self,
