@@ -14,8 +14,10 @@ from django.contrib.auth.models import AnonymousUser
 from django.contrib.messages.storage.fallback import FallbackStorage
 from django.contrib.sessions.backends.cache import SessionStore
 from django.core import mail
+from django.db import connection
 from django.http import HttpRequest
 from django.test import Client, RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.accounts.adapter import SSO_REQUIRED_MESSAGE
@@ -24,7 +26,7 @@ from apps.billing.models import Plan
 from apps.rbac.models import Role
 from apps.rbac.services import membership_create
 from apps.sso.models import IdentityProvider, SsoDomain
-from apps.sso.selectors import sso_discover, sso_required_for
+from apps.sso.selectors import sso_discover, sso_required_for, sso_required_for_emails
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
@@ -290,3 +292,14 @@ def test_sign_up_with_an_address_whose_domain_requires_sso_is_refused(org_a: Sso
     assert "requires single sign-on for this address" in response.content.decode()
     assert not User.objects.filter(email=email).exists()
     assert not Organization.objects.filter(slug="side-project-sso").exists()
+
+
+def test_discovery_and_the_requirement_cost_one_query_each(org_a: SsoOrganization) -> None:
+    _require(org_a)
+    emails = [f"alice@{org_a.domain}", "alice@home.example", "alice@work.example"]
+    with CaptureQueriesContext(connection) as discovered:
+        assert sso_discover(email=emails[0]) is not None
+    with CaptureQueriesContext(connection) as required:
+        assert sso_required_for_emails(emails=emails) is not None
+    for counted in (discovered, required):
+        assert len([q for q in counted.captured_queries if q["sql"].startswith("SELECT")]) == 1
