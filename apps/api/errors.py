@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -103,7 +104,7 @@ def refusal_api_error(refusal: Refusal) -> ApiError:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, Refusal):
         exc = refusal_api_error(exc)
-    elif isinstance(exc, Http404):
+    elif isinstance(exc, Http404 | ObjectDoesNotExist):  # another organization's object is simply absent
         exc = exceptions.NotFound("no such object in this organization")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import Http404
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
@@ -22,7 +19,7 @@ from apps.api.idempotency import idempotent
 from apps.api.permissions import HasDeclaredPermission, IsOrganizationMember
 from apps.apikeys.models import ApiKey
 from apps.apikeys.selectors import apikey_get, apikey_list
-from apps.apikeys.services import ApiKeyInvalid, ApiKeyRefused, apikey_create, apikey_revoke
+from apps.apikeys.services import apikey_create, apikey_revoke
 from apps.rbac.permissions import Permission
 
 TAG = "keys"
@@ -31,18 +28,6 @@ SCOPES_HELP = (
     + ", ".join(sorted(permission.value for permission in Permission))
     + " (`admin` stands for all). Never more than your own."
 )
-
-
-@contextmanager
-def _refusals() -> Iterator[None]:
-    try:
-        yield
-    except ApiKey.DoesNotExist as missing:  # another organization's key is simply absent
-        raise Http404 from missing
-    except ApiKeyInvalid as invalid:
-        raise ApiError(400, "invalid_request", str(invalid), param=invalid.param) from invalid
-    except ApiKeyRefused as refused:
-        raise ApiError(403, refused.code, str(refused), param="scopes") from refused
 
 
 class KeyOutput(serializers.ModelSerializer[ApiKey]):
@@ -126,15 +111,14 @@ class KeyListCreateApi(ListAPIView[ApiKey]):
                     400, "invalid_request", "only a member's session can bind a key to themselves", param="bind_to_me"
                 )
             user = User.objects.get(pk=int(principal.id))
-        with _refusals():
-            issued = apikey_create(
-                organization=request_organization(request),
-                actor=principal,
-                name=data.validated_data["name"],
-                scopes=data.validated_data["scopes"],
-                expires_at=data.validated_data["expires_at"],
-                user=user,
-            )
+        issued = apikey_create(
+            organization=request_organization(request),
+            actor=principal,
+            name=data.validated_data["name"],
+            scopes=data.validated_data["scopes"],
+            expires_at=data.validated_data["expires_at"],
+            user=user,
+        )
         return Response(
             KeyWithSecretOutput(issued.api_key, context={"key": issued.key}).data,
             status=201,
@@ -148,7 +132,6 @@ class KeyRevokeApi(APIView):
 
     @extend_schema(request=None, responses=KeyOutput, summary="Revoke an API key (at once, for good)", tags=[TAG])
     def post(self, request: Request, key_id: int) -> Response:
-        with _refusals():
-            api_key = apikey_get(organization=request_organization(request), key_id=key_id)
+        api_key = apikey_get(organization=request_organization(request), key_id=key_id)
         apikey_revoke(api_key=api_key, actor=request_principal(request))
         return Response(KeyOutput(api_key).data)

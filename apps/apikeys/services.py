@@ -16,22 +16,28 @@ from apps.audit.services import audit_record
 from apps.rbac.permissions import Permission
 from apps.rbac.selectors import membership_permissions
 from apps.tenants.models import Organization
+from cognitionos.refusals import Refusal
 
 # Principals that act for the platform (the CLI, operators, tests) and may grant any scope.
 _UNBOUNDED_KINDS = frozenset({"system", "operator"})
 SCOPE_VALUES = frozenset(permission.value for permission in Permission)
 
 
-class ApiKeyInvalid(ValueError):
+class ApiKeyInvalid(Refusal, ValueError):
     """The request for a key is malformed (`param` names the field)."""
+
+    code = "invalid_request"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
 
 
-class ApiKeyRefused(PermissionError):
-    """The creator may not grant what was asked (`code` says why)."""
+class ApiKeyRefused(Refusal, PermissionError):
+    """The creator may not grant what was asked (`code` says why): the scopes asked for."""
+
+    http_status = 403
+    param = "scopes"
 
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)

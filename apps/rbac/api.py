@@ -3,12 +3,9 @@ member, and custom roles (on plans that include them). The rules live in apps.rb
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import Http404
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
@@ -31,7 +28,6 @@ from apps.rbac.selectors import (
     membership_list,
 )
 from apps.rbac.services import (
-    MembershipChangeRefused,
     custom_role_create,
     custom_role_delete,
     custom_role_update,
@@ -43,40 +39,6 @@ from apps.rbac.services import (
 )
 
 TAG = "members"
-# A refused change, by the rule it broke: the answer's status.
-_STATUS = {
-    "not_found": 404,
-    "not_a_member": 403,
-    "permission_denied": 403,
-    "above_your_role": 403,
-    "plan_limit": 403,
-    "last_owner": 409,
-    "duplicate_name": 409,
-    "role_in_use": 409,
-    "unknown_permission": 400,
-    "invalid_name": 400,
-    "plan_limit_members": 403,
-    "already_member": 409,
-    "invitation_exists": 409,
-    "invitation_used": 409,
-    "invalid_email": 400,
-    "invitation_revoked": 409,
-    "rate_limited": 429,
-}
-
-
-@contextmanager
-def _refusals(param: str | None = None) -> Iterator[None]:
-    try:
-        yield
-    except (
-        Membership.DoesNotExist,
-        CustomRole.DoesNotExist,
-        Invitation.DoesNotExist,
-    ) as missing:  # another organization's: absent
-        raise Http404 from missing
-    except MembershipChangeRefused as refused:
-        raise ApiError(_STATUS.get(refused.code, 400), refused.code, str(refused), param=param) from refused
 
 
 class CustomRoleOutput(serializers.ModelSerializer[CustomRole]):
@@ -168,8 +130,7 @@ class MemberDetailApi(APIView):
 
     @extend_schema(responses=MemberOutput, summary="A member", tags=[TAG])
     def get(self, request: Request, membership_id: int) -> Response:
-        with _refusals():
-            return Response(MemberOutput(_membership(request, membership_id)).data)
+        return Response(MemberOutput(_membership(request, membership_id)).data)
 
     @extend_schema(
         request=MemberChangeInput,
@@ -181,26 +142,24 @@ class MemberDetailApi(APIView):
         data = MemberChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
         organization = request_organization(request)
-        with _refusals(param="role"):
-            membership = _membership(request, membership_id)
-            role: Role | CustomRole = (
-                _custom_role(request, data.validated_data["custom_role"])
-                if "custom_role" in data.validated_data
-                else Role(data.validated_data["role"])
-            )
-            changed = membership_role_change(
-                organization=organization, membership=membership, role=role, actor=request_principal(request)
-            )
+        membership = _membership(request, membership_id)
+        role: Role | CustomRole = (
+            _custom_role(request, data.validated_data["custom_role"])
+            if "custom_role" in data.validated_data
+            else Role(data.validated_data["role"])
+        )
+        changed = membership_role_change(
+            organization=organization, membership=membership, role=role, actor=request_principal(request)
+        )
         return Response(MemberOutput(_membership(request, changed.pk)).data)
 
     @extend_schema(responses={204: None}, summary="Remove a member (never the last owner)", tags=[TAG])
     def delete(self, request: Request, membership_id: int) -> Response:
-        with _refusals():
-            membership_remove(
-                organization=request_organization(request),
-                membership=_membership(request, membership_id),
-                actor=request_principal(request),
-            )
+        membership_remove(
+            organization=request_organization(request),
+            membership=_membership(request, membership_id),
+            actor=request_principal(request),
+        )
         return Response(status=204)
 
 
@@ -237,13 +196,12 @@ class RoleListCreateApi(APIView):
     def post(self, request: Request) -> Response:
         data = CustomRoleInput(data=request.data)
         data.is_valid(raise_exception=True)
-        with _refusals(param="permissions"):
-            custom_role = custom_role_create(
-                organization=request_organization(request),
-                name=data.validated_data["name"],
-                permissions=data.validated_data["permissions"],
-                actor=request_principal(request),
-            )
+        custom_role = custom_role_create(
+            organization=request_organization(request),
+            name=data.validated_data["name"],
+            permissions=data.validated_data["permissions"],
+            actor=request_principal(request),
+        )
         return Response(
             CustomRoleOutput(custom_role).data, status=201, headers={"Location": f"/api/v1/roles/{custom_role.pk}"}
         )
@@ -258,8 +216,7 @@ class RoleDetailApi(APIView):
 
     @extend_schema(responses=CustomRoleOutput, summary="A custom role", tags=[TAG])
     def get(self, request: Request, role_id: int) -> Response:
-        with _refusals():
-            return Response(CustomRoleOutput(_custom_role(request, role_id)).data)
+        return Response(CustomRoleOutput(_custom_role(request, role_id)).data)
 
     @extend_schema(
         request=CustomRoleChangeInput,
@@ -270,23 +227,21 @@ class RoleDetailApi(APIView):
     def patch(self, request: Request, role_id: int) -> Response:
         data = CustomRoleChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
-        with _refusals(param="permissions"):
-            custom_role = custom_role_update(
-                organization=request_organization(request),
-                custom_role=_custom_role(request, role_id),
-                permissions=data.validated_data["permissions"],
-                actor=request_principal(request),
-            )
+        custom_role = custom_role_update(
+            organization=request_organization(request),
+            custom_role=_custom_role(request, role_id),
+            permissions=data.validated_data["permissions"],
+            actor=request_principal(request),
+        )
         return Response(CustomRoleOutput(custom_role).data)
 
     @extend_schema(responses={204: None}, summary="Delete a custom role nobody holds", tags=[TAG])
     def delete(self, request: Request, role_id: int) -> Response:
-        with _refusals():
-            custom_role_delete(
-                organization=request_organization(request),
-                custom_role=_custom_role(request, role_id),
-                actor=request_principal(request),
-            )
+        custom_role_delete(
+            organization=request_organization(request),
+            custom_role=_custom_role(request, role_id),
+            actor=request_principal(request),
+        )
         return Response(status=204)
 
 
@@ -357,14 +312,13 @@ class InvitationListCreateApi(ListAPIView[Invitation]):
                 raise ApiError(
                     400, "unknown_role", "no such custom role in this organization", param="custom_role"
                 ) from missing
-        with _refusals(param="role"):
-            invitation, _link = invitation_create(
-                organization=organization,
-                email=data.validated_data["email"],
-                role=role,
-                actor=request_principal(request),
-                link_origin=invitation_link_origin(request=request, organization=organization),
-            )
+        invitation, _link = invitation_create(
+            organization=organization,
+            email=data.validated_data["email"],
+            role=role,
+            actor=request_principal(request),
+            link_origin=invitation_link_origin(request=request, organization=organization),
+        )
         return Response(
             InvitationOutput(invitation).data, status=201, headers={"Location": f"/api/v1/invitations/{invitation.pk}"}
         )
@@ -376,12 +330,11 @@ class InvitationRevokeApi(APIView):
     @extend_schema(request=None, responses=InvitationOutput, summary="Revoke an open invitation", tags=[TAG])
     def post(self, request: Request, invitation_id: int) -> Response:
         organization = request_organization(request)
-        with _refusals():
-            invitation = invitation_revoke(
-                organization=organization,
-                invitation=invitation_list(organization=organization).get(pk=invitation_id),
-                actor=request_principal(request),
-            )
+        invitation = invitation_revoke(
+            organization=organization,
+            invitation=invitation_list(organization=organization).get(pk=invitation_id),
+            actor=request_principal(request),
+        )
         return Response(InvitationOutput(invitation).data)
 
 
@@ -397,11 +350,10 @@ class InvitationResendApi(APIView):
     )
     def post(self, request: Request, invitation_id: int) -> Response:
         organization = request_organization(request)
-        with _refusals():
-            invitation, _link = invitation_resend(
-                organization=organization,
-                invitation=invitation_list(organization=organization).get(pk=invitation_id),
-                actor=request_principal(request),
-                link_origin=invitation_link_origin(request=request, organization=organization),
-            )
+        invitation, _link = invitation_resend(
+            organization=organization,
+            invitation=invitation_list(organization=organization).get(pk=invitation_id),
+            actor=request_principal(request),
+            link_origin=invitation_link_origin(request=request, organization=organization),
+        )
         return Response(InvitationOutput(invitation).data)

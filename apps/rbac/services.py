@@ -5,9 +5,10 @@ owners."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from functools import partial
+from functools import partial, wraps
+from typing import ParamSpec, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
@@ -33,14 +34,58 @@ from apps.rbac.selectors import (
 )
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
+from cognitionos.refusals import Refusal
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class MembershipChangeRefused(Exception):
-    """A membership or role change the rules don't allow; `code` names the rule."""
+# A refused change, by the rule it broke: the answer's status.
+_STATUS = {
+    "not_found": 404,
+    "not_a_member": 403,
+    "permission_denied": 403,
+    "above_your_role": 403,
+    "plan_limit": 403,
+    "last_owner": 409,
+    "duplicate_name": 409,
+    "role_in_use": 409,
+    "unknown_permission": 400,
+    "invalid_name": 400,
+    "plan_limit_members": 403,
+    "already_member": 409,
+    "invitation_exists": 409,
+    "invitation_used": 409,
+    "invalid_email": 400,
+    "invitation_revoked": 409,
+    "rate_limited": 429,
+}
+
+
+class MembershipChangeRefused(Refusal):
+    """A membership or role change the rules don't allow; `code` names the rule (and the status)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.http_status = _STATUS.get(code, 400)
+
+
+def _refusals_about(param: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Every refusal of the decorated service names `param` (the request field a change is about)."""
+
+    def decorate(service: Callable[P, R]) -> Callable[P, R]:
+        @wraps(service)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return service(*args, **kwargs)
+            except MembershipChangeRefused as refused:
+                refused.param = refused.param or param
+                raise
+
+        return wrapper
+
+    return decorate
 
 
 class _Ceiling:
@@ -127,6 +172,7 @@ def membership_create(
     return membership
 
 
+@_refusals_about("role")
 @transaction.atomic
 def membership_role_change(
     *,
@@ -234,6 +280,7 @@ def _permissions_parse(permissions: Iterable[str]) -> list[str]:
     return sorted(set(permissions))
 
 
+@_refusals_about("permissions")
 @transaction.atomic
 def custom_role_create(
     *, organization: Organization, name: str, permissions: Iterable[str], actor: Principal
@@ -263,6 +310,7 @@ def custom_role_create(
     return custom_role
 
 
+@_refusals_about("permissions")
 @transaction.atomic
 def custom_role_update(
     *, organization: Organization, custom_role: CustomRole, permissions: Iterable[str], actor: Principal
@@ -329,6 +377,7 @@ def _members_and_open_invitations(organization: Organization) -> int:
     return members + invitation_open_list(organization=organization).count()
 
 
+@_refusals_about("role")
 @transaction.atomic
 def invitation_create(
     *,

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
 import django_filters
 from django.conf import settings
 from django.db.models import QuerySet
-from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
@@ -19,7 +16,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.api.authentication import request_organization, request_principal
-from apps.api.errors import ApiError
 from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
 from apps.rbac.permissions import Permission
@@ -33,8 +29,6 @@ from apps.webhooks.selectors import (
 )
 from apps.webhooks.services import (
     MAX_GRACE_SECONDS,
-    WebhookConflict,
-    WebhookInvalid,
     webhook_delivery_retry,
     webhook_endpoint_create,
     webhook_endpoint_delete,
@@ -49,22 +43,8 @@ EVENTS_HELP = (
 )
 
 
-@contextmanager
-def _refusals() -> Iterator[None]:
-    """Service refusals in the API's error shape (objects of another organization are simply absent)."""
-    try:
-        yield
-    except (WebhookEndpoint.DoesNotExist, WebhookDelivery.DoesNotExist) as missing:
-        raise Http404 from missing
-    except WebhookInvalid as invalid:
-        raise ApiError(400, "invalid_request", str(invalid), param=invalid.param) from invalid
-    except WebhookConflict as conflict:
-        raise ApiError(409, conflict.code, str(conflict)) from conflict
-
-
 def _endpoint(endpoint_id: UUID) -> WebhookEndpoint:
-    with _refusals():
-        return webhook_endpoint_get(endpoint_id=endpoint_id)
+    return webhook_endpoint_get(endpoint_id=endpoint_id)
 
 
 class EndpointOutput(serializers.ModelSerializer[WebhookEndpoint]):
@@ -189,10 +169,9 @@ class EndpointListCreateApi(ListAPIView[WebhookEndpoint]):
     def post(self, request: Request) -> Response:
         data = EndpointCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        with _refusals():
-            endpoint, secret = webhook_endpoint_create(
-                organization=request_organization(request), actor=request_principal(request), **data.validated_data
-            )
+        endpoint, secret = webhook_endpoint_create(
+            organization=request_organization(request), actor=request_principal(request), **data.validated_data
+        )
         return Response(
             EndpointWithSecretOutput(endpoint, context={"secret": secret}).data,
             status=201,
@@ -218,21 +197,19 @@ class EndpointDetailApi(APIView):
         _endpoint(endpoint_id)
         data = EndpointUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        with _refusals():
-            endpoint = webhook_endpoint_update(
-                organization=request_organization(request),
-                actor=request_principal(request),
-                endpoint_id=endpoint_id,
-                **data.validated_data,
-            )
+        endpoint = webhook_endpoint_update(
+            organization=request_organization(request),
+            actor=request_principal(request),
+            endpoint_id=endpoint_id,
+            **data.validated_data,
+        )
         return Response(EndpointOutput(endpoint).data)
 
     @extend_schema(responses={204: None}, summary="Delete a webhook endpoint and its delivery log", tags=[TAG])
     def delete(self, request: Request, endpoint_id: UUID) -> Response:
-        with _refusals():
-            webhook_endpoint_delete(
-                organization=request_organization(request), actor=request_principal(request), endpoint_id=endpoint_id
-            )
+        webhook_endpoint_delete(
+            organization=request_organization(request), actor=request_principal(request), endpoint_id=endpoint_id
+        )
         return Response(status=204)
 
 
@@ -249,13 +226,12 @@ class EndpointRotateSecretApi(APIView):
     def post(self, request: Request, endpoint_id: UUID) -> Response:
         data = RotateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        with _refusals():
-            endpoint, secret = webhook_secret_rotate(
-                organization=request_organization(request),
-                actor=request_principal(request),
-                endpoint_id=endpoint_id,
-                grace_s=data.validated_data["grace_period_seconds"],
-            )
+        endpoint, secret = webhook_secret_rotate(
+            organization=request_organization(request),
+            actor=request_principal(request),
+            endpoint_id=endpoint_id,
+            grace_s=data.validated_data["grace_period_seconds"],
+        )
         return Response(EndpointWithSecretOutput(endpoint, context={"secret": secret}).data)
 
 
@@ -273,10 +249,9 @@ class EndpointTestApi(APIView):
     )
     @idempotent
     def post(self, request: Request, endpoint_id: UUID) -> Response:
-        with _refusals():
-            delivery = webhook_endpoint_test(
-                organization=request_organization(request), actor=request_principal(request), endpoint_id=endpoint_id
-            )
+        delivery = webhook_endpoint_test(
+            organization=request_organization(request), actor=request_principal(request), endpoint_id=endpoint_id
+        )
         return Response(DeliveryOutput(delivery).data, status=202)
 
 
@@ -300,8 +275,7 @@ class DeliveryDetailApi(APIView):
 
     @extend_schema(responses=DeliveryOutput, summary="One delivery: status, attempts, last response", tags=[TAG])
     def get(self, request: Request, delivery_id: UUID) -> Response:
-        with _refusals():
-            return Response(DeliveryOutput(webhook_delivery_get(delivery_id=delivery_id)).data)
+        return Response(DeliveryOutput(webhook_delivery_get(delivery_id=delivery_id)).data)
 
 
 class DeliveryRetryApi(APIView):
@@ -321,8 +295,7 @@ class DeliveryRetryApi(APIView):
     )
     @idempotent
     def post(self, request: Request, delivery_id: UUID) -> Response:
-        with _refusals():
-            delivery = webhook_delivery_retry(
-                organization=request_organization(request), actor=request_principal(request), delivery_id=delivery_id
-            )
+        delivery = webhook_delivery_retry(
+            organization=request_organization(request), actor=request_principal(request), delivery_id=delivery_id
+        )
         return Response(DeliveryOutput(delivery).data, status=202)

@@ -30,6 +30,7 @@ from apps.tenants.models import Organization
 from apps.webhooks.events import EventsInvalid, events_normalize, subscription_entries
 from apps.webhooks.models import SCHEDULED, DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from apps.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, webhook_signature_header
+from cognitionos.refusals import Refusal
 from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_request, outbound_url_check
 from cognitionos.sealing import Sealed, current_key_id, seal, unseal
 
@@ -42,16 +43,20 @@ RESPONSE_READ_BYTES = 64 * 1024
 USER_AGENT = "CognitionOS-Webhooks/1"
 
 
-class WebhookInvalid(ValueError):
+class WebhookInvalid(Refusal, ValueError):
     """A refused input; `param` names the field at fault."""
+
+    code = "invalid_request"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
 
 
-class WebhookConflict(Exception):
+class WebhookConflict(Refusal):
     """The operation does not apply in the object's current state; `code` says why."""
+
+    http_status = 409
 
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
