@@ -19,6 +19,7 @@ from apps.knowledge.selectors import chunks_search
 from apps.llm.calls import ChatOutcome, LlmRefusal, attempts_abandon, chat_call_parse, chat_complete, model_exists
 from apps.tenants.models import Organization
 from apps.webhooks.services import webhook_event_emit
+from apps.work.principals import principal_fields, principal_from_fields
 from apps.work.registry import WorkKind
 from apps.work.services import work_admit, work_execute, work_finish
 
@@ -40,14 +41,6 @@ class AgentFields:
     knowledge_document_ids: tuple[int, ...] = ()
     retrieval_top_k: int = 4
     max_cost_usd: Decimal | None = None
-
-
-def _principal_fields(principal: Principal) -> dict[str, str]:
-    return {"principal_kind": principal.kind, "principal_id": principal.id or "", "principal_label": principal.label}
-
-
-def job_principal(job: Job) -> Principal:
-    return Principal(kind=job.principal_kind, id=job.principal_id or None, label=job.principal_label)  # type: ignore[arg-type]
 
 
 @transaction.atomic
@@ -127,7 +120,7 @@ def job_submit(
         request=job_request_build(request=request, agent=agent),
         agent=agent,
         webhook_endpoint_id=webhook_endpoint_id,
-        **_principal_fields(principal),
+        **principal_fields(principal),
     )
     audit_record(
         organization=organization,
@@ -231,7 +224,7 @@ def _job_run(organization: Organization, job: Job) -> None:
         request, retrieval_cost = _with_knowledge(organization, job, agent, request_id)
     chat_complete(
         organization=organization,
-        principal=job_principal(job),
+        principal=principal_from_fields(job),
         call=chat_call_parse(request),
         request_id=request_id,
         on_settled=record,
@@ -249,7 +242,7 @@ def _with_knowledge(
         return job.request, Decimal(0)
     found = chunks_search(
         organization=organization,
-        principal=job_principal(job),
+        principal=principal_from_fields(job),
         query=question,
         top_k=agent.retrieval_top_k,
         document_ids=list(agent.knowledge_document_ids),

@@ -37,7 +37,6 @@ from apps.workflows.selectors import (
 )
 from apps.workflows.services import (
     RunFinished,
-    RunInputInvalid,
     RunNotRerunnable,
     WorkflowNameTaken,
     definition_check,
@@ -319,16 +318,13 @@ class WorkflowRunsApi(APIView):
         workflow = workflow_get(workflow_id=workflow_id)
         data = RunInput(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            run = run_start(
-                organization=request_organization(request),
-                principal=request_principal(request),
-                workflow=workflow,
-                input=data.validated_data.get("input", {}),
-                version=_version(workflow, data.validated_data.get("version")),
-            )
-        except RunInputInvalid as invalid:
-            raise ApiError(400, "invalid_input", f"{invalid.param}: {invalid}", param=invalid.param) from invalid
+        run = run_start(
+            organization=request_organization(request),
+            principal=request_principal(request),
+            workflow=workflow,
+            input=data.validated_data.get("input", {}),
+            version=_version(workflow, data.validated_data.get("version")),
+        )
         return Response(RunOutput(run).data, status=202, headers={"Location": f"/api/v1/runs/{run.pk}"})
 
 

@@ -40,6 +40,7 @@ from apps.llm.selectors import llm_content_policy
 from apps.tenants.models import Organization
 from apps.work.admission import waiting_admit
 from apps.work.policy import Failure, backoff_seconds, failure_classify, max_attempts
+from apps.work.principals import principal_fields, principal_from_fields
 from apps.workflows.definition import (
     MAX_DEFINITION_BYTES,
     Definition,
@@ -80,6 +81,7 @@ from apps.workflows.steps import (
     too_large,
 )
 from apps.workflows.templating import OutputTooLarge, Scope, TemplateError, text_size
+from cognitionos.refusals import Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +92,13 @@ class WorkflowNameTaken(Exception):
     """Another workflow of the organization has this name."""
 
 
-class RunInputInvalid(Exception):
+class RunInputInvalid(Refusal):
+    """A run's input is refused; `param` names the field at fault (and starts the message)."""
+
+    code = "invalid_input"
+
     def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(f"{param}: {message}")
         self.param = param
 
 
@@ -196,14 +202,6 @@ def workflow_update(
 # -- runs ---------------------------------------------------------------------------------------------
 
 
-def _principal_fields(principal: Principal) -> dict[str, str]:
-    return {"principal_kind": principal.kind, "principal_id": principal.id or "", "principal_label": principal.label}
-
-
-def run_principal(run: WorkflowRun) -> Principal:
-    return Principal(kind=run.principal_kind, id=run.principal_id or None, label=run.principal_label)  # type: ignore[arg-type]
-
-
 def _input_check(definition: Definition, data: object) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunInputInvalid("input", "`input` must be an object")
@@ -234,7 +232,7 @@ def run_start(
     version = version or workflow_latest_version(workflow=workflow)
     definition = definition_of(version=version)
     data = _input_check(definition, input)
-    run = WorkflowRun.objects.create(workflow=workflow, version=version, input=data, **_principal_fields(principal))
+    run = WorkflowRun.objects.create(workflow=workflow, version=version, input=data, **principal_fields(principal))
     StepRun.objects.bulk_create([StepRun(run=run, name=step.name, position=step.index) for step in definition.steps])
     audit_record(
         organization=organization,
@@ -279,7 +277,7 @@ def run_rerun(*, organization: Organization, actor: Principal, run: WorkflowRun)
         version=source.version,
         input=source.input,
         rerun_of=source,
-        **_principal_fields(actor),
+        **principal_fields(actor),
     )
     rows = []
     for spec in definition.steps:
@@ -521,7 +519,7 @@ def step_execute(*, organization: Organization, run_id: UUID, step_name: str) ->
     spec = definition.step(step_name)
     context = StepContext(
         organization=organization,
-        principal=run_principal(run),
+        principal=principal_from_fields(run),
         request_id=f"{_request_prefix(run, spec.index)}{step.attempts}",
     )
 
