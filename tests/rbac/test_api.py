@@ -72,6 +72,34 @@ def test_the_rules_answer_in_the_api_shape(tenant: Organization) -> None:
     )
 
 
+def test_a_refused_change_answers_with_the_whole_error_body(tenant: Organization) -> None:
+    """The service's refusal carries status, code, message and the field (role) the change is about."""
+    only_owner = Membership.objects.get(organization=tenant, role=Role.OWNER)
+    owner = _portal(tenant, only_owner.user)
+    changed = owner.patch(f"/api/v1/members/{only_owner.pk}", {"role": "admin"}, content_type="application/json")
+    assert changed.status_code == 409
+    assert changed.json() == {
+        "error": {
+            "message": "the organization must keep an owner: make someone else owner first",
+            "type": "conflict_error",
+            "code": "last_owner",
+            "param": "role",
+        }
+    }
+    removed = owner.delete(f"/api/v1/members/{only_owner.pk}")  # no field is at fault in a removal
+    assert removed.status_code == 409 and removed.json()["error"]["param"] is None
+    absent = owner.get(f"/api/v1/members/{only_owner.pk + 10_000}")
+    assert absent.status_code == 404
+    assert absent.json() == {
+        "error": {
+            "message": "no such object in this organization",
+            "type": "not_found_error",
+            "code": "not_found",
+            "param": None,
+        }
+    }
+
+
 def test_members_of_another_organization_are_absent(two_tenants: tuple[Organization, Organization]) -> None:
     organization_a, organization_b = two_tenants
     owner_of_a = _portal(organization_a, member_make(organization=organization_a, role=Role.OWNER))
