@@ -372,9 +372,16 @@ def _invitation_role_label(invitation: Invitation) -> str:
     return invitation.role or (f"custom:{invitation.custom_role.name}" if invitation.custom_role else "")
 
 
-def _members_and_open_invitations(organization: Organization) -> int:
+def _seat_check(organization: Organization) -> None:
+    """Refuse one more open invitation when members and open invitations fill the plan's seats."""
+    max_members = int(organization.plan.limit("max_members"))
     members = Membership.objects.filter(organization=organization).count()
-    return members + invitation_open_list(organization=organization).count()
+    if members + invitation_open_list(organization=organization).count() + 1 > max_members:
+        raise MembershipChangeRefused(
+            "plan_limit_members",
+            f"the plan allows {max_members} members, counting open invitations: "
+            "revoke an invitation, remove a member or change the plan",
+        )
 
 
 @_refusals_about("role")
@@ -421,13 +428,7 @@ def invitation_create(
         raise MembershipChangeRefused("invitation_exists", f"{email} has an open invitation: revoke it first")
     # An expired invitation no longer holds the address (nor a seat): closed so a new one can be sent.
     still_open.update(revoked_at=now)
-    max_members = int(organization.plan.limit("max_members"))
-    if _members_and_open_invitations(organization) + 1 > max_members:
-        raise MembershipChangeRefused(
-            "plan_limit_members",
-            f"the plan allows {max_members} members, counting open invitations: "
-            "revoke an invitation, remove a member or change the plan",
-        )
+    _seat_check(organization)
     token = secrets.token_urlsafe(32)
     invitation = Invitation.objects.create(
         organization=organization,
@@ -539,13 +540,7 @@ def invitation_resend(
         )
     if state == "expired":
         # An expired invitation holds no seat: reopening it needs one, as a new invitation would.
-        max_members = int(organization.plan.limit("max_members"))
-        if _members_and_open_invitations(organization) + 1 > max_members:
-            raise MembershipChangeRefused(
-                "plan_limit_members",
-                f"the plan allows {max_members} members, counting open invitations: "
-                "revoke an invitation, remove a member or change the plan",
-            )
+        _seat_check(organization)
     _invitation_resend_allow(organization=organization, invitation=invitation)
     token = secrets.token_urlsafe(32)
     invitation.token_hash = invitation_token_hash(token)
