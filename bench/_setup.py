@@ -42,10 +42,15 @@ def django_on_fresh_database(name: str) -> None:
         redis_client().delete(key)
 
 
-def gunicorn_start(*, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The production web server configuration on 127.0.0.1:`port`, answering /health/live when returned."""
-    server = subprocess.Popen(
-        [
+# The production web servers the benchmarks can start, by name (bench/gateway.py --server).
+SERVERS = ("gunicorn", "granian")
+
+
+def web_command(server: str, port: int) -> list[str]:
+    """The command line of `server` with the production configuration on 127.0.0.1:`port`: both
+    run WEB_PROCESSES processes x WEB_THREADS threads (2 x 8 unless the environment says otherwise)."""
+    if server == "gunicorn":
+        return [
             sys.executable,
             "-m",
             "gunicorn",
@@ -56,21 +61,58 @@ def gunicorn_start(*, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]
             f"127.0.0.1:{port}",
             "--access-logfile",
             "/dev/null",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+        ]
+    if server == "granian":
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            os.environ.get("WEB_PROCESSES", "2"),
+            "--blocking-threads",
+            os.environ.get("WEB_THREADS", "8"),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "cognitionos.wsgi:application",
+        ]
+    raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
+
+
+def web_start(*, server: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`server` (gunicorn or granian) on 127.0.0.1:`port`, answering /health/live when returned."""
+    process = subprocess.Popen(web_command(server, port), cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=1)
             break
         except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"{server} exited with status {process.returncode}") from None
             time.sleep(0.2)
-    return server
+    return process
+
+
+def web_stop(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def gunicorn_start(*, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The production web server configuration on 127.0.0.1:`port`, answering /health/live when returned."""
+    return web_start(server="gunicorn", port=port, env=env)
 
 
 def gunicorn_stop(server: subprocess.Popen[bytes]) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=60)
+    web_stop(server)

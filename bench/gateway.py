@@ -1,11 +1,14 @@
 """Gateway throughput: requests per second and latency at 32 concurrent clients, with keys, rate
 limits, budgets and the ledger on, on a cache miss and on a cache hit.
 
-    .venv/bin/python bench/gateway.py [--seconds 10]
+    .venv/bin/python bench/gateway.py [--seconds 10] [--server gunicorn|granian|both] [--rounds 1]
 
-Starts gunicorn (the production configuration, 2 processes x 8 threads) on its own database in
-the bench servers (.data/bench) and drives it with wrk (Debian package `wrk`; installed here if
-missing). The provider is the fake server at 0 ms latency. Not a test: compare within one run.
+Starts the web server (gunicorn, the production configuration, or Granian's WSGI server with the
+same 2 processes x 8 threads; WEB_PROCESSES / WEB_THREADS change both) on its own database in the
+bench servers (.data/bench) and drives it with wrk (Debian package `wrk`; installed here if
+missing). The provider is the fake server at 0 ms latency. `--server both` measures the two side
+by side in one run, in alternating order each round (gunicorn first in odd rounds, Granian first
+in even ones), and prints every figure and the ratios. Not a test: compare within one run.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import django_on_fresh_database, gunicorn_start, gunicorn_stop  # noqa: E402 - after the path is set
+from bench._setup import SERVERS, django_on_fresh_database, web_start, web_stop  # noqa: E402 - after the path is set
 
 PORT = 18321
 
@@ -86,6 +91,9 @@ def wrk(binary: str, key: str, body: dict[str, object], seconds: int) -> str:
             "-d",
             f"{seconds}s",
             "--latency",
+            # A request slower than wrk's default 2 s would leave the latency figures unseen.
+            "--timeout",
+            "10s",
             "-s",
             script.name,
             f"http://127.0.0.1:{PORT}/v1/chat/completions",
@@ -97,21 +105,93 @@ def wrk(binary: str, key: str, body: dict[str, object], seconds: int) -> str:
     return result.stdout
 
 
-def summary(output: str) -> str:
+@dataclass(frozen=True)
+class Figures:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    line: str
+
+
+def _ms(value: str | None) -> float:
+    """wrk's latency ("512.00us", "3.21ms", "1.02s") in milliseconds."""
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value or "")
+    if not found:
+        return float("nan")
+    return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[found.group(2)]
+
+
+def summary(output: str) -> Figures:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     p50 = re.search(r"\s50%\s+([\d.]+\w+)", output)
     p99 = re.search(r"\s99%\s+([\d.]+\w+)", output)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
     first = re.search(r"first non-2xx: (.*)", output)
-    return (
-        f"{float(rps.group(1)) if rps else 0:8.1f} req/s   p50 {p50.group(1) if p50 else '?':>8}   "
-        f"p99 {p99.group(1) if p99 else '?':>8}   non-2xx {errors.group(1) if errors else 0}"
-    ) + (f"  (first: {first.group(1)[:160]})" if first else "")
+    line = (
+        (
+            f"{float(rps.group(1)) if rps else 0:8.1f} req/s   p50 {p50.group(1) if p50 else '?':>8}   "
+            f"p99 {p99.group(1) if p99 else '?':>8}   non-2xx {errors.group(1) if errors else 0}"
+        )
+        + (f"  (socket errors: {socket_errors.group(1)})" if socket_errors else "")
+        + (f"  (first: {first.group(1)[:160]})" if first else "")
+    )
+    return Figures(
+        rps=float(rps.group(1)) if rps else 0.0,
+        p50_ms=_ms(p50.group(1) if p50 else None),
+        p99_ms=_ms(p99.group(1) if p99 else None),
+        non_2xx=int(errors.group(1)) if errors else 0,
+        line=line,
+    )
+
+
+def measure(server: str, binary: str, key: str, env: dict[str, str], seconds: int) -> dict[str, Figures]:
+    """Start `server`, warm it up, measure a miss and a hit, stop it."""
+    process = web_start(server=server, port=PORT, env=env)
+    try:
+        messages = [{"role": "user", "content": "Benchmark question"}]
+        miss = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}}
+        hit = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64}
+        figures = {}
+        wrk(binary, key, miss, 2)  # warm-up: each process loads the API on its first requests
+        figures["miss"] = summary(wrk(binary, key, miss, seconds))
+        print(f"{server:>8}  cache miss, 32 clients: {figures['miss'].line}", flush=True)
+        wrk(binary, key, hit, 2)
+        figures["hit"] = summary(wrk(binary, key, hit, seconds))
+        print(f"{server:>8}  cache hit,  32 clients: {figures['hit'].line}", flush=True)
+        return figures
+    finally:
+        web_stop(process)
+
+
+def side_by_side(results: dict[str, list[dict[str, Figures]]]) -> None:
+    """Medians over the rounds per server, and each server's ratio to gunicorn's."""
+    print(f"side by side, median of {max(len(runs) for runs in results.values())} round(s):")
+    medians = {
+        server: {
+            case: (
+                statistics.median(run[case].rps for run in runs),
+                statistics.median(run[case].p99_ms for run in runs),
+            )
+            for case in ("miss", "hit")
+        }
+        for server, runs in results.items()
+    }
+    base = medians.get("gunicorn")
+    for server, cases in medians.items():
+        parts = []
+        for case, (rps, p99) in cases.items():
+            ratio = f" ({rps / base[case][0]:.2f}x gunicorn)" if base and server != "gunicorn" and base[case][0] else ""
+            parts.append(f"{case} {rps:7.1f} req/s p99 {p99:7.1f} ms{ratio}")
+        print(f"  {server:>8}: " + ";  ".join(parts))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--server", choices=[*SERVERS, "both"], default="gunicorn")
+    parser.add_argument("--rounds", type=int, default=1, help="With --server both: rounds, the order alternating")
     args = parser.parse_args()
     binary = ensure_wrk()
     key, env = setup()
@@ -119,18 +199,17 @@ def main() -> None:
 
     fake = FakeProvider().start()
     env.update(OPENAI_API_KEY="sk-bench", OPENAI_BASE_URL=fake.openai_base_url)
-    server = gunicorn_start(port=PORT, env=env)
+    servers = list(SERVERS) if args.server == "both" else [args.server]
+    results: dict[str, list[dict[str, Figures]]] = {server: [] for server in servers}
     try:
-        messages = [{"role": "user", "content": "Benchmark question"}]
-        miss = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}}
-        hit = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64}
-        wrk(binary, key, miss, 2)  # warm-up
-        print(f"cache miss, 32 clients: {summary(wrk(binary, key, miss, args.seconds))}")
-        wrk(binary, key, hit, 2)
-        print(f"cache hit,  32 clients: {summary(wrk(binary, key, hit, args.seconds))}")
+        for round_number in range(args.rounds):
+            # Alternate the order so that neither server always runs on the warmer (or busier) machine.
+            for server in servers if round_number % 2 == 0 else servers[::-1]:
+                results[server].append(measure(server, binary, key, env, args.seconds))
     finally:
-        gunicorn_stop(server)
         fake.stop()
+    if len(servers) > 1 or args.rounds > 1:
+        side_by_side(results)
 
 
 if __name__ == "__main__":
