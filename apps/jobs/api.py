@@ -32,6 +32,7 @@ from apps.jobs.services import (
     job_submit,
 )
 from apps.rbac.permissions import Permission
+from apps.work.progress import progress_stream
 
 _PASSED_THROUGH = ("tools", "tool_choice", "response_format", "seed", "stop", "top_p", "cache", "min_quality")
 
@@ -194,7 +195,7 @@ class JobEventsApi(APIView):
             job = Job.objects.filter(pk=job_id).first()
             return None if job is None else ([("job", "status", JobOutput(job).data)], job.is_finished)
 
-        return event_stream(organization=request_organization(request), poll=poll)
+        return progress_stream(organization=request_organization(request), topic="job", object_id=job_id, poll=poll)
 
 
 class AgentSerializer(serializers.ModelSerializer[Agent]):

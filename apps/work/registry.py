@@ -31,6 +31,9 @@ class WorkKind:
     abandon: Callable[[Organization, Any, list[int]], None] | None = None
     # The JSON fields whose content the organization's retention removes, and how: (field, strip).
     content_fields: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
+    # The object whose progress stream (apps.work.progress) a change of a row wakes, as
+    # (topic, id); None: the row itself, (name, pk). A workflow step names its run.
+    progress_of: Callable[[Any], tuple[str, Any]] | None = None
     # How many admitted and unfinished rows one organization may have (None: no admission step).
     cap: Callable[[Organization], int] | None = None
 

@@ -34,6 +34,7 @@ from apps.work.admission import waiting_admit
 from apps.work.heartbeat import heartbeats
 from apps.work.models import FINISHED, WorkItem, WorkStatus
 from apps.work.policy import backoff_seconds, failure_classify, max_attempts
+from apps.work.progress import progress_item_publish
 from apps.work.registry import WorkKind, work_kind
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def work_claim(*, organization: Organization, kind: WorkKind | str, item_id: Any
     if item is not None:
         if item.attempts > 1 and kind.abandon is not None:
             kind.abandon(organization, item, list(range(1, item.attempts)))
+        progress_item_publish(organization=organization, kind=kind, item=item)
         return item
     with transaction.atomic():
         dead = (
@@ -165,6 +167,7 @@ def work_finish(
             return False
         for name, value in values.items():
             setattr(item, name, value)
+        progress_item_publish(organization=organization, kind=kind, item=item)
         work_admit(organization=organization, kind=kind)
         if kind.on_finished is not None:
             kind.on_finished(organization, item)
@@ -200,6 +203,7 @@ def work_retry_later(*, organization: Organization, kind: WorkKind | str, item: 
             next_attempt_at=now + dt.timedelta(seconds=delay),
         )
         if requeued:
+            progress_item_publish(organization=organization, kind=kind, item=item)
             transaction.on_commit(
                 lambda: work_send(organization=organization, kind=kind, ids=[item.pk], countdown=delay)
             )
@@ -267,6 +271,7 @@ def work_reap(*, organization: Organization, kind: WorkKind | str, now: dt.datet
                 failed += 1
             else:
                 requeued.append(item.pk)
+                progress_item_publish(organization=organization, kind=kind, item=item)
         if requeued:
             manager.filter(pk__in=requeued).update(status=WorkStatus.QUEUED, admitted_at=now)
         lost = list(manager.filter(status=WorkStatus.QUEUED, admitted_at__lt=lost_before).values_list("pk", flat=True))

@@ -22,6 +22,7 @@ from apps.api.events import event_stream
 from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
 from apps.rbac.permissions import Permission
+from apps.work.progress import progress_stream
 from apps.workflows.definition import DefinitionInvalid
 from apps.workflows.models import RunStatus, StepRun, Workflow, WorkflowRun, WorkflowVersion
 from apps.workflows.preview import workflow_cost_preview
@@ -419,4 +420,6 @@ class RunEventsApi(APIView):
             summary = {key: value for key, value in data.items() if key != "steps"}
             return [*steps, ("run", "run", summary)], run.is_finished
 
-        return event_stream(organization=request_organization(request), poll=poll)
+        return progress_stream(
+            organization=request_organization(request), topic="workflow_run", object_id=run_id, poll=poll
+        )
