@@ -17,7 +17,6 @@ from rest_framework.views import APIView
 
 from apps.api.authentication import request_organization, request_principal
 from apps.api.errors import ApiError
-from apps.api.events import event_stream
 from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
 from apps.jobs.models import POLICIES, Agent, Job, JobStatus
