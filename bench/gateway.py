@@ -2,6 +2,7 @@
 limits, budgets and the ledger on, on a cache miss and on a cache hit.
 
     .venv/bin/python bench/gateway.py [--seconds 10] [--server gunicorn|granian|both] [--rounds 1]
+                                      [--cases miss,hit]
 
 Starts the web server (gunicorn, the production configuration, or Granian's WSGI server with the
 same 2 processes x 8 threads; WEB_PROCESSES / WEB_THREADS change both) on its own database in the
@@ -146,20 +147,21 @@ def summary(output: str) -> Figures:
     )
 
 
-def measure(server: str, binary: str, key: str, env: dict[str, str], seconds: int) -> dict[str, Figures]:
-    """Start `server`, warm it up, measure a miss and a hit, stop it."""
+def measure(
+    server: str, *, binary: str, key: str, env: dict[str, str], seconds: int, cases: list[str]
+) -> dict[str, Figures]:
+    """Start `server`, warm it up, measure `cases` (a miss, a hit), stop it."""
     process = web_start(server=server, port=PORT, env=env)
     try:
         messages = [{"role": "user", "content": "Benchmark question"}]
         miss = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}}
         hit = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64}
         figures = {}
-        wrk(binary, key, miss, 2)  # warm-up: each process loads the API on its first requests
-        figures["miss"] = summary(wrk(binary, key, miss, seconds))
-        print(f"{server:>8}  cache miss, 32 clients: {figures['miss'].line}", flush=True)
-        wrk(binary, key, hit, 2)
-        figures["hit"] = summary(wrk(binary, key, hit, seconds))
-        print(f"{server:>8}  cache hit,  32 clients: {figures['hit'].line}", flush=True)
+        for case in cases:
+            body = miss if case == "miss" else hit
+            wrk(binary, key, body, 2)  # warm-up: each process loads the API on its first requests
+            figures[case] = summary(wrk(binary, key, body, seconds))
+            print(f"{server:>8}  cache {case + ',':5} 32 clients: {figures[case].line}", flush=True)
         return figures
     finally:
         web_stop(process)
@@ -174,7 +176,7 @@ def side_by_side(results: dict[str, list[dict[str, Figures]]]) -> None:
                 statistics.median(run[case].rps for run in runs),
                 statistics.median(run[case].p99_ms for run in runs),
             )
-            for case in ("miss", "hit")
+            for case in runs[0]
         }
         for server, runs in results.items()
     }
@@ -192,6 +194,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--server", choices=[*SERVERS, "both"], default="gunicorn")
     parser.add_argument("--rounds", type=int, default=1, help="With --server both: rounds, the order alternating")
+    parser.add_argument("--cases", default="miss,hit", help="What to measure: miss, hit or both (comma-separated)")
     args = parser.parse_args()
     binary = ensure_wrk()
     key, env = setup()
@@ -205,7 +208,9 @@ def main() -> None:
         for round_number in range(args.rounds):
             # Alternate the order so that neither server always runs on the warmer (or busier) machine.
             for server in servers if round_number % 2 == 0 else servers[::-1]:
-                results[server].append(measure(server, binary, key, env, args.seconds))
+                results[server].append(
+                    measure(server, binary=binary, key=key, env=env, seconds=args.seconds, cases=args.cases.split(","))
+                )
     finally:
         fake.stop()
     if len(servers) > 1 or args.rounds > 1:

@@ -1,8 +1,37 @@
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
+
+
+class _RedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel builds a new redis-py client for every publish (`conn_or_acquire`), and
+    redis-py 8's client constructor costs more than the LPUSH it then sends (measured here: 0.62 ms
+    against 0.49 ms). One client per channel over the channel's own connection pool, built again
+    only if the channel replaced its pool: redis-py clients are thread-safe, and a producer's channel
+    is used by one thread at a time anyway."""
+
+    _shared_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        shared = self._shared_client
+        if shared is None or shared.connection_pool is not self.pool:
+            shared = self._shared_client = self._create_client()  # type: ignore[attr-defined] # not in the stubs
+        yield shared
+
+
+# Every Redis broker connection of the process (web, workers, beat) gets the channel above; the
+# broker URL picks the transport (`redis+socket://` can't name a transport class), hence here.
+kombu_redis.Transport.Channel = _RedisChannel
 
 app = Celery("cognitionos")
 app.config_from_object("django.conf:settings", namespace="CELERY")
