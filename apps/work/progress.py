@@ -99,6 +99,7 @@ class _Notices:
         self.channel = channel
         self.pubsub: Any = None
         self.retry_at = 0.0
+        self.warned = False
         self.subscribe()
 
     @property
@@ -116,7 +117,9 @@ class _Notices:
         return True
 
     def _lost(self, pubsub: Any) -> None:
-        logger.warning("progress stream polls the database: Redis unreachable", exc_info=True)
+        if not self.warned:  # once per stream: it retries every REDIS_RETRY_SECONDS
+            self.warned = True
+            logger.warning("progress stream polls the database: Redis unreachable", exc_info=True)
         self.pubsub = None
         self.retry_at = time.monotonic() + REDIS_RETRY_SECONDS
         with contextlib.suppress(*_REDIS_ERRORS):
