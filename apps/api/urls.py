@@ -13,6 +13,7 @@ urlpatterns = [
         name="api-docs",
     ),
     path("v1/", include("apps.jobs.urls")),
+    path("v1/", include("apps.agents.urls")),
     path("v1/", include("apps.workflows.urls")),
     path("v1/", include("apps.webhooks.urls")),
     path("v1/", include("apps.llm.urls")),

@@ -1,10 +1,10 @@
-"""Jobs and agents: submit, cancel, and what a job's run does. Admission, claim, heartbeats,
-retries, the reaper and content retention are the runtime's (apps.work), for which `JOB` is the kind."""
+"""Jobs: submit, cancel, and what a job's run does. Admission, claim, heartbeats, retries, the
+reaper and content retention are the runtime's (apps.work), for which `JOB` is the kind; agents and
+the request they shape (`job_request_build`) are apps.agents'."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -13,10 +13,12 @@ from django.db import transaction
 from django.db.models import F
 
 from apps.accounts.principals import Principal
+from apps.agents.models import Agent
+from apps.agents.services import job_request_build as job_request_build  # noqa: PLC0414 re-exported until apps.workflows imports apps.agents
 from apps.audit.services import audit_record
-from apps.jobs.models import Agent, Job, JobStatus
+from apps.jobs.models import Job, JobStatus
 from apps.knowledge.selectors import chunks_search
-from apps.llm.calls import ChatOutcome, LlmRefusal, attempts_abandon, chat_call_parse, chat_complete, model_exists
+from apps.llm.calls import ChatOutcome, attempts_abandon, chat_call_parse, chat_complete
 from apps.tenants.models import Organization
 from apps.webhooks.services import webhook_event_emit
 from apps.work.principals import principal_fields, principal_from_fields
@@ -26,84 +28,6 @@ from apps.work.services import work_admit, work_execute, work_finish
 
 class JobFinished(Exception):
     """The job already ended; it can't be cancelled."""
-
-
-@dataclass(frozen=True)
-class AgentFields:
-    name: str
-    description: str = ""
-    system_prompt: str = ""
-    model: str = ""
-    policy: str = ""
-    min_quality: int = 1
-    temperature: float | None = None
-    max_tokens: int | None = None
-    knowledge_document_ids: tuple[int, ...] = ()
-    retrieval_top_k: int = 4
-    max_cost_usd: Decimal | None = None
-
-
-@transaction.atomic
-def agent_create(*, organization: Organization, actor: Principal, fields: AgentFields) -> Agent:
-    agent = Agent.objects.create(
-        **{**fields.__dict__, "knowledge_document_ids": list(fields.knowledge_document_ids)},
-        created_by_label=actor.label,
-    )
-    audit_record(organization=organization, actor=actor, action="agent.created", target=agent)
-    return agent
-
-
-@transaction.atomic
-def agent_update(*, organization: Organization, actor: Principal, agent: Agent, changes: dict[str, Any]) -> Agent:
-    for name, value in changes.items():
-        setattr(agent, name, list(value) if name == "knowledge_document_ids" else value)
-    agent.save()
-    audit_record(
-        organization=organization,
-        actor=actor,
-        action="agent.updated",
-        target=agent,
-        metadata={"fields": sorted(changes)},
-    )
-    return agent
-
-
-@transaction.atomic
-def agent_delete(*, organization: Organization, actor: Principal, agent: Agent) -> None:
-    audit_record(organization=organization, actor=actor, action="agent.deleted", target=agent)
-    agent.delete()
-
-
-def job_request_build(*, request: dict[str, Any], agent: Agent | None) -> dict[str, Any]:
-    """The engine request for a job: the submitted fields over the agent's defaults. Raises
-    LlmRefusal (400) for what the engine would refuse, before anything is written."""
-    body = {key: value for key, value in request.items() if value is not None}
-    if "prompt" in body:
-        body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
-    if agent is not None:
-        if "model" not in body and "policy" not in body:
-            body.update({"model": agent.model} if agent.model else {"policy": agent.policy})
-            body.setdefault("min_quality", agent.min_quality)
-        if agent.temperature is not None:
-            body.setdefault("temperature", agent.temperature)
-        if agent.max_tokens is not None and "max_completion_tokens" not in body:
-            body.setdefault("max_tokens", agent.max_tokens)
-        if agent.max_cost_usd is not None:
-            body.setdefault("max_cost_usd", str(agent.max_cost_usd))
-        if agent.system_prompt and isinstance(body.get("messages"), list):
-            body["messages"] = [{"role": "system", "content": agent.system_prompt}, *body["messages"]]
-    if "max_cost_usd" in body:
-        body["max_cost_usd"] = str(body["max_cost_usd"])
-    if body.get("stream"):
-        raise LlmRefusal(
-            400, "unsupported_parameter", "jobs don't stream; poll the job or follow its events", param="stream"
-        )
-    call = chat_call_parse(body)
-    if call.model is not None and not model_exists(call.model):
-        raise LlmRefusal(
-            400, "model_not_found", f"the model {call.model!r} does not exist or is not available", param="model"
-        )
-    return body
 
 
 @transaction.atomic

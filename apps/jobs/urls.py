@@ -1,4 +1,4 @@
-"""REST API v1 routes of jobs and agents, mounted under /api/v1/ by apps.api.urls."""
+"""REST API v1 routes of jobs, mounted under /api/v1/ by apps.api.urls (agents': apps.agents.urls)."""
 
 from django.urls import path
 
@@ -9,6 +9,4 @@ urlpatterns = [
     path("jobs/<uuid:job_id>", api.JobDetailApi.as_view(), name="job"),
     path("jobs/<uuid:job_id>/cancel", api.JobCancelApi.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/events", api.JobEventsApi.as_view(), name="job-events"),
-    path("agents", api.AgentListCreateApi.as_view(), name="agents"),
-    path("agents/<uuid:agent_id>", api.AgentDetailApi.as_view(), name="agent"),
 ]

@@ -53,6 +53,7 @@ TENANT_APPS = [
     "apps.knowledge",
     "apps.api",
     "apps.work",  # the durable-work runtime: no tables of its own, its tasks run every kind
+    "apps.agents",
     "apps.jobs",
     "apps.workflows",
     "apps.webhooks",

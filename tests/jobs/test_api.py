@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 from django.test import Client
 
@@ -187,37 +185,6 @@ def test_cancel_a_waiting_job_then_a_finished_job_answers_409(
     again = client.post(f"/api/v1/jobs/{job['id']}/cancel")
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "job_finished"
-
-
-def test_agents_crud_and_a_job_takes_its_agents_defaults(
-    two_tenants: tuple[Organization, Organization], api_client_for: ApiClientFor
-) -> None:
-    client = api_client_for(two_tenants[0])
-    created = client.post(
-        "/api/v1/agents",
-        {"name": "support", "system_prompt": "Be brief.", "model": "simulated-mini", "temperature": 0.2},
-        format="json",
-    )
-    assert created.status_code == 201, created.content
-    agent = created.json()
-    assert client.post("/api/v1/agents", {"name": "support", "policy": "cheapest"}, format="json").status_code == 400
-    assert (
-        client.post("/api/v1/agents", {"name": "both", "model": "x", "policy": "fastest"}, format="json").json()[
-            "error"
-        ]["param"]
-        == "model"
-    )
-    job = client.post("/api/v1/jobs", {"prompt": "Hi", "agent": "support"}, format="json").json()
-    with organization_schema(two_tenants[0]):
-        stored = Job.objects.get(pk=job["id"])
-    assert stored.request["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert stored.request["model"] == "simulated-mini" and stored.request["temperature"] == 0.2
-    assert str(stored.agent_id) == agent["id"]
-    patched = client.patch(f"/api/v1/agents/{agent['id']}", {"max_cost_usd": "0.5"}, format="json")
-    assert patched.status_code == 200 and Decimal(patched.json()["max_cost_usd"]) == Decimal("0.5")
-    assert api_client_for(two_tenants[1]).get(f"/api/v1/agents/{agent['id']}").status_code == 404
-    assert client.delete(f"/api/v1/agents/{agent['id']}").status_code == 204
-    assert client.get(f"/api/v1/agents/{agent['id']}").status_code == 404
 
 
 def test_a_member_session_on_the_portal_host_uses_the_api_and_a_stranger_is_refused(

@@ -264,7 +264,7 @@ def test_a_database_outage_leaves_the_job_to_the_reaper_instead_of_failing_it(
 def test_an_agent_with_documents_answers_from_their_nearest_chunks_and_the_job_pays_the_search(
     two_tenants: tuple[Organization, Organization], fake_provider: FakeProvider
 ) -> None:
-    from apps.jobs.models import Agent
+    from apps.agents.models import Agent
     from apps.knowledge.models import Chunk, Document
     from apps.knowledge.selectors import query_embed
 
