@@ -20,8 +20,9 @@ from typing import Any, Generic, TypeVar
 from django.conf import settings
 from django.db import connection
 
-from apps.llm.breaker import breaker_allow, breaker_record
+from apps.llm.breaker import breaker_allow, breaker_key, breaker_record
 from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserve, attempt_settle
+from apps.llm.metrics import BREAKER_OPEN
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.selectors import PricedModel
 from apps.llm.providers import CallContext, ChatProvider, ProviderError, provider_for
@@ -102,13 +103,19 @@ class Attempts:
         self.health_scope = f"org{organization.pk}"
         self.number = 0
         self.last_error: ProviderError | None = None
+        # Breaker states read in the admission's round trip, each used once (for the first look).
+        self.breaker_reads: dict[str, tuple[bytes | str | None]] = {}
 
     def scope(self, entry: PricedModel) -> str:
         """Whose breaker and health figures this deployment's calls feed: everyone's, or the organization's."""
         return self.health_scope if entry.model.provider in self.own_keys else ""
 
+    def breaker_key(self, entry: PricedModel) -> str:
+        return breaker_key(entry.model.provider, entry.model.name, self.scope(entry))
+
     def allowed(self, entry: PricedModel) -> bool:
-        return breaker_allow(entry.model.provider, entry.model.name, scope=self.scope(entry))
+        read = self.breaker_reads.pop(self.breaker_key(entry), None)
+        return breaker_allow(entry.model.provider, entry.model.name, scope=self.scope(entry), read=read)
 
     def provider(self, entry: PricedModel) -> ChatProvider:
         return provider_for(entry.model, self.own_keys.get(entry.model.provider))
@@ -136,9 +143,13 @@ class Attempts:
         return attempt
 
     def succeeded(self, entry: PricedModel, latency_ms: int) -> None:
+        """Close the deployment's breaker and record its latency: one round trip."""
         scope = self.scope(entry)
-        breaker_record(entry.model.provider, entry.model.name, success=True, scope=scope)
-        deployment_observe(entry.model.name, success=True, latency_ms=latency_ms, scope=scope)
+        closed = deployment_observe(
+            entry.model.name, success=True, latency_ms=latency_ms, scope=scope, breaker_key=self.breaker_key(entry)
+        )
+        if closed and not scope:  # the metric's labels stay bounded: no organization ids
+            BREAKER_OPEN.labels(entry.model.provider, entry.model.name).set(0)
 
     def provider_failed(self, entry: PricedModel, error: ProviderError) -> None:
         """Count a failure against the deployment, unless it was the request's own fault."""

@@ -21,13 +21,18 @@ from cognitionos.redis import redis_client
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
-def _key(provider: str, model: str, scope: str = "") -> str:
+# The hash field whose presence means open (or half-open, after the cooldown).
+OPENED_AT = "opened_at"
+
+
+def breaker_key(provider: str, model: str, scope: str = "") -> str:
     return f"llm:breaker:{provider}:{model}" + (f":{scope}" if scope else "")
 
 
-def breaker_state(provider: str, model: str, *, scope: str = "") -> str:
-    data = redis_client().hmget(_key(provider, model, scope), ["opened_at"])
-    opened_at = data[0]
+_key = breaker_key
+
+
+def _state_of(opened_at: bytes | str | None) -> str:
     if opened_at is None:
         return CLOSED
     if time.time() - float(opened_at) < settings.LLM_BREAKER_COOLDOWN_S:
@@ -35,8 +40,14 @@ def breaker_state(provider: str, model: str, *, scope: str = "") -> str:
     return HALF_OPEN
 
 
-def breaker_allow(provider: str, model: str, *, scope: str = "") -> bool:
-    state = breaker_state(provider, model, scope=scope)
+def breaker_state(provider: str, model: str, *, scope: str = "") -> str:
+    return _state_of(redis_client().hget(_key(provider, model, scope), OPENED_AT))
+
+
+def breaker_allow(provider: str, model: str, *, scope: str = "", read: tuple[bytes | str | None] | None = None) -> bool:
+    """Whether a call may go to the deployment now. `read`: its `opened_at` field as just read in
+    the call's admission round trip (saves a round trip of its own)."""
+    state = breaker_state(provider, model, scope=scope) if read is None else _state_of(read[0])
     if state == CLOSED:
         return True
     if state == OPEN:

@@ -73,6 +73,24 @@ def _plan(call: ChatCall, attempts: Attempts) -> list[PricedModel]:
     return [entry for entry in found if entry.price is not None]
 
 
+def _admit_and_plan(*, organization: Organization, call: ChatCall, attempts: Attempts) -> list[PricedModel]:
+    """Admission (suspension, rate limits), then the plan, as the caller sees it: a call the limits
+    refuse is refused for that whatever its model. The plan is made first, so that its first
+    deployment's breaker is read in the admission's round trip."""
+    try:
+        plan, refusal = _plan(call, attempts), None
+    except LlmRefusal as exc:
+        plan, refusal = [], exc
+    keys = [attempts.breaker_key(entry) for entry in plan[:1]]
+    reads = call_admit(
+        organization=organization, spender=attempts.spender, tokens=chat_rate_tokens(call), breakers=keys
+    )
+    if refusal is not None:
+        raise refusal
+    attempts.breaker_reads = {key: (value,) for key, value in zip(keys, reads, strict=True)}
+    return plan
+
+
 def _complete(provider: ChatProvider, payload: dict[str, Any], context: CallContext) -> Reply:
     return provider.complete(payload, context)
 
@@ -103,9 +121,8 @@ def chat_complete(
     of the answer (a job's result) commits together with the ledger row, or neither does."""
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal)
-    call_admit(organization=organization, spender=spender, tokens=chat_rate_tokens(call))
     attempts = _chat_attempts(organization=organization, spender=spender, call=call, request_id=request_id)
-    plan = _plan(call, attempts)
+    plan = _admit_and_plan(organization=organization, call=call, attempts=attempts)
     cache = CallCache(organization=organization, call=call)
     hit = cache.lookup(principal=principal, request_id=request_id)
     if hit is not None:
@@ -152,9 +169,8 @@ def chat_stream(
     the stream broke, from the reservation."""
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal)
-    call_admit(organization=organization, spender=spender, tokens=chat_rate_tokens(call))
     attempts = _chat_attempts(organization=organization, spender=spender, call=call, request_id=request_id)
-    plan = _plan(call, attempts)
+    plan = _admit_and_plan(organization=organization, call=call, attempts=attempts)
     cache = CallCache(organization=organization, call=call, streaming=True)
     hit = cache.lookup(principal=principal, request_id=request_id, semantic=False)
     if hit is not None:

@@ -1,11 +1,15 @@
 """Requests and tokens per minute, per organization and per API key, counted in Redis so that the
 limits hold across every web and worker process. Fixed one-minute windows, all four counters in one
-pipelined round trip; a refusal gives back what it took and says when the window turns."""
+pipelined round trip (which also carries the engine's other reads before a call, the breakers'
+states, so that admitting a call costs one round trip); a refusal gives back what it took and says
+when the window turns."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
@@ -25,7 +29,12 @@ class RateLimitUnavailable(Exception):
     """The counters can't be reached: calls are refused rather than let through unmetered."""
 
 
-def rate_limit_take(*, organization: Organization, api_key_id: int | None, tokens: int) -> None:
+def rate_limit_take(
+    *, organization: Organization, api_key_id: int | None, tokens: int, reads: Sequence[tuple[str, str]] = ()
+) -> list[Any]:
+    """Take a request and `tokens` from the organization's and the key's limits, or raise RateLimited
+    (RateLimitUnavailable when Redis can't be reached: fail closed). `reads`: (hash, field) pairs
+    read in the same round trip; their values are returned, in order."""
     now = time.time()
     window = int(now // 60)
     retry_after = max(1, 60 - int(now % 60))
@@ -41,7 +50,10 @@ def rate_limit_take(*, organization: Organization, api_key_id: int | None, token
         for key, _, amount, _ in checks:
             pipe.incrby(key, amount)
             pipe.expire(key, 120)
-        counts = pipe.execute()[::2]
+        for name, field in reads:
+            pipe.hget(name, field)
+        replies = pipe.execute()
+        counts, values = replies[: 2 * len(checks) : 2], replies[2 * len(checks) :]
         over = [(check, count) for check, count in zip(checks, counts, strict=True) if count > check[3]]
         if over:
             undo = redis_client().pipeline(transaction=False)
@@ -56,3 +68,4 @@ def rate_limit_take(*, organization: Organization, api_key_id: int | None, token
     if over:
         (_, what, _, limit), _ = over[0]
         raise RateLimited(what=what, limit=limit, retry_after_s=retry_after)
+    return values

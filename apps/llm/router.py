@@ -23,8 +23,15 @@ _ERROR_WEIGHT = 0.2  # each attempt's share in the moving average of the error r
 
 # One round trip per attempt: the latency's and the error rate's moving averages, updated atomically.
 # The error rate also decays with time (half-life LLM_ROUTER_ERROR_HALF_LIFE_S), so a model that the
-# router stopped choosing because it failed is tried again once its failures are old.
+# router stopped choosing because it failed is tried again once its failures are old. A success may
+# also close the deployment's breaker (KEYS[3], its probe KEYS[4]) in the same round trip: returns 1
+# if there was a breaker to close.
 _OBSERVE = """
+local cleared = 0
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('DEL', KEYS[3], KEYS[4])
+  cleared = 1
+end
 local ttl = tonumber(ARGV[6])
 if ARGV[1] ~= '' then
   local latency = tonumber(ARGV[1])
@@ -34,7 +41,7 @@ if ARGV[1] ~= '' then
 end
 local failed = tonumber(ARGV[2])
 local raw = redis.call('GET', KEYS[2])
-if (not raw) and failed == 0 then return 0 end
+if (not raw) and failed == 0 then return cleared end
 local now = tonumber(ARGV[3])
 local rate = 0
 if raw then
@@ -49,7 +56,7 @@ if rate < 0.001 then
 else
   redis.call('SET', KEYS[2], string.format('%.5f:%.3f', rate, now), 'EX', ttl)
 end
-return 1
+return cleared
 """
 
 
@@ -99,21 +106,31 @@ def _health_name(name: str, scope: str) -> str:
 
 
 def deployment_observe(
-    name: str, *, success: bool, latency_ms: float | None = None, now: float | None = None, scope: str = ""
-) -> None:
+    name: str,
+    *,
+    success: bool,
+    latency_ms: float | None = None,
+    now: float | None = None,
+    scope: str = "",
+    breaker_key: str | None = None,
+) -> bool:
     """Record one attempt of a model: its latency (successes) and whether it failed (provider-side
-    failures only: the engine never records a request's own error)."""
+    failures only: the engine never records a request's own error). With `breaker_key` (a success)
+    the deployment's breaker is closed in the same round trip; True if it had one to close."""
     name = _health_name(name, scope)
-    _observe_script()(
-        keys=[_LATENCY_KEY.format(name=name), _ERRORS_KEY.format(name=name)],
-        args=[
-            "" if latency_ms is None else str(latency_ms),
-            "0" if success else "1",
-            str(time.time() if now is None else now),
-            str(settings.LLM_ROUTER_ERROR_HALF_LIFE_S),
-            str(_ERROR_WEIGHT),
-            str(_OBSERVATION_TTL_S),
-        ],
+    breaker = [breaker_key, f"{breaker_key}:probe"] if breaker_key else []
+    return bool(
+        _observe_script()(
+            keys=[_LATENCY_KEY.format(name=name), _ERRORS_KEY.format(name=name), *breaker],
+            args=[
+                "" if latency_ms is None else str(latency_ms),
+                "0" if success else "1",
+                str(time.time() if now is None else now),
+                str(settings.LLM_ROUTER_ERROR_HALF_LIFE_S),
+                str(_ERROR_WEIGHT),
+                str(_OBSERVATION_TTL_S),
+            ],
+        )
     )
 
 
