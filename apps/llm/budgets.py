@@ -3,9 +3,10 @@
 Before a provider call the worst-case cost is added to `reserved_usd` of every budget window that
 applies (organization, user, API key; day and month), each with one conditional UPDATE that a
 hard limit can refuse, in one transaction with the attempt's ledger row. After the call the actual
-cost moves to `spent_usd` and the hold is released, in one transaction with the settled ledger row
-and the public rollup. Row locks taken by the UPDATEs serialize concurrent reservations on the
-same window, so spend plus reservations never passes a hard limit.
+cost moves to `spent_usd` and the hold is released, in one transaction with the settled ledger row;
+a periodic task folds settled rows into the public rollup (usage_fold). Row locks taken by the
+UPDATEs serialize concurrent reservations on the same window, so spend plus reservations never
+passes a hard limit.
 """
 
 from __future__ import annotations
@@ -231,16 +232,16 @@ class Settlement:
 
 
 def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlement: Settlement) -> bool:
-    """Record what the attempt cost and release its holds, with the rollup, in one transaction of
-    one statement (plus the rare soft-limit event). False if the attempt was already settled."""
+    """Record what the attempt cost and release its holds in one transaction of one statement (plus
+    the rare soft-limit event). False if the attempt was already settled. The budgets see the spend
+    at once; the public rollup gets it from usage_fold, off the request path."""
     now = timezone.now()
-    succeeded = settlement.status == AttemptStatus.SUCCEEDED
     # One statement, atomic by itself. Inside a caller's transaction (a job recording its answer
     # with the settlement) it is part of that transaction: no savepoint, both commit or neither.
     atomic = transaction.atomic(savepoint=False) if connection.in_atomic_block else contextlib.nullcontext()
     with organization_schema(organization), atomic, connection.cursor() as cursor:
         cursor.execute(
-            f"""
+            """
             WITH settled AS (
                 UPDATE llm_usageattempt SET status = %(status)s, settled_at = %(now)s, hold_expires_at = NULL,
                     input_tokens = %(input)s, cached_input_tokens = %(cached)s, output_tokens = %(output)s,
@@ -259,22 +260,12 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
                 FROM released, locked, llm_budget b
                 WHERE w.id = released.window_id AND w.id = locked.id AND b.id = w.budget_id
                 RETURNING w.id, b.soft_percent, b.limit_usd, w.spent_usd, w.soft_notified
-            ), rolled AS (
-                INSERT INTO public.{UsageRollup._meta.db_table} AS r (organization_id, day, model_name, api_key_id,
-                    requests, cache_hits, input_tokens, output_tokens, cost_usd, saved_usd)
-                SELECT %(organization)s, %(day)s, %(model)s, %(key)s, %(requests)s, 0, %(input)s, %(output)s,
-                    %(cost)s, 0
-                FROM settled
-                ON CONFLICT (organization_id, day, model_name, api_key_id) DO UPDATE SET
-                    requests = r.requests + EXCLUDED.requests, input_tokens = r.input_tokens + EXCLUDED.input_tokens,
-                    output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost_usd = r.cost_usd + EXCLUDED.cost_usd
-                RETURNING 1
             )
-            SELECT (SELECT count(*) FROM settled), (SELECT count(*) FROM rolled),
+            SELECT (SELECT count(*) FROM settled),
                    (SELECT array_agg(id) FROM charged
                     WHERE soft_percent IS NOT NULL AND NOT soft_notified
                       AND spent_usd * 100 >= limit_usd * soft_percent)
-            """,  # noqa: S608 - the table name is our model's
+            """,
             {
                 "status": settlement.status,
                 "now": now,
@@ -286,14 +277,9 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
                 "latency": settlement.latency_ms,
                 "error": settlement.error_class[:100],
                 "attempt": attempt.pk,
-                "organization": organization.pk,
-                "day": now.date(),
-                "model": attempt.model_name,
-                "key": attempt.api_key_id or 0,
-                "requests": 1 if succeeded else 0,
             },
         )
-        settled, _, crossed = cursor.fetchone()
+        settled, crossed = cursor.fetchone()
         if not settled:
             return False
         if settlement.cost_usd > attempt.reserved_usd:
@@ -352,27 +338,8 @@ def cache_hit_record(
 
 
 def _hits_write(organization: Organization, rows: list[UsageAttempt]) -> None:
-    with organization_schema(organization), transaction.atomic():
+    with organization_schema(organization):
         UsageAttempt.objects.bulk_create(rows)
-        totals: dict[tuple[dt.date, str, int | None], tuple[int, Decimal]] = {}
-        for row in rows:
-            assert row.settled_at is not None
-            group = (row.settled_at.date(), row.model_name, row.api_key_id)
-            count, saved = totals.get(group, (0, Decimal(0)))
-            totals[group] = (count + 1, saved + row.saved_usd)
-        for (day, model_name, api_key_id), (count, saved) in sorted(totals.items(), key=str):
-            rollup_add(
-                organization=organization,
-                day=day,
-                model_name=model_name,
-                api_key_id=api_key_id,
-                requests=count,
-                cache_hits=count,
-                input_tokens=0,
-                output_tokens=0,
-                cost_usd=Decimal(0),
-                saved_usd=saved,
-            )
 
 
 class _HitBuffer:
@@ -418,45 +385,58 @@ def cache_hits_flush() -> int:
     return _hits.flush()
 
 
-def rollup_add(
-    *,
-    organization: Organization,
-    day: dt.date,
-    model_name: str,
-    api_key_id: int | None,
-    requests: int,
-    cache_hits: int,
-    input_tokens: int,
-    output_tokens: int,
-    cost_usd: Decimal,
-    saved_usd: Decimal,
-) -> None:
-    table = UsageRollup._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO public.{table} AS r (organization_id, day, model_name, api_key_id, requests, cache_hits,
-                input_tokens, output_tokens, cost_usd, saved_usd)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (organization_id, day, model_name, api_key_id) DO UPDATE SET
-                requests = r.requests + EXCLUDED.requests, cache_hits = r.cache_hits + EXCLUDED.cache_hits,
-                input_tokens = r.input_tokens + EXCLUDED.input_tokens,
-                output_tokens = r.output_tokens + EXCLUDED.output_tokens,
-                cost_usd = r.cost_usd + EXCLUDED.cost_usd, saved_usd = r.saved_usd + EXCLUDED.saved_usd
-            """,  # noqa: S608 - the table name is our model's
-            [
-                organization.pk,
-                day,
-                model_name,
-                api_key_id or 0,
-                requests,
-                cache_hits,
-                input_tokens,
-                output_tokens,
-                cost_usd,
-                saved_usd,
-            ],
-        )
+# One statement, so a crash anywhere leaves both the marks and the rollup as they were: each settled
+# ledger row is added to the rollup exactly once. SKIP LOCKED lets concurrent folds share the work.
+_FOLD = """
+WITH picked AS (
+    SELECT id FROM llm_usageattempt
+    WHERE NOT rolled_up AND status <> 'reserved'
+    ORDER BY id LIMIT %(batch)s FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE llm_usageattempt a SET rolled_up = true FROM picked WHERE a.id = picked.id
+    RETURNING a.status, coalesce(a.settled_at, a.created_at) AS at, a.model_name, coalesce(a.api_key_id, 0) AS key,
+        a.input_tokens, a.output_tokens, a.cost_usd, a.saved_usd
+), totals AS (
+    SELECT (at AT TIME ZONE 'UTC')::date AS day, model_name, key,
+        count(*) FILTER (WHERE status IN ('succeeded', 'cache_hit')) AS requests,
+        count(*) FILTER (WHERE status = 'cache_hit') AS cache_hits,
+        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+        sum(cost_usd) AS cost_usd, sum(saved_usd) AS saved_usd
+    FROM marked GROUP BY 1, 2, 3
+), rolled AS (
+    INSERT INTO public.{table} AS r (organization_id, day, model_name, api_key_id, requests, cache_hits,
+        input_tokens, output_tokens, cost_usd, saved_usd)
+    SELECT %(organization)s, day, model_name, key, requests, cache_hits, input_tokens, output_tokens, cost_usd,
+        saved_usd
+    FROM totals ORDER BY day, model_name, key
+    ON CONFLICT (organization_id, day, model_name, api_key_id) DO UPDATE SET
+        requests = r.requests + EXCLUDED.requests, cache_hits = r.cache_hits + EXCLUDED.cache_hits,
+        input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = r.output_tokens + EXCLUDED.output_tokens,
+        cost_usd = r.cost_usd + EXCLUDED.cost_usd, saved_usd = r.saved_usd + EXCLUDED.saved_usd
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM rolled)
+"""
+
+
+def usage_fold(*, organization: Organization, batch: int = 5000) -> int:
+    """Add the organization's settled ledger rows not yet in the public UsageRollup to it (attempts:
+    their tokens and cost, a request if they succeeded; cache hits: a request, a hit and what they
+    saved), `batch` rows per statement until none are left. Returns how many rows were folded.
+
+    The settlement leaves this to a periodic task (llm_usage_fold_all), so that no call waits on
+    the rollup's row lock, which every concurrent call of the organization's model and key shares."""
+    folded = 0
+    statement = _FOLD.format(table=UsageRollup._meta.db_table)
+    with organization_schema(organization):
+        while True:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(statement, {"batch": batch, "organization": organization.pk})
+                marked, _ = cursor.fetchone()
+            folded += int(marked)
+            if marked < batch:
+                return folded
 
 
 @transaction.atomic

@@ -48,6 +48,9 @@ class UsageAttempt(models.Model):
     cache_layer = models.CharField(max_length=4, blank=True, default="")
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     error_class = models.CharField(max_length=100, blank=True, default="")
+    # Whether this settled row has been added to the public UsageRollup (by usage_fold, off the
+    # request path): marked in the same statement that adds it, so it is counted exactly once.
+    rolled_up = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         constraints = [
@@ -63,6 +66,12 @@ class UsageAttempt(models.Model):
         indexes = [
             models.Index(fields=["status", "hold_expires_at"], name="llm_attempt_open_holds"),
             models.Index(fields=["created_at"], name="llm_attempt_created"),
+            # What the rollup fold has left to do: small, whatever the ledger's size.
+            models.Index(
+                fields=["id"],
+                condition=models.Q(rolled_up=False) & ~models.Q(status="reserved"),
+                name="llm_attempt_unrolled",
+            ),
         ]
 
     def __str__(self) -> str:

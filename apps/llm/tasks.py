@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from apps.llm.budgets import holds_sweep
+from apps.llm.budgets import holds_sweep, usage_fold
 from apps.llm.services import llm_content_sweep
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
@@ -38,4 +38,21 @@ def llm_content_sweep_all() -> int:
     ids = [org.pk for org in organization_list() if org.status != Organization.Status.DELETING]
     for organization_id in ids:
         llm_content_sweep_one.delay(tenant_id=organization_id)
+    return len(ids)
+
+
+@tenant_task(serves_organization=False)
+def llm_usage_fold() -> int:
+    """Add this organization's settled ledger rows to the public usage rollup."""
+    organization = Organization.objects.get(schema_name=tenant_connection().schema_name)
+    return usage_fold(organization=organization)
+
+
+@shared_task
+def llm_usage_fold_all() -> int:
+    """Beat: one rollup fold per organization, suspended ones included (their last calls and swept
+    holds still count)."""
+    ids = [org.pk for org in organization_list() if org.status != Organization.Status.DELETING]
+    for organization_id in ids:
+        llm_usage_fold.delay(tenant_id=organization_id)
     return len(ids)

@@ -36,6 +36,8 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Budget holds whose call died with its process are settled from their reservation.
     "llm-holds-sweep": {"task": "apps.llm.tasks.llm_holds_sweep_all", "schedule": 60.0},
+    # Settled ledger rows are added to the public usage rollup (off the request path).
+    "llm-usage-fold": {"task": "apps.llm.tasks.llm_usage_fold_all", "schedule": 60.0},
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
     # The one per-tenant fan-out of background work (apps.work.tasks), three duties:

@@ -13,6 +13,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from apps.accounts.principals import Principal
 from apps.apikeys.models import ApiKey
 from apps.apikeys.services import apikey_revoke
+from apps.llm.budgets import usage_fold
 from apps.llm.calls import chat_call_parse, chat_stream
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.models import UsageRollup
@@ -57,6 +58,8 @@ def test_chat_completion_through_the_openai_sdk_is_metered_and_cached(
         "l1",
     )
     assert miss.request_id == first.headers["x-cognitionos-request-id"]
+    assert not UsageRollup.objects.filter(organization=tenant_a).exists()  # the periodic fold adds them
+    assert usage_fold(organization=tenant_a) == 2
     rollup = UsageRollup.objects.get(organization=tenant_a, model_name="simulated-mini")
     assert (rollup.requests, rollup.cache_hits, rollup.cost_usd, rollup.saved_usd) == (2, 1, cost, cost)
 
@@ -355,5 +358,6 @@ def test_buffered_cache_hits_reach_the_ledger_and_rollup_on_flush(
     assert [a.status for a in _attempts(two_tenants[0])] == [AttemptStatus.SUCCEEDED]  # two hits still buffered
     assert cache_hits_flush() == 2
     assert [a.status for a in _attempts(two_tenants[0])] == [AttemptStatus.SUCCEEDED] + [AttemptStatus.CACHE_HIT] * 2
+    usage_fold(organization=two_tenants[0])
     rollup = UsageRollup.objects.get(organization=two_tenants[0], model_name="simulated-mini")
     assert (rollup.requests, rollup.cache_hits) == (3, 2)

@@ -1,0 +1,180 @@
+"""What a governed call costs on its way (database queries, Redis round trips), and the usage rollup
+that left the request path: folded from the ledger by a periodic task, exactly once, crash or not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+from django.db import connection
+from django.db.models import Count, Q, Sum
+from django.test.utils import CaptureQueriesContext
+from django_tenants.utils import schema_context
+
+from apps.accounts.principals import Principal
+from apps.llm.breaker import OPEN, breaker_key, breaker_record, breaker_state
+from apps.llm.budgets import usage_fold
+from apps.llm.calls import chat_call_parse, chat_complete
+from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.llm.platform.models import UsageRollup
+from apps.llm.services import budget_set
+from apps.llm.tasks import llm_usage_fold
+from apps.tenants.connection import organization_schema
+from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
+from tests.factories import TEST_ACTOR
+
+KEY = Principal(kind="api_key", id="7", label="key 7")
+
+
+def _call(organization: Organization, text: str = "Hello there", **extra: Any) -> str:
+    call = chat_call_parse(
+        {"model": "simulated-mini", "messages": [{"role": "user", "content": text}], "cache": {"skip": True}, **extra}
+    )
+    with organization_schema(organization):
+        return chat_complete(organization=organization, principal=KEY, call=call).cache
+
+
+def _budgeted(organization: Organization) -> None:
+    budget_set(organization=organization, scope="organization", period="day", limit_usd=Decimal(100), actor=TEST_ACTOR)
+    budget_set(
+        organization=organization, scope="key", scope_id="7", period="month", limit_usd=Decimal(100), actor=TEST_ACTOR
+    )
+
+
+@contextmanager
+def redis_round_trips() -> Iterator[list[str]]:
+    """The Redis round trips made inside: a command, or a whole pipeline."""
+    trips: list[str] = []
+    command, pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def counted_command(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        trips.append(str(args[0]))
+        return command(self, *args, **options)  # type: ignore[no-untyped-call]
+
+    def counted_pipeline(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        trips.append("pipeline")
+        return pipeline(self, raise_on_error)
+
+    redis.Redis.execute_command = counted_command  # type: ignore[method-assign]
+    redis.client.Pipeline.execute = counted_pipeline  # type: ignore[method-assign]
+    try:
+        yield trips
+    finally:
+        redis.Redis.execute_command = command  # type: ignore[method-assign]
+        redis.client.Pipeline.execute = pipeline  # type: ignore[method-assign]
+
+
+def test_a_miss_costs_two_statements_and_two_redis_round_trips(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    """Reserve (ledger row and holds) and settle (ledger, windows): no rollup, settings or key
+    lookups once warm. Redis: admission (rate limits with the breaker's state), then the latency
+    observation with the breaker's closing. (Here the test's transaction wraps the reservation in
+    a savepoint; on its own, as in production, it has none.)"""
+    organization = two_tenants[0]
+    _budgeted(organization)
+    with schema_context(organization.schema_name):
+        assert _call(organization) == "miss"  # warms the per-process caches (catalog, settings, own keys)
+        with CaptureQueriesContext(connection) as queries, redis_round_trips() as trips:
+            assert _call(organization, "Hello again") == "miss"
+    statements = [q["sql"].split()[:3] for q in queries if "SAVEPOINT" not in q["sql"]]
+    assert statements == [["WITH", "applicable", "AS"], ["WITH", "settled", "AS"]], statements
+    assert not [q for q in queries if "usagerollup" in q["sql"]]
+    assert trips == ["pipeline", "EVALSHA"]
+
+
+def test_the_breaker_read_with_admission_still_skips_an_open_breaker_and_a_success_closes_one(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    organization = two_tenants[0]
+    for _ in range(10):
+        breaker_record("simulator", "simulated-pro", success=False)
+    assert breaker_state("simulator", "simulated-pro") == OPEN
+    pro = chat_call_parse(
+        {"model": "simulated-pro", "messages": [{"role": "user", "content": "hi"}], "cache": {"skip": True}}
+    )
+    with schema_context(organization.schema_name):
+        assert chat_complete(organization=organization, principal=KEY, call=pro).model == "simulated-mini"
+    breaker_record("simulator", "simulated-mini", success=False)  # one failure: counted, not open
+    assert redis_client().exists(breaker_key("simulator", "simulated-mini"))
+    _call(organization)
+    assert not redis_client().exists(breaker_key("simulator", "simulated-mini"))  # the success reset it
+
+
+def _ledger_totals(organization: Organization) -> dict[str, Any]:
+    with schema_context(organization.schema_name):
+        settled = UsageAttempt.objects.exclude(status=AttemptStatus.RESERVED)
+        totals = settled.aggregate(
+            requests=Count("id", filter=Q(status__in=[AttemptStatus.SUCCEEDED, AttemptStatus.CACHE_HIT])),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cost_usd=Sum("cost_usd"),
+        )
+    return totals
+
+
+def _rollup_totals(organization: Organization) -> dict[str, Any]:
+    return UsageRollup.objects.filter(organization=organization).aggregate(
+        requests=Sum("requests"),
+        input_tokens=Sum("input_tokens"),
+        output_tokens=Sum("output_tokens"),
+        cost_usd=Sum("cost_usd"),
+    )
+
+
+def test_the_fold_adds_each_settled_row_once_and_only_the_organizations_own(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    tenant_a, tenant_b = two_tenants
+    for text in ("one", "two", "three"):
+        _call(tenant_a, text)
+    _call(tenant_b, "b's")
+    assert not UsageRollup.objects.exists()  # the calls did not touch it
+    assert llm_usage_fold.apply(kwargs={"tenant_id": tenant_a.pk}).get() == 3
+    assert _rollup_totals(tenant_a) == _ledger_totals(tenant_a)
+    assert _rollup_totals(tenant_a)["requests"] == 3
+    assert not UsageRollup.objects.filter(organization=tenant_b).exists()  # B's rows are B's fold's
+    assert usage_fold(organization=tenant_a) == 0  # nothing twice
+    assert _rollup_totals(tenant_a) == _ledger_totals(tenant_a)
+    assert usage_fold(organization=tenant_b) == 1
+    assert _rollup_totals(tenant_b) == _ledger_totals(tenant_b)
+
+
+def test_no_usage_is_lost_or_counted_twice_when_a_fold_dies_midway(
+    two_tenants: tuple[Organization, Organization], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of one; the process dies during the third: the two before it are in the rollup and
+    marked, the third is neither, and the next fold (the beat's, after the crash) adds the rest."""
+    organization = two_tenants[0]
+    for text in ("one", "two", "three", "four", "five"):
+        _call(organization, text)
+    statements = 0
+
+    class Crash(Exception):
+        pass
+
+    real_execute = connection.cursor().__class__.execute
+
+    def counting_execute(self: Any, sql: str, params: Any = None) -> Any:
+        nonlocal statements
+        if "rolled_up = true" in sql:
+            statements += 1
+            if statements == 3:
+                raise Crash
+        return real_execute(self, sql, params)
+
+    monkeypatch.setattr(connection.cursor().__class__, "execute", counting_execute)
+    with pytest.raises(Crash):
+        usage_fold(organization=organization, batch=1)
+    monkeypatch.undo()
+    assert _rollup_totals(organization)["requests"] == 2
+    with schema_context(organization.schema_name):
+        assert UsageAttempt.objects.filter(rolled_up=True).count() == 2
+    assert usage_fold(organization=organization) == 3
+    assert _rollup_totals(organization) == _ledger_totals(organization)
+    assert _rollup_totals(organization)["requests"] == 5
