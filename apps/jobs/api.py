@@ -186,4 +186,3 @@ class JobEventsApi(APIView):
             return None if job is None else ([("job", "status", JobOutput(job).data)], job.is_finished)
 
         return progress_stream(organization=request_organization(request), topic="job", object_id=job_id, poll=poll)
-
