@@ -15,10 +15,17 @@ class Refusal(Exception):
     - `http_status`: the status an HTTP edge answers with (400, 402, 403, 404, 409, 429, 502, 503...);
     - `code`: stable and machine-readable; the exception's text is the message, for people;
     - `param`: the request field at fault, if one is;
-    - `retry_after_s`: when known, how long to wait before the same request may succeed.
+    - `retry_after_s`: when known, how long to wait before the same request may succeed;
+    - `details`: more for the caller, as JSON (every problem found, not only the first).
     """
 
     http_status: int = 400
     code: str = "refused"
     param: str | None = None
     retry_after_s: int | None = None
+    details: object = None
+
+    def request_message(self) -> str:
+        """The message an edge answers with: the exception's text, unless the refusal words it
+        for the request (a definition's problem located in the request's field)."""
+        return str(self)

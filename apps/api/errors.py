@@ -59,12 +59,14 @@ class ApiError(exceptions.APIException):
         *,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        details: Any = None,
     ) -> None:
         super().__init__(detail=message, code=code)
         self.status_code = status_code
         self.error_code = code
         self.param = param
         self.extra_headers = headers or {}
+        self.details = details
 
 
 def error_body(
@@ -98,7 +100,14 @@ def _first_problem(detail: Any, path: str = "") -> tuple[str | None, str]:
 def refusal_api_error(refusal: Refusal) -> ApiError:
     """A service's refusal in the API's error shape (the one translation; views needn't catch them)."""
     headers = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s is not None else None
-    return ApiError(refusal.http_status, refusal.code, str(refusal), param=refusal.param, headers=headers)
+    return ApiError(
+        refusal.http_status,
+        refusal.code,
+        refusal.request_message(),
+        param=refusal.param,
+        headers=headers,
+        details=refusal.details,
+    )
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -112,7 +121,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
     if isinstance(exc, ApiError):
-        body = error_body(status_code=exc.status_code, code=exc.error_code, message=str(exc.detail), param=exc.param)
+        body = error_body(
+            status_code=exc.status_code,
+            code=exc.error_code,
+            message=str(exc.detail),
+            param=exc.param,
+            details=exc.details,
+        )
         for name, value in exc.extra_headers.items():
             response[name] = value
     elif isinstance(exc, exceptions.ValidationError):

@@ -18,6 +18,36 @@ class WorkStatus(models.TextChoices):
 
 
 FINISHED = (WorkStatus.SUCCEEDED, WorkStatus.FAILED, WorkStatus.CANCELLED)
+# Not finished: what the runtime claims, reaps, admits and may still end.
+UNFINISHED = (WorkStatus.QUEUED, WorkStatus.RUNNING)
+
+
+def work_item_constraints(*, extra_final: tuple[str, ...] = ()) -> list[models.BaseConstraint]:
+    """WorkItem's invariants as check constraints (named `<app>_<model>_...`). A kind whose rows may
+    also end in statuses of its own (a workflow step is `skipped`) builds its constraints with them:
+    they are valid statuses and final ones, with `finished_at` set; the runtime never claims them."""
+    final = (*FINISHED, *extra_final)
+    return [
+        models.CheckConstraint(
+            condition=models.Q(status__in=[*WorkStatus.values, *extra_final]),
+            name="%(app_label)s_%(class)s_status_valid",
+        ),
+        models.CheckConstraint(
+            condition=models.Q(status__in=final, finished_at__isnull=False)
+            | (~models.Q(status__in=final) & models.Q(finished_at__isnull=True)),
+            name="%(app_label)s_%(class)s_finished_iff_finished_at",
+        ),
+        models.CheckConstraint(
+            condition=~models.Q(status=WorkStatus.RUNNING)
+            | models.Q(started_at__isnull=False, heartbeat_at__isnull=False, attempts__gte=1),
+            name="%(app_label)s_%(class)s_running_is_held",
+        ),
+        models.CheckConstraint(
+            condition=models.Q(next_attempt_at__isnull=True) | models.Q(status=WorkStatus.QUEUED),
+            name="%(app_label)s_%(class)s_next_attempt_only_queued",
+        ),
+        models.CheckConstraint(condition=models.Q(cost_usd__gte=0), name="%(app_label)s_%(class)s_cost_not_negative"),
+    ]
 
 
 class WorkItem(models.Model):
@@ -46,29 +76,8 @@ class WorkItem(models.Model):
 
     class Meta:
         abstract = True
-        constraints = [
-            models.CheckConstraint(
-                condition=models.Q(status__in=WorkStatus.values), name="%(app_label)s_%(class)s_status_valid"
-            ),
-            models.CheckConstraint(
-                condition=models.Q(status__in=FINISHED, finished_at__isnull=False)
-                | (~models.Q(status__in=FINISHED) & models.Q(finished_at__isnull=True)),
-                name="%(app_label)s_%(class)s_finished_iff_finished_at",
-            ),
-            models.CheckConstraint(
-                condition=~models.Q(status=WorkStatus.RUNNING)
-                | models.Q(started_at__isnull=False, heartbeat_at__isnull=False, attempts__gte=1),
-                name="%(app_label)s_%(class)s_running_is_held",
-            ),
-            models.CheckConstraint(
-                condition=models.Q(next_attempt_at__isnull=True) | models.Q(status=WorkStatus.QUEUED),
-                name="%(app_label)s_%(class)s_next_attempt_only_queued",
-            ),
-            models.CheckConstraint(
-                condition=models.Q(cost_usd__gte=0), name="%(app_label)s_%(class)s_cost_not_negative"
-            ),
-        ]
+        constraints = work_item_constraints()
 
     @property
     def is_finished(self) -> bool:
-        return self.status in FINISHED
+        return self.status not in UNFINISHED

@@ -36,6 +36,10 @@ class WorkKind:
     progress_of: Callable[[Any], tuple[str, Any]] | None = None
     # How many admitted and unfinished rows one organization may have (None: no admission step).
     cap: Callable[[Organization], int] | None = None
+    # Locks, in the caller's transaction, what every writer locks before rows of this kind (a
+    # workflow step: its run), given their primary keys: the runtime calls it before it locks or
+    # ends rows, so there is one lock order everywhere.
+    lock_first: Callable[[list[Any]], None] | None = None
 
 
 _kinds: dict[str, WorkKind] = {}

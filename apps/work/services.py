@@ -32,7 +32,7 @@ from apps.llm.calls import llm_content_policy
 from apps.tenants.models import Organization
 from apps.work.admission import waiting_admit
 from apps.work.heartbeat import heartbeats
-from apps.work.models import FINISHED, WorkItem, WorkStatus
+from apps.work.models import UNFINISHED, WorkItem, WorkStatus
 from apps.work.policy import backoff_seconds, failure_classify, max_attempts
 from apps.work.progress import progress_item_publish
 from apps.work.registry import WorkKind, work_kind
@@ -47,6 +47,11 @@ INTERNAL_ERROR = "the work failed on an internal error; it has been logged for t
 
 def _kind(kind: WorkKind | str) -> WorkKind:
     return kind if isinstance(kind, WorkKind) else work_kind(kind)
+
+
+def _lock_first(kind: WorkKind, ids: list[Any]) -> None:
+    if kind.lock_first is not None and ids:
+        kind.lock_first(ids)
 
 
 def work_send(
@@ -105,10 +110,10 @@ def work_claim(*, organization: Organization, kind: WorkKind | str, item_id: Any
         progress_item_publish(organization=organization, kind=kind, item=item)
         return item
     with transaction.atomic():
+        _lock_first(kind, [item_id])
         dead = (
             model._default_manager.select_for_update()
-            .filter(pk=item_id, attempts__gte=max_attempts())
-            .exclude(status__in=FINISHED)
+            .filter(pk=item_id, attempts__gte=max_attempts(), status__in=UNFINISHED)
             .exclude(status=WorkStatus.RUNNING, heartbeat_at__gte=alive_after)
             .first()
         )
@@ -156,13 +161,19 @@ def work_finish(
     values = {**(values or {}), "status": status, "finished_at": now, "next_attempt_at": None}
     if error is not None:
         values.update(error_class=error[0][:100], error_message=error[1])
-    if item.content_deleted_at is None and not llm_content_policy(organization=organization).store_content:
+    # A kind without content fields (a workflow step: its content is its run's) has none to empty.
+    if (
+        kind.content_fields
+        and item.content_deleted_at is None
+        and not llm_content_policy(organization=organization).store_content
+    ):
         values.update(work_content_strip(kind=kind, item=item, values=values), content_deleted_at=now)
-    unfinished = kind.model._default_manager.filter(pk=item.pk).exclude(status__in=FINISHED)
+    unfinished = kind.model._default_manager.filter(pk=item.pk, status__in=UNFINISHED)
     if attempt is not None:
         unfinished = unfinished.filter(status=WorkStatus.RUNNING, attempts=attempt)
     # Usually inside the caller's transaction (the one settling the call's ledger row): no savepoint.
     with transaction.atomic(savepoint=False):
+        _lock_first(kind, [item.pk])
         if not unfinished.update(**values):
             return False
         for name, value in values.items():
@@ -194,6 +205,7 @@ def work_retry_later(*, organization: Organization, kind: WorkKind | str, item: 
     delay = backoff_seconds(item.attempts)
     now = timezone.now()
     with transaction.atomic(savepoint=False):
+        _lock_first(kind, [item.pk])
         requeued = kind.model._default_manager.filter(
             pk=item.pk, status=WorkStatus.RUNNING, attempts=item.attempts
         ).update(
@@ -262,9 +274,10 @@ def work_reap(*, organization: Organization, kind: WorkKind | str, now: dt.datet
     requeued: list[Any] = []
     failed = 0
     with transaction.atomic():
-        dead = manager.select_for_update(skip_locked=True).filter(
-            status=WorkStatus.RUNNING, heartbeat_at__lt=dead_before
-        )
+        dead = manager.filter(status=WorkStatus.RUNNING, heartbeat_at__lt=dead_before)
+        if kind.lock_first is not None:
+            _lock_first(kind, list(dead.values_list("pk", flat=True)))
+        dead = dead.select_for_update(skip_locked=True)
         for item in dead:
             if item.attempts >= max_attempts():
                 _worker_lost(organization, kind, item)

@@ -22,9 +22,10 @@ from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
 from apps.rbac.permissions import Permission
 from apps.work.progress import progress_stream
-from apps.workflows.definition import DefinitionInvalid
-from apps.workflows.models import RunStatus, StepRun, Workflow, WorkflowRun, WorkflowVersion
+from apps.workflows.definitions import definition_check, workflow_create, workflow_update
+from apps.workflows.models import STEP_STATUS_SHOWN, RunStatus, StepRun, Workflow, WorkflowRun, WorkflowVersion
 from apps.workflows.preview import workflow_cost_preview
+from apps.workflows.runs import run_cancel, run_rerun, run_start
 from apps.workflows.selectors import (
     definition_of,
     run_get,
@@ -35,28 +36,8 @@ from apps.workflows.selectors import (
     workflow_list,
     workflow_versions,
 )
-from apps.workflows.services import (
-    RunFinished,
-    RunNotRerunnable,
-    WorkflowNameTaken,
-    definition_check,
-    run_cancel,
-    run_rerun,
-    run_start,
-    workflow_create,
-    workflow_update,
-)
 
 # How long one events stream stays open; clients reconnect to follow a longer run.
-
-
-def _definition_error(error: DefinitionInvalid) -> ValidationError:
-    """400 naming the first problem's location (`definition.steps[1].prompt`), all of them in details."""
-    return ValidationError({"definition": {problem.location: [problem.message] for problem in error.problems}})
-
-
-def _name_taken(taken: WorkflowNameTaken) -> ApiError:
-    return ApiError(409, "workflow_name_taken", f"a workflow named {taken} already exists", param="name")
 
 
 def _ms(start: Any, end: Any) -> int | None:
@@ -132,19 +113,12 @@ class WorkflowListCreateApi(ListAPIView[Workflow]):
     def post(self, request: Request) -> Response:
         data = WorkflowInput(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            version = workflow_create(
-                organization=request_organization(request),
-                actor=request_principal(request),
-                name=data.validated_data["name"],
-                definition=data.validated_data["definition"],
-            )
-        except DefinitionInvalid as error:
-            raise _definition_error(error) from error
-        except WorkflowNameTaken as taken:
-            raise ApiError(
-                409, "workflow_name_taken", f"a workflow named {taken} already exists", param="name"
-            ) from taken
+        version = workflow_create(
+            organization=request_organization(request),
+            actor=request_principal(request),
+            name=data.validated_data["name"],
+            definition=data.validated_data["definition"],
+        )
         workflow = version.workflow
         return Response(
             WorkflowOutput(workflow).data, status=201, headers={"Location": f"/api/v1/workflows/{workflow.pk}"}
@@ -168,20 +142,13 @@ class WorkflowDetailApi(APIView):
         data.is_valid(raise_exception=True)
         if full and "definition" not in data.validated_data:
             raise ValidationError({"definition": ["PUT replaces the definition: give one (PATCH to rename only)"]})
-        try:
-            workflow_update(
-                organization=request_organization(request),
-                actor=request_principal(request),
-                workflow=workflow,
-                name=data.validated_data.get("name"),
-                definition=data.validated_data.get("definition"),
-            )
-        except DefinitionInvalid as error:
-            raise _definition_error(error) from error
-        except WorkflowNameTaken as taken:
-            raise ApiError(
-                409, "workflow_name_taken", f"a workflow named {taken} already exists", param="name"
-            ) from taken
+        workflow_update(
+            organization=request_organization(request),
+            actor=request_principal(request),
+            workflow=workflow,
+            name=data.validated_data.get("name"),
+            definition=data.validated_data.get("definition"),
+        )
         workflow.refresh_from_db()
         return Response(WorkflowOutput(workflow).data)
 
@@ -234,10 +201,7 @@ class WorkflowPreviewApi(APIView):
         data = PreviewInput(data=request.data)
         data.is_valid(raise_exception=True)
         if "definition" in data.validated_data:
-            try:
-                _, definition = definition_check(raw=data.validated_data["definition"])
-            except DefinitionInvalid as error:
-                raise _definition_error(error) from error
+            _, definition = definition_check(raw=data.validated_data["definition"])
         else:
             definition = definition_of(version=_version(workflow, data.validated_data.get("version")))
         preview = workflow_cost_preview(
@@ -261,7 +225,7 @@ def _step_data(step: StepRun, types: dict[str, str]) -> dict[str, Any]:
     return {
         "name": step.name,
         "type": types.get(step.name),
-        "status": step.status,
+        "status": STEP_STATUS_SHOWN.get(step.status, step.status),
         "output": step.output,
         "cost_usd": str(step.cost_usd),
         "tokens": {"input": step.input_tokens, "output": step.output_tokens},
@@ -368,11 +332,9 @@ class RunCancelApi(APIView):
         summary="Cancel a run",
     )
     def post(self, request: Request, run_id: UUID) -> Response:
-        run = run_get(run_id=run_id)
-        try:
-            run = run_cancel(organization=request_organization(request), actor=request_principal(request), run=run)
-        except RunFinished as finished:
-            raise ApiError(409, "run_finished", f"the run already ended ({finished}); nothing to cancel") from finished
+        run = run_cancel(
+            organization=request_organization(request), actor=request_principal(request), run=run_get(run_id=run_id)
+        )
         return Response(RunOutput(run).data)
 
 
@@ -386,13 +348,9 @@ class RunRerunApi(APIView):
     )
     @idempotent(redact=("input", "output"))
     def post(self, request: Request, run_id: UUID) -> Response:
-        run = run_get(run_id=run_id)
-        try:
-            rerun = run_rerun(organization=request_organization(request), actor=request_principal(request), run=run)
-        except RunNotRerunnable as refused:
-            raise ApiError(
-                409, "run_not_failed", f"only a failed run can be re-run from its failed step (this one is {refused})"
-            ) from refused
+        rerun = run_rerun(
+            organization=request_organization(request), actor=request_principal(request), run=run_get(run_id=run_id)
+        )
         return Response(RunOutput(rerun).data, status=202, headers={"Location": f"/api/v1/runs/{rerun.pk}"})
 
 

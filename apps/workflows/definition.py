@@ -33,6 +33,7 @@ from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
 
 from apps.workflows.templating import Reference, Template, TemplateSyntaxError, template_parse
+from cognitionos.refusals import Refusal
 
 STEP_TYPES = ("llm", "retrieve", "transform", "condition", "map", "http")
 INNER_TYPES = ("llm", "retrieve", "transform", "http")  # what a map step can run per item
@@ -79,13 +80,26 @@ class Problem:
         return f"{self.location}: {self.message}"
 
 
-class DefinitionInvalid(ValueError):
-    """The definition is refused; `problems` lists every problem found, the first one is the message."""
+class DefinitionInvalid(Refusal, ValueError):
+    """The definition is refused; `problems` lists every problem found, the first one is the message.
+    A request gives its definition in the field `definition`: the API locates problems in it
+    (`definition.steps[1].prompt`) and lists them all in `details`."""
+
+    code = "invalid_request"
 
     def __init__(self, problems: list[Problem]) -> None:
         assert problems
         self.problems = problems
         super().__init__(str(problems[0]))
+        by_location: dict[str, list[str]] = {}
+        for problem in problems:  # one message per location, the last found (as a form's errors)
+            by_location[problem.location] = [problem.message]
+        self.by_location = by_location
+        self.details = {"definition": by_location}
+        self.param = f"definition.{problems[0].location}"
+
+    def request_message(self) -> str:
+        return f"{self.param}: {self.by_location[self.problems[0].location][0]}"
 
     @property
     def location(self) -> str:

@@ -6,7 +6,7 @@ from decimal import Decimal
 from django.db import models
 from django.db.models.functions import Now
 
-from apps.work.models import FINISHED, WorkStatus
+from apps.work.models import FINISHED, WorkItem, WorkStatus, work_item_constraints
 
 
 class Workflow(models.Model):
@@ -65,7 +65,6 @@ class WorkflowRun(models.Model):
     # Set when the organization's concurrency cap lets the run's steps go to the queue.
     admitted_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Input and outputs deleted after the organization's content retention (or at once in no-content mode).
     content_deleted_at = models.DateTimeField(null=True, blank=True)
@@ -103,66 +102,53 @@ class WorkflowRun(models.Model):
 
 
 class StepStatus(models.TextChoices):
-    PENDING = "pending"
+    """The durable-work statuses, and `skipped`: a step on a branch not taken ends without running."""
+
+    QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
 
-STEP_FINISHED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)
+# What the REST API and the docs call a step waiting to run (`pending` from the start): kept for clients.
+STEP_STATUS_SHOWN: dict[str, str] = {StepStatus.QUEUED: "pending"}
 
 
-class StepRun(models.Model):
-    """One step of one run. A map step keeps each item's result in `items` as it finishes, so a
-    retried step does not call again for the items already done; its output is their list."""
+class StepRun(WorkItem):
+    """One step of one run, a unit of durable work (apps.work runs it: claim, heartbeat, retry
+    later, reaper). A map step keeps each item's result in `items` as it finishes, so a retried
+    step does not call again for the items already done; its output is their list. Its content
+    (output, items) follows its run's: emptied when the run's is (apps.workflows.runs)."""
 
     run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
     name = models.CharField(max_length=64)
     position = models.PositiveSmallIntegerField()  # the step's index in the definition
-    status = models.CharField(max_length=10, choices=StepStatus.choices, default=StepStatus.PENDING)
+    status = models.CharField(max_length=10, choices=StepStatus.choices, default=StepStatus.QUEUED)
     output = models.JSONField(null=True, blank=True)
     items = models.JSONField(default=dict, blank=True)  # map steps: {"<index>": {output, cost_usd, ...}}
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     model = models.CharField(max_length=100, blank=True, default="")
     cache_layer = models.CharField(max_length=8, blank=True, default="")
-    error_class = models.CharField(max_length=100, blank=True, default="")
-    error_message = models.TextField(blank=True, default="")
-    attempts = models.PositiveSmallIntegerField(default=0)  # how many times a worker started it
     reused = models.BooleanField(default=False)  # copied from the run this one re-runs
-    dispatched_at = models.DateTimeField(null=True, blank=True)  # its task was sent
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
+    class Meta(WorkItem.Meta):
         ordering = ("run", "position")
         constraints = [
+            *work_item_constraints(extra_final=(StepStatus.SKIPPED,)),
             models.UniqueConstraint(fields=["run", "name"], name="workflows_step_unique"),
-            models.CheckConstraint(
-                condition=models.Q(status__in=StepStatus.values), name="workflows_step_status_valid"
-            ),
-            models.CheckConstraint(
-                condition=models.Q(status__in=STEP_FINISHED, finished_at__isnull=False)
-                | (~models.Q(status__in=STEP_FINISHED) & models.Q(finished_at__isnull=True)),
-                name="workflows_step_finished_iff_finished_at",
-            ),
-            models.CheckConstraint(
-                condition=~models.Q(status="running") | models.Q(started_at__isnull=False, heartbeat_at__isnull=False),
-                name="workflows_step_running_has_heartbeat",
-            ),
-            models.CheckConstraint(condition=models.Q(cost_usd__gte=0), name="workflows_step_cost_not_negative"),
         ]
         indexes = [
             models.Index(fields=["heartbeat_at"], name="workflows_step_running", condition=models.Q(status="running")),
+            # The reaper: steps sent to the queue that no worker took.
+            models.Index(
+                fields=["admitted_at"],
+                name="workflows_step_admitted",
+                condition=models.Q(status="queued", admitted_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.run_id}:{self.name}"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in STEP_FINISHED

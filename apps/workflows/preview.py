@@ -17,10 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from apps.accounts.principals import Principal
-from apps.llm.platform.selectors import PricedModel, catalog
-from apps.llm.router import UnknownModel, candidates
-from apps.llm.selectors import budget_statuses
-from apps.llm.semantic import embedding_model_name
+from apps.llm.calls import LlmRefusal, budget_statuses, chat_cost_preview, embedding_cost_preview
 from apps.tenants.models import Organization
 from apps.workflows.definition import Definition, StepSpec
 from apps.workflows.selectors import agent_find
@@ -74,7 +71,6 @@ class _Estimator:
         self.input = data
         self.max_map_items = max_map_items
         self.sizes: dict[str, _Size] = {}
-        self.catalog = catalog()
         self.assumptions: set[str] = set()
 
     def _value_size(self, reference: Reference, item: Any) -> _Size:
@@ -115,58 +111,53 @@ class _Estimator:
 
     # -- step types ----------------------------------------------------------------------------------
 
-    def _models(self, spec: StepSpec) -> tuple[list[PricedModel], int | None, str]:
+    def _config(self, spec: StepSpec) -> tuple[dict[str, Any], str]:
+        """The step's model settings over its agent's defaults, or what is wrong."""
         config = dict(spec.config)
         if config.get("agent") is not None:
             agent = agent_find(reference=config["agent"])
             if agent is None:
-                return [], None, f"no agent {config['agent']!r}"
+                return config, f"no agent {config['agent']!r}"
             if "model" not in config and "policy" not in config:
                 config["model" if agent.model else "policy"] = agent.model or agent.policy
                 config.setdefault("min_quality", agent.min_quality)
             if config.get("max_tokens") is None and agent.max_tokens is not None:
                 config["max_tokens"] = agent.max_tokens
-        try:
-            found = candidates(
-                model=config.get("model"),
-                policy=config.get("policy"),
-                min_quality=int(config.get("min_quality") or 1),
-                prompt_tokens=1000,
-                output_tokens=int(config.get("max_tokens") or EXPECTED_OUTPUT_TOKENS),
-            )
-        except UnknownModel:
-            return [], None, f"unknown model {config.get('model')!r}"
-        priced = [entry for entry in found if entry.price is not None]
-        return priced, config.get("max_tokens"), "" if priced else "no priced model can serve this step"
+        return config, ""
 
     def llm(self, spec: StepSpec, item: Any = None) -> _StepCost:
         prompt = self.template_size(spec.template("prompt"), item) + self.template_size(spec.template("system"), item)
-        entries, max_tokens, problem = self._models(spec)
+        config, problem = self._config(spec)
         if problem:
             return _StepCost(Decimal(0), Decimal(0), _Size(0, 0), {"error": problem})
-        first = entries[0]
-        expected_out = min(max_tokens or first.model.max_output_tokens, EXPECTED_OUTPUT_TOKENS)
         expected_in = math.ceil(prompt.expected / BYTES_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
-        assert first.price is not None
-        expected = first.price.cost(input_tokens=expected_in, cached_input_tokens=0, output_tokens=expected_out)
-        worst, worst_out, worst_model = Decimal(0), 0, first.model.name
-        for entry in entries:
-            assert entry.price is not None
-            out = min(max_tokens or entry.model.max_output_tokens, entry.model.max_output_tokens)
-            cost = entry.price.cost(
-                input_tokens=prompt.worst + MESSAGE_OVERHEAD_TOKENS, cached_input_tokens=0, output_tokens=out
+        max_tokens = config.get("max_tokens")
+        try:
+            cost = chat_cost_preview(
+                model=config.get("model"),
+                policy=config.get("policy"),
+                min_quality=int(config.get("min_quality") or 1),
+                max_tokens=int(max_tokens) if max_tokens is not None else None,
+                expected_input_tokens=expected_in,
+                worst_input_tokens=prompt.worst + MESSAGE_OVERHEAD_TOKENS,
+                expected_output_tokens=EXPECTED_OUTPUT_TOKENS,
+                routing_prompt_tokens=1000,
             )
-            if cost >= worst:
-                worst, worst_out, worst_model = cost, out, entry.model.name
+        except LlmRefusal as refusal:
+            if refusal.code == "model_not_found":
+                problem = f"unknown model {config.get('model')!r}"
+            else:
+                problem = "no priced model can serve this step"
+            return _StepCost(Decimal(0), Decimal(0), _Size(0, 0), {"error": problem})
         return _StepCost(
-            expected,
-            worst,
-            _Size(expected_out * BYTES_PER_TOKEN, worst_out * BYTES_PER_TOKEN),
+            cost.expected_usd,
+            cost.worst_usd,
+            _Size(cost.expected_output_tokens * BYTES_PER_TOKEN, cost.worst_output_tokens * BYTES_PER_TOKEN),
             {
-                "model": first.model.name,
-                "worst_case_model": worst_model,
-                "expected_tokens": {"input": expected_in, "output": expected_out},
-                "worst_case_tokens": {"input": prompt.worst + MESSAGE_OVERHEAD_TOKENS, "output": worst_out},
+                "model": cost.model,
+                "worst_case_model": cost.worst_model,
+                "expected_tokens": {"input": cost.expected_input_tokens, "output": cost.expected_output_tokens},
+                "worst_case_tokens": {"input": cost.worst_input_tokens, "output": cost.worst_output_tokens},
             },
         )
 
@@ -175,15 +166,13 @@ class _Estimator:
         top_k = int(spec.config.get("top_k") or 4)
         output = _Size(top_k * RETRIEVED_CHUNK_BYTES, top_k * RETRIEVED_CHUNK_BYTES)
         self.assumptions.add(f"a retrieved chunk counts as {RETRIEVED_CHUNK_BYTES} bytes")
-        name = embedding_model_name()
-        entry = self.catalog.get(name) if name else None
-        if entry is None or entry.price is None:
+        try:
+            cost = embedding_cost_preview(
+                expected_input_tokens=math.ceil(query.expected / BYTES_PER_TOKEN), worst_input_tokens=query.worst
+            )
+        except LlmRefusal:
             return _StepCost(Decimal(0), Decimal(0), output, {"error": "no embedding model is available"})
-        expected = entry.price.cost(
-            input_tokens=math.ceil(query.expected / BYTES_PER_TOKEN), cached_input_tokens=0, output_tokens=0
-        )
-        worst = entry.price.cost(input_tokens=query.worst, cached_input_tokens=0, output_tokens=0)
-        return _StepCost(expected, worst, output, {"model": name})
+        return _StepCost(cost.expected_usd, cost.worst_usd, output, {"model": cost.model})
 
     def free(self, spec: StepSpec, item: Any = None) -> _StepCost:
         if spec.type == "transform":

@@ -23,8 +23,10 @@ from apps.tenants.models import Organization
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery
 from apps.webhooks.services import webhook_deliveries_dispatch, webhook_endpoint_create
 from apps.work.services import work_reap
+from apps.workflows.definitions import workflow_create
+from apps.workflows.executor import STEP
 from apps.workflows.models import RunStatus, StepRun, WorkflowRun
-from apps.workflows.services import run_start, runs_reap, workflow_create
+from apps.workflows.runs import run_start
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR, organization_make
 from tests.support.fake_provider import FakeProvider
@@ -79,7 +81,7 @@ def _upkeep(organization: Organization) -> None:
     """What the beat does, at test speed: reap jobs and steps, send due deliveries again."""
     with schema_context(organization.schema_name):
         work_reap(organization=organization, kind=JOB)
-        runs_reap(organization=organization)
+        work_reap(organization=organization, kind=STEP)
     webhook_deliveries_dispatch(organization=organization)
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from apps.accounts.principals import Principal
 from apps.tenants.models import Organization
+from apps.work.services import work_execute
+from apps.workflows.definitions import workflow_create
+from apps.workflows.executor import STEP
 from apps.workflows.models import StepRun, StepStatus, Workflow, WorkflowRun
-from apps.workflows.services import run_start, step_execute, workflow_create
+from apps.workflows.runs import run_start
 
 KEY = Principal(kind="api_key", id="7", label="tests (cos_x)")
 SUMMARY = {"name": "summary", "type": "llm", "model": "simulated-mini", "prompt": "Summarize: {{ input.text }}"}
@@ -24,9 +28,15 @@ def workflow_make(organization: Organization, definition: Any = None, *, name: s
     return workflow_create(organization=organization, actor=KEY, name=name, definition=definition or EXAMPLE).workflow
 
 
+def step_execute(*, organization: Organization, run_id: UUID, step_name: str) -> None:
+    """What a worker does with the message that sends this step (apps.work.tasks.work_run)."""
+    step = StepRun.objects.get(run_id=run_id, name=step_name)
+    work_execute(organization=organization, kind=STEP, item_id=step.pk)
+
+
 def dispatched(run: WorkflowRun) -> list[str]:
     """The steps sent to the queue and not started yet."""
-    ready = StepRun.objects.filter(run=run, status=StepStatus.PENDING, dispatched_at__isnull=False)
+    ready = StepRun.objects.filter(run=run, status=StepStatus.QUEUED, admitted_at__isnull=False)
     return list(ready.order_by("position").values_list("name", flat=True))
 
 

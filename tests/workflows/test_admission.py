@@ -5,7 +5,7 @@ from __future__ import annotations
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.workflows.models import WorkflowRun
-from apps.workflows.services import run_cancel, run_start
+from apps.workflows.runs import run_cancel, run_start
 from tests.factories import TEST_ACTOR
 from tests.workflows.factories import KEY, dispatched, workflow_make
 

@@ -18,19 +18,20 @@ from apps.llm.budgets import Spender, attempt_reserve
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.services import budget_set
 from apps.tenants.models import Organization
-from apps.workflows import services, tasks
+from apps.work.services import work_reap
+from apps.workflows import executor
 from apps.workflows import steps as steps_module
+from apps.workflows.executor import STEP
 from apps.workflows.models import RunStatus, StepRun, StepStatus, WorkflowRun
-from apps.workflows.services import (
+from apps.workflows.runs import (
     RunFinished,
     RunInputInvalid,
     RunNotRerunnable,
     run_cancel,
     run_rerun,
     run_start,
-    runs_reap,
-    step_execute,
 )
+from cognitionos.celery import app as celery_app
 from tests.factories import TEST_ACTOR
 from tests.support.fake_provider import FakeProvider
 from tests.webhooks.receiver import http_receiver
@@ -42,6 +43,7 @@ from tests.workflows.factories import (
     dispatched,
     drive,
     run_through,
+    step_execute,
     steps_of,
     workflow_make,
 )
@@ -323,7 +325,7 @@ def test_cancel_stops_pending_steps_and_a_call_in_flight_finishes_without_starti
         run_cancel(organization=tenant, actor=KEY, run=WorkflowRun.objects.get(pk=run.pk))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(services, "run_llm", cancel_during_call)  # as services imported it
+    monkeypatch.setattr(executor, "run_llm", cancel_during_call)  # as the executor imported it
     step_execute(organization=tenant, run_id=run.pk, step_name="summary")
     run.refresh_from_db()
     steps = steps_of(run)
@@ -349,7 +351,7 @@ def test_the_reaper_resends_a_step_whose_worker_died_and_the_takeover_settles_th
     run = run_start(organization=tenant, principal=KEY, workflow=workflow_make(tenant), input={"text": "x"})
     long_ago = timezone.now() - dt.timedelta(minutes=10)
     StepRun.objects.filter(run=run, name="summary").update(
-        status=StepStatus.RUNNING, attempts=1, started_at=long_ago, heartbeat_at=long_ago, dispatched_at=long_ago
+        status=StepStatus.RUNNING, attempts=1, started_at=long_ago, heartbeat_at=long_ago, admitted_at=long_ago
     )
     dead = attempt_reserve(
         spender=Spender(organization=tenant, principal=KEY),
@@ -361,11 +363,12 @@ def test_the_reaper_resends_a_step_whose_worker_died_and_the_takeover_settles_th
         max_cost_usd=None,
     )
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(tasks.workflow_step_run, "delay", lambda **kwargs: sent.append(kwargs))
+    monkeypatch.setattr(celery_app, "send_task", lambda name, kwargs, countdown=None: sent.append(kwargs))
     with django_capture_on_commit_callbacks(execute=True):
-        assert runs_reap(organization=tenant) == {"dead": 1, "lost": 0}
-    assert sent == [{"tenant_id": tenant.pk, "run_id": str(run.pk), "step_name": "summary"}]
-    assert runs_reap(organization=tenant) == {"dead": 0, "lost": 0}  # not again before the timeout
+        assert work_reap(organization=tenant, kind=STEP) == {"requeued": 1, "failed": 0, "resent": 0}
+    step_id = steps_of(run)["summary"].pk
+    assert sent == [{"tenant_id": tenant.pk, "kind": "workflow_step", "item_id": str(step_id)}]
+    assert work_reap(organization=tenant, kind=STEP) == {"requeued": 0, "failed": 0, "resent": 0}  # not again
 
     step_execute(organization=tenant, run_id=run.pk, step_name="summary")
     dead.refresh_from_db()
@@ -491,7 +494,7 @@ def test_a_provider_outage_sends_the_step_back_to_the_queue_instead_of_failing_t
     run.refresh_from_db()
     step = steps_of(run)["ask"]
     assert run.status in (RunStatus.QUEUED, RunStatus.RUNNING) and run.error_class == ""
-    assert (step.status, step.attempts, step.error_class) == (StepStatus.PENDING, 1, "provider_unavailable")
+    assert (step.status, step.attempts, step.error_class) == (StepStatus.QUEUED, 1, "provider_unavailable")
     assert dispatched(run) == ["ask"]  # sent again (after a backoff), and the reaper resends it if lost
     fake_provider.reset()
     step_execute(organization=tenant, run_id=run.pk, step_name="ask")

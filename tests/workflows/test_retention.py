@@ -11,7 +11,7 @@ from django.utils import timezone
 from apps.llm.services import llm_settings_set
 from apps.tenants.models import Organization
 from apps.workflows.models import RunStatus
-from apps.workflows.services import RunNotRerunnable, run_rerun, run_start, runs_content_sweep
+from apps.workflows.runs import RunNotRerunnable, run_rerun, run_start, runs_content_sweep
 from tests.factories import TEST_ACTOR
 from tests.workflows.factories import KEY, run_through, steps_of, workflow_make
 

@@ -14,8 +14,11 @@ from rest_framework.test import APIClient
 
 from apps.apikeys.services import apikey_create
 from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.work.services import work_reap
+from apps.workflows.definitions import workflow_create
+from apps.workflows.executor import STEP
 from apps.workflows.models import RunStatus, StepRun, WorkflowRun
-from apps.workflows.services import run_start, runs_reap, workflow_create
+from apps.workflows.runs import run_start
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
 from tests.support.fake_provider import FakeProvider
@@ -181,7 +184,7 @@ def test_a_run_whose_worker_is_killed_mid_map_finishes_on_another_without_callin
             with schema_context(organization.schema_name):
                 while not WorkflowRun.objects.get(pk=run.pk).is_finished:
                     assert time.monotonic() < deadline, list(StepRun.objects.filter(run=run).values())
-                    runs_reap(organization=organization)
+                    work_reap(organization=organization, kind=STEP)
                     time.sleep(0.5)
                 run.refresh_from_db()
                 steps: dict[str, Any] = {s.name: s for s in StepRun.objects.filter(run=run)}
