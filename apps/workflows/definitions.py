@@ -9,6 +9,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from apps.accounts.principals import Principal
+from apps.agents.selectors import agent_find
 from apps.audit.services import audit_record
 from apps.llm.calls import model_exists
 from apps.tenants.models import Organization
@@ -21,7 +22,7 @@ from apps.workflows.definition import (
     definition_parse,
 )
 from apps.workflows.models import Workflow, WorkflowVersion
-from apps.workflows.selectors import agent_find, workflow_latest_version
+from apps.workflows.selectors import workflow_latest_version
 from cognitionos.refusals import Refusal
 
 

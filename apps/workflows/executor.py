@@ -21,7 +21,8 @@ from uuid import UUID
 from django.db import connection, transaction
 from django_tenants.utils import schema_context
 
-from apps.jobs.services import job_request_build
+from apps.agents.selectors import agent_find
+from apps.agents.services import job_request_build
 from apps.llm.calls import LlmRefusal, attempts_abandon
 from apps.tenants.models import Organization
 from apps.work.models import WorkStatus
@@ -40,7 +41,7 @@ from apps.workflows.runs import (
     run_lock,
     run_start_running,
 )
-from apps.workflows.selectors import agent_find, definition_of, ledger_open_attempts, run_steps
+from apps.workflows.selectors import definition_of, ledger_open_attempts, run_steps
 from apps.workflows.steps import (
     StepContext,
     StepFailure,

@@ -17,10 +17,10 @@ from decimal import Decimal
 from typing import Any
 
 from apps.accounts.principals import Principal
+from apps.agents.selectors import agent_find
 from apps.llm.calls import LlmRefusal, budget_statuses, chat_cost_preview, embedding_cost_preview
 from apps.tenants.models import Organization
 from apps.workflows.definition import Definition, StepSpec
-from apps.workflows.selectors import agent_find
 from apps.workflows.templating import Placeholder, Reference, Scope, Template, TemplateError, text_of
 
 EXPECTED_OUTPUT_TOKENS = 300

@@ -9,7 +9,6 @@ from uuid import UUID
 from django.db.models import QuerySet, Sum
 from django.shortcuts import get_object_or_404
 
-from apps.jobs.models import Agent
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.tenants.connection import tenant_connection
 from apps.workflows.definition import Definition, definition_parse
@@ -57,14 +56,6 @@ def definition_of(*, version: WorkflowVersion) -> Definition:
     """The parsed definition of a version (versions never change, so it is kept per process; the
     workflow's random id in the key keeps a schema re-created under the same name from matching)."""
     return _definition(tenant_connection().schema_name, version.workflow_id, version.pk)
-
-
-def agent_find(*, reference: str) -> Agent | None:
-    """An agent of this organization by id or by name."""
-    try:
-        return Agent.objects.filter(pk=UUID(reference)).first()
-    except ValueError:
-        return Agent.objects.filter(name=reference).first()
 
 
 def ledger_open_attempts(*, request_prefix: str) -> tuple[list[str], Decimal]:

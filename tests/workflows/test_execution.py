@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from apps.jobs.models import Agent
+from apps.agents.models import Agent
 from apps.knowledge.models import Chunk, Document
 from apps.knowledge.selectors import query_embed
 from apps.llm.budgets import Spender, attempt_reserve
