@@ -48,7 +48,10 @@ SERVERS = ("gunicorn", "granian")
 
 def web_command(server: str, port: int) -> list[str]:
     """The command line of `server` with the production configuration on 127.0.0.1:`port`: both
-    run WEB_PROCESSES processes x WEB_THREADS threads (2 x 8 unless the environment says otherwise)."""
+    run WEB_PROCESSES processes x WEB_THREADS threads (2 x 8 unless the environment says otherwise).
+    Granian takes at most as many requests into a process as it has threads (`--backpressure`):
+    with its default (512) requests queued inside the process, and the p50 of a miss and of a hit
+    measured here was about twice as high."""
     if server == "gunicorn":
         return [
             sys.executable,
@@ -76,6 +79,8 @@ def web_command(server: str, port: int) -> list[str]:
             "--workers",
             os.environ.get("WEB_PROCESSES", "2"),
             "--blocking-threads",
+            os.environ.get("WEB_THREADS", "8"),
+            "--backpressure",
             os.environ.get("WEB_THREADS", "8"),
             "--no-access-log",
             "--log-level",
