@@ -6,8 +6,10 @@ N jobs, each followed by an open stream consumed on a thread of its own (as a gu
 serves one), in two modes, one after the other in the same run:
 
 - pub/sub: the runtime's notices on Redis wake the stream; a fallback re-read every 5 s;
-- polling: Redis unreachable for progress, so every stream reads the database every 0.5 s — what
-  every stream did before pub/sub (apps/api/events.py).
+- polling: Redis unreachable for progress, so every stream reads the database every 0.5 s (the
+  degraded mode);
+- before: the code this replaced, apps/api/events.py as of commit BEFORE (read from git; skipped
+  where there is no git history): a read every 0.5 s.
 
 For each: database queries per stream-minute while nothing changes (`--idle` seconds, counted on the
 streams' threads), then the latency from a state change (the claim of each job, then its finish,
@@ -21,11 +23,15 @@ Runs on its own database in the bench servers (.data/bench). Not a test.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 from bench._setup import django_on_fresh_database  # noqa: E402 - after the path is set
 
 DATABASE = "cognitionos_bench_progress"
+# The last commit with the polling stream (apps/api/events.py), the "before" of this benchmark.
+BEFORE = "6d60d69^"
 
 
 class Reader:
@@ -72,12 +80,37 @@ class Reader:
         raise SystemExit(f"no event with {text!r} within {timeout} s")
 
 
-def run_mode(organization: Any, *, streams: int, idle: float, gap: float) -> dict[str, float]:
+# (organization, job id, poll) -> the streaming response
+Opener = Callable[[Any, Any, Any], Any]
+
+
+def current_stream(organization: Any, job_id: Any, poll: Any) -> Any:
+    from apps.work.progress import progress_stream
+
+    return progress_stream(organization=organization, topic="job", object_id=job_id, poll=poll)
+
+
+def before_stream() -> Opener | None:
+    """apps/api/events.py's event_stream as of BEFORE, or None without the git history."""
+    shown = subprocess.run(
+        ["git", "show", f"{BEFORE}:apps/api/events.py"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if shown.returncode:
+        return None
+    path = Path(tempfile.mkdtemp()) / "events_before.py"
+    path.write_text(shown.stdout)
+    spec = importlib.util.spec_from_file_location("events_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return lambda organization, job_id, poll: module.event_stream(organization=organization, poll=poll)
+
+
+def run_mode(organization: Any, opener: Opener, *, streams: int, idle: float, gap: float) -> dict[str, float]:
     from apps.jobs.api import JobOutput
     from apps.jobs.models import Job, JobStatus
     from apps.jobs.services import JOB
     from apps.tenants.connection import organization_schema
-    from apps.work.progress import progress_stream
     from apps.work.services import work_claim, work_finish
 
     with organization_schema(organization):
@@ -88,7 +121,7 @@ def run_mode(organization: Any, *, streams: int, idle: float, gap: float) -> dic
             job = Job.objects.filter(pk=job_id).first()
             return None if job is None else ([("job", "status", JobOutput(job).data)], job.is_finished)
 
-        return progress_stream(organization=organization, topic=JOB.name, object_id=job_id, poll=poll)
+        return opener(organization, job_id, poll)
 
     readers = [Reader(stream(job.pk)) for job in jobs]
     for reader in readers:
@@ -144,8 +177,6 @@ def main() -> None:
     os.environ.setdefault("DATABASE_POOL_MAX_SIZE", str(args.streams + 10))
     django_on_fresh_database(DATABASE)
 
-    import redis
-
     from apps.accounts.principals import Principal
     from apps.tenants.services import organization_create
     from apps.work import progress
@@ -153,11 +184,18 @@ def main() -> None:
     organization = organization_create(
         slug="progress", name="Progress bench", owner_email="bench@example.com", actor=Principal.system("bench")
     )
-    results = {"pub/sub": run_mode(organization, streams=args.streams, idle=args.idle, gap=args.gap_ms / 1000)}
-    # Redis unreachable for progress (nothing listens on port 1): the streams poll, as before.
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, socket_timeout=0.5)
-    progress.redis_client = lambda: dead  # type: ignore[assignment]
-    results["polling"] = run_mode(organization, streams=args.streams, idle=args.idle, gap=args.gap_ms / 1000)
+    measure = {"streams": args.streams, "idle": args.idle, "gap": args.gap_ms / 1000}
+    results = {}
+    before = before_stream()
+    if before is not None:
+        results["before"] = run_mode(organization, before, **measure)
+    else:
+        print(f"(no git history: the 'before' mode, {BEFORE}:apps/api/events.py, is skipped)")
+    results["pub/sub"] = run_mode(organization, current_stream, **measure)
+    # Redis unreachable for progress (nothing listens on port 1): the streams poll.
+    dead = progress.redis_client_for("redis://127.0.0.1:1/0")
+    progress._redis = lambda: dead  # type: ignore[assignment]
+    results["polling"] = run_mode(organization, current_stream, **measure)
 
     print(f"{args.streams} streams open, {args.idle:.0f} s idle, a state change every {args.gap_ms:.0f} ms")
     print(f"{'mode':<10} {'queries/stream-min':>19} {'latency p50':>12} {'p95':>9} {'max':>9} {'ended':>6}")
@@ -166,12 +204,15 @@ def main() -> None:
             f"{mode:<10} {r['queries_per_stream_minute']:>19.1f} {r['p50_ms']:>10.1f}ms {r['p95_ms']:>7.1f}ms"
             f" {r['max_ms']:>7.1f}ms {int(r['ended']):>3}/{args.streams}"
         )
-    new, old = results["pub/sub"], results["polling"]
-    queries = new["queries_per_stream_minute"] / old["queries_per_stream_minute"]
-    print(
-        f"pub/sub vs polling: queries per stream-minute x{queries:.3f}, latency p50"
-        f" x{new['p50_ms'] / old['p50_ms']:.3f}, p95 x{new['p95_ms'] / old['p95_ms']:.3f}"
-    )
+    new = results["pub/sub"]
+    for name, old in results.items():
+        if name == "pub/sub":
+            continue
+        queries = new["queries_per_stream_minute"] / old["queries_per_stream_minute"]
+        print(
+            f"pub/sub / {name}: queries per stream-minute x{queries:.3f}, latency p50"
+            f" x{new['p50_ms'] / old['p50_ms']:.3f}, p95 x{new['p95_ms'] / old['p95_ms']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ publish that fails is logged and forgotten: the work it announces is already com
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -22,14 +23,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import redis
+from django.conf import settings
 from django.db import connection, transaction
 from django.http import StreamingHttpResponse
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from apps.api.errors import ApiError
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from cognitionos.long_responses import LongResponsesFull, long_response_begin
-from cognitionos.redis import redis_client
 
 if TYPE_CHECKING:
     from apps.work.registry import WorkKind
@@ -49,6 +52,21 @@ REDIS_RETRY_SECONDS = 5.0
 EVENTS_HEARTBEAT_SECONDS = 15.0
 
 _REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+def redis_client_for(url: str) -> redis.Redis:
+    """A client for progress notices: no retries and a short connect timeout (the platform's client
+    retries a refused connection for about 4 s, which a publish on the work path and a stream's
+    resubscription must not wait through; a missed notice costs at most the fallback read)."""
+    return redis.Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=1, health_check_interval=30, retry=Retry(NoBackoff(), 0)
+    )
+
+
+@functools.cache
+def _redis() -> redis.Redis:
+    return redis_client_for(settings.REDIS_URL)
+
 
 # What one poll found: events as (key, event name, data), and whether the object has finished.
 # None: the object is gone.
@@ -82,7 +100,7 @@ def _publish(channel: str) -> None:
     if time.monotonic() < _Outage.until:
         return
     try:
-        redis_client().publish(channel, b"1")
+        _redis().publish(channel, b"1")
     except _REDIS_ERRORS:
         _Outage.until = time.monotonic() + REDIS_RETRY_SECONDS
         logger.warning("progress notice not sent (Redis unreachable); streams will find it by polling")
@@ -107,7 +125,7 @@ class _Notices:
         return self.pubsub is not None
 
     def subscribe(self) -> bool:
-        pubsub = redis_client().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = _redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.channel)
         except _REDIS_ERRORS:

@@ -227,8 +227,8 @@ def test_a_stream_never_wakes_for_another_organizations_notice_on_the_same_id(
 
 def _redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Redis call of the progress module fails (nothing listens on that port)."""
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
-    monkeypatch.setattr(progress, "redis_client", lambda: dead)
+    dead = progress.redis_client_for("redis://127.0.0.1:1/0")
+    monkeypatch.setattr(progress, "_redis", lambda: dead)
     monkeypatch.setattr(progress._Outage, "until", 0.0)
 
 
@@ -268,7 +268,7 @@ def test_a_redis_failure_during_the_wait_turns_the_stream_to_polling(
         def pubsub(self, **_: Any) -> BrokenPubSub:
             return BrokenPubSub()
 
-    monkeypatch.setattr(progress, "redis_client", Client)
+    monkeypatch.setattr(progress, "_redis", Client)
     stop = threading.Event()
     stream, _ = _counting_stream(a, uuid.uuid4(), stop)
     reader = Reader(stream)
