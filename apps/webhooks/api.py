@@ -7,7 +7,7 @@ from uuid import UUID
 
 import django_filters
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
@@ -20,7 +20,7 @@ from apps.api.filters import UtcIsoDateTimeFilter
 from apps.api.idempotency import idempotent
 from apps.rbac.permissions import Permission
 from apps.webhooks.events import EVENT_TYPES
-from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, delivery_status_q
 from apps.webhooks.selectors import (
     webhook_delivery_get,
     webhook_delivery_list,
@@ -111,6 +111,14 @@ class RotateInput(serializers.Serializer[Any]):
 class DeliveryOutput(serializers.ModelSerializer[WebhookDelivery]):
     endpoint_id = serializers.UUIDField()
     redelivery_of = serializers.UUIDField(source="redelivery_of_id", allow_null=True)
+    status = serializers.ChoiceField(
+        source="delivery_status",
+        choices=DeliveryStatus.choices,
+        help_text="pending: not tried yet; retrying: tried, another attempt at `next_attempt_at`; "
+        "succeeded; failed: out of attempts, or the endpoint was disabled.",
+    )
+    last_error = serializers.CharField(source="error_message")
+    delivered_at = serializers.DateTimeField(allow_null=True)
     max_attempts = serializers.SerializerMethodField()
     payload = serializers.JSONField()
 
@@ -141,7 +149,7 @@ class DeliveryOutput(serializers.ModelSerializer[WebhookDelivery]):
 
 
 class DeliveryFilter(django_filters.FilterSet):
-    status = django_filters.MultipleChoiceFilter(choices=DeliveryStatus.choices)
+    status = django_filters.MultipleChoiceFilter(choices=DeliveryStatus.choices, method="filter_status")
     event_type = django_filters.CharFilter()
     created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
@@ -149,6 +157,16 @@ class DeliveryFilter(django_filters.FilterSet):
     class Meta:
         model = WebhookDelivery
         fields = ("status", "event_type")
+
+    def filter_status(
+        self, queryset: QuerySet[WebhookDelivery], name: str, value: list[str]
+    ) -> QuerySet[WebhookDelivery]:
+        if not value:
+            return queryset
+        matching = Q()
+        for status in value:
+            matching |= delivery_status_q(status)
+        return queryset.filter(matching)
 
 
 @extend_schema_view(get=extend_schema(summary="List webhook endpoints", tags=[TAG]))

@@ -1,9 +1,12 @@
+import datetime as dt
 import uuid
 from urllib.parse import urlsplit
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models.functions import Now
+
+from apps.work.models import FINISHED, WorkItem, WorkStatus
 
 
 class JsonbTypeof(models.Func):
@@ -58,18 +61,45 @@ class WebhookEndpoint(models.Model):
 
 
 class DeliveryStatus(models.TextChoices):
-    PENDING = "pending"  # not tried yet
-    RETRYING = "retrying"  # tried, failed, another attempt is scheduled at next_attempt_at
+    """A delivery's status as the API and docs/webhooks.md show it, read from the runtime's
+    (apps.work) status and attempts by `delivery_status`."""
+
+    PENDING = "pending"  # not tried yet (or its first attempt is in flight)
+    RETRYING = "retrying"  # tried, failed, another attempt is scheduled at next_attempt_at (or in flight)
     SUCCEEDED = "succeeded"
-    FAILED = "failed"  # out of attempts, or the endpoint was disabled or deleted
+    FAILED = "failed"  # out of attempts, or the endpoint was disabled
 
 
-SCHEDULED = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+def delivery_status(*, status: str, attempts: int) -> DeliveryStatus:
+    """The API's status of a delivery whose runtime status is `status` after `attempts` runs."""
+    if status == WorkStatus.SUCCEEDED:
+        return DeliveryStatus.SUCCEEDED
+    if status in FINISHED:
+        return DeliveryStatus.FAILED
+    # Queued after an attempt, or running a second one: a retry. Running the first: still pending.
+    if attempts > (1 if status == WorkStatus.RUNNING else 0):
+        return DeliveryStatus.RETRYING
+    return DeliveryStatus.PENDING
 
 
-class WebhookDelivery(models.Model):
-    """One event sent to one endpoint, with its attempts. Retries are scheduled here
-    (`next_attempt_at`) and sent by a beat task, never by Celery countdowns."""
+def delivery_status_q(status: str) -> models.Q:
+    """The rows whose API status is `status` (one of DeliveryStatus)."""
+    first_run = models.Q(status=WorkStatus.QUEUED, attempts=0) | models.Q(status=WorkStatus.RUNNING, attempts__lte=1)
+    unfinished = models.Q(status=WorkStatus.QUEUED) | models.Q(status=WorkStatus.RUNNING)
+    return {
+        DeliveryStatus.PENDING: first_run,
+        DeliveryStatus.RETRYING: unfinished & ~first_run,
+        DeliveryStatus.SUCCEEDED: models.Q(status=WorkStatus.SUCCEEDED),
+        DeliveryStatus.FAILED: models.Q(status=WorkStatus.FAILED) | models.Q(status=WorkStatus.CANCELLED),
+    }[DeliveryStatus(status)]
+
+
+class WebhookDelivery(WorkItem):
+    """One event sent to one endpoint, as durable work (apps.work, kind "webhook_delivery"): each
+    attempt is a numbered run that heartbeats; a receiver's failure is retried on the deliveries'
+    own schedule, waiting in the database (`next_attempt_at`) for the beat's dispatch duty, never in
+    a broker countdown. `error_message` is the last failure ("HTTP 500"); `content_deleted_at`: the
+    payload's content and the response excerpt were removed (retention, or no-content mode)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
@@ -77,69 +107,59 @@ class WebhookDelivery(models.Model):
     # The same for every endpoint (and every redelivery) of one event: receivers deduplicate on it.
     event_id = models.UUIDField()
     payload = models.JSONField(encoder=DjangoJSONEncoder)
-    status = models.CharField(max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    # An attempt in flight holds the delivery until then; a worker that died releases it by expiry.
-    locked_until = models.DateTimeField(null=True, blank=True)
-    # When a task for the due attempt was last sent (the beat sends again if it never ran).
-    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The last attempt that reported back: when it started, the receiver's answer, how long it took.
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     last_response_excerpt = models.CharField(max_length=512, blank=True, default="")
-    last_error = models.CharField(max_length=1000, blank=True, default="")
     last_duration_ms = models.PositiveIntegerField(null=True, blank=True)
     # A manual redelivery of a finished delivery points at it.
     redelivery_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    created_at = models.DateTimeField(db_default=Now())
-    delivered_at = models.DateTimeField(null=True, blank=True)
-    # The payload's content (outputs, results) and the response excerpt were removed: after the
-    # organization's content retention, or at once in no-content mode. Ids, status and costs stay.
-    content_deleted_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
+    class Meta(WorkItem.Meta):
         ordering = ("-created_at",)
         verbose_name_plural = "webhook deliveries"
         constraints = [
+            *WorkItem.Meta.constraints,
             models.CheckConstraint(
-                condition=models.Q(status__in=DeliveryStatus.values), name="webhooks_delivery_status_valid"
-            ),
-            models.CheckConstraint(
-                condition=models.Q(status__in=SCHEDULED, next_attempt_at__isnull=False)
-                | (~models.Q(status__in=SCHEDULED) & models.Q(next_attempt_at__isnull=True)),
-                name="webhooks_delivery_scheduled_iff_next_attempt",
-            ),
-            models.CheckConstraint(
-                condition=models.Q(status=DeliveryStatus.SUCCEEDED, delivered_at__isnull=False, attempts__gte=1)
-                | (~models.Q(status=DeliveryStatus.SUCCEEDED) & models.Q(delivered_at__isnull=True)),
-                name="webhooks_delivery_succeeded_iff_delivered",
-            ),
-            models.CheckConstraint(
-                condition=~models.Q(status=DeliveryStatus.PENDING) | models.Q(attempts=0) | models.Q(attempts=1),
-                name="webhooks_delivery_pending_before_first_result",
-            ),
-            models.CheckConstraint(
-                condition=~models.Q(status=DeliveryStatus.RETRYING) | models.Q(attempts__gte=1),
-                name="webhooks_delivery_retrying_after_attempt",
+                condition=~models.Q(status=WorkStatus.SUCCEEDED) | models.Q(attempts__gte=1),
+                name="webhooks_delivery_succeeded_after_attempt",
             ),
         ]
         indexes = [
-            # The beat's scan for due attempts. (ORs, not IN: PostgreSQL prints an IN over varchar in a
-            # form that reads back differently, and the tenant clone must equal the template.)
+            # The dispatch duty's scan for due retries (only queued rows have a next attempt time).
             models.Index(
                 fields=["next_attempt_at"],
                 name="webhooks_delivery_due",
-                condition=models.Q(status=SCHEDULED[0]) | models.Q(status=SCHEDULED[1]),
+                condition=models.Q(next_attempt_at__isnull=False),
+            ),
+            # The reaper's scan of unfinished deliveries. (ORs, not IN: PostgreSQL prints an IN over
+            # varchar in a form that reads back differently, and the tenant clone must equal the template.)
+            models.Index(
+                fields=["status"],
+                name="webhooks_delivery_active",
+                condition=models.Q(status=WorkStatus.QUEUED) | models.Q(status=WorkStatus.RUNNING),
             ),
             # The delivery log of an endpoint, newest first (cursor pagination).
             models.Index(fields=["endpoint", "-created_at", "-id"], name="webhooks_delivery_log"),
-            # The retention sweep's scan for deliveries that still hold content.
+            # The retention sweep's scan for deliveries that still hold content (it counts from creation).
             models.Index(
                 fields=["created_at"],
                 name="webhooks_delivery_content",
                 condition=models.Q(content_deleted_at=None),
             ),
         ]
+
+    @property
+    def delivery_status(self) -> DeliveryStatus:
+        return delivery_status(status=self.status, attempts=self.attempts)
+
+    @property
+    def delivered_at(self) -> dt.datetime | None:
+        return self.finished_at if self.status == WorkStatus.SUCCEEDED else None
+
+    @property
+    def last_error(self) -> str:
+        return self.error_message
 
     def __str__(self) -> str:
         return f"{self.event_type} delivery {self.pk}"

@@ -6,7 +6,7 @@ import uuid
 
 from django.db.models import QuerySet
 
-from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, delivery_status_q
 
 
 def webhook_endpoint_list() -> QuerySet[WebhookEndpoint]:
@@ -24,7 +24,7 @@ def webhook_delivery_list(*, endpoint_id: uuid.UUID, status: str | None = None) 
     if status is not None:
         if status not in DeliveryStatus.values:
             raise ValueError(f"status is one of {', '.join(DeliveryStatus.values)}")
-        deliveries = deliveries.filter(status=status)
+        deliveries = deliveries.filter(delivery_status_q(status))
     return deliveries
 
 

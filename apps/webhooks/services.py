@@ -1,6 +1,8 @@
 """Every write of outgoing webhooks: endpoints, secrets, events, deliveries and their attempts.
 
 Other apps emit events with `webhook_event_emit(organization=, event_type=, payload=, endpoint_id=)`.
+Deliveries are durable work of the runtime (apps.work, kind `DELIVERY`): it claims, heartbeats,
+retries on the deliveries' schedule, reaps and sweeps their content.
 """
 
 from __future__ import annotations
@@ -8,11 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import random
 import secrets as secrets_module
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,8 +28,13 @@ from apps.llm.calls import llm_content_policy
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.webhooks.events import EventsInvalid, events_normalize, subscription_entries
-from apps.webhooks.models import SCHEDULED, DeliveryStatus, WebhookDelivery, WebhookEndpoint
+from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
 from apps.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, webhook_signature_header
+from apps.work.models import WorkStatus
+from apps.work.policy import TransientFailure
+from apps.work.principals import principal_fields
+from apps.work.registry import RetrySchedule, WorkKind
+from apps.work.services import work_execute, work_fail, work_finish, work_send
 from cognitionos.refusals import Refusal
 from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_request, outbound_url_check
 from cognitionos.sealing import Sealed, current_key_id, seal, unseal
@@ -322,42 +327,15 @@ def _stores_content(organization: Organization) -> bool:
     return llm_content_policy(organization=organization).store_content
 
 
-def webhook_deliveries_content_sweep(
-    *, organization: Organization, now: dt.datetime | None = None, batch: int = 500
-) -> int:
-    """Remove the content of deliveries older than the organization's content retention (of every
-    delivery in no-content mode): the payload keeps its ids, status, counts and costs, and the
-    receiver's response excerpt (which may echo the payload) goes. Returns how many deliveries."""
-    now = now or timezone.now()
-    policy = llm_content_policy(organization=organization)
-    cutoff = now if not policy.store_content else now - dt.timedelta(days=policy.retention_days)
-    swept = 0
-    with organization_schema(organization):
-        while True:
-            with transaction.atomic():
-                rows = list(
-                    WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
-                    .filter(content_deleted_at=None, created_at__lt=cutoff)
-                    .only("pk", "payload")[:batch]
-                )
-                if not rows:
-                    return swept
-                for row in rows:
-                    row.payload = webhook_payload_without_content(row.payload)
-                    row.last_response_excerpt = ""
-                    row.content_deleted_at = now
-                WebhookDelivery.objects.bulk_update(rows, ["payload", "last_response_excerpt", "content_deleted_at"])
-                swept += len(rows)
-
-
 # --- events and deliveries -------------------------------------------------------------------
 
 
-def _send_tasks(organization_id: int, delivery_ids: list[uuid.UUID]) -> None:
-    from apps.webhooks.tasks import webhook_deliver
+def _send(organization: Organization, ids: list[uuid.UUID]) -> None:
+    transaction.on_commit(lambda: work_send(organization=organization, kind=DELIVERY, ids=ids))
 
-    for delivery_id in delivery_ids:
-        webhook_deliver.delay(tenant_id=organization_id, delivery_id=str(delivery_id))
+
+# Deliveries nobody in particular asked for: an event of the organization's work.
+EVENT_PRINCIPAL = Principal(kind="system", id=None, label="webhook events")
 
 
 def webhook_event_emit(
@@ -397,18 +375,17 @@ def webhook_event_emit(
                     event_type=event_type,
                     event_id=event_id,
                     payload=json.loads(encoded),
-                    status=DeliveryStatus.PENDING,
-                    next_attempt_at=now,
-                    dispatched_at=now,
+                    # Sent on commit: admitted now (the reaper sends it again if no worker takes it).
+                    admitted_at=now,
                     created_at=now,
                     content_deleted_at=None if stores_content else now,
+                    **principal_fields(EVENT_PRINCIPAL),
                 )
                 for endpoint in endpoints
             ]
         )
         if deliveries:
-            ids = [delivery.pk for delivery in deliveries]
-            transaction.on_commit(lambda: _send_tasks(organization.pk, ids))
+            _send(organization, [delivery.pk for delivery in deliveries])
     return deliveries
 
 
@@ -434,7 +411,7 @@ def webhook_endpoint_test(*, organization: Organization, actor: Principal, endpo
 
 def webhook_delivery_retry(*, organization: Organization, actor: Principal, delivery_id: uuid.UUID) -> WebhookDelivery:
     """Send a delivery again now. A finished one (succeeded or failed) gets a new delivery of the
-    same event (same event id) to the same endpoint; a scheduled one has its next attempt moved to
+    same event (same event id) to the same endpoint; a waiting one has its next attempt moved to
     now. Raises WebhookConflict if the endpoint is disabled or an attempt is in flight."""
     now = timezone.now()
     with organization_schema(organization), transaction.atomic():
@@ -443,12 +420,15 @@ def webhook_delivery_retry(*, organization: Organization, actor: Principal, deli
         )
         if not delivery.endpoint.is_active:
             raise WebhookConflict("the endpoint is disabled; enable it first", code="endpoint_disabled")
-        if delivery.status in SCHEDULED:
-            if delivery.locked_until is not None and delivery.locked_until > now:
+        if delivery.status == WorkStatus.RUNNING:
+            alive_after = now - dt.timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS)
+            if delivery.heartbeat_at is not None and delivery.heartbeat_at >= alive_after:
                 raise WebhookConflict("an attempt of this delivery is in progress", code="delivery_in_progress")
-            delivery.next_attempt_at = now
-            delivery.dispatched_at = now
-            delivery.save(update_fields=["next_attempt_at", "dispatched_at"])
+            target = delivery  # its worker died: the claim takes it over
+        elif delivery.status == WorkStatus.QUEUED:
+            delivery.next_attempt_at = None
+            delivery.admitted_at = now
+            delivery.save(update_fields=["next_attempt_at", "admitted_at"])
             target = delivery
         else:
             content_deleted_at = delivery.content_deleted_at
@@ -461,11 +441,10 @@ def webhook_delivery_retry(*, organization: Organization, actor: Principal, deli
                 payload=delivery.payload
                 if content_deleted_at is None
                 else webhook_payload_without_content(delivery.payload),
-                status=DeliveryStatus.PENDING,
-                next_attempt_at=now,
-                dispatched_at=now,
+                admitted_at=now,
                 redelivery_of=delivery,
                 content_deleted_at=content_deleted_at,
+                **principal_fields(actor),
             )
         audit_record(
             organization=organization,
@@ -478,84 +457,11 @@ def webhook_delivery_retry(*, organization: Organization, actor: Principal, deli
                 "endpoint": str(delivery.endpoint_id),
             },
         )
-        transaction.on_commit(lambda: _send_tasks(organization.pk, [target.pk]))
+        _send(organization, [target.pk])
     return target
 
 
-def webhook_deliveries_dispatch(*, organization: Organization, limit: int = 500) -> int:
-    """Beat: send a task for each due attempt whose task was not sent recently. Returns how many."""
-    now = timezone.now()
-    resend_before = now - dt.timedelta(seconds=settings.WEBHOOK_REDISPATCH_SECONDS)
-    with organization_schema(organization), transaction.atomic():
-        ids = list(
-            WebhookDelivery.objects.select_for_update(skip_locked=True)
-            .filter(status__in=SCHEDULED, next_attempt_at__lte=now)
-            .filter(Q(locked_until__isnull=True) | Q(locked_until__lte=now))
-            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=resend_before))
-            .order_by("next_attempt_at")
-            .values_list("pk", flat=True)[:limit]
-        )
-        if ids:
-            WebhookDelivery.objects.filter(pk__in=ids).update(dispatched_at=now)
-            transaction.on_commit(lambda: _send_tasks(organization.pk, ids))
-    return len(ids)
-
-
-# --- one attempt -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Claim:
-    delivery: WebhookDelivery
-    attempt: int
-    secrets: list[str]
-
-
-def _finish_without_sending(delivery: WebhookDelivery, reason: str) -> None:
-    delivery.status = DeliveryStatus.FAILED
-    delivery.next_attempt_at = None
-    delivery.locked_until = None
-    delivery.last_error = reason
-    delivery.save(update_fields=["status", "next_attempt_at", "locked_until", "last_error"])
-
-
-def _claim(*, organization: Organization, delivery_id: uuid.UUID) -> _Claim | None:
-    """Take the delivery's due attempt, in a short transaction of its own: the row is skipped if
-    another worker holds it, and then leased (`locked_until`) for the length of the request."""
-    now = timezone.now()
-    lease = dt.timedelta(seconds=3 * settings.WEBHOOK_TIMEOUT_SECONDS + 30)
-    with transaction.atomic():
-        delivery = (
-            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("endpoint")
-            .filter(pk=delivery_id, status__in=SCHEDULED, next_attempt_at__lte=now)
-            .filter(Q(locked_until__isnull=True) | Q(locked_until__lte=now))
-            .first()
-        )
-        if delivery is None:
-            return None
-        if not delivery.endpoint.is_active:
-            _finish_without_sending(delivery, "not sent: the endpoint is disabled")
-            return None
-        if delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
-            # The last attempt's worker died before it could record the outcome.
-            _finish_without_sending(delivery, delivery.last_error or "out of attempts")
-            return None
-        update_fields = ["attempts", "locked_until", "last_attempt_at"]
-        if delivery.attempts > 0 and delivery.status == DeliveryStatus.PENDING:
-            # The first attempt's worker stopped before it recorded an outcome: this is a retry.
-            delivery.status = DeliveryStatus.RETRYING
-            delivery.last_error = delivery.last_error or "the previous attempt did not report back"
-            update_fields += ["status", "last_error"]
-        delivery.attempts += 1
-        delivery.locked_until = now + lease
-        delivery.last_attempt_at = now
-        delivery.save(update_fields=update_fields)
-        return _Claim(
-            delivery=delivery,
-            attempt=delivery.attempts,
-            secrets=webhook_endpoint_secrets(organization=organization, endpoint=delivery.endpoint),
-        )
+# --- one attempt (run by apps.work: claimed, numbered, heartbeating) ---------------------------
 
 
 def webhook_delivery_body(*, organization: Organization, delivery: WebhookDelivery) -> bytes:
@@ -574,83 +480,105 @@ def webhook_delivery_body(*, organization: Organization, delivery: WebhookDelive
     return json.dumps(envelope, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _retry_delay_s(attempt: int, retry_after: str | None) -> float:
-    delays = settings.WEBHOOK_RETRY_DELAYS_SECONDS or [0]
-    delay = delays[min(attempt, len(delays)) - 1] * random.uniform(0.75, 1.25)
-    if retry_after is not None and retry_after.strip().isdigit():
-        delay = max(delay, min(float(retry_after), 24 * 3600.0))
-    return delay
+def _retry_after_s(value: str | None) -> float | None:
+    return float(value) if value is not None and value.strip().isdigit() else None
+
+
+def _delivery_send(organization: Organization, delivery: WebhookDelivery) -> None:
+    """One attempt (the claimed run, `delivery.attempts` its number): POST the signed event and
+    record the answer. A 2xx ends the delivery; anything else (another status, a redirect, a
+    timeout, a refused address) is a transient failure the runtime retries on the deliveries'
+    schedule until the attempts are spent."""
+    endpoint = WebhookEndpoint.objects.get(pk=delivery.endpoint_id)
+    if not endpoint.is_active:
+        work_fail(
+            organization=organization,
+            kind=DELIVERY,
+            item=delivery,
+            error_class="endpoint_disabled",
+            message="not sent: the endpoint is disabled",
+        )
+        return
+    body = webhook_delivery_body(organization=organization, delivery=delivery)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        EVENT_HEADER: delivery.event_type,
+        DELIVERY_HEADER: str(delivery.pk),
+        "CognitionOS-Event-Id": str(delivery.event_id),
+        "CognitionOS-Attempt": str(delivery.attempts),
+        SIGNATURE_HEADER: webhook_signature_header(
+            webhook_endpoint_secrets(organization=organization, endpoint=endpoint), body
+        ),
+    }
+    # Nothing is held open during the request: the claim committed, the heartbeat has its own connection.
+    started_at, started = timezone.now(), time.monotonic()
+    values: dict[str, Any] = {"last_attempt_at": started_at, "last_response_status": None, "last_response_excerpt": ""}
+    retry_after: float | None = None
+    try:
+        response = outbound_request(
+            method="POST",
+            url=endpoint.url,
+            headers=headers,
+            content=body,
+            timeout_s=settings.WEBHOOK_TIMEOUT_SECONDS,
+            max_response_bytes=RESPONSE_READ_BYTES,
+        )
+        values.update(last_response_status=response.status_code, last_response_excerpt=response.text(512)[:512])
+        retry_after = _retry_after_s(response.headers.get("Retry-After"))
+        error_class = "" if response.is_success else "http_error"
+        message = (
+            ""
+            if response.is_success
+            else f"HTTP {response.status_code}"
+            + (" (redirects are not followed)" if 300 <= response.status_code < 400 else "")
+        )
+    except OutboundRefused as exc:
+        error_class, message = "refused", f"refused: {exc}"
+    except OutboundError as exc:
+        error_class, message = "unreachable", str(exc)
+    values["last_duration_ms"] = int((time.monotonic() - started) * 1000)
+    if error_class:
+        raise TransientFailure(error_class, message[:1000], values=values, retry_after_s=retry_after)
+    work_finish(
+        organization=organization,
+        kind=DELIVERY,
+        item=delivery,
+        status=WorkStatus.SUCCEEDED,
+        values={**values, "error_class": "", "error_message": ""},
+        attempt=delivery.attempts,
+    )
 
 
 def webhook_delivery_attempt(*, organization: Organization, delivery_id: uuid.UUID) -> str:
-    """Make the due attempt of a delivery, if it has one and no other worker is on it, and record
-    the outcome: 2xx succeeded; otherwise another attempt after a backoff, or failed when out of
-    attempts. Returns what happened ("skipped", "succeeded", "retrying", "failed"). Idempotent."""
+    """Run the due attempt of a delivery on this worker, as the runtime's `work_run` does, and say
+    what happened: "skipped" (nothing sent: not due, finished, held by a live worker, its endpoint
+    disabled, or out of attempts), "succeeded", "retrying" or "failed". Idempotent."""
     with organization_schema(organization):
-        claim = _claim(organization=organization, delivery_id=delivery_id)
-        if claim is None:
+        ran = work_execute(organization=organization, kind=DELIVERY, item_id=delivery_id)
+        if ran is None:
             return "skipped"
-        delivery = claim.delivery
-        body = webhook_delivery_body(organization=organization, delivery=delivery)
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            EVENT_HEADER: delivery.event_type,
-            DELIVERY_HEADER: str(delivery.pk),
-            "CognitionOS-Event-Id": str(delivery.event_id),
-            "CognitionOS-Attempt": str(claim.attempt),
-            SIGNATURE_HEADER: webhook_signature_header(claim.secrets, body),
-        }
-        started = time.monotonic()
-        status_code: int | None = None
-        excerpt = ""
-        error = ""
-        retry_after: str | None = None
-        try:
-            response = outbound_request(
-                method="POST",
-                url=delivery.endpoint.url,
-                headers=headers,
-                content=body,
-                timeout_s=settings.WEBHOOK_TIMEOUT_SECONDS,
-                max_response_bytes=RESPONSE_READ_BYTES,
-            )
-            status_code = response.status_code
-            excerpt = response.text(512)[:512]
-            retry_after = response.headers.get("Retry-After")
-            if not response.is_success:
-                error = f"HTTP {status_code}" + (" (redirects are not followed)" if 300 <= status_code < 400 else "")
-        except OutboundRefused as exc:
-            error = f"refused: {exc}"
-        except OutboundError as exc:
-            error = str(exc)
-        duration_ms = int((time.monotonic() - started) * 1000)
-        now = timezone.now()
-        fields: dict[str, Any] = {
-            "locked_until": None,
-            "last_response_status": status_code,
-            "last_response_excerpt": excerpt,
-            "last_error": error[:1000],
-            "last_duration_ms": duration_ms,
-        }
-        if not error:
-            outcome = DeliveryStatus.SUCCEEDED
-            fields.update(status=outcome, delivered_at=now, next_attempt_at=None)
-        elif claim.attempt >= settings.WEBHOOK_MAX_ATTEMPTS:
-            outcome = DeliveryStatus.FAILED
-            fields.update(status=outcome, next_attempt_at=None)
-        else:
-            outcome = DeliveryStatus.RETRYING
-            delay = _retry_delay_s(claim.attempt, retry_after)
-            fields.update(status=outcome, next_attempt_at=now + dt.timedelta(seconds=delay), dispatched_at=None)
-        # Only this attempt's lease is recorded: a lease that expired and was taken over is not ours.
-        recorded = WebhookDelivery.objects.filter(pk=delivery.pk, attempts=claim.attempt, status__in=SCHEDULED).update(
-            **fields
-        )
-        if not recorded:
-            logger.warning(
-                "webhook delivery %s: attempt %s outcome not recorded (taken over or deleted)",
-                delivery.pk,
-                claim.attempt,
-            )
-        return str(outcome)
+        delivery = WebhookDelivery.objects.only("status", "attempts", "error_class").get(pk=delivery_id)
+        if delivery.error_class == "endpoint_disabled":
+            return "skipped"
+        return str(delivery.delivery_status)
+
+
+def _schedule() -> RetrySchedule:
+    return RetrySchedule(
+        max_attempts=lambda: int(settings.WEBHOOK_MAX_ATTEMPTS),
+        delays_s=lambda: [float(delay) for delay in settings.WEBHOOK_RETRY_DELAYS_SECONDS],
+        jitter=0.25,
+    )
+
+
+DELIVERY = WorkKind(
+    name="webhook_delivery",
+    model=WebhookDelivery,
+    execute=_delivery_send,
+    # The payload (what the event carried) and the receiver's answer, which may echo it.
+    content_fields=(("payload", webhook_payload_without_content), ("last_response_excerpt", lambda _: "")),
+    # Older than the retention, sent or not (a waiting delivery goes out without its content).
+    retention_from="created_at",
+    schedule=_schedule(),
+)

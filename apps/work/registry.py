@@ -17,6 +17,19 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class RetrySchedule:
+    """A kind's own, customer-facing retry schedule (webhook deliveries): how many attempts in all,
+    the delay before each retry (the last repeats) with a +-`jitter` share, read when used so that
+    settings can change them. Its retries wait in the database (`next_attempt_at`) and the beat's
+    `dispatch` duty sends them when due: hours-long delays can't ride on broker countdowns, which
+    must not outlive the visibility timeout."""
+
+    max_attempts: Callable[[], int]
+    delays_s: Callable[[], list[float]]
+    jitter: float = 0.25
+
+
+@dataclass(frozen=True)
 class WorkKind:
     # Short, stable: it travels in task messages ("job").
     name: str
@@ -31,6 +44,10 @@ class WorkKind:
     abandon: Callable[[Organization, Any, list[int]], None] | None = None
     # The JSON fields whose content the organization's retention removes, and how: (field, strip).
     content_fields: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
+    # The time the retention counts from: the end ("finished_at": only finished rows are swept, a
+    # waiting job keeps the request it needs) or the creation ("created_at": a webhook delivery
+    # still waiting, e.g. in a suspended organization, loses its content too and is sent without).
+    retention_from: str = "finished_at"
     # The object whose progress stream (apps.work.progress) a change of a row wakes, as
     # (topic, id); None: the row itself, (name, pk). A workflow step names its run.
     progress_of: Callable[[Any], tuple[str, Any]] | None = None
@@ -40,6 +57,8 @@ class WorkKind:
     # workflow step: its run), given their primary keys: the runtime calls it before it locks or
     # ends rows, so there is one lock order everywhere.
     lock_first: Callable[[list[Any]], None] | None = None
+    # Its own attempt limit and backoff (None: the policy's, JOB_MAX_RUNS and a jittered 2**n s).
+    schedule: RetrySchedule | None = None
 
 
 _kinds: dict[str, WorkKind] = {}

@@ -26,6 +26,7 @@ from celery import current_app
 from django.conf import settings
 from django.db import OperationalError as DjangoOperationalError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.llm.calls import llm_content_policy
@@ -83,12 +84,21 @@ def work_admit(*, organization: Organization, kind: WorkKind | str, waiting: boo
     return ids
 
 
+# A row another transaction holds (the reaper taking it back, a worker finishing it) is skipped, not
+# waited for: its holder sends it again if it goes back to the queue. A kind with its own retry
+# schedule (due_by set) does not run a retry before its time (next_attempt_at), a second of slack
+# covering the clocks of two hosts; other kinds' retries come as countdowns and run when they arrive.
 _CLAIM = """
     UPDATE {table}
        SET status = 'running', heartbeat_at = %(now)s, attempts = attempts + 1, next_attempt_at = NULL,
            started_at = COALESCE(started_at, %(now)s), admitted_at = COALESCE(admitted_at, %(now)s)
-     WHERE {pk} = %(id)s AND attempts < %(max_attempts)s
-       AND (status = 'queued' OR (status = 'running' AND heartbeat_at < %(alive_after)s))
+     WHERE {pk} = (
+        SELECT {pk} FROM {table}
+         WHERE {pk} = %(id)s AND attempts < %(max_attempts)s
+           AND (%(due_by)s::timestamptz IS NULL OR next_attempt_at IS NULL OR next_attempt_at <= %(due_by)s)
+           AND (status = 'queued' OR (status = 'running' AND heartbeat_at < %(alive_after)s))
+           FOR UPDATE SKIP LOCKED
+     )
  RETURNING *
 """
 
@@ -102,7 +112,13 @@ def work_claim(*, organization: Organization, kind: WorkKind | str, item_id: Any
     now = timezone.now()
     alive_after = now - dt.timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS)
     sql = _CLAIM.format(table=model._meta.db_table, pk=model._meta.pk.column)
-    params = {"id": item_id, "now": now, "alive_after": alive_after, "max_attempts": max_attempts()}
+    params = {
+        "id": item_id,
+        "now": now,
+        "alive_after": alive_after,
+        "due_by": now + dt.timedelta(seconds=1) if kind.schedule is not None else None,
+        "max_attempts": max_attempts(kind),
+    }
     item = next(iter(model._default_manager.raw(sql, params)), None)
     if item is not None:
         if item.attempts > 1 and kind.abandon is not None:
@@ -112,8 +128,8 @@ def work_claim(*, organization: Organization, kind: WorkKind | str, item_id: Any
     with transaction.atomic():
         _lock_first(kind, [item_id])
         dead = (
-            model._default_manager.select_for_update()
-            .filter(pk=item_id, attempts__gte=max_attempts(), status__in=UNFINISHED)
+            model._default_manager.select_for_update(skip_locked=True)
+            .filter(pk=item_id, attempts__gte=max_attempts(kind), status__in=UNFINISHED)
             .exclude(status=WorkStatus.RUNNING, heartbeat_at__gte=alive_after)
             .first()
         )
@@ -185,50 +201,72 @@ def work_finish(
     return True
 
 
-def work_fail(*, organization: Organization, kind: WorkKind | str, item: Any, error_class: str, message: str) -> bool:
+def work_fail(
+    *,
+    organization: Organization,
+    kind: WorkKind | str,
+    item: Any,
+    error_class: str,
+    message: str,
+    values: dict[str, Any] | None = None,
+) -> bool:
     """End the run a worker owns as failed (nothing happens if the row ended or changed hands)."""
     return work_finish(
         organization=organization,
         kind=kind,
         item=item,
         status=WorkStatus.FAILED,
+        values=values,
         error=(error_class, message),
         attempt=item.attempts,
     )
 
 
-def work_retry_later(*, organization: Organization, kind: WorkKind | str, item: Any, error_class: str) -> bool:
+def work_retry_later(
+    *,
+    organization: Organization,
+    kind: WorkKind | str,
+    item: Any,
+    error_class: str,
+    message: str = "",
+    values: dict[str, Any] | None = None,
+    at_least: float | None = None,
+) -> bool:
     """Put the row this run owns back in the queue, admitted, to run again after the policy's
     backoff (seconds, far below the broker's visibility timeout; the reaper sends it again if the
-    message is lost)."""
+    message is lost). A kind with its own schedule waits in the database instead, for the beat's
+    dispatch duty (`work_dispatch`) to send it when due."""
     kind = _kind(kind)
-    delay = backoff_seconds(item.attempts)
+    delay = backoff_seconds(item.attempts, kind, at_least)
     now = timezone.now()
     with transaction.atomic(savepoint=False):
         _lock_first(kind, [item.pk])
         requeued = kind.model._default_manager.filter(
             pk=item.pk, status=WorkStatus.RUNNING, attempts=item.attempts
         ).update(
+            **(values or {}),
             status=WorkStatus.QUEUED,
             error_class=error_class[:100],
+            error_message=message,
             admitted_at=now,
             next_attempt_at=now + dt.timedelta(seconds=delay),
         )
         if requeued:
             progress_item_publish(organization=organization, kind=kind, item=item)
+        if requeued and kind.schedule is None:
             transaction.on_commit(
                 lambda: work_send(organization=organization, kind=kind, ids=[item.pk], countdown=delay)
             )
     return bool(requeued)
 
 
-def work_execute(*, organization: Organization, kind: WorkKind | str, item_id: Any) -> None:
+def work_execute(*, organization: Organization, kind: WorkKind | str, item_id: Any) -> Any | None:
     """Run one row on this worker (the body of the run task). Safe to deliver twice: a finished
-    row, or one a live worker holds, is left alone."""
+    row, or one a live worker holds, is left alone. Returns the row it ran (None: not claimed)."""
     kind = _kind(kind)
     item = work_claim(organization=organization, kind=kind, item_id=item_id)
     if item is None:
-        return
+        return None
     with heartbeats.running(organization.schema_name, (kind.name, item.pk)):
         try:
             kind.execute(organization, item)
@@ -250,9 +288,17 @@ def work_execute(*, organization: Organization, kind: WorkKind | str, item_id: A
                     error_class=type(error).__name__,
                     message=INTERNAL_ERROR,
                 )
-            elif failure.transient and item.attempts < max_attempts():
+            elif failure.transient and item.attempts < max_attempts(kind):
                 logger.warning("%s %s: %s, retried later", kind.name, item.pk, failure.error_class)
-                work_retry_later(organization=organization, kind=kind, item=item, error_class=failure.error_class)
+                work_retry_later(
+                    organization=organization,
+                    kind=kind,
+                    item=item,
+                    error_class=failure.error_class,
+                    message=failure.message,
+                    values=failure.values,
+                    at_least=failure.retry_after_s,
+                )
             else:
                 work_fail(
                     organization=organization,
@@ -260,7 +306,9 @@ def work_execute(*, organization: Organization, kind: WorkKind | str, item_id: A
                     item=item,
                     error_class=failure.error_class,
                     message=failure.message,
+                    values=failure.values,
                 )
+    return item
 
 
 def work_reap(*, organization: Organization, kind: WorkKind | str, now: dt.datetime | None = None) -> dict[str, int]:
@@ -279,7 +327,7 @@ def work_reap(*, organization: Organization, kind: WorkKind | str, now: dt.datet
             _lock_first(kind, list(dead.values_list("pk", flat=True)))
         dead = dead.select_for_update(skip_locked=True)
         for item in dead:
-            if item.attempts >= max_attempts():
+            if item.attempts >= max_attempts(kind):
                 _worker_lost(organization, kind, item)
                 failed += 1
             else:
@@ -287,7 +335,12 @@ def work_reap(*, organization: Organization, kind: WorkKind | str, now: dt.datet
                 progress_item_publish(organization=organization, kind=kind, item=item)
         if requeued:
             manager.filter(pk__in=requeued).update(status=WorkStatus.QUEUED, admitted_at=now)
-        lost = list(manager.filter(status=WorkStatus.QUEUED, admitted_at__lt=lost_before).values_list("pk", flat=True))
+        # A retry waiting for its time (next_attempt_at ahead) is not lost.
+        lost = list(
+            manager.filter(status=WorkStatus.QUEUED, admitted_at__lt=lost_before)
+            .filter(Q(next_attempt_at=None) | Q(next_attempt_at__lt=lost_before))
+            .values_list("pk", flat=True)
+        )
         if lost:
             manager.filter(pk__in=lost).update(admitted_at=now, next_attempt_at=None)
         resend = requeued + lost
@@ -301,6 +354,30 @@ def work_reap(*, organization: Organization, kind: WorkKind | str, now: dt.datet
             extra={"requeued": len(requeued), "failed": failed, "resent": len(lost), "admitted": len(admitted)},
         )
     return {"requeued": len(requeued), "failed": failed, "resent": len(lost)}
+
+
+def work_dispatch(
+    *, organization: Organization, kind: WorkKind | str, now: dt.datetime | None = None, limit: int = 500
+) -> int:
+    """Send the retries of a kind with its own schedule that are due (beat, `dispatch` duty):
+    they waited in the database, not in the broker. A sent row counts as admitted now, so the
+    reaper sends it again if no worker takes it. Returns how many were sent."""
+    kind = _kind(kind)
+    if kind.schedule is None:
+        return 0  # its retries travel as countdowns
+    now = now or timezone.now()
+    manager = kind.model._default_manager
+    with transaction.atomic():
+        due = list(
+            manager.select_for_update(skip_locked=True)
+            .filter(status=WorkStatus.QUEUED, next_attempt_at__lte=now)
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if due:
+            manager.filter(pk__in=due).update(admitted_at=now, next_attempt_at=None)
+            transaction.on_commit(lambda: work_send(organization=organization, kind=kind, ids=due))
+    return len(due)
 
 
 def work_content_sweep(
@@ -320,7 +397,7 @@ def work_content_sweep(
         with transaction.atomic():
             rows = list(
                 kind.model._default_manager.select_for_update(skip_locked=True)
-                .filter(content_deleted_at=None, finished_at__lt=cutoff)
+                .filter(content_deleted_at=None, **{f"{kind.retention_from}__lt": cutoff})
                 .only("pk", *fields)[:batch]
             )
             if not rows:

@@ -1,7 +1,7 @@
 """The runtime's tasks: one that runs a row of any kind, and the one per-tenant beat fan-out for
 the upkeep of all background work (reaping and dispatching for organizations that are served,
 content retention for suspended and past-due ones too), the registered kinds' and the upkeep
-functions of apps whose work is not a kind yet (workflow steps, webhook deliveries)."""
+functions of apps whose work is not a kind yet (workflow steps)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_list
 from apps.tenants.tasks import tenant_task
 from apps.work.registry import work_kind, work_kinds, work_upkeeps
-from apps.work.services import work_content_sweep, work_execute, work_reap
+from apps.work.services import work_content_sweep, work_dispatch, work_execute, work_reap
 
 
 def _organization() -> Organization:
@@ -36,8 +36,8 @@ DUTIES: dict[str, tuple[Callable[..., Any] | None, bool]] = {
     "reap": (work_reap, True),
     # Content past the organization's retention is removed: keeping it is not serving the organization.
     "sweep": (work_content_sweep, False),
-    # Work scheduled in the database is sent when due (webhook retries).
-    "dispatch": (None, True),
+    # Retries of kinds with their own schedule wait in the database and are sent when due.
+    "dispatch": (work_dispatch, True),
 }
 
 

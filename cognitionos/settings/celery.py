@@ -41,7 +41,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
     # The one per-tenant fan-out of background work (apps.work.tasks), three duties:
-    # reap - jobs and workflow steps whose worker died (heartbeat stopped) are requeued or failed,
+    # reap - jobs, workflow steps and webhook deliveries whose worker died (heartbeat stopped) are
+    # requeued or failed,
     # and admitted work no worker took is sent again;
     "work-reap": {
         "task": "apps.work.tasks.work_maintain_all",

@@ -18,5 +18,3 @@ WEBHOOK_RETRY_DELAYS_SECONDS = [
     for value in env_list("WEBHOOK_RETRY_DELAYS_SECONDS", ["10", "60", "300", "1800", "7200", "21600", "43200"])
 ]
 WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10)
-# A due delivery whose task was sent this long ago and has not run yet is sent again.
-WEBHOOK_REDISPATCH_SECONDS = env_int("WEBHOOK_REDISPATCH_SECONDS", 120)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
@@ -161,7 +162,7 @@ def test_the_delivery_log_is_cursor_paginated_and_filtered_by_status(
     with organization_schema(a):
         ids = [webhook_event_emit(organization=a, event_type="job.succeeded", payload={"n": n})[0].pk for n in range(5)]
         WebhookDelivery.objects.filter(pk__in=ids[:2]).update(
-            status=DeliveryStatus.FAILED, attempts=8, next_attempt_at=None
+            status=DeliveryStatus.FAILED, attempts=8, next_attempt_at=None, finished_at=timezone.now()
         )
     seen: list[str] = []
     url: str | None = f"/api/v1/webhooks/{endpoint_id}/deliveries?limit=2"
@@ -187,7 +188,7 @@ def test_retry_of_a_failed_delivery_is_a_new_delivery_of_the_same_event(
     with organization_schema(a):
         [delivery] = webhook_event_emit(organization=a, event_type="job.failed", payload={})
         WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            status=DeliveryStatus.FAILED, attempts=8, next_attempt_at=None
+            status=DeliveryStatus.FAILED, attempts=8, next_attempt_at=None, finished_at=timezone.now()
         )
     retried = client.post(f"/api/v1/webhooks/deliveries/{delivery.pk}/retry")
     assert retried.status_code == 202, retried.content

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from apps.webhooks.services import (
+    DELIVERY,
     WebhookConflict,
-    webhook_deliveries_dispatch,
     webhook_delivery_attempt,
     webhook_delivery_retry,
     webhook_endpoint_create,
@@ -21,6 +22,8 @@ from apps.webhooks.services import (
     webhook_event_emit,
 )
 from apps.webhooks.signing import webhook_signature_verify
+from apps.work.models import WorkStatus
+from apps.work.services import work_dispatch, work_reap
 from tests.factories import TEST_ACTOR
 from tests.webhooks.conftest import SentTasks
 from tests.webhooks.receiver import Receiver, http_receiver
@@ -41,6 +44,25 @@ def _setup(organization: Organization, receiver: Receiver) -> tuple[WebhookEndpo
 
 def _attempt(organization: Organization, delivery: WebhookDelivery) -> str:
     return webhook_delivery_attempt(organization=organization, delivery_id=delivery.pk)
+
+
+def _dispatch(organization: Organization) -> int:
+    """What the beat does for deliveries: send the due retries, and again those whose task never ran."""
+    with organization_schema(organization):
+        due = work_dispatch(organization=organization, kind=DELIVERY)
+        return due + work_reap(organization=organization, kind=DELIVERY)["resent"]
+
+
+def _held(delivery: WebhookDelivery, *, attempts: int, beat: dt.datetime) -> None:
+    """An attempt in flight on a worker whose last heartbeat was at `beat`."""
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=WorkStatus.RUNNING,
+        attempts=attempts,
+        started_at=beat,
+        heartbeat_at=beat,
+        next_attempt_at=None,
+        finished_at=None,
+    )
 
 
 def _make_due(delivery: WebhookDelivery) -> None:
@@ -71,7 +93,7 @@ def test_a_delivery_is_signed_and_the_receiver_verifies_it(tenant: Organization)
         )
     stored = WebhookDelivery.objects.get(pk=delivery.pk)
     assert (stored.status, stored.attempts, stored.last_response_status) == (DeliveryStatus.SUCCEEDED, 1, 200)
-    assert stored.delivered_at is not None and stored.next_attempt_at is None and stored.locked_until is None
+    assert stored.delivered_at is not None and stored.next_attempt_at is None and stored.status != WorkStatus.RUNNING
     assert stored.last_duration_ms is not None and stored.last_response_excerpt == "ok"
 
 
@@ -157,27 +179,29 @@ def test_a_private_target_is_refused_when_sending_if_the_setting_is_off(tenant: 
 
 
 @pytest.mark.usefixtures("sent_tasks")
-def test_an_attempt_in_flight_is_not_sent_again(tenant: Organization) -> None:
+def test_an_attempt_in_flight_is_not_sent_again(tenant: Organization, settings: Any) -> None:
     with http_receiver() as receiver:
         _, delivery = _setup(tenant, receiver)
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            attempts=1, locked_until=timezone.now() + dt.timedelta(seconds=60)
-        )
+        _held(delivery, attempts=1, beat=timezone.now())
         assert _attempt(tenant, delivery) == "skipped"
         assert receiver.received == []
-        # The worker holding it died: once its lease is over the attempt is made again.
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(locked_until=timezone.now() - dt.timedelta(seconds=1))
+        # The worker holding it died: once its heartbeat is stale the attempt is made again.
+        _held(
+            delivery, attempts=1, beat=timezone.now() - dt.timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS + 1)
+        )
         assert _attempt(tenant, delivery) == "succeeded"
     assert WebhookDelivery.objects.get(pk=delivery.pk).attempts == 2
     assert len(receiver.received) == 1
 
 
 @pytest.mark.usefixtures("sent_tasks", "quick_retries")
-def test_a_last_attempt_whose_worker_died_ends_failed_without_another_request(tenant: Organization) -> None:
+def test_a_last_attempt_whose_worker_died_ends_failed_without_another_request(
+    tenant: Organization, settings: Any
+) -> None:
     with http_receiver() as receiver:
         _, delivery = _setup(tenant, receiver)
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            status=DeliveryStatus.RETRYING, attempts=3, locked_until=timezone.now() - dt.timedelta(seconds=1)
+        _held(
+            delivery, attempts=3, beat=timezone.now() - dt.timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS + 1)
         )
         assert _attempt(tenant, delivery) == "skipped"
     assert receiver.received == []
@@ -219,12 +243,7 @@ def test_retrying_a_scheduled_delivery_moves_its_attempt_to_now(tenant: Organiza
         assert _attempt(tenant, delivery) == "retrying"
         assert webhook_delivery_retry(organization=tenant, actor=TEST_ACTOR, delivery_id=delivery.pk).pk == delivery.pk
         assert _attempt(tenant, delivery) == "succeeded"
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            status=DeliveryStatus.RETRYING,
-            delivered_at=None,
-            next_attempt_at=timezone.now(),
-            locked_until=timezone.now() + dt.timedelta(seconds=60),
-        )
+        _held(delivery, attempts=3, beat=timezone.now())
         with pytest.raises(WebhookConflict):
             webhook_delivery_retry(organization=tenant, actor=TEST_ACTOR, delivery_id=delivery.pk)
 
@@ -232,29 +251,30 @@ def test_retrying_a_scheduled_delivery_moves_its_attempt_to_now(tenant: Organiza
 def test_the_dispatcher_sends_due_attempts_once_per_interval(
     tenant: Organization, sent_tasks: SentTasks, settings: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
-    settings.WEBHOOK_REDISPATCH_SECONDS = 60
+    settings.JOB_DISPATCH_RESEND_SECONDS = 60
     webhook_endpoint_create(organization=tenant, actor=TEST_ACTOR, url="http://127.0.0.1:9/", events=["*"])
     due, later, sent_recently = (
         webhook_event_emit(organization=tenant, event_type="job.succeeded", payload={"n": n})[0] for n in range(3)
     )
     now = timezone.now()
-    WebhookDelivery.objects.filter(pk=due.pk).update(
-        status=DeliveryStatus.RETRYING, attempts=1, next_attempt_at=now, dispatched_at=None
-    )
+    WebhookDelivery.objects.filter(pk=due.pk).update(attempts=1, next_attempt_at=now, admitted_at=now)
     WebhookDelivery.objects.filter(pk=later.pk).update(
-        status=DeliveryStatus.RETRYING, attempts=1, next_attempt_at=now + dt.timedelta(minutes=5), dispatched_at=None
+        attempts=1, next_attempt_at=now + dt.timedelta(minutes=5), admitted_at=now
     )
-    WebhookDelivery.objects.filter(pk=sent_recently.pk).update(dispatched_at=now)
+    WebhookDelivery.objects.filter(pk=sent_recently.pk).update(admitted_at=now)
+    assert {d.delivery_status for d in WebhookDelivery.objects.filter(pk__in=[due.pk, later.pk])} == {
+        DeliveryStatus.RETRYING
+    }
     sent_tasks.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        assert webhook_deliveries_dispatch(organization=tenant) == 1
+        assert _dispatch(tenant) == 1
     assert [task["delivery_id"] for task in sent_tasks] == [str(due.pk)]
     with django_capture_on_commit_callbacks(execute=True):
-        assert webhook_deliveries_dispatch(organization=tenant) == 0  # sent a moment ago
-    WebhookDelivery.objects.filter(pk=due.pk).update(dispatched_at=now - dt.timedelta(seconds=61))
-    WebhookDelivery.objects.filter(pk=sent_recently.pk).update(dispatched_at=now - dt.timedelta(seconds=61))
+        assert _dispatch(tenant) == 0  # sent a moment ago
+    WebhookDelivery.objects.filter(pk=due.pk).update(admitted_at=now - dt.timedelta(seconds=61))
+    WebhookDelivery.objects.filter(pk=sent_recently.pk).update(admitted_at=now - dt.timedelta(seconds=61))
     with django_capture_on_commit_callbacks(execute=True):
-        assert webhook_deliveries_dispatch(organization=tenant) == 2  # their tasks never ran: sent again
+        assert _dispatch(tenant) == 2  # their tasks never ran: sent again
 
 
 def test_one_organizations_deliveries_are_not_attempted_from_another(
@@ -264,5 +284,5 @@ def test_one_organizations_deliveries_are_not_attempted_from_another(
     with http_receiver() as receiver:
         _, delivery = _setup(a, receiver)
         assert webhook_delivery_attempt(organization=b, delivery_id=delivery.pk) == "skipped"
-        assert webhook_deliveries_dispatch(organization=b) == 0
+        assert _dispatch(b) == 0
     assert receiver.received == []

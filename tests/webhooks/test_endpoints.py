@@ -165,7 +165,9 @@ def test_an_event_reaches_each_active_subscribed_endpoint_once_after_commit(
     assert {d.endpoint_id for d in deliveries} == {exact.pk, family.pk, everything.pk}
     assert len({d.event_id for d in deliveries}) == 1
     stored = WebhookDelivery.objects.filter(pk__in=[d.pk for d in deliveries])
-    assert {(d.status, d.attempts, d.event_type) for d in stored} == {(DeliveryStatus.PENDING, 0, "job.succeeded")}
+    assert {(d.delivery_status, d.attempts, d.event_type) for d in stored} == {
+        (DeliveryStatus.PENDING, 0, "job.succeeded")
+    }
     assert sorted(task["delivery_id"] for task in sent_tasks) == sorted(str(d.pk) for d in deliveries)
     assert {task["tenant_id"] for task in sent_tasks} == {tenant.pk}
 

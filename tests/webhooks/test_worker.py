@@ -25,7 +25,7 @@ def _status(organization: Organization, delivery: WebhookDelivery, *, until: set
     deadline = time.monotonic() + timeout_s
     while True:
         with schema_context(organization.schema_name):
-            status = WebhookDelivery.objects.values_list("status", flat=True).get(pk=delivery.pk)
+            status = str(WebhookDelivery.objects.get(pk=delivery.pk).delivery_status)
         if status in until or time.monotonic() > deadline:
             return status
         time.sleep(0.1)

@@ -186,15 +186,15 @@ def test_the_sweep_of_a_suspended_organization_removes_its_expired_job_content(
 
 
 def test_one_fan_out_runs_the_upkeep_of_workflow_steps_and_webhook_deliveries_too(tenant: Organization) -> None:
-    """Workflow steps are a kind; webhook deliveries are not yet: their dispatcher and retention
-    sweep, and workflow runs' admission and sweep, run under the same per-tenant tasks, with no
-    fan-out of their own."""
+    """Every kind (jobs, workflow steps, webhook deliveries) is reaped, swept and dispatched by the
+    same per-tenant tasks, with no fan-out of its own, as is the upkeep of workflow runs (their
+    admission at each reap, their content retention)."""
     reaped = tasks.work_maintain(tenant_id=tenant.pk, duty="reap")
     swept = tasks.work_maintain(tenant_id=tenant.pk, duty="sweep")
     dispatched = tasks.work_maintain(tenant_id=tenant.pk, duty="dispatch")
-    assert set(reaped) == {"job", "workflow_step", "workflow_runs"}
+    assert set(reaped) == {"job", "workflow_step", "webhook_delivery", "workflow_runs"}
     assert reaped["job"] == {"requeued": 0, "failed": 0, "resent": 0}
-    assert set(swept) == {"job", "workflow_step", "workflow_runs", "webhook_deliveries"}
-    assert dispatched == {"webhook_deliveries": 0}
+    assert set(swept) == {"job", "workflow_step", "webhook_delivery", "workflow_runs"}
+    assert dispatched["webhook_delivery"] == 0 and set(dispatched) == {kind.name for kind in work_kinds()}
     with pytest.raises(ValueError, match="no duty"):
         work_upkeep_register(duty="nothing", name="x", run=lambda **kwargs: None)

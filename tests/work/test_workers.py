@@ -21,8 +21,8 @@ from apps.jobs.services import JOB, job_submit
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.tenants.models import Organization
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery
-from apps.webhooks.services import webhook_deliveries_dispatch, webhook_endpoint_create
-from apps.work.services import work_reap
+from apps.webhooks.services import DELIVERY, webhook_endpoint_create
+from apps.work.services import work_dispatch, work_reap
 from apps.workflows.definitions import workflow_create
 from apps.workflows.executor import STEP
 from apps.workflows.models import RunStatus, StepRun, WorkflowRun
@@ -60,7 +60,7 @@ def _worker_env(provider: FakeProvider) -> dict[str, str]:
         # Every thread (and a map step's item threads) holds a connection: the heartbeat thread must
         # still get one, or live work looks dead and is taken over.
         "DATABASE_POOL_MAX_SIZE": "40",
-        # A delivery whose worker died is taken again when its lease (3 x timeout + 30 s) ends.
+        # A delivery whose worker died is taken again when its heartbeat is stale, like the rest.
         "WEBHOOK_TIMEOUT_SECONDS": "1",
         "WEBHOOK_RETRY_DELAYS_SECONDS": "1",
     }
@@ -71,9 +71,7 @@ def _unfinished(organization: Organization) -> dict[str, int]:
         return {
             "jobs": Job.objects.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).count(),
             "runs": WorkflowRun.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).count(),
-            "deliveries": WebhookDelivery.objects.filter(
-                status__in=[DeliveryStatus.PENDING, DeliveryStatus.RETRYING]
-            ).count(),
+            "deliveries": WebhookDelivery.objects.filter(status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).count(),
         }
 
 
@@ -82,7 +80,8 @@ def _upkeep(organization: Organization) -> None:
     with schema_context(organization.schema_name):
         work_reap(organization=organization, kind=JOB)
         work_reap(organization=organization, kind=STEP)
-    webhook_deliveries_dispatch(organization=organization)
+        work_reap(organization=organization, kind=DELIVERY)
+        work_dispatch(organization=organization, kind=DELIVERY)
 
 
 def test_jobs_runs_and_deliveries_survive_workers_killed_together_and_the_ledger_is_the_providers_log(
@@ -92,7 +91,6 @@ def test_jobs_runs_and_deliveries_survive_workers_killed_together_and_the_ledger
     live_db.track(organization)
     settings.JOB_HEARTBEAT_TIMEOUT_SECONDS = 4
     settings.JOB_DISPATCH_RESEND_SECONDS = 6
-    settings.WEBHOOK_REDISPATCH_SECONDS = 5
     jobs_count, runs_count, items, kills = 120, 12, 4, 4
     rng = random.Random(11)
     with FakeProvider(latency_s=0.8) as provider, http_receiver() as receiver:
