@@ -1,6 +1,9 @@
 """gunicorn settings shared by `make run`, the container image and the Kubernetes manifests.
 
 gunicorn -c python:cognitionos.gunicorn_conf cognitionos.wsgi:application
+
+Measured against Granian with `bench/gateway.py --server both`; why gunicorn stays, and what a
+switch would need: deploy/README.md, "The web server".
 """
 
 import os
