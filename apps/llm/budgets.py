@@ -24,7 +24,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -77,6 +79,15 @@ def period_start(period: str, now: dt.datetime) -> dt.date:
     return today if period == BudgetPeriod.DAY else today.replace(day=1)
 
 
+def _qualified_cursor() -> CursorWrapper:
+    """A cursor for statements that name the organization's schema themselves (the reservation and
+    the settlement). django-tenants' cursor would first send `SET search_path` whenever the
+    connection is fresh from the pool, as it is after every provider call (the connection is given
+    back during the call): a round trip on every call that these statements don't need."""
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    return BaseDatabaseWrapper._cursor(wrapper)  # type: ignore[attr-defined,no-any-return]
+
+
 def _scope_filter(spender: Spender) -> tuple[str, list[str]]:
     """The budgets that apply to a spender, as a WHERE clause on `llm_budget b` with named parameters."""
     clauses, params = ["(b.scope = 'organization')"], list[str]()
@@ -90,27 +101,27 @@ def _scope_filter(spender: Spender) -> tuple[str, list[str]]:
 _RESERVE = """
 WITH applicable AS (
     SELECT b.id AS budget_id, b.hard, b.limit_usd, w.id AS window_id
-    FROM llm_budget b
-    LEFT JOIN llm_budgetwindow w ON w.budget_id = b.id
+    FROM {schema}.llm_budget b
+    LEFT JOIN {schema}.llm_budgetwindow w ON w.budget_id = b.id
         AND w.period_start = CASE WHEN b.period = 'day' THEN %(day)s::date ELSE %(month)s::date END
     WHERE {scopes}
 ), attempt AS (
-    INSERT INTO llm_usageattempt (request_id, attempt, status, hold_expires_at, principal_kind, principal_id,
+    INSERT INTO {schema}.llm_usageattempt (request_id, attempt, status, hold_expires_at, principal_kind, principal_id,
         principal_label, api_key_id, user_id, model_name, provider, paid_by, input_tokens, cached_input_tokens,
         output_tokens, reserved_usd, cost_usd, saved_usd, cache_layer, error_class)
     VALUES (%(request_id)s, %(attempt)s, 'reserved', %(expires)s, %(kind)s, %(principal_id)s, %(label)s,
         %(api_key_id)s, %(user_id)s, %(model)s, %(provider)s, %(paid_by)s, 0, 0, 0, %(amount)s, 0, 0, '', '')
     RETURNING id, created_at
 ), locked AS (
-    SELECT id FROM llm_budgetwindow WHERE id IN (SELECT window_id FROM applicable) ORDER BY id FOR UPDATE
+    SELECT id FROM {schema}.llm_budgetwindow WHERE id IN (SELECT window_id FROM applicable) ORDER BY id FOR UPDATE
 ), raised AS (
-    UPDATE llm_budgetwindow w SET reserved_usd = w.reserved_usd + %(amount)s
+    UPDATE {schema}.llm_budgetwindow w SET reserved_usd = w.reserved_usd + %(amount)s
     FROM locked, applicable a
     WHERE w.id = locked.id AND a.window_id = w.id
       AND (NOT a.hard OR w.spent_usd + w.reserved_usd + %(amount)s <= a.limit_usd)
     RETURNING w.id
 ), held AS (
-    INSERT INTO llm_budgethold (attempt_id, window_id, amount_usd)
+    INSERT INTO {schema}.llm_budgethold (attempt_id, window_id, amount_usd)
     SELECT attempt.id, raised.id, %(amount)s FROM attempt, raised
     RETURNING window_id
 )
@@ -165,13 +176,13 @@ def attempt_reserve(
         "paid_by": paid_by,
         **{f"scope_{i}": value for i, value in enumerate(scope_params)},
     }
-    statement = _RESERVE.format(scopes=scopes)
+    statement = _RESERVE.format(scopes=scopes, schema=connection.ops.quote_name(spender.organization.schema_name))
     for _ in range(2):
         try:
             # Inside a caller's transaction the statement needs a savepoint to fail cleanly; on its
             # own (the usual case) it is atomic without one, saving two round trips.
             with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-                with connection.cursor() as cursor:
+                with _qualified_cursor() as cursor:
                     cursor.execute(statement, params)
                     attempt_id, created_at, _ = cursor.fetchone()
             break
@@ -231,6 +242,33 @@ class Settlement:
     cache_layer: str = ""
 
 
+_SETTLE = """
+WITH settled AS (
+    UPDATE {schema}.llm_usageattempt SET status = %(status)s, settled_at = %(now)s, hold_expires_at = NULL,
+        input_tokens = %(input)s, cached_input_tokens = %(cached)s, output_tokens = %(output)s,
+        cost_usd = %(cost)s, price_version = %(price_version)s, latency_ms = %(latency)s,
+        error_class = %(error)s
+    WHERE id = %(attempt)s AND status = 'reserved'
+    RETURNING id
+), released AS (
+    DELETE FROM {schema}.llm_budgethold WHERE attempt_id IN (SELECT id FROM settled)
+    RETURNING window_id, amount_usd
+), locked AS (
+    SELECT id FROM {schema}.llm_budgetwindow WHERE id IN (SELECT window_id FROM released) ORDER BY id FOR UPDATE
+), charged AS (
+    UPDATE {schema}.llm_budgetwindow w
+    SET reserved_usd = w.reserved_usd - released.amount_usd, spent_usd = w.spent_usd + %(cost)s
+    FROM released, locked, {schema}.llm_budget b
+    WHERE w.id = released.window_id AND w.id = locked.id AND b.id = w.budget_id
+    RETURNING w.id, b.soft_percent, b.limit_usd, w.spent_usd, w.soft_notified
+)
+SELECT (SELECT count(*) FROM settled),
+       (SELECT array_agg(id) FROM charged
+        WHERE soft_percent IS NOT NULL AND NOT soft_notified
+          AND spent_usd * 100 >= limit_usd * soft_percent)
+"""
+
+
 def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlement: Settlement) -> bool:
     """Record what the attempt cost and release its holds in one transaction of one statement (plus
     the rare soft-limit event). False if the attempt was already settled. The budgets see the spend
@@ -239,33 +277,9 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
     # One statement, atomic by itself. Inside a caller's transaction (a job recording its answer
     # with the settlement) it is part of that transaction: no savepoint, both commit or neither.
     atomic = transaction.atomic(savepoint=False) if connection.in_atomic_block else contextlib.nullcontext()
-    with organization_schema(organization), atomic, connection.cursor() as cursor:
+    with organization_schema(organization), atomic, _qualified_cursor() as cursor:
         cursor.execute(
-            """
-            WITH settled AS (
-                UPDATE llm_usageattempt SET status = %(status)s, settled_at = %(now)s, hold_expires_at = NULL,
-                    input_tokens = %(input)s, cached_input_tokens = %(cached)s, output_tokens = %(output)s,
-                    cost_usd = %(cost)s, price_version = %(price_version)s, latency_ms = %(latency)s,
-                    error_class = %(error)s
-                WHERE id = %(attempt)s AND status = 'reserved'
-                RETURNING id
-            ), released AS (
-                DELETE FROM llm_budgethold WHERE attempt_id IN (SELECT id FROM settled)
-                RETURNING window_id, amount_usd
-            ), locked AS (
-                SELECT id FROM llm_budgetwindow WHERE id IN (SELECT window_id FROM released) ORDER BY id FOR UPDATE
-            ), charged AS (
-                UPDATE llm_budgetwindow w
-                SET reserved_usd = w.reserved_usd - released.amount_usd, spent_usd = w.spent_usd + %(cost)s
-                FROM released, locked, llm_budget b
-                WHERE w.id = released.window_id AND w.id = locked.id AND b.id = w.budget_id
-                RETURNING w.id, b.soft_percent, b.limit_usd, w.spent_usd, w.soft_notified
-            )
-            SELECT (SELECT count(*) FROM settled),
-                   (SELECT array_agg(id) FROM charged
-                    WHERE soft_percent IS NOT NULL AND NOT soft_notified
-                      AND spent_usd * 100 >= limit_usd * soft_percent)
-            """,
+            _SETTLE.format(schema=connection.ops.quote_name(organization.schema_name)),
             {
                 "status": settlement.status,
                 "now": now,
