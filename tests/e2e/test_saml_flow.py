@@ -13,19 +13,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.billing.models import Plan
 from apps.rbac.models import Membership, Role
-from apps.sso.models import SsoDomain
-from apps.sso.services import identity_provider_configure
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
 from tests.e2e.conftest import LiveServer, overflowing, screenshot
-from tests.factories import TEST_ACTOR
 from tests.sso.idp import Assertion, KeyPair, TestIdp, authn_request_id, encoded, key_pair
+from tests.sso.saml_setup import sso_organization_committed
 
 pytestmark = pytest.mark.integration
 
@@ -37,30 +33,16 @@ PERSON = f"alice@{DOMAIN}"
 
 @pytest.fixture
 def organization(live_db: LiveDb) -> Iterator[Organization]:
-    plan = Plan.objects.create(code=f"e2e-sso-{RUN}", name="E2E SSO", limits={"sso": True, "max_members": 10})
-    created = live_db.organization(slug=SLUG, name="SSO End to End")
-    tenant_connection().set_schema_to_public()
-    created.plan = plan
-    created.save(update_fields=["plan"])
-    SsoDomain.objects.create(
-        organization=created, domain=DOMAIN, verification_token="e" * 32, verified_at=timezone.now(), verified_by="dns"
-    )
-    identity_provider_configure(
-        organization=created,
-        actor=TEST_ACTOR,
-        metadata_xml=TestIdp("e2e").metadata_xml(),
-        enabled=True,
-        allow_idp_initiated=False,
+    with sso_organization_committed(
+        live_db,
+        slug=SLUG,
+        name="SSO End to End",
+        domain=DOMAIN,
+        idp=TestIdp("e2e"),
         default_role="developer",
-    )
-    yield created
-    tenant_connection().set_schema_to_public()
-    User.objects.filter(email__in=[PERSON, f"owner@{SLUG}.example.com"]).delete()
-    live_db.created.remove(created)
-    from tests.factories import organization_purge
-
-    organization_purge(created)
-    plan.delete()
+        people=(PERSON,),
+    ) as sso:
+        yield sso.organization
 
 
 def _idp_answers(page: Any, server: LiveServer, *, keys: KeyPair | None = None) -> Callable[[], int]:

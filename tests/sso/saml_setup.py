@@ -1,23 +1,29 @@
 """An organization with SAML SSO set up for the tests: a plan with `sso`, a verified domain, an
-IdP configured from the test IdP's metadata, and a browser (test client) on the organization's host."""
+IdP configured from the test IdP's metadata, and a browser (test client) on the organization's host.
+`sso_organization` sets up one inside a fast test's transaction; `sso_organization_committed` makes
+a committed one for integration tests (a server process or other threads see it) and removes it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from django.test import Client
 from django.utils import timezone
 
+from apps.accounts.models import User
 from apps.audit.models import AuditEvent
 from apps.billing.models import Plan
 from apps.sso.models import IdentityProvider, SsoDomain
 from apps.sso.services import identity_provider_configure
-from apps.tenants.connection import organization_schema
+from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
 from cognitionos.redis import redis_client
-from tests.factories import TEST_ACTOR
+from tests.conftest import LiveDb
+from tests.factories import TEST_ACTOR, organization_purge
 from tests.sso.idp import Assertion, TestIdp, authn_request_id, encoded
 
 
@@ -127,8 +133,9 @@ def sso_organization(
     allow_idp_initiated: bool = False,
     default_role: str = "viewer",
     enabled: bool = True,
+    plan: Plan | None = None,
 ) -> SsoOrganization:
-    plan_set(organization, sso_plan())
+    plan_set(organization, plan or sso_plan())
     domain = domain or f"corp-{organization.slug}.example"
     domain_verify(organization, domain)
     idp = idp or TestIdp(organization.slug)
@@ -143,3 +150,38 @@ def sso_organization(
     return SsoOrganization(
         organization=organization, idp=idp, domain=domain, client=Client(HTTP_HOST=f"{organization.slug}.localhost")
     )
+
+
+@contextmanager
+def sso_organization_committed(
+    live_db: LiveDb,
+    *,
+    slug: str,
+    domain: str,
+    idp: TestIdp,
+    name: str | None = None,
+    allow_idp_initiated: bool = False,
+    default_role: str = "viewer",
+    people: tuple[str, ...] = (),
+) -> Iterator[SsoOrganization]:
+    """A committed organization set up as `sso_organization` does, on a plan of its own (a committed
+    "sso-tests" plan would outlive the test); on exit it goes with its plan and the accounts of
+    `people` (signed in by SSO: users live in the public schema, not in the organization's)."""
+    plan = Plan.objects.create(code=f"sso-{slug}", name=f"SSO {slug}", limits={"sso": True, "max_members": 10})
+    organization = live_db.organization(slug=slug, name=name)
+    tenant_connection().set_schema_to_public()
+    try:
+        yield sso_organization(
+            organization,
+            idp=idp,
+            domain=domain,
+            allow_idp_initiated=allow_idp_initiated,
+            default_role=default_role,
+            plan=plan,
+        )
+    finally:
+        tenant_connection().set_schema_to_public()
+        User.objects.filter(email__in=[*people, f"owner@{slug}.example.com"]).delete()
+        live_db.created.remove(organization)
+        organization_purge(organization)
+        plan.delete()

@@ -10,18 +10,14 @@ from collections.abc import Iterator
 import pytest
 from django.db import connection
 from django.test import Client
-from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.billing.models import Plan
 from apps.rbac.models import Membership
-from apps.sso.models import SsoDomain
-from apps.sso.services import identity_provider_configure
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.factories import TEST_ACTOR, organization_purge
 from tests.sso.idp import Assertion, TestIdp, encoded
+from tests.sso.saml_setup import sso_organization_committed
 
 pytestmark = pytest.mark.integration
 
@@ -33,28 +29,10 @@ PERSON = f"first@{DOMAIN}"
 
 @pytest.fixture
 def organization(live_db: LiveDb) -> Iterator[Organization]:
-    plan = Plan.objects.create(code=f"sso-race-{RUN}", name="SSO race", limits={"sso": True, "max_members": 10})
-    created = live_db.organization(slug=SLUG)
-    tenant_connection().set_schema_to_public()
-    created.plan = plan
-    created.save(update_fields=["plan"])
-    SsoDomain.objects.create(
-        organization=created, domain=DOMAIN, verification_token="r" * 32, verified_at=timezone.now(), verified_by="dns"
-    )
-    identity_provider_configure(
-        organization=created,
-        actor=TEST_ACTOR,
-        metadata_xml=TestIdp("race").metadata_xml(),
-        enabled=True,
-        allow_idp_initiated=True,
-        default_role="viewer",
-    )
-    yield created
-    tenant_connection().set_schema_to_public()
-    User.objects.filter(email__in=[PERSON, f"owner@{SLUG}.example.com"]).delete()
-    live_db.created.remove(created)
-    organization_purge(created)
-    plan.delete()
+    with sso_organization_committed(
+        live_db, slug=SLUG, domain=DOMAIN, idp=TestIdp("race"), allow_idp_initiated=True, people=(PERSON,)
+    ) as sso:
+        yield sso.organization
 
 
 def test_two_first_sign_ins_of_one_person_at_once_make_one_account(organization: Organization) -> None:
