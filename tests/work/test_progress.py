@@ -25,7 +25,11 @@ from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from apps.work import progress
 from apps.work.services import work_claim, work_finish
+from apps.workflows.executor import STEP
+from apps.workflows.models import StepRun
+from apps.workflows.runs import run_cancel, run_start
 from tests.conftest import TENANT_A, ApiClientFor, LiveDb
+from tests.workflows.factories import workflow_make
 
 KEY = Principal(kind="api_key", id="7", label="tests (cos_x)")
 HELLO = {"messages": [{"role": "user", "content": "Say hello"}], "model": "gpt-4o-mini", "max_tokens": 20}
@@ -174,6 +178,23 @@ def test_a_finished_job_ends_its_stream_with_its_last_status(
     assert body.count("event: status") == 1 and '"status": "cancelled"' in body
     # The view follows the channel the runtime announces a job's changes on.
     assert channels == [progress.progress_channel(organization=tenant, topic=JOB.name, object_id=job.pk)]
+
+
+def test_a_workflow_steps_claim_and_its_runs_cancel_wake_the_runs_stream(
+    tenant: Organization, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    published: list[str] = []
+    monkeypatch.setattr(progress, "_publish", published.append)
+    run = run_start(organization=tenant, principal=KEY, workflow=workflow_make(tenant), input={"text": "x"})
+    step = StepRun.objects.get(run=run, name="summary")
+    run_channel = progress.progress_channel(organization=tenant, topic="workflow_run", object_id=run.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert work_claim(organization=tenant, kind=STEP, item_id=step.pk) is not None
+    assert published == [run_channel]  # the step's change wakes the run's stream, not a step channel
+    published.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        run_cancel(organization=tenant, actor=KEY, run=run)
+    assert set(published) == {run_channel}
 
 
 def _counting_stream(
