@@ -2,12 +2,9 @@ import uuid
 
 from django.db import models
 
-# `Agent` lives in apps.agents; the name stays importable from here only until apps.workflows
-# imports it from there (issue 11), then this re-export goes.
-from apps.agents.models import Agent
 from apps.work.models import FINISHED, WorkItem, WorkStatus
 
-__all__ = ["FINISHED", "Agent", "Job", "JobStatus"]
+__all__ = ["FINISHED", "Job", "JobStatus"]
 
 # A job has the durable-work lifecycle of apps.work (status, attempts, heartbeats, retention).
 JobStatus = WorkStatus
@@ -19,7 +16,7 @@ class Job(WorkItem):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     request = models.JSONField()  # the chat request sent to the engine (OpenAI shape plus our fields)
-    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    agent = models.ForeignKey("agents.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     webhook_endpoint_id = models.UUIDField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)  # text, usage, cost_usd, model, cache, finish_reason
 

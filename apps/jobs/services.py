@@ -14,7 +14,7 @@ from django.db.models import F
 
 from apps.accounts.principals import Principal
 from apps.agents.models import Agent
-from apps.agents.services import job_request_build as job_request_build  # noqa: PLC0414 re-exported until apps.workflows imports apps.agents
+from apps.agents.services import job_request_build
 from apps.audit.services import audit_record
 from apps.jobs.models import Job, JobStatus
 from apps.knowledge.selectors import chunks_search
