@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import pytest
 import redis
 from django.db import connection
@@ -18,6 +19,7 @@ from django.http import StreamingHttpResponse
 from rest_framework.test import APIClient
 
 from apps.accounts.principals import Principal
+from apps.apikeys.services import apikey_create
 from apps.jobs.api import JobOutput
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.services import JOB, job_cancel, job_submit
@@ -29,6 +31,8 @@ from apps.workflows.executor import STEP
 from apps.workflows.models import StepRun
 from apps.workflows.runs import run_cancel, run_start
 from tests.conftest import TENANT_A, ApiClientFor, LiveDb
+from tests.factories import TEST_ACTOR
+from tests.support.processes import free_port, gunicorn_serving
 from tests.workflows.factories import workflow_make
 
 KEY = Principal(kind="api_key", id="7", label="tests (cos_x)")
@@ -153,6 +157,58 @@ def test_a_state_change_reaches_an_open_stream_long_before_the_fallback_read(
     print(f"claim -> event {claimed_latency * 1000:.1f} ms, finish -> event {finished_latency * 1000:.1f} ms")
     assert claimed_latency < 3.0 and finished_latency < 3.0  # the fallback read would take 30 s
     assert [event.split("\n")[0] for event in reader.events()] == ["event: status"] * 3
+
+
+@pytest.mark.integration
+def test_through_the_web_server_a_change_made_in_another_process_reaches_the_stream_at_once(
+    live_db: LiveDb,
+) -> None:
+    organization = live_db.organization(slug="progress-sse")
+    tenant_connection().set_schema_to_public()
+    key = apikey_create(organization=organization, name="progress", actor=TEST_ACTOR).key
+    job = _job(organization, [])
+    lines: list[tuple[float, str]] = []
+
+    def read(base: str) -> None:
+        url, headers = f"{base}/api/v1/jobs/{job.pk}/events", {"Authorization": f"Bearer {key}", "Host": "localhost"}
+        with httpx2.Client(timeout=30) as client, client.stream("GET", url, headers=headers) as response:
+            lines.append((time.monotonic(), f"{response.status_code} {response.headers['content-type']}"))
+            lines.extend((time.monotonic(), line) for line in response.iter_lines())
+
+    def arrival(text: str) -> float:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if found := [arrived for arrived, line in list(lines) if text in line]:
+                return found[0]
+            time.sleep(0.005)
+        raise AssertionError(f"no {text!r} in {lines}")
+
+    with gunicorn_serving(port=free_port(), env={"WEB_PROCESSES": "1", "WEB_THREADS": "4"}) as base:
+        reader = threading.Thread(target=read, args=(base,), daemon=True)
+        reader.start()
+        opened = arrival('"status": "queued"')
+        # One second after the stream's first read: its fallback read would come 4 s after the change.
+        time.sleep(max(0.0, opened + 1 - time.monotonic()))
+        changed = time.monotonic()
+        with organization_schema(organization):  # this process stands for the worker
+            claimed = work_claim(organization=organization, kind=JOB, item_id=job.pk)
+        assert claimed is not None
+        latency = arrival('"status": "running"') - changed
+        with organization_schema(organization):
+            work_finish(
+                organization=organization,
+                kind=JOB,
+                item=claimed,
+                status=JobStatus.SUCCEEDED,
+                values={"result": {"text": "hi"}},
+                attempt=claimed.attempts,
+            )
+        arrival('"status": "succeeded"')
+        reader.join(10)
+        assert not reader.is_alive(), "the stream did not end with its job"
+    print(f"through gunicorn: claim in another process -> event {latency * 1000:.1f} ms")
+    assert lines[0][1] == "200 text/event-stream"
+    assert latency < 2.0
 
 
 def test_a_finished_job_ends_its_stream_with_its_last_status(
