@@ -90,6 +90,17 @@ def _l2_key(schema: str, key: str) -> str:
     return f"llm:cache:{schema}:{key}"
 
 
+# Whether the organization may have L4 rows: "1" yes (read L4 on a miss), "0" none (skip the query),
+# absent unknown (one cheap EXISTS decides, for a minute). Read with the L2 entry, in its round
+# trip; every L4 write sets "1" first, so a "0" can only outlive a write by a race of a minute at
+# most, during which the answer is in L2 anyway (filled with the row, for as long).
+_L4_FLAG_TTL_S = 60
+
+
+def _l4_flag_key(schema: str) -> str:
+    return f"llm:cache-l4:{schema}"
+
+
 def _retention_left(policy: EngineSettings, created_at: dt.datetime, expires_at: dt.datetime) -> int:
     """Seconds a stored answer may still be served: until it expires or leaves the retention."""
     until = min(expires_at, created_at + dt.timedelta(days=policy.retention_days))
@@ -108,7 +119,7 @@ def cache_get(*, schema: str, key: str) -> CachedAnswer | None:
     if hit is not None:
         return CachedAnswer(body=hit[0], cost_usd=hit[1], layer="l1")
     client = redis_client()
-    raw = client.get(_l2_key(schema, key))
+    raw, l4_flag = client.mget([_l2_key(schema, key), _l4_flag_key(schema)])
     if raw is not None:
         stored = json.loads(raw)
         if stored.get("generation", "") == generation:
@@ -117,6 +128,17 @@ def cache_get(*, schema: str, key: str) -> CachedAnswer | None:
             return CachedAnswer(body=stored["body"], cost_usd=Decimal(stored["cost"]), layer="l2")
         # Stored under an earlier policy (by a process that had not seen the change yet): dead.
         client.delete(_l2_key(schema, key))
+    return _l4_get(schema, key, policy, l4_flag)
+
+
+def _l4_get(schema: str, key: str, policy: EngineSettings, flag: bytes | str | None) -> CachedAnswer | None:
+    if flag in (b"0", "0"):
+        return None
+    if flag is None:
+        any_rows = CachedResponse.objects.exists()
+        redis_client().set(_l4_flag_key(schema), "1" if any_rows else "0", ex=_L4_FLAG_TTL_S, nx=True)
+        if not any_rows:
+            return None
     row = (
         CachedResponse.objects.filter(key=key, expires_at__gt=timezone.now())
         .only("response", "cost_usd", "created_at", "expires_at")
@@ -125,16 +147,21 @@ def cache_get(*, schema: str, key: str) -> CachedAnswer | None:
     if row is not None:
         ttl = _retention_left(policy, row.created_at, row.expires_at)
         if ttl > 0:
-            _fill_fast_layers(schema, key, row.response, row.cost_usd, ttl, generation=generation)
+            _fill_fast_layers(schema, key, row.response, row.cost_usd, ttl, generation=policy.content_generation)
             return CachedAnswer(body=row.response, cost_usd=row.cost_usd, layer="l4")
     return None
 
 
-def _fill_fast_layers(schema: str, key: str, body: dict[str, Any], cost: Decimal, ttl: int, *, generation: str) -> None:
+def _fill_fast_layers(
+    schema: str, key: str, body: dict[str, Any], cost: Decimal, ttl: int, *, generation: str, l4: bool = False
+) -> None:
+    """L1 and L2; `l4`: an L4 row is being written too, which the flag says first (same round trip)."""
     l1.put(schema, key, body, cost, ttl, generation=generation)
-    redis_client().set(
-        _l2_key(schema, key), json.dumps({"body": body, "cost": str(cost), "generation": generation}), ex=ttl
-    )
+    pipe = redis_client().pipeline(transaction=False)
+    if l4:
+        pipe.set(_l4_flag_key(schema), "1", ex=_L4_FLAG_TTL_S)
+    pipe.set(_l2_key(schema, key), json.dumps({"body": body, "cost": str(cost), "generation": generation}), ex=ttl)
+    pipe.execute()
 
 
 def cache_put(*, schema: str, key: str, model_name: str, body: dict[str, Any], cost: Decimal, ttl: int | None) -> None:
@@ -144,7 +171,7 @@ def cache_put(*, schema: str, key: str, model_name: str, body: dict[str, Any], c
     if not policy.store_content:
         return
     ttl = min(ttl or settings.LLM_CACHE_TTL_S, policy.retention_days * 86400)
-    _fill_fast_layers(schema, key, body, cost, ttl, generation=policy.content_generation)
+    _fill_fast_layers(schema, key, body, cost, ttl, generation=policy.content_generation, l4=True)
     CachedResponse.objects.update_or_create(
         key=key,
         defaults={
@@ -162,7 +189,7 @@ def cache_fast_layers_drop(*, schema: str) -> None:
     """Drop the organization's L2 entries and this process's L1 entries. Other processes' L1
     entries die with the settings' generation (every settings change makes a new one)."""
     client = redis_client()
-    keys = list(client.scan_iter(_l2_key(schema, "*"), count=1000))
+    keys = [*client.scan_iter(_l2_key(schema, "*"), count=1000), _l4_flag_key(schema)]
     for start in range(0, len(keys), 500):
         client.delete(*keys[start : start + 500])
     l1.forget_schema(schema)

@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
+from apps.llm import caching
 from apps.llm.breaker import OPEN, breaker_key, breaker_record, breaker_state
 from apps.llm.budgets import usage_fold
 from apps.llm.calls import chat_call_parse, chat_complete
@@ -178,3 +179,34 @@ def test_no_usage_is_lost_or_counted_twice_when_a_fold_dies_midway(
     assert usage_fold(organization=organization) == 3
     assert _rollup_totals(organization) == _ledger_totals(organization)
     assert _rollup_totals(organization)["requests"] == 5
+
+
+def test_a_miss_reads_l4_only_when_the_organization_has_l4_rows(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    """A's cache is empty: its misses make no L4 query (a flag read with L2 says so). B's has a row:
+    B's miss reads L4, and once L1 and L2 have lost an answer, L4 still serves it."""
+    tenant_a, tenant_b = two_tenants
+    with organization_schema(tenant_b):
+        caching.cache_put(
+            schema=tenant_b.schema_name, key="k", model_name="simulated-mini", body={"a": 1}, cost=Decimal(0), ttl=600
+        )
+    for organization in (tenant_a, tenant_b):
+        with schema_context(organization.schema_name):
+            caching.cache_get(schema=organization.schema_name, key="warm")  # settles the flag
+            with CaptureQueriesContext(connection) as queries:
+                assert caching.cache_get(schema=organization.schema_name, key="other") is None
+            l4_reads = [q for q in queries if "llm_cachedresponse" in q["sql"]]
+            assert len(l4_reads) == (0 if organization == tenant_a else 1)
+    caching.cache_fast_layers_drop(schema=tenant_b.schema_name)  # L1, L2 and the flag gone
+    with schema_context(tenant_b.schema_name):
+        hit = caching.cache_get(schema=tenant_b.schema_name, key="k")
+    assert hit is not None and (hit.layer, hit.body) == ("l4", {"a": 1})
+    with schema_context(tenant_a.schema_name):  # A's flag said none; a write makes A read L4 again
+        caching.cache_put(
+            schema=tenant_a.schema_name, key="k", model_name="simulated-mini", body={"a": 2}, cost=Decimal(0), ttl=600
+        )
+        caching.l1.clear()
+        redis_client().delete(f"llm:cache:{tenant_a.schema_name}:k")
+        hit = caching.cache_get(schema=tenant_a.schema_name, key="k")
+    assert hit is not None and (hit.layer, hit.body) == ("l4", {"a": 2})
