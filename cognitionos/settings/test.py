@@ -4,11 +4,14 @@ import atexit
 import os
 from pathlib import Path
 
-from cognitionos.embedded import default_data_dir, services_attach
+from cognitionos.embedded import TEST_POSTGRES_SETTINGS, default_data_dir, services_attach
 
 os.environ.setdefault("SECRET_KEY", "test-only-not-secret-" + "x" * 40)
 os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"cognitionos-test-{os.getpid()}")
-_services = services_attach(data_dir=Path(os.environ.get("COGNITIONOS_TEST_DATA_DIR", default_data_dir() / "test")))
+_services = services_attach(
+    data_dir=Path(os.environ.get("COGNITIONOS_TEST_DATA_DIR", default_data_dir() / "test")),
+    postgres_options=TEST_POSTGRES_SETTINGS,
+)
 atexit.register(_services.stop_owned)
 
 from .base import *  # noqa: E402,F403
