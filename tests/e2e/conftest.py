@@ -47,8 +47,11 @@ def chromium_ensure() -> str:
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """One Chromium for the browser tests (starting Playwright's driver and the browser takes
+    seconds); each test gets its own context, with its own cookies and storage, from `page`.
+    Package scope: Playwright's loop runs from the first browser test to the last one only."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_ensure()
