@@ -205,7 +205,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script, section by section
 
     for function in (direct, governed):
         timed(function, 30)  # warm connections and caches
-    direct_times, governed_times = [], []
+    direct_times: list[float] = []
+    governed_times: list[float] = []
     cpu = {"direct": 0.0, "governed": 0.0}  # this process's CPU time (the fake provider's thread included)
     for _ in range(args.calls // 50):  # interleaved, so drift on a shared machine hits both alike
         for name, function, samples in (("direct", direct, direct_times), ("governed", governed, governed_times)):
