@@ -29,9 +29,6 @@ def breaker_key(provider: str, model: str, scope: str = "") -> str:
     return f"llm:breaker:{provider}:{model}" + (f":{scope}" if scope else "")
 
 
-_key = breaker_key
-
-
 def _state_of(opened_at: bytes | str | None) -> str:
     if opened_at is None:
         return CLOSED
@@ -41,7 +38,7 @@ def _state_of(opened_at: bytes | str | None) -> str:
 
 
 def breaker_state(provider: str, model: str, *, scope: str = "") -> str:
-    return _state_of(redis_client().hget(_key(provider, model, scope), OPENED_AT))
+    return _state_of(redis_client().hget(breaker_key(provider, model, scope), OPENED_AT))
 
 
 def breaker_allow(provider: str, model: str, *, scope: str = "", read: tuple[bytes | str | None] | None = None) -> bool:
@@ -53,12 +50,12 @@ def breaker_allow(provider: str, model: str, *, scope: str = "", read: tuple[byt
     if state == OPEN:
         return False
     # Half-open: a single probe, claimed atomically across processes.
-    probe = f"{_key(provider, model, scope)}:probe"
+    probe = f"{breaker_key(provider, model, scope)}:probe"
     return bool(redis_client().set(probe, "1", nx=True, ex=settings.LLM_BREAKER_COOLDOWN_S))
 
 
 def breaker_record(provider: str, model: str, *, success: bool, scope: str = "") -> None:
-    key = _key(provider, model, scope)
+    key = breaker_key(provider, model, scope)
     client = redis_client()
     if success:
         if client.exists(key):
