@@ -83,7 +83,7 @@ def test_the_issue_example_runs_on_a_worker_with_outputs_costs_and_ledger_matchi
     client = APIClient(HTTP_HOST="localhost")
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
     words = ["cat", "mat", "hat", "bat"]
-    with FakeProvider(latency_s=0.3) as provider, celery_worker(env=_worker_env(provider)):
+    with FakeProvider(latency_s=1.0) as provider, celery_worker(env=_worker_env(provider)):
         created = client.post("/api/v1/workflows", {"name": "e2e", "definition": DEFINITION}, format="json")
         assert created.status_code == 201, created.content
         started = client.post(
@@ -128,8 +128,9 @@ def test_the_issue_example_runs_on_a_worker_with_outputs_costs_and_ledger_matchi
     openai_rows = {row.request_id for row in rows if row.provider == "openai"}
     assert set(served) == openai_rows and len(openai_rows) >= 5  # summary and the 4 items at least
 
-    # Four items of 0.3 s each take 1.2 s one after the other; three at a time, about 0.6 s.
-    assert steps["define"]["duration_ms"] < 1200, steps["define"]["duration_ms"]
+    # Four items of 1 s each take 4 s one after the other; three at a time, 2 s plus the engine's
+    # and the worker's overhead (a few hundred ms, more on a loaded machine: hence the margin).
+    assert steps["define"]["duration_ms"] < 3500, steps["define"]["duration_ms"]
     print(f"\nworkflow e2e: run ended {elapsed:.2f} s after its start, map step {steps['define']['duration_ms']} ms")
     assert stream.count("event: run") >= 1 and stream.rstrip().endswith("}")
     assert '"status": "succeeded"' in stream.split("event: run")[-1]
