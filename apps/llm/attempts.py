@@ -25,7 +25,7 @@ from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserv
 from apps.llm.metrics import BREAKER_OPEN
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.selectors import PricedModel
-from apps.llm.providers import CallContext, ChatProvider, ProviderError, provider_for
+from apps.llm.providers import CallContext, ChatProvider, ProviderError, ProviderNotConfigured, provider_for
 from apps.llm.refusals import LlmRefusal
 from apps.llm.router import deployment_observe
 from apps.llm.services import provider_own_keys
@@ -186,6 +186,8 @@ class Attempts:
                 retryable=True,
                 retry_after_s=int(error.retry_after or 1),
             )
+        if isinstance(error, ProviderNotConfigured):
+            return LlmRefusal(503, "provider_not_configured", f"{error}; ask for a model whose provider is set up")
         if error is not None and error.request_fault:
             return LlmRefusal(400, "provider_rejected_request", f"the provider refused the request{detail}")
         return LlmRefusal(502, "provider_unavailable", f"no provider could answer{detail}", retryable=True)
@@ -196,7 +198,11 @@ class Attempts:
         for entry in plan:
             if not self.allowed(entry):
                 continue
-            provider = self.provider(entry)
+            try:
+                provider = self.provider(entry)
+            except ProviderNotConfigured as error:  # no credentials for it here: the next model, if any
+                self.last_error = error
+                continue
             for retry in range(1, settings.LLM_MAX_ATTEMPTS + 1):
                 attempt = self.begin(entry)
                 started = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -68,6 +69,21 @@ def test_a_job_refused_by_its_budget_fails_with_the_refusal(tenant: Organization
     job.refresh_from_db()
     assert (job.status, job.error_class) == (JobStatus.FAILED, "budget_exceeded")
     assert "budget" in job.error_message
+    assert fake_provider.calls == []
+
+
+def test_a_job_for_a_provider_without_credentials_fails_with_that_reason_not_an_internal_error(
+    tenant: Organization, fake_provider: FakeProvider, settings: Any
+) -> None:
+    # As under `make run` without provider keys (with one of them set, the plan's fallback on the
+    # other provider answers instead).
+    settings.OPENAI_API_KEY = ""
+    settings.ANTHROPIC_API_KEY = ""
+    job = _submit(tenant)
+    job_execute(organization=tenant, job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.error_class) == (JobStatus.FAILED, "provider_not_configured")
+    assert "no credentials configured for openai" in job.error_message
     assert fake_provider.calls == []
 
 

@@ -361,3 +361,15 @@ def test_buffered_cache_hits_reach_the_ledger_and_rollup_on_flush(
     usage_fold(organization=two_tenants[0])
     rollup = UsageRollup.objects.get(organization=two_tenants[0], model_name="simulated-mini")
     assert (rollup.requests, rollup.cache_hits) == (3, 2)
+
+
+def test_a_model_whose_provider_has_no_credentials_is_refused_with_a_clear_503(
+    two_tenants: tuple[Organization, Organization], key_a: str, settings: Any
+) -> None:
+    settings.OPENAI_API_KEY = ""  # as under `make run` without provider keys
+    status, payload = _post({"model": "gpt-4o-mini", "messages": HELLO}, key_a)
+    assert status == 503
+    error = payload["error"]
+    assert isinstance(error, dict) and error["code"] == "provider_not_configured"
+    assert "no credentials configured for openai" in error["message"]
+    assert _attempts(two_tenants[0]) == []  # nothing reserved, nothing to settle
