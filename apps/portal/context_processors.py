@@ -12,16 +12,25 @@ from apps.portal.selectors import portal_memberships
 from apps.rbac.decorators import member_may
 from apps.rbac.permissions import Permission
 
-# The portal's sections. `url_name` None: a later issue builds the page; shown as "soon", not linked.
-NAVIGATION: list[dict[str, str | None]] = [
-    {"label": "Home", "url_name": "portal-home"},
-    {"label": "API keys", "url_name": "portal-keys", "permission": "keys:manage"},
-    {"label": "Members", "url_name": "portal-members", "permission": "members:read"},
-    {"label": "Usage", "url_name": None},
-    {"label": "Security", "url_name": "portal-security", "permission": "security:manage"},
-    {"label": "Single sign-on", "url_name": "portal-sso", "permission": "security:manage"},
-    {"label": "Settings", "url_name": None},
-    {"label": "Audit log", "url_name": "portal-audit", "permission": "audit:read"},
+# The portal's sections, in groups. A page the member's role may not open is not offered (its view
+# refuses it too); `permission` is what opening the page needs.
+NAVIGATION: list[dict[str, str]] = [
+    {"group": "", "label": "Home", "url_name": "portal-home"},
+    {"group": "Monitor", "label": "Dashboard", "url_name": "portal-dashboard", "permission": "budgets:read"},
+    {"group": "Monitor", "label": "Request log", "url_name": "portal-requests", "permission": "budgets:read"},
+    {"group": "Build", "label": "Playground", "url_name": "portal-playground", "permission": "llm:invoke"},
+    {"group": "Build", "label": "Jobs", "url_name": "portal-jobs", "permission": "jobs:read"},
+    {"group": "Build", "label": "Agents", "url_name": "portal-agents", "permission": "jobs:read"},
+    {"group": "Build", "label": "Workflows", "url_name": "portal-workflows", "permission": "workflows:read"},
+    {"group": "Build", "label": "Webhooks", "url_name": "portal-webhooks", "permission": "webhooks:manage"},
+    {"group": "Manage", "label": "API keys", "url_name": "portal-keys", "permission": "keys:manage"},
+    {"group": "Manage", "label": "Provider keys", "url_name": "portal-provider-keys", "permission": "security:manage"},
+    {"group": "Manage", "label": "Budgets", "url_name": "portal-budgets", "permission": "budgets:read"},
+    {"group": "Manage", "label": "Model settings", "url_name": "portal-model-settings", "permission": "security:manage"},
+    {"group": "Organization", "label": "Members", "url_name": "portal-members", "permission": "members:read"},
+    {"group": "Organization", "label": "Security", "url_name": "portal-security", "permission": "security:manage"},
+    {"group": "Organization", "label": "Single sign-on", "url_name": "portal-sso", "permission": "security:manage"},
+    {"group": "Organization", "label": "Audit log", "url_name": "portal-audit", "permission": "audit:read"},
 ]
 
 

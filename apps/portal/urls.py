@@ -50,4 +50,15 @@ urlpatterns = [
     path("keys/", views.keys, name="portal-keys"),
     path("keys/<int:key_id>/revoke/", views.key_revoke, name="portal-key-revoke"),
     path("audit/", views.audit, name="portal-audit"),
+    # Each area of the portal keeps its routes beside its views (apps/portal/<area>_pages.py).
+    path("", include("apps.portal.dashboard_pages")),
+    path("", include("apps.portal.requests_pages")),
+    path("", include("apps.portal.playground_pages")),
+    path("", include("apps.portal.jobs_pages")),
+    path("", include("apps.portal.agents_pages")),
+    path("", include("apps.portal.workflows_pages")),
+    path("", include("apps.portal.webhooks_pages")),
+    path("", include("apps.portal.budgets_pages")),
+    path("", include("apps.portal.provider_keys_pages")),
+    path("", include("apps.portal.model_settings_pages")),
 ]

@@ -1,0 +1,7 @@
+"""The portal's jobs pages (issue 12)."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []
