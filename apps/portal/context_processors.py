@@ -26,7 +26,12 @@ NAVIGATION: list[dict[str, str]] = [
     {"group": "Manage", "label": "API keys", "url_name": "portal-keys", "permission": "keys:manage"},
     {"group": "Manage", "label": "Provider keys", "url_name": "portal-provider-keys", "permission": "security:manage"},
     {"group": "Manage", "label": "Budgets", "url_name": "portal-budgets", "permission": "budgets:read"},
-    {"group": "Manage", "label": "Model settings", "url_name": "portal-model-settings", "permission": "security:manage"},
+    {
+        "group": "Manage",
+        "label": "Model settings",
+        "url_name": "portal-model-settings",
+        "permission": "security:manage",
+    },
     {"group": "Organization", "label": "Members", "url_name": "portal-members", "permission": "members:read"},
     {"group": "Organization", "label": "Security", "url_name": "portal-security", "permission": "security:manage"},
     {"group": "Organization", "label": "Single sign-on", "url_name": "portal-sso", "permission": "security:manage"},
