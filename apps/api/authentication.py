@@ -41,6 +41,12 @@ class ApiKeyAuthentication(BaseAuthentication):
             return KeyHolder(principal), principal
         if request.headers.get("Authorization", "").startswith("Bearer ") or request.headers.get("X-Api-Key"):
             # The middleware resolves keys on the API host only; anything presented and unresolved is wrong.
+            tenant = getattr(_django_request(request), "tenant", None)
+            if tenant is not None and not tenant.is_public:
+                raise exceptions.AuthenticationFailed(
+                    "API keys are accepted on the API host only (the platform host's /api/v1 and /v1), "
+                    "not on an organization's portal host"
+                )
             raise exceptions.AuthenticationFailed("the API key is unknown, malformed or revoked")
         return None
 

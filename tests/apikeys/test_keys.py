@@ -323,3 +323,17 @@ def test_expiry_parse_reads_durations_and_iso_dates() -> None:
     assert expiry_parse("2027-03-01T10:00:00+02:00").utcoffset() == dt.timedelta(hours=2)
     with pytest.raises(ValueError, match="neither a duration"):
         expiry_parse("soon")
+
+
+def test_a_key_sent_to_an_organizations_portal_host_is_told_to_use_the_api_host(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    organization = two_tenants[0]
+    key = new_key(organization, "jobs:read")
+    on_portal_host = APIClient(HTTP_HOST=f"{organization.slug}.localhost")
+    on_portal_host.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    refused = on_portal_host.get("/api/v1/jobs")
+    assert refused.status_code == 401
+    assert "API host" in refused.json()["error"]["message"]
+    # The same key on the API host works.
+    assert key_client(key).get("/api/v1/jobs").status_code == 200
