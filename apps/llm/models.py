@@ -3,7 +3,8 @@
 from decimal import Decimal
 
 from django.db import models
-from django.db.models.functions import Now
+from django.db.models.functions import Length, Now
+from django.db.models.lookups import LessThanOrEqual
 from pgvector.django import HnswIndex, VectorField
 
 # The semantic cache's vectors: the dimensions of the embedding models it uses (OpenAI
@@ -18,6 +19,20 @@ class AttemptStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     SWEPT = "swept", "Settled by the sweeper from its reservation"
     CACHE_HIT = "cache_hit", "Served from cache"
+
+
+class CallSource(models.TextChoices):
+    """Which entry point a governed call came through (the request log's "source")."""
+
+    GATEWAY = "gateway", "Gateway /v1/chat/completions"
+    MESSAGES = "messages", "Gateway /v1/messages (Anthropic)"
+    EMBEDDINGS = "embeddings", "Gateway /v1/embeddings"
+    JOB = "job", "Job"
+    WORKFLOW_STEP = "workflow_step", "Workflow step"
+    RETRIEVAL = "retrieval", "Knowledge retrieval (embedding)"
+    SEMANTIC_CACHE = "semantic_cache", "Semantic cache lookup (embedding)"
+    PLAYGROUND = "playground", "Playground"
+    OTHER = "other", "Other"
 
 
 class UsageAttempt(models.Model):
@@ -35,7 +50,10 @@ class UsageAttempt(models.Model):
     principal_label = models.CharField(max_length=254, blank=True, default="")
     api_key_id = models.BigIntegerField(null=True, blank=True)
     user_id = models.BigIntegerField(null=True, blank=True)
-    model_name = models.CharField(max_length=100)
+    model_name = models.CharField(max_length=100, help_text="The model this attempt called (that answered).")
+    # What the caller asked for: a model name, or `policy:<name>` (the router chose model_name).
+    model_requested = models.CharField(max_length=120, blank=True, default="", db_default="")
+    source = models.CharField(max_length=20, choices=CallSource.choices, blank=True, default="", db_default="")
     provider = models.CharField(max_length=30)
     paid_by = models.CharField(max_length=20, default="platform")
     input_tokens = models.PositiveIntegerField(default=0)
@@ -65,7 +83,30 @@ class UsageAttempt(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "hold_expires_at"], name="llm_attempt_open_holds"),
-            models.Index(fields=["created_at"], name="llm_attempt_created"),
+            # The request log (apps.portal.requests_pages): newest first by (created_at, id), each
+            # selective filter with an index of its own that gives the rows in that order, so that a
+            # page reads ~51 index entries whatever the ledger's size. Statuses other than
+            # `succeeded` (the rare ones) and cache hits are partial indexes: a filter on the common
+            # value walks the time index instead, where nearly every row matches.
+            models.Index(fields=["created_at", "id"], name="llm_attempt_log_time"),
+            models.Index(
+                fields=["status", "created_at", "id"],
+                condition=~models.Q(status="succeeded"),
+                name="llm_attempt_log_status",
+            ),
+            models.Index(fields=["model_name", "created_at", "id"], name="llm_attempt_log_model"),
+            models.Index(
+                fields=["api_key_id", "created_at", "id"],
+                condition=models.Q(api_key_id__isnull=False),
+                name="llm_attempt_log_key",
+            ),
+            models.Index(
+                fields=["cache_layer", "created_at", "id"],
+                condition=~models.Q(cache_layer=""),
+                name="llm_attempt_log_cache",
+            ),
+            # Prefix search on the request id (LIKE 'abc%'), whatever the database's collation.
+            models.Index(fields=["request_id"], opclasses=["varchar_pattern_ops"], name="llm_attempt_log_request"),
             # What the rollup fold has left to do: small, whatever the ledger's size.
             models.Index(
                 fields=["id"],
@@ -76,6 +117,36 @@ class UsageAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.attempt} {self.status}"
+
+
+# What one call's stored prompt or answer may hold, in characters: past it, the text is cut.
+CALL_CONTENT_MAX_CHARS = 32_000
+
+
+class CallContent(models.Model):
+    """A call's prompt and answer, for the request log's detail: written with the settlement (or the
+    cache hit's ledger row) only while the organization's content policy keeps content, deleted by
+    the content-retention sweep (apps.llm.services.llm_content_sweep), all of it when the policy
+    turns content off."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
+    prompt = models.TextField(help_text="The messages sent, as JSON (cut at CALL_CONTENT_MAX_CHARS).")
+    answer = models.TextField(blank=True, default="")
+    truncated = models.BooleanField(default=False, db_default=False)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=LessThanOrEqual(Length("prompt"), CALL_CONTENT_MAX_CHARS), name="llm_callcontent_prompt_bounded"
+            ),
+            models.CheckConstraint(
+                condition=LessThanOrEqual(Length("answer"), CALL_CONTENT_MAX_CHARS), name="llm_callcontent_answer_bounded"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"content of {self.request_id}"
 
 
 class BudgetScope(models.TextChoices):
