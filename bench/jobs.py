@@ -89,12 +89,9 @@ def worker_env(base_url: str) -> dict[str, str]:
         "OPENAI_BASE_URL": base_url,
         "LOG_LEVEL": "WARNING",
         "DEBUG": "false",  # development settings keep every query in memory when DEBUG is on
+        # Hundreds of threads share 20 connections: each call gives its connection back while it
+        # waits on the provider, and a settlement waits for one as long as its hold lives.
         "DATABASE_POOL_MAX_SIZE": "20",
-        # Hundreds of threads share 20 connections (each call gives its connection back while it
-        # waits on the provider), and calls answered together all want one to settle: with the
-        # default 10 s wait a loaded machine failed 300 of 800 settlements after the provider had
-        # answered (PoolTimeout; the runs then wait for a reaper this bench does not run).
-        "DATABASE_POOL_TIMEOUT": "60",
     }
 
 

@@ -29,6 +29,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from psycopg_pool import PoolTimeout
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
@@ -269,6 +270,28 @@ SELECT (SELECT count(*) FROM settled),
 """
 
 
+def connection_await() -> None:
+    """Get this thread a database connection, waiting for the pool as long as a hold lives.
+
+    Called after a provider answered: its cost must be recorded. Worker threads give their pooled
+    connection back during the call, and when many calls end together they all want one again; the
+    pool's own wait (a few seconds, right for a web request) would then fail a paid call's
+    settlement, its job would stay unfinished, and the reaper would run the paid call again.
+    Nothing is held while waiting, so waiting is safe; a hold outlives it and the sweeper settles
+    it from the reservation if the database never comes back."""
+    if connection.connection is not None:
+        return
+    deadline = time.monotonic() + settings.LLM_HOLD_SECONDS
+    while True:
+        try:
+            connection.ensure_connection()
+            return
+        except DatabaseError as exc:
+            if not isinstance(exc.__cause__, PoolTimeout) or time.monotonic() >= deadline:
+                raise
+            logger.warning("the connection pool is exhausted; still waiting to settle a paid provider call")
+
+
 def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlement: Settlement) -> bool:
     """Record what the attempt cost and release its holds in one transaction of one statement (plus
     the rare soft-limit event). False if the attempt was already settled. The budgets see the spend
@@ -276,6 +299,7 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
     now = timezone.now()
     # One statement, atomic by itself. Inside a caller's transaction (a job recording its answer
     # with the settlement) it is part of that transaction: no savepoint, both commit or neither.
+    connection_await()
     atomic = transaction.atomic(savepoint=False) if connection.in_atomic_block else contextlib.nullcontext()
     with organization_schema(organization), atomic, _qualified_cursor() as cursor:
         cursor.execute(
