@@ -20,7 +20,7 @@ from apps.accounts.principals import Principal
 from apps.llm.admission import call_admit, chat_rate_tokens
 from apps.llm.answers import CallCache, hit_record
 from apps.llm.attempts import Attempts
-from apps.llm.budgets import Spender, attempt_settle
+from apps.llm.budgets import Spender, attempt_settle, connection_await
 from apps.llm.outcomes import ChatOutcome, ChatStream
 from apps.llm.platform.selectors import PricedModel
 from apps.llm.pricing import output_allowance, refuse_unpriced, success_settlement, worst_case_cost
@@ -151,6 +151,7 @@ def chat_complete(
         cache="miss",
         simulated=entry.model.is_simulated,
     )
+    connection_await()  # before the caller's transaction opens: it takes the pool's short wait
     with transaction.atomic() if on_settled is not None else contextlib.nullcontext():
         attempt_settle(organization=organization, attempt=answered.attempt, settlement=settlement)
         if on_settled is not None:
