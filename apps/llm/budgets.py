@@ -35,7 +35,7 @@ from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.llm import metrics
 from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, UsageAttempt
-from apps.llm.platform.models import UsageRollup
+from apps.llm.platform.models import LATENCY_SLOT_FLOORS_MS, LATENCY_SLOTS, UsageBucket, UsageRollup
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 
@@ -433,7 +433,7 @@ WITH picked AS (
 ), marked AS (
     UPDATE llm_usageattempt a SET rolled_up = true FROM picked WHERE a.id = picked.id
     RETURNING a.status, coalesce(a.settled_at, a.created_at) AS at, a.model_name, coalesce(a.api_key_id, 0) AS key,
-        a.input_tokens, a.output_tokens, a.cost_usd, a.saved_usd
+        a.input_tokens, a.output_tokens, a.cost_usd, a.saved_usd, coalesce(a.user_id, 0) AS person, a.latency_ms
 ), totals AS (
     SELECT (at AT TIME ZONE 'UTC')::date AS day, model_name, key,
         count(*) FILTER (WHERE status IN ('succeeded', 'cache_hit')) AS requests,
@@ -453,8 +453,34 @@ WITH picked AS (
         output_tokens = r.output_tokens + EXCLUDED.output_tokens,
         cost_usd = r.cost_usd + EXCLUDED.cost_usd, saved_usd = r.saved_usd + EXCLUDED.saved_usd
     RETURNING 1
+), slotted AS (
+    -- The dashboard's buckets (UsageBucket) from the same rows: each in its UTC hour and its UTC day;
+    -- an answered request's latency in its histogram slot (width_bucket: floors after the first).
+    SELECT m.*, s.span, s.start,
+        CASE WHEN m.status IN ('succeeded', 'cache_hit') AND m.latency_ms IS NOT NULL
+            THEN width_bucket(m.latency_ms, %(latency_floors)s::int[]) END AS slot
+    FROM marked m CROSS JOIN LATERAL (VALUES
+        ('hour', date_trunc('hour', m.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'),
+        ('day', date_trunc('day', m.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')) AS s(span, start)
+), buckets AS (
+    INSERT INTO public.{buckets} AS b (organization_id, span, start, model_name, api_key_id, user_id, requests,
+        cache_hits, errors, input_tokens, output_tokens, cost_usd, saved_usd, latency_histogram)
+    SELECT %(organization)s, span, start, model_name, key, person,
+        count(*) FILTER (WHERE status IN ('succeeded', 'cache_hit')),
+        count(*) FILTER (WHERE status = 'cache_hit'),
+        count(*) FILTER (WHERE status IN ('failed', 'swept')),
+        sum(input_tokens), sum(output_tokens), sum(cost_usd), sum(saved_usd),
+        ARRAY[{slot_counts}]::bigint[]
+    FROM slotted GROUP BY span, start, model_name, key, person ORDER BY span, start, model_name, key, person
+    ON CONFLICT (organization_id, span, start, model_name, api_key_id, user_id) DO UPDATE SET
+        requests = b.requests + EXCLUDED.requests, cache_hits = b.cache_hits + EXCLUDED.cache_hits,
+        errors = b.errors + EXCLUDED.errors, input_tokens = b.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = b.output_tokens + EXCLUDED.output_tokens,
+        cost_usd = b.cost_usd + EXCLUDED.cost_usd, saved_usd = b.saved_usd + EXCLUDED.saved_usd,
+        latency_histogram = ARRAY[{slot_sums}]::bigint[]
+    RETURNING 1
 )
-SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM rolled)
+SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM rolled), (SELECT count(*) FROM buckets)
 """
 
 
@@ -462,16 +488,30 @@ def usage_fold(*, organization: Organization, batch: int = 5000) -> int:
     """Add the organization's settled ledger rows not yet in the public UsageRollup to it (attempts:
     their tokens and cost, a request if they succeeded; cache hits: a request, a hit and what they
     saved), `batch` rows per statement until none are left. Returns how many rows were folded.
+    The same statement adds them to the dashboard's hour and day buckets (UsageBucket: by user too,
+    with errors and a latency histogram), so every reader of either table sees each row once.
 
     The settlement leaves this to a periodic task (llm_usage_fold_all), so that no call waits on
     the rollup's row lock, which every concurrent call of the organization's model and key shares."""
     folded = 0
-    statement = _FOLD.format(table=UsageRollup._meta.db_table)
+    statement = _FOLD.format(
+        table=UsageRollup._meta.db_table,
+        buckets=UsageBucket._meta.db_table,
+        slot_counts=", ".join(f"count(*) FILTER (WHERE slot = {slot})" for slot in range(LATENCY_SLOTS)),
+        slot_sums=", ".join(
+            f"b.latency_histogram[{n}] + EXCLUDED.latency_histogram[{n}]" for n in range(1, LATENCY_SLOTS + 1)
+        ),
+    )
+    parameters: dict[str, Any] = {
+        "batch": batch,
+        "organization": organization.pk,
+        "latency_floors": list(LATENCY_SLOT_FLOORS_MS[1:]),
+    }
     with organization_schema(organization):
         while True:
             with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(statement, {"batch": batch, "organization": organization.pk})
-                marked, _ = cursor.fetchone()
+                cursor.execute(statement, parameters)
+                marked, _, _ = cursor.fetchone()
             folded += int(marked)
             if marked < batch:
                 return folded

@@ -23,11 +23,13 @@ from apps.llm.pricing import ChatCostPreview, EmbeddingCostPreview, chat_cost_pr
 from apps.llm.refusals import LlmRefusal
 from apps.llm.selectors import BudgetStatus, ContentPolicy, budget_statuses, llm_content_policy
 from apps.llm.semantic import embedding_model_name
+from apps.llm.usage import USAGE_RANGES, UsageSeries, UsageTotals, usage_recorded, usage_series
 from apps.llm.validation import ChatCall
 from apps.llm.validation import chat_call_parse as _chat_call_parse
 from apps.tenants.models import Organization
 
 __all__ = [
+    "USAGE_RANGES",
     "BudgetStatus",
     "ChatCall",
     "ChatCostPreview",
@@ -36,6 +38,8 @@ __all__ = [
     "ContentPolicy",
     "EmbeddingCostPreview",
     "LlmRefusal",
+    "UsageSeries",
+    "UsageTotals",
     "attempts_abandon",
     "budget_statuses",
     "chat_call_parse",
@@ -47,6 +51,8 @@ __all__ = [
     "embeddings_create",
     "llm_content_policy",
     "model_exists",
+    "usage_recorded",
+    "usage_series",
 ]
 
 
