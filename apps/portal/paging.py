@@ -15,7 +15,7 @@ import datetime as dt
 import re
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -137,17 +137,20 @@ def keyset_page_by_time(
     request: HttpRequest,
     time_field: str = "created_at",
     prefix: str = "",
-    keep: Mapping[str, str] | None = None,
+    keep: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     size: int = DEFAULT_PAGE_SIZE,
 ) -> KeysetPage[M]:
     """`keyset_page` for rows whose primary key is a UUID, newest first: ordered by (`time_field`,
     pk) descending, which an index on (`time_field`) keeps cheap. `?before=` goes to older rows,
-    `?after=` back to newer ones; the same KeysetPage (and _pager.html) as `keyset_page`."""
+    `?after=` back to newer ones; the same KeysetPage (and _pager.html) as `keyset_page`. `keep` may
+    be pairs, for a filter given more than once (`status=queued&status=running`)."""
     before = _time_cursor_param(request, f"{prefix}before")
     after = _time_cursor_param(request, f"{prefix}after")
 
+    kept = list(keep.items()) if isinstance(keep, Mapping) else list(keep or ())
+
     def query(param: str, row: Model) -> str:
-        return urllib.parse.urlencode({**(keep or {}), f"{prefix}{param}": _time_cursor_of(row, time_field)})
+        return urllib.parse.urlencode([*kept, (f"{prefix}{param}", _time_cursor_of(row, time_field))])
 
     def older(cursor: tuple[dt.datetime, uuid.UUID]) -> Q:
         return Q(**{f"{time_field}__lt": cursor[0]}) | Q(**{time_field: cursor[0], "pk__lt": cursor[1]})
@@ -155,7 +158,7 @@ def keyset_page_by_time(
     def newer(cursor: tuple[dt.datetime, uuid.UUID]) -> Q:
         return Q(**{f"{time_field}__gt": cursor[0]}) | Q(**{time_field: cursor[0], "pk__gt": cursor[1]})
 
-    first = urllib.parse.urlencode(dict(keep or {}))
+    first = urllib.parse.urlencode(kept)
     newest_first = (f"-{time_field}", "-pk")
     if after is not None and before is None:
         # Walk toward newer rows from the cursor and turn them round: the page just before it.
