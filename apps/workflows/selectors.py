@@ -6,7 +6,7 @@ import functools
 from decimal import Decimal
 from uuid import UUID
 
-from django.db.models import QuerySet, Sum
+from django.db.models import OuterRef, QuerySet, Subquery, Sum
 from django.shortcuts import get_object_or_404
 
 from apps.llm.models import AttemptStatus, UsageAttempt
@@ -71,3 +71,26 @@ def ledger_cost(*, request_prefix: str) -> Decimal:
     """What the ledger holds for the calls whose request id starts with `request_prefix`."""
     total = UsageAttempt.objects.filter(request_id__startswith=request_prefix).aggregate(total=Sum("cost_usd"))
     return total["total"] or Decimal(0)
+
+
+def workflow_overview_list() -> QuerySet[Workflow]:
+    """Workflows with their latest version's number (`latest_number`) and their last run's status
+    (`last_run_status`, None before the first run), in one query whatever the number of them."""
+    last_run = WorkflowRun.objects.filter(workflow=OuterRef("pk")).order_by("-created_at", "-id")
+    return Workflow.objects.annotate(
+        latest_number=Subquery(
+            WorkflowVersion.objects.filter(workflow=OuterRef("pk")).order_by("-number").values("number")[:1]
+        ),
+        last_run_status=Subquery(last_run.values("status")[:1]),
+        last_run_at=Subquery(last_run.values("created_at")[:1]),
+    )
+
+
+def run_overview_list(*, workflow: Workflow | None = None, statuses: list[str] | None = None) -> QuerySet[WorkflowRun]:
+    """Runs (of one workflow, or all), filtered by status, with what a list shows of them."""
+    runs = WorkflowRun.objects.select_related("workflow", "version")
+    if workflow is not None:
+        runs = runs.filter(workflow=workflow)
+    if statuses:
+        runs = runs.filter(status__in=statuses)
+    return runs

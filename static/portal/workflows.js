@@ -1,0 +1,21 @@
+// The workflows pages (apps/portal/workflows_pages.py): no inline handlers, delegated listeners
+// (the run page's live part is swapped in by HTMX every second).
+"use strict";
+
+// The editor's format: before anything was typed, show the same definition in the other format
+// (the server writes it); once the text was changed, keep it and read it in the format chosen.
+document.addEventListener("change", (event) => {
+  const radio = event.target.closest("input[type=radio][name=format]");
+  if (!radio) return;
+  const editor = document.getElementById("id_definition");
+  if (!editor || editor.value !== editor.defaultValue || editor.form.dataset.submitted) return;
+  const url = new URL(window.location.href);
+  url.searchParams.set("format", radio.value);
+  window.location.assign(url.toString());
+});
+
+// Forms that undo something ask first (the cancel button of a run).
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+});
