@@ -11,6 +11,7 @@ an HTTP error type (the gateway alone shapes refusals into OpenAI's and Anthropi
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from apps.accounts.principals import Principal
@@ -21,18 +22,22 @@ from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.pricing import ChatCostPreview, EmbeddingCostPreview, chat_cost_preview, embedding_cost_preview
 from apps.llm.refusals import LlmRefusal
+from apps.llm.router import POLICIES, usable
 from apps.llm.selectors import BudgetStatus, ContentPolicy, budget_statuses, llm_content_policy
 from apps.llm.semantic import embedding_model_name
+from apps.llm.services import provider_own_keys
 from apps.llm.usage import USAGE_RANGES, UsageSeries, UsageTotals, usage_recorded, usage_series
 from apps.llm.validation import ChatCall
 from apps.llm.validation import chat_call_parse as _chat_call_parse
 from apps.tenants.models import Organization
 
 __all__ = [
+    "CHAT_POLICIES",
     "USAGE_RANGES",
     "BudgetStatus",
     "ChatCall",
     "ChatCostPreview",
+    "ChatModelChoice",
     "ChatOutcome",
     "ChatStream",
     "ContentPolicy",
@@ -45,6 +50,7 @@ __all__ = [
     "chat_call_parse",
     "chat_complete",
     "chat_cost_preview",
+    "chat_model_choices",
     "chat_stream",
     "embedding_cost_preview",
     "embedding_model_name",
@@ -108,3 +114,37 @@ def model_exists(name: str, *, kind: str | None = None) -> bool:
     if given). Whether it can serve a call right now is the engine's decision at call time."""
     entry = catalog().get(name)
     return entry is not None and (kind is None or entry.model.kind == ModelKind(kind))
+
+
+# The routing policies a call may name instead of a model (`"model": "cheapest"` is accepted too).
+CHAT_POLICIES: tuple[str, ...] = POLICIES
+
+
+@dataclass(frozen=True)
+class ChatModelChoice:
+    """A chat model the organization can call now, as a picker shows it."""
+
+    name: str
+    provider: str
+    simulated: bool
+    context_window: int
+    max_output_tokens: int
+    quality_tier: int
+
+
+def chat_model_choices(*, organization: Organization) -> list[ChatModelChoice]:
+    """The chat models the organization can call now (priced, and the provider configured for the
+    platform or by the organization's own key), by name: what /v1/models lists as chat models."""
+    own = frozenset(provider_own_keys(organization=organization))
+    return [
+        ChatModelChoice(
+            name=entry.model.name,
+            provider=entry.model.provider,
+            simulated=entry.model.is_simulated,
+            context_window=entry.model.context_window,
+            max_output_tokens=entry.model.max_output_tokens,
+            quality_tier=entry.model.quality_tier,
+        )
+        for entry in sorted(catalog().values(), key=lambda e: e.model.name)
+        if entry.model.kind == ModelKind.CHAT and usable(entry, own)
+    ]

@@ -1,7 +1,179 @@
-"""The portal's playground pages (issue 12)."""
+"""The portal's playground (issue 12): a prompt against a model or a routing policy, answered as a
+stream through the governed path (`chat_stream`, the function /v1 uses: routed, cached, budgeted,
+rate-limited, metered and audited) as the signed-in member, and the same call shown as code.
+
+The page posts its form (session and CSRF token, like any portal form) with fetch and reads the
+answer as server-sent events:
+
+    event: start  {"request_id", "model", "cache"}
+    event: delta  {"text"}                       (as the model writes)
+    event: end    {"model", "prompt_tokens", "completion_tokens", "cost_usd", "cache",
+                   "latency_ms", "first_token_ms", "finish_reason"}
+    event: error  {"message"}                    (the provider's stream broke after it began)
+
+A call refused before it starts (bad field, budget, rate limit, model, provider) is answered with
+a JSON body {"error": {"message", "code", "field"}} and the refusal's status instead.
+"""
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
 
-urlpatterns: list[URLPattern] = []
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.urls import path
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from apps.llm.calls import CHAT_POLICIES, CallSource, ChatModelChoice, ChatStream, LlmRefusal, chat_model_choices
+from apps.llm.gateway import stream_start
+from apps.portal.caller import caller_organization, caller_principal
+from apps.portal.context_processors import platform_origin
+from apps.portal.playground import DEFAULT_MAX_TOKENS, MAX_TURNS, PromptInvalid, prompt_parse, prompt_snippets
+from apps.rbac.decorators import permission_required
+from apps.rbac.permissions import Permission
+
+POLICY_LABELS = {
+    "cheapest": "Cheapest adequate model",
+    "fastest": "Fastest model",
+    "balanced": "Balanced (cost and speed)",
+}
+
+
+def _preselected(models: list[ChatModelChoice]) -> str:
+    """A real model when the platform has one (the least capable, so a first try costs little);
+    the simulator otherwise, which works with no provider key at all."""
+    real = [model for model in models if not model.simulated]
+    if real:
+        return min(real, key=lambda model: (model.quality_tier, model.name)).name
+    return models[0].name if models else ""
+
+
+@permission_required(Permission.LLM_INVOKE)
+@require_GET
+def playground(request: HttpRequest) -> HttpResponse:
+    organization = caller_organization(request)
+    models = chat_model_choices(organization=organization)
+    return render(
+        request,
+        "portal/playground/playground.html",
+        {
+            "organization": organization,
+            "models": models,
+            "policies": [(name, POLICY_LABELS.get(name, name)) for name in CHAT_POLICIES],
+            "selected": _preselected(models),
+            "default_max_tokens": DEFAULT_MAX_TOKENS,
+            "max_turns": MAX_TURNS,
+            "api_base_url": f"{platform_origin(request)}/v1",
+        },
+    )
+
+
+def _problem(status: int, message: str, code: str, field: str | None = None, **extra: Any) -> JsonResponse:
+    return JsonResponse({"error": {"message": message, "code": code, "field": field, **extra}}, status=status)
+
+
+def _refused(refusal: LlmRefusal, field: str | None) -> JsonResponse:
+    response = _problem(refusal.http_status, refusal.message, refusal.code, field, retryable=refusal.retryable)
+    if refusal.retry_after_s is not None:
+        response["Retry-After"] = str(refusal.retry_after_s)
+    return response
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _events(stream: ChatStream, started: float) -> Iterator[bytes]:
+    """The engine's chunks as the page's events; closing this (the client went away) closes the
+    engine's stream, which settles the attempt."""
+    model, usage, finish, first_token_ms = stream.model, None, None, None
+    try:
+        yield _event("start", {"request_id": stream.request_id, "model": stream.model, "cache": stream.cache})
+        for chunk in stream.chunks:
+            model = chunk.get("model") or model
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    if first_token_ms is None:
+                        first_token_ms = round((time.perf_counter() - started) * 1000, 1)
+                    yield _event("delta", {"text": text})
+                finish = choice.get("finish_reason") or finish
+    finally:
+        close = getattr(stream.chunks, "close", None)
+        if close is not None:
+            close()
+    if usage is None:
+        # The relay ended without the provider's usage: the stream broke after it began, and the
+        # attempt was charged its reservation (apps.llm.relay).
+        yield _event("error", {"message": "The answer was cut off: the provider's stream broke. Try again."})
+        return
+    yield _event(
+        "end",
+        {
+            "request_id": stream.request_id,
+            "model": model,
+            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "completion_tokens": usage.get("completion_tokens", 0),
+            "cost_usd": usage.get("cost_usd", "0"),
+            "cache": stream.cache,
+            "simulated": stream.simulated,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            "first_token_ms": first_token_ms,
+            "finish_reason": finish,
+        },
+    )
+
+
+@permission_required({"POST": Permission.LLM_INVOKE})
+@require_POST
+@never_cache
+def playground_run(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    """Run the page's prompt as the member, streaming the answer as server-sent events."""
+    started = time.perf_counter()
+    try:
+        prompt, call = prompt_parse(request.POST)
+    except PromptInvalid as invalid:
+        return _problem(400, invalid.message, "invalid_field", invalid.field)
+    try:
+        # A long-response slot is taken first, as /v1 does: a stream over the process's cap is
+        # refused (429) before anything is reserved or called.
+        stream, slot = stream_start(
+            organization=caller_organization(request),
+            principal=caller_principal(request),
+            call=call,
+            request_id=uuid.uuid4().hex,
+            source=CallSource.PLAYGROUND,
+        )
+    except LlmRefusal as refusal:
+        return _refused(refusal, prompt.field_of(refusal.param) if refusal.param else None)
+    response = StreamingHttpResponse(slot.hold(_events(stream, started)), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response["x-cognitionos-request-id"] = stream.request_id
+    response["x-cognitionos-cache"] = stream.cache
+    return response
+
+
+@permission_required({"POST": Permission.LLM_INVOKE})
+@require_POST
+def playground_code(request: HttpRequest) -> HttpResponse:
+    """The page's prompt as code for the openai SDK, the anthropic SDK and curl (an HTML fragment)."""
+    try:
+        prompt, _call = prompt_parse(request.POST)
+    except PromptInvalid as invalid:
+        return _problem(400, invalid.message, "invalid_field", invalid.field)
+    snippets = prompt_snippets(prompt, platform_url=platform_origin(request))
+    return render(request, "portal/playground/_code.html", {"snippets": snippets, "prompt": prompt})
+
+
+urlpatterns = [
+    path("playground/", playground, name="portal-playground"),
+    path("playground/run/", playground_run, name="portal-playground-run"),
+    path("playground/code/", playground_code, name="portal-playground-code"),
+]

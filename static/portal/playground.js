@@ -1,0 +1,279 @@
+// The playground page (templates/portal/playground/playground.html): messages added and removed,
+// the prompt posted with fetch and its answer read as server-sent events from the response body,
+// and the same call shown as code. Text from the model or the server is only ever set as text;
+// the code panel is HTML rendered (and escaped) by the server.
+(() => {
+  "use strict";
+  const form = document.getElementById("playground-form");
+  if (!form) return;
+  const turns = document.getElementById("turns");
+  const template = document.getElementById("turn-template");
+  const addTurn = document.getElementById("add-turn");
+  const runButton = document.getElementById("run");
+  const stopButton = document.getElementById("stop");
+  const codeButton = document.getElementById("view-code");
+  const answer = document.getElementById("answer");
+  const status = document.getElementById("answer-status");
+  const refusal = document.getElementById("refusal");
+  const meta = document.getElementById("answer-meta");
+  const code = document.getElementById("code");
+  const maxTurns = Number(addTurn.dataset.maxTurns || 50);
+  let running = null; // the AbortController of the call in flight
+
+  const CACHE_LAYERS = {
+    miss: "Miss: the provider answered",
+    l1: "Hit: L1 (this server's memory)",
+    l2: "Hit: L2 (Redis)",
+    l3: "Hit: L3 (semantic)",
+    l4: "Hit: L4 (durable store)",
+  };
+  const REFUSALS = {
+    budget_exceeded: "Budget exceeded",
+    rate_limited: "Rate limited",
+    too_many_streams: "Too many open streams",
+    model_not_found: "Model not available",
+    model_not_allowed: "Model not allowed",
+    provider_not_configured: "Provider not configured",
+    no_model_available: "No model available",
+    insufficient_scope: "Not allowed",
+  };
+
+  // --- Messages -------------------------------------------------------------------------------
+  function renumber() {
+    const items = turns.querySelectorAll("[data-turn]");
+    items.forEach((item, index) => {
+      const n = index + 1;
+      const role = item.querySelector("select");
+      const content = item.querySelector("textarea");
+      const error = item.querySelector("[data-error-for]");
+      role.id = `turn-${n}-role`;
+      content.id = `turn-${n}-content`;
+      error.id = `error-turn-${n}`;
+      error.dataset.errorFor = `turn-${n}`;
+      content.setAttribute("aria-describedby", error.id);
+      item.querySelectorAll("label").forEach((label) => {
+        const forRole = label.htmlFor.endsWith("-role");
+        label.htmlFor = forRole ? role.id : content.id;
+        label.textContent = `${label.dataset.label} ${n}`;
+      });
+      item.querySelector("[data-remove-turn]").setAttribute("aria-label", `Remove message ${n}`);
+    });
+    addTurn.disabled = items.length >= maxTurns;
+  }
+
+  addTurn.addEventListener("click", () => {
+    const items = turns.querySelectorAll("[data-turn]");
+    if (items.length >= maxTurns) return;
+    const last = items[items.length - 1];
+    const item = template.content.firstElementChild.cloneNode(true);
+    // Conversations alternate: after the user's message comes the assistant's, and so on.
+    item.querySelector("select").value = last && last.querySelector("select").value === "user" ? "assistant" : "user";
+    turns.appendChild(item);
+    renumber();
+    item.querySelector("textarea").focus();
+  });
+
+  turns.addEventListener("click", (event) => {
+    const button = event.target.closest("[data-remove-turn]");
+    if (!button) return;
+    button.closest("[data-turn]").remove();
+    renumber();
+    addTurn.focus();
+  });
+
+  // --- Errors ---------------------------------------------------------------------------------
+  function clearErrors() {
+    form.querySelectorAll("[data-error-for]").forEach((element) => {
+      element.hidden = true;
+      element.textContent = "";
+    });
+    form.querySelectorAll("[aria-invalid]").forEach((element) => element.removeAttribute("aria-invalid"));
+    refusal.hidden = true;
+    refusal.textContent = "";
+  }
+
+  function fieldInput(field) {
+    if (field.startsWith("turn-")) return document.getElementById(`${field}-content`);
+    return document.getElementById(`id_${field}`);
+  }
+
+  function showProblem(problem) {
+    const where = problem.field && form.querySelector(`[data-error-for="${CSS.escape(problem.field)}"]`);
+    if (where) {
+      where.textContent = problem.message;
+      where.hidden = false;
+      const input = fieldInput(problem.field);
+      if (input) {
+        input.setAttribute("aria-invalid", "true");
+        input.focus();
+      }
+    }
+    if (!where || problem.code !== "invalid_field") {
+      const title = REFUSALS[problem.code] || "The call was refused";
+      refusal.replaceChildren();
+      const strong = document.createElement("strong");
+      strong.textContent = `${title}: `;
+      refusal.append(strong, document.createTextNode(problem.message));
+      refusal.hidden = false;
+    }
+    status.textContent = "Nothing was run.";
+  }
+
+  async function problemOf(response) {
+    try {
+      const body = await response.json();
+      if (body && body.error) return body.error;
+    } catch (error) {
+      // Not our JSON (a proxy's page, a sign-in redirect): said below.
+    }
+    if (response.status === 403) return { message: "Your role doesn't allow running prompts here.", code: "forbidden" };
+    return { message: `The server answered ${response.status}. Reload the page and try again.`, code: "error" };
+  }
+
+  // --- Running --------------------------------------------------------------------------------
+  function formData() {
+    return new FormData(form);
+  }
+
+  function csrfToken() {
+    return form.querySelector("[name=csrfmiddlewaretoken]").value;
+  }
+
+  function showMeta(end) {
+    const cost = Number(end.cost_usd);
+    document.getElementById("meta-model").textContent = end.simulated ? `${end.model} (simulated)` : end.model;
+    document.getElementById("meta-tokens").textContent =
+      `${end.prompt_tokens} in · ${end.completion_tokens} out`;
+    document.getElementById("meta-cost").textContent = Number.isFinite(cost)
+      ? `$${cost.toFixed(6)}${cost === 0 && end.cache !== "miss" ? " (cached answers cost nothing)" : ""}`
+      : end.cost_usd;
+    document.getElementById("meta-cache").textContent = CACHE_LAYERS[end.cache] || end.cache;
+    document.getElementById("meta-latency").textContent =
+      `${Math.round(end.latency_ms)} ms` +
+      (end.first_token_ms === null ? "" : ` (first token ${Math.round(end.first_token_ms)} ms)`);
+    document.getElementById("meta-request").textContent = end.request_id;
+    meta.hidden = false;
+  }
+
+  function handle(name, data) {
+    if (name === "start") {
+      status.textContent = `Answering with ${data.model}…`;
+    } else if (name === "delta") {
+      answer.append(document.createTextNode(data.text));
+    } else if (name === "end") {
+      showMeta(data);
+      status.textContent =
+        data.finish_reason === "length" ? "Done: the answer stopped at the max tokens limit." : "Done.";
+    } else if (name === "error") {
+      showProblem({ message: data.message, code: "stream_broken" });
+      status.textContent = "The answer was cut off.";
+    }
+  }
+
+  // Server-sent events from a fetch body: blocks separated by a blank line, `event:` and `data:` lines.
+  async function readEvents(response) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+        }
+        if (data.length) handle(name, JSON.parse(data.join("\n")));
+      }
+    }
+  }
+
+  function setRunning(on) {
+    runButton.disabled = on;
+    stopButton.hidden = !on;
+    answer.setAttribute("aria-busy", on ? "true" : "false");
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (running) return;
+    clearErrors();
+    answer.replaceChildren();
+    meta.hidden = true;
+    status.textContent = "Sending…";
+    running = new AbortController();
+    setRunning(true);
+    try {
+      const response = await fetch(form.action, {
+        method: "POST",
+        body: formData(),
+        headers: { "X-CSRFToken": csrfToken(), Accept: "text/event-stream" },
+        credentials: "same-origin",
+        signal: running.signal,
+      });
+      if (!response.ok || !(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
+        showProblem(await problemOf(response));
+        return;
+      }
+      await readEvents(response);
+    } catch (error) {
+      if (error.name === "AbortError") {
+        status.textContent = "Stopped. A stopped call is charged what it reserved.";
+      } else {
+        showProblem({ message: "The connection to the server was lost before the answer ended.", code: "error" });
+      }
+    } finally {
+      running = null;
+      setRunning(false);
+    }
+  });
+
+  stopButton.addEventListener("click", () => {
+    if (running) running.abort();
+  });
+
+  // --- View as code ---------------------------------------------------------------------------
+  codeButton.addEventListener("click", async () => {
+    clearErrors();
+    const response = await fetch(form.dataset.codeUrl, {
+      method: "POST",
+      body: formData(),
+      headers: { "X-CSRFToken": csrfToken() },
+      credentials: "same-origin",
+    });
+    if (!response.ok) {
+      showProblem(await problemOf(response));
+      status.textContent = "";
+      return;
+    }
+    // Rendered by the server from the validated prompt, every value escaped there.
+    code.innerHTML = await response.text();
+    code.hidden = false;
+    code.scrollIntoView({ behavior: "smooth", block: "start" });
+  });
+
+  code.addEventListener("click", async (event) => {
+    const button = event.target.closest("[data-copy-code]");
+    if (!button) return;
+    const text = document.getElementById(button.dataset.copyCode).textContent;
+    const said = document.getElementById("code-copied");
+    try {
+      await navigator.clipboard.writeText(text);
+      said.textContent = "Copied to the clipboard.";
+    } catch (error) {
+      const range = document.createRange();
+      range.selectNodeContents(document.getElementById(button.dataset.copyCode));
+      window.getSelection().removeAllRanges();
+      window.getSelection().addRange(range);
+      said.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+    }
+  });
+
+  renumber();
+})();
