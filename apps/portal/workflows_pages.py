@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import re
 import urllib.parse
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from uuid import UUID
 import yaml
 from django import forms
 from django.contrib import messages
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import URLPattern, path
@@ -34,7 +33,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.principals import Principal
 from apps.portal.caller import caller_organization, caller_user
-from apps.portal.paging import keyset_page
+from apps.portal.paging import keyset_page, keyset_page_by_time
 from apps.rbac.decorators import member_may, member_permissions, permission_required
 from apps.rbac.permissions import Permission
 from apps.workflows.definition import (
@@ -335,7 +334,8 @@ class Page:
 
 
 def _name_page(rows: QuerySet[Workflow], request: HttpRequest) -> Page:
-    """Workflows by name (unique, indexed), a page after the name in `after=`."""
+    """Workflows by name (unique, indexed), a page after the name in `after=` (paging.keyset_page
+    takes integer keys, and a list of workflows reads best by name)."""
     after = request.GET.get("after", "")[:_NAME_CURSOR_MAX]
     if after:
         rows = rows.filter(name__gt=after)
@@ -346,33 +346,6 @@ def _name_page(rows: QuerySet[Workflow], request: HttpRequest) -> Page:
         items=items,
         next_query=urllib.parse.urlencode({"after": items[-1].name}) if more else None,
         first_query="" if after else None,
-    )
-
-
-def _run_cursor(value: str) -> tuple[dt.datetime, UUID] | None:
-    when, _, key = value.partition("~")
-    try:
-        moment = dt.datetime.fromisoformat(when)
-        return (moment, uuid.UUID(key)) if moment.tzinfo is not None else None
-    except ValueError:
-        return None
-
-
-def _run_page(rows: QuerySet[WorkflowRun], request: HttpRequest, keep: Mapping[str, str]) -> Page:
-    """Runs newest first by (created_at, id), a page before the cursor in `before=`."""
-    cursor = _run_cursor(request.GET.get("before", "")[:80])
-    if cursor is not None:
-        moment, key = cursor
-        rows = rows.filter(Q(created_at__lt=moment) | Q(created_at=moment, id__lt=key))
-    fetched = list(rows.order_by("-created_at", "-id")[: PAGE_SIZE + 1])
-    items = fetched[:PAGE_SIZE]
-    last = items[-1] if items else None
-    return Page(
-        items=items,
-        next_query=urllib.parse.urlencode({**keep, "before": f"{last.created_at.isoformat()}~{last.pk}"})
-        if last is not None and len(fetched) > PAGE_SIZE
-        else None,
-        first_query=urllib.parse.urlencode(dict(keep)) if cursor is not None else None,
     )
 
 
@@ -542,7 +515,9 @@ def workflow_edit(request: HttpRequest, workflow_id: UUID) -> HttpResponse:
 def _runs_context(request: HttpRequest, workflow: Workflow | None) -> dict[str, Any]:
     status = _status_filter(request)
     keep = {"status": status} if status else {}
-    page = _run_page(run_overview_list(workflow=workflow, statuses=[status] if status else None), request, keep)
+    page = keyset_page_by_time(
+        run_overview_list(workflow=workflow, statuses=[status] if status else None), request=request, keep=keep
+    )
     return {
         "runs_page": page,
         "run_rows": [(run, took(_ms(run.started_at, run.finished_at))) for run in page.items],
