@@ -18,7 +18,7 @@ from apps.agents.services import job_request_build
 from apps.audit.services import audit_record
 from apps.jobs.models import Job, JobStatus
 from apps.knowledge.selectors import chunks_search
-from apps.llm.calls import ChatOutcome, attempts_abandon, chat_call_parse, chat_complete
+from apps.llm.calls import CallSource, ChatOutcome, attempts_abandon, chat_call_parse, chat_complete
 from apps.tenants.models import Organization
 from apps.webhooks.services import webhook_event_emit
 from apps.work.principals import principal_fields, principal_from_fields
@@ -152,6 +152,7 @@ def _job_run(organization: Organization, job: Job) -> None:
         call=chat_call_parse(request),
         request_id=request_id,
         on_settled=record,
+        source=CallSource.JOB,
     )
 
 

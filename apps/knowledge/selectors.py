@@ -12,7 +12,7 @@ from pgvector.django import CosineDistance
 
 from apps.accounts.principals import Principal
 from apps.knowledge.models import EMBEDDING_DIMENSIONS, Chunk
-from apps.llm.calls import LlmRefusal, embedding_model_name, embeddings_create
+from apps.llm.calls import CallSource, LlmRefusal, embedding_model_name, embeddings_create
 from apps.tenants.models import Organization
 
 
@@ -34,6 +34,7 @@ def query_embed(
         principal=principal,
         body={"model": model, "input": text, "encoding_format": "float"},
         request_id=request_id,
+        source=CallSource.RETRIEVAL,
     )
     vector = (outcome.body.get("data") or [{}])[0].get("embedding")
     if not isinstance(vector, list) or len(vector) != EMBEDDING_DIMENSIONS:

@@ -15,8 +15,9 @@ from django.conf import settings
 from apps.accounts.principals import Principal
 from apps.llm import caching
 from apps.llm.budgets import Spender, cache_hit_record
+from apps.llm.content import ContentDraft
 from apps.llm.embeddings import embeddings_create
-from apps.llm.models import SEMANTIC_DIMENSIONS
+from apps.llm.models import SEMANTIC_DIMENSIONS, CallSource
 from apps.llm.refusals import LlmRefusal
 from apps.llm.selectors import EngineSettings, llm_settings_get
 from apps.llm.semantic import SemanticQuery, embedding_model_name, semantic_get, semantic_put, semantic_query
@@ -56,6 +57,7 @@ def _semantic_prepare(
             body={"model": model_name, "input": query.text, "encoding_format": "float"},
             request_id=_derived_request_id(request_id, "l3"),
             admit=False,
+            source=CallSource.SEMANTIC_CACHE,
         )
     except LlmRefusal as error:
         logger.warning("semantic cache skipped: the prompt could not be embedded (%s)", error.code)
@@ -123,10 +125,24 @@ class CallCache:
             semantic_put(query=self.semantic.query, embedding=self.semantic.embedding, body=body, cost=cost, ttl=ttl)
 
 
-def hit_record(*, spender: Spender, request_id: str, hit: caching.CachedAnswer) -> str:
-    """Put a cache hit in the ledger (no cost, what it saved); the answering model's name."""
+def hit_record(
+    *,
+    spender: Spender,
+    request_id: str,
+    hit: caching.CachedAnswer,
+    model_requested: str = "",
+    content: ContentDraft | None = None,
+) -> str:
+    """Put a cache hit in the ledger (no cost, what it saved), with the call's content if the
+    organization keeps it; the answering model's name."""
     model_name = str(hit.body.get("model", ""))
     cache_hit_record(
-        spender=spender, request_id=request_id, model_name=model_name, cache_layer=hit.layer, saved_usd=hit.cost_usd
+        spender=spender,
+        request_id=request_id,
+        model_name=model_name,
+        cache_layer=hit.layer,
+        saved_usd=hit.cost_usd,
+        model_requested=model_requested,
+        content=content,
     )
     return model_name

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from apps.llm.calls import chat_call_parse, chat_complete
+from apps.llm.calls import CallSource, chat_call_parse, chat_complete
 from apps.llm.errors import GatewayError
 from apps.llm.gateway import _caller, _json_body, stream_start
 from apps.llm.refusals import LlmRefusal, invalid, unsupported
@@ -210,10 +210,20 @@ def messages(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         call = chat_call_parse(openai_body(_json_body(request)))
         if call.stream:
             stream, slot = stream_start(
-                organization=organization, principal=principal, call=call, request_id=request_id
+                organization=organization,
+                principal=principal,
+                call=call,
+                request_id=request_id,
+                source=CallSource.MESSAGES,
             )
         else:
-            outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
+            outcome = chat_complete(
+                organization=organization,
+                principal=principal,
+                call=call,
+                request_id=request_id,
+                source=CallSource.MESSAGES,
+            )
     except LlmRefusal as refusal:
         return GatewayError(refusal).anthropic(request_id=request_id)
     if not call.stream:

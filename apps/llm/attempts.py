@@ -96,8 +96,10 @@ class Attempts:
         payload: Callable[[PricedModel], dict[str, Any]],
         reservation: Callable[[PricedModel], Decimal],
         max_cost_usd: Decimal | None = None,
+        model_requested: str = "",
     ) -> None:
         self.organization, self.spender, self.request_id = organization, spender, request_id
+        self.model_requested = model_requested  # the model or policy the caller named, for the ledger
         self.payload, self.reservation, self.max_cost_usd = payload, reservation, max_cost_usd
         self.own_keys = provider_own_keys(organization=organization)
         self.health_scope = f"org{organization.pk}"
@@ -136,6 +138,7 @@ class Attempts:
                 amount_usd=self.reservation(entry),
                 max_cost_usd=self.max_cost_usd,
                 paid_by="organization" if entry.model.provider in self.own_keys else "platform",
+                model_requested=self.model_requested,
             )
         except BudgetExceeded as exc:
             raise budget_refusal(exc) from exc

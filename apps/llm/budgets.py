@@ -34,7 +34,8 @@ from psycopg_pool import PoolTimeout
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.llm import metrics
-from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, UsageAttempt
+from apps.llm.content import ContentDraft
+from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, CallContent, UsageAttempt
 from apps.llm.platform.models import LATENCY_SLOT_FLOORS_MS, LATENCY_SLOTS, UsageBucket, UsageRollup
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
@@ -55,10 +56,14 @@ class Spender:
 
     organization: Organization
     principal: Principal
+    # The entry point the call came through (apps.llm.models.CallSource), for the request log.
+    source: str = ""
 
     def ledger_fields(self) -> dict[str, Any]:
-        """Who the ledger row is for: the principal by kind, id and label (never a foreign key)."""
+        """Who the ledger row is for: the principal by kind, id and label (never a foreign key),
+        and where the call came from."""
         return {
+            "source": self.source,
             "principal_kind": self.principal.kind,
             "principal_id": self.principal.id or "",
             "principal_label": self.principal.label,
@@ -109,9 +114,10 @@ WITH applicable AS (
 ), attempt AS (
     INSERT INTO {schema}.llm_usageattempt (request_id, attempt, status, hold_expires_at, principal_kind, principal_id,
         principal_label, api_key_id, user_id, model_name, provider, paid_by, input_tokens, cached_input_tokens,
-        output_tokens, reserved_usd, cost_usd, saved_usd, cache_layer, error_class)
+        output_tokens, reserved_usd, cost_usd, saved_usd, cache_layer, error_class, source, model_requested)
     VALUES (%(request_id)s, %(attempt)s, 'reserved', %(expires)s, %(kind)s, %(principal_id)s, %(label)s,
-        %(api_key_id)s, %(user_id)s, %(model)s, %(provider)s, %(paid_by)s, 0, 0, 0, %(amount)s, 0, 0, '', '')
+        %(api_key_id)s, %(user_id)s, %(model)s, %(provider)s, %(paid_by)s, 0, 0, 0, %(amount)s, 0, 0, '', '',
+        %(source)s, %(model_requested)s)
     RETURNING id, created_at
 ), locked AS (
     SELECT id FROM {schema}.llm_budgetwindow WHERE id IN (SELECT window_id FROM applicable) ORDER BY id FOR UPDATE
@@ -148,6 +154,7 @@ def attempt_reserve(
     amount_usd: Decimal,
     max_cost_usd: Decimal | None,
     paid_by: str = "platform",
+    model_requested: str = "",
 ) -> UsageAttempt:
     """Write the attempt's ledger row and hold `amount_usd` on every applicable budget, or refuse.
 
@@ -175,6 +182,8 @@ def attempt_reserve(
         "provider": provider,
         "amount": amount_usd,
         "paid_by": paid_by,
+        "source": spender.source,
+        "model_requested": model_requested[:120],
         **{f"scope_{i}": value for i, value in enumerate(scope_params)},
     }
     statement = _RESERVE.format(scopes=scopes, schema=connection.ops.quote_name(spender.organization.schema_name))
@@ -213,6 +222,7 @@ def attempt_reserve(
         hold_expires_at=expires,
         **spender.ledger_fields(),
         model_name=model_name,
+        model_requested=model_requested[:120],
         provider=provider,
         reserved_usd=amount_usd,
         paid_by=paid_by,
@@ -241,7 +251,17 @@ class Settlement:
     latency_ms: int | None = None
     error_class: str = ""
     cache_layer: str = ""
+    # The call's prompt and answer, when the organization keeps content: stored by the settling
+    # statement itself (one more CTE), only if it does settle the attempt.
+    content: ContentDraft | None = None
 
+
+# The settlement's CTE that stores the call's content (CallContent) with it: no round trip of its own.
+_SETTLE_CONTENT = """, stored AS (
+    INSERT INTO {schema}.llm_callcontent (request_id, prompt, answer, truncated)
+    SELECT %(request_id)s, %(prompt)s, %(answer)s, %(truncated)s FROM settled
+    ON CONFLICT (request_id) DO NOTHING
+)"""
 
 _SETTLE = """
 WITH settled AS (
@@ -262,7 +282,7 @@ WITH settled AS (
     FROM released, locked, {schema}.llm_budget b
     WHERE w.id = released.window_id AND w.id = locked.id AND b.id = w.budget_id
     RETURNING w.id, b.soft_percent, b.limit_usd, w.spent_usd, w.soft_notified
-)
+){content}
 SELECT (SELECT count(*) FROM settled),
        (SELECT array_agg(id) FROM charged
         WHERE soft_percent IS NOT NULL AND NOT soft_notified
@@ -301,9 +321,11 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
     # with the settlement) it is part of that transaction: no savepoint, both commit or neither.
     connection_await()
     atomic = transaction.atomic(savepoint=False) if connection.in_atomic_block else contextlib.nullcontext()
+    schema = connection.ops.quote_name(organization.schema_name)
+    content = settlement.content
     with organization_schema(organization), atomic, _qualified_cursor() as cursor:
         cursor.execute(
-            _SETTLE.format(schema=connection.ops.quote_name(organization.schema_name)),
+            _SETTLE.format(schema=schema, content=_SETTLE_CONTENT.format(schema=schema) if content else ""),
             {
                 "status": settlement.status,
                 "now": now,
@@ -315,6 +337,16 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
                 "latency": settlement.latency_ms,
                 "error": settlement.error_class[:100],
                 "attempt": attempt.pk,
+                **(
+                    {
+                        "request_id": attempt.request_id,
+                        "prompt": content.prompt,
+                        "answer": content.answer,
+                        "truncated": content.truncated,
+                    }
+                    if content
+                    else {}
+                ),
             },
         )
         settled, crossed = cursor.fetchone()
@@ -345,14 +377,22 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
 
 
 def cache_hit_record(
-    *, spender: Spender, request_id: str, model_name: str, cache_layer: str, saved_usd: Decimal
+    *,
+    spender: Spender,
+    request_id: str,
+    model_name: str,
+    cache_layer: str,
+    saved_usd: Decimal,
+    model_requested: str = "",
+    content: ContentDraft | None = None,
 ) -> None:
     """A request served from cache: no provider cost, and the cost it saved.
 
     With LLM_HIT_BATCH_SECONDS > 0 (the default outside tests) hits are buffered in the process and
     written in one transaction per organization every so often, and at exit, so a cache hit costs
     no database round trip; a crash can lose the last fraction of a second of hit rows, never a
-    charge (hits cost nothing).
+    charge (hits cost nothing). The call's content, when the organization keeps it, is written with
+    its row.
     """
     metrics.REQUESTS.labels("cache", model_name, AttemptStatus.CACHE_HIT, cache_layer).inc()
     metrics.SAVED.labels(model_name).inc(float(saved_usd))
@@ -365,19 +405,28 @@ def cache_hit_record(
         settled_at=now,
         **spender.ledger_fields(),
         model_name=model_name,
+        model_requested=model_requested[:120],
         provider="cache",
         cache_layer=cache_layer,
         saved_usd=saved_usd,
     )
+    stored = (
+        CallContent(request_id=request_id, prompt=content.prompt, answer=content.answer, truncated=content.truncated)
+        if content is not None
+        else None
+    )
     if settings.LLM_HIT_BATCH_SECONDS > 0:
-        _hits.add(spender.organization, row)
+        _hits.add(spender.organization, row, stored)
     else:
-        _hits_write(spender.organization, [row])
+        _hits_write(spender.organization, [row], [stored] if stored else [])
 
 
-def _hits_write(organization: Organization, rows: list[UsageAttempt]) -> None:
-    with organization_schema(organization):
+def _hits_write(organization: Organization, rows: list[UsageAttempt], contents: list[CallContent]) -> None:
+    # The content rows commit with their ledger rows; without any, one statement needs no transaction.
+    with organization_schema(organization), transaction.atomic() if contents else contextlib.nullcontext():
         UsageAttempt.objects.bulk_create(rows)
+        if contents:
+            CallContent.objects.bulk_create(contents, ignore_conflicts=True)
 
 
 class _HitBuffer:
@@ -385,12 +434,15 @@ class _HitBuffer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[int, tuple[Organization, list[UsageAttempt]]] = {}
+        self._pending: dict[int, tuple[Organization, list[UsageAttempt], list[CallContent]]] = {}
         self._thread: threading.Thread | None = None
 
-    def add(self, organization: Organization, row: UsageAttempt) -> None:
+    def add(self, organization: Organization, row: UsageAttempt, content: CallContent | None = None) -> None:
         with self._lock:
-            self._pending.setdefault(organization.pk, (organization, []))[1].append(row)
+            pending = self._pending.setdefault(organization.pk, (organization, [], []))
+            pending[1].append(row)
+            if content is not None:
+                pending[2].append(content)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="llm-hit-ledger", daemon=True)
                 self._thread.start()
@@ -399,14 +451,16 @@ class _HitBuffer:
     def flush(self) -> int:
         with self._lock:
             pending, self._pending = self._pending, {}
-        for organization, rows in pending.values():
+        for organization, rows, contents in pending.values():
             try:
-                _hits_write(organization, rows)
+                _hits_write(organization, rows, contents)
             except Exception:
                 logger.exception("cache-hit rows could not be written; kept for the next flush")
                 with self._lock:
-                    self._pending.setdefault(organization.pk, (organization, []))[1].extend(rows)
-        return sum(len(rows) for _, rows in pending.values())
+                    kept = self._pending.setdefault(organization.pk, (organization, [], []))
+                    kept[1].extend(rows)
+                    kept[2].extend(contents)
+        return sum(len(rows) for _, rows, _ in pending.values())
 
     def _run(self) -> None:
         while True:

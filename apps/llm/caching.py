@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from apps.llm.models import CachedResponse, SemanticCacheEntry
+from apps.llm.models import CachedResponse, CallContent, SemanticCacheEntry
 from apps.llm.selectors import EngineSettings, llm_settings_of_schema
 from cognitionos.redis import redis_client
 
@@ -196,8 +196,9 @@ def cache_fast_layers_drop(*, schema: str) -> None:
 
 
 def cache_content_delete(*, schema: str, created_before: dt.datetime | None = None) -> int:
-    """Delete stored answers of the organization whose schema the connection is on: expired ones,
-    those created before `created_before`, or (None) all of them, in every layer; what stays gets
+    """Delete stored answers (the caches' and the request log's call content) of the organization
+    whose schema the connection is on: expired ones, those created before `created_before`, or
+    (None) all of them, in every layer; what stays gets
     no longer than `now - created_before` to live. Returns the number of durable rows deleted.
     L2 entries expire by themselves within their TTL, which is never longer than the retention;
     deleting everything also drops them (and this process's L1)."""
@@ -212,6 +213,11 @@ def cache_content_delete(*, schema: str, created_before: dt.datetime | None = No
             # A shortened retention: what was stored under the longer one expires with the new one.
             limit = models.F("created_at") + (now - created_before)
             model.objects.filter(expires_at__gt=limit).update(expires_at=limit)
+    # The request log's prompts and answers (CallContent) go by the same rule (no expiry of their own).
+    calls = CallContent.objects.all()
+    if created_before is not None:
+        calls = calls.filter(created_at__lt=created_before)
+    deleted += calls.delete()[0]
     if created_before is None:
         cache_fast_layers_drop(schema=schema)
     return deleted

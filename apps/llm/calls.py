@@ -17,12 +17,22 @@ from typing import Any
 from apps.accounts.principals import Principal
 from apps.llm import embeddings, engine
 from apps.llm.budgets import attempts_abandon
+from apps.llm.models import AttemptStatus, CallSource
 from apps.llm.outcomes import ChatOutcome, ChatStream
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.pricing import ChatCostPreview, EmbeddingCostPreview, chat_cost_preview, embedding_cost_preview
 from apps.llm.refusals import LlmRefusal
 from apps.llm.router import POLICIES, usable
+from apps.llm.request_log import (
+    REQUEST_LOG_PAGE_SIZE,
+    CallDetail,
+    LogCursor,
+    RequestLogFilters,
+    RequestLogPage,
+    call_detail,
+    request_log_page,
+)
 from apps.llm.selectors import BudgetStatus, ContentPolicy, budget_statuses, llm_content_policy
 from apps.llm.semantic import embedding_model_name
 from apps.llm.services import provider_own_keys
@@ -33,8 +43,12 @@ from apps.tenants.models import Organization
 
 __all__ = [
     "CHAT_POLICIES",
+    "REQUEST_LOG_PAGE_SIZE",
     "USAGE_RANGES",
+    "AttemptStatus",
     "BudgetStatus",
+    "CallDetail",
+    "CallSource",
     "ChatCall",
     "ChatCostPreview",
     "ChatModelChoice",
@@ -43,10 +57,14 @@ __all__ = [
     "ContentPolicy",
     "EmbeddingCostPreview",
     "LlmRefusal",
+    "LogCursor",
+    "RequestLogFilters",
+    "RequestLogPage",
     "UsageSeries",
     "UsageTotals",
     "attempts_abandon",
     "budget_statuses",
+    "call_detail",
     "chat_call_parse",
     "chat_complete",
     "chat_cost_preview",
@@ -57,6 +75,7 @@ __all__ = [
     "embeddings_create",
     "llm_content_policy",
     "model_exists",
+    "request_log_page",
     "usage_recorded",
     "usage_series",
 ]
@@ -76,36 +95,56 @@ def chat_complete(
     call: ChatCall,
     request_id: str | None = None,
     on_settled: Callable[[ChatOutcome], None] | None = None,
+    source: str = CallSource.OTHER,
 ) -> ChatOutcome:
-    """Answer a non-streaming chat call. `request_id` names the call in the ledger (its attempts are
-    `<request_id>` numbered 1, 2...); give a stable one to make a retried job's spend traceable.
+    """Answer a non-streaming chat call. `source` names the entry point in the request log
+    (CallSource: gateway, job, workflow_step, playground...). `request_id` names the call in the
+    ledger (its attempts are `<request_id>` numbered 1, 2...); give a stable one to make a retried
+    job's spend traceable.
 
     `on_settled` runs inside the transaction that settles the successful attempt (or records the
     cache hit), so the caller's record of the answer commits together with the ledger row or not
     at all. Raises LlmRefusal."""
     return engine.chat_complete(
-        organization=organization, principal=principal, call=call, request_id=request_id, on_settled=on_settled
+        organization=organization,
+        principal=principal,
+        call=call,
+        request_id=request_id,
+        on_settled=on_settled,
+        source=source,
     )
 
 
 def chat_stream(
-    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str | None = None
+    *,
+    organization: Organization,
+    principal: Principal,
+    call: ChatCall,
+    request_id: str | None = None,
+    source: str = CallSource.OTHER,
 ) -> ChatStream:
     """Start a streamed chat call. Admission, routing, retries and fallbacks happen before this
     returns (so a refusal raises LlmRefusal here, never mid-stream); the returned `chunks` iterator
     yields OpenAI `chat.completion.chunk` dicts and settles the attempt when it ends or is closed —
     always close it (a client that went away is charged the reservation)."""
-    return engine.chat_stream(organization=organization, principal=principal, call=call, request_id=request_id)
+    return engine.chat_stream(
+        organization=organization, principal=principal, call=call, request_id=request_id, source=source
+    )
 
 
 def embeddings_create(
-    *, organization: Organization, principal: Principal, body: Any, request_id: str | None = None
+    *,
+    organization: Organization,
+    principal: Principal,
+    body: Any,
+    request_id: str | None = None,
+    source: str = CallSource.OTHER,
 ) -> ChatOutcome:
     """Embed text: `body` is an OpenAI embeddings request (`model`, `input`, optional `dimensions`,
     `encoding_format`). Governed like a chat call: rate limits, breakers, the organization's own
     key for the provider if it has one, budget reservation, ledger. Raises LlmRefusal."""
     return embeddings.embeddings_create(
-        organization=organization, principal=principal, body=body, request_id=request_id
+        organization=organization, principal=principal, body=body, request_id=request_id, source=source
     )
 
 

@@ -10,6 +10,7 @@ from apps.accounts.principals import Principal
 from apps.llm.admission import call_admit
 from apps.llm.attempts import Attempts
 from apps.llm.budgets import Spender, attempt_settle
+from apps.llm.models import CallSource
 from apps.llm.outcomes import ChatOutcome
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
@@ -26,7 +27,13 @@ def _embed(provider: ChatProvider, payload: dict[str, Any], context: CallContext
 
 
 def embeddings_create(
-    *, organization: Organization, principal: Principal, body: Any, request_id: str | None = None, admit: bool = True
+    *,
+    organization: Organization,
+    principal: Principal,
+    body: Any,
+    request_id: str | None = None,
+    admit: bool = True,
+    source: str = CallSource.OTHER,
 ) -> ChatOutcome:
     """Embed text through the governed path: rate limits, budget reservation, ledger. `admit=False`
     for an embedding made on behalf of a call that was already admitted (the semantic cache)."""
@@ -43,7 +50,7 @@ def embeddings_create(
     entry = models[call.model]
     refuse_unpriced(entry)
     request_id = request_id or uuid.uuid4().hex
-    spender = Spender(organization=organization, principal=principal)
+    spender = Spender(organization=organization, principal=principal, source=source)
     if admit:
         call_admit(organization=organization, spender=spender, tokens=call.input_bytes // 4)
     payload = call.payload()
@@ -53,6 +60,7 @@ def embeddings_create(
         request_id=request_id,
         payload=lambda _: payload,
         reservation=lambda chosen: embedding_worst_case_cost(chosen, call),
+        model_requested=call.model,
     )
     answered = attempts.run([entry], _embed)
     latency_ms = answered.latency_ms()

@@ -9,6 +9,7 @@ Embeddings take the same path without the caches (embeddings).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -21,6 +22,8 @@ from apps.llm.admission import call_admit, chat_rate_tokens
 from apps.llm.answers import CallCache, hit_record
 from apps.llm.attempts import Attempts
 from apps.llm.budgets import Spender, attempt_settle, connection_await
+from apps.llm.content import ContentDraft, answer_text, content_draft, prompt_text
+from apps.llm.models import CallSource
 from apps.llm.outcomes import ChatOutcome, ChatStream
 from apps.llm.platform.selectors import PricedModel
 from apps.llm.pricing import output_allowance, refuse_unpriced, success_settlement, worst_case_cost
@@ -33,6 +36,18 @@ from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 
 
+def model_requested(call: ChatCall) -> str:
+    """What the caller asked for, as the ledger records it: the model, or the routing policy."""
+    return call.model or (f"policy:{call.policy}" if call.policy else "")
+
+
+def _content(cache: CallCache, call: ChatCall, answer: dict[str, Any]) -> ContentDraft | None:
+    """The call's prompt and answer for the request log, if the organization keeps content."""
+    if not cache.settings.store_content:
+        return None
+    return content_draft(prompt=prompt_text(call.payload), answer=answer_text(answer))
+
+
 def _chat_attempts(*, organization: Organization, spender: Spender, call: ChatCall, request_id: str) -> Attempts:
     return Attempts(
         organization=organization,
@@ -42,6 +57,7 @@ def _chat_attempts(*, organization: Organization, spender: Spender, call: ChatCa
         payload=lambda entry: {**call.payload, "max_tokens": output_allowance(entry, call)},
         reservation=lambda entry: worst_case_cost(entry, call),
         max_cost_usd=call.max_cost_usd,
+        model_requested=model_requested(call),
     )
 
 
@@ -114,13 +130,14 @@ def chat_complete(
     call: ChatCall,
     request_id: str | None = None,
     on_settled: Callable[[ChatOutcome], None] | None = None,
+    source: str = CallSource.OTHER,
 ) -> ChatOutcome:
     """Answer a (non-streaming) chat call for an organization, governed end to end.
 
     `on_settled` runs in the transaction that settles the successful attempt, so a caller's record
     of the answer (a job's result) commits together with the ledger row, or neither does."""
     request_id = request_id or uuid.uuid4().hex
-    spender = Spender(organization=organization, principal=principal)
+    spender = Spender(organization=organization, principal=principal, source=source)
     attempts = _chat_attempts(organization=organization, spender=spender, call=call, request_id=request_id)
     plan = _admit_and_plan(organization=organization, call=call, attempts=attempts)
     cache = CallCache(organization=organization, call=call)
@@ -129,7 +146,13 @@ def chat_complete(
         outcome = ChatOutcome(
             body=hit.body,
             request_id=request_id,
-            model=hit_record(spender=spender, request_id=request_id, hit=hit),
+            model=hit_record(
+                spender=spender,
+                request_id=request_id,
+                hit=hit,
+                model_requested=model_requested(call),
+                content=_content(cache, call, hit.body),
+            ),
             cost_usd=cache.embedding_cost,
             cache=hit.layer,
             simulated=hit.body.get("system_fingerprint") == "simulated",
@@ -141,8 +164,10 @@ def chat_complete(
     answered = attempts.run(plan, _complete)
     entry, reply = answered.entry, answered.result
     latency_ms = answered.latency_ms()
-    settlement = success_settlement(entry, reply.usage, latency_ms)
     body = {**reply.body, "model": entry.model.name}
+    settlement = dataclasses.replace(
+        success_settlement(entry, reply.usage, latency_ms), content=_content(cache, call, body)
+    )
     outcome = ChatOutcome(
         body=body,
         request_id=request_id,
@@ -163,13 +188,18 @@ def chat_complete(
 
 
 def chat_stream(
-    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str | None = None
+    *,
+    organization: Organization,
+    principal: Principal,
+    call: ChatCall,
+    request_id: str | None = None,
+    source: str = CallSource.OTHER,
 ) -> ChatStream:
     """Start a streaming call. Retries and fallbacks happen before the first chunk; the attempt is
     settled when the iterator ends, from the provider's final usage or, if the client went away or
     the stream broke, from the reservation."""
     request_id = request_id or uuid.uuid4().hex
-    spender = Spender(organization=organization, principal=principal)
+    spender = Spender(organization=organization, principal=principal, source=source)
     attempts = _chat_attempts(organization=organization, spender=spender, call=call, request_id=request_id)
     plan = _admit_and_plan(organization=organization, call=call, attempts=attempts)
     cache = CallCache(organization=organization, call=call, streaming=True)
@@ -177,7 +207,13 @@ def chat_stream(
     if hit is not None:
         return ChatStream(
             request_id=request_id,
-            model=hit_record(spender=spender, request_id=request_id, hit=hit),
+            model=hit_record(
+                spender=spender,
+                request_id=request_id,
+                hit=hit,
+                model_requested=model_requested(call),
+                content=_content(cache, call, hit.body),
+            ),
             simulated=hit.body.get("system_fingerprint") == "simulated",
             chunks=replay(hit.body, request_id),
             cache=hit.layer,
@@ -202,5 +238,6 @@ def chat_stream(
             upstream=upstream,
             started=answered.started,
             fill=fill if cache.enabled else None,
+            prompt=prompt_text(call.payload) if cache.settings.store_content else None,
         ),
     )

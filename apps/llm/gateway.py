@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.principals import Principal
 from apps.llm.calls import (
+    CallSource,
     ChatCall,
     ChatOutcome,
     ChatStream,
@@ -38,7 +39,7 @@ from cognitionos.long_responses import LongResponsesFull, Slot, long_response_be
 
 
 def stream_start(
-    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str
+    *, organization: Organization, principal: Principal, call: ChatCall, request_id: str, source: str = CallSource.OTHER
 ) -> tuple[ChatStream, Slot]:
     """Start a streamed answer holding one of the process's long-response slots, taken before the
     provider is called (a refused stream costs nothing); the response's body gives it back."""
@@ -47,7 +48,10 @@ def stream_start(
     except LongResponsesFull as exc:
         raise LlmRefusal(429, "too_many_streams", str(exc), retryable=True, retry_after_s=int(exc.retry_after)) from exc
     try:
-        return chat_stream(organization=organization, principal=principal, call=call, request_id=request_id), slot
+        stream = chat_stream(
+            organization=organization, principal=principal, call=call, request_id=request_id, source=source
+        )
+        return stream, slot
     except BaseException:
         slot.give_back()
         raise
@@ -119,7 +123,13 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
         call = chat_call_parse(_json_body(request))
         if call.stream:
             return _stream_response(organization, principal, call, request_id)
-        outcome = chat_complete(organization=organization, principal=principal, call=call, request_id=request_id)
+        outcome = chat_complete(
+            organization=organization,
+            principal=principal,
+            call=call,
+            request_id=request_id,
+            source=CallSource.GATEWAY,
+        )
     except LlmRefusal as refusal:
         return GatewayError(refusal).openai(request_id=request_id)
     return outcome_response(outcome)
@@ -128,7 +138,9 @@ def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttpRespon
 def _stream_response(
     organization: Organization, principal: Principal, call: ChatCall, request_id: str
 ) -> StreamingHttpResponse:
-    stream, slot = stream_start(organization=organization, principal=principal, call=call, request_id=request_id)
+    stream, slot = stream_start(
+        organization=organization, principal=principal, call=call, request_id=request_id, source=CallSource.GATEWAY
+    )
 
     def events() -> Iterator[bytes]:
         try:
@@ -157,7 +169,11 @@ def embeddings(request: HttpRequest) -> HttpResponse:
     try:
         organization, principal = _caller(request)
         outcome = embeddings_create(
-            organization=organization, principal=principal, body=_json_body(request), request_id=request_id
+            organization=organization,
+            principal=principal,
+            body=_json_body(request),
+            request_id=request_id,
+            source=CallSource.EMBEDDINGS,
         )
     except LlmRefusal as refusal:
         return GatewayError(refusal).openai(request_id=request_id)

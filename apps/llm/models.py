@@ -138,10 +138,12 @@ class CallContent(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=LessThanOrEqual(Length("prompt"), CALL_CONTENT_MAX_CHARS), name="llm_callcontent_prompt_bounded"
+                condition=LessThanOrEqual(Length("prompt"), CALL_CONTENT_MAX_CHARS),
+                name="llm_callcontent_prompt_bounded",
             ),
             models.CheckConstraint(
-                condition=LessThanOrEqual(Length("answer"), CALL_CONTENT_MAX_CHARS), name="llm_callcontent_answer_bounded"
+                condition=LessThanOrEqual(Length("answer"), CALL_CONTENT_MAX_CHARS),
+                name="llm_callcontent_answer_bounded",
             ),
         ]
 

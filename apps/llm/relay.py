@@ -3,6 +3,7 @@ is abandoned; and a cached answer replayed as the chunks a provider would have s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -10,6 +11,7 @@ from typing import Any
 
 from apps.llm.attempts import Attempts
 from apps.llm.budgets import Settlement, attempt_settle
+from apps.llm.content import content_draft
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.selectors import PricedModel
 from apps.llm.pricing import success_settlement
@@ -104,11 +106,14 @@ def relay(
     upstream: Iterator[StreamChunk],
     started: float,
     fill: Callable[[PricedModel, dict[str, Any], Decimal], None] | None = None,
+    prompt: str | None = None,
 ) -> Iterator[dict[str, Any]]:
+    """`prompt`: the call's prompt when the organization keeps content; the settlement stores it
+    with the streamed answer's text."""
     organization = attempts.organization
     usage: Usage | None = None
     completed = False
-    transcript = _Transcript() if fill is not None else None
+    transcript = _Transcript() if fill is not None or prompt is not None else None
     try:
         for item in _chain(first, upstream):
             if item.usage is not None:
@@ -147,6 +152,9 @@ def relay(
         return
     latency_ms = int((time.perf_counter() - started) * 1000)
     settlement = success_settlement(entry, usage, latency_ms)
+    if prompt is not None and transcript is not None:
+        answer = "".join(transcript.parts)
+        settlement = dataclasses.replace(settlement, content=content_draft(prompt=prompt, answer=answer))
     attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
     attempts.succeeded(entry, latency_ms)
     body = transcript.completion(entry, usage) if transcript is not None else None

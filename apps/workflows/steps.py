@@ -18,7 +18,7 @@ from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
 
 from apps.accounts.principals import Principal
-from apps.llm.calls import ChatOutcome, LlmRefusal, chat_call_parse, chat_complete
+from apps.llm.calls import CallSource, ChatOutcome, LlmRefusal, chat_call_parse, chat_complete
 from apps.tenants.models import Organization
 from apps.workflows.definition import StepSpec, pattern_compile
 from apps.workflows.templating import (
@@ -171,6 +171,7 @@ def run_llm(context: StepContext, body: dict[str, Any], on_settled: Settled) -> 
             call=chat_call_parse(body),
             request_id=context.request_id,
             on_settled=lambda settled: on_settled(_llm_result(settled)),
+            source=CallSource.WORKFLOW_STEP,
         )
     except LlmRefusal as error:
         raise StepFailure(error.code, error.message) from error
