@@ -77,9 +77,11 @@ class CallCache:
 
     def __init__(self, *, organization: Organization, call: ChatCall, streaming: bool = False) -> None:
         self.organization, self.call = organization, call
-        self.model_key = call.model or f"policy:{call.policy}:{call.min_quality}"
-        self.key = caching.cache_key(model=self.model_key, payload=call.payload)
         self.settings: EngineSettings = llm_settings_get(organization=organization)
+        # A policy's answer came from a model allowed when it was stored: the allowed models are
+        # part of its key, so a narrower list is never answered by a model it leaves out.
+        self.model_key = call.model or f"policy:{call.policy}:{call.min_quality}{self.settings.allowed_digest}"
+        self.key = caching.cache_key(model=self.model_key, payload=call.payload)
         # A stream replays a cached answer, but only a non-streaming request's call may be stored
         # under its own flag; the stream path fills the cache from its transcript.
         usable = not call.cache_skip and (streaming or not call.stream)

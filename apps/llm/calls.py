@@ -23,7 +23,6 @@ from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.pricing import ChatCostPreview, EmbeddingCostPreview, chat_cost_preview, embedding_cost_preview
 from apps.llm.refusals import LlmRefusal
-from apps.llm.router import POLICIES, usable
 from apps.llm.request_log import (
     REQUEST_LOG_PAGE_SIZE,
     CallDetail,
@@ -33,9 +32,30 @@ from apps.llm.request_log import (
     call_detail,
     request_log_page,
 )
-from apps.llm.selectors import BudgetStatus, ContentPolicy, budget_statuses, llm_content_policy
+from apps.llm.router import POLICIES, usable
+from apps.llm.selectors import (
+    BudgetStatus,
+    ContentPolicy,
+    EngineSettings,
+    budget_statuses,
+    llm_content_policy,
+    llm_settings_get,
+)
 from apps.llm.semantic import embedding_model_name
-from apps.llm.services import provider_own_keys
+from apps.llm.services import (
+    OWN_KEY_PROVIDERS,
+    BudgetInvalid,
+    KeyCheck,
+    ProviderCredentialInvalid,
+    SettingsInvalid,
+    budget_delete,
+    budget_set,
+    llm_settings_set,
+    provider_credential_delete,
+    provider_credential_set,
+    provider_credential_test,
+    provider_own_keys,
+)
 from apps.llm.usage import USAGE_RANGES, UsageSeries, UsageTotals, usage_recorded, usage_series
 from apps.llm.validation import ChatCall
 from apps.llm.validation import chat_call_parse as _chat_call_parse
@@ -43,9 +63,11 @@ from apps.tenants.models import Organization
 
 __all__ = [
     "CHAT_POLICIES",
+    "OWN_KEY_PROVIDERS",
     "REQUEST_LOG_PAGE_SIZE",
     "USAGE_RANGES",
     "AttemptStatus",
+    "BudgetInvalid",
     "BudgetStatus",
     "CallDetail",
     "CallSource",
@@ -56,13 +78,19 @@ __all__ = [
     "ChatStream",
     "ContentPolicy",
     "EmbeddingCostPreview",
+    "EngineSettings",
+    "KeyCheck",
     "LlmRefusal",
     "LogCursor",
+    "ProviderCredentialInvalid",
     "RequestLogFilters",
     "RequestLogPage",
+    "SettingsInvalid",
     "UsageSeries",
     "UsageTotals",
     "attempts_abandon",
+    "budget_delete",
+    "budget_set",
     "budget_statuses",
     "call_detail",
     "chat_call_parse",
@@ -74,7 +102,12 @@ __all__ = [
     "embedding_model_name",
     "embeddings_create",
     "llm_content_policy",
+    "llm_settings_get",
+    "llm_settings_set",
     "model_exists",
+    "provider_credential_delete",
+    "provider_credential_set",
+    "provider_credential_test",
     "request_log_page",
     "usage_recorded",
     "usage_series",

@@ -28,9 +28,10 @@ from apps.llm.outcomes import ChatOutcome, ChatStream
 from apps.llm.platform.selectors import PricedModel
 from apps.llm.pricing import output_allowance, refuse_unpriced, success_settlement, worst_case_cost
 from apps.llm.providers import CallContext, ChatProvider, ProviderError, Reply, StreamChunk
-from apps.llm.refusals import LlmRefusal
+from apps.llm.refusals import LlmRefusal, invalid
 from apps.llm.relay import relay, replay
-from apps.llm.router import UnknownModel, candidates
+from apps.llm.router import POLICIES, UnknownModel, candidates
+from apps.llm.selectors import llm_settings_get
 from apps.llm.validation import ChatCall
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
@@ -61,8 +62,32 @@ def _chat_attempts(*, organization: Organization, spender: Spender, call: ChatCa
     )
 
 
-def _plan(call: ChatCall, attempts: Attempts) -> list[PricedModel]:
-    """The models to try, in order: the one asked for and its fallbacks, or the policy's choice."""
+def _within_settings(organization: Organization, call: ChatCall) -> tuple[ChatCall, frozenset[str]]:
+    """The call as the organization's model settings make it, and the models they allow (empty:
+    all): a model not allowed is refused before any work; a call naming no model (or "default")
+    takes the default policy. The settings come from the per-process cache the call reads anyway."""
+    found = llm_settings_get(organization=organization)
+    if call.model is None and call.policy is None:
+        if not found.default_policy:
+            raise invalid(
+                f"give a `model`, or a `policy` among {list(POLICIES)} (this organization has no default policy)",
+                "model",
+                code="model_required",
+            )
+        call = dataclasses.replace(call, policy=found.default_policy)
+    if call.model is not None and found.allowed_models and call.model not in found.allowed_models:
+        raise LlmRefusal(
+            403,
+            "model_not_allowed",
+            f"the model {call.model!r} is not allowed in this organization (see its model settings)",
+            param="model",
+        )
+    return call, found.allowed_models
+
+
+def _plan(call: ChatCall, attempts: Attempts, allowed: frozenset[str] = frozenset()) -> list[PricedModel]:
+    """The models to try, in order: the one asked for and its fallbacks, or the policy's choice,
+    among the models the organization allows."""
     try:
         found = candidates(
             model=call.model,
@@ -77,6 +102,10 @@ def _plan(call: ChatCall, attempts: Attempts) -> list[PricedModel]:
         raise LlmRefusal(
             404, "model_not_found", f"the model {exc} does not exist or is not available", param="model"
         ) from exc
+    if allowed:
+        found = [entry for entry in found if entry.model.name in allowed]
+        if not found:
+            raise LlmRefusal(403, "model_not_allowed", "no model this organization allows satisfies this policy")
     if call.images:
         if call.model is not None and not found[0].model.accepts_images:
             raise LlmRefusal(
@@ -89,12 +118,14 @@ def _plan(call: ChatCall, attempts: Attempts) -> list[PricedModel]:
     return [entry for entry in found if entry.price is not None]
 
 
-def _admit_and_plan(*, organization: Organization, call: ChatCall, attempts: Attempts) -> list[PricedModel]:
+def _admit_and_plan(
+    *, organization: Organization, call: ChatCall, attempts: Attempts, allowed: frozenset[str] = frozenset()
+) -> list[PricedModel]:
     """Admission (suspension, rate limits), then the plan, as the caller sees it: a call the limits
     refuse is refused for that whatever its model. The plan is made first, so that its first
     deployment's breaker is read in the admission's round trip."""
     try:
-        plan, refusal = _plan(call, attempts), None
+        plan, refusal = _plan(call, attempts, allowed), None
     except LlmRefusal as exc:
         plan, refusal = [], exc
     keys = [attempts.breaker_key(entry) for entry in plan[:1]]
@@ -136,10 +167,11 @@ def chat_complete(
 
     `on_settled` runs in the transaction that settles the successful attempt, so a caller's record
     of the answer (a job's result) commits together with the ledger row, or neither does."""
+    call, allowed = _within_settings(organization, call)
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal, source=source)
     attempts = _chat_attempts(organization=organization, spender=spender, call=call, request_id=request_id)
-    plan = _admit_and_plan(organization=organization, call=call, attempts=attempts)
+    plan = _admit_and_plan(organization=organization, call=call, attempts=attempts, allowed=allowed)
     cache = CallCache(organization=organization, call=call)
     hit = cache.lookup(principal=principal, request_id=request_id)
     if hit is not None:
@@ -198,10 +230,11 @@ def chat_stream(
     """Start a streaming call. Retries and fallbacks happen before the first chunk; the attempt is
     settled when the iterator ends, from the provider's final usage or, if the client went away or
     the stream broke, from the reservation."""
+    call, allowed = _within_settings(organization, call)
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal, source=source)
     attempts = _chat_attempts(organization=organization, spender=spender, call=call, request_id=request_id)
-    plan = _admit_and_plan(organization=organization, call=call, attempts=attempts)
+    plan = _admit_and_plan(organization=organization, call=call, attempts=attempts, allowed=allowed)
     cache = CallCache(organization=organization, call=call, streaming=True)
     hit = cache.lookup(principal=principal, request_id=request_id, semantic=False)
     if hit is not None:

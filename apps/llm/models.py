@@ -2,6 +2,7 @@
 
 from decimal import Decimal
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models.functions import Length, Now
 from django.db.models.lookups import LessThanOrEqual
@@ -274,6 +275,12 @@ class SemanticCacheEntry(models.Model):
         return f"{self.model_name} {self.context_hash[:12]}"
 
 
+# The routing policies an organization may choose as its default (apps.llm.router.POLICIES, which
+# imports the catalog and can't be imported by models).
+DEFAULT_POLICIES = ("cheapest", "fastest", "balanced")
+MAX_ALLOWED_MODELS = 200
+
+
 class LlmSettings(models.Model):
     """The organization's engine settings: one row (id 1) in its schema, created on first change."""
 
@@ -289,6 +296,12 @@ class LlmSettings(models.Model):
     retention_days = models.PositiveIntegerField(
         default=30, help_text="Stored prompts and answers (caches, job results) are deleted after this many days."
     )
+    # Which catalog models the organization's calls may use (by name); empty: every model. Checked
+    # by the engine before any work (403 model_not_allowed), and a policy picks only among them.
+    allowed_models = ArrayField(models.CharField(max_length=100), default=list, blank=True, size=MAX_ALLOWED_MODELS)
+    # The policy a call without a model (or with `"model": "default"`) is routed by; empty: such a
+    # call is refused (400 model_required), as before the setting existed.
+    default_policy = models.CharField(max_length=20, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
     updated_by_label = models.CharField(max_length=254, blank=True, default="")
 
@@ -296,6 +309,13 @@ class LlmSettings(models.Model):
         verbose_name_plural = "LLM settings"
         constraints = [
             models.CheckConstraint(condition=models.Q(id=1), name="llm_settings_singleton"),
+            models.CheckConstraint(
+                condition=models.Q(default_policy__in=("", *DEFAULT_POLICIES)), name="llm_settings_default_policy_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(allowed_models__len__lte=MAX_ALLOWED_MODELS),
+                name="llm_settings_allowed_models_bounded",
+            ),
             models.CheckConstraint(
                 condition=models.Q(semantic_threshold__gte=0.8, semantic_threshold__lte=1),
                 name="llm_settings_threshold_range",
@@ -318,9 +338,21 @@ class ProviderCredential(models.Model):
     nonce = models.BinaryField()
     ciphertext = models.BinaryField()
     hint = models.CharField(max_length=12, help_text="The key's last characters, to recognise it.")
+    base_url = models.URLField(
+        max_length=2000, blank=True, default="", help_text="OpenAI-compatible servers: where the key is sent."
+    )
     created_by_label = models.CharField(max_length=254, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(provider="openai_compatible") & ~models.Q(base_url="")
+                | ~models.Q(provider="openai_compatible") & models.Q(base_url=""),
+                name="llm_credential_base_url_for_compatible",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider} key …{self.hint}"

@@ -134,7 +134,8 @@ def _sdk_error(exc: Exception, sdk: Any) -> ProviderError:
 class OpenAIProvider:
     def __init__(self, model: CatalogModel, own_key: str | None = None) -> None:
         if model.provider == Provider.OPENAI_COMPATIBLE:
-            base_url, api_key = model.base_url, settings.OPENAI_COMPATIBLE_API_KEY or "none"
+            # An own key for a compatible server comes only with that server's base URL (the key test).
+            base_url, api_key = model.base_url, own_key or settings.OPENAI_COMPATIBLE_API_KEY or "none"
         else:
             base_url, api_key = settings.OPENAI_BASE_URL, own_key or settings.OPENAI_API_KEY
             if not api_key:

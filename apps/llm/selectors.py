@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ class EngineSettings:
     semantic_threshold: float
     store_content: bool
     retention_days: int
+    # Empty: every model is allowed. A frozenset: the engine's check is one lookup per call.
+    allowed_models: frozenset[str] = frozenset()
+    default_policy: str = ""
+    # ":<hash>" of the allowed models ("" when all are): computed once per settings read, for keys.
+    allowed_digest: str = ""
     # Changes with every change of the settings (it is the row's `updated_at`). Cached answers are
     # tagged with the generation they were stored under, and an answer of another generation is
     # never served: a policy change reaches every process's L1 with this cache, no Redis round trip.
@@ -53,6 +59,12 @@ _cache: dict[str, tuple[float, EngineSettings]] = {}
 _lock = threading.Lock()
 
 
+def _allowed_digest(models: list[str]) -> str:
+    if not models:
+        return ""
+    return ":" + hashlib.sha256("\n".join(sorted(models)).encode()).hexdigest()[:16]
+
+
 def _settings_read() -> EngineSettings:
     """The settings row of the schema the connection is on."""
     row = LlmSettings.objects.filter(pk=1).first()
@@ -63,6 +75,9 @@ def _settings_read() -> EngineSettings:
         semantic_threshold=row.semantic_threshold,
         store_content=row.store_content,
         retention_days=row.retention_days,
+        allowed_models=frozenset(row.allowed_models),
+        default_policy=row.default_policy,
+        allowed_digest=_allowed_digest(row.allowed_models),
         content_generation=row.updated_at.isoformat(),
     )
 

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
+from collections.abc import Sequence
 from decimal import Decimal
+from enum import StrEnum
+from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.utils import timezone
@@ -10,11 +14,22 @@ from django.utils import timezone
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.llm.caching import cache_content_delete, cache_fast_layers_drop
-from apps.llm.models import Budget, BudgetPeriod, BudgetScope, LlmSettings, ProviderCredential
-from apps.llm.platform.models import Provider
+from apps.llm.models import (
+    DEFAULT_POLICIES,
+    MAX_ALLOWED_MODELS,
+    Budget,
+    BudgetPeriod,
+    BudgetScope,
+    LlmSettings,
+    ProviderCredential,
+)
+from apps.llm.platform.models import CatalogModel, Provider
+from apps.llm.platform.selectors import catalog
+from apps.llm.providers import CallContext, ProviderError, provider_for
 from apps.llm.selectors import llm_settings_forget
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_url_check
 from cognitionos.sealing import Sealed, current_key_id, seal, unseal
 
 
@@ -22,8 +37,18 @@ class BudgetInvalid(ValueError):
     pass
 
 
+class ProviderCredentialInvalid(BudgetInvalid):
+    """A provider key or base URL refused; `param` names the field at fault."""
+
+    def __init__(self, message: str, *, param: str = "api_key") -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class SettingsInvalid(ValueError):
-    pass
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @transaction.atomic
@@ -115,23 +140,58 @@ def _credential_context(organization: Organization, provider: str) -> str:
     return f"{organization.schema_name}:{provider}"
 
 
+OWN_KEY_PROVIDERS = (Provider.OPENAI, Provider.ANTHROPIC, Provider.OPENAI_COMPATIBLE)
+_KEY_MAX_LENGTH = 500
+
+
+def provider_base_url_validate(base_url: str) -> str:
+    """An OpenAI-compatible server's base URL, stripped, if keys may be sent there: http(s), a host,
+    no credentials or fragment, and a public address (unless OUTBOUND_ALLOW_PRIVATE_NETWORKS), the
+    rules outgoing webhooks follow. Resolves the host name."""
+    url = base_url.strip()
+    if not url:
+        raise ProviderCredentialInvalid("an OpenAI-compatible key needs its server's base URL", param="base_url")
+    if len(url) > 2000:
+        raise ProviderCredentialInvalid("the URL is longer than 2000 characters", param="base_url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProviderCredentialInvalid(
+            "the base URL must start with https:// (or http://) and a host", param="base_url"
+        )
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        raise ProviderCredentialInvalid("the base URL must not carry credentials or a #fragment", param="base_url")
+    try:
+        outbound_url_check(url)
+    except OutboundRefused as exc:
+        raise ProviderCredentialInvalid(f"keys can't be sent to this URL: {exc}", param="base_url") from exc
+    except OutboundError as exc:
+        raise ProviderCredentialInvalid(f"this URL can't be reached: {exc}", param="base_url") from exc
+    return url
+
+
 def provider_credential_set(
-    *, organization: Organization, provider: str, api_key: str, actor: Principal
+    *, organization: Organization, provider: str, api_key: str, actor: Principal, base_url: str = ""
 ) -> ProviderCredential:
-    """Store (or replace) the organization's own key for a provider, encrypted."""
-    if provider not in (Provider.OPENAI, Provider.ANTHROPIC):
-        raise BudgetInvalid(f"own keys are supported for openai and anthropic, not {provider!r}")
-    if len(api_key.strip()) < 8:
-        raise BudgetInvalid("that does not look like a provider key")
-    sealed = seal(api_key.strip(), context=_credential_context(organization, provider))
+    """Store the organization's own key for a provider, encrypted, or replace the one it has (a
+    rotation: the old key is gone at once). Only the last four characters are kept in clear."""
+    if provider not in OWN_KEY_PROVIDERS:
+        raise ProviderCredentialInvalid(
+            f"own keys are supported for {', '.join(OWN_KEY_PROVIDERS)}, not {provider!r}", param="provider"
+        )
+    api_key = api_key.strip()
+    if len(api_key) < 8 or len(api_key) > _KEY_MAX_LENGTH or any(c.isspace() for c in api_key):
+        raise ProviderCredentialInvalid("that does not look like a provider key (8 to 500 characters, no spaces)")
+    base_url = provider_base_url_validate(base_url) if provider == Provider.OPENAI_COMPATIBLE else ""
+    sealed = seal(api_key, context=_credential_context(organization, provider))
     with organization_schema(organization), transaction.atomic():
-        credential, _ = ProviderCredential.objects.update_or_create(
+        credential, created = ProviderCredential.objects.update_or_create(
             provider=provider,
             defaults={
                 "key_id": sealed.key_id,
                 "nonce": sealed.nonce,
                 "ciphertext": sealed.ciphertext,
-                "hint": api_key.strip()[-4:],
+                "hint": api_key[-4:],
+                "base_url": base_url,
                 "created_by_label": actor.label,
             },
         )
@@ -140,10 +200,89 @@ def provider_credential_set(
             actor=actor,
             action="provider_credential.set",
             target=credential,
-            metadata={"provider": provider, "hint": credential.hint},
+            metadata={"provider": provider, "hint": credential.hint, "replaced": not created, "base_url": base_url},
         )
         transaction.on_commit(provider_own_keys_forget)
+    provider_own_keys_forget()  # this process at once; others within _OWN_KEYS_SECONDS
     return credential
+
+
+def provider_credential_delete(*, organization: Organization, provider: str, actor: Principal) -> None:
+    """Remove the organization's own key for a provider: its calls go back to the platform's key."""
+    with organization_schema(organization), transaction.atomic():
+        credential = ProviderCredential.objects.select_for_update().get(provider=provider)
+        audit_record(
+            organization=organization,
+            actor=actor,
+            action="provider_credential.deleted",
+            target=credential,
+            metadata={"provider": provider, "hint": credential.hint},
+        )
+        credential.delete()
+        transaction.on_commit(provider_own_keys_forget)
+    provider_own_keys_forget()
+
+
+class KeyCheck(StrEnum):
+    WORKS = "works"
+    REFUSED = "refused: invalid key"
+    UNREACHABLE = "provider unreachable"
+    FAILED = "the provider answered with an error"
+
+
+# What the test call asks for when the catalog has no model of the provider.
+_CHECK_MODELS = {Provider.OPENAI: "gpt-4o-mini", Provider.ANTHROPIC: "claude-3-5-haiku-latest"}
+KEY_CHECK_TIMEOUT_S = 10.0
+
+
+def _check_model(provider: str, base_url: str) -> CatalogModel:
+    """A catalog model of the provider to send the one-token call to (the cheapest listed; for an
+    OpenAI-compatible server one at this base URL first), unsaved, pointed at the key's server."""
+    entries = [entry for entry in catalog().values() if entry.model.provider == provider and entry.model.kind == "chat"]
+    entries.sort(key=lambda e: (e.model.base_url != base_url, e.price.input_per_mtok if e.price else 0))
+    name = entries[0].model.provider_model if entries else _CHECK_MODELS.get(provider, "default")
+    return CatalogModel(
+        name=name, provider=provider, provider_model=name, base_url=base_url, context_window=1, max_output_tokens=1,
+        quality_tier=1,
+    )  # fmt: skip
+
+
+def provider_credential_test(*, organization: Organization, provider: str, actor: Principal) -> KeyCheck:
+    """One real, one-token call to the provider with the organization's stored key, to say whether
+    it works. Not governed: no budget is held or ledger row written (the provider may bill its
+    owner the token); audited, with the result and never the key."""
+    with organization_schema(organization):
+        credential = ProviderCredential.objects.get(provider=provider)
+    api_key = unseal(
+        Sealed(credential.key_id, bytes(credential.nonce), bytes(credential.ciphertext)),
+        context=_credential_context(organization, provider),
+    )
+    result = KeyCheck.WORKS
+    try:
+        if credential.base_url:
+            outbound_url_check(credential.base_url)  # the address may have changed since it was saved
+        adapter = provider_for(_check_model(provider, credential.base_url), api_key)
+        adapter.complete(
+            {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1},
+            CallContext(request_id=f"keytest-{uuid.uuid4().hex}", attempt=1, timeout_s=KEY_CHECK_TIMEOUT_S),
+        )
+    except (OutboundRefused, OutboundError):
+        result = KeyCheck.UNREACHABLE
+    except ProviderError as exc:
+        if exc.status in (401, 403):
+            result = KeyCheck.REFUSED
+        elif exc.status is None or exc.provider_side:
+            result = KeyCheck.UNREACHABLE
+        else:
+            result = KeyCheck.FAILED
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="provider_credential.tested",
+        target=credential,
+        metadata={"provider": provider, "hint": credential.hint, "result": result.value},
+    )
+    return result
 
 
 _OWN_KEYS: dict[str, tuple[float, dict[str, str]]] = {}
@@ -157,7 +296,9 @@ def provider_own_keys(*, organization: Organization) -> dict[str, str]:
     if cached is not None and cached[0] > now:
         return cached[1]
     with organization_schema(organization):
-        credentials = list(ProviderCredential.objects.all())
+        # An OpenAI-compatible key belongs to the organization's own server (its base URL), not to
+        # the catalog's compatible deployments: it is stored and tested, never sent to those.
+        credentials = list(ProviderCredential.objects.exclude(provider=Provider.OPENAI_COMPATIBLE))
     keys = {
         c.provider: unseal(
             Sealed(c.key_id, bytes(c.nonce), bytes(c.ciphertext)), context=_credential_context(organization, c.provider)
@@ -196,6 +337,8 @@ def llm_settings_set(
     semantic_threshold: float | None = None,
     store_content: bool | None = None,
     retention_days: int | None = None,
+    allowed_models: Sequence[str] | None = None,
+    default_policy: str | None = None,
 ) -> LlmSettings:
     """Change the organization's engine settings (None: leave as is). Turning content off deletes
     every stored answer of the organization at once; shortening the retention deletes what is now
@@ -203,16 +346,27 @@ def llm_settings_set(
     change makes a new content generation: each process's L1 stops serving answers stored under
     the earlier settings as soon as its settings cache renews (SETTINGS_CACHE_SECONDS)."""
     if semantic_threshold is not None and not 0.8 <= semantic_threshold <= 1:
-        raise SettingsInvalid("the semantic threshold is a cosine similarity from 0.8 to 1")
+        raise SettingsInvalid("the semantic threshold is a cosine similarity from 0.8 to 1", param="semantic_threshold")
     if retention_days is not None and not 1 <= retention_days <= 3650:
-        raise SettingsInvalid("the retention is from 1 to 3650 days")
-    changes = {
+        raise SettingsInvalid("the retention is from 1 to 3650 days", param="retention_days")
+    if default_policy is not None and default_policy not in ("", *DEFAULT_POLICIES):
+        raise SettingsInvalid(f"the default policy is one of {', '.join(DEFAULT_POLICIES)}", param="default_policy")
+    if allowed_models is not None:
+        allowed_models = sorted(set(allowed_models))
+        if len(allowed_models) > MAX_ALLOWED_MODELS:
+            raise SettingsInvalid(f"at most {MAX_ALLOWED_MODELS} allowed models", param="allowed_models")
+        unknown = [name for name in allowed_models if name not in catalog()]
+        if unknown:
+            raise SettingsInvalid(f"no such model: {', '.join(unknown[:5])}", param="allowed_models")
+    changes: dict[str, object] = {
         name: value
         for name, value in (
             ("semantic_cache", semantic_cache),
             ("semantic_threshold", semantic_threshold),
             ("store_content", store_content),
             ("retention_days", retention_days),
+            ("allowed_models", allowed_models),
+            ("default_policy", default_policy),
         )
         if value is not None
     }

@@ -301,6 +301,19 @@ def _prompt_bytes(payload: dict[str, Any], images: int) -> int:
     return len(json.dumps(counted, ensure_ascii=False, separators=(",", ":")).encode())
 
 
+# `"model": "default"` (or no model and no policy): the organization's default policy decides.
+DEFAULT_MODEL = "default"
+
+
+def _model_and_policy(body: dict[str, Any]) -> tuple[Any, Any]:
+    model, policy = body.get("model"), body.get("policy")
+    if isinstance(model, str) and model in POLICIES and policy is None:
+        return None, model  # `"model": "cheapest"` picks a policy, for clients that only set model
+    if model == DEFAULT_MODEL:
+        return None, policy  # the organization's default policy, resolved by the engine (apps.llm.engine)
+    return model, policy
+
+
 def chat_call_parse(body: Any) -> ChatCall:  # noqa: PLR0912 - one check per field, in reading order
     """Validate an OpenAI chat-completions body and build the provider payload from the allowlist;
     refuse what we can't honour or price with a 400 naming the field."""
@@ -310,12 +323,10 @@ def chat_call_parse(body: Any) -> ChatCall:  # noqa: PLR0912 - one check per fie
         if name not in _FORWARDED and name not in EXTENSIONS and name not in _READ_NOT_FORWARDED and name != "messages":
             raise unsupported(name, _REFUSED.get(name, ""))
     images = _messages(body.get("messages"))
-    model, policy = body.get("model"), body.get("policy")
-    if isinstance(model, str) and model in POLICIES and policy is None:
-        model, policy = None, model  # `"model": "cheapest"` picks a policy, for clients that only set model
+    model, policy = _model_and_policy(body)
     if model is not None and (not isinstance(model, str) or len(model) > 100):
         raise invalid("`model` must be a model's name", "model")
-    if model is None and policy not in POLICIES:
+    if model is None and policy is not None and policy not in POLICIES:
         raise invalid(f"give a `model`, or a `policy` among {list(POLICIES)}", "model", code="model_required")
     if body.get("n", 1) != 1:
         raise unsupported("n", "more than one answer per request; send separate requests")
