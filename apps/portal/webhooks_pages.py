@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import urllib.parse
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib import messages
@@ -88,16 +88,17 @@ def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-# --- the delivery log's pages ------------------------------------------------------------------
-# Deliveries have UUID keys, so a cursor is (created_at, id), newest first, on the log's index
-# (endpoint, -created_at, -id): "<microseconds since the epoch>_<uuid hex>".
+# --- pages of endpoints and deliveries --------------------------------------------------------
+# Both have UUID keys, so a cursor is (created_at, id), newest first, as their indexes order them
+# (the delivery log's is (endpoint, -created_at, -id)): "<microseconds since the epoch>_<uuid hex>".
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+Row = TypeVar("Row", WebhookEndpoint, WebhookDelivery)
 
 
-def _cursor(delivery: WebhookDelivery) -> str:
-    micros = (delivery.created_at - _EPOCH) // dt.timedelta(microseconds=1)
-    return f"{micros}_{delivery.pk.hex}"
+def _cursor(row: WebhookEndpoint | WebhookDelivery) -> str:
+    micros = (row.created_at - _EPOCH) // dt.timedelta(microseconds=1)
+    return f"{micros}_{row.pk.hex}"
 
 
 def _cursor_parse(value: str) -> tuple[dt.datetime, uuid.UUID] | None:
@@ -111,28 +112,24 @@ def _cursor_parse(value: str) -> tuple[dt.datetime, uuid.UUID] | None:
         return None
 
 
-def _delivery_page(
-    rows: QuerySet[WebhookDelivery], *, request: HttpRequest, keep: dict[str, str]
-) -> KeysetPage[WebhookDelivery]:
-    """One page of the log: `before=` toward older deliveries, `after=` back toward newer ones; one
-    query per page whatever the log's length (no OFFSET). The payload is not read for the list."""
-    rows = rows.defer("payload")
+def _newest_first_page(
+    rows: QuerySet[Row], *, request: HttpRequest, keep: dict[str, str], size: int
+) -> KeysetPage[Row]:
+    """One page, newest first: `before=` toward older rows, `after=` back toward newer ones; one
+    query per page whatever the number of rows (no OFFSET), as apps.portal.paging does for integer keys."""
     older = _cursor_parse(request.GET.get("before", ""))
     newer = _cursor_parse(request.GET.get("after", ""))
 
-    def query(param: str, delivery: WebhookDelivery) -> str:
-        return urllib.parse.urlencode({**keep, param: _cursor(delivery)})
+    def query(param: str, row: Row) -> str:
+        return urllib.parse.urlencode({**keep, param: _cursor(row)})
 
     first = urllib.parse.urlencode(keep)
     if newer is not None and older is None:
         at, key = newer
-        fetched = list(
-            rows.filter(Q(created_at__gt=at) | Q(created_at=at, id__gt=key)).order_by("created_at", "id")[
-                : DELIVERIES_PAGE_SIZE + 1
-            ]
-        )
-        items = list(reversed(fetched[:DELIVERIES_PAGE_SIZE]))
-        more_newer = len(fetched) > DELIVERIES_PAGE_SIZE
+        later = Q(created_at__gt=at) | Q(created_at=at, id__gt=key)
+        fetched = list(rows.filter(later).order_by("created_at", "id")[: size + 1])
+        items = list(reversed(fetched[:size]))
+        more_newer = len(fetched) > size
         return KeysetPage(
             items=items,
             next_query=query("before", items[-1]) if items else None,
@@ -142,11 +139,11 @@ def _delivery_page(
     if older is not None:
         at, key = older
         rows = rows.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=key))
-    fetched = list(rows.order_by("-created_at", "-id")[: DELIVERIES_PAGE_SIZE + 1])
-    items = fetched[:DELIVERIES_PAGE_SIZE]
+    fetched = list(rows.order_by("-created_at", "-id")[: size + 1])
+    items = fetched[:size]
     return KeysetPage(
         items=items,
-        next_query=query("before", items[-1]) if len(fetched) > DELIVERIES_PAGE_SIZE else None,
+        next_query=query("before", items[-1]) if len(fetched) > size else None,
         previous_query=query("after", items[0]) if older is not None and items else None,
         first_query=first if older is not None else None,
     )
@@ -218,14 +215,12 @@ def webhooks(request: HttpRequest) -> HttpResponse:
             else:
                 return _secret_page(request, endpoint, secret, rotated=False)
         status = 400
-    endpoints = list(webhook_endpoint_list()[: ENDPOINTS_PAGE_SIZE + 1])
     return render(
         request,
         "portal/webhooks/list.html",
         {
             "organization": organization,
-            "endpoints": endpoints[:ENDPOINTS_PAGE_SIZE],
-            "more_endpoints": len(endpoints) > ENDPOINTS_PAGE_SIZE,
+            "page": _newest_first_page(webhook_endpoint_list(), request=request, keep={}, size=ENDPOINTS_PAGE_SIZE),
             "form": form,
         },
         status=status,
@@ -243,9 +238,9 @@ def webhook_endpoint(request: HttpRequest, endpoint_id: uuid.UUID) -> HttpRespon
     if status_filter not in DeliveryStatus.values:
         status_filter = ""
     keep = {"status": status_filter} if status_filter else {}
-    page = _delivery_page(
-        webhook_delivery_list(endpoint_id=endpoint.pk, status=status_filter or None), request=request, keep=keep
-    )
+    # The payload is not read for the list (up to 4 MB each).
+    deliveries = webhook_delivery_list(endpoint_id=endpoint.pk, status=status_filter or None).defer("payload")
+    page = _newest_first_page(deliveries, request=request, keep=keep, size=DELIVERIES_PAGE_SIZE)
     previous_expires = endpoint.previous_secret_expires_at
     return render(
         request,

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.models import AuditEvent
+from apps.portal import webhooks_pages
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -486,3 +487,19 @@ def test_the_delivery_log_pages_by_keyset_with_queries_constant_in_its_length(
     # A cursor that isn't one is ignored (the first page), never an error.
     for junk in ("before=1_x", "before=99999999999999999999_" + uuid.uuid4().hex, "after=-1_" + "0" * 32):
         assert client.get(f"{page_path}?{junk}").status_code == 200
+
+
+def test_the_endpoints_are_paged_newest_first(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks_pages, "ENDPOINTS_PAGE_SIZE", 2)
+    organization = two_tenants[0]
+    client, _ = signed_in(client_for, organization, "owner")
+    for number in range(3):
+        endpoint_make(organization, url=f"http://127.0.0.1:9/hooks/number-{number}")
+    first = client.get("/webhooks/").content.decode()
+    assert "number-2" in first and "number-1" in first and "number-0" not in first
+    older = re.search(r'href="\?(before=[^"#]+)#endpoints-heading"', first)
+    assert older is not None and "Older endpoints" in first
+    second = client.get(f"/webhooks/?{older.group(1)}").content.decode()
+    assert "number-0" in second and "number-1" not in second and "Newest endpoints" in second
