@@ -101,7 +101,12 @@ class PlaygroundPrompt:
 
 def _text(data: QueryDict, name: str) -> str:
     value = data.get(name, "")
-    return value if isinstance(value, str) else ""
+    return _lines(value) if isinstance(value, str) else ""
+
+
+def _lines(text: str) -> str:
+    """Browsers send a textarea's line breaks as CRLF: the model (and the code) gets plain newlines."""
+    return text.replace("\r\n", "\n")
 
 
 def _number(data: QueryDict, name: str, label: str) -> float | None:
@@ -133,7 +138,7 @@ def prompt_parse(data: QueryDict) -> tuple[PlaygroundPrompt, ChatCall]:
     target = _text(data, "model").strip()
     if not target:
         raise PromptInvalid("model", "Choose a model or a routing policy.")
-    roles, contents = data.getlist("role"), data.getlist("content")
+    roles, contents = data.getlist("role"), [_lines(content) for content in data.getlist("content")]
     if not contents:
         raise PromptInvalid("turns", "Add a message to send.")
     if len(contents) > MAX_TURNS or len(roles) != len(contents):

@@ -59,6 +59,7 @@
       item.querySelector("[data-remove-turn]").setAttribute("aria-label", `Remove message ${n}`);
     });
     addTurn.disabled = items.length >= maxTurns;
+    code.hidden = true; // shown for the prompt as it was
   }
 
   addTurn.addEventListener("click", () => {
@@ -232,6 +233,11 @@
       running = null;
       setRunning(false);
     }
+  });
+
+  // Code shown for an earlier prompt would mislead: it goes when the prompt changes.
+  form.addEventListener("input", () => {
+    code.hidden = true;
   });
 
   stopButton.addEventListener("click", () => {

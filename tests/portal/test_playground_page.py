@@ -369,6 +369,18 @@ def test_view_as_code_is_valid_escaped_code_for_the_same_call(
     assert body["messages"] == arguments["messages"] and body["seed"] == 42 and body["stream"] is True
 
 
+def test_line_breaks_from_the_browser_reach_the_model_and_the_code_as_newlines(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider
+) -> None:
+    client, _ = signed_in(client_for, two_tenants[0])
+    form = prompt(system="one\r\ntwo", content=["three\r\nfour"])
+    code = snippets(client.post(CODE, form))
+    assert '"content": "one\\ntwo"' in code["openai"] and '"content": "three\\nfour"' in code["openai"]
+    assert "\\r" not in code["openai"] + code["anthropic"] + code["curl"]
+    events(client.post(RUN, form))
+    assert [m["content"] for m in fake.calls[0].body["messages"]] == ["one\ntwo", "three\nfour"]
+
+
 def test_the_openai_and_anthropic_snippets_run_against_the_gateway(
     two_tenants: tuple[Organization, Organization],
     client_for: ClientFor,
