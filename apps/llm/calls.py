@@ -56,13 +56,14 @@ from apps.llm.services import (
     provider_credential_test,
     provider_own_keys,
 )
-from apps.llm.usage import USAGE_RANGES, UsageSeries, UsageTotals, usage_recorded, usage_series
+from apps.llm.usage import DEFAULT_USAGE_RANGE, USAGE_RANGES, UsageSeries, UsageTotals, usage_recorded, usage_series
 from apps.llm.validation import ChatCall
 from apps.llm.validation import chat_call_parse as _chat_call_parse
 from apps.tenants.models import Organization
 
 __all__ = [
     "CHAT_POLICIES",
+    "DEFAULT_USAGE_RANGE",
     "OWN_KEY_PROVIDERS",
     "REQUEST_LOG_PAGE_SIZE",
     "USAGE_RANGES",

@@ -1,0 +1,37 @@
+"""How the dashboard writes its numbers: dollars, counts, rates and latencies, "—" for none."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+
+register = template.Library()
+
+NONE = "—"
+
+
+@register.filter
+def usd(value: Decimal | float | None) -> str:
+    """$1,234.56; below a dollar with four decimals ($0.0042), as single calls cost fractions of cents."""
+    if value is None:
+        return NONE
+    amount = Decimal(value)
+    return f"${amount:,.2f}" if abs(amount) >= 1 or amount == 0 else f"${amount:.4f}"
+
+
+@register.filter
+def count(value: int | None) -> str:
+    return NONE if value is None else f"{value:,}"
+
+
+@register.filter
+def percent(value: float | None) -> str:
+    return NONE if value is None else f"{value * 100:.1f}%"
+
+
+@register.filter
+def latency(value: float | None) -> str:
+    if value is None:
+        return NONE
+    return f"{value:,.0f} ms" if value < 10_000 else f"{value / 1000:,.1f} s"
