@@ -303,7 +303,10 @@ class DefinitionForm(forms.Form):
         label="Definition",
         strip=False,
         max_length=MAX_DEFINITION_BYTES,
-        widget=forms.Textarea(attrs={"rows": 18, "spellcheck": "false", "class": "wf-editor", "autocomplete": "off"}),
+        # wrap="off": a YAML line wrapped by the browser would read as two lines.
+        widget=forms.Textarea(
+            attrs={"rows": 18, "spellcheck": "false", "class": "wf-editor", "autocomplete": "off", "wrap": "off"}
+        ),
         help_text="The steps, in the format chosen above. Problems are shown at the step they concern.",
     )
 
@@ -465,7 +468,9 @@ def workflow_new(request: HttpRequest) -> HttpResponse:
     """A new workflow: its name and first definition, YAML or JSON (the docs' example to start)."""
     if request.method != "POST":
         fmt = _fmt(request)
-        form = DefinitionForm(initial={"format": fmt, "definition": definition_text(EXAMPLE, fmt)})
+        # The example as the docs write it (with its comments) in YAML; converted for JSON.
+        text = EXAMPLE_YAML if fmt == "yaml" else definition_text(EXAMPLE, fmt)
+        form = DefinitionForm(initial={"format": fmt, "definition": text})
         return _editor(request, form=form, workflow=None)
     form = DefinitionForm(request.POST)
     if not form.is_valid():
