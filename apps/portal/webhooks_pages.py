@@ -57,8 +57,10 @@ ENDPOINTS_PAGE_SIZE = 50
 DELIVERIES_PAGE_SIZE = 25
 # A payload is up to 4 MB (apps.webhooks.services.MAX_PAYLOAD_BYTES); a page shows its beginning.
 PAYLOAD_SHOWN_CHARS = 20_000
-# While a delivery is unfinished its row and summary ask again this often (HTMX polling).
+# While a delivery is unfinished its summary asks again this often (HTMX polling), and the log's
+# page while one of its deliveries is.
 POLL_SECONDS = 1
+LOG_POLL_SECONDS = 2
 _SENT_TWICE = (
     "This form was already sent, and its secret shown then: nothing was done again. "
     "If you didn't copy the secret, rotate it on the endpoint's page."
@@ -234,13 +236,6 @@ def webhook_endpoint(request: HttpRequest, endpoint_id: uuid.UUID) -> HttpRespon
     """One endpoint: its settings, secret (last characters only) and rotation, a test event, how to
     verify signatures, and its delivery log (newest first, filtered by status, paged by keyset)."""
     endpoint = _endpoint_or_404(endpoint_id)
-    status_filter = request.GET.get("status", "")
-    if status_filter not in DeliveryStatus.values:
-        status_filter = ""
-    keep = {"status": status_filter} if status_filter else {}
-    # The payload is not read for the list (up to 4 MB each).
-    deliveries = webhook_delivery_list(endpoint_id=endpoint.pk, status=status_filter or None).defer("payload")
-    page = _newest_first_page(deliveries, request=request, keep=keep, size=DELIVERIES_PAGE_SIZE)
     previous_expires = endpoint.previous_secret_expires_at
     return render(
         request,
@@ -248,17 +243,48 @@ def webhook_endpoint(request: HttpRequest, endpoint_id: uuid.UUID) -> HttpRespon
         {
             "organization": caller_organization(request),
             "endpoint": endpoint,
-            "page": page,
-            "rows": [_delivery_context(delivery) for delivery in page.items],
-            "status_filter": status_filter,
             "status_choices": DeliveryStatus.values,
             "rotate_form": RotateForm(),
             "previous_secret_expires_at": previous_expires
             if previous_expires is not None and previous_expires > timezone.now()
             else None,
         }
-        | _verify_context(endpoint),
+        | _verify_context(endpoint)
+        | _log_context(request, endpoint),
     )
+
+
+def _log_context(request: HttpRequest, endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """One page of an endpoint's delivery log, from the request's status filter and cursor."""
+    status_filter = request.GET.get("status", "")
+    if status_filter not in DeliveryStatus.values:
+        status_filter = ""
+    keep = {"status": status_filter} if status_filter else {}
+    # The payload is not read for the list (up to 4 MB each).
+    deliveries = webhook_delivery_list(endpoint_id=endpoint.pk, status=status_filter or None).defer("payload")
+    page = _newest_first_page(deliveries, request=request, keep=keep, size=DELIVERIES_PAGE_SIZE)
+    rows = [_delivery_context(delivery) for delivery in page.items]
+    # The same page asked for again, by the log's live fragment.
+    shown = {name: request.GET[name] for name in ("before", "after") if name in request.GET} | keep
+    return {
+        "endpoint": endpoint,
+        "page": page,
+        "rows": rows,
+        "status_filter": status_filter,
+        "log_unfinished": any(row["unfinished"] for row in rows),
+        "log_query": urllib.parse.urlencode(shown),
+        "log_poll_seconds": LOG_POLL_SECONDS,
+    }
+
+
+@permission_required(MANAGE)
+@never_cache
+@require_GET
+def webhook_endpoint_log_live(request: HttpRequest, endpoint_id: uuid.UUID) -> HttpResponse:
+    """The rows of a page of the delivery log, which the page asks for again every LOG_POLL_SECONDS
+    while one of them is unfinished (one query for the page, not one per row), and no more after."""
+    endpoint = _endpoint_or_404(endpoint_id)
+    return render(request, "portal/webhooks/_delivery_rows.html", _log_context(request, endpoint))
 
 
 @permission_required(MANAGE)
@@ -415,13 +441,10 @@ def webhook_delivery(request: HttpRequest, delivery_id: uuid.UUID) -> HttpRespon
 @never_cache
 @require_GET
 def webhook_delivery_live(request: HttpRequest, delivery_id: uuid.UUID) -> HttpResponse:
-    """A delivery's row in the log (`?part=row`) or its summary (`?part=summary`), which the page
-    asks for again every POLL_SECONDS while the delivery is unfinished, and no more once it ends."""
+    """A delivery's summary, which the page asks for again every POLL_SECONDS while the delivery is
+    unfinished, and no more once it ends."""
     delivery = _delivery_or_404(delivery_id)
-    template = "portal/webhooks/_delivery_row.html" if request.GET.get("part") == "row" else None
-    if template is None:
-        template = "portal/webhooks/_delivery_summary.html"
-    return render(request, template, _delivery_context(delivery))
+    return render(request, "portal/webhooks/_delivery_summary.html", _delivery_context(delivery))
 
 
 @permission_required({"POST": MANAGE})
@@ -449,6 +472,11 @@ def webhook_delivery_send_again(request: HttpRequest, delivery_id: uuid.UUID) ->
 urlpatterns: list[URLPattern] = [
     path("webhooks/", webhooks, name="portal-webhooks"),
     path("webhooks/<uuid:endpoint_id>/", webhook_endpoint, name="portal-webhook"),
+    path(
+        "webhooks/<uuid:endpoint_id>/deliveries/live/",
+        webhook_endpoint_log_live,
+        name="portal-webhook-deliveries-live",
+    ),
     path("webhooks/<uuid:endpoint_id>/edit/", webhook_endpoint_edit, name="portal-webhook-edit"),
     path("webhooks/<uuid:endpoint_id>/delete/", webhook_endpoint_remove, name="portal-webhook-delete"),
     path("webhooks/<uuid:endpoint_id>/rotate/", webhook_endpoint_rotate, name="portal-webhook-rotate"),

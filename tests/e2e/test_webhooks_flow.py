@@ -1,7 +1,8 @@
 """Webhooks in a real browser, with a real Celery worker and a real receiver on 127.0.0.1: a developer
 adds an endpoint → copies its secret (shown once) → sends a test event and watches the delivery
 succeed without reloading → opens the delivery; the receiver checked the signature with the copied
-secret."""
+secret. Then the receiver fails one (one attempt allowed): the log shows it failed, and its Retry
+sends it again, followed live to success."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def test_add_an_endpoint_send_a_test_event_and_watch_it_delivered(
     from playwright.sync_api import expect
 
     origin = portal_server.organization_url(SLUG)
-    with http_receiver() as receiver, celery_worker(concurrency=2):
+    # One attempt per delivery: a receiver's failure is final at once (no backoff to wait for).
+    with http_receiver() as receiver, celery_worker(concurrency=2, env={"WEBHOOK_MAX_ATTEMPTS": "1"}):
         page.goto(f"{origin}/accounts/login/")
         page.get_by_label("Email").fill(DEVELOPER)
         page.get_by_label("Password").fill(PASSWORD)
@@ -91,6 +93,7 @@ def test_add_an_endpoint_send_a_test_event_and_watch_it_delivered(
         page.get_by_role("button", name="Copy secret").click()
         expect(page.locator("#webhook-secret-copied")).not_to_be_empty()
         receiver.secret = secret  # the receiver checks each signature with the copied secret
+        screenshot(page, "webhook-secret")
 
         page.get_by_role("link", name="Continue to the endpoint").click()
         expect(page.get_by_role("heading", name="Webhook endpoint", level=1)).to_be_visible()
@@ -113,11 +116,31 @@ def test_add_an_endpoint_send_a_test_event_and_watch_it_delivered(
         screenshot(page, "webhook-delivery")
 
         page.get_by_role("link", name="← The endpoint's deliveries").click()
-        row = page.locator("tbody tr", has_text="webhook.test")
-        expect(row).to_have_count(1)
-        expect(row.get_by_text("Succeeded", exact=True)).to_be_visible()
+        rows = page.locator("tbody tr", has_text="webhook.test")
+        expect(rows).to_have_count(1)
+        expect(rows.get_by_text("Succeeded", exact=True)).to_be_visible()
+
+        # A failure: the outcome says why, and the log offers Retry on the failed row.
+        receiver.statuses = [500]
+        page.get_by_role("button", name="Send test event").click()
+        expect(result.get_by_text("Failed", exact=True)).to_be_visible(timeout=45_000)
+        expect(result).to_contain_text("HTTP 500")
+        page.reload()
+        expect(rows).to_have_count(2)
+        failed = page.locator("tbody tr", has_text="HTTP 500")
+        expect(failed.get_by_text("Failed", exact=True)).to_be_visible()
         _fits_a_phone(page)
         screenshot(page, "webhook-endpoint")
+
+        receiver.statuses = [200]
+        failed.get_by_role("button", name=re.compile(r"^Retry the webhook\.test delivery")).click()
+        expect(page.get_by_role("heading", name="Webhook delivery", level=1)).to_be_visible()
+        expect(page.get_by_text("Sent again, as a new delivery of the same event")).to_be_visible()
+        expect(page.get_by_text("Succeeded", exact=True)).to_be_visible(timeout=45_000)
+        expect(page.get_by_role("link", name="an earlier delivery")).to_be_visible()
+        assert [r.signature_ok for r in receiver.wait_for(3)] == [True, True, True]
+        page.get_by_role("link", name="← The endpoint's deliveries").click()
+        expect(rows).to_have_count(3)
 
         page.get_by_role("link", name="← Webhooks").click()
         expect(page.locator("tbody tr", has_text="local receiver")).to_have_count(1)

@@ -272,16 +272,18 @@ def test_a_test_event_makes_a_delivery_whose_outcome_the_page_follows(
             delivery = WebhookDelivery.objects.get()
         assert delivery.event_type == "webhook.test" and delivery.payload["sent_by"] == user.email
         assert "Pending" in fragment and 'hx-trigger="every 1s"' in fragment  # polls while unfinished
-        assert f"/webhooks/deliveries/{delivery.pk}/live/?part=summary" in fragment
+        assert f"/webhooks/deliveries/{delivery.pk}/live/" in fragment
+        log = client.get(f"/webhooks/{endpoint.pk}/").content.decode()
+        assert f'hx-get="/webhooks/{endpoint.pk}/deliveries/live/"' in log  # the log polls while it's pending
 
         assert webhook_delivery_attempt(organization=organization, delivery_id=delivery.pk) == "succeeded"
     [request] = receiver.received
     assert request.signature_ok is True and request.headers["CognitionOS-Event"] == "webhook.test"
 
-    live = client.get(f"/webhooks/deliveries/{delivery.pk}/live/?part=summary").content.decode()
+    live = client.get(f"/webhooks/deliveries/{delivery.pk}/live/").content.decode()
     assert "Succeeded" in live and "hx-trigger" not in live and "<code>200</code>" in live  # polling stops
-    row = client.get(f"/webhooks/deliveries/{delivery.pk}/live/?part=row").content.decode()
-    assert row.startswith("<tr") and "Succeeded" in row and "hx-trigger" not in row
+    rows = client.get(f"/webhooks/{endpoint.pk}/deliveries/live/").content.decode()
+    assert rows.startswith('<tbody id="delivery-rows">') and "Succeeded" in rows and "hx-trigger" not in rows
     detail = client.get(f"/webhooks/deliveries/{delivery.pk}/").content.decode()
     assert "A test event from CognitionOS." in detail and "ok" in detail  # payload and response excerpt
     assert "Retry" not in detail  # a succeeded delivery has nothing to retry
@@ -369,7 +371,8 @@ def test_another_organizations_endpoints_and_deliveries_are_not_found(
         f"/webhooks/{endpoint.pk}/edit/",
         f"/webhooks/{endpoint.pk}/delete/",
         f"/webhooks/deliveries/{delivery.pk}/",
-        f"/webhooks/deliveries/{delivery.pk}/live/?part=row",
+        f"/webhooks/deliveries/{delivery.pk}/live/",
+        f"/webhooks/{endpoint.pk}/deliveries/live/",
     ):
         assert client_b.get(path).status_code == 404, path
     for path in (
@@ -408,6 +411,7 @@ def test_roles_without_webhooks_manage_neither_see_nor_use_the_pages(
         f"/webhooks/{endpoint.pk}/delete/",
         f"/webhooks/deliveries/{delivery.pk}/",
         f"/webhooks/deliveries/{delivery.pk}/live/",
+        f"/webhooks/{endpoint.pk}/deliveries/live/",
     ):
         assert client.get(path).status_code == 403, path
     for path in (
@@ -469,12 +473,18 @@ def test_the_delivery_log_pages_by_keyset_with_queries_constant_in_its_length(
         )
     many, html = counted(page_path)
     assert many == few
-    assert html.count('<tr id="delivery-') == 25 and 'hx-trigger="every 1s"' in html  # pending ones poll
+    assert html.count('<tr id="delivery-') == 25 and html.count('hx-trigger="every 2s"') == 1  # one poll per page
     next_link = re.search(r'href="\?(before=[^"#]+)#deliveries-heading"', html)
     assert next_link is not None
     second_count, second = counted(f"{page_path}?{next_link.group(1)}")
     assert second_count <= few + 1
     assert second.count('<tr id="delivery-') == 18 and "HTTP 502" in second and "Newer deliveries" in second
+    assert second.count(">Retry<") == 1  # the failed one, in its row
+    # The live fragment asks for the same page again, in one query for the rows.
+    live_path = re.search(r'hx-get="(/webhooks/[^"]+/deliveries/live/\?[^"]+)"', second)
+    assert live_path is not None and "before=" in live_path.group(1)
+    live_count, live = counted(live_path.group(1).replace("&amp;", "&"))
+    assert live_count < few and live.count('<tr id="delivery-') == 18
     shown = set(re.findall(r'<tr id="delivery-([0-9a-f-]+)"', html)) | set(
         re.findall(r'<tr id="delivery-([0-9a-f-]+)"', second)
     )
