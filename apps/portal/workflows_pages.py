@@ -638,7 +638,7 @@ class RunForm:
             if sum(len(value) for value in self.values.values()) > MAX_INPUT_BYTES:
                 self.errors["input"] = f"The input is limited to {MAX_INPUT_BYTES} bytes."
                 return None
-            return dict(self.values)
+            return {name: _typed(value) for name, value in self.values.items()}
         if len(self.json_text) > MAX_INPUT_BYTES:
             self.errors["input"] = f"The input is limited to {MAX_INPUT_BYTES} bytes."
             return None
@@ -652,6 +652,19 @@ class RunForm:
             self.errors["input"] = 'Give a JSON object, such as {"text": "…"}.'
             return None
         return data
+
+
+def _typed(value: str) -> Any:
+    """A declared input's value: a list or an object when it is written as one in JSON (what a map
+    step iterates), the text as typed otherwise."""
+    if value.lstrip()[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(value)
+        except (RecursionError, json.JSONDecodeError):
+            return value
+        if isinstance(parsed, list | dict):
+            return parsed
+    return value
 
 
 def _start_page(
@@ -680,12 +693,31 @@ def _start_page(
             "latest": workflow_latest_version(workflow=workflow),
             "form": form,
             "preview": preview,
+            "preview_steps": [_preview_step(step) for step in preview["steps"]],
             "stages": step_stages(definition=definition),
             "may_write": member_may(request, Permission.WORKFLOWS_WRITE),
             "max_input_bytes": MAX_INPUT_BYTES,
         },
         status=status,
     )
+
+
+def _preview_step(step: Mapping[str, Any]) -> dict[str, Any]:
+    """A step of the preview under names a template can read (`items` would be the dict's method)."""
+    expected_tokens = step.get("expected_tokens") or {}
+    worst_tokens = step.get("worst_case_tokens") or {}
+    return {
+        "name": step["name"],
+        "type": step["type"],
+        "expected_usd": step["expected_usd"],
+        "worst_case_usd": step["worst_case_usd"],
+        "model": step.get("model") or "",
+        "worst_case_model": step.get("worst_case_model") or "",
+        "error": step.get("error") or "",
+        "item_count": step.get("items"),
+        "expected_tokens": (expected_tokens.get("input"), expected_tokens.get("output")),
+        "worst_tokens": (worst_tokens.get("input"), worst_tokens.get("output")),
+    }
 
 
 def _run_version(request: HttpRequest, workflow: Workflow) -> WorkflowVersion:

@@ -155,20 +155,17 @@ def test_depends_on_a_step_that_does_not_exist_is_shown_at_its_step(
 ) -> None:
     organization = two_tenants[0]
     client, _ = signed_in(client_for, organization)
-    definition = {
-        "steps": [
-            {"name": "one", "type": "transform", "template": "x"},
-            {"name": "two", "type": "transform", "template": "y", "depends_on": ["one", "three"]},
-            {"name": "ask", "type": "llm", "model": "no-such-model", "prompt": "hi"},
-        ]
-    }
+    one = {"name": "one", "type": "transform", "template": "x"}
+    two: dict[str, Any] = {"name": "two", "type": "transform", "template": "y", "depends_on": ["one", "three"]}
+    ask = {"name": "ask", "type": "llm", "model": "no-such-model", "prompt": "hi"}
+    definition = {"steps": [one, two, ask]}
     refused = client.post("/workflows/new/", {"name": "deps", "format": "json", "definition": json.dumps(definition)})
     assert refused.status_code == 400
     html = text(refused)
     assert "depends_on:</strong> unknown step &#x27;three&#x27;" in step_card(html, 1)
     assert workflows_in(organization) == []
     # The catalog check (a model that doesn't exist) is the service's and lands at its step too.
-    fixed = {"steps": [definition["steps"][0], {**definition["steps"][1], "depends_on": "one"}, definition["steps"][2]]}
+    fixed = {"steps": [one, {**two, "depends_on": "one"}, ask]}
     refused = client.post("/workflows/new/", {"name": "deps", "format": "json", "definition": json.dumps(fixed)})
     assert refused.status_code == 400
     assert "unknown model &#x27;no-such-model&#x27;" in step_card(text(refused), 2)
@@ -252,6 +249,8 @@ def test_the_preview_shows_what_workflow_cost_preview_computes(
     for step in expected["steps"]:
         assert f"${step['expected_usd']}" in html and f"${step['worst_case_usd']}" in html
     assert Decimal(expected["worst_case_usd"]) > Decimal(expected["expected_usd"]) > 0
+    first = expected["steps"][0]["expected_tokens"]
+    assert f"{first['input']} in / {first['output']} out tokens" in html and "dict_items" not in html
     # With the input typed, the preview sizes the prompt with it.
     long_text = "word " * 2000
     updated = client.post(f"/workflows/{workflow.pk}/start/", {"version": "1", "input_text": long_text})
@@ -265,6 +264,40 @@ def test_the_preview_shows_what_workflow_cost_preview_computes(
     assert '<label for="input-text">text</label>' in text(updated)
     with organization_schema(organization):
         assert not WorkflowRun.objects.exists()  # a preview starts nothing
+
+
+def test_the_preview_of_a_map_counts_its_items_from_the_input(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    definition = {
+        "inputs": ["words"],
+        "steps": [
+            {
+                "name": "define",
+                "type": "map",
+                "items": "{{ input.words }}",
+                "step": {"type": "llm", "model": "gpt-4o-mini", "prompt": "Define {{ item }}"},
+            }
+        ],
+    }
+    workflow = make_workflow(organization, "mapper", definition)
+    client, _ = signed_in(client_for, organization)
+    page = text(client.get(f"/workflows/{workflow.pk}/start/"))
+    assert "over 1 item<" not in page  # without the input the preview can't count them
+    assert "of llm" in page  # the drawn step says what it runs per item
+    loose = make_workflow(organization, "loose", {**definition, "inputs": None})
+    with_input = text(client.post(f"/workflows/{loose.pk}/start/", {"input_json": '{"words": ["a", "b", "c"]}'}))
+    assert "over 3 items" in with_input
+    # A declared input typed as a JSON list is a list (what the map goes through); text stays text.
+    declared = text(client.post(f"/workflows/{workflow.pk}/start/", {"input_words": '["a", "b"]'}))
+    assert "over 2 items" in declared
+    started = client.post(f"/workflows/{workflow.pk}/run/", {"input_words": '["a", "b"]'})
+    assert started.status_code == 302
+    client.post(f"/workflows/{workflow.pk}/run/", {"input_words": "[draft] not JSON"})
+    with organization_schema(organization):
+        inputs = [run.input["words"] for run in WorkflowRun.objects.filter(workflow=workflow).order_by("created_at")]
+    assert inputs == [["a", "b"], "[draft] not JSON"]
 
 
 def test_a_run_is_started_with_its_input_and_its_page_shows_the_steps(
