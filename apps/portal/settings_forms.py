@@ -20,11 +20,7 @@ PROVIDER_LABELS = {
     "openai_compatible": "OpenAI-compatible server",
 }
 
-POLICY_LABELS = {
-    "cheapest": "Cheapest: the lowest expected cost",
-    "fastest": "Fastest: the lowest observed latency",
-    "balanced": "Balanced: latency weighed by cost",
-}
+POLICY_LABELS = {"cheapest": "Cheapest", "fastest": "Fastest", "balanced": "Balanced"}
 
 
 class BudgetForm(forms.Form):
@@ -104,8 +100,9 @@ class ModelSettingsForm(forms.Form):
     default_policy = forms.ChoiceField(
         label="Default policy",
         required=False,
-        choices=[("", "None: a call must name a model or a policy"), *POLICY_LABELS.items()],
-        help_text='Routes calls that name no model (or "model": "default").',
+        choices=[("", "None (a call must name a model)"), *POLICY_LABELS.items()],
+        help_text='Routes calls that name no model (or "model": "default"): cheapest is the lowest expected '
+        "cost, fastest the lowest observed latency, balanced weighs latency by cost.",
     )
     semantic_cache = forms.BooleanField(label="Semantic cache (answers similar prompts from cache)", required=False)
     semantic_threshold = forms.FloatField(
