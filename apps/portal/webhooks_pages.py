@@ -60,6 +60,7 @@ PAYLOAD_SHOWN_CHARS = 20_000
 # While a delivery is unfinished its summary asks again this often (HTMX polling), and the log's
 # page while one of its deliveries is.
 POLL_SECONDS = 1
+WAITING_POLL_SECONDS = 5
 LOG_POLL_SECONDS = 2
 _SENT_TWICE = (
     "This form was already sent, and its secret shown then: nothing was done again. "
@@ -162,7 +163,10 @@ def _delivery_context(delivery: WebhookDelivery) -> dict[str, Any]:
         # moved to now. One in flight can't be retried (the service refuses it too).
         "retryable": status == DeliveryStatus.FAILED
         or (status == DeliveryStatus.RETRYING and delivery.status == WorkStatus.QUEUED),
-        "poll_seconds": POLL_SECONDS,
+        # A retry scheduled for later is asked about less often than an attempt under way.
+        "poll_seconds": POLL_SECONDS
+        if status == DeliveryStatus.PENDING or delivery.status == WorkStatus.RUNNING
+        else WAITING_POLL_SECONDS,
     }
 
 

@@ -336,6 +336,16 @@ def test_a_failed_delivery_is_retried_from_its_page(
     assert "Succeeded" in followed and "an earlier delivery" in followed
     assert client.get(f"/webhooks/deliveries/{delivery.pk}/retry/").status_code in (403, 405)
 
+    # A disabled endpoint's failed delivery is not offered for retry, and refused when posted anyway.
+    with organization_schema(organization):
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(is_active=False)
+    page = client.get(f"/webhooks/deliveries/{delivery.pk}/").content.decode()
+    assert "The endpoint is disabled" in page and ">Retry<" not in page
+    refused = client.post(f"/webhooks/deliveries/{delivery.pk}/retry/", follow=True)
+    assert b"Not sent again: the endpoint is disabled" in refused.content
+    with organization_schema(organization):
+        assert WebhookDelivery.objects.count() == 2
+
 
 def test_removed_content_is_said_not_shown(
     two_tenants: tuple[Organization, Organization], client_for: ClientFor
