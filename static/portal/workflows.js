@@ -8,7 +8,8 @@ document.addEventListener("change", (event) => {
   const radio = event.target.closest("input[type=radio][name=format]");
   if (!radio) return;
   const editor = document.getElementById("id_definition");
-  if (!editor || editor.value !== editor.defaultValue || editor.form.dataset.submitted) return;
+  // Only in a fresh editor (a GET): after a refused save the text is the person's, kept as typed.
+  if (!editor || editor.value !== editor.defaultValue || !("fresh" in editor.form.dataset)) return;
   const url = new URL(window.location.href);
   url.searchParams.set("format", radio.value);
   window.location.assign(url.toString());

@@ -5,6 +5,7 @@ Screenshots at desktop and phone widths."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -95,6 +96,11 @@ def test_build_preview_and_run_the_docs_workflow(
     assert "Summarize: {{ input.text }}" in editor.input_value()
     expect(page.locator("#step-1")).to_contain_text("After summary")
     assert unlabeled_fields(page) == []
+    # Before anything is typed, the format switch shows the same definition in JSON, and back.
+    page.get_by_label("JSON").check()
+    expect(page.get_by_label("Definition")).to_have_value(re.compile(r'"name": "summary"'))
+    page.get_by_label("YAML").check()
+    expect(page.get_by_label("Definition")).to_have_value(re.compile(r"inputs: \[text\]"))
     screenshot(page, "workflow-editor")
     phone_checks(page)
 
