@@ -231,7 +231,7 @@ class KeyCheck(StrEnum):
 
 
 # What the test call asks for when the catalog has no model of the provider.
-_CHECK_MODELS = {Provider.OPENAI: "gpt-4o-mini", Provider.ANTHROPIC: "claude-3-5-haiku-latest"}
+_CHECK_MODELS: dict[str, str] = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
 KEY_CHECK_TIMEOUT_S = 10.0
 
 

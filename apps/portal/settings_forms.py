@@ -44,7 +44,9 @@ class BudgetForm(forms.Form):
 
     def __init__(self, *args: Any, keys: list[tuple[int, str]], members: list[tuple[int, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["target"].choices = [
+        target = self.fields["target"]
+        assert isinstance(target, forms.ChoiceField)
+        target.choices = [
             (ORGANIZATION_TARGET, "The whole organization"),
             ("API keys", [(f"key:{pk}", f"Key: {name}") for pk, name in keys]),
             ("Members", [(f"user:{pk}", f"Member: {email}") for pk, email in members]),
@@ -124,5 +126,7 @@ class ModelSettingsForm(forms.Form):
     def __init__(self, *args: Any, models: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         assert set(POLICY_LABELS) == set(CHAT_POLICIES)
-        self.fields["allowed_models"].choices = [(name, name) for name in models[:MAX_ALLOWED_MODELS]]
+        allowed = self.fields["allowed_models"]
+        assert isinstance(allowed, forms.MultipleChoiceField)
+        allowed.choices = [(name, name) for name in models[:MAX_ALLOWED_MODELS]]
         self.fields["semantic_threshold"].widget.attrs.update({"step": "0.01"})

@@ -122,7 +122,8 @@ def test_jobs_follow_the_model_settings(tenant: Organization) -> None:
     defaulted = job_submit(organization=tenant, principal=KEY, request={"model": "default", "messages": HELLO})
     job_execute(organization=tenant, job_id=defaulted.pk)
     defaulted.refresh_from_db()
-    assert defaulted.status == JobStatus.SUCCEEDED and defaulted.result["model"] == "simulated-mini"
+    assert defaulted.status == JobStatus.SUCCEEDED
+    assert defaulted.result is not None and defaulted.result["model"] == "simulated-mini"
 
 
 def test_the_settings_check_costs_no_query_once_the_settings_are_cached(tenant: Organization) -> None:
