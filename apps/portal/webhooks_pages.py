@@ -8,17 +8,14 @@ through a redirect, never in a page afterwards (only its last characters)."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import json
 import urllib.parse
 import uuid
-from typing import Any, TypeVar
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import URLPattern, path
@@ -26,11 +23,10 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.accounts.principals import Principal
-from apps.portal.caller import caller_organization, caller_user
-from apps.portal.paging import KeysetPage
+from apps.portal.caller import caller_organization, caller_principal
+from apps.portal.paging import keyset_page_by_time
 from apps.portal.webhook_forms import EndpointForm, RotateForm
-from apps.rbac.decorators import member_permissions, permission_required
+from apps.rbac.decorators import permission_required
 from apps.rbac.permissions import Permission
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from apps.webhooks.selectors import (
@@ -68,11 +64,6 @@ _SENT_TWICE = (
 )
 
 
-def _actor(request: HttpRequest) -> Principal:
-    """The signed-in member as the services' actor, with their role's permissions."""
-    return dataclasses.replace(Principal.for_user(caller_user(request)), permissions=member_permissions(request))
-
-
 def _endpoint_or_404(endpoint_id: uuid.UUID) -> WebhookEndpoint:
     try:
         return webhook_endpoint_get(endpoint_id=endpoint_id)
@@ -89,67 +80,6 @@ def _delivery_or_404(delivery_id: uuid.UUID) -> WebhookDelivery:
 
 def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
-
-
-# --- pages of endpoints and deliveries --------------------------------------------------------
-# Both have UUID keys, so a cursor is (created_at, id), newest first, as their indexes order them
-# (the delivery log's is (endpoint, -created_at, -id)): "<microseconds since the epoch>_<uuid hex>".
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-Row = TypeVar("Row", WebhookEndpoint, WebhookDelivery)
-
-
-def _cursor(row: WebhookEndpoint | WebhookDelivery) -> str:
-    micros = (row.created_at - _EPOCH) // dt.timedelta(microseconds=1)
-    return f"{micros}_{row.pk.hex}"
-
-
-def _cursor_parse(value: str) -> tuple[dt.datetime, uuid.UUID] | None:
-    """A cursor, or None for anything else (ignored: the first page)."""
-    micros, _, key = value.partition("_")
-    if not micros.isdigit() or len(micros) > 18 or len(key) != 32:
-        return None
-    try:
-        return _EPOCH + dt.timedelta(microseconds=int(micros)), uuid.UUID(hex=key)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _newest_first_page(
-    rows: QuerySet[Row], *, request: HttpRequest, keep: dict[str, str], size: int
-) -> KeysetPage[Row]:
-    """One page, newest first: `before=` toward older rows, `after=` back toward newer ones; one
-    query per page whatever the number of rows (no OFFSET), as apps.portal.paging does for integer keys."""
-    older = _cursor_parse(request.GET.get("before", ""))
-    newer = _cursor_parse(request.GET.get("after", ""))
-
-    def query(param: str, row: Row) -> str:
-        return urllib.parse.urlencode({**keep, param: _cursor(row)})
-
-    first = urllib.parse.urlencode(keep)
-    if newer is not None and older is None:
-        at, key = newer
-        later = Q(created_at__gt=at) | Q(created_at=at, id__gt=key)
-        fetched = list(rows.filter(later).order_by("created_at", "id")[: size + 1])
-        items = list(reversed(fetched[:size]))
-        more_newer = len(fetched) > size
-        return KeysetPage(
-            items=items,
-            next_query=query("before", items[-1]) if items else None,
-            previous_query=query("after", items[0]) if items and more_newer else None,
-            first_query=first if more_newer else None,
-        )
-    if older is not None:
-        at, key = older
-        rows = rows.filter(Q(created_at__lt=at) | Q(created_at=at, id__lt=key))
-    fetched = list(rows.order_by("-created_at", "-id")[: size + 1])
-    items = fetched[:size]
-    return KeysetPage(
-        items=items,
-        next_query=query("before", items[-1]) if len(fetched) > size else None,
-        previous_query=query("after", items[0]) if older is not None and items else None,
-        first_query=first if older is not None else None,
-    )
 
 
 def _delivery_context(delivery: WebhookDelivery) -> dict[str, Any]:
@@ -210,7 +140,7 @@ def webhooks(request: HttpRequest) -> HttpResponse:
             try:
                 endpoint, secret = webhook_endpoint_create(
                     organization=organization,
-                    actor=_actor(request),
+                    actor=caller_principal(request),
                     url=form.cleaned_data["url"],
                     events=form.cleaned_data["events"],
                     description=form.cleaned_data["description"],
@@ -226,7 +156,7 @@ def webhooks(request: HttpRequest) -> HttpResponse:
         "portal/webhooks/list.html",
         {
             "organization": organization,
-            "page": _newest_first_page(webhook_endpoint_list(), request=request, keep={}, size=ENDPOINTS_PAGE_SIZE),
+            "page": keyset_page_by_time(webhook_endpoint_list(), request=request, keep={}, size=ENDPOINTS_PAGE_SIZE),
             "form": form,
         },
         status=status,
@@ -266,7 +196,7 @@ def _log_context(request: HttpRequest, endpoint: WebhookEndpoint) -> dict[str, A
     keep = {"status": status_filter} if status_filter else {}
     # The payload is not read for the list (up to 4 MB each).
     deliveries = webhook_delivery_list(endpoint_id=endpoint.pk, status=status_filter or None).defer("payload")
-    page = _newest_first_page(deliveries, request=request, keep=keep, size=DELIVERIES_PAGE_SIZE)
+    page = keyset_page_by_time(deliveries, request=request, keep=keep, size=DELIVERIES_PAGE_SIZE)
     rows = [_delivery_context(delivery) for delivery in page.items]
     # The same page asked for again, by the log's live fragment.
     shown = {name: request.GET[name] for name in ("before", "after") if name in request.GET} | keep
@@ -309,7 +239,7 @@ def webhook_endpoint_edit(request: HttpRequest, endpoint_id: uuid.UUID) -> HttpR
             try:
                 webhook_endpoint_update(
                     organization=caller_organization(request),
-                    actor=_actor(request),
+                    actor=caller_principal(request),
                     endpoint_id=endpoint.pk,
                     url=form.cleaned_data["url"],
                     events=form.cleaned_data["events"],
@@ -341,7 +271,7 @@ def webhook_endpoint_remove(request: HttpRequest, endpoint_id: uuid.UUID) -> Htt
     if request.method == "POST":
         try:
             webhook_endpoint_delete(
-                organization=caller_organization(request), actor=_actor(request), endpoint_id=endpoint.pk
+                organization=caller_organization(request), actor=caller_principal(request), endpoint_id=endpoint.pk
             )
         except WebhookEndpoint.DoesNotExist as gone:
             raise Http404("No such webhook endpoint.") from gone
@@ -368,7 +298,7 @@ def webhook_endpoint_rotate(request: HttpRequest, endpoint_id: uuid.UUID) -> Htt
         try:
             endpoint, secret = webhook_secret_rotate(
                 organization=organization,
-                actor=_actor(request),
+                actor=caller_principal(request),
                 endpoint_id=endpoint.pk,
                 grace_s=form.cleaned_data["grace_period_seconds"],
             )
@@ -396,7 +326,7 @@ def webhook_endpoint_send_test(request: HttpRequest, endpoint_id: uuid.UUID) -> 
     endpoint = _endpoint_or_404(endpoint_id)
     try:
         delivery = webhook_endpoint_test(
-            organization=caller_organization(request), actor=_actor(request), endpoint_id=endpoint.pk
+            organization=caller_organization(request), actor=caller_principal(request), endpoint_id=endpoint.pk
         )
     except WebhookConflict as refused:
         if _is_htmx(request):
@@ -459,7 +389,7 @@ def webhook_delivery_send_again(request: HttpRequest, delivery_id: uuid.UUID) ->
     delivery = _delivery_or_404(delivery_id)
     try:
         sent = webhook_delivery_retry(
-            organization=caller_organization(request), actor=_actor(request), delivery_id=delivery.pk
+            organization=caller_organization(request), actor=caller_principal(request), delivery_id=delivery.pk
         )
     except WebhookConflict as refused:
         messages.error(request, f"Not sent again: {refused}.")
