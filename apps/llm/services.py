@@ -29,6 +29,7 @@ from apps.llm.providers import CallContext, ProviderError, provider_for
 from apps.llm.selectors import llm_settings_forget
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
 from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_url_check
 from cognitionos.sealing import Sealed, current_key_id, seal, unseal
 
@@ -158,8 +159,12 @@ def provider_base_url_validate(base_url: str) -> str:
         raise ProviderCredentialInvalid(
             "the base URL must start with https:// (or http://) and a host", param="base_url"
         )
-    if parts.username is not None or parts.password is not None or parts.fragment:
-        raise ProviderCredentialInvalid("the base URL must not carry credentials or a #fragment", param="base_url")
+    # The URL is shown on the page and kept in the audit log: no secret may ride in it.
+    if parts.username is not None or parts.password is not None or parts.fragment or parts.query:
+        raise ProviderCredentialInvalid(
+            "the base URL must not carry credentials, a ?query or a #fragment (the key goes in the key field)",
+            param="base_url",
+        )
     try:
         outbound_url_check(url)
     except OutboundRefused as exc:
@@ -228,11 +233,23 @@ class KeyCheck(StrEnum):
     REFUSED = "refused: invalid key"
     UNREACHABLE = "provider unreachable"
     FAILED = "the provider answered with an error"
+    LIMITED = "too many tests: try again in a minute"
 
 
 # What the test call asks for when the catalog has no model of the provider.
 _CHECK_MODELS: dict[str, str] = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
 KEY_CHECK_TIMEOUT_S = 10.0
+# Each test is a real call billed to the key's owner: an organization gets this many a minute.
+KEY_CHECKS_PER_MINUTE = 10
+
+
+def _key_check_admitted(organization: Organization) -> bool:
+    counter = f"llm:keytest:org:{organization.pk}:{int(time.time() // 60)}"
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.incr(counter)
+    pipe.expire(counter, 120)
+    taken, _ = pipe.execute()
+    return int(taken) <= KEY_CHECKS_PER_MINUTE
 
 
 def _check_model(provider: str, base_url: str) -> CatalogModel:
@@ -253,6 +270,8 @@ def provider_credential_test(*, organization: Organization, provider: str, actor
     owner the token); audited, with the result and never the key."""
     with organization_schema(organization):
         credential = ProviderCredential.objects.get(provider=provider)
+    if not _key_check_admitted(organization):
+        return KeyCheck.LIMITED
     api_key = unseal(
         Sealed(credential.key_id, bytes(credential.nonce), bytes(credential.ciphertext)),
         context=_credential_context(organization, provider),

@@ -78,10 +78,20 @@ def provider_keys(request: HttpRequest) -> HttpResponse:
         except ProviderCredentialInvalid as invalid:
             form.add_error(invalid.param if invalid.param in form.fields else None, str(invalid))
         else:
-            label = PROVIDER_LABELS[form.cleaned_data["provider"]]
-            messages.success(request, f"{label} key saved (encrypted). Calls to {label} models now use it.")
+            provider = form.cleaned_data["provider"]
+            messages.success(request, _SAVED.get(provider, f"{PROVIDER_LABELS[provider]} key saved (encrypted)."))
             return redirect("portal-provider-keys")
     return _page(request, form, status=400)
+
+
+_SAVED = {
+    "openai": "OpenAI key saved (encrypted). Calls to OpenAI models now use it.",
+    "anthropic": "Anthropic key saved (encrypted). Calls to Anthropic models now use it.",
+    # Said as it is: the engine sends an own compatible key to no server but this one, and routes
+    # no call there yet (the catalog's compatible deployments keep the platform's key).
+    "openai_compatible": "OpenAI-compatible key saved (encrypted). Test it here; calls are not routed to "
+    "your own server yet.",
+}
 
 
 def _credential_or_404(provider: str) -> None:
@@ -107,10 +117,13 @@ def provider_key_test(request: HttpRequest, provider: str) -> HttpResponse:
         organization=caller_organization(request), provider=provider, actor=_actor(request)
     )
     if request.headers.get("HX-Request") == "true":
+        # 200 even when limited: HTMX swaps in only successful answers, and this one says why.
         return render(
             request, "portal/provider_keys/_test_result.html", {"result": result, "label": PROVIDER_LABELS[provider]}
         )
-    return _page(request, ProviderKeyForm(), tested={provider: result})
+    return _page(
+        request, ProviderKeyForm(), tested={provider: result}, status=429 if result == KeyCheck.LIMITED else 200
+    )
 
 
 urlpatterns: list[URLPattern] = [

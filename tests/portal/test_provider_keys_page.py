@@ -15,9 +15,15 @@ from apps.accounts.models import User
 from apps.audit.models import AuditEvent
 from apps.llm.models import ProviderCredential, UsageAttempt
 from apps.llm.platform.selectors import catalog_forget
-from apps.llm.services import provider_credential_set, provider_own_keys, provider_own_keys_forget
+from apps.llm.services import (
+    KEY_CHECKS_PER_MINUTE,
+    provider_credential_set,
+    provider_own_keys,
+    provider_own_keys_forget,
+)
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
 from tests.factories import TEST_ACTOR, member_make
 from tests.portal.conftest import ClientFor
 from tests.support.fake_provider import FakeProvider
@@ -43,8 +49,17 @@ def fake(fake_server: FakeProvider, settings: Any) -> Iterator[FakeProvider]:
     settings.ANTHROPIC_BASE_URL = fake_server.anthropic_base_url
     catalog_forget()
     provider_own_keys_forget()
+    _forget_key_checks()
     yield fake_server
     provider_own_keys_forget()
+    _forget_key_checks()
+
+
+def _forget_key_checks() -> None:
+    """The test calls' per-minute counters live in the shared Redis: each test starts with none."""
+    client = redis_client()
+    for key in client.scan_iter(match="llm:keytest:*"):
+        client.delete(key)
 
 
 def signed_in(client_for: ClientFor, organization: Organization, role: str) -> tuple[Client, User]:
@@ -143,6 +158,11 @@ def test_an_owner_adds_tests_replaces_and_removes_a_key_that_is_never_shown(
             "base_url",
             "credentials",
         ),
+        (
+            {"provider": "openai_compatible", "api_key": COMPATIBLE_KEY, "base_url": "https://llm.example/v1?key=x"},
+            "base_url",
+            "?query",
+        ),
     ],
 )
 def test_bad_keys_are_answered_400_at_their_field_and_never_rendered_back(
@@ -232,3 +252,18 @@ def test_another_organizations_keys_are_neither_shown_tested_nor_removed(
     assert client_b.post("/settings/providers/simulator/test/").status_code == 404
     provider_own_keys_forget()
     assert provider_own_keys(organization=organization_a) == {"openai": OPENAI_KEY}
+
+
+def test_key_tests_are_bounded_per_organization_and_minute(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider
+) -> None:
+    organization = two_tenants[0]
+    provider_credential_set(organization=organization, provider="openai", api_key=OPENAI_KEY, actor=TEST_ACTOR)
+    client, _ = signed_in(client_for, organization, "owner")
+    for _ in range(KEY_CHECKS_PER_MINUTE):
+        assert "Works" in client.post("/settings/providers/openai/test/", HTTP_HX_REQUEST="true").content.decode()
+    calls = len(fake.calls)
+    limited = client.post("/settings/providers/openai/test/")
+    assert limited.status_code == 429 and "Too many tests" in limited.content.decode()
+    assert "Too many tests" in client.post("/settings/providers/openai/test/", HTTP_HX_REQUEST="true").content.decode()
+    assert len(fake.calls) == calls  # no provider call once limited
