@@ -29,7 +29,15 @@ from django.urls import path
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from apps.llm.calls import CHAT_POLICIES, CallSource, ChatModelChoice, ChatStream, LlmRefusal, chat_model_choices
+from apps.llm.calls import (
+    CHAT_POLICIES,
+    CallSource,
+    ChatModelChoice,
+    ChatStream,
+    LlmRefusal,
+    chat_model_choices,
+    llm_settings_get,
+)
 from apps.llm.gateway import stream_start
 from apps.portal.caller import caller_organization, caller_principal
 from apps.portal.context_processors import platform_origin
@@ -44,9 +52,12 @@ POLICY_LABELS = {
 }
 
 
-def _preselected(models: list[ChatModelChoice]) -> str:
-    """A real model when the platform has one (the least capable, so a first try costs little);
-    the simulator otherwise, which works with no provider key at all."""
+def _preselected(models: list[ChatModelChoice], default_policy: str) -> str:
+    """The organization's default policy if it set one; else a real model when the platform has
+    one (the least capable, so a first try costs little); the simulator otherwise, which works with
+    no provider key at all."""
+    if default_policy:
+        return default_policy
     real = [model for model in models if not model.simulated]
     if real:
         return min(real, key=lambda model: (model.quality_tier, model.name)).name
@@ -57,7 +68,10 @@ def _preselected(models: list[ChatModelChoice]) -> str:
 @require_GET
 def playground(request: HttpRequest) -> HttpResponse:
     organization = caller_organization(request)
-    models = chat_model_choices(organization=organization)
+    engine_settings = llm_settings_get(organization=organization)
+    # Only what the organization allows (its model settings); the engine refuses the rest anyway.
+    allowed = engine_settings.allowed_models
+    models = [model for model in chat_model_choices(organization=organization) if not allowed or model.name in allowed]
     return render(
         request,
         "portal/playground/playground.html",
@@ -65,7 +79,7 @@ def playground(request: HttpRequest) -> HttpResponse:
             "organization": organization,
             "models": models,
             "policies": [(name, POLICY_LABELS.get(name, name)) for name in CHAT_POLICIES],
-            "selected": _preselected(models),
+            "selected": _preselected(models, engine_settings.default_policy),
             "default_max_tokens": DEFAULT_MAX_TOKENS,
             "max_turns": MAX_TURNS,
             "api_base_url": f"{platform_origin(request)}/v1",

@@ -27,7 +27,8 @@ from apps.apikeys.services import apikey_create
 from apps.llm import caching
 from apps.llm.models import AttemptStatus, BudgetWindow, CachedResponse, UsageAttempt
 from apps.llm.platform.selectors import catalog_forget
-from apps.llm.services import budget_set, provider_own_keys_forget
+from apps.llm.selectors import llm_settings_forget
+from apps.llm.services import budget_set, llm_settings_set, provider_own_keys_forget
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
 from tests.factories import TEST_ACTOR, member_make
@@ -63,6 +64,7 @@ def fake(fake_server: FakeProvider, settings: Any) -> Iterator[FakeProvider]:
         catalog_forget()
         apikey_cache_forget()
         provider_own_keys_forget()
+        llm_settings_forget()
         client = redis_client()
         keys = list(client.scan_iter("llm:*", count=1000))
         if keys:
@@ -242,6 +244,26 @@ def test_an_unknown_model_is_refused_at_the_model_field(
         "field": "model",
         "retryable": False,
     }
+
+
+def test_the_picker_offers_only_allowed_models_and_a_model_not_allowed_is_refused_at_its_field(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider
+) -> None:
+    organization = two_tenants[0]
+    llm_settings_set(
+        organization=organization, actor=TEST_ACTOR, allowed_models=["gpt-4o-mini"], default_policy="cheapest"
+    )
+    client, _ = signed_in(client_for, organization)
+    text = client.get("/playground/").content.decode()
+    assert 'value="gpt-4o-mini"' in text and 'value="gpt-4o"' not in text and 'value="simulated-mini"' not in text
+    assert '<option value="cheapest" selected>' in text  # the organization's default policy
+    refused = client.post(RUN, prompt(model="gpt-4o"))
+    assert refused.status_code == 403
+    error = refused.json()["error"]
+    assert (error["code"], error["field"]) == ("model_not_allowed", "model")
+    assert "not allowed in this organization" in error["message"]
+    assert fake.calls == [] and ledger(organization) == []
+    assert events(client.post(RUN, prompt(model="cheapest")))[-1][1]["model"] == "gpt-4o-mini"
 
 
 def test_a_member_of_one_organization_cannot_run_prompts_for_another(
