@@ -178,7 +178,7 @@ def dashboard_read(*, organization: Organization, range_key: str, now: dt.dateti
     gauges = [
         BudgetGauge(
             title=title(status),
-            period="today (UTC)" if status.budget.period == "day" else f"{status.period_start:%B %Y}",
+            period="today (UTC)" if status.budget.period == "day" else f"{status.period_start:%B %Y} (UTC)",
             status=status,
             soft_at_usd=(
                 status.budget.limit_usd * status.budget.soft_percent / 100

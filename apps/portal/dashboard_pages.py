@@ -69,9 +69,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "may_manage_keys": member_may(request, Permission.KEYS_MANAGE),
             "may_invoke": member_may(request, Permission.LLM_INVOKE),
             "breakdowns": [
-                ("model", "By model", "Model", *read.shown("model")),
-                ("key", "By API key", "API key", *read.shown("key")),
-                ("user", "By person", "Person", *read.shown("user")),
+                ("model", "By model", "Model", "by model", *read.shown("model")),
+                ("key", "By API key", "API key", "by API key", *read.shown("key")),
+                ("user", "By person", "Person", "by person", *read.shown("user")),
             ],
         },
     )

@@ -24,6 +24,7 @@ from apps.apikeys.services import apikey_create
 from apps.billing.models import Plan
 from apps.llm.budgets import usage_fold
 from apps.llm.models import AttemptStatus, Budget, BudgetWindow, UsageAttempt
+from apps.portal.templatetags.usage_format import usd
 from apps.rbac.models import CustomRole
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
@@ -100,7 +101,7 @@ def test_the_numbers_shown_match_the_ledger_after_a_fold(
         expected["tokens_in"],
     )
     html = page.content.decode()
-    assert f"${expected['cost']:.4f}" in html  # spend, shown to four decimals below a dollar
+    assert f"<dd>{usd(expected['cost'])}</dd>" in html and usd(expected["cost"]).startswith("$0.0")
     assert f"<dd>{expected['requests']:,}</dd>" in html
     assert "nightly batch" in html and owner.email in html and "simulated-pro" in html
     assert 'data-chart="spend"' in html and 'id="usage-series"' in html

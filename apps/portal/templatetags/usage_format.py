@@ -13,11 +13,15 @@ NONE = "—"
 
 @register.filter
 def usd(value: Decimal | float | None) -> str:
-    """$1,234.56; below a dollar with four decimals ($0.0042), as single calls cost fractions of cents."""
+    """$1,234.56; below a dollar with up to four decimals ($0.0042, $0.50), as single calls cost
+    fractions of a cent."""
     if value is None:
         return NONE
     amount = Decimal(value)
-    return f"${amount:,.2f}" if abs(amount) >= 1 or amount == 0 else f"${amount:.4f}"
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    digits = f"{amount:.4f}".rstrip("0")
+    return "$" + (digits + "0" * (2 - len(digits.split(".")[1])))
 
 
 @register.filter
