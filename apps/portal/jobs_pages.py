@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import urllib.parse
 import uuid
 from typing import Any
@@ -42,6 +43,7 @@ from apps.portal.paging import DEFAULT_PAGE_SIZE, keyset_page_by_time
 from apps.rbac.decorators import member_may, permission_required
 from apps.rbac.permissions import Permission
 from apps.work.progress import progress_stream
+from cognitionos.redis import redis_client
 from cognitionos.refusals import Refusal
 
 # How many agents the pickers offer (by name); a job names any agent of the organization.
@@ -49,6 +51,9 @@ AGENT_CHOICES_MAX = 200
 # The submit form's text: a bound of the page's own (the API's is the request body's size).
 PROMPT_MAX_CHARS = 100_000
 LIVE_POLL_SECONDS = 2
+# How long a submit form's one-time token is remembered (a form sent again later submits again).
+SUBMISSION_SECONDS = 3600
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 _OUTPUT = JobOutput()  # its model and timings, as the API shows them
 
@@ -101,7 +106,7 @@ def _filter_form(filterset: PortalJobFilter) -> forms.Form:
     agent = form.fields["agent"]
     agent.widget = forms.Select(choices=_agent_options("Any agent"))
     agent.label = "Agent"
-    form.fields["model"].widget.attrs["placeholder"] = "e.g. gpt-4o-mini or cheapest"
+    form.fields["model"].widget.attrs["placeholder"] = "gpt-4o-mini, cheapest…"
     for name, label in (("created_after", "Submitted from (UTC)"), ("created_before", "Submitted until (UTC)")):
         form.fields[name].label = label
         form.fields[name].widget.input_type = "datetime-local"
@@ -129,6 +134,7 @@ def jobs(request: HttpRequest) -> HttpResponse:
         {
             "organization": caller_organization(request),
             "filter_form": form,
+            "filter_fields": [form[name] for name in _FILTER_FIELDS if name != "status"],
             "page": page,
             "rows": rows,
             "live_query": _live_query([row["job"] for row in rows]),
@@ -275,18 +281,62 @@ def job_submit_page(request: HttpRequest) -> HttpResponse:
         values = {name: request.GET.get(name, "") if name == "agent" else "" for name in names}
         return _submit_render(request, specs, values, errors, status=200)
     values = {name: request.POST.get(name, "") for name in names}
+    submission = _Submission(request)
+    if not submission.claim():
+        # The same form sent twice (a double click, a reload after the answer): one job, not two.
+        earlier = submission.job_id()
+        if earlier is not None:
+            messages.info(request, "This form was already sent: here is the job it submitted.")
+            return redirect("portal-job", job_id=earlier)
+        errors[NON_FIELD] = ["This form is being sent already; wait a moment for its job."]
+        return _submit_render(request, specs, values, errors, status=409, submission=submission.token)
     body = _job_input(values, errors)
     if not errors:
         data = JobInput(data=body)
         if data.is_valid():
-            job = _submitted(request, dict(data.validated_data), errors)
+            try:
+                job = _submitted(request, dict(data.validated_data), errors)
+            except Exception:
+                submission.release()
+                raise
             if job is not None:
+                submission.done(job.pk)
                 messages.success(request, "Job submitted: its progress shows below.")
                 return redirect("portal-job", job_id=job.pk)
         else:
             for name, texts in error_messages(data.errors).items():
                 errors.setdefault(_field_of(name), []).extend(texts)
-    return _submit_render(request, specs, values, errors, status=400)
+    submission.release()  # refused: the same form, corrected, may be sent again
+    return _submit_render(request, specs, values, errors, status=400, submission=submission.token)
+
+
+class _Submission:
+    """A submit form's one-time token (a hidden field): the first POST of a rendered form claims it
+    (atomically, in Redis, per organization), and a second POST of the same form finds the job the
+    first one submitted instead of submitting another."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        posted = request.POST.get("submission", "")
+        self.token = posted if _TOKEN.fullmatch(posted) else ""
+        self.key = f"portal:job-form:{caller_organization(request).pk}:{self.token}"
+
+    def claim(self) -> bool:
+        return not self.token or bool(redis_client().set(self.key, "", nx=True, ex=SUBMISSION_SECONDS))
+
+    def job_id(self) -> uuid.UUID | None:
+        value = redis_client().get(self.key)
+        try:
+            return uuid.UUID(value.decode() if isinstance(value, bytes) else str(value)) if value else None
+        except ValueError:
+            return None
+
+    def done(self, job_id: uuid.UUID) -> None:
+        if self.token:
+            redis_client().set(self.key, str(job_id), ex=SUBMISSION_SECONDS)
+
+    def release(self) -> None:
+        if self.token:
+            redis_client().delete(self.key)
 
 
 def _submitted(request: HttpRequest, fields: dict[str, Any], errors: dict[str, list[str]]) -> Job | None:
@@ -306,13 +356,20 @@ def _submitted(request: HttpRequest, fields: dict[str, Any], errors: dict[str, l
 
 
 def _submit_render(
-    request: HttpRequest, specs: list[FieldSpec], values: dict[str, str], errors: dict[str, list[str]], *, status: int
+    request: HttpRequest,
+    specs: list[FieldSpec],
+    values: dict[str, str],
+    errors: dict[str, list[str]],
+    *,
+    status: int,
+    submission: str = "",
 ) -> HttpResponse:
     return render(
         request,
         "portal/jobs/submit.html",
         {
             "organization": caller_organization(request),
+            "submission": submission or secrets.token_urlsafe(16),
             **_field_groups(bind(specs, values, errors)),
             "form_errors": unplaced_errors(specs, errors),
         },
@@ -340,14 +397,24 @@ def _text(content: Any) -> str:
     return content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
 
 
+# The request's fields a job's page shows, with their labels.
+_PARAMETERS = {
+    "model": "Model",
+    "policy": "Routing policy",
+    "min_quality": "Minimum quality",
+    "temperature": "Temperature",
+    "top_p": "Top p",
+    "max_tokens": "Max tokens",
+    "max_completion_tokens": "Max tokens",
+    "max_cost_usd": "Max cost (USD)",
+    "seed": "Seed",
+}
+
+
 def _detail_context(job: Job) -> dict[str, Any]:
     request = job.request or {}
     result = job.result or {}
-    parameters = [
-        (name, request[name])
-        for name in ("model", "policy", "temperature", "top_p", "max_tokens", "max_cost_usd", "min_quality", "seed")
-        if request.get(name) not in (None, "")
-    ]
+    parameters = [(label, request[name]) for name, label in _PARAMETERS.items() if request.get(name) not in (None, "")]
     return {
         "job": job,
         "model": _OUTPUT.get_model(job),

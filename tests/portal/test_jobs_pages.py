@@ -354,6 +354,31 @@ def test_a_job_submitted_to_an_agent_takes_its_defaults(
     assert job.request["temperature"] == 0.2
 
 
+def test_the_same_form_sent_twice_submits_one_job(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    client, _ = signed_in(client_for, organization, "developer")
+    form = client.get("/jobs/new/").content.decode()
+    token = re.search(r'name="submission" value="([^"]+)"', form)
+    assert token is not None
+    posted = {"submission": token.group(1), "model": "simulated-mini", "prompt": "Only once"}
+    first = client.post("/jobs/new/", posted)
+    second = client.post("/jobs/new/", posted)
+    with organization_schema(organization):
+        job = Job.objects.get()
+    assert first["Location"] == second["Location"] == f"/jobs/{job.pk}/"
+    assert "already sent" in client.get(second["Location"]).content.decode()
+    # A refused form may be corrected and sent again with its token.
+    retry = client.get("/jobs/new/").content.decode()
+    other = re.search(r'name="submission" value="([^"]+)"', retry)
+    assert other is not None and other.group(1) != token.group(1)
+    refused = client.post("/jobs/new/", {**posted, "submission": other.group(1), "model": "no-such-model"})
+    assert refused.status_code == 400 and f'value="{other.group(1)}"' in refused.content.decode()
+    accepted = client.post("/jobs/new/", {**posted, "submission": other.group(1)})
+    assert accepted.status_code == 302 and accepted["Location"] != first["Location"]
+
+
 @pytest.mark.parametrize(
     ("posted", "field", "message"),
     [
