@@ -31,6 +31,7 @@ from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.refusals import LlmRefusal
 from apps.llm.router import usable
+from apps.llm.selectors import llm_settings_get
 from apps.llm.services import provider_own_keys
 from apps.rbac.permissions import Permission
 from apps.tenants.models import Organization
@@ -187,6 +188,8 @@ def models(request: HttpRequest) -> HttpResponse:
     except LlmRefusal as refusal:
         return GatewayError(refusal).openai()
     own = frozenset(provider_own_keys(organization=organization))
+    # A chat model the organization's settings don't allow is not offered (the engine refuses it).
+    allowed = llm_settings_get(organization=organization).allowed_models
     data = [
         {
             "id": entry.model.name,
@@ -198,6 +201,10 @@ def models(request: HttpRequest) -> HttpResponse:
             "simulated": entry.model.is_simulated,
         }
         for entry in sorted(catalog().values(), key=lambda e: e.model.name)
-        if usable(entry, own) and entry.model.kind in (ModelKind.CHAT, ModelKind.EMBEDDING)
+        if usable(entry, own)
+        and (
+            entry.model.kind == ModelKind.EMBEDDING
+            or (entry.model.kind == ModelKind.CHAT and (not allowed or entry.model.name in allowed))
+        )
     ]
     return JsonResponse({"object": "list", "data": data})

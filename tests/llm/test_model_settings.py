@@ -148,3 +148,13 @@ def test_settings_are_bounded_in_the_service_and_the_database(tenant: Organizati
         LlmSettings.objects.create(pk=1, default_policy="random")
     with organization_schema(tenant), pytest.raises(IntegrityError), transaction.atomic():
         LlmSettings.objects.create(pk=1, allowed_models=[f"m{i}" for i in range(201)])
+
+
+def test_models_lists_only_the_allowed_chat_models(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+    tenant_a, _ = two_tenants
+    everything = {model.id for model in gateway_client(key_a).models.list()}
+    assert {"simulated-mini", "simulated-pro", "simulated-embedding"} <= everything
+    _allow(tenant_a, ["simulated-pro"])
+    listed = {model.id for model in gateway_client(key_a).models.list()}
+    assert "simulated-pro" in listed and "simulated-mini" not in listed
+    assert "simulated-embedding" in listed  # the allowed list is of chat models; embeddings stay
