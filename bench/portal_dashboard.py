@@ -55,7 +55,8 @@ _SET = {
     "saved_usd": "CASE WHEN g % 5 = 0 AND g % 50 <> 0 THEN (200 + g % 1800) * 0.0000006 ELSE 0 END",
     "cache_layer": "CASE WHEN g % 5 = 0 AND g % 50 <> 0 THEN 'l1' ELSE '' END",
     # Answers' latency spread over three orders of magnitude (a hit's a few ms).
-    "latency_ms": "CASE WHEN g % 5 = 0 AND g % 50 <> 0 THEN 2 + g % 5 ELSE 150 + (g * 7919) % 900 * (1 + g % 7) END",
+    "latency_ms": "CASE WHEN g % 5 = 0 AND g % 50 <> 0 THEN 2 + g % 5 "
+    "ELSE 150 + (g::bigint * 7919) % 900 * (1 + g % 7) END",
     "error_class": "CASE WHEN g % 50 = 0 THEN 'timeout' ELSE '' END",
 }
 
