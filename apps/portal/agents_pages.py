@@ -7,6 +7,7 @@ ranges, one of model or policy, a unique name) and written by the same services 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from apps.agents.api import AgentSerializer
 from apps.agents.models import POLICIES, Agent
 from apps.agents.selectors import agent_get
 from apps.agents.services import AgentFields, agent_create, agent_delete, agent_update
+from apps.llm.calls import chat_model_choices
 from apps.portal.caller import caller_organization, caller_principal
 from apps.portal.form_fields import FieldSpec, bind, error_messages, unplaced_errors
 from apps.portal.paging import keyset_page_by_time
@@ -122,7 +124,9 @@ def _form_page(
     errors: dict[str, list[str]],
     status: int,
 ) -> HttpResponse:
-    fields = bind(_FIELDS, values, errors)
+    suggestions = tuple(choice.name for choice in chat_model_choices(organization=caller_organization(request)))
+    specs = [dataclasses.replace(spec, suggestions=suggestions) if spec.name == "model" else spec for spec in _FIELDS]
+    fields = bind(specs, values, errors)
     return render(
         request,
         "portal/agents/form.html",

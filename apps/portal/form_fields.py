@@ -24,6 +24,8 @@ class FieldSpec:
     options: tuple[tuple[str, str], ...] = ()
     # HTML attributes (min, max, step, maxlength, rows, placeholder...): constants of ours, not input
     attrs: Mapping[str, str] = field(default_factory=dict)
+    # values a text input suggests (a <datalist>), any other value still accepted
+    suggestions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from apps.jobs.api import JobFilter, JobInput, JobOutput
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.selectors import job_get
 from apps.jobs.services import JobFinished, job_cancel, job_submit
+from apps.llm.calls import chat_model_choices
 from apps.portal.caller import caller_organization, caller_principal
 from apps.portal.form_fields import NON_FIELD, BoundField, FieldSpec, bind, error_messages, unplaced_errors
 from apps.portal.paging import DEFAULT_PAGE_SIZE, keyset_page_by_time
@@ -184,7 +185,12 @@ def jobs_live(request: HttpRequest) -> HttpResponse:
 # -- submit ---------------------------------------------------------------------------------------
 
 
-def _submit_specs() -> list[FieldSpec]:
+def _model_suggestions(request: HttpRequest) -> tuple[str, ...]:
+    """The chat models the organization can call now, as /v1/models lists them."""
+    return tuple(choice.name for choice in chat_model_choices(organization=caller_organization(request)))
+
+
+def _submit_specs(request: HttpRequest) -> list[FieldSpec]:
     max_tokens = JobInput().fields["max_tokens"]  # the API's bounds, shown by the browser too
     low, high = getattr(max_tokens, "min_value", 1), getattr(max_tokens, "max_value", 1_000_000)
     return [
@@ -200,6 +206,7 @@ def _submit_specs() -> list[FieldSpec]:
             "Model",
             help="A model of the catalog, e.g. gpt-4o-mini. Or leave it empty and choose a policy or an agent.",
             attrs={"maxlength": "100", "autocomplete": "off", "spellcheck": "false"},
+            suggestions=_model_suggestions(request),
         ),
         FieldSpec(
             "policy",
@@ -274,7 +281,7 @@ def _field_of(name: str | None) -> str:
 def job_submit_page(request: HttpRequest) -> HttpResponse:
     """Submit a prompt to a model (or a policy) or to an agent: validated as the API validates it,
     submitted by the same service; the job's page then follows it."""
-    specs = _submit_specs()
+    specs = _submit_specs(request)
     names = [spec.name for spec in specs]
     errors: dict[str, list[str]] = {}
     if request.method != "POST":

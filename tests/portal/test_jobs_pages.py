@@ -308,6 +308,8 @@ def test_a_developer_submits_a_prompt_and_it_is_queued_after_the_commit(
     form = client.get("/jobs/new/").content.decode()
     for name in ("agent", "model", "policy", "system", "prompt", "temperature", "top_p", "max_tokens", "max_cost_usd"):
         assert f'<label for="id_{name}">' in form and f'id="id_{name}"' in form
+    # The models the organization can call are suggested (as /v1/models lists them).
+    assert 'list="id_model_suggestions"' in form and '<option value="simulated-mini">' in form
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(
             "/jobs/new/",
