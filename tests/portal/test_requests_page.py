@@ -109,7 +109,7 @@ def test_the_log_lists_calls_newest_first_with_their_figures(
     assert 'href="/requests/"' in html  # in the navigation
     assert "policy:cheapest →</span> gpt-4o-mini" in html and "RateLimitError" in html and "try 2" in html
     assert "Job" in html and "Gateway /v1/chat/completions" in html
-    assert "$0.0001" in html and "/ $0.0004" in html and "42 ms" in html and "12 / 30" in html
+    assert "$0.0001" in html and "of $0.0004" in html and "42 ms" in html and "12 / 30 tokens" in html
     for label in ("From (UTC)", "Until (UTC)", "Model that answered", "API key", "Status", "Cache layer", "Source"):
         assert f">{label}</label>" in html
 
