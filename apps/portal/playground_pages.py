@@ -17,6 +17,7 @@ a JSON body {"error": {"message", "code", "field"}} and the refusal's status ins
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import uuid
@@ -102,9 +103,40 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+def _close_stream(stream: ChatStream) -> None:
+    """Close the engine's stream, which settles the attempt (from the reservation, if it didn't end).
+    A generator that never started runs no `finally` when closed: it is started first (its first
+    chunk is in memory already, no provider wait), so a page that left before the first byte is
+    settled at once, not when its hold expires."""
+    chunks = stream.chunks
+    if inspect.isgenerator(chunks) and inspect.getgeneratorstate(chunks) == inspect.GEN_CREATED:
+        next(chunks, None)
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+class _PageEvents:
+    """The response's body: the page's events, and on close (the response ended, also before its
+    first byte) the engine's stream closed."""
+
+    def __init__(self, stream: ChatStream, started: float) -> None:
+        self._stream = stream
+        self._events = _events(stream, started)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+        _close_stream(self._stream)
+
+
 def _events(stream: ChatStream, started: float) -> Iterator[bytes]:
-    """The engine's chunks as the page's events; closing this (the client went away) closes the
-    engine's stream, which settles the attempt."""
+    """The engine's chunks as the page's events."""
     model, usage, finish, first_token_ms = stream.model, None, None, None
     try:
         yield _event("start", {"request_id": stream.request_id, "model": stream.model, "cache": stream.cache})
@@ -119,9 +151,7 @@ def _events(stream: ChatStream, started: float) -> Iterator[bytes]:
                     yield _event("delta", {"text": text})
                 finish = choice.get("finish_reason") or finish
     finally:
-        close = getattr(stream.chunks, "close", None)
-        if close is not None:
-            close()
+        _close_stream(stream)
     if usage is None:
         # The relay ended without the provider's usage: the stream broke after it began, and the
         # attempt was charged its reservation (apps.llm.relay).
@@ -166,7 +196,7 @@ def playground_run(request: HttpRequest) -> HttpResponse | StreamingHttpResponse
         )
     except LlmRefusal as refusal:
         return _refused(refusal, prompt.field_of(refusal.param) if refusal.param else None)
-    response = StreamingHttpResponse(slot.hold(_events(stream, started)), content_type="text/event-stream")
+    response = StreamingHttpResponse(slot.hold(_PageEvents(stream, started)), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response["x-cognitionos-request-id"] = stream.request_id

@@ -29,7 +29,8 @@
   };
   const REFUSALS = {
     budget_exceeded: "Budget exceeded",
-    rate_limited: "Rate limited",
+    rate_limit_exceeded: "Rate limited",
+    rate_limiter_unavailable: "Rate limiter unavailable",
     too_many_streams: "Too many open streams",
     model_not_found: "Model not available",
     model_not_allowed: "Model not allowed",

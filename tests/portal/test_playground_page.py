@@ -151,6 +151,41 @@ def test_a_prompt_streams_through_the_governed_path_as_the_member_and_a_repeat_i
     ]
 
 
+def test_a_stream_the_page_left_is_charged_its_reservation_and_gives_its_slot_back(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    from cognitionos.long_responses import slots
+
+    organization = two_tenants[0]
+    client, _ = signed_in(client_for, organization)
+    before = slots.open
+    response = client.post(RUN, prompt())
+    assert slots.open == before + 1
+    chunks = iter(cast(Iterator[bytes], response.streaming_content))
+    assert next(chunks).startswith(b"event: start")
+    # What the server does when the browser stops reading (the page's Stop button): close the
+    # response's body. Through the test client's own wrapper, which keeps the test's transaction
+    # (response.close() would end it: the wrapper reconnects Django's connection closer first).
+    for close in cast(Any, response)._resource_closers:
+        close()
+    assert slots.open == before
+    (attempt,) = ledger(organization)
+    assert (attempt.status, attempt.error_class) == (AttemptStatus.FAILED, "client_disconnected")
+    assert attempt.cost_usd == attempt.reserved_usd > 0
+
+
+def test_a_stream_closed_before_its_first_byte_is_settled_at_once(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    client, _ = signed_in(client_for, organization)
+    response = client.post(RUN, prompt())
+    for close in cast(Any, response)._resource_closers:  # as above, before reading anything
+        close()
+    (attempt,) = ledger(organization)
+    assert (attempt.status, attempt.error_class) == (AttemptStatus.FAILED, "client_disconnected")
+
+
 def test_a_routing_policy_is_accepted_as_the_model(
     two_tenants: tuple[Organization, Organization], client_for: ClientFor
 ) -> None:
@@ -192,6 +227,34 @@ def test_a_stream_over_the_process_cap_is_refused_before_anything_is_reserved(
     assert refused.status_code == 429 and refused["Retry-After"] == "5"
     assert refused.json()["error"]["code"] == "too_many_streams"
     assert fake.calls == [] and ledger(organization) == []
+
+
+def test_a_rate_limited_member_is_told_so_with_when_to_retry(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider
+) -> None:
+    from apps.llm.ratelimits import rate_limit_take
+
+    organization = two_tenants[0]
+    for _ in range(int(organization.plan.limit("requests_per_minute"))):
+        rate_limit_take(organization=organization, api_key_id=None, tokens=1)
+    client, _ = signed_in(client_for, organization)
+    refused = client.post(RUN, prompt())
+    assert refused.status_code == 429 and 1 <= int(refused["Retry-After"]) <= 60
+    error = refused.json()["error"]
+    assert (error["code"], error["retryable"]) == ("rate_limit_exceeded", True)
+    assert fake.calls == [] and ledger(organization) == []
+
+
+def test_a_model_whose_provider_has_no_credentials_is_refused_with_that_reason(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider, settings: Any
+) -> None:
+    settings.OPENAI_API_KEY = settings.ANTHROPIC_API_KEY = ""
+    client, _ = signed_in(client_for, two_tenants[0])
+    assert 'value="gpt-4o-mini"' not in client.get("/playground/").content.decode()  # not offered
+    refused = client.post(RUN, prompt())  # gpt-4o-mini, then its fallback claude-haiku-4-5
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "provider_not_configured"
+    assert fake.calls == []
 
 
 @pytest.mark.parametrize(
