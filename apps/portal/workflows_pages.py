@@ -25,17 +25,20 @@ import yaml
 from django import forms
 from django.contrib import messages
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import URLPattern, path
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.principals import Principal
+from apps.api.errors import ApiError
 from apps.portal.caller import caller_organization, caller_user
 from apps.portal.paging import keyset_page, keyset_page_by_time
 from apps.rbac.decorators import member_may, member_permissions, permission_required
 from apps.rbac.permissions import Permission
+from apps.work.progress import progress_stream
 from apps.workflows.definition import (
     MAX_DEFINITION_BYTES,
     Definition,
@@ -48,7 +51,15 @@ from apps.workflows.definition import (
 from apps.workflows.definitions import WorkflowNameTaken, workflow_create, workflow_update
 from apps.workflows.models import STEP_STATUS_SHOWN, RunStatus, StepRun, Workflow, WorkflowRun, WorkflowVersion
 from apps.workflows.preview import workflow_cost_preview
-from apps.workflows.runs import MAX_INPUT_BYTES, RunFinished, RunNotRerunnable, run_cancel, run_rerun, run_start
+from apps.workflows.runs import (
+    MAX_INPUT_BYTES,
+    PROGRESS_TOPIC,
+    RunFinished,
+    RunNotRerunnable,
+    run_cancel,
+    run_rerun,
+    run_start,
+)
 from apps.workflows.selectors import (
     definition_of,
     run_get,
@@ -65,8 +76,8 @@ PAGE_SIZE = 50
 VERSIONS_PAGE_SIZE = 20
 # A step's output is shown up to this many characters (the API gives all of it).
 MAX_SHOWN_OUTPUT_CHARS = 20_000
-# How often a run's page asks for its steps while the run goes on.
-POLL_SECONDS = 1
+# How often a run's page asks for its steps while the run goes on, when it can't follow its events.
+POLL_SECONDS = 2
 _NAME_CURSOR_MAX = 100  # a workflow's name is at most 100 characters
 
 # The two-step example of docs/workflows.md: what a new organization's editor starts with.
@@ -825,11 +836,9 @@ def _step_lines(run: WorkflowRun) -> list[StepLine]:
     return lines
 
 
-def _run_context(request: HttpRequest, run: WorkflowRun) -> dict[str, Any]:
+def _run_context(run: WorkflowRun, *, may_write: bool) -> dict[str, Any]:
     output, cut = _shown_output(run.output) if run.output is not None else ("", False)
-    may_write = member_may(request, Permission.WORKFLOWS_WRITE)
     return {
-        "organization": caller_organization(request),
         "run": run,
         "lines": _step_lines(run),
         "run_output": output,
@@ -838,7 +847,6 @@ def _run_context(request: HttpRequest, run: WorkflowRun) -> dict[str, Any]:
         "ran_for": took(_ms(run.started_at, run.finished_at)),
         "may_cancel": may_write and not run.is_finished,
         "may_rerun": may_write and run.status == RunStatus.FAILED and run.content_deleted_at is None,
-        "poll_seconds": POLL_SECONDS,
     }
 
 
@@ -846,10 +854,12 @@ def _run_context(request: HttpRequest, run: WorkflowRun) -> dict[str, Any]:
 @never_cache
 @require_GET
 def run_detail(request: HttpRequest, run_id: UUID) -> HttpResponse:
-    """A run: its status, its steps as they go (the timeline polls its fragment), output, cost."""
+    """A run: its status, its steps as they go (followed by its events), output, cost."""
     run = run_get(run_id=run_id)
-    context = _run_context(request, run)
+    context = _run_context(run, may_write=member_may(request, Permission.WORKFLOWS_WRITE))
+    context["organization"] = caller_organization(request)
     context["input_text"] = _shown_output(run.input)[0] if run.content_deleted_at is None else ""
+    context["poll_seconds"] = POLL_SECONDS
     return render(request, "portal/workflows/run.html", context)
 
 
@@ -857,9 +867,39 @@ def run_detail(request: HttpRequest, run_id: UUID) -> HttpResponse:
 @never_cache
 @require_GET
 def run_live(request: HttpRequest, run_id: UUID) -> HttpResponse:
-    """The run's live part (status, steps, actions): what its page polls while the run goes on;
-    once the run has ended the fragment no longer asks to be polled."""
-    return render(request, "portal/workflows/_run_live.html", _run_context(request, run_get(run_id=run_id)))
+    """The run's live part (status, steps, actions), for a page that can't hold its events
+    stream open (every long-response slot taken, a proxy that cuts streams): polled instead."""
+    context = _run_context(run_get(run_id=run_id), may_write=member_may(request, Permission.WORKFLOWS_WRITE))
+    return render(request, "portal/workflows/_run_live.html", context)
+
+
+@permission_required(Permission.WORKFLOWS_READ)
+@never_cache
+@require_GET
+def run_events(request: HttpRequest, run_id: UUID) -> HttpResponse | StreamingHttpResponse:
+    """The run's live part, rendered, each time the run or a step changes: the runtime's progress
+    stream (apps.work.progress, woken by Redis; the API's /runs/<id>/events follows the same
+    topic), ending when the run does."""
+    run_id = run_get(run_id=run_id).pk
+    may_write = member_may(request, Permission.WORKFLOWS_WRITE)
+
+    def poll() -> tuple[list[tuple[str, str, Any]], bool] | None:
+        run = WorkflowRun.objects.select_related("workflow", "version").filter(pk=run_id).first()
+        if run is None:
+            return None
+        # With the request: the cancel and re-run forms carry its CSRF token.
+        html = render_to_string("portal/workflows/_run_live.html", _run_context(run, may_write=may_write), request)
+        return [("run", "live", {"status": run.status, "finished": run.is_finished, "html": html})], run.is_finished
+
+    try:
+        return progress_stream(
+            organization=caller_organization(request), topic=PROGRESS_TOPIC, object_id=run_id, poll=poll
+        )
+    except ApiError as busy:  # every long-response slot taken: the page polls the fragment instead
+        response = HttpResponse(str(busy.detail), status=busy.status_code, content_type="text/plain")
+        for header, value in busy.extra_headers.items():
+            response[header] = value
+        return response
 
 
 @permission_required({"POST": Permission.WORKFLOWS_WRITE})
@@ -894,6 +934,7 @@ urlpatterns: list[URLPattern] = [
     path("workflows/runs/", runs, name="portal-workflow-runs"),
     path("workflows/runs/<uuid:run_id>/", run_detail, name="portal-workflow-run"),
     path("workflows/runs/<uuid:run_id>/live/", run_live, name="portal-workflow-run-live"),
+    path("workflows/runs/<uuid:run_id>/events/", run_events, name="portal-workflow-run-events"),
     path("workflows/runs/<uuid:run_id>/cancel/", run_cancel_page, name="portal-workflow-run-cancel"),
     path("workflows/runs/<uuid:run_id>/rerun/", run_rerun_page, name="portal-workflow-run-rerun"),
     path("workflows/<uuid:workflow_id>/", workflow_detail, name="portal-workflow"),

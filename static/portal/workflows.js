@@ -20,3 +20,38 @@ document.addEventListener("submit", (event) => {
   const form = event.target.closest("form[data-confirm]");
   if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
 });
+
+// A run's page follows the run: its events stream (server-sent events, woken when the run or a
+// step changes) sends the live part rendered; it ends when the run does. When the stream can't be
+// held open (every long-response slot taken, no EventSource), the part is polled instead.
+(() => {
+  const live = document.querySelector("[data-run-events]");
+  if (!live) return;
+  const finished = () => live.querySelector("[data-finished]")?.dataset.finished === "true";
+  if (finished()) return;
+  const every = 1000 * Number(live.dataset.pollSeconds || 2);
+  const poll = async () => {
+    try {
+      const answer = await fetch(live.dataset.runLive, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+      if (answer.ok) live.innerHTML = await answer.text(); // rendered and escaped by the server
+    } catch (error) {
+      // The network blinked: the next round tries again.
+    }
+    if (!finished()) window.setTimeout(poll, every);
+  };
+  if (!window.EventSource) {
+    window.setTimeout(poll, every);
+    return;
+  }
+  const source = new EventSource(live.dataset.runEvents);
+  source.addEventListener("live", (event) => {
+    const data = JSON.parse(event.data);
+    live.innerHTML = data.html; // rendered and escaped by the server's template
+    // The server closes the stream now; without this the browser would reconnect.
+    if (data.finished) source.close();
+  });
+  source.addEventListener("error", () => {
+    // Refused (429) or not a stream: EventSource gives up for good; poll instead.
+    if (source.readyState === EventSource.CLOSED) window.setTimeout(poll, every);
+  });
+})();

@@ -135,6 +135,8 @@ def test_build_preview_and_run_the_docs_workflow(
     screenshot(page, "workflow-preview")
     phone_checks(page)
 
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     with celery_worker(env=_provider_env(provider)):
         page.get_by_role("button", name="Start run").click()
         expect(page.get_by_role("heading", name="Run of translate")).to_be_visible()
@@ -147,6 +149,8 @@ def test_build_preview_and_run_the_docs_workflow(
         expect(french).to_have_attribute("data-status", "succeeded", timeout=60_000)
         expect(page.locator("#run-status")).to_contain_text("succeeded")
     assert page.evaluate("() => window.stillTheSamePage === true")
+    # Followed by the run's events stream (the polled fragment is only its fallback).
+    assert any(url.endswith("/events/") for url in requested), requested
     assert seen_french in ("pending", "running", "succeeded")
     expect(summary.locator(".wf-output")).to_contain_text("The cat sat on the mat.")
     expect(page.get_by_role("heading", name="Output")).to_be_visible()

@@ -316,7 +316,7 @@ def test_a_run_is_started_with_its_input_and_its_page_shows_the_steps(
     html = text(page)
     assert page.status_code == 200
     assert 'data-step="summary" data-status="pending"' in html and 'data-step="french" data-status="pending"' in html
-    assert 'hx-trigger="every 1s"' in html and f'hx-get="/workflows/runs/{run.pk}/live/"' in html
+    assert f'data-run-events="/workflows/runs/{run.pk}/events/"' in html and 'data-finished="false"' in html
     assert "The cat sat." in html and "Cancel run" in html
     # The live fragment follows the steps; once the run has ended it stops asking to be polled.
     with organization_schema(organization):
@@ -324,7 +324,8 @@ def test_a_run_is_started_with_its_input_and_its_page_shows_the_steps(
             status=StepStatus.SUCCEEDED, output="A cat.", started_at=run.created_at, finished_at=timezone.now()
         )
     live = text(client.get(f"/workflows/runs/{run.pk}/live/"))
-    assert 'data-step="summary" data-status="succeeded"' in live and "A cat." in live and "hx-trigger" in live
+    assert 'data-step="summary" data-status="succeeded"' in live and "A cat." in live
+    assert 'data-finished="false"' in live
     with organization_schema(organization):
         StepRun.objects.filter(run=run, name="french").update(
             status=StepStatus.SUCCEEDED, output="Un chat.", finished_at=timezone.now()
@@ -333,7 +334,30 @@ def test_a_run_is_started_with_its_input_and_its_page_shows_the_steps(
             status=RunStatus.SUCCEEDED, output="Un chat.", finished_at=timezone.now()
         )
     ended = text(client.get(f"/workflows/runs/{run.pk}/live/"))
-    assert "hx-trigger" not in ended and "Un chat." in ended and "Cancel run" not in ended
+    assert 'data-finished="true"' in ended and "Un chat." in ended and "Cancel run" not in ended
+    # The events stream sends the same part, rendered, and ends with the run.
+    events = client.get(f"/workflows/runs/{run.pk}/events/")
+    assert events.status_code == 200 and events["Content-Type"] == "text/event-stream"
+    stream = b"".join(events.streaming_content).decode()  # type: ignore[attr-defined]
+    assert stream.startswith("event: live\n")
+    data = json.loads(stream.split("data: ", 1)[1])
+    assert data["status"] == "succeeded" and data["finished"] is True
+    assert 'data-step="french" data-status="succeeded"' in data["html"] and "Un chat." in data["html"]
+
+
+def test_the_events_stream_carries_the_cancel_form_with_its_csrf_token(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    workflow = make_workflow(organization)
+    run = make_run(organization, workflow)
+    client, _ = signed_in(client_for, organization)
+    client.get(f"/workflows/runs/{run.pk}/")  # the page sets the CSRF cookie
+    fail_second_step(organization, run)  # ended: the stream ends after its first event
+    stream = b"".join(client.get(f"/workflows/runs/{run.pk}/events/").streaming_content).decode()  # type: ignore[attr-defined]
+    html = json.loads(stream.split("data: ", 1)[1])["html"]
+    assert "Re-run from the failed step" in html and 'name="csrfmiddlewaretoken" value="' in html
+    assert 'name="csrfmiddlewaretoken" value=""' not in html
 
 
 def test_a_definition_without_declared_inputs_takes_a_json_object(
@@ -550,6 +574,7 @@ def test_another_organizations_workflows_and_runs_are_404(
         f"/workflows/{workflow.pk}/versions/1/",
         f"/workflows/runs/{run.pk}/",
         f"/workflows/runs/{run.pk}/live/",
+        f"/workflows/runs/{run.pk}/events/",
     ):
         assert client.get(url).status_code == 404, url
     assert client.post(f"/workflows/{workflow.pk}/run/", {"input_text": "x"}).status_code == 404
