@@ -21,7 +21,7 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -135,7 +135,7 @@ class _PageEvents:
         _close_stream(self._stream)
 
 
-def _events(stream: ChatStream, started: float) -> Iterator[bytes]:
+def _events(stream: ChatStream, started: float) -> Generator[bytes, None, None]:
     """The engine's chunks as the page's events."""
     model, usage, finish, first_token_ms = stream.model, None, None, None
     try:

@@ -161,7 +161,7 @@ def test_a_stream_the_page_left_is_charged_its_reservation_and_gives_its_slot_ba
     before = slots.open
     response = client.post(RUN, prompt())
     assert slots.open == before + 1
-    chunks = iter(cast(Iterator[bytes], response.streaming_content))
+    chunks = iter(cast(Iterator[bytes], cast(Any, response).streaming_content))
     assert next(chunks).startswith(b"event: start")
     # What the server does when the browser stops reading (the page's Stop button): close the
     # response's body. Through the test client's own wrapper, which keeps the test's transaction
