@@ -164,3 +164,10 @@ def test_build_preview_and_run_the_docs_workflow(
     expect(row).to_contain_text("succeeded")
     screenshot(page, "workflows")
     phone_checks(page)
+
+    # The workflow's page: its steps, its versions and its runs.
+    row.get_by_role("link", name="translate").click()
+    expect(page.get_by_role("heading", name="Versions")).to_be_visible()
+    expect(page.locator("#runs-heading ~ .table-wrap tbody tr")).to_have_count(1)
+    screenshot(page, "workflow-detail")
+    phone_checks(page)
