@@ -86,9 +86,9 @@ _FIELDS = (
     ),
     FieldSpec(
         "max_cost_usd",
-        "Max cost per job (USD)",
+        "Max cost (USD)",
         kind="number",
-        help="Empty: no limit of the agent's",
+        help="Per job; empty: no limit of the agent's",
         attrs={"min": "0", "step": "0.000001"},
     ),
     FieldSpec(

@@ -107,6 +107,7 @@ def test_create_an_agent_submit_a_job_to_it_and_watch_it_succeed(
     page.get_by_role("link", name="Submit a job to greeter").click()
     expect(page.get_by_role("heading", name="Submit a job", level=1)).to_be_visible()
     assert page.get_by_label("Agent").locator("option:checked").inner_text() == "greeter"
+    screenshot(page, "job-submit")
     phone_checks(page)
     page.get_by_label("Prompt").fill("Say hello to the portal")
     page.get_by_role("button", name="Submit job").click()
