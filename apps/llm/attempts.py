@@ -25,7 +25,14 @@ from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserv
 from apps.llm.metrics import BREAKER_OPEN
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.selectors import PricedModel
-from apps.llm.providers import CallContext, ChatProvider, ProviderError, ProviderNotConfigured, provider_for
+from apps.llm.providers import (
+    CallContext,
+    ChatProvider,
+    ProviderError,
+    ProviderNotConfigured,
+    own_key_name,
+    provider_for,
+)
 from apps.llm.refusals import LlmRefusal
 from apps.llm.router import deployment_observe
 from apps.llm.services import provider_own_keys
@@ -110,7 +117,7 @@ class Attempts:
 
     def scope(self, entry: PricedModel) -> str:
         """Whose breaker and health figures this deployment's calls feed: everyone's, or the organization's."""
-        return self.health_scope if entry.model.provider in self.own_keys else ""
+        return self.health_scope if own_key_name(entry.model) in self.own_keys else ""
 
     def breaker_key(self, entry: PricedModel) -> str:
         return breaker_key(entry.model.provider, entry.model.name, self.scope(entry))
@@ -120,7 +127,7 @@ class Attempts:
         return breaker_allow(entry.model.provider, entry.model.name, scope=self.scope(entry), read=read)
 
     def provider(self, entry: PricedModel) -> ChatProvider:
-        return provider_for(entry.model, self.own_keys.get(entry.model.provider))
+        return provider_for(entry.model, self.own_keys.get(own_key_name(entry.model)))
 
     def context(self) -> CallContext:
         return CallContext(request_id=self.request_id, attempt=self.number, timeout_s=settings.LLM_PROVIDER_TIMEOUT_S)
@@ -137,7 +144,7 @@ class Attempts:
                 provider=entry.model.provider,
                 amount_usd=self.reservation(entry),
                 max_cost_usd=self.max_cost_usd,
-                paid_by="organization" if entry.model.provider in self.own_keys else "platform",
+                paid_by="organization" if own_key_name(entry.model) in self.own_keys else "platform",
                 model_requested=self.model_requested,
             )
         except BudgetExceeded as exc:

@@ -134,7 +134,7 @@ def _sdk_error(exc: Exception, sdk: Any) -> ProviderError:
 class OpenAIProvider:
     def __init__(self, model: CatalogModel, own_key: str | None = None) -> None:
         if model.provider == Provider.OPENAI_COMPATIBLE:
-            # An own key for a compatible server comes only with that server's base URL (the key test).
+            # An own key for a compatible server is given only for that server (own_key_name).
             base_url, api_key = model.base_url, own_key or settings.OPENAI_COMPATIBLE_API_KEY or "none"
         else:
             base_url, api_key = settings.OPENAI_BASE_URL, own_key or settings.OPENAI_API_KEY
@@ -549,8 +549,21 @@ def provider_for(model: CatalogModel, own_key: str | None = None) -> ChatProvide
     return SimulatorProvider(model)
 
 
+def own_key_name(model: CatalogModel) -> str:
+    """Which of the organization's own keys serves this model: the provider's, or for an
+    OpenAI-compatible model the key stored for that model's server (its base URL), so an own
+    compatible key is only ever sent to the server it was stored for."""
+    if model.provider == Provider.OPENAI_COMPATIBLE:
+        return compatible_key_name(model.base_url)
+    return model.provider
+
+
+def compatible_key_name(base_url: str) -> str:
+    return f"{Provider.OPENAI_COMPATIBLE} {base_url.rstrip('/')}"
+
+
 def provider_configured(model: CatalogModel, own_providers: frozenset[str] = frozenset()) -> bool:
-    if model.provider in own_providers:
+    if own_key_name(model) in own_providers:
         return True
     if model.provider == Provider.OPENAI:
         return bool(settings.OPENAI_API_KEY)

@@ -12,7 +12,7 @@ from redis.commands.core import Script
 
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
-from apps.llm.providers import provider_configured
+from apps.llm.providers import own_key_name, provider_configured
 from cognitionos.redis import redis_client
 
 POLICIES = ("cheapest", "fastest", "balanced")
@@ -167,7 +167,7 @@ def candidates(
         if policy == "cheapest":
             return sorted(pool, key=lambda e: (costs[e.model.name], -e.model.quality_tier))
         health = {
-            e.model.name: _health_name(e.model.name, health_scope if e.model.provider in own_providers else "")
+            e.model.name: _health_name(e.model.name, health_scope if own_key_name(e.model) in own_providers else "")
             for e in pool
         }
         latency, errors = observed(list(health.values()))

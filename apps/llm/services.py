@@ -25,7 +25,7 @@ from apps.llm.models import (
 )
 from apps.llm.platform.models import CatalogModel, Provider
 from apps.llm.platform.selectors import catalog
-from apps.llm.providers import CallContext, ProviderError, provider_for
+from apps.llm.providers import CallContext, ProviderError, compatible_key_name, provider_for
 from apps.llm.selectors import llm_settings_forget
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
@@ -315,11 +315,11 @@ def provider_own_keys(*, organization: Organization) -> dict[str, str]:
     if cached is not None and cached[0] > now:
         return cached[1]
     with organization_schema(organization):
-        # An OpenAI-compatible key belongs to the organization's own server (its base URL), not to
-        # the catalog's compatible deployments: it is stored and tested, never sent to those.
-        credentials = list(ProviderCredential.objects.exclude(provider=Provider.OPENAI_COMPATIBLE))
+        credentials = list(ProviderCredential.objects.all())
+    # An OpenAI-compatible key is named by its server: it serves only the catalog's models at that
+    # base URL (providers.own_key_name), never another compatible deployment.
     keys = {
-        c.provider: unseal(
+        (compatible_key_name(c.base_url) if c.provider == Provider.OPENAI_COMPATIBLE else c.provider): unseal(
             Sealed(c.key_id, bytes(c.nonce), bytes(c.ciphertext)), context=_credential_context(organization, c.provider)
         )
         for c in credentials

@@ -87,10 +87,9 @@ def provider_keys(request: HttpRequest) -> HttpResponse:
 _SAVED = {
     "openai": "OpenAI key saved (encrypted). Calls to OpenAI models now use it.",
     "anthropic": "Anthropic key saved (encrypted). Calls to Anthropic models now use it.",
-    # Said as it is: the engine sends an own compatible key to no server but this one, and routes
-    # no call there yet (the catalog's compatible deployments keep the platform's key).
-    "openai_compatible": "OpenAI-compatible key saved (encrypted). Test it here; calls are not routed to "
-    "your own server yet.",
+    # An own compatible key is sent only to the server it was stored for (apps.llm.providers.own_key_name).
+    "openai_compatible": "OpenAI-compatible key saved (encrypted). Calls to the platform's models served at "
+    "this URL now use it.",
 }
 
 

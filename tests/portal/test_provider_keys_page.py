@@ -203,8 +203,8 @@ def test_a_compatible_server_on_a_private_address_is_refused_unless_allowed(
     assert saved.status_code == 200 and fake.openai_base_url in html and COMPATIBLE_KEY not in html
     tested = client.post("/settings/providers/openai_compatible/test/", HTTP_HX_REQUEST="true")
     assert "Works" in tested.content.decode()
-    # The compatible key is the organization's server's: never sent to the catalog's deployments.
-    assert "openai_compatible" not in provider_own_keys(organization=organization)
+    # The compatible key is named by its server: only the catalog's models at that URL get it.
+    assert set(provider_own_keys(organization=organization)) == {f"openai_compatible {fake.openai_base_url}"}
     closed = f"http://127.0.0.1:{free_port()}/v1"
     provider_credential_set(
         organization=organization, provider="openai_compatible", api_key=COMPATIBLE_KEY, base_url=closed,
