@@ -122,7 +122,13 @@ def jobs(request: HttpRequest) -> HttpResponse:
     filterset = PortalJobFilter(request.GET, queryset=Job.objects.all())
     form = _filter_form(filterset)
     valid = filterset.is_valid()
-    filters = [(name, value) for name in _FILTER_FIELDS for value in request.GET.getlist(name) if value and valid]
+    # Kept in the pager's links: each filter's values, as many as there are statuses at most.
+    filters = [
+        (name, value)
+        for name in _FILTER_FIELDS
+        for value in request.GET.getlist(name)[: len(JobStatus.choices)]
+        if value and valid
+    ]
     page = keyset_page_by_time(
         _job_rows(filterset.qs if valid else Job.objects.none()),
         request=request,
