@@ -41,6 +41,7 @@ from apps.rbac.permissions import Permission
 from apps.work.progress import progress_stream
 from apps.workflows.definition import (
     MAX_DEFINITION_BYTES,
+    MAX_STEPS,
     Definition,
     DefinitionInvalid,
     Problem,
@@ -238,6 +239,9 @@ def _rows_from_source(source: Mapping[str, Any]) -> list[StepRow]:
     raw_steps = source.get("steps")
     if not isinstance(raw_steps, list):
         return []
+    # A refused definition may list thousands of steps (within the size bounds): draw as many as a
+    # definition may have, so that drawing stays cheap (stages take rounds times steps).
+    raw_steps = raw_steps[:MAX_STEPS]
     names: dict[str, int] = {}
     for number, raw in enumerate(raw_steps):
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):

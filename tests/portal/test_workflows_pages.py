@@ -185,6 +185,25 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(
     assert too_big.status_code == 400 and workflows_in(organization) == []
 
 
+def test_too_many_steps_are_refused_and_drawn_only_up_to_the_limit(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    client, _ = signed_in(client_for, organization)
+    # A chain of 3,000 steps, each after the one before: refused, and drawing it stays cheap.
+    steps = [
+        {"name": f"s{n}", "type": "transform", "template": f"{{{{ steps.s{n - 1}.output }}}}"} for n in range(3000)
+    ]
+    steps[0]["template"] = "start"
+    refused = client.post(
+        "/workflows/new/", {"name": "long", "format": "json", "definition": json.dumps({"steps": steps})}
+    )
+    assert refused.status_code == 400
+    html = text(refused)
+    assert "at most 100 steps" in html and 'id="step-99"' in html and 'id="step-100"' not in html
+    assert workflows_in(organization) == []
+
+
 def test_a_name_already_taken_is_said_at_the_name(
     two_tenants: tuple[Organization, Organization], client_for: ClientFor
 ) -> None:
