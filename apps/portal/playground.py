@@ -11,6 +11,7 @@ read from the environment, never a real key.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ from typing import Any
 from django.conf import settings
 from django.http import QueryDict
 
-from apps.llm.calls import CHAT_POLICIES, ChatCall, LlmRefusal, chat_call_parse
+from apps.llm.calls import CHAT_POLICIES, ChatCall, ChatCostPreview, LlmRefusal, chat_call_parse, chat_cost_preview
 
 ROLES = ("user", "assistant")
 MAX_TURNS = 50  # the gateway takes 2,048 messages; a page with more is not a playground any more
 DEFAULT_MAX_TOKENS = 512
+# The preview's guess at an answer's length (the worst case is the whole max tokens, as reserved).
+EXPECTED_OUTPUT_TOKENS = 256
+BYTES_PER_TOKEN = 4
 KEY_VARIABLE = "COGNITIONOS_API_KEY"
 # The form's fields, as the page names them (the messages are turn-<n>, from 1).
 FIELDS = ("model", "system", "turns", "temperature", "top_p", "max_tokens", "seed")
@@ -166,6 +170,22 @@ def prompt_parse(data: QueryDict) -> tuple[PlaygroundPrompt, ChatCall]:
         seed=seed,
     )
     return prompt, prompt.call()
+
+
+def prompt_cost_preview(call: ChatCall) -> ChatCostPreview:
+    """The call priced before it runs: on the model the router would pick now, with an answer of
+    EXPECTED_OUTPUT_TOKENS; and the worst case over its fallbacks, every prompt byte a token and the
+    whole max tokens written, which is what the budget reserves."""
+    return chat_cost_preview(
+        model=call.model,
+        policy=call.policy,
+        min_quality=call.min_quality,
+        max_tokens=call.max_tokens,
+        expected_input_tokens=math.ceil(call.prompt_bytes / BYTES_PER_TOKEN),
+        worst_input_tokens=call.prompt_token_bound,
+        expected_output_tokens=EXPECTED_OUTPUT_TOKENS,
+        routing_prompt_tokens=call.prompt_token_bound // BYTES_PER_TOKEN,
+    )
 
 
 # --- View as code ------------------------------------------------------------------------------

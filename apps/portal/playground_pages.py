@@ -26,7 +26,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
-from django.urls import path
+from django.urls import path, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
@@ -36,15 +36,25 @@ from apps.llm.calls import (
     ChatModelChoice,
     ChatStream,
     LlmRefusal,
+    call_detail,
     chat_model_choices,
     llm_settings_get,
 )
 from apps.llm.gateway import stream_start
 from apps.portal.caller import caller_organization, caller_principal
 from apps.portal.context_processors import platform_origin
-from apps.portal.playground import DEFAULT_MAX_TOKENS, MAX_TURNS, PromptInvalid, prompt_parse, prompt_snippets
-from apps.rbac.decorators import permission_required
+from apps.portal.playground import (
+    DEFAULT_MAX_TOKENS,
+    MAX_TURNS,
+    PromptInvalid,
+    prompt_cost_preview,
+    prompt_parse,
+    prompt_snippets,
+)
+from apps.rbac.decorators import member_may, permission_required
 from apps.rbac.permissions import Permission
+from apps.tenants.connection import organization_schema
+from apps.tenants.models import Organization
 
 POLICY_LABELS = {
     "cheapest": "Cheapest adequate model",
@@ -84,6 +94,10 @@ def playground(request: HttpRequest) -> HttpResponse:
             "default_max_tokens": DEFAULT_MAX_TOKENS,
             "max_turns": MAX_TURNS,
             "api_base_url": f"{platform_origin(request)}/v1",
+            # The answer links to its row in the request log, for those who may open it.
+            "request_url": reverse("portal-request-detail", args=["REQUEST_ID"])
+            if member_may(request, Permission.BUDGETS_READ)
+            else "",
         },
     )
 
@@ -120,9 +134,9 @@ class _PageEvents:
     """The response's body: the page's events, and on close (the response ended, also before its
     first byte) the engine's stream closed."""
 
-    def __init__(self, stream: ChatStream, started: float) -> None:
+    def __init__(self, organization: Organization, stream: ChatStream, started: float) -> None:
         self._stream = stream
-        self._events = _events(stream, started)
+        self._events = _events(organization, stream, started)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -135,7 +149,21 @@ class _PageEvents:
         _close_stream(self._stream)
 
 
-def _events(stream: ChatStream, started: float) -> Generator[bytes, None, None]:
+def _settled(organization: Organization, request_id: str) -> dict[str, str]:
+    """What the ledger says of the call once it ended: reserved, settled, saved by the cache. A
+    cache hit's row may be written a moment later (in batches): then there is nothing to add."""
+    with organization_schema(organization):
+        detail = call_detail(organization=organization, request_id=request_id)
+    if detail is None:
+        return {}
+    return {
+        "reserved_usd": str(detail.reserved_usd),
+        "settled_usd": str(detail.cost_usd),
+        "saved_usd": str(detail.saved_usd),
+    }
+
+
+def _events(organization: Organization, stream: ChatStream, started: float) -> Generator[bytes, None, None]:
     """The engine's chunks as the page's events."""
     model, usage, finish, first_token_ms = stream.model, None, None, None
     try:
@@ -170,6 +198,7 @@ def _events(stream: ChatStream, started: float) -> Generator[bytes, None, None]:
             "latency_ms": round((time.perf_counter() - started) * 1000, 1),
             "first_token_ms": first_token_ms,
             "finish_reason": finish,
+            **_settled(organization, stream.request_id),
         },
     )
 
@@ -180,6 +209,7 @@ def _events(stream: ChatStream, started: float) -> Generator[bytes, None, None]:
 def playground_run(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """Run the page's prompt as the member, streaming the answer as server-sent events."""
     started = time.perf_counter()
+    organization = caller_organization(request)
     try:
         prompt, call = prompt_parse(request.POST)
     except PromptInvalid as invalid:
@@ -188,7 +218,7 @@ def playground_run(request: HttpRequest) -> HttpResponse | StreamingHttpResponse
         # A long-response slot is taken first, as /v1 does: a stream over the process's cap is
         # refused (429) before anything is reserved or called.
         stream, slot = stream_start(
-            organization=caller_organization(request),
+            organization=organization,
             principal=caller_principal(request),
             call=call,
             request_id=uuid.uuid4().hex,
@@ -196,12 +226,37 @@ def playground_run(request: HttpRequest) -> HttpResponse | StreamingHttpResponse
         )
     except LlmRefusal as refusal:
         return _refused(refusal, prompt.field_of(refusal.param) if refusal.param else None)
-    response = StreamingHttpResponse(slot.hold(_PageEvents(stream, started)), content_type="text/event-stream")
+    response = StreamingHttpResponse(
+        slot.hold(_PageEvents(organization, stream, started)), content_type="text/event-stream"
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response["x-cognitionos-request-id"] = stream.request_id
     response["x-cognitionos-cache"] = stream.cache
     return response
+
+
+@permission_required({"POST": Permission.LLM_INVOKE})
+@require_POST
+def playground_preview(request: HttpRequest) -> HttpResponse:
+    """What the prompt would cost, before it runs: expected, and the worst case the budget reserves."""
+    try:
+        prompt, call = prompt_parse(request.POST)
+    except PromptInvalid as invalid:
+        return _problem(400, invalid.message, "invalid_field", invalid.field)
+    try:
+        preview = prompt_cost_preview(call)
+    except LlmRefusal as refusal:
+        return _refused(refusal, prompt.field_of(refusal.param) if refusal.param else None)
+    return JsonResponse(
+        {
+            "model": preview.model,
+            "expected_usd": str(preview.expected_usd),
+            "expected_output_tokens": preview.expected_output_tokens,
+            "worst_usd": str(preview.worst_usd),
+            "worst_model": preview.worst_model,
+        }
+    )
 
 
 @permission_required({"POST": Permission.LLM_INVOKE})
@@ -220,4 +275,5 @@ urlpatterns = [
     path("playground/", playground, name="portal-playground"),
     path("playground/run/", playground_run, name="portal-playground-run"),
     path("playground/code/", playground_code, name="portal-playground-code"),
+    path("playground/preview/", playground_preview, name="portal-playground-preview"),
 ]

@@ -142,6 +142,11 @@
     return form.querySelector("[name=csrfmiddlewaretoken]").value;
   }
 
+  function money(value) {
+    const amount = Number(value);
+    return Number.isFinite(amount) ? `$${amount.toFixed(6)}` : String(value);
+  }
+
   function showMeta(end) {
     const cost = Number(end.cost_usd);
     document.getElementById("meta-model").textContent = end.simulated ? `${end.model} (simulated)` : end.model;
@@ -154,7 +159,25 @@
     document.getElementById("meta-latency").textContent =
       `${Math.round(end.latency_ms)} ms` +
       (end.first_token_ms === null ? "" : ` (first token ${Math.round(end.first_token_ms)} ms)`);
-    document.getElementById("meta-request").textContent = end.request_id;
+    const budget = document.getElementById("meta-budget");
+    document.getElementById("meta-budget-item").hidden = end.reserved_usd === undefined;
+    if (end.reserved_usd !== undefined) {
+      budget.textContent =
+        Number(end.reserved_usd) > 0
+          ? `${money(end.reserved_usd)} reserved, ${money(end.settled_usd)} settled`
+          : `nothing reserved (cache)${Number(end.saved_usd) > 0 ? `, ${money(end.saved_usd)} saved` : ""}`;
+    }
+    const request = document.getElementById("meta-request");
+    request.replaceChildren();
+    if (form.dataset.requestUrl) {
+      const link = document.createElement("a");
+      link.href = form.dataset.requestUrl.replace("REQUEST_ID", encodeURIComponent(end.request_id));
+      link.textContent = end.request_id;
+      link.setAttribute("aria-label", `Request ${end.request_id} in the request log`);
+      request.append(link);
+    } else {
+      request.textContent = end.request_id;
+    }
     meta.hidden = false;
   }
 
@@ -246,6 +269,50 @@
     if (running) running.abort();
   });
 
+  // --- Cost before running ----------------------------------------------------------------------
+  const preview = document.getElementById("cost-preview");
+  let previewTimer = null;
+  let previewAsked = 0;
+
+  async function showPreview() {
+    const asked = ++previewAsked;
+    let text;
+    try {
+      const response = await fetch(form.dataset.previewUrl, {
+        method: "POST",
+        body: formData(),
+        headers: { "X-CSRFToken": csrfToken() },
+        credentials: "same-origin",
+      });
+      const body = await response.json();
+      if (response.ok) {
+        const fallback = body.worst_model === body.model ? "" : ` if it falls back to ${body.worst_model}`;
+        text =
+          `Cost: about ${money(body.expected_usd)} on ${body.model} for a ${body.expected_output_tokens}-token ` +
+          `answer; at most ${money(body.worst_usd)}${fallback}.`;
+      } else if (!body.error || (body.error.field || "").startsWith("turn")) {
+        text = "The cost appears here once the prompt is written.";
+      } else {
+        text = `No cost yet: ${body.error.message}`;
+      }
+    } catch (error) {
+      text = "";
+    }
+    if (asked === previewAsked) preview.textContent = text; // only the latest answer counts
+  }
+
+  function previewSoon() {
+    clearTimeout(previewTimer);
+    previewTimer = setTimeout(showPreview, 400);
+  }
+
+  form.addEventListener("input", previewSoon);
+  form.addEventListener("change", previewSoon);
+  turns.addEventListener("click", (event) => {
+    if (event.target.closest("[data-remove-turn]")) previewSoon();
+  });
+  addTurn.addEventListener("click", previewSoon);
+
   // --- View as code ---------------------------------------------------------------------------
   codeButton.addEventListener("click", async () => {
     clearErrors();
@@ -284,4 +351,5 @@
   });
 
   renumber();
+  showPreview();
 })();

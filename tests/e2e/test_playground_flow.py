@@ -7,6 +7,7 @@ reservation makes the page show the budget's message. Screenshots at desktop and
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -117,6 +118,13 @@ def test_a_prompt_streams_in_shows_its_figures_and_its_code(
     page.get_by_label("Temperature").fill("0.5")
     page.get_by_label("Seed").fill("7")
     assert unlabeled_fields(page) == []
+    # What it would cost, before it runs (the model's fallback is dearer: the worst case names it).
+    expect(page.locator("#cost-preview")).to_have_text(
+        re.compile(
+            r"Cost: about \$0\.\d{6} on gpt-4o-mini for a 256-token answer; "
+            r"at most \$0\.\d{6} if it falls back to claude-haiku-4-5\."
+        )
+    )
 
     page.evaluate(WATCH)
     page.get_by_role("button", name="Run").click()
@@ -131,6 +139,11 @@ def test_a_prompt_streams_in_shows_its_figures_and_its_code(
     expect(page.locator("#meta-tokens")).to_contain_text(" in · ")
     expect(page.locator("#meta-cost")).to_contain_text("$0.0000")
     expect(page.locator("#meta-latency")).to_contain_text("first token")
+    expect(page.locator("#meta-budget")).to_contain_text(" reserved, $0.0000")
+    request_id = page.locator("#meta-request").inner_text()
+    expect(page.get_by_role("link", name=f"Request {request_id} in the request log")).to_have_attribute(
+        "href", f"/requests/{request_id}/"
+    )
     expect(page.locator("#answer-status")).to_have_text("Done.")
     assert fake.calls[-1].body["seed"] == 7 and fake.calls[-1].body["temperature"] == 0.5
     assert len(fake.calls[-1].body["messages"]) == 4

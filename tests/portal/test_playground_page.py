@@ -138,12 +138,15 @@ def test_a_prompt_streams_through_the_governed_path_as_the_member_and_a_repeat_i
     (attempt,) = ledger(organization)
     assert (attempt.principal_kind, attempt.principal_id, attempt.principal_label) == ("user", str(user.pk), user.email)
     assert attempt.status == AttemptStatus.SUCCEEDED and attempt.source == "playground"
-    assert attempt.cost_usd == Decimal(end["cost_usd"])
+    assert attempt.cost_usd == Decimal(end["cost_usd"]) == Decimal(end["settled_usd"])
+    assert Decimal(end["reserved_usd"]) == attempt.reserved_usd > attempt.cost_usd  # the worst case, released
+    assert end["request_id"] == attempt.request_id
 
     again = events(client.post(RUN, prompt(system="Be brief.")))
     assert again[0] == ("start", {"request_id": again[0][1]["request_id"], "model": "gpt-4o-mini", "cache": "l1"})
     assert "".join(data["text"] for name, data in again if name == "delta") == "".join(deltas)
     assert again[-1][1]["cache"] == "l1" and Decimal(again[-1][1]["cost_usd"]) == 0
+    assert Decimal(again[-1][1]["reserved_usd"]) == 0 and Decimal(again[-1][1]["saved_usd"]) == attempt.cost_usd
     assert len(fake.calls) == 1  # the provider was not asked twice
     assert [(a.status, a.cache_layer) for a in ledger(organization)] == [
         (AttemptStatus.SUCCEEDED, ""),
@@ -184,6 +187,27 @@ def test_a_stream_closed_before_its_first_byte_is_settled_at_once(
         close()
     (attempt,) = ledger(organization)
     assert (attempt.status, attempt.error_class) == (AttemptStatus.FAILED, "client_disconnected")
+
+
+def test_the_cost_is_previewed_before_the_prompt_runs(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider
+) -> None:
+    organization = two_tenants[0]
+    client, _ = signed_in(client_for, organization)
+    preview = client.post("/playground/preview/", prompt(max_tokens="1000"))
+    assert preview.status_code == 200
+    figures = preview.json()
+    assert figures["model"] == "gpt-4o-mini" and figures["expected_output_tokens"] == 256
+    assert 0 < Decimal(figures["expected_usd"]) < Decimal(figures["worst_usd"])
+    # The worst case is over the fallbacks (gpt-4o-mini's, claude-haiku-4-5, is dearer): it covers
+    # what the call reserves on the model that answers.
+    assert figures["worst_model"] == "claude-haiku-4-5"
+    end = events(client.post(RUN, prompt(max_tokens="1000")))[-1][1]
+    assert 0 < Decimal(end["reserved_usd"]) < Decimal(figures["worst_usd"])
+    assert fake.calls and len(ledger(organization)) == 1  # the preview called nothing, wrote nothing
+    refused = client.post("/playground/preview/", prompt(top_p="2"))
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "top_p"
+    assert client.post("/playground/preview/", prompt(model="no-such-model")).json()["error"]["field"] == "model"
 
 
 def test_a_routing_policy_is_accepted_as_the_model(
@@ -341,6 +365,7 @@ def test_a_member_of_one_organization_cannot_run_prompts_for_another(
     assert outsider.get("/playground/").status_code == 403
     assert outsider.post(RUN, prompt()).status_code == 403
     assert outsider.post(CODE, prompt()).status_code == 403
+    assert outsider.post("/playground/preview/", prompt()).status_code == 403
     # A's answer is cached for A only: B's first identical prompt goes to the provider.
     assert events(member_a.post(RUN, prompt()))[-1][1]["cache"] == "miss"
     with schema_context(organization_b.schema_name):
@@ -370,6 +395,7 @@ def test_only_roles_with_llm_invoke_see_and_use_the_playground(
     if allowed:
         assert events(run)[-1][0] == "end"
     assert client.post(CODE, prompt()).status_code == (200 if allowed else 403)
+    assert client.post("/playground/preview/", prompt()).status_code == (200 if allowed else 403)
     assert len(ledger(organization)) == (1 if allowed else 0)
 
 
@@ -390,6 +416,7 @@ def test_the_page_offers_models_policies_and_labelled_parameters(
         assert f'<label for="{field}">' in text
     assert '<label class="turn__label" for="turn-1-content" data-label="Message">Message 1</label>' in text
     assert "/static/portal/playground.js" in text
+    assert 'data-request-url="/requests/REQUEST_ID/"' in text  # the answer links to the request log
     assert not re.search(r"\son[a-z]+=", text)  # no inline handlers (CSP-friendly)
 
 
