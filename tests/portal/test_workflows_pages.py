@@ -18,6 +18,7 @@ from django.utils import timezone
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
+from apps.llm.models import Budget, BudgetWindow
 from apps.portal.workflows_pages import EXAMPLE, EXAMPLE_YAML, input_names
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
@@ -283,6 +284,29 @@ def test_the_preview_shows_what_workflow_cost_preview_computes(
     assert '<label for="input-text">text</label>' in text(updated)
     with organization_schema(organization):
         assert not WorkflowRun.objects.exists()  # a preview starts nothing
+
+
+def test_the_preview_weighs_expected_and_worst_case_against_the_budgets_left(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    workflow = make_workflow(organization, definition=EXAMPLE_YAML)
+    client, user = signed_in(client_for, organization)
+    with organization_schema(organization):
+        daily = Budget.objects.create(scope="organization", period="day", limit_usd=Decimal(1))
+        BudgetWindow.objects.create(budget=daily, period_start=timezone.now().date(), spent_usd=Decimal("0.5"))
+        Budget.objects.create(scope="user", scope_id=str(user.pk), period="month", limit_usd=Decimal(100), hard=False)
+        definition = definition_of(version=workflow_latest_version(workflow=workflow))
+        expected = workflow_cost_preview(
+            principal=Principal.for_user(user), definition=definition, organization=organization
+        )
+    assert expected["fits"] == {"expected": True, "worst_case": False}
+    html = text(client.get(f"/workflows/{workflow.pk}/start/"))
+    assert "The expected cost fits the hard budgets, the worst case does not" in html
+    for budget in expected["budgets"]:
+        assert f"<strong>${budget['remaining_usd']}</strong>" in html
+    assert "organization · day" in html and "user · month" in html
+    assert html.count('<span class="badge badge--warn">hard</span>') == 1
 
 
 def test_the_preview_of_a_map_counts_its_items_from_the_input(
