@@ -507,15 +507,21 @@ WITH picked AS (
         output_tokens = r.output_tokens + EXCLUDED.output_tokens,
         cost_usd = r.cost_usd + EXCLUDED.cost_usd, saved_usd = r.saved_usd + EXCLUDED.saved_usd
     RETURNING 1
+), hours AS (
+    SELECT m.*, date_trunc('hour', m.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+        date_trunc('day', m.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day
+    FROM marked m
 ), slotted AS (
-    -- The dashboard's buckets (UsageBucket) from the same rows: each in its UTC hour and its UTC day;
-    -- an answered request's latency in its histogram slot (width_bucket: floors after the first).
-    SELECT m.*, s.span, s.start,
-        CASE WHEN m.status IN ('succeeded', 'cache_hit') AND m.latency_ms IS NOT NULL
-            THEN width_bucket(m.latency_ms, %(latency_floors)s::int[]) END AS slot
-    FROM marked m CROSS JOIN LATERAL (VALUES
-        ('hour', date_trunc('hour', m.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'),
-        ('day', date_trunc('day', m.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')) AS s(span, start)
+    -- The dashboard's buckets (UsageBucket) from the same rows: each in its UTC hour and its UTC day,
+    -- and in the organization's total of that hour and day (no model, key or user); an answered
+    -- request's latency in its histogram slot (width_bucket: floors after the first).
+    SELECT h.status, h.input_tokens, h.output_tokens, h.cost_usd, h.saved_usd, s.*,
+        CASE WHEN h.status IN ('succeeded', 'cache_hit') AND h.latency_ms IS NOT NULL
+            THEN width_bucket(h.latency_ms, %(latency_floors)s::int[]) END AS slot
+    FROM hours h CROSS JOIN LATERAL (VALUES
+        ('hour', h.hour, h.model_name, h.key, h.person), ('day', h.day, h.model_name, h.key, h.person),
+        ('hour_total', h.hour, '', 0, 0), ('day_total', h.day, '', 0, 0)
+    ) AS s(span, start, model_name, key, person)
 ), buckets AS (
     INSERT INTO public.{buckets} AS b (organization_id, span, start, model_name, api_key_id, user_id, requests,
         cache_hits, errors, input_tokens, output_tokens, cost_usd, saved_usd, latency_histogram)
@@ -543,7 +549,8 @@ def usage_fold(*, organization: Organization, batch: int = 5000) -> int:
     their tokens and cost, a request if they succeeded; cache hits: a request, a hit and what they
     saved), `batch` rows per statement until none are left. Returns how many rows were folded.
     The same statement adds them to the dashboard's hour and day buckets (UsageBucket: by user too,
-    with errors and a latency histogram), so every reader of either table sees each row once.
+    with errors and a latency histogram, and each hour's and day's total), so every reader of
+    either table sees each row once.
 
     The settlement leaves this to a periodic task (llm_usage_fold_all), so that no call waits on
     the rollup's row lock, which every concurrent call of the organization's model and key shares."""

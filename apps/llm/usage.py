@@ -1,8 +1,8 @@
 """Reads of an organization's usage over time, for the portal's dashboard: from the public hour and
 day buckets (UsageBucket, filled by usage_fold off the request path), never from the ledger.
 
-One range is one indexed aggregate: its series (one point per hour or day) and its breakdown by
-model, API key and user come from a single statement (GROUPING SETS), whatever the ledger's size.
+One range is one statement over one index: its series (the hours' or days' total rows) and its
+breakdown by model, API key and user (their rows added up), whatever the ledger's size.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TypeVar
 from django.db import connection
 from django.utils import timezone
 
-from apps.llm.platform.models import LATENCY_SLOT_FLOORS_MS, LATENCY_SLOTS, UsageBucket, UsageSpan
+from apps.llm.platform.models import LATENCY_SLOT_FLOORS_MS, LATENCY_SLOTS, TOTAL_SPANS, UsageBucket, UsageSpan
 from apps.tenants.models import Organization
 
 
@@ -134,14 +134,19 @@ def usage_range_bounds(usage_range: UsageRange, now: dt.datetime) -> tuple[dt.da
     return end - usage_range.step * usage_range.count, end
 
 
-# Sums of histograms are sums of their slots (written out: no unnest, one pass over the rows).
+# The range's series is its total rows (one per hour or day); its breakdown adds up the detailed
+# rows by model, key and user, a histogram slot by slot (written out: no unnest, one pass).
 _SERIES = """
-SELECT grouping(start) = 0 AS by_time, start, model_name, api_key_id, user_id,
-    sum(requests), sum(cache_hits), sum(errors), sum(input_tokens), sum(output_tokens), sum(cost_usd),
-    sum(saved_usd), ARRAY[{slot_sums}]::bigint[]
+SELECT true AS by_time, start, '' AS model_name, 0 AS api_key_id, 0 AS user_id, requests, cache_hits, errors,
+    input_tokens, output_tokens, cost_usd, saved_usd, latency_histogram
+FROM public.{table}
+WHERE organization_id = %(organization)s AND span = %(total_span)s AND start >= %(start)s AND start < %(end)s
+UNION ALL
+SELECT false, NULL, model_name, api_key_id, user_id, sum(requests), sum(cache_hits), sum(errors), sum(input_tokens),
+    sum(output_tokens), sum(cost_usd), sum(saved_usd), ARRAY[{slot_sums}]::bigint[]
 FROM public.{table}
 WHERE organization_id = %(organization)s AND span = %(span)s AND start >= %(start)s AND start < %(end)s
-GROUP BY GROUPING SETS ((start), (model_name, api_key_id, user_id))
+GROUP BY model_name, api_key_id, user_id
 """.format(
     slot_sums=", ".join(f"sum(latency_histogram[{n}])" for n in range(1, LATENCY_SLOTS + 1)),
     table=UsageBucket._meta.db_table,
@@ -167,7 +172,13 @@ def usage_series(*, organization: Organization, range_key: str, now: dt.datetime
     with connection.cursor() as cursor:
         cursor.execute(
             _SERIES,
-            {"organization": organization.pk, "span": usage_range.span, "start": start, "end": end},
+            {
+                "organization": organization.pk,
+                "span": usage_range.span,
+                "total_span": TOTAL_SPANS[UsageSpan(usage_range.span)],
+                "start": start,
+                "end": end,
+            },
         )
         rows = cursor.fetchall()
     for by_time, at, model_name, key_id, user_id, *numbers in rows:

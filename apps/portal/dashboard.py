@@ -135,16 +135,21 @@ def bucket_label(start: dt.datetime, span: str) -> str:
     return start.strftime("%Y-%m-%d %H:00") if span == "hour" else start.strftime("%Y-%m-%d")
 
 
+def _numeric(status: BudgetStatus) -> bool:
+    """Budgets name people and keys by id as text; anything else is shown as it is, never looked up."""
+    return status.budget.scope_id.isascii() and status.budget.scope_id.isdigit()
+
+
 def dashboard_read(*, organization: Organization, range_key: str, now: dt.datetime | None = None) -> Dashboard:
     """The organization's dashboard over one of USAGE_RANGES (KeyError for another). The connection
     is on the organization's schema (its budgets are there)."""
     series = usage_series(organization=organization, range_key=range_key, now=now)
     statuses = budget_statuses(now=now)
     key_ids = {key for key, _ in series.by_key if key} | {
-        int(status.budget.scope_id) for status in statuses if status.budget.scope == "key"
+        int(status.budget.scope_id) for status in statuses if status.budget.scope == "key" and _numeric(status)
     }
     user_ids = {user for user, _ in series.by_user if user} | {
-        int(status.budget.scope_id) for status in statuses if status.budget.scope == "user"
+        int(status.budget.scope_id) for status in statuses if status.budget.scope == "user" and _numeric(status)
     }
     keys: dict[int, tuple[str, bool]] = {}
     if key_ids:
@@ -170,9 +175,11 @@ def dashboard_read(*, organization: Organization, range_key: str, now: dt.dateti
     def title(status: BudgetStatus) -> str:
         budget = status.budget
         if budget.scope == "key":
-            return f"API key {keys.get(int(budget.scope_id), (f'#{budget.scope_id}', False))[0]}"
+            found = keys.get(int(budget.scope_id)) if _numeric(status) else None
+            return f"API key {found[0] if found else '#' + budget.scope_id}"
         if budget.scope == "user":
-            return emails.get(int(budget.scope_id), f"user #{budget.scope_id}")
+            email = emails.get(int(budget.scope_id)) if _numeric(status) else None
+            return email or f"user #{budget.scope_id}"
         return organization.name
 
     gauges = [

@@ -92,6 +92,13 @@ def test_each_row_lands_in_its_hour_and_its_day_by_key_and_user_with_errors_and_
     swept = bucket(organization, "day", day - dt.timedelta(days=1), user_id=42)
     assert (swept.requests, swept.errors) == (0, 1)
     assert bucket(organization, "hour", day - HOUR, user_id=42).errors == 1
+    # Each hour's and day's total: every model, key and person of it together.
+    hour_total = bucket(organization, "hour_total", this_hour)
+    assert (hour_total.model_name, hour_total.api_key_id, hour_total.user_id) == ("", 0, 0)
+    assert (hour_total.requests, hour_total.errors, hour_total.latency_histogram) == (3, 1, expected)
+    day_total = bucket(organization, "day_total", day)
+    assert (day_total.requests, day_total.cache_hits, day_total.input_tokens) == (4, 1, 50)
+    assert sum(day_total.latency_histogram) == 3
     assert not UsageBucket.objects.filter(organization=two_tenants[1]).exists()
     # The billing rollup is filled as before, by day, model and key.
     assert UsageRollup.objects.get(organization=organization, day=day.date(), api_key_id=7).requests == 3

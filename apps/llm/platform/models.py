@@ -135,6 +135,13 @@ LATENCY_SLOTS = len(LATENCY_SLOT_FLOORS_MS)
 class UsageSpan(models.TextChoices):
     HOUR = "hour", "Hour (UTC)"
     DAY = "day", "Day (UTC)"
+    # The organization's whole hour or day (model "", key 0, user 0): a range's series reads one row
+    # per point instead of adding up every model, key and user of it.
+    HOUR_TOTAL = "hour_total", "Hour (UTC), all together"
+    DAY_TOTAL = "day_total", "Day (UTC), all together"
+
+
+TOTAL_SPANS = {UsageSpan.HOUR: UsageSpan.HOUR_TOTAL, UsageSpan.DAY: UsageSpan.DAY_TOTAL}
 
 
 def _empty_histogram() -> list[int]:
@@ -143,12 +150,13 @@ def _empty_histogram() -> list[int]:
 
 class UsageBucket(models.Model):
     """Per organization, UTC hour or day, model, API key and user: what the portal's dashboard reads
-    (a range's totals, series and breakdowns are one indexed aggregate, never a scan of the ledger).
-    Filled by the same fold statement as UsageRollup, from the same ledger rows: each row is added
-    once to its hour and once to its day (short ranges read hours, long ranges days)."""
+    (a range's series and breakdowns are one indexed read, never a scan of the ledger). Filled by
+    the same fold statement as UsageRollup, from the same ledger rows: each row is added once to
+    its hour and once to its day (short ranges read hours, long ranges days), and once to each of
+    their totals (the *_total spans)."""
 
     organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="usage_buckets")
-    span = models.CharField(max_length=4, choices=UsageSpan.choices)
+    span = models.CharField(max_length=10, choices=UsageSpan.choices)
     start = models.DateTimeField(help_text="The hour's or the day's start (UTC).")
     model_name = models.CharField(max_length=100)
     api_key_id = models.BigIntegerField(default=0, help_text="0: not through an API key.")
@@ -175,6 +183,11 @@ class UsageBucket(models.Model):
                 name="llm_bucket_unique",
             ),
             models.CheckConstraint(condition=models.Q(span__in=UsageSpan.values), name="llm_bucket_span_valid"),
+            models.CheckConstraint(
+                condition=models.Q(span__in=[UsageSpan.HOUR, UsageSpan.DAY])
+                | models.Q(model_name="", api_key_id=0, user_id=0),
+                name="llm_bucket_total_has_no_dimensions",
+            ),
             models.CheckConstraint(
                 condition=models.Q(latency_histogram__len=LATENCY_SLOTS), name="llm_bucket_histogram_slots"
             ),

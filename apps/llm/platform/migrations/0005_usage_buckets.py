@@ -1,6 +1,7 @@
 """The dashboard's rollup (UsageBucket): per hour and per day, with the user, errors and a latency
-histogram. Days already in UsageRollup are copied as day buckets (no user, errors or latencies were
-kept for them, and their hours are unknown), so long ranges don't start empty."""
+histogram, and each hour's and day's total. Days already in UsageRollup are copied as day buckets
+and day totals (no user, errors or latencies were kept for them, and their hours are unknown), so
+long ranges don't start empty."""
 
 import apps.llm.platform.models
 import django.contrib.postgres.fields
@@ -21,7 +22,7 @@ class Migration(migrations.Migration):
             name='UsageBucket',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('span', models.CharField(choices=[('hour', 'Hour (UTC)'), ('day', 'Day (UTC)')], max_length=4)),
+                ('span', models.CharField(choices=[('hour', 'Hour (UTC)'), ('day', 'Day (UTC)'), ('hour_total', 'Hour (UTC), all together'), ('day_total', 'Day (UTC), all together')], max_length=10)),
                 ('start', models.DateTimeField(help_text="The hour's or the day's start (UTC).")),
                 ('model_name', models.CharField(max_length=100)),
                 ('api_key_id', models.BigIntegerField(default=0, help_text='0: not through an API key.')),
@@ -37,7 +38,7 @@ class Migration(migrations.Migration):
                 ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='usage_buckets', to='tenants.organization')),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('organization', 'span', 'start', 'model_name', 'api_key_id', 'user_id'), name='llm_bucket_unique'), models.CheckConstraint(condition=models.Q(('span__in', ['hour', 'day'])), name='llm_bucket_span_valid'), models.CheckConstraint(condition=models.Q(('latency_histogram__len', 32)), name='llm_bucket_histogram_slots')],
+                'constraints': [models.UniqueConstraint(fields=('organization', 'span', 'start', 'model_name', 'api_key_id', 'user_id'), name='llm_bucket_unique'), models.CheckConstraint(condition=models.Q(('span__in', ['hour', 'day', 'hour_total', 'day_total'])), name='llm_bucket_span_valid'), models.CheckConstraint(condition=models.Q(('span__in', ['hour', 'day']), models.Q(('api_key_id', 0), ('model_name', ''), ('user_id', 0)), _connector='OR'), name='llm_bucket_total_has_no_dimensions'), models.CheckConstraint(condition=models.Q(('latency_histogram__len', 32)), name='llm_bucket_histogram_slots')],
             },
         ),
         migrations.RunSQL(
@@ -47,6 +48,11 @@ class Migration(migrations.Migration):
             SELECT organization_id, 'day', day::timestamp AT TIME ZONE 'UTC', model_name, api_key_id, 0, requests,
                 cache_hits, 0, input_tokens, output_tokens, cost_usd, saved_usd, array_fill(0::bigint, ARRAY[32])
             FROM llm_platform_usagerollup
+            UNION ALL
+            SELECT organization_id, 'day_total', day::timestamp AT TIME ZONE 'UTC', '', 0, 0, sum(requests),
+                sum(cache_hits), 0, sum(input_tokens), sum(output_tokens), sum(cost_usd), sum(saved_usd),
+                array_fill(0::bigint, ARRAY[32])
+            FROM llm_platform_usagerollup GROUP BY organization_id, day
             """,
             migrations.RunSQL.noop,
         ),
