@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 from django.http.request import split_domain_port
+from django.urls import NoReverseMatch, reverse
 
 from apps.portal.selectors import portal_memberships
 from apps.rbac.decorators import member_may
@@ -51,15 +52,32 @@ def _may(request: HttpRequest, permission: str) -> bool:
     return member_may(request, Permission(permission))
 
 
+def _navigation(request: HttpRequest) -> list[dict[str, str]]:
+    """The sections the member's role may open (a page it may not is not offered; its view refuses
+    it too), each with its link and whether the page shown is it ("page") or inside it ("true": a
+    job's page is in Jobs)."""
+    offered = []
+    for item in NAVIGATION:
+        if item.get("permission") and not _may(request, item["permission"]):
+            continue
+        try:
+            offered.append({**item, "url": reverse(item["url_name"])})
+        except NoReverseMatch:  # a section this host doesn't serve
+            continue
+    path = request.path
+    inside = [item for item in offered if item["url"] != "/" and path.startswith(item["url"])]
+    section = max(inside, key=lambda item: len(item["url"]), default=None)
+    for item in offered:
+        item["current"] = "page" if path == item["url"] else "true" if item is section else ""
+    return offered
+
+
 def portal(request: HttpRequest) -> dict[str, Any]:
     tenant = getattr(request, "tenant", None)
     organization = tenant if tenant is not None and not tenant.is_public else None
     context: dict[str, Any] = {
         "portal_organization": organization,
-        # A page the member's role may not open is not offered (its view refuses it too).
-        "portal_navigation": [
-            item for item in NAVIGATION if not item.get("permission") or _may(request, str(item["permission"]))
-        ],
+        "portal_navigation": _navigation(request) if organization is not None else [],
         "portal_dev_mailbox": settings.DEV_MAILBOX,
         "portal_memberships": [],
         "portal_platform_origin": platform_origin(request),

@@ -1,0 +1,64 @@
+"""Every page in the portal's navigation, opened by each built-in role and by a member of another
+organization: the page answers 200 to the roles whose permissions include what it needs, 403 to
+the others, and is offered in the navigation exactly to those who may open it."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from apps.portal.context_processors import NAVIGATION
+from apps.rbac.models import Role
+from apps.rbac.permissions import Permission, role_permissions
+from apps.tenants.models import Organization
+from tests.factories import member_make
+
+PAGES = [item for item in NAVIGATION if item.get("permission")]
+
+
+def _signed_in(organization: Organization, role: str) -> Client:
+    client = Client(HTTP_HOST=f"{organization.slug}.localhost")
+    client.force_login(member_make(organization=organization, role=role))
+    return client
+
+
+def _may(role: str, permission: str) -> bool:
+    granted = role_permissions(role)
+    return Permission(permission) in granted or Permission.ADMIN in granted
+
+
+@pytest.mark.parametrize("role", [role.value for role in Role])
+def test_each_role_opens_what_its_permissions_allow_and_is_offered_only_that(
+    two_tenants: tuple[Organization, Organization], role: str
+) -> None:
+    organization = two_tenants[0]
+    client = _signed_in(organization, role)
+    home = client.get("/").content.decode()
+    for item in PAGES:
+        path = reverse(item["url_name"], urlconf="cognitionos.urls_tenant")
+        allowed = _may(role, item["permission"])
+        answer = client.get(path)
+        assert answer.status_code == (200 if allowed else 403), (role, path, answer.status_code)
+        assert (f'href="{path}"' in home) == allowed, (role, path)
+
+
+def test_a_member_of_another_organization_opens_none_of_them(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    organization, other = two_tenants
+    outsider = Client(HTTP_HOST=f"{organization.slug}.localhost")
+    outsider.force_login(member_make(organization=other, role=Role.OWNER))
+    for item in PAGES:
+        path = reverse(item["url_name"], urlconf="cognitionos.urls_tenant")
+        answer = outsider.get(path)
+        assert answer.status_code in (403, 404), (path, answer.status_code)
+        assert organization.name not in answer.content.decode() or answer.status_code == 403
+
+
+def test_a_page_inside_a_section_marks_that_section(two_tenants: tuple[Organization, Organization]) -> None:
+    client = _signed_in(two_tenants[0], Role.DEVELOPER)
+    html = client.get("/jobs/new/").content.decode()
+    assert '<a href="/jobs/" aria-current="true">Jobs</a>' in html
+    assert 'aria-current="page"' not in html.split('class="sidenav"')[1].split("</nav>")[0]
+    assert '<a href="/" aria-current' not in html  # Home is not the section of every page
