@@ -30,6 +30,8 @@ class Job(WorkItem):
             ),
         ]
         indexes = [
+            # The jobs list (API and portal), newest first by (created_at, id) keyset.
+            models.Index(fields=["-created_at", "-id"], name="jobs_job_listed"),
             # Admission: the oldest waiting jobs, and the count of those admitted and unfinished.
             models.Index(
                 fields=["created_at"], name="jobs_job_waiting", condition=models.Q(status="queued", admitted_at=None)

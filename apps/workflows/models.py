@@ -82,6 +82,8 @@ class WorkflowRun(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "created_at"], name="workflows_run_status"),
+            # The runs list (API and portal), newest first by (created_at, id) keyset.
+            models.Index(fields=["-created_at", "-id"], name="workflows_run_listed"),
             models.Index(
                 fields=["created_at"],
                 name="workflows_run_waiting",
