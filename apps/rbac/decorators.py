@@ -12,12 +12,13 @@ in. Templates hide what a role may not do with `member_permissions(request)`.
 from __future__ import annotations
 
 import functools
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from apps.rbac.permissions import Permission
 from apps.rbac.selectors import membership_permissions_cached
@@ -45,6 +46,20 @@ def member_may(request: HttpRequest, permission: Permission) -> bool:
     return permission.value in held or Permission.ADMIN.value in held
 
 
+def _sign_in_first(request: HttpRequest) -> HttpResponseBase:
+    """To the sign-in page, and back here after it. A fragment that HTMX polls after the session
+    ended sends the whole page there (HX-Redirect, back to the page it was on), instead of the
+    sign-in form landing in the fragment's place."""
+    if request.headers.get("HX-Request") != "true":
+        return redirect_to_login(request.get_full_path())
+    page = urllib.parse.urlsplit(request.headers.get("HX-Current-URL", "")).path
+    if not page.startswith("/") or page.startswith("//"):  # only a path on this host
+        page = "/"
+    response = HttpResponse(status=401)
+    response["HX-Redirect"] = redirect_to_login(page).url
+    return response
+
+
 def permission_required(
     declared: Permission | Mapping[str, Permission],
 ) -> Callable[[ViewFunction], ViewFunction]:
@@ -56,7 +71,7 @@ def permission_required(
         @functools.wraps(view)
         def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
-                return redirect_to_login(request.get_full_path())
+                return _sign_in_first(request)
             needed = required.get("GET" if request.method == "HEAD" else (request.method or "GET"))
             if needed is None or not member_may(request, needed):
                 raise PermissionDenied("your role doesn't allow this")

@@ -62,3 +62,25 @@ def test_a_page_inside_a_section_marks_that_section(two_tenants: tuple[Organizat
     assert '<a href="/jobs/" aria-current="true">Jobs</a>' in html
     assert 'aria-current="page"' not in html.split('class="sidenav"')[1].split("</nav>")[0]
     assert '<a href="/" aria-current' not in html  # Home is not the section of every page
+
+
+def test_a_fragment_polled_after_the_session_ended_sends_the_whole_page_to_sign_in(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    signed_out = Client(HTTP_HOST=f"{two_tenants[0].slug}.localhost")
+    polled = signed_out.get(
+        "/jobs/",
+        headers={
+            "HX-Request": "true",
+            "HX-Current-URL": f"http://{two_tenants[0].slug}.localhost/jobs/?status=running",
+        },
+    )
+    assert polled.status_code == 401 and polled.content == b""
+    assert polled["HX-Redirect"] == "/accounts/login/?next=/jobs/"
+    # Only a path on this host comes back: never another host.
+    elsewhere = signed_out.get(
+        "/jobs/", headers={"HX-Request": "true", "HX-Current-URL": "http://evil.example//evil.example/x"}
+    )
+    assert elsewhere["HX-Redirect"] == "/accounts/login/?next=/"
+    # A page (not a fragment) is redirected as before.
+    assert signed_out.get("/jobs/").status_code == 302
