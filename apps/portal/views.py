@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import urllib.parse
 
 from allauth.account.forms import LoginForm
@@ -22,14 +21,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.accounts.mail import mailbox_messages
 from apps.accounts.models import User
-from apps.accounts.principals import Principal
 from apps.apikeys.models import ApiKey
 from apps.apikeys.selectors import apikey_get, apikey_list
 from apps.apikeys.services import ApiKeyInvalid, ApiKeyRefused, apikey_create, apikey_revoke
 from apps.audit.filters import AuditEventFilter
 from apps.audit.models import AuditEvent
 from apps.portal.audit_pages import audit_details
-from apps.portal.caller import caller_organization, caller_user
+from apps.portal.caller import caller_organization, caller_principal, caller_user
 from apps.portal.context_processors import platform_origin
 from apps.portal.handover import HandoverRefused, handover_consume, handover_prepare, handover_source_allowed
 from apps.portal.key_forms import ApiKeyCreateForm
@@ -174,12 +172,6 @@ def dev_mailbox(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/dev_mailbox.html", {"messages_sent": mailbox_messages(to=to), "to": to or ""})
 
 
-def _member_principal(request: HttpRequest) -> Principal:
-    """The signed-in member as the services' actor, with their role's permissions (so a service's
-    own checks, such as "a key never above its creator", hold for the portal as for the API)."""
-    return dataclasses.replace(Principal.for_user(caller_user(request)), permissions=member_permissions(request))
-
-
 _FORM_SENT_TWICE = (
     "This form was already sent, and its key created (and shown) then: no second key was made. "
     "If you didn't copy the key, revoke it below and create another."
@@ -202,7 +194,7 @@ def keys(request: HttpRequest) -> HttpResponse:
             try:
                 issued = apikey_create(
                     organization=organization,
-                    actor=_member_principal(request),
+                    actor=caller_principal(request),
                     name=form.cleaned_data["name"],
                     scopes=form.cleaned_data["scopes"],
                     expires_at=form.expires_at(),
@@ -238,7 +230,7 @@ def key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
         api_key = apikey_get(organization=caller_organization(request), key_id=key_id)
     except ApiKey.DoesNotExist as missing:  # another organization's key is simply absent
         raise Http404 from missing
-    apikey_revoke(api_key=api_key, actor=_member_principal(request), reason="revoked in the portal")
+    apikey_revoke(api_key=api_key, actor=caller_principal(request), reason="revoked in the portal")
     messages.success(request, f"Revoked {api_key.name} (cos_{api_key.prefix}_…): it no longer works.")
     return redirect("portal-keys")
 

@@ -11,7 +11,6 @@ call one of them and draw the result.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import re
@@ -32,11 +31,10 @@ from django.urls import URLPattern, path
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from apps.accounts.principals import Principal
 from apps.api.errors import ApiError
-from apps.portal.caller import caller_organization, caller_user
+from apps.portal.caller import caller_organization, caller_principal
 from apps.portal.paging import keyset_page, keyset_page_by_time
-from apps.rbac.decorators import member_may, member_permissions, permission_required
+from apps.rbac.decorators import member_may, permission_required
 from apps.rbac.permissions import Permission
 from apps.work.progress import progress_stream
 from apps.workflows.definition import (
@@ -102,12 +100,6 @@ FORMATS = (("yaml", "YAML"), ("json", "JSON"))
 # did not parse as a whole; a parsed one has its dependencies from apps.workflows.definition).
 _STEP_REFERENCE = re.compile(r"\bsteps\.([A-Za-z_][A-Za-z0-9_]{0,63})")
 _STEP_LOCATION = re.compile(r"^steps\[(\d{1,3})\](?:\.(.+))?$")
-
-
-def _member_principal(request: HttpRequest) -> Principal:
-    """The signed-in member as the services' actor, with their role's permissions: a run is billed
-    to them (their user budgets apply) and the preview shows the budgets that would."""
-    return dataclasses.replace(Principal.for_user(caller_user(request)), permissions=member_permissions(request))
 
 
 # -- the definition, as text and as drawn steps -------------------------------------------------------------
@@ -456,14 +448,14 @@ def _save(
         if workflow is None:
             version = workflow_create(
                 organization=caller_organization(request),
-                actor=_member_principal(request),
+                actor=caller_principal(request),
                 name=form.cleaned_data["name"],
                 definition=definition,
             )
         else:
             version = workflow_update(
                 organization=caller_organization(request),
-                actor=_member_principal(request),
+                actor=caller_principal(request),
                 workflow=workflow,
                 definition=definition,
             )
@@ -693,7 +685,7 @@ def _start_page(
 ) -> HttpResponse:
     definition = definition_of(version=version)
     preview = workflow_cost_preview(
-        principal=_member_principal(request),
+        principal=caller_principal(request),
         definition=definition,
         data=data,
         organization=caller_organization(request),
@@ -772,7 +764,7 @@ def workflow_run(request: HttpRequest, workflow_id: UUID) -> HttpResponse:
     try:
         run = run_start(
             organization=caller_organization(request),
-            principal=_member_principal(request),
+            principal=caller_principal(request),
             workflow=workflow,
             input=data,
             version=version,
@@ -911,7 +903,7 @@ def run_events(request: HttpRequest, run_id: UUID) -> HttpResponse | StreamingHt
 def run_cancel_page(request: HttpRequest, run_id: UUID) -> HttpResponse:
     run = run_get(run_id=run_id)
     try:
-        run_cancel(organization=caller_organization(request), actor=_member_principal(request), run=run)
+        run_cancel(organization=caller_organization(request), actor=caller_principal(request), run=run)
     except RunFinished as finished:
         messages.warning(request, f"Not cancelled: {finished}.")
     else:
@@ -924,7 +916,7 @@ def run_cancel_page(request: HttpRequest, run_id: UUID) -> HttpResponse:
 def run_rerun_page(request: HttpRequest, run_id: UUID) -> HttpResponse:
     run = run_get(run_id=run_id)
     try:
-        rerun = run_rerun(organization=caller_organization(request), actor=_member_principal(request), run=run)
+        rerun = run_rerun(organization=caller_organization(request), actor=caller_principal(request), run=run)
     except RunNotRerunnable as refused:
         messages.warning(request, f"Not re-run: {refused}.")
         return redirect("portal-workflow-run", run_id=run.pk)
