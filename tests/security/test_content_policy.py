@@ -27,7 +27,7 @@ from apps.jobs.models import Job
 from apps.jobs.services import job_execute
 from apps.llm import caching
 from apps.llm import tasks as llm_tasks
-from apps.llm.models import CachedResponse, SemanticCacheEntry
+from apps.llm.models import CachedResponse, CallContent, SemanticCacheEntry
 from apps.llm.selectors import llm_settings_forget
 from apps.llm.services import llm_settings_set
 from apps.tenants.connection import organization_schema, tenant_connection
@@ -238,7 +238,7 @@ def _cached_everywhere(client: APIClient, text: str) -> None:
 
 def _age(organization: Organization, days: int) -> None:
     with organization_schema(organization):
-        for model in (CachedResponse, SemanticCacheEntry):
+        for model in (CachedResponse, SemanticCacheEntry, CallContent):
             model.objects.update(created_at=timezone.now() - dt.timedelta(days=days))
 
 
