@@ -265,6 +265,14 @@
     code.hidden = true;
   });
 
+  // Ctrl+Enter (⌘+Enter) in a message runs the prompt, as in other playgrounds.
+  form.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target.matches("textarea")) {
+      event.preventDefault();
+      form.requestSubmit(runButton);
+    }
+  });
+
   stopButton.addEventListener("click", () => {
     if (running) running.abort();
   });
@@ -316,12 +324,18 @@
   // --- View as code ---------------------------------------------------------------------------
   codeButton.addEventListener("click", async () => {
     clearErrors();
-    const response = await fetch(form.dataset.codeUrl, {
-      method: "POST",
-      body: formData(),
-      headers: { "X-CSRFToken": csrfToken() },
-      credentials: "same-origin",
-    });
+    let response;
+    try {
+      response = await fetch(form.dataset.codeUrl, {
+        method: "POST",
+        body: formData(),
+        headers: { "X-CSRFToken": csrfToken() },
+        credentials: "same-origin",
+      });
+    } catch (error) {
+      showProblem({ message: "The server could not be reached. Try again.", code: "error" });
+      return;
+    }
     if (!response.ok) {
       showProblem(await problemOf(response));
       status.textContent = "";

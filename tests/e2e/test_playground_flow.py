@@ -173,8 +173,8 @@ def test_a_prompt_streams_in_shows_its_figures_and_its_code(
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.strip() == answer
 
-    # The same prompt again: the cache answers (the snippet's call filled it too).
-    page.get_by_role("button", name="Run").click()
+    # The same prompt again, run from the keyboard: the cache answers (the snippet's call filled it too).
+    page.get_by_label("Message 3", exact=True).press("Control+Enter")
     expect(page.locator("#meta-cache")).to_have_text("Hit: L1 (this server's memory)")
     expect(page.locator("#meta-cost")).to_contain_text("cached answers cost nothing")
     expect(page.locator("#answer")).to_have_text(answer)
