@@ -99,6 +99,18 @@ WATCH_ANSWER = """() => {
     .observe(answer, {childList: true, subtree: true, characterData: true});
 }"""
 
+# Records each distinct state of the run's steps ("summary=running french=pending") as the page
+# swaps its live part, so that the test sees the steps finish one after the other.
+WATCH_STEPS = """() => {
+  const state = () => [...document.querySelectorAll("li[data-step]")]
+    .map(step => `${step.dataset.step}=${step.dataset.status}`).join(" ");
+  window.stepStates = [state()];
+  new MutationObserver(() => {
+    const now = state();
+    if (now !== window.stepStates[window.stepStates.length - 1]) window.stepStates.push(now);
+  }).observe(document.body, {childList: true, subtree: true, attributes: true, attributeFilter: ["data-status"]});
+}"""
+
 
 def shot(page: Any, name: str) -> None:
     """Screenshots `journey-<name>` at desktop and phone; at phone width every field is named and
@@ -247,14 +259,18 @@ def test_the_customer_portal_journey(
     with celery_worker(concurrency=2, env=_provider_env(fake), name="journey"):
         page.get_by_role("button", name="Start run").click()
         expect(page.get_by_role("heading", name="Run of translate")).to_be_visible()
-        page.evaluate("() => { window.stillTheSamePage = true; }")
+        page.evaluate(WATCH_STEPS)
         summary = page.locator('li[data-step="summary"]')
         french = page.locator('li[data-step="french"]')
         expect(summary).to_have_attribute("data-status", "succeeded", timeout=LIVE_TIMEOUT_MS)
         expect(french).to_have_attribute("data-status", "succeeded", timeout=LIVE_TIMEOUT_MS)
         expect(page.locator("#run-status")).to_contain_text("succeeded")
     fake.latency_s = 0.0
-    assert page.evaluate("() => window.stillTheSamePage === true")  # followed live, never reloaded
+    # Followed live (the watcher set on the page is still there: never reloaded), and seen between
+    # the steps: the summary done while the translation was not yet.
+    states = page.evaluate("() => window.stepStates")
+    assert states and "summary=succeeded french=succeeded" in states[-1], states
+    assert any("summary=succeeded" in state and "french=succeeded" not in state for state in states), states
     expect(summary.locator(".wf-output")).to_contain_text("The cat sat on the mat.")
     shot(page, "4-workflow-run")
 
@@ -266,13 +282,16 @@ def test_the_customer_portal_journey(
     expect(page.get_by_label("Hard limit: refuse calls that would go past it")).to_be_checked()
     page.get_by_role("button", name="Save budget").click()
     expect(page.get_by_text("Budget saved")).to_be_visible()
-    expect(page.locator("tbody tr", has_text="Organization")).to_contain_text("hard")
+    budget_row = page.locator("tbody tr", has_text="Organization")
+    expect(budget_row).to_contain_text("$0.000001")  # as set, not rounded to $0.00
+    expect(budget_row).to_contain_text("hard")
     shot(page, "5-budget")
 
     calls_before = len(fake.calls)
     open_page(page, "Playground")
     page.get_by_label("Model or policy").select_option("gpt-4o-mini")
     page.get_by_label("Message 1", exact=True).fill("A question nobody asked before")
+    expect(page.locator("#cost-preview")).to_contain_text("at most $")  # its worst case, before the run
     page.get_by_role("button", name="Run").click()
     refusal = page.get_by_role("alert").filter(has_text="Budget exceeded")
     expect(refusal).to_contain_text("the organization budget (day, $0.000001")
