@@ -171,3 +171,43 @@ def test_build_preview_and_run_the_docs_workflow(
     expect(page.locator("#runs-heading ~ .table-wrap tbody tr")).to_have_count(1)
     screenshot(page, "workflow-detail")
     phone_checks(page)
+
+
+def test_a_failed_run_is_rerun_from_its_failed_step(
+    page: Any, server: LiveServer, builder: User, provider: FakeProvider, live_db: LiveDb
+) -> None:
+    """The provider refuses the second step's model: the run fails at that step; re-run once the
+    provider is back, the first step's output is kept and only the second runs again."""
+    from playwright.sync_api import expect
+
+    base = server.organization_url(SLUG)
+    page.goto(base + "/")
+    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url(base + "/")
+    page.goto(base + "/workflows/new/")
+    page.get_by_label("Name").fill("flaky")
+    # The second step on one model (a policy would route around the failing one).
+    page.get_by_label("Definition").fill(EXAMPLE_YAML.replace("policy: cheapest", "model: gpt-5-nano"))
+    page.get_by_role("button", name="Create workflow").click()
+    page.get_by_role("link", name="Start a run").click()
+    page.get_by_label("text", exact=True).fill("A short text.")
+    # The model and its fallback (the catalog's) both refused: the step fails.
+    provider.fail_models({"gpt-5-nano", "gpt-4.1-nano"}, status=400)
+    with celery_worker(env=_provider_env(provider)):
+        page.get_by_role("button", name="Start run").click()
+        expect(page.locator("#run-status")).to_contain_text("failed", timeout=60_000)
+        expect(page.locator('li[data-step="summary"]')).to_have_attribute("data-status", "succeeded")
+        expect(page.locator('li[data-step="french"]')).to_have_attribute("data-status", "failed")
+        expect(page.get_by_role("button", name="Re-run from the failed step")).to_be_visible()
+        screenshot(page, "workflow-run-failed")
+        phone_checks(page)
+        provider.fail_models(set())
+        page.get_by_role("button", name="Re-run from the failed step").click()
+        expect(page.get_by_text("Re-running from the failed step")).to_be_visible()
+        expect(page.locator("#run-status")).to_contain_text("succeeded", timeout=60_000)
+    summary = page.locator('li[data-step="summary"]')
+    expect(summary).to_contain_text("kept from the earlier run")
+    expect(page.locator('li[data-step="french"]')).to_have_attribute("data-status", "succeeded")
+    expect(page.get_by_role("link", name="an earlier run")).to_be_visible()
