@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Generator, Iterator
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -94,6 +95,9 @@ def playground(request: HttpRequest) -> HttpResponse:
             "default_max_tokens": DEFAULT_MAX_TOKENS,
             "max_turns": MAX_TURNS,
             "api_base_url": f"{platform_origin(request)}/v1",
+            # What Django reads of a form body at most (larger is refused before any view): the
+            # page checks the prompt against it before sending.
+            "max_body_bytes": settings.DATA_UPLOAD_MAX_MEMORY_SIZE or "",
             # The answer links to its row in the request log, for those who may open it.
             "request_url": reverse("portal-request-detail", args=["REQUEST_ID"])
             if member_may(request, Permission.BUDGETS_READ)

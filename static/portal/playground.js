@@ -129,6 +129,7 @@
       // Not our JSON (a proxy's page, a sign-in redirect): said below.
     }
     if (response.status === 403) return { message: "Your role doesn't allow running prompts here.", code: "forbidden" };
+    if (response.status === 400 || response.status === 413) return TOO_LARGE;
     return { message: `The server answered ${response.status}. Reload the page and try again.`, code: "error" };
   }
 
@@ -137,6 +138,17 @@
   function formData() {
     return new URLSearchParams(new FormData(form));
   }
+
+  // The server reads a form body up to a size (and refuses a larger one with a bare 400 page).
+  const maxBodyBytes = Number(form.dataset.maxBodyBytes || 0);
+  function tooLarge(body) {
+    return maxBodyBytes > 0 && body.toString().length > maxBodyBytes;
+  }
+  const TOO_LARGE = {
+    field: "turns",
+    code: "invalid_field",
+    message: "The prompt is too large to send from this page: shorten it, or send it through the API.",
+  };
 
   function csrfToken() {
     return form.querySelector("[name=csrfmiddlewaretoken]").value;
@@ -232,13 +244,18 @@
     clearErrors();
     answer.replaceChildren();
     meta.hidden = true;
+    const body = formData();
+    if (tooLarge(body)) {
+      showProblem(TOO_LARGE);
+      return;
+    }
     status.textContent = "Sending…";
     running = new AbortController();
     setRunning(true);
     try {
       const response = await fetch(form.action, {
         method: "POST",
-        body: formData(),
+        body,
         headers: { "X-CSRFToken": csrfToken(), Accept: "text/event-stream" },
         credentials: "same-origin",
         signal: running.signal,
@@ -284,24 +301,29 @@
 
   async function showPreview() {
     const asked = ++previewAsked;
+    const body = formData();
+    if (tooLarge(body)) {
+      preview.textContent = TOO_LARGE.message;
+      return;
+    }
     let text;
     try {
       const response = await fetch(form.dataset.previewUrl, {
         method: "POST",
-        body: formData(),
+        body,
         headers: { "X-CSRFToken": csrfToken() },
         credentials: "same-origin",
       });
-      const body = await response.json();
+      const figures = await response.json();
       if (response.ok) {
-        const fallback = body.worst_model === body.model ? "" : ` if it falls back to ${body.worst_model}`;
+        const fallback = figures.worst_model === figures.model ? "" : ` if it falls back to ${figures.worst_model}`;
         text =
-          `Cost: about ${money(body.expected_usd)} on ${body.model} for a ${body.expected_output_tokens}-token ` +
-          `answer; at most ${money(body.worst_usd)}${fallback}.`;
-      } else if (!body.error || (body.error.field || "").startsWith("turn")) {
+          `Cost: about ${money(figures.expected_usd)} on ${figures.model} for a ${figures.expected_output_tokens}-token ` +
+          `answer; at most ${money(figures.worst_usd)}${fallback}.`;
+      } else if (!figures.error || (figures.error.field || "").startsWith("turn")) {
         text = "The cost appears here once the prompt is written.";
       } else {
-        text = `No cost yet: ${body.error.message}`;
+        text = `No cost yet: ${figures.error.message}`;
       }
     } catch (error) {
       text = "";
@@ -324,11 +346,16 @@
   // --- View as code ---------------------------------------------------------------------------
   codeButton.addEventListener("click", async () => {
     clearErrors();
+    const body = formData();
+    if (tooLarge(body)) {
+      showProblem(TOO_LARGE);
+      return;
+    }
     let response;
     try {
       response = await fetch(form.dataset.codeUrl, {
         method: "POST",
-        body: formData(),
+        body,
         headers: { "X-CSRFToken": csrfToken() },
         credentials: "same-origin",
       });

@@ -319,6 +319,18 @@ def test_bad_parameters_are_refused_400_naming_the_field(
     assert fake.calls == [] and ledger(organization) == []
 
 
+def test_a_form_over_the_body_limit_is_refused_before_anything_runs(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider, settings: Any
+) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2000
+    organization = two_tenants[0]
+    client, _ = signed_in(client_for, organization)
+    page = client.get("/playground/").content.decode()
+    assert 'data-max-body-bytes="2000"' in page  # the page checks it before sending, too
+    assert client.post(RUN, prompt(content=["x" * 3000])).status_code == 400
+    assert fake.calls == [] and ledger(organization) == []
+
+
 def test_an_unknown_model_is_refused_at_the_model_field(
     two_tenants: tuple[Organization, Organization], client_for: ClientFor
 ) -> None:
