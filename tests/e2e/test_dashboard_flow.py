@@ -103,8 +103,7 @@ def test_the_dashboard_draws_its_charts_and_offers_its_numbers_as_text(
     problems: list[str] = []
 
     def console(message: Any) -> None:
-        # The portal has no favicon yet: the browser's own request for one is not the page's error.
-        if message.type == "error" and not message.location.get("url", "").endswith("/favicon.ico"):
+        if message.type == "error":
             problems.append(f"{message.text} ({message.location.get('url', '')})")
 
     page.on("console", console)
