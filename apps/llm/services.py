@@ -8,6 +8,7 @@ from decimal import Decimal
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -23,7 +24,7 @@ from apps.llm.models import (
     LlmSettings,
     ProviderCredential,
 )
-from apps.llm.platform.models import CatalogModel, Provider
+from apps.llm.platform.models import CatalogModel, Provider, UsageBucket, UsageSpan
 from apps.llm.platform.selectors import catalog
 from apps.llm.providers import CallContext, ProviderError, compatible_key_name, provider_for
 from apps.llm.selectors import llm_settings_forget
@@ -427,3 +428,14 @@ def llm_content_sweep(*, organization: Organization) -> int:
             schema=organization.schema_name,
             created_before=timezone.now() - dt.timedelta(days=current.retention_days),
         )
+
+
+def usage_hours_prune(*, now: dt.datetime | None = None, batch: int = 10_000) -> int:
+    """Delete hour buckets of usage older than USAGE_HOUR_BUCKETS_DAYS, every organization's, in
+    batches (only the dashboard's short ranges read hours; the day buckets stay). Returns how many."""
+    cutoff = (now or timezone.now()) - dt.timedelta(days=settings.USAGE_HOUR_BUCKETS_DAYS)
+    old = UsageBucket.objects.filter(span__in=[UsageSpan.HOUR, UsageSpan.HOUR_TOTAL], start__lt=cutoff)
+    deleted = 0
+    while ids := list(old.values_list("pk", flat=True)[:batch]):
+        deleted += UsageBucket.objects.filter(pk__in=ids).delete()[0]
+    return deleted

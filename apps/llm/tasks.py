@@ -1,7 +1,7 @@
 from celery import shared_task
 
 from apps.llm.budgets import holds_sweep, usage_fold
-from apps.llm.services import llm_content_sweep
+from apps.llm.services import llm_content_sweep, usage_hours_prune
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_list
@@ -56,3 +56,9 @@ def llm_usage_fold_all() -> int:
     for organization_id in ids:
         llm_usage_fold.delay(tenant_id=organization_id)
     return len(ids)
+
+
+@shared_task
+def llm_usage_hours_prune() -> int:
+    """Beat: delete every organization's hour buckets past their keeping (one public table)."""
+    return usage_hours_prune()

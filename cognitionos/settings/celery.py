@@ -38,6 +38,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "llm-holds-sweep": {"task": "apps.llm.tasks.llm_holds_sweep_all", "schedule": 60.0},
     # Settled ledger rows are added to the public usage rollup (off the request path).
     "llm-usage-fold": {"task": "apps.llm.tasks.llm_usage_fold_all", "schedule": 60.0},
+    # Hour buckets of usage (the dashboard's short ranges) past USAGE_HOUR_BUCKETS_DAYS are deleted;
+    # day buckets stay.
+    "llm-usage-hours-prune": {"task": "apps.llm.tasks.llm_usage_hours_prune", "schedule": 3600.0},
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
     # The one per-tenant fan-out of background work (apps.work.tasks), three duties:

@@ -45,3 +45,7 @@ METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 CREDENTIALS_ENCRYPTION_KEYS = env_str("CREDENTIALS_ENCRYPTION_KEYS", "")
 # Cache hits are written to the ledger in batches this often (0: at once, as the tests do).
 LLM_HIT_BATCH_SECONDS = float(env_str("LLM_HIT_BATCH_SECONDS", "0.25"))
+
+# Hour buckets of usage are read by the dashboard's ranges up to 7 days; kept this long, then
+# deleted (day buckets are kept).
+USAGE_HOUR_BUCKETS_DAYS = env_int("USAGE_HOUR_BUCKETS_DAYS", 35)

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.test.utils import CaptureQueriesContext
+from django.test.utils import CaptureQueriesContext, override_settings
 from django_tenants.utils import schema_context
 
 from apps.llm.budgets import usage_fold
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.models import LATENCY_SLOT_FLOORS_MS, LATENCY_SLOTS, UsageBucket, UsageRollup
+from apps.llm.services import usage_hours_prune
 from apps.llm.usage import latency_percentile, usage_series
 from apps.tenants.models import Organization
 
@@ -225,3 +226,19 @@ def test_latency_percentiles_interpolate_in_their_slot() -> None:
     assert 91 <= (latency_percentile(histogram, 0.5) or 0) <= 128
     histogram[-1] = 90  # beyond the last floor: the floor
     assert latency_percentile(histogram, 0.95) == LATENCY_SLOT_FLOORS_MS[-1]
+
+
+def test_hour_buckets_past_their_keeping_are_pruned_and_day_buckets_stay(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    for organization in two_tenants:
+        attempt(organization, created_at=NOW - dt.timedelta(days=40), settled_at=NOW - dt.timedelta(days=40))
+        attempt(organization, created_at=NOW - dt.timedelta(days=2), settled_at=NOW - dt.timedelta(days=2))
+        usage_fold(organization=organization)
+    spans = ("hour", "hour_total")
+    assert UsageBucket.objects.filter(span__in=spans).count() == 8
+    with override_settings(USAGE_HOUR_BUCKETS_DAYS=35):
+        assert usage_hours_prune(now=NOW, batch=1) == 4  # in batches of one: the loop ends
+    kept = UsageBucket.objects.filter(span__in=spans)
+    assert kept.count() == 4 and all(row.start > NOW - dt.timedelta(days=35) for row in kept)
+    assert UsageBucket.objects.filter(span__in=("day", "day_total")).count() == 8
