@@ -156,6 +156,9 @@ def test_the_customer_portal_journey(
     assert key.startswith("cos_")
     assert api_base_url == f"http://localhost:{server.port}/v1"
     shot(page, "1-key-created")
+    page.reload()  # shown once: the page lists the key by its prefix from now on
+    expect(page.locator("tbody tr", has_text=KEY_NAME)).to_have_count(1)
+    assert key not in page.content()
 
     # -- 2. The playground: the answer streams in, then its figures. -------------------------------
     fake.slow_stream(chunk_delay_s=0.3)  # the answer visibly arrives in pieces
@@ -232,6 +235,8 @@ def test_the_customer_portal_journey(
     misspelled = example.replace("{{ steps.summary.output }}", "{{ steps.sumary.output }}")
     assert misspelled != example
     open_page(page, "Workflows")
+    expect(page.get_by_text("No workflows yet.")).to_be_visible()
+    shot(page, "4-workflows-empty")
     page.get_by_role("link", name="Create a workflow from the example").click()
     expect(page.get_by_role("heading", name="New workflow")).to_be_visible()
     page.get_by_label("Name").fill("translate")
@@ -245,6 +250,8 @@ def test_the_customer_portal_journey(
     page.get_by_label("Definition").fill(example)
     page.get_by_role("button", name="Create workflow").click()
     expect(page.get_by_role("heading", name="translate", level=1)).to_be_visible()
+    expect(page.get_by_text("Created translate (version 1).")).to_be_visible()
+    shot(page, "4-workflow")
     page.get_by_role("link", name="Start a run").click()
     page.get_by_label("text", exact=True).fill("The cat sat on the mat. It was a sunny day and the cat was happy.")
     page.get_by_role("button", name="Update the cost preview").click()
