@@ -7,8 +7,9 @@ answer as server-sent events:
 
     event: start  {"request_id", "model", "cache"}
     event: delta  {"text"}                       (as the model writes)
-    event: end    {"model", "prompt_tokens", "completion_tokens", "cost_usd", "cache",
-                   "latency_ms", "first_token_ms", "finish_reason"}
+    event: end    {"request_id", "model", "prompt_tokens", "completion_tokens", "cost_usd", "cache",
+                   "simulated", "latency_ms", "first_token_ms", "finish_reason",
+                   and from the ledger "reserved_usd", "settled_usd", "saved_usd"}
     event: error  {"message"}                    (the provider's stream broke after it began)
 
 A call refused before it starts (bad field, budget, rate limit, model, provider) is answered with
@@ -94,7 +95,6 @@ def playground(request: HttpRequest) -> HttpResponse:
             "selected": _preselected(models, engine_settings.default_policy),
             "default_max_tokens": DEFAULT_MAX_TOKENS,
             "max_turns": MAX_TURNS,
-            "api_base_url": f"{platform_origin(request)}/v1",
             # What Django reads of a form body at most (larger is refused before any view): the
             # page checks the prompt against it before sending.
             "max_body_bytes": settings.DATA_UPLOAD_MAX_MEMORY_SIZE or "",
