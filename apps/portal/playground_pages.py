@@ -272,7 +272,10 @@ def playground_code(request: HttpRequest) -> HttpResponse:
     except PromptInvalid as invalid:
         return _problem(400, invalid.message, "invalid_field", invalid.field)
     snippets = prompt_snippets(prompt, platform_url=platform_origin(request))
-    return render(request, "portal/playground/_code.html", {"snippets": snippets, "prompt": prompt})
+    keys_url = reverse("portal-keys") if member_may(request, Permission.KEYS_MANAGE) else ""
+    return render(
+        request, "portal/playground/_code.html", {"snippets": snippets, "prompt": prompt, "keys_url": keys_url}
+    )
 
 
 urlpatterns = [

@@ -463,6 +463,7 @@ def test_view_as_code_is_valid_escaped_code_for_the_same_call(
     assert "</script><script>" not in page and "<b>bold</b>" not in page  # escaped like any text
     code = snippets(response)
     assert set(code) == {"openai", "anthropic", "curl"}
+    assert '<a href="/keys/">create one</a>' in page  # a developer may create keys
     for name in ("openai", "anthropic"):
         ast.parse(code[name])
         assert "cos_" not in code[name] and 'os.environ["COGNITIONOS_API_KEY"]' in code[name]
