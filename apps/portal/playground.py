@@ -15,12 +15,21 @@ import math
 import re
 import shlex
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.http import QueryDict
 
-from apps.llm.calls import CHAT_POLICIES, ChatCall, ChatCostPreview, LlmRefusal, chat_call_parse, chat_cost_preview
+from apps.llm.calls import (
+    CHAT_POLICIES,
+    BudgetStatus,
+    ChatCall,
+    ChatCostPreview,
+    LlmRefusal,
+    chat_call_parse,
+    chat_cost_preview,
+)
 
 ROLES = ("user", "assistant")
 MAX_TURNS = 50  # the gateway takes 2,048 messages; a page with more is not a playground any more
@@ -186,6 +195,34 @@ def prompt_cost_preview(call: ChatCall) -> ChatCostPreview:
         expected_output_tokens=EXPECTED_OUTPUT_TOKENS,
         routing_prompt_tokens=call.prompt_token_bound // BYTES_PER_TOKEN,
     )
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """The tightest hard budget a member's call is reserved against, and what it has left."""
+
+    label: str  # "the organization's daily budget", "your monthly budget"
+    remaining_usd: Decimal
+
+
+def budget_headroom(statuses: list[BudgetStatus], *, user_id: int) -> Headroom | None:
+    """Of the hard budgets a call by this member counts against (the organization's, and the
+    member's own), the one with the least left; None when there is none."""
+    applying = [
+        status
+        for status in statuses
+        if status.budget.hard
+        and (
+            status.budget.scope == "organization"
+            or (status.budget.scope == "user" and status.budget.scope_id == str(user_id))
+        )
+    ]
+    if not applying:
+        return None
+    tightest = min(applying, key=lambda status: status.remaining_usd)
+    period = {"day": "daily", "month": "monthly"}.get(tightest.budget.period, tightest.budget.period)
+    whose = "the organization's" if tightest.budget.scope == "organization" else "your"
+    return Headroom(label=f"{whose} {period} budget", remaining_usd=tightest.remaining_usd)
 
 
 # --- View as code ------------------------------------------------------------------------------

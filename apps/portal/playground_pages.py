@@ -38,17 +38,19 @@ from apps.llm.calls import (
     ChatModelChoice,
     ChatStream,
     LlmRefusal,
+    budget_statuses,
     call_detail,
     chat_model_choices,
     llm_settings_get,
 )
 from apps.llm.gateway import stream_start
-from apps.portal.caller import caller_organization, caller_principal
+from apps.portal.caller import caller_organization, caller_principal, caller_user
 from apps.portal.context_processors import platform_origin
 from apps.portal.playground import (
     DEFAULT_MAX_TOKENS,
     MAX_TURNS,
     PromptInvalid,
+    budget_headroom,
     prompt_cost_preview,
     prompt_parse,
     prompt_snippets,
@@ -252,6 +254,7 @@ def playground_preview(request: HttpRequest) -> HttpResponse:
         preview = prompt_cost_preview(call)
     except LlmRefusal as refusal:
         return _refused(refusal, prompt.field_of(refusal.param) if refusal.param else None)
+    headroom = budget_headroom(budget_statuses(), user_id=caller_user(request).pk)
     return JsonResponse(
         {
             "model": preview.model,
@@ -259,6 +262,8 @@ def playground_preview(request: HttpRequest) -> HttpResponse:
             "expected_output_tokens": preview.expected_output_tokens,
             "worst_usd": str(preview.worst_usd),
             "worst_model": preview.worst_model,
+            # The tightest hard budget it counts against: a reservation above what is left is refused.
+            "budget": {"label": headroom.label, "remaining_usd": str(headroom.remaining_usd)} if headroom else None,
         }
     )
 

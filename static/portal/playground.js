@@ -320,6 +320,12 @@
         text =
           `Cost: about ${money(figures.expected_usd)} on ${figures.model} for a ${figures.expected_output_tokens}-token ` +
           `answer; at most ${money(figures.worst_usd)}${fallback}.`;
+        if (figures.budget) {
+          const left = Number(figures.budget.remaining_usd);
+          text +=
+            ` ${figures.budget.label[0].toUpperCase()}${figures.budget.label.slice(1)} has ${money(left)} left` +
+            (left < Number(figures.worst_usd) ? ": less than the worst case, so the call may be refused." : ".");
+        }
       } else if (!figures.error || (figures.error.field || "").startsWith("turn")) {
         text = "The cost appears here once the prompt is written.";
       } else {

@@ -190,6 +190,10 @@ def test_a_prompt_streams_in_shows_its_figures_and_its_code(
     )
     tenant_connection().set_schema_to_public()
     page.get_by_label("Message 3", exact=True).fill("A question nobody asked before")
+    # The preview (asked again as the prompt changed) says so before anything runs.
+    expect(page.locator("#cost-preview")).to_contain_text(
+        "The organization's daily budget has $0.000001 left: less than the worst case, so the call may be refused."
+    )
     page.get_by_role("button", name="Run").click()
     refusal = page.get_by_role("alert").filter(has_text="Budget exceeded")
     expect(refusal).to_contain_text("the organization budget (day, $0.000001")

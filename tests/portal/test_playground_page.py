@@ -193,7 +193,7 @@ def test_the_cost_is_previewed_before_the_prompt_runs(
     two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider
 ) -> None:
     organization = two_tenants[0]
-    client, _ = signed_in(client_for, organization)
+    client, user = signed_in(client_for, organization)
     preview = client.post("/playground/preview/", prompt(max_tokens="1000"))
     assert preview.status_code == 200
     figures = preview.json()
@@ -205,6 +205,43 @@ def test_the_cost_is_previewed_before_the_prompt_runs(
     end = events(client.post(RUN, prompt(max_tokens="1000")))[-1][1]
     assert 0 < Decimal(end["reserved_usd"]) < Decimal(figures["worst_usd"])
     assert fake.calls and len(ledger(organization)) == 1  # the preview called nothing, wrote nothing
+    assert figures["budget"] is None  # no hard budget yet
+
+    # Against what the hard budgets that count for this member have left: the tightest is named.
+    other = member_make(organization=organization, role="developer")
+    budget_set(
+        organization=organization, scope="organization", period="day", limit_usd=Decimal("0.01"), actor=TEST_ACTOR
+    )
+    budget_set(
+        organization=organization,
+        scope="user",
+        scope_id=str(other.pk),
+        period="day",
+        limit_usd=Decimal("0.000001"),
+        actor=TEST_ACTOR,
+    )  # someone else's: not this member's concern
+    budget_set(
+        organization=organization,
+        scope="user",
+        scope_id=str(user.pk),
+        period="month",
+        limit_usd=Decimal("0.000002"),
+        hard=False,
+        actor=TEST_ACTOR,
+    )  # soft: warns, never refuses
+    budget = client.post("/playground/preview/", prompt()).json()["budget"]
+    assert budget["label"] == "the organization's daily budget"
+    assert Decimal(budget["remaining_usd"]) == Decimal("0.01")  # counted from the budget's making
+    budget_set(
+        organization=organization,
+        scope="user",
+        scope_id=str(user.pk),
+        period="month",
+        limit_usd=Decimal("0.00001"),
+        actor=TEST_ACTOR,
+    )
+    assert client.post("/playground/preview/", prompt()).json()["budget"]["label"] == "your monthly budget"
+
     refused = client.post("/playground/preview/", prompt(top_p="2"))
     assert refused.status_code == 400 and refused.json()["error"]["field"] == "top_p"
     assert client.post("/playground/preview/", prompt(model="no-such-model")).json()["error"]["field"] == "model"
