@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -18,9 +19,11 @@ from typing import Any
 
 import pytest
 from allauth.account.models import EmailAddress
+from django_tenants.utils import schema_context
 
 from apps.accounts.models import User
 from apps.apikeys.services import apikey_create
+from apps.llm.models import UsageAttempt
 from apps.llm.services import budget_set
 from apps.ops.management.commands.up import web_binds
 from apps.rbac.models import Membership, Role
@@ -74,6 +77,11 @@ def organization(live_db: LiveDb) -> Iterator[Organization]:
     yield organization
     tenant_connection().set_schema_to_public()
     User.objects.filter(email=EMAIL).delete()
+
+
+def _stopped_attempts(organization: Organization) -> list[tuple[str, str]]:
+    with schema_context(organization.schema_name):
+        return list(UsageAttempt.objects.filter(error_class="client_disconnected").values_list("status", "error_class"))
 
 
 # Records the answer's text each time it changes, and whether the end's metadata was shown yet.
@@ -178,6 +186,19 @@ def test_a_prompt_streams_in_shows_its_figures_and_its_code(
     expect(page.locator("#meta-cache")).to_have_text("Hit: L1 (this server's memory)")
     expect(page.locator("#meta-cost")).to_contain_text("cached answers cost nothing")
     expect(page.locator("#answer")).to_have_text(answer)
+
+    # Stopped while it streams: the page says so, and the server settles the call from its
+    # reservation once it notices the browser left (the next chunk it can't send).
+    page.get_by_label("Message 3", exact=True).fill("Stop me halfway")
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator("#answer")).to_contain_text("Simulated")
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#answer-status")).to_have_text("Stopped. A stopped call is charged what it reserved.")
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+    deadline = time.monotonic() + 10
+    while (stopped := _stopped_attempts(organization)) == [] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stopped == [("failed", "client_disconnected")]
 
     # A hard budget below one call's reservation: the page says so, with the budget's own message.
     budget_set(
