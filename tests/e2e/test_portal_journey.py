@@ -298,7 +298,10 @@ def test_the_customer_portal_journey(
     open_page(page, "Playground")
     page.get_by_label("Model or policy").select_option("gpt-4o-mini")
     page.get_by_label("Message 1", exact=True).fill("A question nobody asked before")
-    expect(page.locator("#cost-preview")).to_contain_text("at most $")  # its worst case, before the run
+    # Before the run, the preview gives the worst case and says the budget has less left than that.
+    preview = page.locator("#cost-preview")
+    expect(preview).to_contain_text("at most $")
+    expect(preview).to_contain_text("has $0.000001 left: less than the worst case, so the call may be refused")
     page.get_by_role("button", name="Run").click()
     refusal = page.get_by_role("alert").filter(has_text="Budget exceeded")
     expect(refusal).to_contain_text("the organization budget (day, $0.000001")
