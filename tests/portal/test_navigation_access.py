@@ -5,7 +5,9 @@ the others, and is offered in the navigation exactly to those who may open it.""
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from apps.portal.context_processors import NAVIGATION
@@ -84,3 +86,18 @@ def test_a_fragment_polled_after_the_session_ended_sends_the_whole_page_to_sign_
     assert elsewhere["HX-Redirect"] == "/accounts/login/?next=/"
     # A page (not a fragment) is redirected as before.
     assert signed_out.get("/jobs/").status_code == 302
+
+
+def test_a_signed_in_page_reads_its_session_without_a_query_and_sign_out_ends_it(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    client = _signed_in(two_tenants[0], Role.VIEWER)
+    client.get("/")
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/").status_code == 200
+    assert not [query for query in queries.captured_queries if "django_session" in query["sql"]]
+    session_cookie = client.cookies["sessionid"].value
+    client.post("/accounts/logout/")
+    replay = Client(HTTP_HOST=f"{two_tenants[0].slug}.localhost")
+    replay.cookies["sessionid"] = session_cookie
+    assert replay.get("/jobs/").status_code == 302  # the old cookie is signed out everywhere it was cached
