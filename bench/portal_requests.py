@@ -194,6 +194,7 @@ def bench(rows: int, small_rows: int, requests: int, explain: bool) -> None:
             "model (0.1% of rows)": "/requests/?model=gpt-4-turbo",
             "one API key": f"/requests/?key={keys[3]}",
             "cache layer l2": "/requests/?cache=l2",
+            "a source with no calls": "/requests/?source=retrieval",
             "request id prefix": f"/requests/?request={prefix}",
             "one day, 30 days ago": f"/requests/?since={since}&until={until}",
             "failed + model": "/requests/?status=failed&model=gpt-4o",

@@ -106,6 +106,7 @@ class UsageAttempt(models.Model):
                 condition=~models.Q(cache_layer=""),
                 name="llm_attempt_log_cache",
             ),
+            models.Index(fields=["source", "created_at", "id"], name="llm_attempt_log_source"),
             # Prefix search on the request id (LIKE 'abc%'), whatever the database's collation.
             models.Index(fields=["request_id"], opclasses=["varchar_pattern_ops"], name="llm_attempt_log_request"),
             # What the rollup fold has left to do: small, whatever the ledger's size.
