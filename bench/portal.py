@@ -1,7 +1,9 @@
-"""Portal figures (issue 10): sign-up to a ready organization, and the members, keys and audit pages
-with 1,000 members, 1,000 API keys and 100,000 audit events.
+"""Portal figures. Issue 10: sign-up to a ready organization, and the members, keys and audit pages
+with 1,000 members, 1,000 API keys and 100,000 audit events. Issue 12: the dashboard and the
+request log at 1,000,000 ledger rows, and the playground's first token against /v1's.
 
-    .venv/bin/python bench/portal.py [--signups 30] [--requests 200] [--events 100000]
+    .venv/bin/python bench/portal.py [--part all|access|dashboard|requests|playground]
+                                     [--signups 30] [--requests 200] [--events 100000]
 
 Prints:
 - the sign-up form's POST (account, first organization, its schema cloned, the verification mail
@@ -13,7 +15,10 @@ Prints:
 
 Server time is the whole Django stack in-process (middleware, view, template), without a network or
 a web server. Runs on its own database in the bench servers (.data/bench). Not a test: the machine is
-shared and noisy; compare figures within one run. Goals: sign-up p95 <= 1 s.
+shared and noisy; compare figures within one run. Goals: sign-up p95 <= 1 s; dashboard p95 <= 150 ms
+and request log p95 <= 100 ms at 1,000,000 rows, queries constant; playground first token <= 5 ms
+behind /v1's. The issue-12 parts are bench/portal_dashboard.py, portal_requests.py and
+portal_playground.py, run in turn (each prints its own method).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -260,15 +266,36 @@ def bench_pages(requests: int, events: int) -> None:
     connection.close()
 
 
+# The issue-12 pages' figures, each measured by its own script (its own database and servers), in
+# a process of its own: `--part` picks them.
+PAGE_FIGURES = {
+    "dashboard": "bench/portal_dashboard.py",
+    "requests": "bench/portal_requests.py",
+    "playground": "bench/portal_playground.py",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--signups", type=int, default=30)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument(
+        "--part",
+        choices=["all", "access", *PAGE_FIGURES],
+        default="all",
+        help="access: sign-up and the members, keys and audit pages; dashboard, requests, playground: "
+        "the figures of issue 12 (each also runs alone: bench/portal_<part>.py --help)",
+    )
     args = parser.parse_args()
-    django_on_fresh_database("cognitionos_bench_portal")
-    bench_signup(args.signups)
-    bench_pages(args.requests, args.events)
+    if args.part in ("all", "access"):
+        django_on_fresh_database("cognitionos_bench_portal")
+        bench_signup(args.signups)
+        bench_pages(args.requests, args.events)
+    for part, script in PAGE_FIGURES.items():
+        if args.part in ("all", part):
+            print(f"\n== {part} ({script})", flush=True)
+            subprocess.run([sys.executable, str(ROOT / script)], check=True)
 
 
 if __name__ == "__main__":
