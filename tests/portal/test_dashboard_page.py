@@ -260,3 +260,19 @@ def test_the_query_count_does_not_grow_with_the_usage(
     many = {range_key: _queries(client, f"/usage/?range={range_key}") for range_key in ("24h", "90d")}
     assert many == few
     assert _queries(client, "/usage/export.csv?range=7d&by=user") <= few["24h"]
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (Decimal("1234.5"), "$1,234.50"),
+        (Decimal("0.5"), "$0.50"),
+        (Decimal("0.0042"), "$0.0042"),
+        (Decimal("0.000016"), "$0.000016"),  # one cheap call: never "$0.00"
+        (Decimal("0.00001234"), "$0.000012"),
+        (Decimal(0), "$0.00"),
+        (None, "—"),
+    ],
+)
+def test_dollars_are_written_so_a_cheap_call_is_not_zero(amount: Decimal | None, shown: str) -> None:
+    assert usd(amount) == shown

@@ -14,12 +14,15 @@ NONE = "—"
 @register.filter
 def usd(value: Decimal | float | None) -> str:
     """$1,234.56; below a dollar with up to four decimals ($0.0042, $0.50), as single calls cost
-    fractions of a cent."""
+    fractions of a cent; below a hundredth of a cent two significant digits ($0.000016)."""
     if value is None:
         return NONE
     amount = Decimal(value)
     if abs(amount) >= 1:
         return f"${amount:,.2f}"
+    if amount and abs(amount) < Decimal("0.0001"):
+        # What one cheap call costs: two significant digits, never "$0.00".
+        return f"${amount:.{min(8, 1 - amount.adjusted())}f}"
     digits = f"{amount:.4f}".rstrip("0")
     return "$" + (digits + "0" * (2 - len(digits.split(".")[1])))
 
