@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
+from typing import Any
 
 from django.db import connection, transaction
 from psycopg import sql
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
+from apps.billing.models import Plan, PlanVersion
 from apps.rbac.models import CustomRole, Role
 from apps.rbac.services import membership_create
 from apps.tenants.connection import tenant_connection
@@ -18,7 +21,42 @@ from apps.tenants.services import organization_create
 TEST_ACTOR = Principal.system("tests")
 
 
-def organization_make(*, slug: str, name: str = "", plan_code: str = "free", owner_email: str = "") -> Organization:
+# What a plan version gives when a test doesn't say: Free's numbers, every feature, overage billed
+# (so no platform hard budget). The suite's organizations are on it ("suite"); tests of what a plan
+# refuses make their own plan (plan_make) or use Free.
+PLAN_DEFAULTS: dict[str, Any] = {
+    "included_usage_usd": Decimal("5.00"),
+    "overage_allowed": True,
+    "overage_price_per_usd": Decimal("1.0000"),
+    "max_members": 3,
+    "max_api_keys": None,
+    "requests_per_minute": 60,
+    "tokens_per_minute": 100_000,
+    "max_concurrent_jobs": 2,
+    "max_concurrent_runs": 2,
+    "max_map_items": 100,
+    "max_retention_days": 3650,
+    "sso": False,
+    "custom_roles": False,
+    "byok": True,
+    "semantic_cache": True,
+    "audit_export": True,
+    "webhooks": True,
+}
+
+
+def plan_make(*, code: str, name: str = "", **values: Any) -> Plan:
+    """A plan with one version: PLAN_DEFAULTS with `values` over them (max_members=2, sso=True...).
+    An existing plan of that code is returned as it is."""
+    plan, created = Plan.objects.get_or_create(code=code, defaults={"name": name or code.title(), "public": False})
+    if created or not plan.versions.exists():
+        PlanVersion.objects.create(plan=plan, number=1, **{**PLAN_DEFAULTS, **values})
+    return plan
+
+
+def organization_make(*, slug: str, name: str = "", plan_code: str = "suite", owner_email: str = "") -> Organization:
+    if plan_code == "suite":
+        plan_make(code="suite", name="Suite")
     return organization_create(
         slug=slug,
         name=name or slug.title(),

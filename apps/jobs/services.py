@@ -16,6 +16,7 @@ from apps.accounts.principals import Principal
 from apps.agents.models import Agent
 from apps.agents.services import job_request_build
 from apps.audit.services import audit_record
+from apps.billing.selectors import plan_limit
 from apps.jobs.models import Job, JobStatus
 from apps.knowledge.selectors import chunks_search
 from apps.llm.calls import CallSource, ChatOutcome, attempts_abandon, chat_call_parse, chat_complete
@@ -58,7 +59,7 @@ def job_submit(
 
 
 def _concurrency_cap(organization: Organization) -> int:
-    return int(organization.plan.limit("max_concurrent_jobs"))
+    return plan_limit(organization, "concurrent_jobs")
 
 
 @transaction.atomic

@@ -44,6 +44,13 @@ T = TypeVar("T")
 
 
 def budget_refusal(exc: BudgetExceeded) -> LlmRefusal:
+    if exc.scope == "plan":
+        # The platform's budget of a plan without overage (Free): the plan's included usage is spent.
+        return LlmRefusal(
+            402,
+            "plan_usage_exhausted",
+            f"your plan's included usage this month (${exc.limit_usd}) is spent: upgrade the plan to continue",
+        )
     return LlmRefusal(402, "budget_exceeded", str(exc))
 
 

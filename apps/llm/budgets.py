@@ -96,7 +96,8 @@ def _qualified_cursor() -> CursorWrapper:
 
 def _scope_filter(spender: Spender) -> tuple[str, list[str]]:
     """The budgets that apply to a spender, as a WHERE clause on `llm_budget b` with named parameters."""
-    clauses, params = ["(b.scope = 'organization')"], list[str]()
+    # 'plan': the platform's hard budget of plans without overage (apps.llm.plan_budget).
+    clauses, params = ["(b.scope = 'organization')", "(b.scope = 'plan')"], list[str]()
     for scope, scope_id in (("key", spender.api_key_id), ("user", spender.user_id)):
         if scope_id is not None:
             clauses.append(f"(b.scope = '{scope}' AND b.scope_id = %(scope_{len(params)})s)")

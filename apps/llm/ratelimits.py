@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from apps.billing.selectors import plan_limit
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
 
@@ -38,8 +39,8 @@ def rate_limit_take(
     now = time.time()
     window = int(now // 60)
     retry_after = max(1, 60 - int(now % 60))
-    rpm = int(organization.plan.limit("requests_per_minute"))
-    tpm = int(organization.plan.limit("tokens_per_minute"))
+    rpm = plan_limit(organization, "requests_per_minute")
+    tpm = plan_limit(organization, "tokens_per_minute")
     scopes = [f"org:{organization.pk}"] + ([f"key:{api_key_id}"] if api_key_id is not None else [])
     checks: list[tuple[str, str, int, int]] = []
     for scope in scopes:

@@ -94,6 +94,9 @@ def budget_set(
 @transaction.atomic
 def budget_delete(*, organization: Organization, budget: Budget, actor: Principal) -> None:
     """Remove a budget: calls are no longer held against it (open holds go with it)."""
+    if budget.scope not in BudgetScope.values:
+        # The platform's plan budget (apps.llm.plan_budget) follows the plan, not the organization.
+        raise BudgetInvalid("this budget is set by the plan: change the plan instead")
     audit_record(
         organization=organization,
         actor=actor,

@@ -16,6 +16,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
+from apps.billing.selectors import entitlement
 from apps.portal.caller import caller_organization, caller_user
 from apps.portal.paging import cursor_params, keyset_page
 from apps.rbac.decorators import member_may, permission_required
@@ -190,7 +191,7 @@ def _page(request: HttpRequest, form: InviteForm | None = None, status: int = 20
             "may_leave": may_leave,
             "role_choices": role_choices,
             "form": form or (InviteForm(role_choices=role_choices) if may_manage else None),
-            "max_members": organization.plan.limit("max_members"),
+            "max_members": entitlement(organization, "members").limit,
             "custom_roles_off": not custom_roles_on
             and any(member.custom_role_id is not None for member in members_page.items),
             "fallback_role": CUSTOM_ROLE_FALLBACK.label,

@@ -17,6 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from apps.accounts.principals import Principal
+from apps.billing.selectors import entitlement
 from apps.portal.caller import caller_organization, caller_user
 from apps.portal.handover import organization_host
 from apps.rbac.decorators import member_permissions, permission_required
@@ -172,7 +173,7 @@ def _actor(request: HttpRequest) -> Principal:
 
 
 def _plan_has_sso(organization: Organization) -> bool:
-    return bool(organization.plan.limit("sso"))
+    return entitlement(organization, "sso").allowed
 
 
 def _render_settings(

@@ -11,6 +11,8 @@ from django.http.request import split_domain_port
 from django.utils import timezone
 
 from apps.accounts.models import User
+from apps.billing.selectors import entitlement
+from apps.billing.signals import entitlements_changed
 from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
 from apps.tenants.models import Organization
@@ -51,7 +53,7 @@ CUSTOM_ROLE_FALLBACK = Role.VIEWER
 def custom_roles_included(organization: Organization) -> bool:
     """Whether the organization's plan includes custom roles (the plan is on the organization's row
     as tenant resolution and membership_list load it: no query)."""
-    return bool(organization.plan.limit("custom_roles"))
+    return entitlement(organization, "custom_roles").allowed
 
 
 def membership_grants(membership: Membership, *, custom_roles: bool) -> frozenset[Permission]:
@@ -166,3 +168,11 @@ def invitation_link_origin(*, request: HttpRequest, organization: Organization) 
 def invitation_address_verified(*, invitation: Invitation, user: User) -> bool:
     """Whether the user holds the invited address, verified (the one who may accept)."""
     return bool(EmailAddress.objects.filter(user=user, email__iexact=invitation.email, verified=True).exists())
+
+
+def _entitlements_changed(organization: Organization | None = None, **_: object) -> None:
+    # A member's permissions depend on the plan (custom roles): issue 10 left a plan change to the TTL.
+    membership_cache_forget(organization_id=organization.pk if organization is not None else None)
+
+
+entitlements_changed.connect(_entitlements_changed, dispatch_uid="rbac.membership_cache_forget")

@@ -21,6 +21,7 @@ from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.apikeys.services import apikey_revoke_for_member
 from apps.audit.services import audit_record
+from apps.billing.selectors import entitlement
 from apps.rbac.models import CustomRole, Invitation, Membership, Role
 from apps.rbac.permissions import Permission, permissions_expand, role_permissions
 from apps.rbac.selectors import (
@@ -268,7 +269,7 @@ def _custom_role_check_usable(*, organization: Organization, custom_role: Custom
 
 
 def _custom_roles_require(organization: Organization) -> None:
-    if not organization.plan.limit("custom_roles"):
+    if not entitlement(organization, "custom_roles").allowed:
         raise MembershipChangeRefused("plan_limit", "custom roles are not included in this organization's plan")
 
 
@@ -374,9 +375,10 @@ def _invitation_role_label(invitation: Invitation) -> str:
 
 def _seat_check(organization: Organization) -> None:
     """Refuse one more open invitation when members and open invitations fill the plan's seats."""
-    max_members = int(organization.plan.limit("max_members"))
     members = Membership.objects.filter(organization=organization).count()
-    if members + invitation_open_list(organization=organization).count() + 1 > max_members:
+    seats = entitlement(organization, "members", used=members + invitation_open_list(organization=organization).count())
+    max_members = seats.limit
+    if not seats.allowed:
         raise MembershipChangeRefused(
             "plan_limit_members",
             f"the plan allows {max_members} members, counting open invitations: "
@@ -617,8 +619,9 @@ def _invitation_accept_locked(
     locked = Organization.objects.select_for_update(of=("self",)).select_related("plan").get(pk=organization.pk)
     if Membership.objects.filter(organization=locked, user=user).exists():
         raise MembershipChangeRefused("already_member", "you are a member of this organization already")
-    max_members = int(locked.plan.limit("max_members"))
-    if Membership.objects.filter(organization=locked).count() + 1 > max_members:
+    seats = entitlement(locked, "members", used=Membership.objects.filter(organization=locked).count())
+    max_members = seats.limit
+    if not seats.allowed:
         raise MembershipChangeRefused(
             "plan_limit_members", f"the organization has reached its plan's {max_members} members"
         )

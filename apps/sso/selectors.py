@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from django.db.models import QuerySet
 
+from apps.billing.selectors import entitlement
 from apps.sso.domains import email_domain
 from apps.sso.models import IdentityProvider, SsoDomain
 from apps.sso.saml import provider_sub_id
@@ -17,7 +18,7 @@ from apps.tenants.models import Organization
 def _usable(provider: IdentityProvider | None) -> IdentityProvider | None:
     # A plan without SSO (a downgrade) stops both discovery and the requirement: its IdP can't be
     # used, so requiring it would lock every member of the domain out.
-    if provider is None or not provider.organization.plan.limit("sso"):
+    if provider is None or not entitlement(provider.organization, "sso").allowed:
         return None
     return provider
 

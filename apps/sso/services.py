@@ -15,6 +15,7 @@ from django.utils import timezone
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.billing.selectors import entitlement
 from apps.rbac.models import Membership, Role
 from apps.rbac.permissions import Permission, role_permissions
 from apps.rbac.selectors import membership_permissions
@@ -79,7 +80,7 @@ def identity_provider_configure(
     from an https URL (SSRF-safe, bounded). Without new metadata, an existing IdP keeps its own and
     only the switches and the default role change."""
     held = _security_actor_require(organization=organization, actor=actor)
-    if not organization.plan.limit("sso"):
+    if not entitlement(organization, "sso").allowed:
         raise IdentityProviderRefused("plan_without_sso", "your plan doesn't include SSO")
     if default_role not in Role.values:
         raise IdentityProviderRefused("invalid_role", f"unknown role {default_role!r}")
@@ -217,8 +218,9 @@ def sso_login_complete(
         raise SamlRefused("user_inactive")
     membership_created = False
     if not Membership.objects.filter(organization=locked, user=user).exists():
-        max_members = int(locked.plan.limit("max_members"))
-        if Membership.objects.filter(organization=locked).count() + 1 > max_members:
+        seats = entitlement(locked, "members", used=Membership.objects.filter(organization=locked).count())
+        max_members = seats.limit
+        if not seats.allowed:
             raise SamlRefused("plan_limit_members", f"{max_members} members")
         membership_create(user=user, organization=locked, role=Role(idp.default_role), actor=_sso_actor(idp))
         membership_created = True
@@ -275,7 +277,7 @@ def _domain_actor_require(*, organization: Organization, actor: Principal) -> No
 
 
 def _plan_require_sso(organization: Organization) -> None:
-    if not organization.plan.limit("sso"):
+    if not entitlement(organization, "sso").allowed:
         raise SsoDomainRefused("plan_without_sso", "your plan doesn't include SSO")
 
 

@@ -29,6 +29,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from apps.billing.selectors import entitlement
 from apps.sso.adapter import SSO_USER_STATE_KEY, host_organization
 from apps.sso.models import IdentityProvider
 from apps.sso.saml import (
@@ -75,7 +76,7 @@ def _organization_idp(request: HttpRequest, organization_slug: str) -> tuple[Org
 
 
 def _usable(organization: Organization, idp: IdentityProvider) -> None:
-    if not organization.plan.limit("sso"):
+    if not entitlement(organization, "sso").allowed:
         raise SamlRefused("plan_without_sso")
     if not idp.enabled:
         raise SamlRefused("sso_disabled")
@@ -180,7 +181,7 @@ def acs_finish(request: HttpRequest, organization_slug: str) -> HttpResponse:
 @require_GET
 def metadata(request: HttpRequest, organization_slug: str) -> HttpResponse:
     organization, idp = _organization_idp(request, organization_slug)
-    if not organization.plan.limit("sso"):
+    if not entitlement(organization, "sso").allowed:
         return refusal_response(request, SamlRefused("plan_without_sso"), organization)
     app = get_adapter().get_app(request, provider="saml", client_id=organization_slug)
     body = sp_metadata(request=request, app_settings=app.settings, slug=organization_slug, idp=idp)

@@ -4,6 +4,7 @@ import time
 from django.conf import settings
 from django.db.models import QuerySet
 
+from apps.billing.signals import entitlements_changed
 from apps.tenants.models import Domain, Organization
 
 
@@ -79,3 +80,11 @@ def organization_cache_forget(organization: Organization | None = None) -> None:
     for host, (_, cached) in list(_HOST_CACHE.items()):
         if cached.pk == organization.pk:
             _HOST_CACHE.pop(host, None)
+
+
+def _entitlements_changed(organization: Organization | None = None, **_: object) -> None:
+    # The resolved organization carries its plan: a plan change must not wait for the TTL here.
+    organization_cache_forget(organization)
+
+
+entitlements_changed.connect(_entitlements_changed, dispatch_uid="tenants.organization_cache_forget")

@@ -23,6 +23,7 @@ from django_tenants.utils import schema_context
 
 from apps.agents.selectors import agent_find
 from apps.agents.services import job_request_build
+from apps.billing.selectors import plan_limit
 from apps.llm.calls import LlmRefusal, attempts_abandon
 from apps.tenants.models import Organization
 from apps.work.models import WorkStatus
@@ -334,7 +335,7 @@ class _MapRun:
 
 def map_items_limit(organization: Organization) -> int:
     """How many items one map step may run: the plan's `max_map_items`."""
-    return int(organization.plan.limit("max_map_items"))
+    return plan_limit(organization, "map_items")
 
 
 def _map_items(organization: Organization, spec: StepSpec, scope: Scope) -> list[Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from apps.accounts.principals import Principal
 from apps.agents.selectors import agent_find
+from apps.billing.selectors import plan_limit
 from apps.llm.calls import LlmRefusal, budget_statuses, chat_cost_preview, embedding_cost_preview
 from apps.tenants.models import Organization
 from apps.workflows.definition import Definition, StepSpec
@@ -255,7 +256,7 @@ def workflow_cost_preview(
     """Expected and worst-case cost of a run, per step and in all, and the budgets it would draw on.
     With the organization, a map over more items than its plan allows shows the error a run would
     meet."""
-    limit = int(organization.plan.limit("max_map_items")) if organization is not None else None
+    limit = plan_limit(organization, "map_items") if organization is not None else None
     estimator = _Estimator(principal, data, limit)
     steps: list[dict[str, Any]] = []
     expected_total = worst_total = Decimal(0)

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.billing.selectors import plan_limit
 from apps.llm.calls import llm_content_policy
 from apps.tenants.models import Organization
 from apps.webhooks.services import WebhookInvalid, webhook_event_emit
@@ -201,7 +202,7 @@ def runs_admit(*, organization: Organization, waiting: bool = False) -> list[UUI
     if not waiting and not WorkflowRun.objects.filter(status=RunStatus.QUEUED, admitted_at__isnull=True).exists():
         return []
     with transaction.atomic(savepoint=False):
-        ids = waiting_admit(table=WorkflowRun._meta.db_table, cap=int(organization.plan.limit("max_concurrent_jobs")))
+        ids = waiting_admit(table=WorkflowRun._meta.db_table, cap=plan_limit(organization, "concurrent_runs"))
         for run in WorkflowRun.objects.filter(pk__in=ids).select_related("version"):
             run_advance(organization, run)
     return ids

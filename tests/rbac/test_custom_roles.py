@@ -43,9 +43,14 @@ def enterprise(tenant: Organization) -> Organization:
 
 
 def test_custom_roles_are_an_enterprise_entitlement(db: None) -> None:
-    assert Plan.objects.get(code="enterprise").limit("custom_roles") is True
-    assert Plan.objects.get(code="pro").limit("custom_roles") is False
-    assert Plan.objects.get(code="free").limit("custom_roles") is False
+    def includes(code: str) -> bool:
+        version = Plan.objects.get(code=code).current_version()
+        assert version is not None
+        return version.custom_roles
+
+    assert includes("enterprise") is True
+    assert includes("pro") is False
+    assert includes("free") is False
 
 
 def test_a_plan_without_custom_roles_refuses_them(tenant: Organization) -> None:

@@ -25,7 +25,7 @@ from apps.rbac.services import custom_role_create
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
-from tests.factories import TEST_ACTOR, member_make
+from tests.factories import TEST_ACTOR, member_make, plan_make
 
 _LINK = re.compile(r"https?://[^\s]+/invitations/[A-Za-z0-9_-]+/")
 
@@ -124,7 +124,7 @@ def test_an_owner_invites_and_the_invited_address_accepts_once(roomy: Organizati
 
 
 def test_the_plan_counts_members_and_open_invitations(tenant: Organization) -> None:
-    Plan.objects.create(code="tiny", name="Tiny", limits={"max_members": 3})
+    plan_make(code="tiny", name="Tiny", max_members=3)
     _plan(tenant, "tiny")
     members = Membership.objects.filter(organization=tenant).count()
     owner = _client(tenant, member_make(organization=tenant, role=Role.OWNER))

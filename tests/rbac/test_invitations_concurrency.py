@@ -16,7 +16,7 @@ from apps.rbac.models import Invitation, Membership, Role
 from apps.rbac.services import MembershipChangeRefused, invitation_create
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.factories import member_make
+from tests.factories import member_make, plan_make
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +46,7 @@ def _race(organization: Organization, owner: User, emails: list[str]) -> list[st
 
 def test_two_invitations_for_the_last_seat_send_one(live_db: LiveDb) -> None:
     organization = live_db.organization(slug="last-seat", name="Last seat")
-    plan, _created = Plan.objects.get_or_create(
-        code="two-seats", defaults={"name": "Two seats", "limits": {"max_members": 2}}
-    )
+    plan = plan_make(code="two-seats", name="Two seats", max_members=2)
     Organization.objects.filter(pk=organization.pk).update(plan=plan)
     organization.refresh_from_db()
     Membership.objects.filter(organization=organization).delete()

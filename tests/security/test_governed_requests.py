@@ -18,6 +18,8 @@ import pytest
 from django.test import Client
 from django_tenants.utils import schema_context
 
+from apps.billing.models import PlanVersion
+from apps.billing.selectors import entitlement_cache_forget
 from apps.llm import metrics
 from apps.llm.breaker import OPEN, breaker_state
 from apps.llm.models import AttemptStatus, UsageAttempt
@@ -364,15 +366,16 @@ def test_embeddings_count_their_input_toward_tokens_per_minute(
     two_tenants: tuple[Organization, Organization], key_a: str, fake_provider: FakeProvider
 ) -> None:
     tenant_a, _ = two_tenants
-    tenant_a.plan.limits = {**tenant_a.plan.limits, "tokens_per_minute": 1_000}
-    tenant_a.plan.save()
+    # Rolled back with the test's transaction; the process's cached plan is dropped both ways.
+    PlanVersion.objects.filter(plan_id=tenant_a.plan_id).update(tokens_per_minute=1_000)
+    entitlement_cache_forget()
     try:
         small = _post(key_a, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x" * 400})
         assert small.status_code == 200
         big = _post(key_a, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x" * 8_000})
         assert (big.status_code, big.json()["error"]["code"]) == (429, "rate_limit_exceeded")
     finally:
-        tenant_a.plan.refresh_from_db()
+        entitlement_cache_forget()
 
 
 def test_a_refused_request_leaves_no_ledger_row(

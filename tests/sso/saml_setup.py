@@ -23,7 +23,7 @@ from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
 from cognitionos.redis import redis_client
 from tests.conftest import LiveDb
-from tests.factories import TEST_ACTOR, organization_purge
+from tests.factories import TEST_ACTOR, organization_purge, plan_make
 from tests.sso.idp import Assertion, TestIdp, authn_request_id, encoded
 
 
@@ -35,10 +35,7 @@ def sso_counters_forget() -> None:
 
 
 def sso_plan() -> Plan:
-    plan, _created = Plan.objects.get_or_create(
-        code="sso-tests", defaults={"name": "SSO tests", "limits": {"sso": True, "max_members": 50}}
-    )
-    return plan
+    return plan_make(code="sso-tests", name="SSO tests", sso=True, max_members=50)
 
 
 def plan_set(organization: Organization, plan: Plan) -> None:
@@ -167,7 +164,7 @@ def sso_organization_committed(
     """A committed organization set up as `sso_organization` does, on a plan of its own (a committed
     "sso-tests" plan would outlive the test); on exit it goes with its plan and the accounts of
     `people` (signed in by SSO: users live in the public schema, not in the organization's)."""
-    plan = Plan.objects.create(code=f"sso-{slug}", name=f"SSO {slug}", limits={"sso": True, "max_members": 10})
+    plan = plan_make(code=f"sso-{slug}", name=f"SSO {slug}", sso=True, max_members=10)
     organization = live_db.organization(slug=slug, name=name)
     tenant_connection().set_schema_to_public()
     try:

@@ -20,7 +20,7 @@ from apps.accounts.models import User
 from apps.billing.models import Plan
 from apps.rbac.models import Membership, Role
 from apps.tenants.models import Organization
-from tests.factories import member_make
+from tests.factories import member_make, plan_make
 from tests.sso.idp import (
     TestIdp,
     assertion_of,
@@ -361,7 +361,7 @@ def test_garbage_is_refused_as_malformed(org_a_idp_initiated: SsoOrganization) -
 
 def test_the_plan_member_limit_holds_for_just_in_time_members(org_a_idp_initiated: SsoOrganization) -> None:
     org = org_a_idp_initiated
-    plan = Plan.objects.create(code="sso-tiny", name="SSO tiny", limits={"sso": True, "max_members": 1})
+    plan = plan_make(code="sso-tiny", name="SSO tiny", sso=True, max_members=1)
     plan_set(org.organization, plan)  # the owner is the one member
     response = org.post(org.idp.response(org.spec()))
     _assert_refused(org, response, "plan_limit_members", status=403)
