@@ -20,7 +20,7 @@ from apps.tenants.models import Organization
 # Rows of each breakdown on the page; the rest is one "other" row (the CSV has every row).
 BREAKDOWN_ROWS = 25
 BREAKDOWNS = ("time", "model", "key", "user")
-NO_KEY_LABEL = "No API key (portal, jobs, workflows)"
+NO_KEY_LABEL = "No key (portal, jobs, workflows)"
 NO_USER_LABEL = "No person (API keys)"
 
 

@@ -74,6 +74,12 @@
     };
   }
 
+  // The y axis as wide as its longest label ("$0.000015" needs more room than "2").
+  function labelsWidth(u, labels) {
+    const longest = labels ? Math.max(0, ...labels.map((label) => String(label).length)) : 0;
+    return Math.max(40, 18 + 7 * longest);
+  }
+
   function draw(container, definition, data) {
     const width = Math.max(240, container.clientWidth);
     const options = {
@@ -85,7 +91,7 @@
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
       axes: [
         { stroke: COLORS.muted, grid: { stroke: "#eef0f4" } },
-        { stroke: COLORS.muted, grid: { stroke: "#eef0f4" }, size: 70, values: definition.axis, ...(definition.incrs ? { incrs: definition.incrs } : {}) },
+        { stroke: COLORS.muted, grid: { stroke: "#eef0f4" }, size: labelsWidth, values: definition.axis, ...(definition.incrs ? { incrs: definition.incrs } : {}) },
       ],
       series: [{ label: data.span === "hour" ? "Hour (UTC)" : "Day (UTC)" }, ...definition.series],
     };

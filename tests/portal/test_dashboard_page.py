@@ -177,7 +177,7 @@ def test_the_csv_has_every_row_and_labels_that_a_spreadsheet_will_not_run(
     assert by_key["Content-Type"] == "text/csv; charset=utf-8"
     assert by_key["Content-Disposition"] == f'attachment; filename="usage-{organization.slug}-24h-by-key.csv"'
     rows = list(csv.DictReader(io.StringIO(by_key.content.decode())))
-    assert {row["api_key"] for row in rows} == {'\'=HYPERLINK("http://x")', "No API key (portal, jobs, workflows)"}
+    assert {row["api_key"] for row in rows} == {'\'=HYPERLINK("http://x")', "No key (portal, jobs, workflows)"}
     keyed = next(row for row in rows if row["api_key"].startswith("'="))
     assert (keyed["requests"], keyed["cache_hits"], keyed["cost_usd"]) == ("4", "1", "0.00450000")
     assert keyed["p50_latency_ms"] and keyed["p95_latency_ms"]
