@@ -15,12 +15,6 @@ document.addEventListener("change", (event) => {
   window.location.assign(url.toString());
 });
 
-// Forms that undo something ask first (the cancel button of a run).
-document.addEventListener("submit", (event) => {
-  const form = event.target.closest("form[data-confirm]");
-  if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
-});
-
 // A run's page follows the run: its events stream (server-sent events, woken when the run or a
 // step changes) sends the live part rendered; it ends when the run does. When the stream can't be
 // held open (every long-response slot taken, no EventSource), the part is polled instead.

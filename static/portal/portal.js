@@ -1,4 +1,13 @@
-// The webhooks pages: the copy button beside a secret shown once (no inline script: CSP).
+// Behaviour every portal page may use, by markup alone (no inline handlers, so a strict CSP holds):
+// - <form data-confirm="Question?">: asks before the form is sent (revoke, remove, cancel);
+// - <button data-copy="field-id">: copies that field's value, and says so in #field-id-copied.
+"use strict";
+
+document.addEventListener("submit", (event) => {
+  const form = event.target.closest("form[data-confirm]");
+  if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+});
+
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("[data-copy]");
   if (!button) return;
