@@ -85,7 +85,7 @@ def entitlement_part(*, calls: int, loops: int) -> None:
     tenant_connection().set_tenant(organization)
     messages = [{"role": "user", "content": "How many tokens does this question take?"}]
     call = chat_call_parse({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}})
-    real = ratelimits.plan_limit
+    real = ratelimits.__dict__["plan_limit"]
     limits = {name: real(organization, name) for name in ("requests_per_minute", "tokens_per_minute")}
 
     def constant(organization: object, name: str) -> int:
@@ -98,11 +98,11 @@ def entitlement_part(*, calls: int, loops: int) -> None:
     with_check: list[float] = []
     without_check: list[float] = []
     for _ in range(max(1, calls // 50)):  # interleaved: drift on a shared machine hits both alike
-        ratelimits.plan_limit = real
+        vars(ratelimits)["plan_limit"] = real
         with_check.extend(timed(governed, 50))
-        ratelimits.plan_limit = constant  # type: ignore[assignment]
+        vars(ratelimits)["plan_limit"] = constant  # the check replaced by its answer
         without_check.extend(timed(governed, 50))
-    ratelimits.plan_limit = real
+    vars(ratelimits)["plan_limit"] = real
     w50, o50 = statistics.median(with_check), statistics.median(without_check)
     print(
         f"gateway miss path with the check:    median {w50 * 1e3:.3f} ms   without: {o50 * 1e3:.3f} ms"

@@ -11,7 +11,7 @@ from psycopg import sql
 
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
-from apps.billing.models import Plan, PlanVersion
+from apps.billing.models import OrganizationPlanPeriod, Plan, PlanVersion
 from apps.rbac.models import CustomRole, Role
 from apps.rbac.services import membership_create
 from apps.tenants.connection import tenant_connection
@@ -52,6 +52,13 @@ def plan_make(*, code: str, name: str = "", **values: Any) -> Plan:
     if created or not plan.versions.exists():
         PlanVersion.objects.create(plan=plan, number=1, **{**PLAN_DEFAULTS, **values})
     return plan
+
+
+def plan_purge(plan: Plan) -> None:
+    """Delete a plan a test made, with its versions and the periods that named them."""
+    OrganizationPlanPeriod.objects.filter(plan_version__plan=plan).delete()
+    PlanVersion.objects.filter(plan=plan).delete()
+    plan.delete()
 
 
 def organization_make(*, slug: str, name: str = "", plan_code: str = "suite", owner_email: str = "") -> Organization:

@@ -13,6 +13,7 @@ from apps.apikeys.keys import key_generate, key_hash
 from apps.apikeys.models import ApiKey
 from apps.apikeys.selectors import apikey_bound_to, apikey_cache_forget, apikey_exceeds_member, apikey_scopes_expand
 from apps.audit.services import audit_record
+from apps.billing.selectors import entitlement, entitlement_require
 from apps.rbac.permissions import Permission
 from apps.rbac.selectors import membership_permissions
 from apps.tenants.models import Organization
@@ -62,6 +63,19 @@ def _scopes_normalise(scopes: Iterable[str]) -> list[str]:
     return chosen
 
 
+def _key_count_check(organization: Organization) -> None:
+    """A plan may bound the active keys (`api_keys`): counted with the organization row locked, so
+    two creations at once can't both take the last one."""
+    if entitlement(organization, "api_keys").limit is None:
+        return
+    Organization.objects.select_for_update().filter(pk=organization.pk).first()
+    now = timezone.now()
+    active = (
+        ApiKey.objects.filter(organization=organization, revoked_at__isnull=True).exclude(expires_at__lte=now).count()
+    )
+    entitlement_require(organization, "api_keys", used=active)
+
+
 @transaction.atomic
 def apikey_create(
     *,
@@ -96,6 +110,7 @@ def apikey_create(
             raise ApiKeyInvalid(f"{user.email} is not an active member of this organization", param="user")
         if not granted <= held:
             raise ApiKeyInvalid(f"{user.email} does not hold every scope asked for", param="scopes")
+    _key_count_check(organization)
     prefix, secret, key = key_generate()
     api_key = ApiKey.objects.create(
         organization=organization,

@@ -12,6 +12,7 @@ from django.db import connection, models, transaction
 from apps.accounts.principals import Principal
 from apps.audit.chain import GENESIS_HASH, ChainFields, canonical_metadata, event_hash
 from apps.audit.models import AuditEvent
+from apps.billing.selectors import entitlement_require
 from apps.tenants.connection import organization_schema
 from cognitionos.redis import redis_client
 
@@ -184,6 +185,7 @@ def audit_export_start(
 ) -> AuditEvent:
     """Record that `actor` exported the audit log (committed before any row is sent, so an export cut
     short is recorded too). The export covers the events before this one."""
+    entitlement_require(organization, "audit_export")
     with transaction.atomic():
         return audit_record(
             organization=organization,

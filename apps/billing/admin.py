@@ -41,7 +41,7 @@ class PlanVersionAdmin(admin.ModelAdmin[PlanVersion]):
         return ("first_used_at",)
 
     def save_model(self, request: HttpRequest, obj: PlanVersion, form: Any, change: bool) -> None:
-        if obj.pk is None:
+        if not change:  # a new version, or "Save as new" of a used one
             obj.number = 0  # the next number of its plan
             obj.first_used_at = None
         super().save_model(request, obj, form, change)

@@ -133,6 +133,7 @@ class EntitlementRefused(Refusal):
         self.http_status = entitlement.status
         self.code = entitlement.code
         self.details = entitlement.details()
+        self.message = entitlement.message
         super().__init__(entitlement.message)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 
 from apps.accounts.principals import Principal
+from apps.billing.selectors import entitlement
 from apps.llm import caching
 from apps.llm.budgets import Spender, cache_hit_record
 from apps.llm.content import ContentDraft
@@ -97,7 +98,14 @@ class CallCache:
         if not self.enabled:
             return None
         hit = caching.cache_get(schema=self.organization.schema_name, key=self.key)
-        if hit is None and semantic and self.call.cache_semantic and self.settings.semantic_cache:
+        if (
+            hit is None
+            and semantic
+            and self.call.cache_semantic
+            and self.settings.semantic_cache
+            # A plan feature: after a downgrade the setting stays but the layer is not used.
+            and entitlement(self.organization, "semantic_cache").allowed
+        ):
             self.semantic = _semantic_prepare(
                 organization=self.organization,
                 principal=principal,

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from django.conf import settings
 from django.db import connection
 
+from apps.billing.selectors import entitlement
 from apps.llm.breaker import breaker_allow, breaker_key, breaker_record
 from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserve, attempt_settle
 from apps.llm.metrics import BREAKER_OPEN
@@ -115,7 +116,10 @@ class Attempts:
         self.organization, self.spender, self.request_id = organization, spender, request_id
         self.model_requested = model_requested  # the model or policy the caller named, for the ledger
         self.payload, self.reservation, self.max_cost_usd = payload, reservation, max_cost_usd
-        self.own_keys = provider_own_keys(organization=organization)
+        # Own keys are a plan feature (byok): after a downgrade they stay stored but unused (the platform pays).
+        self.own_keys = (
+            provider_own_keys(organization=organization) if entitlement(organization, "byok").allowed else {}
+        )
         self.health_scope = f"org{organization.pk}"
         self.number = 0
         self.last_error: ProviderError | None = None

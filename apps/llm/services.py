@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.billing.selectors import entitlement_require
 from apps.llm.caching import cache_content_delete, cache_fast_layers_drop
 from apps.llm.models import (
     DEFAULT_POLICIES,
@@ -31,6 +32,7 @@ from apps.llm.selectors import llm_settings_forget
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
+from cognitionos.refusals import Refusal
 from cognitionos.safehttp import OutboundError, OutboundRefused, outbound_url_check
 from cognitionos.sealing import Sealed, current_key_id, seal, unseal
 
@@ -45,6 +47,13 @@ class ProviderCredentialInvalid(BudgetInvalid):
     def __init__(self, message: str, *, param: str = "api_key") -> None:
         super().__init__(message)
         self.param = param
+
+
+class BudgetSetByPlan(BudgetInvalid, Refusal):
+    """The platform's plan budget (scope `plan`): the organization can't remove or change it."""
+
+    http_status = 403
+    code = "budget_set_by_plan"
 
 
 class SettingsInvalid(ValueError):
@@ -96,7 +105,7 @@ def budget_delete(*, organization: Organization, budget: Budget, actor: Principa
     """Remove a budget: calls are no longer held against it (open holds go with it)."""
     if budget.scope not in BudgetScope.values:
         # The platform's plan budget (apps.llm.plan_budget) follows the plan, not the organization.
-        raise BudgetInvalid("this budget is set by the plan: change the plan instead")
+        raise BudgetSetByPlan("this budget is the plan's included usage: change the plan instead")
     audit_record(
         organization=organization,
         actor=actor,
@@ -183,6 +192,7 @@ def provider_credential_set(
 ) -> ProviderCredential:
     """Store the organization's own key for a provider, encrypted, or replace the one it has (a
     rotation: the old key is gone at once). Only the last four characters are kept in clear."""
+    entitlement_require(organization, "byok")
     if provider not in OWN_KEY_PROVIDERS:
         raise ProviderCredentialInvalid(
             f"own keys are supported for {', '.join(OWN_KEY_PROVIDERS)}, not {provider!r}", param="provider"
@@ -372,6 +382,10 @@ def llm_settings_set(
         raise SettingsInvalid("the semantic threshold is a cosine similarity from 0.8 to 1", param="semantic_threshold")
     if retention_days is not None and not 1 <= retention_days <= 3650:
         raise SettingsInvalid("the retention is from 1 to 3650 days", param="retention_days")
+    if retention_days is not None:
+        entitlement_require(organization, "retention_days", used=retention_days)
+    if semantic_cache:
+        entitlement_require(organization, "semantic_cache")
     if default_policy is not None and default_policy not in ("", *DEFAULT_POLICIES):
         raise SettingsInvalid(f"the default policy is one of {', '.join(DEFAULT_POLICIES)}", param="default_policy")
     if allowed_models is not None:

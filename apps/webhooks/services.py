@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.billing.selectors import entitlement_require
 from apps.llm.calls import llm_content_policy
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
@@ -159,6 +160,7 @@ def webhook_endpoint_create(
     *, organization: Organization, actor: Principal, url: str, events: list[str], description: str = ""
 ) -> tuple[WebhookEndpoint, str]:
     """Make an endpoint; returns it with its signing secret, which is never shown again."""
+    entitlement_require(organization, "webhooks")
     url = webhook_url_validate(url)  # resolves the name: before any transaction
     subscribed = _events(events)
     secret = _secret_new()

@@ -77,6 +77,8 @@ MIDDLEWARE = [
     # After authentication and allauth's: an organization's "require MFA for all members".
     "apps.portal.middleware.OrganizationMfaMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # A page the organization's plan refuses says what the plan lacks, with a link to the plan page.
+    "apps.portal.plan_refusals.EntitlementRefusedMiddleware",
 ]
 
 ROOT_URLCONF = "cognitionos.urls_tenant"

@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from apps.accounts.principals import Principal
+from apps.billing.selectors import plan_limit
 from apps.jobs.models import Job, JobStatus
 from apps.jobs.services import JOB, job_cancel, job_execute, job_submit
 from apps.llm.budgets import Spender, attempt_reserve
@@ -140,7 +141,7 @@ def test_a_live_workers_job_is_not_taken_by_a_redelivered_message(tenant: Organi
 
 def test_admission_caps_each_organization_on_its_own(two_tenants: tuple[Organization, Organization]) -> None:
     organization_a, organization_b = two_tenants
-    cap = organization_a.plan.limit("max_concurrent_jobs")
+    cap = plan_limit(organization_a, "concurrent_jobs")
     with organization_schema(organization_a):
         jobs_a = [_submit(organization_a) for _ in range(cap + 3)]
         admitted_a = Job.objects.filter(admitted_at__isnull=False).count()

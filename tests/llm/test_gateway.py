@@ -13,6 +13,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from apps.accounts.principals import Principal
 from apps.apikeys.models import ApiKey
 from apps.apikeys.services import apikey_revoke
+from apps.billing.selectors import plan_limit
 from apps.llm.budgets import usage_fold
 from apps.llm.calls import chat_call_parse, chat_stream
 from apps.llm.models import AttemptStatus, UsageAttempt
@@ -223,7 +224,7 @@ def test_rate_limit_answers_429_with_retry_after(two_tenants: tuple[Organization
     from apps.llm.ratelimits import rate_limit_take
 
     tenant_a = two_tenants[0]
-    for _ in range(int(tenant_a.plan.limit("requests_per_minute"))):
+    for _ in range(plan_limit(tenant_a, "requests_per_minute")):
         rate_limit_take(organization=tenant_a, api_key_id=None, tokens=1)
     response = Client().post(
         "/v1/chat/completions",

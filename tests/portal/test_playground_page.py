@@ -24,6 +24,7 @@ from django_tenants.utils import schema_context
 from apps.accounts.models import User
 from apps.apikeys.selectors import apikey_cache_forget
 from apps.apikeys.services import apikey_create
+from apps.billing.selectors import plan_limit
 from apps.llm import caching
 from apps.llm.models import AttemptStatus, BudgetWindow, CachedResponse, UsageAttempt
 from apps.llm.platform.selectors import catalog_forget
@@ -296,7 +297,7 @@ def test_a_rate_limited_member_is_told_so_with_when_to_retry(
     from apps.llm.ratelimits import rate_limit_take
 
     organization = two_tenants[0]
-    for _ in range(int(organization.plan.limit("requests_per_minute"))):
+    for _ in range(plan_limit(organization, "requests_per_minute")):
         rate_limit_take(organization=organization, api_key_id=None, tokens=1)
     client, _ = signed_in(client_for, organization)
     refused = client.post(RUN, prompt())

@@ -11,6 +11,7 @@ from django.test import Client
 
 from apps.accounts.models import User
 from apps.billing.models import Plan
+from apps.billing.selectors import entitlement
 from apps.rbac.models import Role
 from apps.sso.domains import verification_record_value
 from apps.sso.models import IdentityProvider, SsoDomain
@@ -210,7 +211,7 @@ def test_remove_a_domain(orgs: tuple[Organization, Organization]) -> None:
 
 def test_a_plan_without_sso_shows_no_form_and_refuses_posts(two_tenants: tuple[Organization, Organization]) -> None:
     org_a, _ = two_tenants
-    assert not org_a.plan.limit("sso")
+    assert not entitlement(org_a, "sso").allowed
     client = _admin(org_a)
     html = _page(client)
     assert "plan doesn't include single sign-on" in html

@@ -62,6 +62,8 @@ def test_custom_role_members_act_as_viewer_while_the_plan_lacks_custom_roles(
 def test_the_check_costs_no_query_more(tenant: Organization) -> None:
     _plan(tenant, "free")
     viewer = member_make(organization=tenant, role=Role.VIEWER)
+    # The plan's entitlements are cached per process (apps.billing.entitlements): warm, no query.
+    membership_permissions(user_id=viewer.pk, organization_id=tenant.pk)
     with CaptureQueriesContext(connection) as counted:
         membership_permissions(user_id=viewer.pk, organization_id=tenant.pk)
     # One query (django-tenants' search_path aside): the membership, its custom role and the plan.

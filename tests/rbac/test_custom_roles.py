@@ -54,7 +54,7 @@ def test_custom_roles_are_an_enterprise_entitlement(db: None) -> None:
 
 
 def test_a_plan_without_custom_roles_refuses_them(tenant: Organization) -> None:
-    assert tenant.plan.code == "free"
+    assert tenant.plan.code == "suite"  # the suite's plan (tests/factories.py): no custom roles
     with pytest.raises(MembershipChangeRefused) as refused:
         custom_role_create(organization=tenant, name="Auditor", permissions=["audit:read"], actor=TEST_ACTOR)
     assert refused.value.code == "plan_limit"

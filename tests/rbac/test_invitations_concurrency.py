@@ -16,7 +16,7 @@ from apps.rbac.models import Invitation, Membership, Role
 from apps.rbac.services import MembershipChangeRefused, invitation_create
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.factories import member_make, plan_make
+from tests.factories import member_make, plan_make, plan_purge
 
 pytestmark = pytest.mark.integration
 
@@ -60,4 +60,4 @@ def test_two_invitations_for_the_last_seat_send_one(live_db: LiveDb) -> None:
     finally:
         User.objects.filter(pk=owner.pk).delete()
         Organization.objects.filter(pk=organization.pk).update(plan=Plan.objects.get(code="free"))
-        plan.delete()
+        plan_purge(plan)

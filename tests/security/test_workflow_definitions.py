@@ -22,6 +22,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from apps.billing.models import Plan
+from apps.billing.selectors import entitlement
 from apps.llm.models import UsageAttempt
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
@@ -289,7 +290,7 @@ MAP = {
 def test_a_map_over_more_items_than_the_plan_allows_fails_before_any_item_runs(
     a: Organization, client: APIClient
 ) -> None:
-    assert a.plan.code == "free" and a.plan.limit("max_map_items") == 100
+    assert a.plan.code == "suite" and entitlement(a, "map_items").limit == 100
     run = _run(client, a, _create(client, MAP), {"items": [f"item {n}" for n in range(101)]})
     (step,) = run["steps"]
     assert (run["status"], step["status"], step["items_done"]) == ("failed", "failed", 0)
@@ -306,7 +307,7 @@ def test_the_map_bound_is_the_plans(
     _, b = two_tenants
     b.plan = Plan.objects.get(code="pro")
     b.save(update_fields=["plan"])
-    assert b.plan.limit("max_map_items") == 1000
+    assert entitlement(b, "map_items").limit == 1000
     client = api_client_for(b)
     inner = {"type": "transform", "template": "{{ item }}!"}
     transform = {"steps": [{**MAP["steps"][0], "step": inner, "concurrency": 1}]}  # pool threads: own connections

@@ -23,7 +23,7 @@ from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
 from cognitionos.redis import redis_client
 from tests.conftest import LiveDb
-from tests.factories import TEST_ACTOR, organization_purge, plan_make
+from tests.factories import TEST_ACTOR, organization_purge, plan_make, plan_purge
 from tests.sso.idp import Assertion, TestIdp, authn_request_id, encoded
 
 
@@ -181,4 +181,4 @@ def sso_organization_committed(
         User.objects.filter(email__in=[*people, f"owner@{slug}.example.com"]).delete()
         live_db.created.remove(organization)
         organization_purge(organization)
-        plan.delete()
+        plan_purge(plan)

@@ -16,6 +16,7 @@ from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
 from apps.billing.models import Plan
+from apps.billing.selectors import entitlement
 from apps.rbac.models import Role
 from apps.sso.domains import DomainInvalid, domain_normalize, verification_record_name, verification_record_value
 from apps.sso.models import IdentityProvider, SsoDomain
@@ -152,7 +153,7 @@ def test_add_stores_normalised_domain_with_a_token_and_audits_in_its_organizatio
 
 def test_add_refused_on_a_plan_without_sso(two_tenants: tuple[Organization, Organization]) -> None:
     org_a, _ = two_tenants
-    assert not org_a.plan.limit("sso")
+    assert not entitlement(org_a, "sso").allowed
     with refused("plan_without_sso"):
         sso_domain_add(organization=org_a, actor=admin_of(org_a), domain="acme.test")
     assert not SsoDomain.objects.filter(organization=org_a).exists()

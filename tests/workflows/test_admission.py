@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from apps.billing.selectors import plan_limit
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.workflows.models import WorkflowRun
@@ -14,7 +15,7 @@ def test_runs_beyond_the_plans_cap_wait_and_start_in_order_as_others_end(
     two_tenants: tuple[Organization, Organization],
 ) -> None:
     organization_a, organization_b = two_tenants
-    cap = organization_a.plan.limit("max_concurrent_jobs")
+    cap = plan_limit(organization_a, "concurrent_runs")
     with organization_schema(organization_a):
         workflow = workflow_make(organization_a)
         runs = [
