@@ -14,6 +14,7 @@ urlpatterns = [
     path("", include("cognitionos.urls_api")),
     path("admin/", admin.site.urls),
     path("metrics", metrics, name="metrics"),
+    path("", include("apps.billing.urls")),  # Stripe's webhook endpoint
     # SAML SSO (apps.sso) before allauth's routes (in the portal's /accounts/), which it wraps.
     path("", include("apps.sso.urls")),
     path("", include("apps.portal.urls")),

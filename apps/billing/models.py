@@ -232,3 +232,7 @@ class OrganizationSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id}: {self.status}"
+
+
+# Stripe bookkeeping (the stripe helper's models live in their own module; imported here so Django finds them).
+from apps.billing.stripe_models import StripeCustomer, StripeEvent, StripeInvoice, StripeSubscription  # noqa: E402, F401

@@ -5,6 +5,7 @@ platform's plan budget) and is audited in the organization's log."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 from django.db import transaction
@@ -13,6 +14,7 @@ from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
+from apps.billing import stripe_gateway
 from apps.billing.models import (
     OrganizationPlanPeriod,
     OrganizationSubscription,
@@ -21,6 +23,7 @@ from apps.billing.models import (
     SubscriptionStatus,
 )
 from apps.billing.signals import entitlements_changed
+from apps.billing.stripe_models import StripeCustomer, StripeSubscription
 from apps.tenants.models import Organization
 
 
@@ -199,3 +202,73 @@ def receivers_connect() -> None:
     post_save.connect(_version_saved, sender=PlanVersion, dispatch_uid="billing.version_saved")
     post_save.connect(_state_saved, sender=OrganizationSubscription, dispatch_uid="billing.subscription_saved")
     post_save.connect(_state_saved, sender=OrganizationPlanPeriod, dispatch_uid="billing.period_saved")
+
+
+# --- Stripe (stripe helper): Checkout and the billing portal; every call through stripe_gateway ---
+
+
+def _stripe_customer_ensure(*, organization: Organization) -> str:
+    """The organization's Stripe customer id, created on first need. The create's idempotency key is
+    the organization's, so two concurrent first needs (or a lost answer) make one customer."""
+    found = StripeCustomer.objects.filter(organization_id=organization.pk).values_list("customer_id", flat=True).first()
+    if found:
+        return found
+    customer = stripe_gateway.customer_create(
+        organization_id=organization.pk,
+        email=organization.email,
+        name=organization.name,
+        metadata={"organization_id": str(organization.pk), "organization_slug": organization.slug},
+    )
+    row, _ = StripeCustomer.objects.get_or_create(
+        organization_id=organization.pk,
+        defaults={"customer_id": customer["id"], "livemode": bool(customer.get("livemode"))},
+    )
+    return row.customer_id
+
+
+def checkout_session_create(
+    *, organization: Organization, plan: Plan | PlanVersion, success_url: str, cancel_url: str, actor: Principal
+) -> str:
+    """Start an upgrade through Stripe Checkout; the URL to send the member to. The plan changes when
+    Stripe's webhook says the subscription is paid (apps.billing.stripe_webhooks), not here.
+    An organization with a live subscription changes plan in the billing portal instead."""
+    version = _version_of(plan)
+    if not version.stripe_price_id:
+        raise PlanChangeInvalid(f"the {version.plan.name} plan can't be bought online")
+    live = StripeSubscription.objects.filter(
+        organization_id=organization.pk, status__in=("active", "trialing", "past_due", "unpaid")
+    ).first()
+    if live is not None:
+        raise PlanChangeInvalid("this organization already has a subscription: change it in the billing portal")
+    customer_id = _stripe_customer_ensure(organization=organization)
+    session = stripe_gateway.checkout_session_create(
+        customer_id=customer_id,
+        price_id=version.stripe_price_id,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        client_reference_id=str(organization.pk),
+        metadata={"organization_id": str(organization.pk), "plan_version": str(version.pk)},
+        # One per click: the SDK resends this key on its own retries, so a retry never makes a second session.
+        idempotency_key=f"cognitionos-checkout-{organization.pk}-{uuid.uuid4().hex}",
+    )
+    audit_record(
+        organization=organization,
+        actor=actor,
+        action="billing.checkout_started",
+        metadata={"plan": version.plan.code, "version": version.number, "session": session["id"]},
+    )
+    return str(session["url"])
+
+
+def billing_portal_session_create(*, organization: Organization, return_url: str, actor: Principal) -> str:
+    """A Stripe billing portal session (payment methods, invoices, cancellation); its URL."""
+    customer_id = _stripe_customer_ensure(organization=organization)
+    session = stripe_gateway.billing_portal_session_create(
+        customer_id=customer_id,
+        return_url=return_url,
+        idempotency_key=f"cognitionos-portal-{organization.pk}-{uuid.uuid4().hex}",
+    )
+    audit_record(
+        organization=organization, actor=actor, action="billing.portal_opened", metadata={"session": session["id"]}
+    )
+    return str(session["url"])

@@ -49,6 +49,12 @@ class Organization(TenantMixin):
         return self.schema_name == "public"
 
     @property
+    def email(self) -> str:
+        """The Stripe customer's email (dj-stripe's subscriber needs one): the first owner's."""
+        membership = self.memberships.filter(role="owner").select_related("user").order_by("id").first()
+        return membership.user.email if membership is not None else ""
+
+    @property
     def accepts_requests(self) -> bool:
         """Past-due organizations keep access while billing is sorted out; suspended ones don't."""
         return self.status in (self.Status.ACTIVE, self.Status.PAST_DUE)

@@ -14,6 +14,7 @@ from .logging import *  # noqa: F403
 from .outbound import *  # noqa: F403
 from .security import *  # noqa: F403
 from .sso import *  # noqa: F403
+from .stripe import *  # noqa: F403
 from .tenancy import *  # noqa: F403
 from .workflows import *  # noqa: F403
 

@@ -24,6 +24,7 @@ SHARED_APPS = [
     "apps.accounts",
     "apps.rbac",
     "apps.billing",
+    "djstripe",  # public schema only: Stripe objects belong to the platform
     "apps.ops",
     "apps.apikeys",
     "apps.sso",
