@@ -1,6 +1,7 @@
 from celery import shared_task
 
 from apps.llm.budgets import holds_sweep, usage_fold
+from apps.llm.plan_budget import plan_budget_sync
 from apps.llm.services import llm_content_sweep, usage_hours_prune
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
@@ -62,3 +63,22 @@ def llm_usage_fold_all() -> int:
 def llm_usage_hours_prune() -> int:
     """Beat: delete every organization's hour buckets past their keeping (one public table)."""
     return usage_hours_prune()
+
+
+@tenant_task(serves_organization=False)
+def llm_plan_budget_sync() -> str:
+    """Set this organization's plan budget (Free's included usage) to what its plan says now."""
+    organization = Organization.objects.get(schema_name=tenant_connection().schema_name)
+    limit = plan_budget_sync(organization=organization)
+    return "none" if limit is None else str(limit)
+
+
+@shared_task
+def llm_plan_budgets_sync_all() -> int:
+    """Beat: the plan budget follows changes that happen by the clock alone (a past-due grace or a
+    cancelled subscription's period ending moves an organization to Free without any write), and
+    organizations that existed before plan budgets get theirs."""
+    ids = [org.pk for org in organization_list() if org.status != Organization.Status.DELETING]
+    for organization_id in ids:
+        llm_plan_budget_sync.delay(tenant_id=organization_id)
+    return len(ids)

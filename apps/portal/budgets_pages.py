@@ -39,7 +39,9 @@ def budgets(request: HttpRequest) -> HttpResponse:
     statuses = budget_statuses()
     editing = None
     if may_manage and request.method == "GET" and request.GET.get("edit", "").isdigit():
-        editing = next((s.budget for s in statuses if s.budget.pk == int(request.GET["edit"])), None)
+        editing = next(
+            (s.budget for s in statuses if s.budget.pk == int(request.GET["edit"]) and s.budget.scope != "plan"), None
+        )
     initial = (
         {
             "target": budget_target_of(editing),
@@ -109,7 +111,11 @@ def budget_remove(request: HttpRequest, budget_id: int) -> HttpResponse:
     budget = Budget.objects.filter(pk=budget_id).first()
     if budget is None:
         raise Http404("no such budget")
-    budget_delete(organization=caller_organization(request), budget=budget, actor=_actor(request))
+    try:
+        budget_delete(organization=caller_organization(request), budget=budget, actor=_actor(request))
+    except BudgetInvalid as refused:  # the plan's budget: set by the plan, not the organization
+        messages.error(request, str(refused))
+        return redirect("portal-budgets")
     messages.success(request, "Budget removed: calls are no longer held against it.")
     return redirect("portal-budgets")
 

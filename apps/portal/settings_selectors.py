@@ -54,6 +54,8 @@ def budget_target_labels(*, organization: Organization, budgets: Iterable[Budget
     for budget in budgets:
         if budget.scope == BudgetScope.ORGANIZATION:
             labels[budget.pk] = "Organization"
+        elif budget.scope == "plan":  # the platform's budget of a plan without overage (apps.llm.plan_budget)
+            labels[budget.pk] = "Plan: included usage"
         elif budget.scope == BudgetScope.KEY:
             name = key_names.get(int(budget.scope_id)) if budget.scope_id.isdigit() else None
             labels[budget.pk] = f"Key: {name}" if name is not None else f"Key #{budget.scope_id} (gone)"

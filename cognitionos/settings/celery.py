@@ -41,6 +41,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Hour buckets of usage (the dashboard's short ranges) past USAGE_HOUR_BUCKETS_DAYS are deleted;
     # day buckets stay.
     "llm-usage-hours-prune": {"task": "apps.llm.tasks.llm_usage_hours_prune", "schedule": 3600.0},
+    # The platform's budget of plans without overage follows the plan when only the clock changed it
+    # (a grace period or a cancelled subscription's period ending).
+    "llm-plan-budgets-sync": {"task": "apps.llm.tasks.llm_plan_budgets_sync_all", "schedule": 3600.0},
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
     # The one per-tenant fan-out of background work (apps.work.tasks), three duties:

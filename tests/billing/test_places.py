@@ -4,12 +4,14 @@ link), the engine (own keys and the semantic cache unused after a downgrade)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.apikeys.services import apikey_create
@@ -17,13 +19,16 @@ from apps.billing.models import Plan
 from apps.billing.selectors import EntitlementRefused, entitlement
 from apps.billing.services import organization_plan_change
 from apps.llm.attempts import Attempts
-from apps.llm.models import Budget
+from apps.llm.budgets import period_start
+from apps.llm.models import Budget, BudgetPeriod, BudgetWindow
 from apps.llm.plan_budget import PLAN_SCOPE, plan_budget_sync
 from apps.llm.services import llm_settings_set, provider_credential_set
 from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import ApiClientFor
 from tests.factories import TEST_ACTOR, member_make
+from tests.llm.conftest import fake_provider, fake_provider_server  # noqa: F401,F811 - fixtures
+from tests.support.fake_provider import FakeProvider
 
 Committing = Callable[..., Any]
 
@@ -174,3 +179,50 @@ def test_seats_jobs_runs_and_map_items_read_the_plan(free: Organization) -> None
         100,
     ]
     assert not entitlement(free, "members", used=3).allowed
+
+
+def test_a_call_past_frees_included_usage_is_refused_402_on_v1(
+    free: Organization, fake_provider: FakeProvider, django_capture_on_commit_callbacks: Committing
+) -> None:
+    plan_budget_sync(organization=free)
+    key = apikey_create(organization=free, name="calls", actor=TEST_ACTOR).key
+    with organization_schema(free):
+        budget = Budget.objects.get(scope=PLAN_SCOPE)
+        BudgetWindow.objects.create(
+            budget=budget, period_start=period_start(BudgetPeriod.MONTH, timezone.now()), spent_usd=Decimal("4.9999999")
+        )
+    tenant_connection().set_schema_to_public()
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 100}
+    answer = Client().post(
+        "/v1/chat/completions",
+        data=json.dumps(body),
+        content_type="application/json",
+        HTTP_HOST="localhost",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert answer.status_code == 402
+    error = answer.json()["error"]
+    assert error["code"] == "plan_usage_exhausted" and "included usage" in error["message"]
+    assert fake_provider.calls == []  # refused before the provider was called
+    # The same call from an organization on a plan with overage goes through (no plan budget).
+    with django_capture_on_commit_callbacks(execute=True):
+        organization_plan_change(organization=free, plan=Plan.objects.get(code="pro"), actor=TEST_ACTOR)
+    tenant_connection().set_schema_to_public()
+    assert plan_budget_sync(organization=free) is None
+
+
+def test_the_budgets_page_shows_the_plan_budget_as_the_plans(free: Organization) -> None:
+    plan_budget_sync(organization=free)
+    with organization_schema(free):
+        budget = Budget.objects.get(scope=PLAN_SCOPE)
+    tenant_connection().set_schema_to_public()
+    client, _ = _owner(free)
+    page = client.get("/budgets/")
+    html = page.content.decode()
+    assert page.status_code == 200, html[-3000:]
+    assert "Plan: included usage" in html and "Set by your plan" in html
+    assert f"/budgets/{budget.pk}/remove/" not in html and f"?edit={budget.pk}" not in html
+    removed = client.post(f"/budgets/{budget.pk}/remove/", follow=True)
+    assert "the plan&#x27;s included usage" in removed.content.decode()
+    with organization_schema(free):
+        assert Budget.objects.filter(pk=budget.pk).exists()
