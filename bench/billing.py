@@ -86,7 +86,7 @@ def entitlement_part(*, calls: int, loops: int) -> None:
     messages = [{"role": "user", "content": "How many tokens does this question take?"}]
     call = chat_call_parse({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}})
     real = ratelimits.__dict__["plan_limit"]
-    limits = {name: real(organization, name) for name in ("requests_per_minute", "tokens_per_minute")}
+    limits: dict[str, int] = {name: real(organization, name) for name in ("requests_per_minute", "tokens_per_minute")}
 
     def constant(organization: object, name: str) -> int:
         return limits[name]
