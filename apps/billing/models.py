@@ -234,5 +234,78 @@ class OrganizationSubscription(models.Model):
         return f"{self.organization_id}: {self.status}"
 
 
+# --- Operator tools (the admin): credits and plan grants -------------------------------------------
+
+
+class BillingCredit(models.Model):
+    """USD an operator credits an organization, applied against usage billed past what its plan
+    includes (oldest expiry first). `applied_usd` grows as invoices use it; what is left counts
+    until `expires_at`. Written only by apps.billing.services (audited in the organization's log)."""
+
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="billing_credits")
+    amount_usd = models.DecimalField(max_digits=10, decimal_places=2)
+    applied_usd = models.DecimalField(max_digits=10, decimal_places=2, default=Decimal(0))
+    reason = models.CharField(max_length=200)
+    granted_by = models.CharField(max_length=254, help_text="The operator's email.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+
+    class Meta:
+        ordering = ("organization", "-created_at")
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_usd__gt=0), name="billing_credit_positive"),
+            models.CheckConstraint(
+                condition=Q(applied_usd__gte=0, applied_usd__lte=models.F("amount_usd")),
+                name="billing_credit_applied_within_amount",
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "expires_at"], name="billing_credit_org_expiry")]
+
+    def __str__(self) -> str:
+        return f"${self.amount_usd} credit for {self.organization_id}"
+
+    @property
+    def remaining_usd(self) -> Decimal:
+        return self.amount_usd - self.applied_usd
+
+
+class PlanGrant(models.Model):
+    """A plan an operator gives an organization without payment: a complimentary plan or a trial
+    until a date, or a manual override (open-ended, or until a date). While it is open and not
+    past `ends_at` it decides the organization's plan; when it ends the organization returns to
+    the plan its subscription pays for (Free without one). At most one open grant per organization."""
+
+    class Kind(models.TextChoices):
+        COMP = "comp", "Complimentary plan"
+        TRIAL = "trial", "Trial"
+        OVERRIDE = "override", "Manual override"
+
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="plan_grants")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="grants")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    reason = models.CharField(max_length=200)
+    granted_by = models.CharField(max_length=254, help_text="The operator's email.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    ends_at = models.DateTimeField(null=True, blank=True, help_text="Empty: until revoked (overrides only).")
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="Set when the grant ended or was revoked.")
+
+    class Meta:
+        ordering = ("organization", "-created_at")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"], condition=Q(ended_at__isnull=True), name="billing_grant_one_open"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="override") | Q(ends_at__isnull=False), name="billing_grant_comp_trial_end"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["comp", "trial", "override"]), name="billing_grant_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.plan} for {self.organization_id}"
+
+
 # Stripe bookkeeping (the stripe helper's models live in their own module; imported here so Django finds them).
 from apps.billing.stripe_models import StripeCustomer, StripeEvent, StripeInvoice, StripeSubscription  # noqa: E402, F401

@@ -37,6 +37,12 @@ NAVIGATION: list[dict[str, str]] = [
     {"group": "Organization", "label": "Security", "url_name": "portal-security", "permission": "security:manage"},
     {"group": "Organization", "label": "Single sign-on", "url_name": "portal-sso", "permission": "security:manage"},
     {"group": "Organization", "label": "Audit log", "url_name": "portal-audit", "permission": "audit:read"},
+    {
+        "group": "Organization",
+        "label": "Plan and billing",
+        "url_name": "portal-billing",
+        "permission": "billing:manage",
+    },
 ]
 
 
@@ -75,9 +81,12 @@ def _navigation(request: HttpRequest) -> list[dict[str, str]]:
 def portal(request: HttpRequest) -> dict[str, Any]:
     tenant = getattr(request, "tenant", None)
     organization = tenant if tenant is not None and not tenant.is_public else None
+    navigation = _navigation(request) if organization is not None else []
     context: dict[str, Any] = {
         "portal_organization": organization,
-        "portal_navigation": _navigation(request) if organization is not None else [],
+        "portal_navigation": navigation,
+        # The plan page's link, where the member may open it: plan refusals link to it ("See plans").
+        "portal_billing_url": next((item["url"] for item in navigation if item["url_name"] == "portal-billing"), ""),
         "portal_dev_mailbox": settings.DEV_MAILBOX,
         "portal_memberships": [],
         "portal_platform_origin": platform_origin(request),

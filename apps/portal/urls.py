@@ -61,4 +61,5 @@ urlpatterns = [
     path("", include("apps.portal.budgets_pages")),
     path("", include("apps.portal.provider_keys_pages")),
     path("", include("apps.portal.model_settings_pages")),
+    path("", include("apps.portal.billing_pages")),
 ]

@@ -37,6 +37,9 @@
     provider_not_configured: "Provider not configured",
     no_model_available: "No model available",
     insufficient_scope: "Not allowed",
+    plan_usage_exhausted: "Plan limit reached",
+    plan_limit_reached: "Plan limit reached",
+    plan_feature_unavailable: "Not in your plan",
   };
 
   // --- Messages -------------------------------------------------------------------------------
@@ -99,6 +102,16 @@
     return document.getElementById(`id_${field}`);
   }
 
+  // A refusal by the organization's plan links to the plan page (for members who may open it).
+  function plansLink() {
+    const url = refusal.dataset.plansUrl;
+    if (!url) return document.createTextNode("An owner, an admin or a billing member can change the plan.");
+    const link = document.createElement("a");
+    link.href = url;
+    link.textContent = "See plans";
+    return link;
+  }
+
   function showProblem(problem) {
     const where = problem.field && form.querySelector(`[data-error-for="${CSS.escape(problem.field)}"]`);
     if (where) {
@@ -116,6 +129,7 @@
       const strong = document.createElement("strong");
       strong.textContent = `${title}: `;
       refusal.append(strong, document.createTextNode(problem.message));
+      if (problem.code && problem.code.startsWith("plan_")) refusal.append(" ", plansLink());
       refusal.hidden = false;
     }
     status.textContent = "Nothing was run.";
