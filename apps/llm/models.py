@@ -70,6 +70,10 @@ class UsageAttempt(models.Model):
     # Whether this settled row has been added to the public UsageRollup (by usage_fold, off the
     # request path): marked in the same statement that adds it, so it is counted exactly once.
     rolled_up = models.BooleanField(default=False, db_default=False)
+    # When Stripe accepted this settled row's meter event (apps.billing.metering), or when the push
+    # decided it bills nothing (own key, zero cost, before metering began). Null: not yet. Set only
+    # after Stripe answered, so a push that dies resends it (Stripe drops the repeat by identifier).
+    metered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -114,6 +118,12 @@ class UsageAttempt(models.Model):
                 fields=["id"],
                 condition=models.Q(rolled_up=False) & ~models.Q(status="reserved"),
                 name="llm_attempt_unrolled",
+            ),
+            # What the meter push has left to send: small, whatever the ledger's size.
+            models.Index(
+                fields=["id"],
+                condition=models.Q(metered_at__isnull=True) & ~models.Q(status="reserved"),
+                name="llm_attempt_unmetered",
             ),
         ]
 

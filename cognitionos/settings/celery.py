@@ -44,6 +44,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # The platform's budget of plans without overage follows the plan when only the clock changed it
     # (a grace period or a cancelled subscription's period ending).
     "llm-plan-budgets-sync": {"task": "apps.llm.tasks.llm_plan_budgets_sync_all", "schedule": 3600.0},
+    # Settled ledger rows of organizations on a plan that bills usage are sent to Stripe's billing
+    # meter (apps.billing.metering: each row once, marked after Stripe accepts it).
+    "billing-meters-push": {"task": "apps.billing.tasks.billing_meters_push_all", "schedule": 60.0},
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
     # The one per-tenant fan-out of background work (apps.work.tasks), three duties:
