@@ -262,7 +262,8 @@ def _rows_from_source(source: Mapping[str, Any]) -> list[StepRow]:
 
 def _staged(rows: list[StepRow]) -> list[list[StepRow]]:
     """Steps in stages: a step's stage is one after the latest of the steps it depends on, so a
-    stage's steps can run at the same time. A cycle (refused, but drawn) stops after len(rows) rounds."""
+    stage's steps can run at the same time; a step after one that doesn't exist (refused, but drawn)
+    is not drawn beside the first ones. A cycle (refused, but drawn) stops after len(rows) rounds."""
     by_index = {row.index: row for row in rows}
     for _ in range(len(rows)):
         changed = False
@@ -270,6 +271,8 @@ def _staged(rows: list[StepRow]) -> list[list[StepRow]]:
             stage = max(
                 (by_index[i].stage + 1 for _, i in row.depends_on if i is not None and i in by_index), default=0
             )
+            if any(i is None or i not in by_index for _, i in row.depends_on):
+                stage = max(stage, 1)  # after a step that doesn't exist: never with the first ones
             stage = min(stage, len(rows) - 1)
             if stage != row.stage:
                 row.stage, changed = stage, True

@@ -142,6 +142,8 @@ def test_a_misspelled_step_reference_is_shown_at_its_step_and_nothing_is_saved(
     assert "wf-step--invalid" in second and "unknown step &#x27;sumary&#x27;" in second and "prompt:" in second
     assert '<span class="wf-missing">sumary (no such step)</span>' in second
     assert "unknown step" not in step_card(html, 0)
+    # Drawn after the first step, not beside it as if they could run at the same time.
+    assert "Stage 2" in html and "run at the same time" not in html
     # And in the summary at the top, linking to the step.
     assert 'href="#step-1">Step 2</a> · prompt: unknown step' in html
     assert "Not saved: 1 problem in the definition." in html
