@@ -20,6 +20,7 @@ from tests.support.fake_stripe import FakeStripe
 
 EVENT_NAME = "cognitionos_usage_test"
 COST = Decimal("0.00012345")  # micro-cents: 12345 per row
+UNITS = 12345
 
 
 def meter_create(fake: FakeStripe, event_name: str = EVENT_NAME) -> str:
