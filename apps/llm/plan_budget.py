@@ -48,17 +48,15 @@ def plan_budget_sync(*, organization: Organization) -> Decimal | None:
 
 
 def _entitlements_changed(organization: Organization | None = None, **_: Any) -> None:
-    targets = (
-        [organization]
-        if organization is not None
-        else list(Organization.objects.exclude(schema_name="public").select_related("plan"))
-    )
-    for target in targets:
-        try:
-            plan_budget_sync(organization=target)
-        except DatabaseError:
-            # A schema not there (yet, or any more): the next change or the periodic sync sets it.
-            logger.exception("plan budget of %s not synced", target.slug)
+    if organization is None:
+        # An operator saved a plan version: a version in use never changes, so no organization's
+        # budget does (the hourly llm_plan_budgets_sync_all covers a new Free version's fallback).
+        return
+    try:
+        plan_budget_sync(organization=organization)
+    except DatabaseError:
+        # A schema not there (any more): the hourly sync sets it when there is one.
+        logger.exception("plan budget of %s not synced", organization.slug)
 
 
 def receivers_connect() -> None:

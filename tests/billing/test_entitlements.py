@@ -4,6 +4,7 @@ subscription's grace and cancellation, and the Free plan's platform hard budget.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,13 @@ import pytest
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
-from apps.billing.models import OrganizationPlanPeriod, Plan, PlanVersion, PlanVersionInUse
+from apps.billing.models import (
+    OrganizationPlanPeriod,
+    OrganizationSubscription,
+    Plan,
+    PlanVersion,
+    PlanVersionInUse,
+)
 from apps.billing.selectors import EntitlementRefused, entitlement, entitlement_require, plan_periods
 from apps.billing.services import organization_plan_change, organization_subscription_update
 from apps.llm.attempts import budget_refusal
@@ -208,3 +215,18 @@ def test_free_stops_at_its_included_usage_with_a_budget_the_organization_cannot_
     _move(tenant, "pro", django_capture_on_commit_callbacks)
     with organization_schema(tenant):
         assert not Budget.objects.filter(scope=PLAN_SCOPE).exists()
+
+
+def test_a_process_that_got_no_signal_sees_the_change_within_the_cache_lifetime(
+    tenant: Organization, django_capture_on_commit_callbacks: Committing, settings: Any
+) -> None:
+    settings.TENANT_RESOLUTION_CACHE_SECONDS = 0.2  # before the move: its receivers cache the plan too
+    _move(tenant, "pro", django_capture_on_commit_callbacks)
+    assert entitlement(tenant, "webhooks").allowed  # cached here
+    # Another process's write: no signal reaches this one.
+    OrganizationSubscription.objects.filter(organization=tenant).update(
+        status="past_due", grace_until=timezone.now() - dt.timedelta(seconds=1)
+    )
+    assert entitlement(tenant, "webhooks").allowed  # still the cached answer
+    time.sleep(0.25)
+    assert not entitlement(tenant, "webhooks").allowed  # the lifetime is over: read again
