@@ -50,7 +50,7 @@ def budget_refusal(exc: BudgetExceeded) -> LlmRefusal:
         return LlmRefusal(
             402,
             "plan_usage_exhausted",
-            f"your plan's included usage this month (${exc.limit_usd}) is spent: upgrade the plan to continue",
+            f"your plan's included usage this month (${exc.limit_usd or 0:.2f}) is spent: upgrade the plan to continue",
         )
     return LlmRefusal(402, "budget_exceeded", str(exc))
 

@@ -202,7 +202,7 @@ def test_a_call_past_frees_included_usage_is_refused_402_on_v1(
     )
     assert answer.status_code == 402
     error = answer.json()["error"]
-    assert error["code"] == "plan_usage_exhausted" and "included usage" in error["message"]
+    assert error["code"] == "plan_usage_exhausted" and "included usage this month ($5.00)" in error["message"]
     assert fake_provider.calls == []  # refused before the provider was called
     # The same call from an organization on a plan with overage goes through (no plan budget).
     with django_capture_on_commit_callbacks(execute=True):
