@@ -8,6 +8,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
@@ -217,8 +218,14 @@ def _stripe_customer_ensure(*, organization: Organization) -> str:
         organization_id=organization.pk,
         email=organization.email,
         name=organization.name,
-        metadata={"organization_id": str(organization.pk), "organization_slug": organization.slug},
+        # dj-stripe links a customer to its subscriber (the organization) by this metadata key.
+        metadata={
+            "organization_id": str(organization.pk),
+            "organization_slug": organization.slug,
+            settings.DJSTRIPE_SUBSCRIBER_CUSTOMER_KEY: str(organization.pk),
+        },
     )
+    stripe_gateway.djstripe_mirror(customer)
     row, _ = StripeCustomer.objects.get_or_create(
         organization_id=organization.pk,
         defaults={"customer_id": customer["id"], "livemode": bool(customer.get("livemode"))},

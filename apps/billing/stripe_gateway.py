@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import stripe
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -37,6 +40,7 @@ __all__ = [
     "client",
     "configured",
     "customer_create",
+    "djstripe_mirror",
     "event_verify",
     "invoices_list",
     "meter_event_create",
@@ -96,8 +100,9 @@ def _is_local(api_base: str) -> bool:
 def client() -> stripe.StripeClient:
     if not configured():
         raise StripeNotConfigured("Stripe is not configured (STRIPE_SECRET_KEY is empty)")
-    # dj-stripe's sync helpers use the module-level settings: the same base for them.
+    # dj-stripe's sync helpers use the module-level settings: the same base and retries for them.
     stripe.api_base = settings.STRIPE_API_BASE
+    stripe.max_network_retries = settings.STRIPE_MAX_NETWORK_RETRIES
     return _client(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_MAX_NETWORK_RETRIES)
 
 
@@ -274,6 +279,37 @@ def event_verify(payload: bytes, signature_header: str | None) -> dict[str, Any]
 
 
 # --- dj-stripe ------------------------------------------------------------------------------------
+
+
+def djstripe_mirror(obj: Mapping[str, Any]) -> bool:
+    """Mirror a Stripe object (customer, subscription, invoice, Checkout session) into dj-stripe's
+    tables with its `sync_from_stripe_data`, which may read related objects (account, price,
+    product) from Stripe. True if mirrored. A Stripe outage raises StripeUnavailable (the webhook
+    answers 503 and Stripe retries); anything else dj-stripe trips on is logged and skipped in its
+    own savepoint — the mirror is for reading, our own tables decide."""
+    from django.db import transaction
+    from djstripe import models as djstripe_models
+
+    model = {
+        "customer": djstripe_models.Customer,
+        "subscription": djstripe_models.Subscription,
+        "invoice": djstripe_models.Invoice,
+        "checkout.session": djstripe_models.Session,
+    }.get(str(obj.get("object")))
+    if model is None:
+        return False
+    client()
+    api_key = settings.STRIPE_SECRET_KEY
+    stripe_object = stripe.convert_to_stripe_object(dict(obj), api_key=api_key)
+    try:
+        with transaction.atomic():
+            _call(model.sync_from_stripe_data, stripe_object, api_key=api_key)
+    except StripeUnavailable:
+        raise
+    except Exception:
+        logger.exception("dj-stripe could not mirror %s %s", obj.get("object"), obj.get("id"))
+        return False
+    return True
 
 
 def request_subscriber(request: HttpRequest) -> Organization | None:

@@ -130,6 +130,9 @@ def stripe_event_process(*, event: dict[str, Any]) -> StripeEvent.Outcome | None
                 outcome = _invoice_event(organization, obj, event_type, event_id=event_id, created=created)
             else:
                 outcome = _checkout_completed(organization, obj, event_id=event_id, created=created)
+            if outcome == StripeEvent.Outcome.APPLIED:
+                # dj-stripe's tables follow what was applied (never an older state).
+                stripe_gateway.djstripe_mirror(obj)
             audit_record(
                 organization=organization,
                 actor=STRIPE_ACTOR,

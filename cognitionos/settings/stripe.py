@@ -9,6 +9,8 @@ DJSTRIPE_USE_NATIVE_JSONFIELD = True
 # dj-stripe's own views (which we don't route) would find the subscriber as the request's organization.
 DJSTRIPE_SUBSCRIBER_MODEL_REQUEST_CALLBACK = "apps.billing.stripe_gateway.request_subscriber"
 DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
+# The customer's metadata key naming its organization (dj-stripe's default).
+DJSTRIPE_SUBSCRIBER_CUSTOMER_KEY = "djstripe_subscriber"
 
 STRIPE_LIVE_MODE = env_str("STRIPE_LIVE_MODE", "false").lower() in ("1", "true", "yes")
 # One secret key (sk_test_... or sk_live_...); empty: billing through Stripe is off (plans still work).

@@ -21,8 +21,8 @@ def fake_stripe() -> Iterator[FakeStripe]:
     with (
         FakeStripe(webhook_secret=WEBHOOK_SECRET) as fake,
         override_settings(
-            STRIPE_SECRET_KEY="sk_test_cognitionos",
-            STRIPE_TEST_SECRET_KEY="sk_test_cognitionos",
+            STRIPE_SECRET_KEY="sk_test_cognitionosFakeStripeKey0001",
+            STRIPE_TEST_SECRET_KEY="sk_test_cognitionosFakeStripeKey0001",
             STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
             STRIPE_API_BASE=fake.api_base,
             STRIPE_MAX_NETWORK_RETRIES=2,

@@ -87,6 +87,12 @@ def test_checkout_then_webhooks_put_the_organization_on_the_plan(
     assert len(_audit(org, "billing.plan_changed")) == 1
     assert len(_audit(org, "billing.checkout_started")) == 1
     assert len(_audit(org, "billing.stripe_event")) == 4
+    # dj-stripe's mirror: the organization is the customer's subscriber; the subscription and invoice are there.
+    from djstripe.models import Customer, Invoice, Subscription
+
+    assert Customer.objects.get(id=customer.customer_id).subscriber == org
+    assert Subscription.objects.get(id=subscription["id"]).status == "active"
+    assert Invoice.objects.filter(customer_id=customer.customer_id).count() == 1
 
 
 def test_a_duplicated_event_changes_nothing_twice(

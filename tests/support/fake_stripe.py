@@ -498,6 +498,8 @@ class FakeStripe:
         if parts[0] != "v1":
             raise _StripeError(404, f"Unrecognized request URL ({method}: {path})")
         p = parts[1:]
+        if p == ["account"] or (len(p) == 2 and p[0] == "accounts"):
+            return self._account()
         if p == ["customers"]:
             return (
                 self._customer_create(params)
@@ -529,6 +531,9 @@ class FakeStripe:
             )
         if p == ["products"]:
             return self._list(self.all("product"), params, "/v1/products")
+        if len(p) == 3 and p[0] == "products" and p[2] == "features":
+            self._find("product", p[1])
+            return self._list([], params, f"/v1/products/{p[1]}/features")
         if len(p) == 2 and p[0] in ("products", "prices"):
             return self._find(p[0][:-1], p[1])
         if p == ["prices"] and method == "POST":
@@ -704,6 +709,26 @@ class FakeStripe:
             return {}
         raise _StripeError(404, f"Unrecognized request URL ({method}: /v2/{'/'.join(p)})")
 
+    def _account(self) -> dict[str, Any]:
+        """The platform's own account (dj-stripe reads it to know who owns the objects)."""
+        return {
+            "id": "acct_fakestripe0001",
+            "object": "account",
+            "business_type": "company",
+            "business_profile": {"name": "CognitionOS (fake)", "url": None, "support_email": None},
+            "charges_enabled": True,
+            "payouts_enabled": True,
+            "country": "US",
+            "created": 1_700_000_000,
+            "default_currency": "usd",
+            "details_submitted": True,
+            "email": "billing@example.com",
+            "metadata": {},
+            "settings": {"dashboard": {"display_name": "CognitionOS (fake)", "timezone": "Etc/UTC"}},
+            "type": "standard",
+            "livemode": False,
+        }
+
     def _customer_create(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._store(
             "customer",
@@ -816,6 +841,7 @@ class FakeStripe:
                 },
             },
         )
+        subscription["items"]["data"][0]["subscription"] = subscription["id"]
         invoice = self._invoice(subscription, paid=True)
         session.update({"status": "complete", "payment_status": "paid", "subscription": subscription["id"]})
         self._emit("customer.subscription.created", subscription)
