@@ -11,6 +11,7 @@ from typing import Any
 from celery import shared_task
 
 from apps.billing.metering import metering_organization_ids, meters_push
+from apps.billing.operator_services import plan_grants_expire
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.tasks import tenant_task
@@ -38,3 +39,10 @@ def billing_meters_push_all() -> int:
     for organization_id in ids:
         billing_meters_push.delay(tenant_id=organization_id)
     return len(ids)
+
+
+@shared_task
+def billing_plan_grants_expire() -> int:
+    """Beat: end the operators' plan grants whose end date passed (idempotent: an ended grant is
+    skipped, and two runs at once serialize on the grant's row lock)."""
+    return plan_grants_expire()

@@ -93,7 +93,14 @@ class PeriodUsage:
         something was used)."""
         if self.included_usd <= 0:
             return 100 if self.used_usd > 0 else 0
-        return int(min(Decimal(100), self.used_usd * 100 / self.included_usd))
+        # Rounded, not truncated: $4.999999 of $5.00 is shown as $5.00, so not as 99%.
+        share = (self.used_usd * 100 / self.included_usd).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+        return int(min(Decimal(100), share))
+
+    @property
+    def exhausted(self) -> bool:
+        """What is included is used, to the cent (the rollups lag the ledger by up to a minute)."""
+        return self.included_usd - self.used_usd < CENT / 2
 
     @property
     def projected_usd(self) -> Decimal | None:

@@ -85,7 +85,7 @@ def plan_limits(version: PlanVersion) -> list[PlanLimit]:
         PlanLimit("Included usage", f"${version.included_usage_usd:,.2f} a month (list price)"),
         PlanLimit(
             "Past the included usage",
-            f"billed at ${version.overage_price_per_usd:,.4f} per $1 of usage"
+            f"billed at ${_rate(version.overage_price_per_usd)} per $1 of usage"
             if version.overage_allowed and version.overage_price_per_usd is not None
             else "calls stop until the next period",
         ),
@@ -94,6 +94,13 @@ def plan_limits(version: PlanVersion) -> list[PlanLimit]:
         value = getattr(version, column)
         rows.append(PlanLimit(label, "Unlimited" if value is None else f"{value:,} {unit}"))
     return rows
+
+
+def _rate(value: Decimal) -> str:
+    """A price per dollar with its cents and any finer digits it has: 1.0000 → 1.00, 0.9250 → 0.925."""
+    digits = f"{value.normalize():f}"
+    whole, _, fraction = digits.partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
 
 
 def plan_features(version: PlanVersion) -> list[tuple[str, bool]]:
@@ -190,6 +197,11 @@ class BillingOverview:
     def status_text(self) -> str:
         status = self.subscription.status if self.subscription is not None else "none"
         return STATUS_TEXT.get(status, status)
+
+    @property
+    def overage_rate(self) -> str:
+        price = self.overage.price_per_usd
+        return "" if price is None else f"${_rate(price)}"
 
     @property
     def current_limits(self) -> list[PlanLimit]:

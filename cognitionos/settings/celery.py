@@ -47,6 +47,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Settled ledger rows of organizations on a plan that bills usage are sent to Stripe's billing
     # meter (apps.billing.metering: each row once, marked after Stripe accepts it).
     "billing-meters-push": {"task": "apps.billing.tasks.billing_meters_push_all", "schedule": 60.0},
+    # Operators' complimentary plans, trials and overrides whose end date passed return the
+    # organization to the plan its subscription pays for (apps.billing.operator_services).
+    "billing-plan-grants-expire": {"task": "apps.billing.tasks.billing_plan_grants_expire", "schedule": 300.0},
     # Stored prompts and answers past each organization's retention are deleted.
     "llm-content-sweep": {"task": "apps.llm.tasks.llm_content_sweep_all", "schedule": 3600.0},
     # The one per-tenant fan-out of background work (apps.work.tasks), three duties:

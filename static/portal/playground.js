@@ -129,7 +129,9 @@
       const strong = document.createElement("strong");
       strong.textContent = `${title}: `;
       refusal.append(strong, document.createTextNode(problem.message));
-      if (problem.code && problem.code.startsWith("plan_")) refusal.append(" ", plansLink());
+      if (problem.code && problem.code.startsWith("plan_")) {
+        refusal.append(/[.!?]$/.test(problem.message) ? " " : ". ", plansLink());
+      }
       refusal.hidden = false;
     }
     status.textContent = "Nothing was run.";
