@@ -66,10 +66,12 @@ _STATUS = {
 class MembershipChangeRefused(Refusal):
     """A membership or role change the rules don't allow; `code` names the rule (and the status)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, details: object = None) -> None:
         super().__init__(message)
         self.code = code
         self.http_status = _STATUS.get(code, 400)
+        # A plan's refusal names its entitlement (apps.billing): {"entitlement": "members", ...}.
+        self.details = details
 
 
 def _refusals_about(param: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -269,8 +271,11 @@ def _custom_role_check_usable(*, organization: Organization, custom_role: Custom
 
 
 def _custom_roles_require(organization: Organization) -> None:
-    if not entitlement(organization, "custom_roles").allowed:
-        raise MembershipChangeRefused("plan_limit", "custom roles are not included in this organization's plan")
+    included = entitlement(organization, "custom_roles")
+    if not included.allowed:
+        raise MembershipChangeRefused(
+            "plan_limit", "custom roles are not included in this organization's plan", details=included.details()
+        )
 
 
 def _permissions_parse(permissions: Iterable[str]) -> list[str]:
@@ -383,6 +388,7 @@ def _seat_check(organization: Organization) -> None:
             "plan_limit_members",
             f"the plan allows {max_members} members, counting open invitations: "
             "revoke an invitation, remove a member or change the plan",
+            details=seats.details(),
         )
 
 
@@ -623,7 +629,9 @@ def _invitation_accept_locked(
     max_members = seats.limit
     if not seats.allowed:
         raise MembershipChangeRefused(
-            "plan_limit_members", f"the organization has reached its plan's {max_members} members"
+            "plan_limit_members",
+            f"the organization has reached its plan's {max_members} members",
+            details=seats.details(),
         )
     actor = Principal.for_user(user)
     role: Role | CustomRole = invitation.custom_role if invitation.custom_role is not None else Role(invitation.role)

@@ -27,7 +27,7 @@ from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import ApiClientFor
 from tests.factories import TEST_ACTOR, member_make
-from tests.llm.conftest import fake_provider, fake_provider_server  # noqa: F401,F811 - fixtures
+from tests.llm.conftest import fake_provider, fake_provider_server  # noqa: F401 - fixtures
 from tests.support.fake_provider import FakeProvider
 
 Committing = Callable[..., Any]
@@ -182,7 +182,9 @@ def test_seats_jobs_runs_and_map_items_read_the_plan(free: Organization) -> None
 
 
 def test_a_call_past_frees_included_usage_is_refused_402_on_v1(
-    free: Organization, fake_provider: FakeProvider, django_capture_on_commit_callbacks: Committing
+    free: Organization,
+    fake_provider: FakeProvider,  # noqa: F811 - the fixture imported above
+    django_capture_on_commit_callbacks: Committing,
 ) -> None:
     plan_budget_sync(organization=free)
     key = apikey_create(organization=free, name="calls", actor=TEST_ACTOR).key
@@ -226,3 +228,25 @@ def test_the_budgets_page_shows_the_plan_budget_as_the_plans(free: Organization)
     assert "the plan&#x27;s included usage" in removed.content.decode()
     with organization_schema(free):
         assert Budget.objects.filter(pk=budget.pk).exists()
+
+
+def test_seats_and_custom_roles_keep_their_codes_and_name_the_entitlement(free: Organization) -> None:
+    owner, _ = _owner(free)  # the factory's owner, and this one: 2 of Free's 3 seats
+    first = owner.post(
+        "/api/v1/invitations", {"email": "third@example.com", "role": "viewer"}, content_type="application/json"
+    )
+    assert first.status_code == 201, first.content
+    refused = owner.post(
+        "/api/v1/invitations", {"email": "fourth@example.com", "role": "viewer"}, content_type="application/json"
+    )
+    error = refused.json()["error"]
+    assert (refused.status_code, error["code"]) == (403, "plan_limit_members")
+    assert (error["details"]["entitlement"], error["details"]["limit"], error["details"]["used"]) == ("members", 3, 3)
+    role = owner.post(
+        "/api/v1/roles", {"name": "Auditors", "permissions": ["audit:read"]}, content_type="application/json"
+    )
+    assert (role.status_code, role.json()["error"]["code"], role.json()["error"]["details"]["entitlement"]) == (
+        403,
+        "plan_limit",
+        "custom_roles",
+    )
