@@ -25,5 +25,6 @@ class EntitlementRefusedMiddleware:
         if not isinstance(exception, EntitlementRefused):
             return None
         # An HTMX request swaps the fragment into the page it came from; a full page otherwise.
-        template = "portal/plan_refused_fragment.html" if request.headers.get("HX-Request") else "portal/plan_refused.html"
+        fragment = bool(request.headers.get("HX-Request"))
+        template = "portal/plan_refused_fragment.html" if fragment else "portal/plan_refused.html"
         return render(request, template, {"refusal": exception}, status=exception.http_status)
