@@ -163,9 +163,7 @@ class OrganizationPlanPeriod(models.Model):
         STRIPE = "stripe", "Stripe subscription"
         MIGRATION = "migration", "Data migration"
 
-    organization = models.ForeignKey(
-        "tenants.Organization", on_delete=models.CASCADE, related_name="plan_periods"
-    )
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="plan_periods")
     plan_version = models.ForeignKey(PlanVersion, on_delete=models.PROTECT, related_name="periods")
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField(null=True, blank=True)
@@ -202,9 +200,7 @@ class SubscriptionStatus(models.TextChoices):
 class OrganizationSubscription(models.Model):
     """The organization's billing state, kept by the Stripe side (webhooks) and operators."""
 
-    organization = models.OneToOneField(
-        "tenants.Organization", on_delete=models.CASCADE, related_name="subscription"
-    )
+    organization = models.OneToOneField("tenants.Organization", on_delete=models.CASCADE, related_name="subscription")
     status = models.CharField(max_length=20, choices=SubscriptionStatus.choices, default=SubscriptionStatus.NONE)
     current_period_start = models.DateTimeField(null=True, blank=True)
     current_period_end = models.DateTimeField(null=True, blank=True)
