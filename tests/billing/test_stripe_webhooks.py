@@ -381,3 +381,29 @@ def test_the_billing_portal_reuses_the_customer_and_its_cancellation_reaches_the
     assert state.status == SubscriptionStatus.ACTIVE
     assert _refresh(org).plan.code == "pro", "the plan lasts until the period ends"
     assert fake_stripe.get("subscription", subscription["id"])["cancel_at_period_end"] is True
+
+
+def test_a_stripe_outage_while_applying_answers_503_and_the_redelivery_applies_it(
+    two_tenants: tuple[Organization, Organization], fake_stripe: FakeStripe
+) -> None:
+    """Two updates in one second can't be ordered by time: the subscription is read from Stripe.
+    When Stripe can't answer, nothing is recorded and Stripe's retry of the delivery applies it."""
+    org, _ = two_tenants
+    subscription = _subscribe(org, fake_stripe)
+    fake_stripe.clock_offset = 10
+    fake_stripe.subscription_update(subscription["id"], cancel_at_period_end=True)
+    fake_stripe.subscription_update(subscription["id"], cancel_at_period_end=False)
+    first, second = fake_stripe.pending
+    fake_stripe.pending = []
+    assert post_event(first, fake_stripe).json()["outcome"] == "applied"
+
+    fake_stripe.fail_next(3, status=500, path_prefix="/v1/subscriptions")  # more than the retries
+    response = post_event(second, fake_stripe)
+    assert response.status_code == 503
+    assert not StripeEvent.objects.filter(event_id=second["id"]).exists()
+
+    retried = post_event(second, fake_stripe)
+    assert retried.status_code == 200
+    assert retried.json()["outcome"] == "applied"
+    # Stripe's state (the later update) is what applies, whichever of the two came last.
+    assert OrganizationSubscription.objects.get(organization=org).cancel_at_period_end is False
