@@ -180,8 +180,8 @@ STREAM_BATCH = stripe_gateway.METER_STREAM_BATCH  # events per stream request (S
 
 
 def _send_chunk(events: Sequence[MeterEvent]) -> MeterSendOutcome:
-    """One stream request. Refused (4xx), its events go one by one on v1 to tell the refused event
-    from the good ones; a v1 repeat of an identifier Stripe already has counts once."""
+    """One gateway call (stream requests of up to 100 events). Refused (4xx), its events go one by one
+    on v1 to tell the refused event from the good ones; a v1 repeat Stripe already has counts once."""
     outcome = MeterSendOutcome()
     try:
         stripe_gateway.meter_events_stream(events)
@@ -206,8 +206,14 @@ def _send_chunk(events: Sequence[MeterEvent]) -> MeterSendOutcome:
 
 
 def meter_events_send(events: Sequence[MeterEvent]) -> MeterSendOutcome:
-    """Send a batch as stream requests of up to 100 events, a few at once; say which were accepted."""
-    chunks = [events[i : i + STREAM_BATCH] for i in range(0, len(events), STREAM_BATCH)]
+    """Send a batch as stream requests of up to 100 events, a few at once; say which were accepted.
+
+    The batch is cut into SEND_CONCURRENCY slices of whole hundreds, each sent in one gateway call
+    (one meter event session, then its stream requests in turn): fewer session requests than one
+    per hundred. A slice that fails part-way counts as not accepted as a whole; its events that did
+    reach Stripe are sent again by a later push and dropped there by identifier."""
+    per_slice = max(1, -(-len(events) // (SEND_CONCURRENCY * STREAM_BATCH))) * STREAM_BATCH
+    chunks = [events[i : i + per_slice] for i in range(0, len(events), per_slice)]
     outcome = MeterSendOutcome()
     if not chunks:
         return outcome

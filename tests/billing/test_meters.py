@@ -266,3 +266,25 @@ def _figures(output: str) -> dict[str, int]:
     """The reconcile command's lines `label: number ...` as a dict."""
     found = re.findall(r"^([A-Za-z ()]+):\s+(-?\d+)", output, flags=re.MULTILINE)
     return {label.strip(): int(number) for label, number in found}
+
+
+def test_the_beat_pushes_only_metered_organizations(
+    two_tenants: tuple[Organization, Organization], fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.billing import tasks
+
+    metered, free = two_tenants
+    meter_create(fake_stripe)
+    make_metered(metered, fake_stripe, version=metered_plan_version(), since=NOW - dt.timedelta(days=3))
+    ledger_add(metered, 12)
+    ledger_add(free, 9)
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.billing_meters_push, "delay", lambda *, tenant_id: queued.append(tenant_id))
+
+    assert tasks.billing_meters_push_all() == len(queued)
+    assert metered.pk in queued
+    assert free.pk not in queued
+
+    done = tasks.billing_meters_push.apply(kwargs={"tenant_id": metered.pk}).get()
+    assert (done["sent"], done["marked"], done["unavailable"]) == (12, 12, False)
+    assert meters_reconcile(organization=metered, period=PERIOD).difference == 0
