@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from django.http import HttpResponse
 from django.test import Client, override_settings
 
 from tests.support.fake_stripe import FakeStripe
+
+if TYPE_CHECKING:  # the test client's response type exists only in django-stubs
+    from django.test.client import _MonkeyPatchedWSGIResponse as Response
 
 WEBHOOK_SECRET = "whsec_test_cognitionos"
 WEBHOOK_PATH = "/billing/stripe/webhook/"
@@ -45,17 +47,16 @@ def stripe_prices(db: None) -> dict[str, str]:
 
 def post_event(
     event: dict[str, Any], fake: FakeStripe, *, signature: str | None = None, body: bytes | None = None
-) -> HttpResponse:
+) -> Response:
     """POST an event to the webhook endpoint as Stripe would (signed by the fake), through Django's client."""
     payload, header = fake.event_signed(event)
-    extra = {} if signature == "" else {"HTTP_STRIPE_SIGNATURE": signature if signature is not None else header}
+    headers = {} if signature == "" else {"Stripe-Signature": signature if signature is not None else header}
     client = Client(HTTP_HOST="localhost")
-    return client.post(
-        WEBHOOK_PATH, data=body if body is not None else payload, content_type="application/json", **extra
-    )
+    data = body if body is not None else payload
+    return client.post(WEBHOOK_PATH, data=data, content_type="application/json", headers=headers)
 
 
-def post_pending(fake: FakeStripe, order: str | None = None) -> list[HttpResponse]:
+def post_pending(fake: FakeStripe, order: str | None = None) -> list[Response]:
     pending, fake.pending = fake.pending, []
     if order == "reversed":
         pending.reverse()
