@@ -407,3 +407,29 @@ def test_a_stripe_outage_while_applying_answers_503_and_the_redelivery_applies_i
     assert retried.json()["outcome"] == "applied"
     # Stripe's state (the later update) is what applies, whichever of the two came last.
     assert OrganizationSubscription.objects.get(organization=org).cancel_at_period_end is False
+
+
+def test_the_endpoint_refuses_what_is_not_a_signed_stripe_event(
+    two_tenants: tuple[Organization, Organization], fake_stripe: FakeStripe
+) -> None:
+    from django.test import Client
+
+    client = Client(HTTP_HOST="localhost")
+    assert client.get("/billing/stripe/webhook/").status_code == 405
+    # Validly signed, but not an event: refused, nothing recorded.
+    not_event = {"id": "x", "object": "customer"}
+    assert post_event(not_event, fake_stripe).status_code == 400
+    huge = {"id": "evt_huge", "object": "event", "data": {"object": {"pad": "x" * 600_000}}}
+    assert post_event(huge, fake_stripe).status_code == 413
+    # A signed event of a type we don't use: accepted (Stripe stops retrying) and recorded as ignored.
+    other = {
+        "id": "evt_other",
+        "object": "event",
+        "type": "charge.refunded",
+        "created": fake_stripe.now(),
+        "data": {"object": {"id": "ch_1", "object": "charge", "customer": None}},
+    }
+    response = post_event(other, fake_stripe)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "ignored"
+    assert StripeEvent.objects.get(event_id="evt_other").outcome == "ignored"
