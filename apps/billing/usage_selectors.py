@@ -1,7 +1,7 @@
 """An organization's usage in its billing period, against what its plan includes: what the portal's
-Plan and billing page shows. Read from the public daily rollups (apps.llm's UsageRollup, one indexed
-query per period), never from the ledger, so the page costs the same whatever the organization's
-volume.
+Plan and billing page shows. Read from the public rollups (apps.llm's daily UsageRollup, and the
+hourly totals of UsageBucket for a day the period starts or ends inside; two indexed queries at
+most), never from the ledger, so the page costs the same whatever the organization's volume.
 
 The projection is linear: what was used so far, divided by the share of the period that has passed,
 is what the whole period would use at the same pace. It says nothing until a little of the period
@@ -13,12 +13,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from apps.billing.models import BillingCredit
-from apps.llm.platform.models import UsageRollup
+from apps.llm.platform.models import UsageBucket, UsageRollup, UsageSpan
 from apps.tenants.models import Organization
 
 CENT = Decimal("0.01")
@@ -122,32 +123,66 @@ class PeriodUsage:
         return None if projected is None else max(Decimal(0), projected - self.included_usd)
 
 
+def _midnight(moment: dt.datetime) -> bool:
+    return moment.astimezone(dt.UTC).time() == dt.time()
+
+
 def period_usage(
     *, organization: Organization, period: BillingPeriod, included_usd: Decimal, now: dt.datetime | None = None
 ) -> PeriodUsage:
-    """The organization's usage in `period` by UTC day, from the daily rollups: one query over the
-    rollups' (organization, day, ...) unique index. A period that starts mid-day counts that day
-    whole (the rollups' grain is a day)."""
+    """The organization's usage in `period` by UTC day: whole days from the daily rollups (one query
+    over their (organization, day, ...) unique index), and a first or last day the period starts
+    or ends inside (a subscription's period starts when it was bought) from the hourly totals (one
+    more query, from the hour the period starts in), so usage before an upgrade is not counted
+    against the new plan."""
     now = now or timezone.now()
-    first, last = period.days[0], period.days[-1]
-    rows = (
-        UsageRollup.objects.filter(organization=organization, day__gte=first, day__lte=last)
-        .values("day")
-        .annotate(cost=Sum("cost_usd"), calls=Sum("requests"), tokens_in=Sum("input_tokens"), out=Sum("output_tokens"))
-    )
-    found = {row["day"]: row for row in rows}
-    days = []
-    for day in period.days:
-        row = found.get(day)
-        days.append(
-            UsageDay(
-                day=day,
-                cost_usd=row["cost"] if row else Decimal(0),
-                requests=int(row["calls"]) if row else 0,
-                tokens=int(row["tokens_in"] + row["out"]) if row else 0,
+    days = period.days
+    first, last = days[0], days[-1]
+    partial: dict[dt.date, tuple[dt.datetime, dt.datetime]] = {}
+    if not _midnight(period.start):
+        start = period.start.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        partial[first] = (start, dt.datetime.combine(first + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC))
+    if not _midnight(period.end):
+        lo = dt.datetime.combine(last, dt.time(), tzinfo=dt.UTC)
+        partial[last] = (max(lo, partial.get(last, (lo, lo))[0]), period.end)
+    found: dict[dt.date, dict[str, Any]] = {}
+    whole = [day for day in days if day not in partial]
+    if whole:
+        rows = (
+            UsageRollup.objects.filter(organization=organization, day__gte=whole[0], day__lte=whole[-1])
+            .values("day")
+            .annotate(
+                cost=Sum("cost_usd"), calls=Sum("requests"), tokens_in=Sum("input_tokens"), out=Sum("output_tokens")
             )
         )
-    return PeriodUsage(period=period, now=now, included_usd=included_usd, days=days)
+        found.update({row["day"]: row for row in rows})
+    if partial:
+        within = Q()
+        for lo, hi in partial.values():
+            within |= Q(start__gte=lo, start__lt=hi)
+        hours = UsageBucket.objects.filter(within, organization=organization, span=UsageSpan.HOUR_TOTAL).values_list(
+            "start", "cost_usd", "requests", "input_tokens", "output_tokens"
+        )
+        for start, cost, calls, tokens_in, out in hours:
+            row = found.setdefault(
+                start.astimezone(dt.UTC).date(), {"cost": Decimal(0), "calls": 0, "tokens_in": 0, "out": 0}
+            )
+            row["cost"] += cost
+            row["calls"] += calls
+            row["tokens_in"] += tokens_in
+            row["out"] += out
+    usage_days = []
+    for day in days:
+        totals = found.get(day)
+        usage_days.append(
+            UsageDay(
+                day=day,
+                cost_usd=totals["cost"] if totals else Decimal(0),
+                requests=int(totals["calls"]) if totals else 0,
+                tokens=int(totals["tokens_in"] + totals["out"]) if totals else 0,
+            )
+        )
+    return PeriodUsage(period=period, now=now, included_usd=included_usd, days=usage_days)
 
 
 def cents(amount: Decimal) -> Decimal:

@@ -26,7 +26,7 @@ from apps.billing.operator_services import (
 )
 from apps.billing.selectors import applied_plan, entitlement_cache_forget
 from apps.billing.usage_selectors import BillingPeriod, calendar_month, credit_balance_usd, period_usage
-from apps.llm.platform.models import UsageRollup
+from apps.llm.platform.models import UsageBucket, UsageRollup, UsageSpan
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from tests.factories import member_make
@@ -163,6 +163,33 @@ def test_upgrade_and_manage_billing_go_to_stripe_and_a_stripe_outage_changes_not
         portal = client.post("/billing/manage/")
         assert portal.status_code == 302 and portal["Location"].startswith(fake.api_base + "/p/session/")
         assert len(events(org_a, "billing.portal_opened")) == 1
+
+
+def test_a_period_starting_inside_a_day_counts_that_day_from_its_hour(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    """A subscription bought at 14:20 starts its period then: the morning's usage (on the plan
+    before) is not counted against the new plan's included usage."""
+    org_a, org_b = two_tenants
+    start = dt.datetime(2026, 4, 3, 14, 20, tzinfo=dt.UTC)
+    period = BillingPeriod(start, dt.datetime(2026, 5, 3, 14, 20, tzinfo=dt.UTC))
+    rollup(org_a, dt.date(2026, 4, 3), "9.00", requests=9)  # the whole first day: not read
+    for hour, cost, organization in ((9, "8.00", org_a), (14, "0.50", org_a), (20, "0.25", org_a), (15, "3", org_b)):
+        UsageBucket.objects.create(
+            organization=organization,
+            span=UsageSpan.HOUR_TOTAL,
+            start=dt.datetime(2026, 4, 3, hour, tzinfo=dt.UTC),
+            requests=1,
+            cost_usd=Decimal(cost),
+        )
+    rollup(org_a, dt.date(2026, 4, 4), "1.00", requests=2)  # a whole day
+    rollup(org_a, dt.date(2026, 5, 3), "5.00")  # the last day: read from its hours (none before 14:20)
+    usage = period_usage(
+        organization=org_a, period=period, included_usd=Decimal(50), now=dt.datetime(2026, 4, 5, tzinfo=dt.UTC)
+    )
+    assert usage.days[0].day == dt.date(2026, 4, 3) and usage.days[0].cost_usd == Decimal("0.75")
+    assert usage.days[0].requests == 2 and usage.days[-1].day == dt.date(2026, 5, 3)
+    assert usage.used_usd == Decimal("1.75") and usage.requests == 4
 
 
 def test_an_upgrade_to_a_plan_not_offered_is_refused_with_400(
@@ -320,3 +347,13 @@ def test_the_page_shows_credits_and_the_overage_of_a_paid_plan(
     html = signed_in(client_for, org_a, "owner").get("/billing/").content.decode()
     assert "Current plan: Pro" in html and "Credits" in html and "$40.00" in html
     assert "How the projection is made" in html
+
+
+def test_plan_refusals_link_to_the_plan_page_only_for_members_who_may_open_it(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization = two_tenants[0]
+    owner = signed_in(client_for, organization, "owner").get("/playground/").content.decode()
+    developer = signed_in(client_for, organization, "developer").get("/playground/").content.decode()
+    assert 'id="refusal" role="alert" data-plans-url="/billing/"' in owner
+    assert 'id="refusal" role="alert" data-plans-url=""' in developer
