@@ -20,6 +20,7 @@ import pytest
 from django.db import connections
 
 from apps.ops.management.commands.up import web_binds
+from tests.support.fake_provider import FakeProvider
 from tests.support.processes import ROOT, free_port, gunicorn_serving
 
 # Playwright's sync API runs an event loop in the test's thread; the test still reads and writes
@@ -88,6 +89,31 @@ def portal_server(live_db: Any, tmp_path: Path) -> Iterator[LiveServer]:
     env = {"COGNITIONOS_MAILBOX_DIR": str(mailbox), "WEB_PROCESSES": "1", "WEB_THREADS": "4"}
     with gunicorn_serving(port=port, env=env, binds=web_binds("127.0.0.1", port)):
         yield LiveServer(port, mailbox)
+
+
+def provider_env(fake: FakeProvider) -> dict[str, str]:
+    """The fake provider as the platform's OpenAI and Anthropic, for gunicorn and workers alike."""
+    return {
+        "OPENAI_API_KEY": "sk-test-platform",
+        "OPENAI_BASE_URL": fake.openai_base_url,
+        "ANTHROPIC_API_KEY": "sk-ant-test-platform",
+        "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
+    }
+
+
+@pytest.fixture
+def fake_provider() -> Iterator[FakeProvider]:
+    with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture
+def provider_server(live_db: Any, fake_provider: FakeProvider, tmp_path: Path) -> Iterator[LiveServer]:
+    """`portal_server` with the fake provider as the platform's OpenAI and Anthropic."""
+    port = free_port()
+    env = {"COGNITIONOS_MAILBOX_DIR": str(tmp_path / "mail"), "WEB_PROCESSES": "1", "WEB_THREADS": "4"}
+    with gunicorn_serving(port=port, env={**env, **provider_env(fake_provider)}, binds=web_binds("127.0.0.1", port)):
+        yield LiveServer(port, tmp_path / "mail")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from apps.accounts.models import User
 from apps.apikeys.services import apikey_create
 from apps.llm.models import UsageAttempt
 from apps.llm.services import budget_set
-from apps.ops.management.commands.up import web_binds
 from apps.rbac.models import Membership, Role
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
@@ -33,7 +31,6 @@ from tests.conftest import LiveDb
 from tests.e2e.conftest import PHONE, LiveServer, overflowing, screenshot, unlabeled_fields
 from tests.factories import TEST_ACTOR
 from tests.support.fake_provider import ANSWER_PREFIX, FakeProvider
-from tests.support.processes import free_port, gunicorn_serving
 
 pytestmark = pytest.mark.integration
 
@@ -42,29 +39,6 @@ SLUG = f"e2e-playground-{RUN}"
 EMAIL = f"dev-{RUN}@playground.example"
 PASSWORD = "a-long-enough-passphrase-42"
 QUESTION = 'Which "layer" answered?\nSay </script> twice'
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-def server(live_db: LiveDb, fake: FakeProvider, tmp_path: Path) -> Iterator[LiveServer]:
-    """gunicorn on the test database with the fake provider as the platform's OpenAI and Anthropic."""
-    port = free_port()
-    env = {
-        "COGNITIONOS_MAILBOX_DIR": str(tmp_path / "mail"),
-        "WEB_PROCESSES": "1",
-        "WEB_THREADS": "4",
-        "OPENAI_API_KEY": "sk-test-platform",
-        "OPENAI_BASE_URL": fake.openai_base_url,
-        "ANTHROPIC_API_KEY": "sk-ant-test-platform",
-        "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
-    }
-    with gunicorn_serving(port=port, env=env, binds=web_binds("127.0.0.1", port)):
-        yield LiveServer(port, tmp_path / "mail")
 
 
 @pytest.fixture
@@ -95,16 +69,16 @@ WATCH = """() => {
 
 
 def test_a_prompt_streams_in_shows_its_figures_and_its_code(
-    page: Any, server: LiveServer, fake: FakeProvider, organization: Organization
+    page: Any, provider_server: LiveServer, fake_provider: FakeProvider, organization: Organization
 ) -> None:
     from playwright.sync_api import expect
 
-    fake.slow_stream(chunk_delay_s=0.3)  # so the answer visibly arrives in pieces
-    page.goto(f"{server.url}/accounts/login/")
+    fake_provider.slow_stream(chunk_delay_s=0.3)  # so the answer visibly arrives in pieces
+    page.goto(f"{provider_server.url}/accounts/login/")
     page.get_by_label("Email").fill(EMAIL)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign In", exact=True).click()
-    page.wait_for_url(server.organization_url(SLUG) + "/")
+    page.wait_for_url(provider_server.organization_url(SLUG) + "/")
     page.get_by_role("navigation", name="Portal").get_by_role("link", name="Playground").click()
     expect(page.get_by_role("heading", name="Playground", level=1)).to_be_visible()
     expect(page.get_by_text("Run the prompt to see the answer here.")).to_be_visible()
@@ -153,14 +127,14 @@ def test_a_prompt_streams_in_shows_its_figures_and_its_code(
         "href", f"/requests/{request_id}/"
     )
     expect(page.locator("#answer-status")).to_have_text("Done.")
-    assert fake.calls[-1].body["seed"] == 7 and fake.calls[-1].body["temperature"] == 0.5
-    assert len(fake.calls[-1].body["messages"]) == 4
+    assert fake_provider.calls[-1].body["seed"] == 7 and fake_provider.calls[-1].body["temperature"] == 0.5
+    assert len(fake_provider.calls[-1].body["messages"]) == 4
 
     page.get_by_role("button", name="View as code").click()
     for title in ("OpenAI Python SDK", "Anthropic Python SDK", "curl"):
         expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
     openai_code = page.locator("#snippet-openai").inner_text()
-    assert f'base_url="http://localhost:{server.port}/v1"' in openai_code
+    assert f'base_url="http://localhost:{provider_server.port}/v1"' in openai_code
     assert "Say </script> twice" in page.locator("#snippet-curl").inner_text()
     screenshot(page, "playground")
     page.set_viewport_size(PHONE)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,14 +22,13 @@ from openai import OpenAI
 
 from apps.accounts.models import User
 from apps.llm.budgets import usage_fold
-from apps.ops.management.commands.up import web_binds
 from apps.rbac.models import Membership, Role
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
-from tests.e2e.conftest import DESKTOP, PHONE, LiveServer, overflowing, screenshot, unlabeled_fields
+from tests.e2e.conftest import DESKTOP, PHONE, LiveServer, overflowing, provider_env, screenshot, unlabeled_fields
 from tests.support.fake_provider import ANSWER_PREFIX, FakeProvider
-from tests.support.processes import ROOT, free_port, gunicorn_serving
+from tests.support.processes import ROOT
 from tests.support.worker import celery_worker
 
 pytestmark = pytest.mark.integration
@@ -51,30 +49,6 @@ def docs_workflow_yaml() -> str:
     found = re.search(r"```yaml\n(.*?)```", docs, re.DOTALL)
     assert found, "docs/workflows.md has no YAML example"
     return found.group(1)
-
-
-def _provider_env(fake: FakeProvider) -> dict[str, str]:
-    """The fake provider as the platform's OpenAI and Anthropic, for gunicorn and the worker alike."""
-    return {
-        "OPENAI_API_KEY": "sk-test-platform",
-        "OPENAI_BASE_URL": fake.openai_base_url,
-        "ANTHROPIC_API_KEY": "sk-ant-test-platform",
-        "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
-    }
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-def server(live_db: LiveDb, fake: FakeProvider, tmp_path: Path) -> Iterator[LiveServer]:
-    port = free_port()
-    env = {"COGNITIONOS_MAILBOX_DIR": str(tmp_path / "mail"), "WEB_PROCESSES": "1", "WEB_THREADS": "4"}
-    with gunicorn_serving(port=port, env={**env, **_provider_env(fake)}, binds=web_binds("127.0.0.1", port)):
-        yield LiveServer(port, tmp_path / "mail")
 
 
 @pytest.fixture
@@ -132,14 +106,14 @@ def open_page(page: Any, link: str, heading: str | None = None) -> None:
 
 
 def test_the_customer_portal_journey(
-    page: Any, server: LiveServer, fake: FakeProvider, organization: Organization
+    page: Any, provider_server: LiveServer, fake_provider: FakeProvider, organization: Organization
 ) -> None:
     from playwright.sync_api import expect
 
-    base = server.organization_url(SLUG)
+    base = provider_server.organization_url(SLUG)
 
     # -- 1. Sign in through the real form; create an API key (its secret shown once). -------------
-    page.goto(f"{server.url}/accounts/login/")
+    page.goto(f"{provider_server.url}/accounts/login/")
     page.get_by_label("Email").fill(EMAIL)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign In", exact=True).click()
@@ -154,14 +128,14 @@ def test_the_customer_portal_journey(
     key = page.get_by_label("New API key").input_value()
     api_base_url = page.locator("#api-base-url").inner_text()
     assert key.startswith("cos_")
-    assert api_base_url == f"http://localhost:{server.port}/v1"
+    assert api_base_url == f"http://localhost:{provider_server.port}/v1"
     shot(page, "1-key-created")
     page.reload()  # shown once: the page lists the key by its prefix from now on
     expect(page.locator("tbody tr", has_text=KEY_NAME)).to_have_count(1)
     assert key not in page.content()
 
     # -- 2. The playground: the answer streams in, then its figures. -------------------------------
-    fake.slow_stream(chunk_delay_s=0.3)  # the answer visibly arrives in pieces
+    fake_provider.slow_stream(chunk_delay_s=0.3)  # the answer visibly arrives in pieces
     open_page(page, "Playground")
     page.get_by_label("Model or policy").select_option("gpt-4o-mini")
     page.get_by_label("Message 1", exact=True).fill(QUESTION)
@@ -181,7 +155,7 @@ def test_the_customer_portal_journey(
     expect(page.locator("#meta-latency")).to_contain_text(re.compile(r"\d+ ms"))
     expect(page.locator("#answer-status")).to_have_text("Done.")
     playground_call = page.locator("#meta-request").inner_text()
-    fake.slow_stream(chunk_delay_s=0)
+    fake_provider.slow_stream(chunk_delay_s=0)
     shot(page, "2-playground")
 
     # -- 3. The request log: the playground's call, its detail; then /v1 with the new key. --------
@@ -262,8 +236,8 @@ def test_the_customer_portal_journey(
     assert expected.startswith("$") and worst.startswith("$") and float(worst[1:]) >= float(expected[1:]) > 0
     shot(page, "4-workflow-preview")
 
-    fake.latency_s = 1.0  # each step's call takes a second: the page is seen changing under us
-    with celery_worker(concurrency=2, env=_provider_env(fake), name="journey"):
+    fake_provider.latency_s = 1.0  # each step's call takes a second: the page is seen changing under us
+    with celery_worker(concurrency=2, env=provider_env(fake_provider), name="journey"):
         page.get_by_role("button", name="Start run").click()
         expect(page.get_by_role("heading", name="Run of translate")).to_be_visible()
         page.evaluate(WATCH_STEPS)
@@ -272,7 +246,7 @@ def test_the_customer_portal_journey(
         expect(summary).to_have_attribute("data-status", "succeeded", timeout=LIVE_TIMEOUT_MS)
         expect(french).to_have_attribute("data-status", "succeeded", timeout=LIVE_TIMEOUT_MS)
         expect(page.locator("#run-status")).to_contain_text("succeeded")
-    fake.latency_s = 0.0
+    fake_provider.latency_s = 0.0
     # Followed live (the watcher set on the page is still there: never reloaded), and seen between
     # the steps: the summary done while the translation was not yet.
     states = page.evaluate("() => window.stepStates")
@@ -294,7 +268,7 @@ def test_the_customer_portal_journey(
     expect(budget_row).to_contain_text("hard")
     shot(page, "5-budget")
 
-    calls_before = len(fake.calls)
+    calls_before = len(fake_provider.calls)
     open_page(page, "Playground")
     page.get_by_label("Model or policy").select_option("gpt-4o-mini")
     page.get_by_label("Message 1", exact=True).fill("A question nobody asked before")
@@ -307,5 +281,5 @@ def test_the_customer_portal_journey(
     expect(refusal).to_contain_text("the organization budget (day, $0.000001")
     expect(page.locator("#answer-status")).to_have_text("Nothing was run.")
     expect(page.locator("#answer-meta")).to_be_hidden()
-    assert len(fake.calls) == calls_before  # refused before any provider was asked
+    assert len(fake_provider.calls) == calls_before  # refused before any provider was asked
     shot(page, "5-playground-refused")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,14 +14,12 @@ import pytest
 from apps.accounts.models import User
 from apps.accounts.services import email_verified_ensure
 from apps.llm.models import Budget, LlmSettings
-from apps.ops.management.commands.up import web_binds
 from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import LiveDb
 from tests.e2e.conftest import DESKTOP, PHONE, LiveServer, overflowing, screenshot, unlabeled_fields
 from tests.factories import organization_make
 from tests.support.fake_provider import FakeProvider
-from tests.support.processes import free_port, gunicorn_serving
 
 pytestmark = pytest.mark.integration
 
@@ -31,29 +28,6 @@ SLUG = f"e2e-settings-{RUN}"
 OWNER = f"owner-{RUN}@e2e-settings.example"
 PASSWORD = "a-long-enough-passphrase-42"
 OPENAI_KEY = f"sk-e2e-{RUN}-Secret-Key-Value-7q8r"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-def server(live_db: LiveDb, tmp_path: Path, fake: FakeProvider) -> Iterator[LiveServer]:
-    """gunicorn on the test database, with the fake provider as OpenAI's and Anthropic's servers."""
-    port = free_port()
-    env = {
-        "COGNITIONOS_MAILBOX_DIR": str(tmp_path / "mail"),
-        "WEB_PROCESSES": "1",
-        "WEB_THREADS": "4",
-        "OPENAI_API_KEY": "sk-test-platform",
-        "OPENAI_BASE_URL": fake.openai_base_url,
-        "ANTHROPIC_API_KEY": "sk-ant-test-platform",
-        "ANTHROPIC_BASE_URL": fake.anthropic_base_url,
-    }
-    with gunicorn_serving(port=port, env=env, binds=web_binds("127.0.0.1", port)):
-        yield LiveServer(port, tmp_path / "mail")
 
 
 @pytest.fixture
@@ -89,11 +63,11 @@ def _open(page: Any, link: str) -> None:
 
 
 def test_set_a_budget_add_and_test_a_provider_key_and_change_model_settings(
-    page: Any, server: LiveServer, organization: Organization, fake: FakeProvider
+    page: Any, provider_server: LiveServer, organization: Organization, fake_provider: FakeProvider
 ) -> None:
     from playwright.sync_api import expect
 
-    origin = server.organization_url(SLUG)
+    origin = provider_server.organization_url(SLUG)
     page.goto(f"{origin}/accounts/login/")
     page.get_by_label("Email").fill(OWNER)
     page.get_by_label("Password").fill(PASSWORD)
@@ -130,10 +104,10 @@ def test_set_a_budget_add_and_test_a_provider_key_and_change_model_settings(
     page.get_by_role("button", name="Save key").click()
     expect(page.get_by_text("OpenAI key saved")).to_be_visible()
     expect(page.locator("tbody tr", has_text="OpenAI")).to_contain_text(f"…{OPENAI_KEY[-4:]}")
-    calls_before = len(fake.calls)
+    calls_before = len(fake_provider.calls)
     page.get_by_role("button", name="Test the OpenAI key").click()
     expect(page.locator("#test-openai")).to_contain_text("Works")
-    assert len(fake.calls) == calls_before + 1
+    assert len(fake_provider.calls) == calls_before + 1
     assert OPENAI_KEY not in page.content()
     _fits_a_phone(page)
     screenshot(page, "provider-keys")
