@@ -121,3 +121,20 @@ def gunicorn_start(*, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]
 
 def gunicorn_stop(server: subprocess.Popen[bytes]) -> None:
     web_stop(server)
+
+
+def unthrottled_plan(code: str = "bench", **limits: int) -> None:
+    """A plan whose rate limits (still checked, as in production) sit above anything a benchmark can
+    send, with an "Enterprise"-like version; `limits` overrides its fields (max_concurrent_jobs=...)."""
+    from apps.billing.models import Plan, PlanVersion
+
+    plan = Plan.objects.create(code=code, name="Benchmark")
+    enterprise = PlanVersion.objects.filter(plan__code="enterprise").order_by("-number").first()
+    assert enterprise is not None, "the seeded Enterprise plan is missing"
+    fields = {
+        field.name: getattr(enterprise, field.name)
+        for field in PlanVersion._meta.concrete_fields
+        if field.name not in ("id", "plan", "number", "created_at")
+    }
+    fields.update(requests_per_minute=2_000_000_000, tokens_per_minute=2_000_000_000, **limits)
+    PlanVersion.objects.create(plan=plan, number=1, **fields)

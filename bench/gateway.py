@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import SERVERS, django_on_fresh_database, web_start, web_stop  # noqa: E402 - after the path is set
+from bench._setup import SERVERS, django_on_fresh_database, unthrottled_plan, web_start, web_stop  # noqa: E402 - after the path is set
 
 PORT = 18321
 
@@ -48,15 +48,12 @@ def setup() -> tuple[str, dict[str, str]]:
 
     from apps.accounts.principals import Principal
     from apps.apikeys.services import apikey_create
-    from apps.billing.models import Plan
     from apps.llm.services import budget_set
     from apps.tenants.services import organization_create
 
     actor = Principal.system("bench")
     # Rate limits stay on, set above what the benchmark can send, so every answer is a real one.
-    Plan.objects.create(
-        code="bench", name="Benchmark", limits={"requests_per_minute": 10**7, "tokens_per_minute": 10**10}
-    )
+    unthrottled_plan()
     organization = organization_create(
         slug="gateway", name="Gateway bench", owner_email="bench@example.com", plan_code="bench", actor=actor
     )

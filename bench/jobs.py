@@ -44,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import django_on_fresh_database, gunicorn_start, gunicorn_stop  # noqa: E402 - after the path is set
+from bench._setup import django_on_fresh_database, gunicorn_start, gunicorn_stop, unthrottled_plan  # noqa: E402 - after the path is set
 from bench.gateway import ensure_wrk  # noqa: E402
 
 PORT = 18322
@@ -62,16 +62,11 @@ def setup() -> tuple[Any, str]:
 
     from apps.accounts.principals import Principal
     from apps.apikeys.services import apikey_create
-    from apps.billing.models import Plan
     from apps.llm.services import budget_set
     from apps.tenants.services import organization_create
 
     actor = Principal.system("bench")
-    Plan.objects.create(
-        code="bench",
-        name="Benchmark",
-        limits={"requests_per_minute": 10**7, "tokens_per_minute": 10**10, "max_concurrent_jobs": 2_000},
-    )
+    unthrottled_plan(max_concurrent_jobs=2_000)
     organization = organization_create(
         slug="jobs", name="Jobs bench", owner_email="bench@example.com", plan_code="bench", actor=actor
     )

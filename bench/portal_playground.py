@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import django_on_fresh_database, web_start, web_stop  # noqa: E402 - after the path is set
+from bench._setup import django_on_fresh_database, unthrottled_plan, web_start, web_stop  # noqa: E402 - after the path is set
 
 PORT = 18341
 SLUG = "playground"
@@ -77,15 +77,12 @@ def setup() -> tuple[list[Target], dict[str, str]]:
     from apps.accounts.models import User
     from apps.accounts.principals import Principal
     from apps.apikeys.services import apikey_create
-    from apps.billing.models import Plan
     from apps.llm.services import budget_set
     from apps.rbac.models import Membership, Role
     from apps.tenants.services import organization_create
 
     actor = Principal.system("bench")
-    Plan.objects.create(
-        code="bench", name="Benchmark", limits={"requests_per_minute": 10**7, "tokens_per_minute": 10**10}
-    )
+    unthrottled_plan()
     organization = organization_create(
         slug=SLUG, name="Playground bench", owner_email="bench@example.com", plan_code="bench", actor=actor
     )

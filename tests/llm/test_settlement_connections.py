@@ -17,7 +17,7 @@ from apps.llm.budgets import connection_await
 def tight_pool(db: None) -> Iterator[object]:
     """The process's pool cut to the connections in use plus one, with a 0.2 s wait."""
     connection.ensure_connection()
-    pool = connection.pool
+    pool = connection.pool  # type: ignore[attr-defined] # the PostgreSQL backend's, not in the stubs
     stats = pool.get_stats()
     in_use = stats["pool_size"] - stats["pool_available"]
     saved = (pool.min_size, pool.max_size, pool.timeout)
