@@ -41,6 +41,7 @@ NO_PERMISSION_NEEDED = {
     "sso-saml-metadata": "our public SAML service-provider metadata, for the IdP's administrator",
     "sso-saml-sls": "single logout is not offered (404 for everyone)",
     "portal-sso-signin": "Sign in with SSO: finds an organization by the email's verified domain",
+    "stripe-webhook": "Stripe's events: the signature made with STRIPE_WEBHOOK_SECRET is the credential",
 }
 
 
