@@ -11,7 +11,8 @@ from typing import Any
 from pgvector.django import CosineDistance
 
 from apps.accounts.principals import Principal
-from apps.knowledge.models import EMBEDDING_DIMENSIONS, Chunk
+from apps.knowledge.models import DEFAULT_DIMENSIONS as EMBEDDING_DIMENSIONS
+from apps.knowledge.models import Chunk
 from apps.llm.calls import CallSource, LlmRefusal, embedding_model_name, embeddings_create
 from apps.tenants.models import Organization
 

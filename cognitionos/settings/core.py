@@ -35,6 +35,7 @@ SHARED_APPS = [
     "django.contrib.messages",
     "django.contrib.admin",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",  # OpClass in index expressions (the knowledge vectors), full-text search
     "rest_framework",
     "django_filters",
     "drf_spectacular",

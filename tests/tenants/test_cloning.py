@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection, transaction
+from django.db.models.functions import Cast
 from django_tenants.utils import schema_context
-from pgvector.django import CosineDistance
+from pgvector.django import CosineDistance, VectorField
 
-from apps.knowledge.models import EMBEDDING_DIMENSIONS, Chunk, Document
+from apps.knowledge.models import Chunk, ChunkEmbedding, Document, EmbeddingSet, KnowledgeBase
 from apps.tenants.cloning import UnsupportedSchemaObject, schema_clone
 from tests.factories import organization_make
 
@@ -51,42 +52,55 @@ def test_clone_is_the_template_table_for_table_index_for_index(db: None) -> None
     template, clone = _catalog("_template"), _catalog(organization.schema_name)
     for kind in CATALOG_QUERIES:
         assert clone[kind] == template[kind], kind
-    assert "knowledge_chunk_embedding_hnsw" in {index for _, index, _ in template["indexes"]}
+    assert "knowledge_vector_hnsw_1536" in {index for _, index, _ in template["indexes"]}
     assert {trigger for _, trigger, _ in template["triggers"]} == {"audit_event_append_only", "audit_event_no_truncate"}
 
 
-def test_clone_keeps_vector_dimensions_and_hnsw_index(db: None) -> None:
+def test_clone_keeps_the_partial_hnsw_index_of_each_dimension_count(db: None) -> None:
     organization = organization_make(slug="vectors")
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-            WHERE a.attrelid = %s::regclass AND a.attname = 'embedding'
-            """,
-            [f"{organization.schema_name}.knowledge_chunk"],
-        )
-        assert cursor.fetchone()[0] == f"vector({EMBEDDING_DIMENSIONS})"
-        cursor.execute(
-            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'knowledge_chunk_embedding_hnsw'",
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND indexname LIKE 'knowledge_vector_hnsw_%%'",
             [organization.schema_name],
         )
-        indexdef = cursor.fetchone()[0]
+        indexes = dict(cursor.fetchall())
+    assert set(indexes) == {f"knowledge_vector_hnsw_{n}" for n in (256, 384, 512, 768, 1024, 1536)}
+    indexdef = indexes["knowledge_vector_hnsw_1536"]
     assert "USING hnsw" in indexdef and "vector_cosine_ops" in indexdef and "m='16'" in indexdef
+    assert "(embedding)::vector(1536)" in indexdef and "WHERE (dimensions = 1536)" in indexdef
 
 
-def test_cloned_vector_column_stores_and_ranks_embeddings(db: None) -> None:
+def test_cloned_vector_table_stores_and_ranks_embeddings(db: None) -> None:
     organization = organization_make(slug="ranked")
     with schema_context(organization.schema_name):
-        document = Document.objects.create(title="Handbook")
-        north = [1.0] + [0.0] * (EMBEDDING_DIMENSIONS - 1)
-        east = [0.0, 1.0] + [0.0] * (EMBEDDING_DIMENSIONS - 2)
-        Chunk.objects.create(document=document, ordinal=0, text="north", embedding=north)
-        Chunk.objects.create(document=document, ordinal=1, text="east", embedding=east)
-        query = [0.9, 0.1] + [0.0] * (EMBEDDING_DIMENSIONS - 2)
-        nearest = Chunk.objects.order_by(CosineDistance("embedding", query)).values_list("text", flat=True)
+        base = KnowledgeBase.objects.create(name="Handbook", embedding_model="text-embedding-3-small", dimensions=384)
+        vectors = EmbeddingSet.objects.create(
+            knowledge_base=base, embedding_model="text-embedding-3-small", dimensions=384, principal_kind="system"
+        )
+        document = Document.objects.create(
+            knowledge_base=base,
+            title="Handbook",
+            filename="h.txt",
+            content_type="text/plain",
+            size_bytes=1,
+            sha256="0" * 64,
+            principal_kind="system",
+        )
+        for ordinal, (text, vector) in enumerate([("north", [1.0] + [0.0] * 383), ("east", [0.0, 1.0] + [0.0] * 382)]):
+            chunk = Chunk.objects.create(
+                document=document, knowledge_base=base, ordinal=ordinal, text=text, token_estimate=1
+            )
+            ChunkEmbedding.objects.create(embedding_set=vectors, chunk=chunk, dimensions=384, embedding=vector)
+        query = [0.9, 0.1] + [0.0] * 382
+        nearest = (
+            ChunkEmbedding.objects.filter(dimensions=384, embedding_set=vectors)
+            .order_by(CosineDistance(Cast("embedding", VectorField(dimensions=384)), query))
+            .values_list("chunk__text", flat=True)
+        )
         assert list(nearest) == ["north", "east"]
-        with pytest.raises(Exception, match="expected 1536 dimensions"), transaction.atomic():
-            Chunk.objects.create(document=document, ordinal=2, text="short", embedding=[1.0, 2.0])
+        chunk = Chunk.objects.get(text="north")
+        with pytest.raises(Exception, match="knowledge_vector_dimensions_match"), transaction.atomic():
+            ChunkEmbedding.objects.create(embedding_set=vectors, chunk=chunk, dimensions=384, embedding=[1.0, 2.0])
 
 
 def test_clone_refuses_object_kinds_it_cannot_copy(db: None) -> None:
