@@ -145,6 +145,9 @@ class DocumentUpload(models.Model):
     document = models.OneToOneField(Document, on_delete=models.CASCADE, primary_key=True, related_name="upload")
     content = models.BinaryField()
 
+    def __str__(self) -> str:
+        return f"upload of {self.document_id}"
+
 
 class Chunk(models.Model):
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
@@ -152,7 +155,7 @@ class Chunk(models.Model):
     knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="+")
     ordinal = models.PositiveIntegerField()
     text = models.TextField()
-    # The headings the chunk sits under, outermost first ("Guide › Install › Linux").
+    # The headings the chunk sits under, outermost first ("Guide / Install / Linux").
     heading_path = models.CharField(max_length=1000, blank=True, default="")
     token_estimate = models.PositiveIntegerField()
     # Full-text search over the heading path and the text (filled when the chunk is written).
@@ -208,3 +211,6 @@ class ChunkEmbedding(models.Model):
             models.Index(fields=["chunk"], name="knowledge_vector_chunk"),
             *(_hnsw_index(dimensions) for dimensions in SUPPORTED_DIMENSIONS),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.chunk_id} in set {self.embedding_set_id}"

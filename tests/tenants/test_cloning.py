@@ -60,7 +60,8 @@ def test_clone_keeps_the_partial_hnsw_index_of_each_dimension_count(db: None) ->
     organization = organization_make(slug="vectors")
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND indexname LIKE 'knowledge_vector_hnsw_%%'",
+            "SELECT indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = %s AND indexname LIKE 'knowledge_vector_hnsw_%%'",
             [organization.schema_name],
         )
         indexes = dict(cursor.fetchall())
