@@ -79,6 +79,7 @@ __all__ = [
     "ChatStream",
     "ContentPolicy",
     "EmbeddingCostPreview",
+    "EmbeddingModelChoice",
     "EngineSettings",
     "KeyCheck",
     "LlmRefusal",
@@ -100,6 +101,7 @@ __all__ = [
     "chat_model_choices",
     "chat_stream",
     "embedding_cost_preview",
+    "embedding_model_choices",
     "embedding_model_name",
     "embeddings_create",
     "llm_content_policy",
@@ -220,4 +222,30 @@ def chat_model_choices(*, organization: Organization) -> list[ChatModelChoice]:
         )
         for entry in sorted(catalog().values(), key=lambda e: e.model.name)
         if entry.model.kind == ModelKind.CHAT and usable(entry, own)
+    ]
+
+
+@dataclass(frozen=True)
+class EmbeddingModelChoice:
+    """An embedding model the organization can call now, as a picker shows it."""
+
+    name: str
+    provider: str
+    simulated: bool
+    embedding_dimensions: int  # the vector's full size (a smaller `dimensions` may be asked for)
+
+
+def embedding_model_choices(*, organization: Organization) -> list[EmbeddingModelChoice]:
+    """The embedding models the organization can call now (priced, and the provider configured for
+    the platform or by the organization's own key), by name."""
+    own = frozenset(provider_own_keys(organization=organization))
+    return [
+        EmbeddingModelChoice(
+            name=entry.model.name,
+            provider=entry.model.provider,
+            simulated=entry.model.is_simulated,
+            embedding_dimensions=entry.model.embedding_dimensions,
+        )
+        for entry in sorted(catalog().values(), key=lambda e: e.model.name)
+        if entry.model.kind == ModelKind.EMBEDDING and usable(entry, own)
     ]
