@@ -18,6 +18,9 @@ with the event; everything here happens in one transaction per event:
   subscription ends. An old subscription ending while a newer one is live changes nothing.
   The plan and state changes go through apps.billing.services (audited in the organization's log),
   and the event itself is audited as `billing.stripe_event`.
+- No call to Stripe while a row is locked: when applying finds that it needs Stripe's current state
+  of a subscription, it rolls back, the state is read with no transaction open, and the event is
+  applied again with it (a slow Stripe never holds an organization's lock).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from apps.billing.models import (
     SubscriptionStatus,
 )
 from apps.billing.services import entitlements_changed_send, organization_plan_change, organization_subscription_update
+from apps.billing.stripe_gateway import StripeError
 from apps.billing.stripe_models import StripeCustomer, StripeEvent, StripeInvoice, StripeSubscription
 from apps.tenants.models import Organization
 
@@ -90,6 +94,21 @@ class EventMalformed(ValueError):
     """A signed event without the fields every Stripe event has."""
 
 
+class _StripeStateNeeded(Exception):
+    """Applying needs Stripe's current state of this subscription: read it outside the lock, retry."""
+
+    def __init__(self, subscription_id: str) -> None:
+        super().__init__(subscription_id)
+        self.subscription_id = subscription_id
+
+
+def _stripe_state(fetched: dict[str, dict[str, Any]], subscription_id: str) -> dict[str, Any]:
+    state = fetched.get(subscription_id)
+    if state is None:
+        raise _StripeStateNeeded(subscription_id)
+    return state
+
+
 def _time(value: Any) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(int(value), tz=dt.UTC) if value not in (None, "") else None
 
@@ -111,6 +130,42 @@ def stripe_event_process(*, event: dict[str, Any]) -> StripeEvent.Outcome | None
         assert created is not None and isinstance(obj, dict)
     except (KeyError, TypeError, ValueError, AssertionError) as exc:
         raise EventMalformed(f"not a Stripe event: {exc}") from exc
+    # Stripe's current state of subscriptions, read between attempts (never under a lock).
+    fetched: dict[str, dict[str, Any]] = {}
+    while True:
+        try:
+            outcome = _event_apply(event_id, event_type, created, obj, fetched)
+            break
+        except _StripeStateNeeded as need:
+            if need.subscription_id in fetched:
+                raise RuntimeError(f"applying {event_id} asked twice for {need.subscription_id}") from need
+            fetched[need.subscription_id] = stripe_gateway.subscription_retrieve(need.subscription_id)
+    if outcome is None:
+        return None
+    if outcome == StripeEvent.Outcome.APPLIED:
+        _mirror(obj)
+    logger.info("stripe event %s %s: %s", event_id, event_type, outcome)
+    return outcome
+
+
+def _mirror(obj: dict[str, Any]) -> None:
+    """dj-stripe's tables follow what was applied (never a stale state), after the commit: the
+    mirror may read related objects from Stripe, which must not happen under the organization's
+    lock. It is for reading; our own tables decide. An outage leaves it behind until the object's
+    next event (the event itself is applied and answered 200)."""
+    try:
+        stripe_gateway.djstripe_mirror(obj)
+    except StripeError as exc:
+        logger.warning("dj-stripe mirror of %s %s deferred: %s", obj.get("object"), obj.get("id"), exc)
+
+
+def _event_apply(
+    event_id: str,
+    event_type: str,
+    created: dt.datetime,
+    obj: dict[str, Any],
+    fetched: dict[str, dict[str, Any]],
+) -> StripeEvent.Outcome | None:
     with transaction.atomic():
         try:
             with transaction.atomic():
@@ -125,14 +180,11 @@ def stripe_event_process(*, event: dict[str, Any]) -> StripeEvent.Outcome | None
             # One event of an organization at a time: ordering decisions read what the last one wrote.
             organization = Organization.objects.select_for_update().get(pk=organization.pk)
             if event_type in SUBSCRIPTION_EVENTS:
-                outcome = _subscription_event(organization, obj, event_id=event_id, created=created)
+                outcome = _subscription_event(organization, obj, fetched, event_id=event_id, created=created)
             elif event_type in INVOICE_EVENTS:
                 outcome = _invoice_event(organization, obj, event_type, event_id=event_id, created=created)
             else:
-                outcome = _checkout_completed(organization, obj, event_id=event_id, created=created)
-            if outcome == StripeEvent.Outcome.APPLIED:
-                # dj-stripe's tables follow what was applied (never an older state).
-                stripe_gateway.djstripe_mirror(obj)
+                outcome = _checkout_completed(organization, obj, fetched, event_id=event_id, created=created)
             audit_record(
                 organization=organization,
                 actor=STRIPE_ACTOR,
@@ -142,7 +194,6 @@ def stripe_event_process(*, event: dict[str, Any]) -> StripeEvent.Outcome | None
         record.organization = organization
         record.outcome = outcome
         record.save(update_fields=["organization", "outcome"])
-    logger.info("stripe event %s %s: %s", event_id, event_type, outcome)
     return outcome
 
 
@@ -175,7 +226,12 @@ def _price_of(sub: dict[str, Any]) -> str:
 
 
 def _subscription_event(
-    organization: Organization, sub: dict[str, Any], *, event_id: str, created: dt.datetime
+    organization: Organization,
+    sub: dict[str, Any],
+    fetched: dict[str, dict[str, Any]],
+    *,
+    event_id: str,
+    created: dt.datetime,
 ) -> StripeEvent.Outcome:
     subscription_id = _id_of(sub.get("id"))
     row = StripeSubscription.objects.select_for_update().filter(subscription_id=subscription_id).first()
@@ -186,7 +242,7 @@ def _subscription_event(
             return StripeEvent.Outcome.STALE
         if created == row.event_created and event_id != row.event_id:
             # Same second: the events' order is unknown; Stripe's current state is the answer.
-            sub = stripe_gateway.subscription_retrieve(subscription_id)
+            sub = _stripe_state(fetched, subscription_id)
         if row.status in ENDED and sub.get("status") not in ENDED:
             return StripeEvent.Outcome.STALE
     row = _subscription_store(organization, row, sub, event_id=event_id, created=created)
@@ -376,7 +432,12 @@ def _invoice_payment_effect(
 
 
 def _checkout_completed(
-    organization: Organization, session: dict[str, Any], *, event_id: str, created: dt.datetime
+    organization: Organization,
+    session: dict[str, Any],
+    fetched: dict[str, dict[str, Any]],
+    *,
+    event_id: str,
+    created: dt.datetime,
 ) -> StripeEvent.Outcome:
     """The subscription events carry the state; this one only matters when it arrives first."""
     reference = str(session.get("client_reference_id") or "")
@@ -393,7 +454,7 @@ def _checkout_completed(
         return StripeEvent.Outcome.IGNORED
     if StripeSubscription.objects.filter(subscription_id=subscription_id).exists():
         return StripeEvent.Outcome.APPLIED
-    sub = stripe_gateway.subscription_retrieve(subscription_id)
+    sub = _stripe_state(fetched, subscription_id)
     if _id_of(sub.get("customer")) != _id_of(session.get("customer")):
         return StripeEvent.Outcome.IGNORED
     row = _subscription_store(organization, None, sub, event_id=event_id, created=created)

@@ -409,6 +409,33 @@ def test_a_stripe_outage_while_applying_answers_503_and_the_redelivery_applies_i
     assert OrganizationSubscription.objects.get(organization=org).cancel_at_period_end is False
 
 
+def test_stripe_is_read_with_no_transaction_open_and_no_lock_held(
+    two_tenants: tuple[Organization, Organization], fake_stripe: FakeStripe
+) -> None:
+    """Reading a subscription from Stripe (two updates in one second) happens between attempts,
+    not inside the transaction that locks the organization: a slow Stripe holds no lock."""
+    from django.db import connection
+
+    org, _ = two_tenants
+    subscription = _subscribe(org, fake_stripe)
+    fake_stripe.clock_offset = 10
+    fake_stripe.subscription_update(subscription["id"], cancel_at_period_end=True)
+    fake_stripe.subscription_update(subscription["id"], cancel_at_period_end=False)
+    first, second = fake_stripe.pending
+    fake_stripe.pending = []
+    assert post_event(first, fake_stripe).json()["outcome"] == "applied"
+
+    # The test runs inside one transaction; anything deeper is the webhook's own.
+    baseline = len(connection.savepoint_ids)
+    depths: list[tuple[str, int]] = []
+    fake_stripe.on_request = lambda method, path: depths.append((path, len(connection.savepoint_ids)))
+    assert post_event(second, fake_stripe).json()["outcome"] == "applied"
+    fake_stripe.on_request = None
+    reads = [depth for path, depth in depths if path == f"/v1/subscriptions/{subscription['id']}"]
+    assert reads and reads == [baseline] * len(reads), depths
+    assert OrganizationSubscription.objects.get(organization=org).cancel_at_period_end is False
+
+
 def test_the_endpoint_refuses_what_is_not_a_signed_stripe_event(
     two_tenants: tuple[Organization, Organization], fake_stripe: FakeStripe
 ) -> None:

@@ -48,7 +48,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from html import escape
 from http import HTTPStatus
@@ -145,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = split.path
         query = _parse_form(split.query)
+        if fake.on_request is not None:
+            fake.on_request(method, path)
         if path.startswith("/c/pay/") or path.startswith("/p/session/"):
             status, payload, headers = fake._page(method, path, _parse_form(raw.decode()))
             self._send(status, payload, headers)
@@ -228,6 +230,8 @@ class FakeStripe:
         self.deliveries: list[tuple[str, str, int]] = []
         self.requests: list[tuple[str, str, int]] = []
         self.meter_events: dict[str, dict[str, Any]] = {}
+        # Called with (method, path) as each API request arrives (on the server's thread).
+        self.on_request: Callable[[str, str], None] | None = None
         self._failures: list[_Failure] = []
         self._idempotent: dict[tuple[str, str], tuple[int, Any]] = {}
         self._outbox: list[dict[str, Any]] = []
