@@ -331,10 +331,21 @@ def work_reap(*, organization: Organization, kind: WorkKind | str, now: dt.datet
                 _worker_lost(organization, kind, item)
                 failed += 1
             else:
-                requeued.append(item.pk)
-                progress_item_publish(organization=organization, kind=kind, item=item)
+                requeued.append(item)
         if requeued:
-            manager.filter(pk__in=requeued).update(status=WorkStatus.QUEUED, admitted_at=now)
+            # The reason stays on the row until the next attempt ends it (people see why it is
+            # waiting again, and a delivery's last error says the worker died).
+            lost_worker = {
+                "status": WorkStatus.QUEUED,
+                "admitted_at": now,
+                "error_class": "WorkerLost",
+                "error_message": "its worker stopped (no heartbeat); queued again",
+            }
+            manager.filter(pk__in=[item.pk for item in requeued]).update(**lost_worker)
+            for item in requeued:
+                for name, value in lost_worker.items():
+                    setattr(item, name, value)
+                progress_item_publish(organization=organization, kind=kind, item=item)
         # A retry waiting for its time (next_attempt_at ahead) is not lost.
         lost = list(
             manager.filter(status=WorkStatus.QUEUED, admitted_at__lt=lost_before)
@@ -343,7 +354,7 @@ def work_reap(*, organization: Organization, kind: WorkKind | str, now: dt.datet
         )
         if lost:
             manager.filter(pk__in=lost).update(admitted_at=now, next_attempt_at=None)
-        resend = requeued + lost
+        resend = [item.pk for item in requeued] + lost
         if resend:
             transaction.on_commit(lambda: work_send(organization=organization, kind=kind, ids=resend))
     admitted = work_admit(organization=organization, kind=kind)

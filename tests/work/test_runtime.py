@@ -60,6 +60,9 @@ def test_a_run_that_lost_the_work_to_the_reaper_cannot_finish_it(tenant: Organiz
     assert first is not None and first.attempts == 1
     Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - dt.timedelta(minutes=10))
     assert work_reap(organization=tenant, kind=JOB)["requeued"] == 1
+    job.refresh_from_db()
+    assert (job.status, job.error_class) == (JobStatus.QUEUED, "WorkerLost")
+    assert "worker stopped" in job.error_message
     second = work_claim(organization=tenant, kind=JOB, item_id=job.pk)
     assert second is not None and second.attempts == 2
     late = work_finish(
