@@ -53,6 +53,8 @@ LABELS = {
     "tokens_per_minute": "tokens per minute",
     "retention_days": "days of content retention",
     "included_usage": "usage a month",
+    "knowledge_document_bytes": "bytes per knowledge document",
+    "knowledge_chunks": "knowledge chunks stored",
 }
 NAMES = frozenset(FEATURES) | frozenset(LIMITS) | {"included_usage"}
 

@@ -30,6 +30,8 @@ LIMITS = {
     "requests_per_minute": "requests_per_minute",
     "tokens_per_minute": "tokens_per_minute",
     "retention_days": "max_retention_days",
+    "knowledge_document_bytes": "max_document_bytes",
+    "knowledge_chunks": "max_knowledge_chunks",
 }
 
 
@@ -90,6 +92,12 @@ class PlanVersion(models.Model):
     max_map_items = models.PositiveIntegerField(help_text="Items one workflow map step may fan out to.")
     min_retention_days = models.PositiveIntegerField(default=0, help_text="Shortest content retention allowed.")
     max_retention_days = models.PositiveIntegerField(help_text="Longest content retention allowed.")
+    max_document_bytes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Largest knowledge document upload, in bytes; empty: the platform's 50 MB."
+    )
+    max_knowledge_chunks = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Knowledge chunks stored by the organization; empty: unlimited."
+    )
     sso = models.BooleanField(default=False)
     custom_roles = models.BooleanField(default=False)
     byok = models.BooleanField(default=False, help_text="Bring your own provider key.")

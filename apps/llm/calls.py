@@ -102,6 +102,7 @@ __all__ = [
     "chat_stream",
     "embedding_cost_preview",
     "embedding_model_choices",
+    "embedding_model_dimensions",
     "embedding_model_name",
     "embeddings_create",
     "llm_content_policy",
@@ -175,13 +176,30 @@ def embeddings_create(
     body: Any,
     request_id: str | None = None,
     source: str = CallSource.OTHER,
+    on_settled: Callable[[ChatOutcome], None] | None = None,
 ) -> ChatOutcome:
     """Embed text: `body` is an OpenAI embeddings request (`model`, `input`, optional `dimensions`,
     `encoding_format`). Governed like a chat call: rate limits, breakers, the organization's own
-    key for the provider if it has one, budget reservation, ledger. Raises LlmRefusal."""
+    key for the provider if it has one, budget reservation, ledger. Raises LlmRefusal.
+
+    `on_settled` runs in the transaction that settles the attempt, so the caller's record of the
+    vectors commits together with the ledger row, or neither does (knowledge ingestion)."""
     return embeddings.embeddings_create(
-        organization=organization, principal=principal, body=body, request_id=request_id, source=source
+        organization=organization,
+        principal=principal,
+        body=body,
+        request_id=request_id,
+        source=source,
+        on_settled=on_settled,
     )
+
+
+def embedding_model_dimensions(name: str) -> int | None:
+    """The vector size of the catalog's embedding model `name` (None: no such embedding model)."""
+    entry = catalog().get(name)
+    if entry is None or entry.model.kind != ModelKind.EMBEDDING:
+        return None
+    return entry.model.embedding_dimensions
 
 
 def model_exists(name: str, *, kind: str | None = None) -> bool:

@@ -3,13 +3,17 @@ organization's own key, retries), reservation and ledger as chat calls."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Callable
 from typing import Any
+
+from django.db import transaction
 
 from apps.accounts.principals import Principal
 from apps.llm.admission import call_admit
 from apps.llm.attempts import Attempts
-from apps.llm.budgets import Spender, attempt_settle
+from apps.llm.budgets import Spender, attempt_settle, connection_await
 from apps.llm.models import CallSource
 from apps.llm.outcomes import ChatOutcome
 from apps.llm.platform.models import ModelKind
@@ -34,9 +38,12 @@ def embeddings_create(
     request_id: str | None = None,
     admit: bool = True,
     source: str = CallSource.OTHER,
+    on_settled: Callable[[ChatOutcome], None] | None = None,
 ) -> ChatOutcome:
     """Embed text through the governed path: rate limits, budget reservation, ledger. `admit=False`
-    for an embedding made on behalf of a call that was already admitted (the semantic cache)."""
+    for an embedding made on behalf of a call that was already admitted (the semantic cache).
+    `on_settled` runs in the transaction that settles the attempt (not if it was settled already,
+    by the sweeper of a process believed dead): the caller's vectors commit with the ledger row."""
     models = catalog()
     own = frozenset(provider_own_keys(organization=organization))
 
@@ -65,9 +72,7 @@ def embeddings_create(
     answered = attempts.run([entry], _embed)
     latency_ms = answered.latency_ms()
     settlement = success_settlement(entry, answered.result.usage, latency_ms)
-    attempt_settle(organization=organization, attempt=answered.attempt, settlement=settlement)
-    attempts.succeeded(entry, latency_ms)
-    return ChatOutcome(
+    outcome = ChatOutcome(
         body={**answered.result.body, "model": entry.model.name},
         request_id=request_id,
         model=entry.model.name,
@@ -75,3 +80,10 @@ def embeddings_create(
         cache="miss",
         simulated=entry.model.is_simulated,
     )
+    connection_await()  # before the caller's transaction opens: it takes the pool's short wait
+    with transaction.atomic() if on_settled is not None else contextlib.nullcontext():
+        settled = attempt_settle(organization=organization, attempt=answered.attempt, settlement=settlement)
+        if settled and on_settled is not None:
+            on_settled(outcome)
+    attempts.succeeded(entry, latency_ms)
+    return outcome

@@ -31,6 +31,7 @@ class CallSource(models.TextChoices):
     JOB = "job", "Job"
     WORKFLOW_STEP = "workflow_step", "Workflow step"
     RETRIEVAL = "retrieval", "Knowledge retrieval (embedding)"
+    KNOWLEDGE_INGESTION = "knowledge_ingestion", "Knowledge ingestion (embedding)"
     SEMANTIC_CACHE = "semantic_cache", "Semantic cache lookup (embedding)"
     PLAYGROUND = "playground", "Playground"
     OTHER = "other", "Other"
