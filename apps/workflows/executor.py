@@ -29,6 +29,7 @@ from apps.tenants.models import Organization
 from apps.work.models import WorkStatus
 from apps.work.policy import Failure, failure_classify, max_attempts
 from apps.work.principals import principal_from_fields
+from apps.work.progress import progress_publish
 from apps.work.registry import WorkKind
 from apps.work.services import work_finish, work_retry_later
 from apps.workflows.definition import Definition, StepSpec
@@ -317,7 +318,7 @@ class _MapRun:
             context = dataclasses.replace(self.context, request_id=f"{self.context.request_id}-{index}")
 
             def record(result: StepResult) -> None:
-                _item_record(self.step.pk, self.step.attempts, index, result)
+                _item_record(self.context.organization, self.step.pk, self.step.attempts, index, result)
 
             if self.inner.type == "llm":
                 result = run_llm(context, _llm_body(self.inner, scope), on_settled=record)
@@ -395,7 +396,7 @@ def _run_map(run: WorkflowRun, step: StepRun, spec: StepSpec, scope: Scope, cont
     )
 
 
-def _item_record(step_id: int, attempt: int, index: int, result: StepResult) -> None:
+def _item_record(organization: Organization, step_id: int, attempt: int, index: int, result: StepResult) -> None:
     with transaction.atomic():
         run, step = _locked(step_id)
         if step.status == StepStatus.RUNNING and run.content_deleted_at is None:
@@ -409,4 +410,6 @@ def _item_record(step_id: int, attempt: int, index: int, result: StepResult) -> 
                 "attempt": attempt,
             }
             step.save(update_fields=["items"])
+            # Followers of the run see each item done (items_done), not only the step's end.
+            progress_publish(organization=organization, topic=PROGRESS_TOPIC, object_id=run.pk)
         run_cost_add(run, step, result.cost_usd)

@@ -33,7 +33,7 @@ from apps.workflows.runs import run_cancel, run_start
 from tests.conftest import TENANT_A, ApiClientFor, LiveDb
 from tests.factories import TEST_ACTOR
 from tests.support.processes import free_port, gunicorn_serving
-from tests.workflows.factories import workflow_make
+from tests.workflows.factories import run_through, workflow_make
 
 KEY = Principal(kind="api_key", id="7", label="tests (cos_x)")
 HELLO = {"messages": [{"role": "user", "content": "Say hello"}], "model": "gpt-4o-mini", "max_tokens": 20}
@@ -251,6 +251,36 @@ def test_a_workflow_steps_claim_and_its_runs_cancel_wake_the_runs_stream(
     with django_capture_on_commit_callbacks(execute=True):
         run_cancel(organization=tenant, actor=KEY, run=run)
     assert set(published) == {run_channel}
+
+
+def test_each_map_item_done_wakes_the_runs_stream(
+    tenant: Organization, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    """A map step's followers see items_done move item by item: one notice per item recorded, on
+    top of the step's own (two runs that differ only in their item count differ by that many)."""
+    published: list[str] = []
+    monkeypatch.setattr(progress, "_publish", published.append)
+    definition = {
+        "steps": [
+            {
+                "name": "each",
+                "type": "map",
+                "items": "{{ input.docs }}",
+                "concurrency": 1,
+                "step": {"type": "transform", "template": "{{ item }}"},
+            }
+        ]
+    }
+
+    def notices(items: int) -> int:
+        with django_capture_on_commit_callbacks(execute=True):
+            workflow = workflow_make(tenant, definition, name=f"map-{items}")
+            run = run_through(tenant, workflow, {"docs": [f"d{i}" for i in range(items)]})
+        assert run.status == "succeeded"
+        channel = progress.progress_channel(organization=tenant, topic="workflow_run", object_id=run.pk)
+        return published.count(channel)
+
+    assert notices(4) - notices(1) == 3
 
 
 def _counting_stream(
