@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,8 +26,21 @@ class _Refused(Exception):
         self.response = response
 
 
+class _FingerprintEncoder(JSONEncoder):
+    """request.data as JSON; an uploaded file (a multipart create) by its name and its bytes' hash."""
+
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, UploadedFile):
+            digest = hashlib.sha256()
+            for chunk in obj.chunks():
+                digest.update(chunk)
+            obj.seek(0)
+            return {"file": obj.name, "sha256": digest.hexdigest()}
+        return super().default(obj)
+
+
 def _fingerprint(request: Request) -> str:
-    body = json.dumps(request.data, cls=JSONEncoder, sort_keys=True, separators=(",", ":"))
+    body = json.dumps(request.data, cls=_FingerprintEncoder, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
 
 

@@ -10,12 +10,18 @@ than bounded_json allows.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import IO, Any, NoReturn
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.core.files.uploadedfile import InMemoryUploadedFile
+from django.core.files.uploadhandler import FileUploadHandler
+from django.http.multipartparser import MultiPartParser as DjangoMultiPartParser
+from django.http.multipartparser import MultiPartParserError
 from rest_framework import exceptions
-from rest_framework.parsers import BaseParser
+from rest_framework.parsers import BaseParser, DataAndFiles
 from rest_framework.renderers import JSONRenderer
 
 from apps.api.errors import ApiError
@@ -64,3 +70,74 @@ class BoundedJSONParser(BaseParser):
             raise ApiError(400, "json_too_deep", str(exc)) from exc
         except ValueError as exc:  # UnicodeDecodeError included
             raise exceptions.ParseError(f"JSON parse error - {exc}") from exc
+
+
+# Room for a multipart body's other fields, part headers and boundaries beside its files: those
+# fields are bounded by DATA_UPLOAD_MAX_MEMORY_SIZE (Django's parser refuses more), the rest is small.
+_MULTIPART_FRAMING_BYTES = 64 * 1024
+
+
+class BoundedUploadHandler(FileUploadHandler):
+    """Keeps uploaded files in memory and refuses (413) the moment their bytes pass `limit`, so a
+    body is never read further than the limit whatever its Content-Length claims. Memory, not a
+    temporary file: the caller hands the bytes to a service anyway, and never more than `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.received = 0
+        self.buffer = io.BytesIO()
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        super().new_file(*args, **kwargs)
+        self.buffer = io.BytesIO()
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        self.received += len(raw_data)  # across every file of the body
+        if self.received > self.limit:
+            raise _too_large(self.limit)
+        self.buffer.write(raw_data)
+
+    def file_complete(self, file_size: int) -> InMemoryUploadedFile:
+        self.buffer.seek(0)
+        return InMemoryUploadedFile(
+            file=self.buffer,
+            field_name=self.field_name,
+            name=self.file_name,
+            content_type=self.content_type,
+            size=file_size,
+            charset=self.charset,
+            content_type_extra=self.content_type_extra,
+        )
+
+
+class BoundedMultiPartParser(BaseParser):
+    """multipart/form-data whose files may total at most the view's `upload_max_bytes(request)`
+    (API_MAX_REQUEST_BYTES for a view that names none): refused with a 413 by the Content-Length
+    before anything is read, and by BoundedUploadHandler while reading. DRF's MultiPartParser
+    would use Django's handlers, which spool any size to disk before a view can judge it."""
+
+    media_type = "multipart/form-data"
+
+    def parse(
+        self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> DataAndFiles[Any, Any]:
+        parser_context = parser_context or {}
+        request = parser_context["request"]
+        view = parser_context.get("view")
+        limiter = getattr(view, "upload_max_bytes", None)
+        limit: int = limiter(request) if limiter is not None else settings.API_MAX_REQUEST_BYTES
+        allowance = limit + (settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0) + _MULTIPART_FRAMING_BYTES
+        if _declared_length(parser_context) > allowance:
+            raise _too_large(limit)
+        meta = request.META.copy()
+        meta["CONTENT_TYPE"] = media_type
+        encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            data, files = DjangoMultiPartParser(meta, stream, [BoundedUploadHandler(limit)], encoding).parse()
+        except RequestDataTooBig as exc:  # the form fields beside the files, over DATA_UPLOAD_MAX_MEMORY_SIZE
+            raise ApiError(413, "request_too_large", "the form fields of the request are too large") from exc
+        except (MultiPartParserError, SuspiciousOperation, UnicodeDecodeError, ValueError) as exc:
+            # A broken body, too many fields or files: the client's fault, a 400.
+            raise exceptions.ParseError(f"multipart form parse error - {exc}") from exc
+        return DataAndFiles(data, files)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("v1/", include("apps.agents.urls")),
     path("v1/", include("apps.workflows.urls")),
     path("v1/", include("apps.webhooks.urls")),
+    path("v1/", include("apps.knowledge.urls")),
     path("v1/", include("apps.llm.urls")),
     path("v1/", include("apps.apikeys.urls")),
     path("v1/", include("apps.rbac.urls")),

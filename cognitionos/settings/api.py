@@ -34,6 +34,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every durable work row (jobs, documents, embedding sets) has these statuses: one named enum.
+    "ENUM_NAME_OVERRIDES": {"WorkStatusEnum": "apps.work.models.WorkStatus"},
 }
 # A retried create with the same Idempotency-Key returns the first answer for this long.
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
