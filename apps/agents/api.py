@@ -18,12 +18,27 @@ from apps.agents.selectors import agent_get
 from apps.agents.services import AgentFields, agent_create, agent_delete, agent_update
 from apps.api.authentication import request_organization, request_principal
 from apps.api.idempotency import idempotent
+from apps.knowledge.models import KnowledgeBase
+from apps.knowledge.search import MAX_TOP_K
 from apps.rbac.permissions import Permission
+
+# Each question of an agent's job searches each of its knowledge bases (one embedding call each).
+MAX_AGENT_KNOWLEDGE_BASES = 5
 
 
 class AgentSerializer(serializers.ModelSerializer[Agent]):
-    policy = serializers.ChoiceField(choices=("", *POLICIES), required=False)
-    knowledge_document_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
+    # allow_blank: a form posting an empty policy (switching to a model) sends "", not nothing.
+    policy = serializers.ChoiceField(choices=("", *POLICIES), required=False, allow_blank=True)
+    # Knowledge bases of the organization (the queryset is evaluated in the request's schema: another
+    # organization's id is "does not exist").
+    knowledge_base_ids = serializers.PrimaryKeyRelatedField(
+        many=True,
+        source="knowledge_bases",
+        queryset=KnowledgeBase.objects.all(),
+        pk_field=serializers.UUIDField(),
+        required=False,
+        help_text=f"Knowledge bases searched with each question (at most {MAX_AGENT_KNOWLEDGE_BASES}).",
+    )
 
     class Meta:
         model = Agent
@@ -37,7 +52,7 @@ class AgentSerializer(serializers.ModelSerializer[Agent]):
             "min_quality",
             "temperature",
             "max_tokens",
-            "knowledge_document_ids",
+            "knowledge_base_ids",
             "retrieval_top_k",
             "max_cost_usd",
             "created_at",
@@ -48,7 +63,13 @@ class AgentSerializer(serializers.ModelSerializer[Agent]):
         extra_kwargs = {
             "temperature": {"min_value": 0, "max_value": 2},
             "min_quality": {"min_value": 1, "max_value": 5},
+            "retrieval_top_k": {"min_value": 1, "max_value": MAX_TOP_K},
         }
+
+    def validate_knowledge_base_ids(self, value: list[KnowledgeBase]) -> list[KnowledgeBase]:
+        if len(value) > MAX_AGENT_KNOWLEDGE_BASES:
+            raise serializers.ValidationError(f"at most {MAX_AGENT_KNOWLEDGE_BASES} knowledge bases")
+        return list(dict.fromkeys(value))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         instance = self.instance
@@ -68,7 +89,7 @@ class AgentListCreateApi(ListAPIView[Agent]):
     serializer_class = AgentSerializer
 
     def get_queryset(self) -> QuerySet[Agent]:
-        return Agent.objects.all()
+        return Agent.objects.prefetch_related("knowledge_bases")
 
     @extend_schema(request=AgentSerializer, responses={201: AgentSerializer}, summary="Create an agent")
     @idempotent
@@ -76,7 +97,7 @@ class AgentListCreateApi(ListAPIView[Agent]):
         data = AgentSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
-        fields["knowledge_document_ids"] = tuple(fields.get("knowledge_document_ids", ()))
+        fields["knowledge_bases"] = tuple(fields.get("knowledge_bases", ()))
         agent = agent_create(
             organization=request_organization(request), actor=request_principal(request), fields=AgentFields(**fields)
         )

@@ -21,8 +21,9 @@ class Agent(models.Model):
     min_quality = models.PositiveSmallIntegerField(default=1)
     temperature = models.FloatField(null=True, blank=True)
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
-    # Documents (apps.knowledge) whose chunks are retrieved into the prompt; empty: no retrieval.
-    knowledge_document_ids = models.JSONField(default=list, blank=True)
+    # Knowledge bases (apps.knowledge) searched with each question, the best chunks retrieved into
+    # the prompt; none: no retrieval. Deleting a knowledge base drops it from its agents.
+    knowledge_bases = models.ManyToManyField("knowledge.KnowledgeBase", blank=True, related_name="agents")
     retrieval_top_k = models.PositiveSmallIntegerField(default=4)
     max_cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     created_by_label = models.CharField(max_length=254, blank=True, default="")

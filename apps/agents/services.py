@@ -12,6 +12,7 @@ from django.db import transaction
 from apps.accounts.principals import Principal
 from apps.agents.models import Agent
 from apps.audit.services import audit_record
+from apps.knowledge.models import KnowledgeBase
 from apps.llm.calls import LlmRefusal, chat_call_parse, model_exists
 from apps.tenants.models import Organization
 
@@ -26,17 +27,16 @@ class AgentFields:
     min_quality: int = 1
     temperature: float | None = None
     max_tokens: int | None = None
-    knowledge_document_ids: tuple[int, ...] = ()
+    knowledge_bases: tuple[KnowledgeBase, ...] = ()
     retrieval_top_k: int = 4
     max_cost_usd: Decimal | None = None
 
 
 @transaction.atomic
 def agent_create(*, organization: Organization, actor: Principal, fields: AgentFields) -> Agent:
-    agent = Agent.objects.create(
-        **{**fields.__dict__, "knowledge_document_ids": list(fields.knowledge_document_ids)},
-        created_by_label=actor.label,
-    )
+    values = {name: value for name, value in fields.__dict__.items() if name != "knowledge_bases"}
+    agent = Agent.objects.create(**values, created_by_label=actor.label)
+    agent.knowledge_bases.set(fields.knowledge_bases)
     audit_record(organization=organization, actor=actor, action="agent.created", target=agent)
     return agent
 
@@ -44,8 +44,11 @@ def agent_create(*, organization: Organization, actor: Principal, fields: AgentF
 @transaction.atomic
 def agent_update(*, organization: Organization, actor: Principal, agent: Agent, changes: dict[str, Any]) -> Agent:
     for name, value in changes.items():
-        setattr(agent, name, list(value) if name == "knowledge_document_ids" else value)
+        if name != "knowledge_bases":
+            setattr(agent, name, value)
     agent.save()
+    if "knowledge_bases" in changes:
+        agent.knowledge_bases.set(changes["knowledge_bases"])
     audit_record(
         organization=organization,
         actor=actor,

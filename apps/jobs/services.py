@@ -18,7 +18,7 @@ from apps.agents.services import job_request_build
 from apps.audit.services import audit_record
 from apps.billing.selectors import plan_limit
 from apps.jobs.models import Job, JobStatus
-from apps.knowledge.selectors import chunks_search
+from apps.knowledge.search import MAX_QUERY_CHARS, MAX_TOP_K, Hit, knowledge_search
 from apps.llm.calls import CallSource, ChatOutcome, attempts_abandon, chat_call_parse, chat_complete
 from apps.tenants.models import Organization
 from apps.webhooks.services import webhook_event_emit
@@ -145,7 +145,7 @@ def _job_run(organization: Organization, job: Job) -> None:
 
     request = job.request
     agent = job.agent if job.agent_id else None
-    if agent is not None and agent.knowledge_document_ids:
+    if agent is not None:
         request, retrieval_cost = _with_knowledge(organization, job, agent, request_id)
     chat_complete(
         organization=organization,
@@ -160,28 +160,40 @@ def _job_run(organization: Organization, job: Job) -> None:
 def _with_knowledge(
     organization: Organization, job: Job, agent: Agent, request_id: str
 ) -> tuple[dict[str, Any], Decimal]:
-    """The job's request with the agent's documents' nearest chunks to its question as context, and
-    what embedding the question cost (its own ledger row)."""
-    messages = list(job.request["messages"])
+    """The job's request with the best chunks of the agent's knowledge bases for its question as
+    context, and what embedding the question cost (a ledger row per knowledge base, source
+    `retrieval`, under request ids fixed by the attempt: a redelivered attempt doesn't pay twice)."""
+    bases = list(agent.knowledge_bases.select_related("active_set").order_by("pk"))
+    messages = list(job.request.get("messages") or [])
     question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
-    if not isinstance(question, str) or not question.strip():
+    # A question longer than a search takes is searched by its end, nearest the ask.
+    query = question.replace("\x00", "").strip()[-MAX_QUERY_CHARS:].strip() if isinstance(question, str) else ""
+    if not bases or not query:
         return job.request, Decimal(0)
-    found = chunks_search(
-        organization=organization,
-        principal=principal_from_fields(job),
-        query=question,
-        top_k=agent.retrieval_top_k,
-        document_ids=list(agent.knowledge_document_ids),
-        request_id=f"{request_id}.rag",
-    )
-    if not found.chunks:
-        return job.request, found.cost_usd
-    context = "\n\n".join(f"[{chunk['document_title']} #{chunk['ordinal']}] {chunk['text']}" for chunk in found.chunks)
+    top_k = max(1, min(agent.retrieval_top_k, MAX_TOP_K))
+    cost = Decimal(0)
+    hits: list[Hit] = []
+    for index, base in enumerate(bases):
+        found = knowledge_search(
+            organization=organization,
+            principal=principal_from_fields(job),
+            knowledge_base=base,
+            query=query,
+            top_k=top_k,
+            request_id=f"{request_id}.rag" if index == 0 else f"{request_id}.rag{index}",
+        )
+        cost += found.cost_usd
+        hits.extend(found.hits)
+    # Hybrid scores are reciprocal ranks, comparable across knowledge bases.
+    hits = sorted(hits, key=lambda hit: -hit.score)[:top_k]
+    if not hits:
+        return job.request, cost
+    context = "\n\n".join(f"[{hit.document_title} #{hit.ordinal}] {hit.text}" for hit in hits)
     knowledge = {
         "role": "system",
         "content": f"Answer from these excerpts of the organization's documents:\n\n{context}",
     }
-    return {**job.request, "messages": [knowledge, *messages]}, found.cost_usd
+    return {**job.request, "messages": [knowledge, *messages]}, cost
 
 
 def _emit(organization: Organization, job: Job) -> None:

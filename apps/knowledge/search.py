@@ -24,6 +24,7 @@ import math
 import re
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,10 +39,10 @@ from pgvector.django import CosineDistance, VectorField
 
 from apps.accounts.principals import Principal
 from apps.knowledge.models import Chunk, ChunkEmbedding, Document, EmbeddingSet, KnowledgeBase
+from apps.knowledge.services import KnowledgeInvalid
 from apps.llm.calls import CallSource, LlmRefusal, embeddings_create
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
-from cognitionos.refusals import Refusal
 
 __all__ = [
     "EXACT_SEARCH_MAX_ROWS",
@@ -55,6 +56,8 @@ __all__ = [
     "SearchPlan",
     "SearchResults",
     "embedding_body",
+    "knowledge_base_find",
+    "knowledge_base_of_legacy_documents",
     "knowledge_search",
     "search_plan",
     "vector_candidates",
@@ -90,15 +93,11 @@ MAX_MATCH_TERMS = 32
 MAX_MATCHES_PER_HIT = 64
 
 
-class KnowledgeSearchInvalid(Refusal):
+class KnowledgeSearchInvalid(KnowledgeInvalid):
     """A search request out of bounds (400); `param` names the field."""
 
-    http_status = 400
-    code = "invalid_request"
-
     def __init__(self, message: str, *, param: str) -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(message, param=param, code="invalid_request")
 
 
 @dataclass(frozen=True)
@@ -144,6 +143,30 @@ class SearchPlan:
     ef_search: int
     kept_rows: int  # estimated rows the filter keeps
     dimension_rows: int  # rows in the dimension's HNSW index
+
+
+def knowledge_base_find(*, reference: object) -> KnowledgeBase | None:
+    """A knowledge base of the current organization (its schema) by id or by name (case-insensitive,
+    as names are unique): how workflow steps name one. The active set comes with it."""
+    if not isinstance(reference, str) or not reference.strip() or len(reference) > 100:
+        return None
+    bases = KnowledgeBase.objects.select_related("active_set")
+    try:
+        return bases.filter(pk=uuid.UUID(reference)).first()
+    except ValueError:
+        return bases.filter(name__iexact=reference.strip()).first()
+
+
+def knowledge_base_of_legacy_documents(*, document_ids: object) -> KnowledgeBase | None:
+    """The knowledge base holding documents by their ids from before knowledge bases (knowledge 0003
+    kept each one's id as metadata `legacy_id`): what a workflow step saved then searches now."""
+    if not isinstance(document_ids, list):
+        return None
+    ids = [value for value in document_ids[:100] if isinstance(value, int) and not isinstance(value, bool)]
+    if not ids:
+        return None
+    document = Document.objects.filter(metadata__legacy_id__in=ids).select_related("knowledge_base__active_set").first()
+    return document.knowledge_base if document is not None else None
 
 
 # -- the request ---------------------------------------------------------------------------------------

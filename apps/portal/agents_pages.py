@@ -23,6 +23,7 @@ from apps.agents.api import AgentSerializer
 from apps.agents.models import POLICIES, Agent
 from apps.agents.selectors import agent_get
 from apps.agents.services import AgentFields, agent_create, agent_delete, agent_update
+from apps.knowledge.models import KnowledgeBase
 from apps.llm.calls import chat_model_choices
 from apps.portal.caller import caller_organization, caller_principal
 from apps.portal.form_fields import FieldSpec, bind, error_messages, unplaced_errors
@@ -95,11 +96,13 @@ _FIELDS = (
         "retrieval_top_k",
         "Excerpts retrieved",
         kind="number",
-        help="From the agent's knowledge documents, per question",
-        attrs={"min": "1", "step": "1"},
+        help="From the agent's knowledge bases, per question",
+        attrs={"min": "1", "max": "50", "step": "1"},
     ),
 )
 _NAMES = tuple(spec.name for spec in _FIELDS)
+# The knowledge bases field: checkboxes of the organization's knowledge bases (form.html).
+KNOWLEDGE_FIELD = "knowledge_base_ids"
 
 
 def _too_long(data: QueryDict) -> dict[str, list[str]]:
@@ -112,8 +115,19 @@ def _too_long(data: QueryDict) -> dict[str, list[str]]:
 
 def _values_of(agent: Agent | None) -> dict[str, Any]:
     if agent is None:
-        return {"min_quality": 1, "retrieval_top_k": 4}
-    return {name: getattr(agent, name) for name in _NAMES}
+        return {"min_quality": 1, "retrieval_top_k": 4, KNOWLEDGE_FIELD: []}
+    return {
+        **{name: getattr(agent, name) for name in _NAMES},
+        KNOWLEDGE_FIELD: [str(pk) for pk in agent.knowledge_bases.values_list("pk", flat=True)],
+    }
+
+
+def _knowledge_data(request: HttpRequest) -> QueryDict:
+    """The form's data with the knowledge bases always present: no box checked means none (a
+    partial update would otherwise keep them)."""
+    data = request.POST.copy()
+    data.setlist(KNOWLEDGE_FIELD, request.POST.getlist(KNOWLEDGE_FIELD))
+    return data
 
 
 def _form_page(
@@ -127,6 +141,11 @@ def _form_page(
     suggestions = tuple(choice.name for choice in chat_model_choices(organization=caller_organization(request)))
     specs = [dataclasses.replace(spec, suggestions=suggestions) if spec.name == "model" else spec for spec in _FIELDS]
     fields = bind(specs, values, errors)
+    chosen = set(values.get(KNOWLEDGE_FIELD) or ())
+    knowledge_bases = [
+        {"id": str(pk), "name": name, "checked": str(pk) in chosen}
+        for pk, name in KnowledgeBase.objects.order_by("name").values_list("pk", "name")
+    ]
     return render(
         request,
         "portal/agents/form.html",
@@ -135,15 +154,20 @@ def _form_page(
             "agent": agent,
             "fields": [field for field in fields if field.spec.kind != "number"],
             "number_fields": [field for field in fields if field.spec.kind == "number"],
-            "form_errors": unplaced_errors(_FIELDS, errors),
+            "form_errors": unplaced_errors(_FIELDS, {k: v for k, v in errors.items() if k != KNOWLEDGE_FIELD}),
+            "knowledge_bases": knowledge_bases,
+            "knowledge_errors": errors.get(KNOWLEDGE_FIELD, []),
             "may_write": member_may(request, Permission.JOBS_WRITE),
         },
         status=status,
     )
 
 
-def _posted(request: HttpRequest) -> dict[str, str]:
-    return {name: request.POST.get(name, "") for name in _NAMES}
+def _posted(request: HttpRequest) -> dict[str, Any]:
+    return {
+        **{name: request.POST.get(name, "") for name in _NAMES},
+        KNOWLEDGE_FIELD: request.POST.getlist(KNOWLEDGE_FIELD),
+    }
 
 
 def _duplicate(name: str) -> dict[str, list[str]]:
@@ -173,10 +197,10 @@ def agent_create_page(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _form_page(request, agent=None, values=_values_of(None), errors={}, status=200)
     errors = _too_long(request.POST)
-    data = AgentSerializer(data=request.POST)
+    data = AgentSerializer(data=_knowledge_data(request))
     if not errors and data.is_valid():
         fields = dict(data.validated_data)
-        fields["knowledge_document_ids"] = tuple(fields.get("knowledge_document_ids", ()))
+        fields["knowledge_bases"] = tuple(fields.get("knowledge_bases", ()))
         try:
             agent = agent_create(
                 organization=caller_organization(request), actor=caller_principal(request), fields=AgentFields(**fields)
@@ -199,8 +223,8 @@ def agent_page(request: HttpRequest, agent_id: uuid.UUID) -> HttpResponse:
     if request.method != "POST":
         return _form_page(request, agent=agent, values=_values_of(agent), errors={}, status=200)
     errors = _too_long(request.POST)
-    # Partial, as the API's PATCH: the agent's knowledge documents (not on this form) are kept.
-    data = AgentSerializer(agent, data=request.POST, partial=True)
+    # Partial, as the API's PATCH; the knowledge bases are always on this form (none checked: none).
+    data = AgentSerializer(agent, data=_knowledge_data(request), partial=True)
     if not errors and data.is_valid():
         changes = dict(data.validated_data)
         try:

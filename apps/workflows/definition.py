@@ -41,7 +41,8 @@ POLICIES = ("cheapest", "fastest", "balanced")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 MAX_STEPS = 100
 MAX_CONCURRENCY = 16
-MAX_TOP_K = 50
+MAX_TOP_K = 50  # apps.knowledge.search's bound
+RETRIEVE_MODES = ("hybrid", "vector", "text")
 MAX_PATTERN_CHARS = 200
 # Bounds on a definition, checked on the text before parsing and on what parsing built: a few
 # hundred bytes of YAML or JSON must not become a structure that takes a worker's memory or stack.
@@ -55,7 +56,9 @@ _FIELDS: dict[str, frozenset[str]] = {
     "llm": frozenset(
         {"prompt", "system", "agent", "model", "policy", "max_tokens", "temperature", "max_cost_usd", "min_quality"}
     ),
-    "retrieve": frozenset({"query", "top_k", "documents"}),
+    # `documents` (document ids): definitions saved before knowledge bases still parse and run;
+    # definition_check refuses it in a definition saved now.
+    "retrieve": frozenset({"query", "top_k", "knowledge_base", "mode", "documents"}),
     "transform": frozenset({"template", "jsonpath", "value", "first"}),
     "condition": frozenset({"value", "equals", "contains", "matches", "then", "else"}),
     "map": frozenset({"items", "step", "concurrency"}),
@@ -550,6 +553,13 @@ class _Checker:
     def _check_retrieve(self, where: str, raw: dict[str, Any]) -> None:
         self._text(where, raw, "query", required=True)
         self._integer(where, raw, "top_k", 1, MAX_TOP_K)
+        # Required of a definition saved now (definition_check, which also finds it): its id or name.
+        reference = raw.get("knowledge_base")
+        if reference is not None and (not isinstance(reference, str) or not reference.strip() or len(reference) > 100):
+            self.problem(f"{where}.knowledge_base", "give a knowledge base's id or name (at most 100 characters)")
+        mode = raw.get("mode")
+        if mode is not None and mode not in RETRIEVE_MODES:
+            self.problem(f"{where}.mode", f"unknown mode {mode!r}; use one of {', '.join(RETRIEVE_MODES)}")
         documents = raw.get("documents")
         if documents is not None and (
             not isinstance(documents, list)

@@ -4,6 +4,7 @@ models and agents it names), create a workflow, save a new version or rename it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -11,6 +12,7 @@ from django.db import IntegrityError, transaction
 from apps.accounts.principals import Principal
 from apps.agents.selectors import agent_find
 from apps.audit.services import audit_record
+from apps.knowledge.search import knowledge_base_find
 from apps.llm.calls import model_exists
 from apps.tenants.models import Organization
 from apps.workflows.definition import (
@@ -40,7 +42,7 @@ class WorkflowNameTaken(Refusal):
 
 def definition_check(*, raw: object) -> tuple[dict[str, Any], Definition]:
     """Parse and validate a definition, including what needs the database: the models it names
-    exist in the catalog and the agents in the organization. Raises DefinitionInvalid."""
+    exist in the catalog, the agents and knowledge bases in the organization. Raises DefinitionInvalid."""
     source = definition_load(raw)
     if len(json.dumps(source, default=str)) > MAX_DEFINITION_BYTES:
         raise DefinitionInvalid([Problem("definition", f"a definition is limited to {MAX_DEFINITION_BYTES} bytes")])
@@ -48,6 +50,8 @@ def definition_check(*, raw: object) -> tuple[dict[str, Any], Definition]:
     problems: list[Problem] = []
     for step in definition.steps:
         for spec, where in ((step, step.location), (step.inner, f"{step.location}.step")):
+            if spec is not None and spec.type == "retrieve":
+                problems.extend(_retrieve_problems(spec.config, where))
             if spec is None or spec.type != "llm":
                 continue
             model = spec.config.get("model")
@@ -59,6 +63,25 @@ def definition_check(*, raw: object) -> tuple[dict[str, Any], Definition]:
     if problems:
         raise DefinitionInvalid(problems)
     return source, definition
+
+
+def _retrieve_problems(config: Mapping[str, Any], where: str) -> list[Problem]:
+    """A retrieve step names a knowledge base of the organization (document ids are no longer taken)."""
+    problems = []
+    if "documents" in config:
+        problems.append(
+            Problem(
+                f"{where}.documents", "retrieve steps search a `knowledge_base` now (its id or name), not documents"
+            )
+        )
+    reference = config.get("knowledge_base")
+    if reference is None:
+        problems.append(
+            Problem(f"{where}.knowledge_base", "missing field: the knowledge base to search (its id or name)")
+        )
+    elif isinstance(reference, str) and knowledge_base_find(reference=reference) is None:
+        problems.append(Problem(f"{where}.knowledge_base", f"no knowledge base {reference!r} in this organization"))
+    return problems
 
 
 def _name_free(name: str, workflow: Workflow | None = None) -> None:

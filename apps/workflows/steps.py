@@ -182,23 +182,54 @@ def run_llm(context: StepContext, body: dict[str, Any], on_settled: Settled) -> 
 
 
 def run_retrieve(context: StepContext, spec: StepSpec, scope: Scope) -> StepResult:
-    from apps.knowledge.selectors import chunks_search
+    """The knowledge base's best chunks for the rendered query (apps.knowledge.search): the query's
+    embedding is a governed call in the ledger under the step's request id."""
+    from apps.knowledge.search import (
+        KnowledgeSearchInvalid,
+        knowledge_base_find,
+        knowledge_base_of_legacy_documents,
+        knowledge_search,
+    )
 
     query = _render(spec, "query", scope, _Room())
     if not query.strip():
         raise StepFailure("empty_query", "the query rendered to an empty string")
+    reference = spec.config.get("knowledge_base")
+    if reference is None:
+        # Saved before knowledge bases: its documents are in the knowledge base they were moved to.
+        base = knowledge_base_of_legacy_documents(document_ids=spec.config.get("documents") or [])
+    else:
+        base = knowledge_base_find(reference=reference)
+    if base is None:
+        raise StepFailure("knowledge_base_not_found", f"no knowledge base {reference!r} in this organization")
     try:
-        found = chunks_search(
+        found = knowledge_search(
             organization=context.organization,
             principal=context.principal,
+            knowledge_base=base,
             query=query,
             top_k=int(spec.config.get("top_k") or 4),
-            document_ids=spec.config.get("documents"),
+            mode=spec.config.get("mode") or "hybrid",
             request_id=context.request_id,
         )
     except LlmRefusal as error:
         raise StepFailure(error.code, error.message) from error
-    return StepResult(output=found.chunks, cost_usd=found.cost_usd, model=found.model)
+    except KnowledgeSearchInvalid as error:
+        raise StepFailure(error.code, f"{error.param}: {error}") from error
+    output = [
+        {
+            "text": hit.text,
+            "document_id": str(hit.document_id),
+            "document_title": hit.document_title,
+            "ordinal": hit.ordinal,
+            "heading_path": hit.heading_path,
+            "score": hit.score,
+            "vector_score": hit.vector_score,
+            "text_rank": hit.text_rank,
+        }
+        for hit in found.hits
+    ]
+    return StepResult(output=output, cost_usd=found.cost_usd, model=found.model or "")
 
 
 # -- transform ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from apps.jobs.models import Job
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from tests.conftest import ApiClientFor
+from tests.knowledge.factories import knowledge_base_make
 
 AGENT = {"name": "support", "system_prompt": "Be brief.", "model": "simulated-mini", "temperature": 0.2}
 
@@ -19,7 +20,7 @@ def test_agents_are_created_read_changed_and_deleted_with_their_rules(
     assert created.status_code == 201, created.content
     agent = created.json()
     assert {key: agent[key] for key in AGENT} == AGENT
-    assert agent["policy"] == "" and agent["min_quality"] == 1 and agent["knowledge_document_ids"] == []
+    assert agent["policy"] == "" and agent["min_quality"] == 1 and agent["knowledge_base_ids"] == []
     duplicate = client.post("/api/v1/agents", {"name": "support", "policy": "cheapest"}, format="json")
     assert duplicate.status_code == 400 and duplicate.json()["error"]["param"] == "name"
     both = client.post("/api/v1/agents", {"name": "both", "model": "x", "policy": "fastest"}, format="json")
@@ -65,3 +66,38 @@ def test_a_job_takes_its_agents_defaults_by_name_or_id(
             assert job.request["messages"][0] == {"role": "system", "content": "Be brief."}
             assert job.request["model"] == "simulated-mini" and job.request["temperature"] == 0.2
             assert str(job.agent_id) == agent["id"]
+
+
+def test_an_agent_names_knowledge_bases_of_its_own_organization_only(
+    two_tenants: tuple[Organization, Organization], api_client_for: ApiClientFor
+) -> None:
+    organization_a, organization_b = two_tenants
+    with organization_schema(organization_a):
+        handbook, faq = knowledge_base_make(name="Handbook"), knowledge_base_make(name="FAQ")
+    with organization_schema(organization_b):
+        theirs = knowledge_base_make(name="Handbook")
+    client = api_client_for(organization_a)
+    ids = [str(handbook.pk), str(faq.pk)]
+    created = client.post("/api/v1/agents", {**AGENT, "knowledge_base_ids": ids}, format="json")
+    assert created.status_code == 201, created.content
+    agent = created.json()
+    assert sorted(agent["knowledge_base_ids"]) == sorted(ids)
+    url = f"/api/v1/agents/{agent['id']}"
+    # Another organization's knowledge base does not exist here; nor does a malformed id.
+    for wrong in ([str(theirs.pk)], ["not-a-uuid"], [1]):
+        refused = client.patch(url, {"knowledge_base_ids": wrong}, format="json")
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "knowledge_base_ids", wrong
+    with organization_schema(organization_a):
+        many = [str(knowledge_base_make(name=f"Base {n}").pk) for n in range(6)]
+    too_many = client.patch(url, {"knowledge_base_ids": many}, format="json")
+    assert too_many.status_code == 400 and "at most 5" in str(too_many.json())
+    # A PATCH without the field keeps them; an empty list clears them.
+    assert sorted(client.patch(url, {"temperature": 0.5}, format="json").json()["knowledge_base_ids"]) == sorted(ids)
+    assert client.patch(url, {"knowledge_base_ids": [str(faq.pk)]}, format="json").json()["knowledge_base_ids"] == [
+        str(faq.pk)
+    ]
+    # Deleting a knowledge base drops it from its agents.
+    with organization_schema(organization_a):
+        faq.delete()
+        assert list(Agent.objects.get(pk=agent["id"]).knowledge_bases.all()) == []
+    assert client.patch(url, {"knowledge_base_ids": []}, format="json").json()["knowledge_base_ids"] == []

@@ -15,6 +15,7 @@ from django.db.migrations.executor import MigrationExecutor
 from apps.agents.models import Agent
 from apps.jobs.models import Job
 from apps.tenants.models import Organization
+from tests.knowledge.factories import document_make, knowledge_base_make
 
 BEFORE = [("jobs", "0004_job_work_vocabulary")]
 AFTER = [("agents", "0002_agent_table"), ("jobs", "0005_agent_moves_to_agents")]
@@ -89,10 +90,12 @@ def test_the_move_keeps_every_agent_and_jobs_foreign_key_and_runs_backwards(tena
     # 0002 renames every one of them (its list is the names jobs 0001 created).
     assert old_names == {old for _, _, old, _ in RENAMES}
 
-    _migrate(AFTER)
+    executor = _migrate(AFTER)
 
     assert "agents_agent" in _tables() and "jobs_agent" not in _tables()
     agents = {agent.pk: agent for agent in Agent.objects.all()}
+    # The document ids as they were after the move (agents 0003 turns them into knowledge bases).
+    AfterAgent = executor.loader.project_state(AFTER).apps.get_model("agents", "Agent")
     assert set(agents) == {support.pk, router.pk}
     moved = agents[support.pk]
     assert (moved.name, moved.system_prompt, moved.model, moved.temperature) == (
@@ -101,7 +104,8 @@ def test_the_move_keeps_every_agent_and_jobs_foreign_key_and_runs_backwards(tena
         "gpt-4o-mini",
         0.2,
     )
-    assert (moved.knowledge_document_ids, moved.max_cost_usd, moved.created_by_label) == ([3, 5], Decimal("0.5"), "k")
+    assert AfterAgent.objects.get(pk=support.pk).knowledge_document_ids == [3, 5]
+    assert (moved.max_cost_usd, moved.created_by_label) == (Decimal("0.5"), "k")
     assert (agents[router.pk].policy, agents[router.pk].min_quality) == ("cheapest", 3)
     assert Job.objects.get(pk=with_agent.pk).agent == moved
     assert Job.objects.get(pk=without.pk).agent is None
@@ -118,7 +122,7 @@ def test_the_move_keeps_every_agent_and_jobs_foreign_key_and_runs_backwards(tena
         Agent.objects.filter(pk=router.pk).update(min_quality=9)
     with pytest.raises(IntegrityError, match="agents_agent_model_or_policy"), transaction.atomic():
         Agent.objects.filter(pk=router.pk).update(model="gpt-4o-mini")
-    Agent.objects.filter(pk=support.pk).delete()
+    AfterAgent.objects.filter(pk=support.pk).delete()  # the model of that state (no knowledge bases yet)
     assert Job.objects.get(pk=with_agent.pk).agent_id is None  # SET_NULL, as before
 
     executor = _migrate(BEFORE)
@@ -128,3 +132,36 @@ def test_the_move_keeps_every_agent_and_jobs_foreign_key_and_runs_backwards(tena
     assert list(OldAgent.objects.values_list("name", flat=True)) == ["router"]
     _migrate(AFTER)
     assert list(Agent.objects.values_list("name", flat=True)) == ["router"]
+
+
+def test_an_agents_document_ids_become_the_knowledge_bases_those_documents_are_in(tenant: Organization) -> None:
+    """Knowledge 0003 moved the documents of before into a knowledge base, each keeping its id as
+    metadata `legacy_id`: agents 0003 names those knowledge bases instead, and runs backwards."""
+    before, after = [("agents", "0002_agent_table")], [("agents", "0003_knowledge_bases")]
+    executor = _migrate(before)
+    OldAgent = executor.loader.project_state(before).apps.get_model("agents", "Agent")
+    moved = knowledge_base_make(name="Documents")
+    document_make(moved, title="refunds", metadata={"legacy_id": 3})
+    document_make(moved, title="shipping", metadata={"legacy_id": 5})
+    other = knowledge_base_make(name="Other")
+    document_make(other, title="faq", metadata={"legacy_id": 7})
+    document_make(other, title="uploaded later")
+    support = OldAgent.objects.create(id=uuid.uuid4(), name="support", model="m", knowledge_document_ids=[3, 5, 99])
+    both = OldAgent.objects.create(id=uuid.uuid4(), name="both", model="m", knowledge_document_ids=[5, 7])
+    plain = OldAgent.objects.create(id=uuid.uuid4(), name="plain", model="m")
+
+    _migrate(after)
+
+    def bases(agent_id: uuid.UUID) -> set[str]:
+        return {base.name for base in Agent.objects.get(pk=agent_id).knowledge_bases.all()}
+
+    assert bases(support.pk) == {"Documents"}  # 99 was no document: dropped
+    assert bases(both.pk) == {"Documents", "Other"}
+    assert bases(plain.pk) == set()
+
+    executor = _migrate(before)
+    OldAgent = executor.loader.project_state(before).apps.get_model("agents", "Agent")
+    ids = dict(OldAgent.objects.values_list("name", "knowledge_document_ids"))
+    # Backwards: the legacy ids of every document of the agent's knowledge bases.
+    assert ids == {"support": [3, 5], "both": [3, 5, 7], "plain": []}
+    _migrate(after)

@@ -278,43 +278,51 @@ def test_a_database_outage_leaves_the_job_to_the_reaper_instead_of_failing_it(
     assert (job.status, job.attempts, job.error_class) == (JobStatus.RUNNING, 1, "")
 
 
-def test_an_agent_with_documents_answers_from_their_nearest_chunks_and_the_job_pays_the_search(
+def test_an_agent_with_knowledge_bases_answers_from_their_best_chunks_and_the_job_pays_the_searches(
     two_tenants: tuple[Organization, Organization], fake_provider: FakeProvider
 ) -> None:
     from apps.agents.models import Agent
-    from apps.knowledge.models import Chunk, Document
-    from apps.knowledge.selectors import query_embed
+    from tests.knowledge.factories import chunk_make, document_make, knowledge_base_make, simulated_embedding
 
     organization_a, organization_b = two_tenants
     texts = ["Refunds are paid within 14 days.", "Support answers on weekdays.", "Shipping is free over $50."]
     with organization_schema(organization_a):
-        document = Document.objects.create(title="Policies")
-        for ordinal, text in enumerate(texts):
-            vector, _, _ = query_embed(
-                organization=organization_a, principal=KEY, text=text, request_id=f"seed-{ordinal}"
-            )
-            Chunk.objects.create(document=document, ordinal=ordinal, text=text, embedding=vector)
-        agent = Agent.objects.create(
-            name="support", model="gpt-4o-mini", knowledge_document_ids=[document.pk], retrieval_top_k=1
+        policies = knowledge_base_make(name="Policies", dimensions=256)
+        document = document_make(policies, title="Policies")
+        for ordinal, text in enumerate(texts[:2]):
+            chunk_make(document, ordinal=ordinal, text=text, vector=simulated_embedding(text, 256))
+        shipping = knowledge_base_make(name="Shipping", dimensions=256)
+        chunk_make(
+            document_make(shipping, title="Shipping"),
+            ordinal=0,
+            text=texts[2],
+            vector=simulated_embedding(texts[2], 256),
         )
+        knowledge_base_make(name="Unused", dimensions=256)
+        agent = Agent.objects.create(name="support", model="gpt-4o-mini", retrieval_top_k=1)
+        agent.knowledge_bases.set([policies, shipping])
         job = job_submit(
             organization=organization_a, principal=KEY, request={"prompt": texts[0], "max_tokens": 20}, agent=agent
         )
         job_execute(organization=organization_a, job_id=job.pk)
         job.refresh_from_db()
-        search = UsageAttempt.objects.get(request_id=f"job-{job.pk.hex}-1.rag")
+        searches = list(UsageAttempt.objects.filter(request_id__startswith=f"job-{job.pk.hex}-1.rag"))
         answer = UsageAttempt.objects.get(request_id=f"job-{job.pk.hex}-1")
     assert job.status == JobStatus.SUCCEEDED
+    # One search per knowledge base of the agent, in the ledger as retrieval; the best chunk of both.
+    assert len(searches) == 2 and {row.source for row in searches} == {"retrieval"}
     context = fake_provider.calls[-1].body["messages"][0]["content"]
-    assert "[Policies #0] Refunds are paid within 14 days." in context and texts[1] not in context
-    assert job.cost_usd == search.cost_usd + answer.cost_usd and search.cost_usd > 0
-    # Organization B's agent of the same name sees none of A's documents.
+    assert "[Policies #0] Refunds are paid within 14 days." in context
+    assert texts[1] not in context and texts[2] not in context
+    assert job.cost_usd == sum(row.cost_usd for row in searches) + answer.cost_usd and searches[0].cost_usd > 0
+    # Organization B's agent of the same name sees none of A's knowledge.
     with organization_schema(organization_b):
-        other = Agent.objects.create(name="support", model="gpt-4o-mini", knowledge_document_ids=[document.pk])
+        other = Agent.objects.create(name="support", model="gpt-4o-mini")
         job_b = job_submit(
             organization=organization_b, principal=KEY, request={"prompt": texts[0], "max_tokens": 20}, agent=other
         )
         job_execute(organization=organization_b, job_id=job_b.pk)
+        assert not UsageAttempt.objects.filter(request_id__startswith=f"job-{job_b.pk.hex}-1.rag").exists()
     assert "Refunds" not in str(fake_provider.calls[-1].body["messages"][:-1])
 
 

@@ -16,7 +16,7 @@ from django_tenants.utils import schema_context
 from apps.accounts.principals import Principal
 from apps.apikeys.services import apikey_create
 from apps.jobs.services import job_execute, job_submit
-from apps.knowledge.selectors import query_embed
+from apps.knowledge.search import knowledge_search
 from apps.llm.calls import CallSource, ChatOutcome, chat_call_parse, chat_complete, chat_stream
 from apps.llm.models import CALL_CONTENT_MAX_CHARS, AttemptStatus, CallContent, UsageAttempt
 from apps.llm.semantic import embedding_model_name
@@ -24,6 +24,7 @@ from apps.llm.services import llm_content_sweep, llm_settings_set
 from apps.tenants.models import Organization
 from apps.workflows.runs import run_start
 from tests.factories import TEST_ACTOR
+from tests.knowledge.factories import knowledge_base_make
 from tests.llm.conftest import gateway_client
 from tests.workflows.factories import KEY, drive, workflow_make
 
@@ -112,9 +113,15 @@ def test_jobs_workflow_steps_and_retrieval_record_their_source(tenant: Organizat
     steps = _rows(tenant, request_id__startswith=f"wf-{run.pk.hex}-")
     assert len(steps) == 2 and {row.source for row in steps} == {"workflow_step"}
 
-    query_embed(organization=tenant, principal=KEY, text="what is retrieved", request_id="rag-test-1")
+    knowledge_search(
+        organization=tenant,
+        principal=KEY,
+        knowledge_base=knowledge_base_make(name="Handbook", dimensions=256),
+        query="what is retrieved",
+        request_id="rag-test-1",
+    )
     (retrieval,) = _rows(tenant, request_id="rag-test-1")
-    assert retrieval.source == "retrieval" and retrieval.model_requested == embedding_model_name()
+    assert retrieval.source == "retrieval" and retrieval.model_requested == "simulated-embedding"
 
 
 def test_content_is_stored_with_the_settlement_under_the_policy(tenant: Organization) -> None:

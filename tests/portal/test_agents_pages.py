@@ -20,6 +20,7 @@ from apps.jobs.models import Job
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from tests.factories import member_make
+from tests.knowledge.factories import knowledge_base_make
 from tests.portal.conftest import ClientFor
 
 WRITERS = ("owner", "admin", "developer")
@@ -143,24 +144,47 @@ def test_a_duplicate_name_is_said_at_the_name_field(
         assert sorted(Agent.objects.values_list("name", flat=True)) == ["summarizer", "translator"]
 
 
-def test_an_edit_changes_what_was_sent_and_keeps_the_knowledge_documents(
+def test_an_edit_changes_what_was_sent_and_the_knowledge_bases_checked(
     two_tenants: tuple[Organization, Organization], client_for: ClientFor
 ) -> None:
-    organization = two_tenants[0]
-    agent = agent_make(organization, name="helper", temperature=0.9, knowledge_document_ids=[3, 5])
+    organization, other_organization = two_tenants
+    with organization_schema(organization):
+        handbook, faq = knowledge_base_make(name="Handbook"), knowledge_base_make(name="FAQ <b>")
+    with organization_schema(other_organization):
+        knowledge_base_make(name="Their secrets")
+    agent = agent_make(organization, name="helper", temperature=0.9)
+    with organization_schema(organization):
+        agent.knowledge_bases.set([handbook])
     client, user = signed_in(client_for, organization, "developer")
     page = client.get(f"/agents/{agent.pk}/").content.decode()
     assert "Edit agent" in page and 'value="helper"' in page and 'value="0.9"' in page
+    # The organization's knowledge bases as checkboxes, the agent's checked; no other organization's.
+    assert re.search(rf'value="{handbook.pk}"\s+checked', page) and f'value="{faq.pk}">' in page
+    assert "FAQ &lt;b&gt;" in page and "Their secrets" not in page
     response = client.post(
-        f"/agents/{agent.pk}/", {**GOOD, "name": "helper 2", "temperature": "", "model": "", "policy": "fastest"}
+        f"/agents/{agent.pk}/",
+        {
+            **GOOD,
+            "name": "helper 2",
+            "temperature": "",
+            "model": "",
+            "policy": "fastest",
+            "knowledge_base_ids": [str(faq.pk)],
+        },
     )
     assert response.status_code == 302
     with organization_schema(organization):
         agent.refresh_from_db()
         event = AuditEvent.objects.get(action="agent.updated")
+        assert list(agent.knowledge_bases.all()) == [faq]
     assert agent.name == "helper 2" and agent.temperature is None and agent.policy == "fastest" and agent.model == ""
-    assert agent.knowledge_document_ids == [3, 5] and event.actor_label == user.email
+    assert event.actor_label == user.email
     assert "Agent “helper 2” saved." in client.get("/agents/").content.decode()
+    # No box checked: no knowledge bases.
+    cleared = client.post(f"/agents/{agent.pk}/", {**GOOD, "name": "helper 2"})
+    assert cleared.status_code == 302, re.findall(r'class="field__error"[^>]*>([^<]*)<', cleared.content.decode())
+    with organization_schema(organization):
+        assert not agent.knowledge_bases.exists()
 
 
 def test_delete_asks_first_and_the_agents_jobs_stay(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.db import connection, transaction
 
-from apps.knowledge.models import Document
+from apps.knowledge.models import KnowledgeBase
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 
@@ -30,19 +30,19 @@ def test_savepoint_rollback_after_switching_tenant_keeps_the_new_tenant(
     try:
         with transaction.atomic():
             tenant_connection().set_tenant(tenant_b)
-            Document.objects.create(title="written in B, rolled back")
+            KnowledgeBase.objects.create(name="written in B, rolled back", embedding_model="simulated-embedding")
             raise Abort
     except Abort:
         pass
     # PostgreSQL reverted the SET made inside the savepoint; the connection must set it again.
     assert _current_schema() == tenant_b.schema_name
-    assert not Document.objects.filter(title="written in B, rolled back").exists()
+    assert not KnowledgeBase.objects.filter(name="written in B, rolled back").exists()
 
 
 def test_savepoint_rollback_inside_one_tenant_stays_there(two_tenants: tuple[Organization, Organization]) -> None:
     tenant_a, tenant_b = two_tenants
     tenant_connection().set_tenant(tenant_b)
-    Document.objects.create(title="kept in B")
+    KnowledgeBase.objects.create(name="kept in B", embedding_model="simulated-embedding")
     try:
         with transaction.atomic():
             tenant_connection().set_tenant(tenant_a)
@@ -52,4 +52,4 @@ def test_savepoint_rollback_inside_one_tenant_stays_there(two_tenants: tuple[Org
     except Abort:
         pass
     assert _current_schema() == tenant_b.schema_name
-    assert Document.objects.filter(title="kept in B").count() == 1
+    assert KnowledgeBase.objects.filter(name="kept in B").count() == 1

@@ -10,7 +10,6 @@ from celery.result import AsyncResult
 from django.conf import settings
 from django_tenants.utils import schema_context
 
-from apps.knowledge.models import Document
 from apps.tenants.models import Organization
 from apps.tenants.selectors import public_organization
 from apps.tenants.services import organization_status_set
@@ -18,6 +17,7 @@ from apps.tenants.tasks import TenantTaskRefused
 from cognitionos.celery import app as celery_app
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
+from tests.knowledge.factories import document_make, knowledge_base_make
 from tests.support.probe_tasks import document_titles
 from tests.support.worker import celery_worker
 
@@ -35,10 +35,11 @@ def libraries(live_db: LiveDb, worker: None) -> tuple[Organization, Organization
     red = live_db.organization(slug="library-red")
     blue = live_db.organization(slug="library-blue")
     with schema_context(red.schema_name):
-        Document.objects.create(title="red handbook")
+        document_make(knowledge_base_make(name="Library"), title="red handbook")
     with schema_context(blue.schema_name):
-        Document.objects.create(title="blue handbook")
-        Document.objects.create(title="blue secrets")
+        library = knowledge_base_make(name="Library")
+        document_make(library, title="blue handbook")
+        document_make(library, title="blue secrets")
     return red, blue
 
 

@@ -12,8 +12,6 @@ import pytest
 from django.utils import timezone
 
 from apps.agents.models import Agent
-from apps.knowledge.models import Chunk, Document
-from apps.knowledge.selectors import query_embed
 from apps.llm.budgets import Spender, attempt_reserve
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.services import budget_set
@@ -33,6 +31,7 @@ from apps.workflows.runs import (
 )
 from cognitionos.celery import app as celery_app
 from tests.factories import TEST_ACTOR
+from tests.knowledge.factories import chunk_make, document_make, knowledge_base_make, simulated_embedding
 from tests.support.fake_provider import FakeProvider
 from tests.webhooks.receiver import http_receiver
 from tests.workflows.factories import (
@@ -442,13 +441,17 @@ def test_an_http_step_fails_on_an_error_status_and_refuses_private_addresses(
 
 def test_a_retrieve_step_finds_the_nearest_chunks_through_a_governed_embedding(tenant: Organization) -> None:
     texts = ["Cats sleep sixteen hours a day.", "The Eiffel tower is in Paris.", "Rust has a borrow checker."]
-    document = Document.objects.create(title="Facts")
+    facts = knowledge_base_make(name="Facts", dimensions=256)
+    document = document_make(facts, title="Facts")
     for ordinal, text in enumerate(texts):
-        vector, _, _ = query_embed(organization=tenant, principal=KEY, text=text, request_id=f"seed-{ordinal}")
-        Chunk.objects.create(document=document, ordinal=ordinal, text=text, embedding=vector)
+        chunk_make(document, ordinal=ordinal, text=text, vector=simulated_embedding(text, 256), heading_path="World")
+    other = knowledge_base_make(name="Other", dimensions=256)
+    chunk_make(
+        document_make(other, title="Elsewhere"), ordinal=0, text=texts[1], vector=simulated_embedding(texts[1], 256)
+    )
     definition = {
         "steps": [
-            {"name": "find", "type": "retrieve", "query": "{{ input.q }}", "top_k": 2},
+            {"name": "find", "type": "retrieve", "query": "{{ input.q }}", "top_k": 2, "knowledge_base": "facts"},
             {
                 "name": "answer",
                 "type": "llm",
@@ -460,12 +463,41 @@ def test_a_retrieve_step_finds_the_nearest_chunks_through_a_governed_embedding(t
     run = run_through(tenant, workflow_make(tenant, definition), {"q": texts[1]})
     found = steps_of(run)["find"]
     assert run.status == RunStatus.SUCCEEDED, run.error_message
-    assert len(found.output) == 2
-    assert found.output[0]["text"] == texts[1] and found.output[0]["score"] == pytest.approx(1.0)
-    assert found.output[0]["document_title"] == "Facts"
+    assert len(found.output) == 2  # from "Facts" only (named case-insensitively), not "Other"
+    assert {hit["document_title"] for hit in found.output} == {"Facts"}
+    best = found.output[0]
+    assert best["text"] == texts[1] and best["vector_score"] == pytest.approx(1.0) and best["text_rank"] > 0
+    assert (best["heading_path"], best["ordinal"], best["document_id"]) == ("World", 1, str(document.pk))
     (row,) = _ledger(run, 0)
     assert row.model_name == "simulated-embedding" and row.cost_usd == found.cost_usd > 0
+    assert row.source == "retrieval"
     assert texts[1] in str(run.output)
+
+
+@pytest.mark.parametrize(
+    ("step", "location", "message"),
+    [
+        ({}, "steps[0].knowledge_base", "missing field: the knowledge base to search"),
+        ({"knowledge_base": "Nowhere"}, "steps[0].knowledge_base", "no knowledge base 'Nowhere' in this organization"),
+        (
+            {"knowledge_base": "Facts", "documents": [1]},
+            "steps[0].documents",
+            "retrieve steps search a `knowledge_base` now",
+        ),
+        ({"knowledge_base": "Facts", "mode": "fuzzy"}, "steps[0].mode", "unknown mode 'fuzzy'"),
+    ],
+)
+def test_a_retrieve_step_must_name_a_knowledge_base_of_the_organization(
+    tenant: Organization, step: dict[str, Any], location: str, message: str
+) -> None:
+    from apps.workflows.definition import DefinitionInvalid
+    from apps.workflows.definitions import definition_check
+
+    knowledge_base_make(name="Facts", dimensions=256)
+    definition = {"steps": [{"name": "find", "type": "retrieve", "query": "q", **step}]}
+    with pytest.raises(DefinitionInvalid) as refused:
+        definition_check(raw=definition)
+    assert refused.value.location == location and refused.value.by_location[location][0].startswith(message)
 
 
 def test_the_end_of_a_run_is_a_webhook_event(tenant: Organization) -> None:
