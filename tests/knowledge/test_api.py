@@ -18,9 +18,11 @@ from rest_framework.test import APIClient, APIRequestFactory
 
 from apps.api.errors import ApiError
 from apps.api.parsers import BoundedMultiPartParser
+from apps.api.permissions import required_permission
 from apps.apikeys.services import apikey_create
 from apps.knowledge.models import Document, DocumentUpload, KnowledgeBase
 from apps.rbac.models import Role
+from apps.rbac.permissions import ROLE_PERMISSIONS, permissions_expand, role_permissions
 from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import ApiClientFor
@@ -34,6 +36,7 @@ from tests.knowledge.factories import (
     near,
     simulated_embedding,
 )
+from tests.rbac.walk import declared_endpoints
 
 BASES = "/api/v1/knowledge-bases"
 BASE = {"name": "Handbook", "description": "How we work", "embedding_model": SIMULATED_MODEL, "dimensions": 256}
@@ -203,6 +206,31 @@ def test_members_act_as_their_role_allows_through_their_session(tenant: Organiza
         403,
         "permission_denied",
     )
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_PERMISSIONS))
+def test_every_knowledge_endpoint_answers_each_role_as_the_matrix_says(tenant: Organization, role: str) -> None:
+    endpoints = [endpoint for endpoint in declared_endpoints() if "knowledge-bases" in endpoint.route]
+    assert len(endpoints) == 8
+    user = member_make(organization=tenant, role=role)
+    tenant_connection().set_schema_to_public()
+    client = Client(HTTP_HOST=f"{tenant.slug}.localhost")
+    client.force_login(user)
+    granted = permissions_expand(role_permissions(role))
+    wrong = []
+    for endpoint in endpoints:
+        view = endpoint.view(**endpoint.initkwargs)
+        for method in endpoint.methods:
+            needed = required_permission(view, method)
+            assert needed is not None and needed.value.startswith("knowledge:"), (method, endpoint.route)
+            answer = client.generic(method, endpoint.path, "{}", content_type="application/json")
+            refused = answer.status_code == 403 and answer.json()["error"]["code"] == "permission_denied"
+            # Held: the request is judged on its merits (an unknown id: 404; an empty body: 400).
+            if needed in granted and (refused or answer.status_code not in (200, 400, 404)):
+                wrong.append(f"{method} {endpoint.route}: {answer.status_code} though {needed} is held")
+            if needed not in granted and not refused:
+                wrong.append(f"{method} {endpoint.route}: {answer.status_code} though {needed} is not held")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_another_organization_gets_404_on_every_endpoint_and_changes_nothing(

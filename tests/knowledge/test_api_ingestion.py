@@ -79,6 +79,8 @@ def test_progress_fields_follow_ingestion_on_a_worker_and_search_finds_the_docum
             assert refused.status_code == 409, refused.content
         else:  # or refused at once, naming the field
             assert broken.status_code == 400 and broken.json()["error"]["param"] == "file", broken.content
+        events = client.get(f"{uploaded['Location']}/events")
+        stream = b"".join(events.streaming_content).decode()  # type: ignore[attr-defined]
         found = client.post(f"{BASES}/{base}/search", {"query": "damaged parcels refunded", "top_k": 3}, format="json")
     assert document["status"] == "succeeded", (document, seen)
     assert document["stage"] == "indexed" and document["error"] is None
@@ -91,6 +93,9 @@ def test_progress_fields_follow_ingestion_on_a_worker_and_search_finds_the_docum
     assert all(embedded <= chunks for _, _, chunks, embedded in seen)
     detail = client.get(f"{BASES}/{base}").json()
     assert detail["chunk_count"] == document["chunk_count"] and detail["document_count"] in (1, 2)
+    # Following the finished document: its state at once, then the stream ends.
+    assert events["Content-Type"] == "text/event-stream"
+    assert stream.startswith("event: progress\ndata: ") and '"stage": "indexed"' in stream, stream[:300]
     assert found.status_code == 200, found.content
     hits = found.json()["hits"]
     assert len(hits) == 3 and {hit["document_id"] for hit in hits} == {document["id"]}
