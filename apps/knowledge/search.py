@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, VectorField
 
@@ -250,31 +250,41 @@ def _query_embed(
 
 
 class _Counts:
-    """(rows of the set, rows of its dimension count) per (schema, set), reused PLAN_COUNTS_TTL_S."""
+    """Rows per embedding set of one dimension count, per (schema, dimension count), reused
+    PLAN_COUNTS_TTL_S. Counted set by set through the btree on embedding_set_id (index-only
+    scans), never by reading the vectors: a schema has few sets, and 384-dimension vectors are
+    stored in the table's own pages, where a scan would read them all."""
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self.lock = threading.Lock()
-        self.entries: OrderedDict[tuple[str, int], tuple[float, int, int]] = OrderedDict()
+        self.entries: OrderedDict[tuple[str, int], tuple[float, dict[int, int]]] = OrderedDict()
+
+    def _count(self, dimensions: int) -> dict[int, int]:
+        vectors, sets = ChunkEmbedding._meta.db_table, EmbeddingSet._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT s.id, (SELECT count(*) FROM {vectors} v WHERE v.embedding_set_id = s.id)"  # noqa: S608
+                f" FROM {sets} s WHERE s.dimensions = %s",
+                [dimensions],
+            )
+            return {int(set_id): int(rows) for set_id, rows in cursor.fetchall()}
 
     def get(self, embedding_set: EmbeddingSet) -> tuple[int, int]:
-        key = (tenant_connection().schema_name, embedding_set.pk)
+        """(rows of the set, rows of every set of its dimension count: the partial index's size)."""
+        key = (tenant_connection().schema_name, embedding_set.dimensions)
         now = time.monotonic()
         with self.lock:
             found = self.entries.get(key)
-            if found is not None and now - found[0] < PLAN_COUNTS_TTL_S:
-                return found[1], found[2]
-        # One pass over the dimension's rows (narrow: the vectors themselves are stored apart).
-        counted = ChunkEmbedding.objects.filter(dimensions=embedding_set.dimensions).aggregate(
-            in_set=Count("id", filter=Q(embedding_set_id=embedding_set.pk)), all=Count("id")
-        )
-        rows = (int(counted["in_set"]), int(counted["all"]))
-        with self.lock:
-            self.entries[key] = (now, *rows)
-            self.entries.move_to_end(key)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-        return rows
+        if found is None or now - found[0] >= PLAN_COUNTS_TTL_S or embedding_set.pk not in found[1]:
+            found = (now, self._count(embedding_set.dimensions))
+            with self.lock:
+                self.entries[key] = found
+                self.entries.move_to_end(key)
+                while len(self.entries) > self.size:
+                    self.entries.popitem(last=False)
+        per_set = found[1]
+        return per_set.get(embedding_set.pk, 0), sum(per_set.values())
 
     def forget(self) -> None:
         with self.lock:
