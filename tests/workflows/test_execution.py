@@ -474,6 +474,25 @@ def test_a_retrieve_step_finds_the_nearest_chunks_through_a_governed_embedding(t
     assert texts[1] in str(run.output)
 
 
+def test_a_retrieve_step_saved_with_document_ids_searches_the_knowledge_base_they_moved_to(
+    tenant: Organization,
+) -> None:
+    from apps.workflows.models import WorkflowVersion
+
+    moved = knowledge_base_make(name="Documents", dimensions=256)
+    document = document_make(moved, title="Facts", metadata={"legacy_id": 3})
+    chunk_make(document, ordinal=0, text="The Eiffel tower is in Paris.", vector=simulated_embedding("x", 256))
+    knowledge_base_make(name="Other", dimensions=256)
+    step = {"name": "find", "type": "retrieve", "query": "{{ input.q }}", "knowledge_base": "Other"}
+    workflow = workflow_make(tenant, {"steps": [step]})
+    # As saved before knowledge bases (knowledge 0003 kept the document's old id as `legacy_id`).
+    old = {"name": "find", "type": "retrieve", "query": "{{ input.q }}", "documents": [3]}
+    WorkflowVersion.objects.filter(workflow=workflow).update(definition={"steps": [old]})
+    run = run_through(tenant, workflow, {"q": "Eiffel tower"})
+    assert run.status == RunStatus.SUCCEEDED, run.error_message
+    assert [hit["document_title"] for hit in steps_of(run)["find"].output] == ["Facts"]
+
+
 @pytest.mark.parametrize(
     ("step", "location", "message"),
     [
