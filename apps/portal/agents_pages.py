@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.db import IntegrityError
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import URLPattern, path
@@ -179,7 +180,8 @@ def _duplicate(name: str) -> dict[str, list[str]]:
 @never_cache
 @require_GET
 def agents(request: HttpRequest) -> HttpResponse:
-    page = keyset_page_by_time(Agent.objects.defer("system_prompt", "description"), request=request)
+    agents = Agent.objects.defer("system_prompt", "description").annotate(knowledge_base_count=Count("knowledge_bases"))
+    page = keyset_page_by_time(agents, request=request)
     return render(
         request,
         "portal/agents/list.html",

@@ -179,7 +179,8 @@ def test_an_edit_changes_what_was_sent_and_the_knowledge_bases_checked(
         assert list(agent.knowledge_bases.all()) == [faq]
     assert agent.name == "helper 2" and agent.temperature is None and agent.policy == "fastest" and agent.model == ""
     assert event.actor_label == user.email
-    assert "Agent “helper 2” saved." in client.get("/agents/").content.decode()
+    listed = client.get("/agents/").content.decode()
+    assert "Agent “helper 2” saved." in listed and "1 knowledge base<" in listed
     # No box checked: no knowledge bases.
     cleared = client.post(f"/agents/{agent.pk}/", {**GOOD, "name": "helper 2"})
     assert cleared.status_code == 302, re.findall(r'class="field__error"[^>]*>([^<]*)<', cleared.content.decode())
