@@ -82,7 +82,7 @@ def _set_progress_publish(organization: Organization, embedding_set: EmbeddingSe
     progress_publish(organization=organization, topic="embedding_set", object_id=embedding_set.pk)
 
 
-def _lock(model: Any, pk: Any, mode: str) -> bool:
+def row_lock(model: Any, pk: Any, mode: str) -> bool:
     """Lock one row (FOR UPDATE / FOR SHARE / FOR KEY SHARE); False if it is gone."""
     table = connection.ops.quote_name(model._meta.db_table)
     with connection.cursor() as cursor:
@@ -192,7 +192,7 @@ def _set_live(embedding_set_id: int) -> bool:
     """Whether vectors of this set are still wanted: it is the active set, or it is being built.
     Takes a share lock on the set, so a switch or an abandon (which lock it for update before they
     delete its vectors) waits for the caller's insert, or the caller sees the set dead."""
-    if not _lock(EmbeddingSet, embedding_set_id, "SHARE"):
+    if not row_lock(EmbeddingSet, embedding_set_id, "SHARE"):
         return False
     found = EmbeddingSet.objects.filter(pk=embedding_set_id).values("status", "knowledge_base_id").first()
     if found is None:
@@ -272,7 +272,7 @@ def _document_ingest(organization: Organization, document: Document) -> None:
         with transaction.atomic():
             # Shared with the switch of a re-embedding (which locks the base for update): either the
             # switch committed and its set is checked here, or it waits for this commit.
-            if not _lock(KnowledgeBase, base.pk, "SHARE"):
+            if not row_lock(KnowledgeBase, base.pk, "SHARE"):
                 raise _Stopped
             if any(_document_missing(document, found).exists() for found in live_sets(base.pk)):
                 continue  # a set went live since the last batch (a re-embedding started): embed for it
@@ -341,7 +341,7 @@ def _document_chunk(organization: Organization, document: Document, base: Knowle
                 f"{allowed.limit:,} its plan allows; delete documents or upgrade the plan, then resume it",
             )
             return False
-        if not _lock(Document, document.pk, "UPDATE"):
+        if not row_lock(Document, document.pk, "UPDATE"):
             raise _Stopped
         # A run that died after this commit never gets here again (stage is `chunked`); one that died
         # before left nothing.
@@ -389,7 +389,7 @@ def _document_embed_batch(organization: Organization, document: Document) -> int
                   counted: bool = counted) -> None:  # fmt: skip
             # The document first (lock order), then the set: a deleted document or a set no longer
             # live keeps nothing; its cost is still the document's (the ledger has it).
-            if not _lock(Document, document.pk, "UPDATE"):
+            if not row_lock(Document, document.pk, "UPDATE"):
                 return
             added = _vectors_insert(target, pairs) if _set_live(target.pk) else 0
             values: dict[str, Any] = {"cost_usd": F("cost_usd") + outcome.cost_usd}
@@ -490,7 +490,7 @@ def _set_switch(organization: Organization, embedding_set: EmbeddingSet) -> bool
     """Make the complete set the active one, in one transaction with the base locked; delete the
     old set's vectors. False if chunks were added meanwhile (the caller embeds them first)."""
     with transaction.atomic():
-        if not _lock(KnowledgeBase, embedding_set.knowledge_base_id, "UPDATE"):
+        if not row_lock(KnowledgeBase, embedding_set.knowledge_base_id, "UPDATE"):
             raise _Stopped
         if _set_chunks_missing(embedding_set).exists():
             return False
@@ -508,8 +508,11 @@ def _set_switch(organization: Organization, embedding_set: EmbeddingSet) -> bool
             raise _Stopped
         KnowledgeBase.objects.filter(pk=base.pk).update(active_set=embedding_set)
         if old is not None and old != embedding_set.pk:
-            _lock(EmbeddingSet, old, "UPDATE")
-            ChunkEmbedding.objects.filter(embedding_set_id=old).delete()
+            row_lock(EmbeddingSet, old, "UPDATE")
+        # The old set's vectors, and any left by a build that failed and was never retried.
+        ChunkEmbedding.objects.filter(embedding_set__knowledge_base_id=base.pk).exclude(
+            embedding_set=embedding_set
+        ).delete()
         # Documents count what they have in the set search answers from.
         Document.objects.filter(knowledge_base_id=base.pk).update(
             embedded_count=_embedded_in(embedding_set.pk),
@@ -547,7 +550,7 @@ def _embedded_in(embedding_set_id: int) -> Any:
 def embedding_set_abandon(*, organization: Organization, embedding_set: EmbeddingSet, reason: str) -> None:
     """Stop building a set that is no longer wanted (the model changed again) and delete its
     vectors; a batch in flight stores nothing. Called with the knowledge base locked."""
-    _lock(EmbeddingSet, embedding_set.pk, "UPDATE")
+    row_lock(EmbeddingSet, embedding_set.pk, "UPDATE")
     work_finish(
         organization=organization,
         kind=EMBEDDING_SET,

@@ -102,6 +102,8 @@ def chunks_used(organization: Organization) -> int:
 
 def chunks_require(organization: Organization, *, adding: int) -> None:
     """EntitlementRefused (403) unless `adding` more chunks stay within the plan's limit."""
+    if entitlement(organization, "knowledge_chunks").limit is None:
+        return  # unlimited: nothing to count
     found = entitlement(organization, "knowledge_chunks", used=chunks_used(organization), adding=adding)
     if not found.allowed:
         raise EntitlementRefused(found)
@@ -242,6 +244,65 @@ def _set_building(base: KnowledgeBase) -> EmbeddingSet | None:
     return EmbeddingSet.objects.filter(knowledge_base=base, status__in=UNFINISHED).first()
 
 
+def _set_start(base: KnowledgeBase, model: str, dimensions: int, principal: Principal) -> EmbeddingSet:
+    """A set to build for (model, dimensions): a build of it that failed (a budget refusal) is
+    queued again and keeps what it embedded; otherwise a new one."""
+    stopped = (
+        EmbeddingSet.objects.filter(
+            knowledge_base=base,
+            embedding_model=model,
+            dimensions=dimensions,
+            status=WorkStatus.FAILED,
+            activated_at__isnull=True,
+        )
+        .order_by("-pk")
+        .first()
+    )
+    if stopped is None:
+        return EmbeddingSet.objects.create(
+            knowledge_base=base, embedding_model=model, dimensions=dimensions, **principal_fields(principal)
+        )
+    EmbeddingSet.objects.filter(pk=stopped.pk).update(
+        status=WorkStatus.QUEUED,
+        attempts=0,
+        admitted_at=None,
+        started_at=None,
+        heartbeat_at=None,
+        finished_at=None,
+        next_attempt_at=None,
+        error_class="",
+        error_message="",
+        **principal_fields(principal),
+    )
+    stopped.refresh_from_db()
+    return stopped
+
+
+def _embedding_change(
+    organization: Organization,
+    principal: Principal,
+    base: KnowledgeBase,
+    embedding_model: str | None,
+    dimensions: int | None,
+) -> tuple[dict[str, Any], EmbeddingSet | None]:
+    """The base's new embedding fields, and the set to build for them (None: nothing to build)."""
+    model, count = embedding_choice(
+        embedding_model or base.embedding_model,
+        dimensions if dimensions is not None else (None if embedding_model else base.dimensions),
+    )
+    rebuild: EmbeddingSet | None = None
+    building = _set_building(base)
+    if building is not None and (building.embedding_model, building.dimensions) != (model, count):
+        ingestion.embedding_set_abandon(organization=organization, embedding_set=building, reason=principal.label)
+        building = None
+    active = base.active_set
+    if building is None and (active is None or (active.embedding_model, active.dimensions) != (model, count)):
+        rebuild = _set_start(base, model, count, principal)
+    if (model, count) == (base.embedding_model, base.dimensions):
+        return {}, rebuild
+    return {"embedding_model": model, "dimensions": count}, rebuild
+
+
 @transaction.atomic
 def knowledge_base_update(
     *,
@@ -270,29 +331,16 @@ def knowledge_base_update(
             changed["description"] = description
     rebuild: EmbeddingSet | None = None
     if embedding_model is not None or dimensions is not None:
-        model, count = embedding_choice(
-            embedding_model or base.embedding_model,
-            dimensions if dimensions is not None else (None if embedding_model else base.dimensions),
-        )
-        if (model, count) != (base.embedding_model, base.dimensions):
-            building = _set_building(base)
-            if building is not None:
-                ingestion.embedding_set_abandon(
-                    organization=organization, embedding_set=building, reason=principal.label
-                )
-            active = base.active_set
-            if active is None or (active.embedding_model, active.dimensions) != (model, count):
-                rebuild = EmbeddingSet.objects.create(
-                    knowledge_base=base, embedding_model=model, dimensions=count, **principal_fields(principal)
-                )
-            changed.update(embedding_model=model, dimensions=count)
-    if not changed:
+        embedding, rebuild = _embedding_change(organization, principal, base, embedding_model, dimensions)
+        changed.update(embedding)
+    if not changed and rebuild is None:
         return base
     for field_name, value in changed.items():
         setattr(base, field_name, value)
     try:
         with transaction.atomic():
-            base.save(update_fields=list(changed))
+            if changed:
+                base.save(update_fields=list(changed))
     except IntegrityError:
         raise KnowledgeConflict(f"a knowledge base named {name!r} exists", code="name_taken", param="name") from None
     audit_record(
@@ -333,8 +381,11 @@ def knowledge_base_delete(*, organization: Organization, principal: Principal, k
     base = KnowledgeBase.objects.select_for_update().filter(pk=knowledge_base.pk).first()
     if base is None:
         return
+    # Its documents next (the lock order of ingestion: base, document, set, chunks), so a batch
+    # being stored for one of them finishes first.
+    locked = list(Document.objects.select_for_update().filter(knowledge_base=base).values_list("pk", flat=True))
     counts = {
-        "documents": Document.objects.filter(knowledge_base=base).count(),
+        "documents": len(locked),
         "chunks": Chunk.objects.filter(knowledge_base=base).count(),
     }
     audit_record(
@@ -444,9 +495,11 @@ def document_upload(
     except ParseError as exc:
         raise KnowledgeInvalid(str(exc), param="file", code=exc.code) from None
     chunks_require(organization, adding=1)
-    base = KnowledgeBase.objects.select_for_update().filter(pk=knowledge_base.pk).first()
-    if base is None:
+    # A key-share lock: a concurrent delete of the base waits for this upload (and deletes it too);
+    # uploads into one base don't wait for each other.
+    if not ingestion.row_lock(KnowledgeBase, knowledge_base.pk, "KEY SHARE"):
         raise KnowledgeConflict("the knowledge base was deleted", code="knowledge_base_gone")
+    base = knowledge_base
     document = Document.objects.create(
         knowledge_base=base,
         title=title,

@@ -295,3 +295,42 @@ def test_ingestion_stays_in_its_organization(two_tenants: tuple[Organization, Or
     # B's worker can't run A's document: the id names nothing in B's schema.
     assert work_execute(organization=b, kind=DOCUMENT, item_id=document.pk) is None
     tenant_connection().set_schema_to_public()
+
+
+def test_a_re_embedding_stopped_by_the_budget_continues_when_asked_again(
+    tenant: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingestion, "BATCH_CHUNKS", 4)
+    base = _base(tenant)
+    document = _run(tenant, _upload(tenant, base, _markdown(sections=3)))
+    knowledge_base_update(organization=tenant, principal=ACTOR, knowledge_base=base, dimensions=384)
+    building = EmbeddingSet.objects.get(knowledge_base=base, status="queued")
+    original = ingestion.embeddings_create
+    calls = 0
+
+    def refusing(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            budget_set(organization=tenant, scope="organization", period="day", limit_usd=Decimal(0), actor=TEST_ACTOR)
+        return original(**kwargs)
+
+    monkeypatch.setattr(ingestion, "embeddings_create", refusing)
+    work_execute(organization=tenant, kind=EMBEDDING_SET, item_id=building.pk)
+    building.refresh_from_db()
+    assert (building.status, building.error_class) == ("failed", "budget_exceeded")
+    kept = ChunkEmbedding.objects.filter(embedding_set=building).count()
+    assert kept == 4 and KnowledgeBase.objects.get(pk=base.pk).active_set_id != building.pk
+    budget_set(organization=tenant, scope="organization", period="day", limit_usd=Decimal(100), actor=TEST_ACTOR)
+    # Asking for the same model again continues that build: what it embedded is not embedded again.
+    knowledge_base_update(organization=tenant, principal=ACTOR, knowledge_base=base, dimensions=384)
+    building.refresh_from_db()
+    assert building.status == "queued" and EmbeddingSet.objects.filter(knowledge_base=base).count() == 2
+    work_execute(organization=tenant, kind=EMBEDDING_SET, item_id=building.pk)
+    building.refresh_from_db()
+    assert building.status == "succeeded" and KnowledgeBase.objects.get(pk=base.pk).active_set_id == building.pk
+    per_chunk = Counter(ChunkEmbedding.objects.filter(embedding_set=building).values_list("chunk_id", flat=True))
+    assert len(per_chunk) == document.chunk_count and set(per_chunk.values()) == {1}
+    assert ChunkEmbedding.objects.exclude(embedding_set=building).count() == 0
+    billed = [row for row in _ledger(f"ks{building.pk}-") if row.status == "succeeded"]
+    assert len(billed) == -(-document.chunk_count // 4)
