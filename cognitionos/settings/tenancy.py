@@ -9,6 +9,9 @@ PUBLIC_SCHEMA_NAME = "public"
 # replaying migrations. It is not an organization and is never routed to.
 TENANT_TEMPLATE_SCHEMA = "_template"
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+# Django's migrate, run by django-tenants in each schema, without rendering models for the migrations
+# the router keeps out of that schema (apps.tenants.migrating: half of a fresh database's migrate).
+TENANT_BASE_MIGRATE_COMMAND = "apps.tenants.migrating.Command"
 # Hook for the API host: a dotted path to `f(raw_key: str) -> (Organization, Principal) | None` that
 # the tenant middleware calls with the bearer token.
 TENANT_API_KEY_RESOLVER: str | None = "apps.apikeys.selectors.apikey_resolve"
