@@ -23,6 +23,7 @@ NAVIGATION: list[dict[str, str]] = [
     {"group": "Build", "label": "Jobs", "url_name": "portal-jobs", "permission": "jobs:read"},
     {"group": "Build", "label": "Agents", "url_name": "portal-agents", "permission": "jobs:read"},
     {"group": "Build", "label": "Workflows", "url_name": "portal-workflows", "permission": "workflows:read"},
+    {"group": "Build", "label": "Knowledge", "url_name": "portal-knowledge", "permission": "knowledge:read"},
     {"group": "Build", "label": "Webhooks", "url_name": "portal-webhooks", "permission": "webhooks:manage"},
     {"group": "Manage", "label": "API keys", "url_name": "portal-keys", "permission": "keys:manage"},
     {"group": "Manage", "label": "Provider keys", "url_name": "portal-provider-keys", "permission": "security:manage"},

@@ -66,11 +66,8 @@ LIVE_POLL_SECONDS = 2
 # Files one upload form may carry (each is its own document, refused or queued on its own).
 MAX_FILES_PER_UPLOAD = 20
 DOCUMENTS_PAGE_SIZE = DEFAULT_PAGE_SIZE
-SEARCH_MODES = (
-    ("hybrid", "Hybrid (words and meaning)"),
-    ("vector", "Meaning (vectors)"),
-    ("text", "Words (full text)"),
-)
+# (value, label): hybrid fuses full text and vector similarity by reciprocal rank.
+SEARCH_MODES = (("hybrid", "Hybrid"), ("vector", "Meaning (vector)"), ("text", "Words (text)"))
 SEARCH_TOP_K_DEFAULT = 5
 SEARCH_TOP_K_MAX = 50
 SEARCH_QUERY_MAX_CHARS = 2000

@@ -57,6 +57,7 @@ urlpatterns = [
     path("", include("apps.portal.jobs_pages")),
     path("", include("apps.portal.agents_pages")),
     path("", include("apps.portal.workflows_pages")),
+    path("", include("apps.portal.knowledge_pages")),
     path("", include("apps.portal.webhooks_pages")),
     path("", include("apps.portal.budgets_pages")),
     path("", include("apps.portal.provider_keys_pages")),

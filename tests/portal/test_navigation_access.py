@@ -101,3 +101,32 @@ def test_a_signed_in_page_reads_its_session_without_a_query_and_sign_out_ends_it
     replay = Client(HTTP_HOST=f"{two_tenants[0].slug}.localhost")
     replay.cookies["sessionid"] = session_cookie
     assert replay.get("/jobs/").status_code == 302  # the old cookie is signed out everywhere it was cached
+
+
+@pytest.mark.parametrize("role", [role.value for role in Role])
+def test_the_pages_inside_knowledge_answer_each_role_as_its_permissions_allow(
+    two_tenants: tuple[Organization, Organization], role: str
+) -> None:
+    """Knowledge's pages behind the list: a knowledge base's page and settings need knowledge:read,
+    the create form knowledge:write; a member of another organization finds none of them."""
+    from apps.tenants.connection import organization_schema
+    from tests.knowledge.factories import knowledge_base_make
+
+    organization, other = two_tenants
+    with organization_schema(organization):
+        handbook = knowledge_base_make(name="Handbook")
+    client = _signed_in(organization, role)
+    pages = {
+        f"/knowledge/{handbook.pk}/": "knowledge:read",
+        f"/knowledge/{handbook.pk}/settings/": "knowledge:read",
+        "/knowledge/new/": "knowledge:write",
+    }
+    for path, permission in pages.items():
+        answer = client.get(path)
+        assert answer.status_code == (200 if _may(role, permission) else 403), (role, path, answer.status_code)
+    outsider = Client(HTTP_HOST=f"{organization.slug}.localhost")
+    outsider.force_login(member_make(organization=other, role=role))
+    for path in pages:
+        answer = outsider.get(path)
+        assert answer.status_code in (403, 404), (role, path, answer.status_code)
+        assert "Handbook" not in answer.content.decode()
