@@ -166,8 +166,19 @@ def test_a_selective_filter_on_a_large_knowledge_base_still_returns_top_k(
     plan = search_plan(embedding_set=archive.active_set, filters={"part": 3}, wanted=TOP_K)  # type: ignore[arg-type]
     assert (plan.method, plan.kept_rows) == ("hnsw", 150)
     assert plan.ef_search == math.ceil(TOP_K * search.HNSW_OVERFETCH * (LARGE_ROWS + SMALL_ROWS) / 150) == 306
+    filtered = _plan_text(
+        vector_candidates(
+            embedding_set=archive.active_set,  # type: ignore[arg-type]
+            vector=query,
+            filters={"part": 3},
+            method="hnsw",
+            limit=TOP_K,
+        )
+    )
+    assert "Index Scan using knowledge_vector_hnsw_256" in filtered, filtered
     found = _search(tenant, archive, filters={"part": 3})
     assert len(found.hits) == TOP_K and {hit.document_id for hit in found.hits} == {parts[3].pk}
+    assert found.plan == "hnsw"
     # Part 3's vectors moved away from the query: the index's candidates are the other parts', the
     # filter leaves too few, and the search falls back to exact search.
     far = near(query, similarity=-0.5, seed=1)
