@@ -525,3 +525,18 @@ def test_cancel_and_resume_answer_409_when_the_document_is_not_in_that_state(ten
     assert client.delete(doc_url).status_code == 204
     _error(client.get(doc_url), 404)
     _error(client.delete(doc_url), 404)
+
+
+def test_a_search_over_the_budget_is_a_402_and_text_search_spends_nothing(tenant: Organization) -> None:
+    knowledge_base = knowledge_base_make(name="Budgeted", dimensions=256)
+    chunk_make(document_make(knowledge_base), ordinal=0, text="Refunds take five days.", vector=[1.0] + [0.0] * 255)
+    client = _client(tenant, "knowledge:read", "budgets:manage")
+    budget = {"scope": "organization", "period": "day", "limit_usd": "0", "hard": True}
+    assert client.post("/api/v1/budgets", budget, format="json").status_code == 201
+    url = f"{BASES}/{knowledge_base.pk}/search"
+    refused = _error(client.post(url, {"query": "refunds", "mode": "hybrid"}, format="json"), 402, "budget_exceeded")
+    assert refused["type"] == "insufficient_quota"
+    words = client.post(url, {"query": "refunds", "mode": "text"}, format="json")
+    assert words.status_code == 200, words.content
+    assert words.json()["model"] is None and float(words.json()["cost_usd"]) == 0
+    assert [hit["text"] for hit in words.json()["hits"]] == ["Refunds take five days."]
