@@ -38,6 +38,7 @@ from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, VectorField
 
 from apps.accounts.principals import Principal
+from apps.knowledge.ingestion import reducible
 from apps.knowledge.models import Chunk, ChunkEmbedding, Document, EmbeddingSet, KnowledgeBase
 from apps.knowledge.services import KnowledgeInvalid
 from apps.llm.calls import CallSource, LlmRefusal, embeddings_create
@@ -219,10 +220,13 @@ def _request_check(
 
 
 def embedding_body(*, model: str, dimensions: int, texts: str | list[str]) -> dict[str, Any]:
-    """The embeddings request for a knowledge base's set: chunks (ingestion) and queries (search) are
-    embedded the same way. Every embedding model of the catalog (OpenAI's text-embedding-3 and the
-    simulator) takes `dimensions`, which reduces larger embeddings to the set's size."""
-    return {"model": model, "input": texts, "dimensions": dimensions, "encoding_format": "float"}
+    """The embeddings request for a knowledge base's set, as ingestion sends it: `dimensions` for
+    the models that take it (OpenAI's text-embedding-3 and the simulator: apps.knowledge.ingestion.
+    reducible), which reduces larger embeddings to the set's size."""
+    body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "float"}
+    if reducible(model):
+        body["dimensions"] = dimensions
+    return body
 
 
 def _query_embed(
