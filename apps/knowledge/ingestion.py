@@ -326,13 +326,15 @@ def _document_chunk(organization: Organization, document: Document, base: Knowle
         _document_fail(organization, document, "too_many_chunks", f"{exc}; upload it in parts or use larger chunks")
         return False
     with transaction.atomic():
-        # The plan's chunk limit, counted with the upload lock of this organization's documents held
-        # (one chunking transaction at a time reads and adds), so two documents can't both fit.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('knowledge-chunks:' || current_schema()))")
-        used = Chunk.objects.count()
+        # The plan's chunk limit (if it has one), counted under a lock of the organization's
+        # chunking (one chunking transaction at a time reads and adds), so two documents can't both fit.
+        limited = entitlement(organization, "knowledge_chunks").limit is not None
+        if limited:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext('knowledge-chunks:' || current_schema()))")
+        used = Chunk.objects.count() if limited else 0
         allowed = entitlement(organization, "knowledge_chunks", used=used, adding=len(drafts))
-        if not allowed.allowed:
+        if limited and not allowed.allowed:
             _document_fail(
                 organization,
                 document,
@@ -405,7 +407,10 @@ def _document_embed_batch(organization: Organization, document: Document) -> int
             chunks=chunks,
             store=store,
         )
-        document.refresh_from_db(fields=["embedded_count", "cost_usd", "status", "attempts"])
+        now = Document.objects.filter(pk=document.pk).values("embedded_count", "cost_usd").first()
+        if now is None:
+            raise _Stopped  # deleted while its batch was in flight
+        document.embedded_count, document.cost_usd = now["embedded_count"], now["cost_usd"]
         document_progress_publish(organization=organization, document=document)
         return len(chunks)
     return None

@@ -584,7 +584,8 @@ def document_resume(*, organization: Organization, principal: Principal, documen
             f"the file itself can't be ingested ({locked.error_message}); upload a corrected file",
             code="document_unreadable",
         )
-    if locked.stage == DocumentStage.UPLOADED and not DocumentUpload.objects.filter(document=locked).exists():
+    unchunked = locked.stage in (DocumentStage.UPLOADED, DocumentStage.PARSED)
+    if unchunked and not DocumentUpload.objects.filter(document=locked).exists():
         raise KnowledgeConflict("the uploaded file is gone; upload it again", code="document_unreadable")
     previous = locked.error_class
     Document.objects.filter(pk=locked.pk).update(

@@ -12,6 +12,7 @@ import pytest
 
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
+from apps.billing.selectors import entitlement_cache_forget
 from apps.knowledge import ingestion
 from apps.knowledge.ingestion import DOCUMENT, EMBEDDING_SET
 from apps.knowledge.models import Chunk, ChunkEmbedding, Document, DocumentUpload, EmbeddingSet, KnowledgeBase
@@ -29,7 +30,7 @@ from apps.llm.models import UsageAttempt
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.work.services import work_execute
-from tests.factories import TEST_ACTOR
+from tests.factories import TEST_ACTOR, plan_make
 from tests.knowledge.pdfs import pdf_encrypted, pdf_make
 
 ACTOR = Principal(kind="user", id="7", label="ada@example.com")
@@ -334,3 +335,19 @@ def test_a_re_embedding_stopped_by_the_budget_continues_when_asked_again(
     assert ChunkEmbedding.objects.exclude(embedding_set=building).count() == 0
     billed = [row for row in _ledger(f"ks{building.pk}-") if row.status == "succeeded"]
     assert len(billed) == -(-document.chunk_count // 4)
+
+
+def test_a_document_past_the_plans_chunk_limit_fails_and_resumes_after_an_upgrade(tenant: Organization) -> None:
+    suite = tenant.plan
+    tenant.plan = plan_make(code="few-chunks", max_knowledge_chunks=3)
+    tenant.save(update_fields=["plan"])
+    entitlement_cache_forget(tenant)
+    base = _base(tenant)
+    document = _run(tenant, _upload(tenant, base, _markdown(sections=2)))
+    assert (document.status, document.error_class, document.stage) == ("failed", "plan_limit_chunks", "parsed")
+    assert "upgrade" in document.error_message and not Chunk.objects.exists()
+    tenant.plan = suite
+    tenant.save(update_fields=["plan"])
+    entitlement_cache_forget(tenant)
+    document = _run(tenant, document_resume(organization=tenant, principal=ACTOR, document=document))
+    assert document.status == "succeeded" and document.chunk_count > 3
