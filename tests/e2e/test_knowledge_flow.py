@@ -175,3 +175,16 @@ def test_create_a_knowledge_base_upload_a_document_watch_it_get_indexed_and_sear
     expect(kb_row.locator('td[data-label="Documents"]')).to_have_text("1")
     expect(kb_row.get_by_text("Ready")).to_be_visible()
     shot(page, "list")
+
+    # Settings: a new dimension count asks first, saying what it costs; keeping the model changes nothing.
+    kb_row.get_by_role("link", name="Settings of Support guide").click()
+    expect(page.get_by_role("heading", name="Settings", level=1)).to_be_visible()
+    page.get_by_label("Dimensions").select_option("256")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_role("heading", name="Re-embed", level=1)).to_be_visible()
+    expect(page.get_by_text(f"Every one of its {total} chunks is embedded again")).to_be_visible()
+    expect(page.get_by_role("button", name="Re-embed knowledge base")).to_be_visible()
+    shot(page, "reembed-confirm")
+    page.get_by_role("link", name="Keep the current model").click()
+    expect(page.get_by_label("Dimensions")).to_have_value("512")
+    shot(page, "settings")
