@@ -578,3 +578,19 @@ EMBEDDING_SET = WorkKind(
     progress_of=lambda embedding_set: ("embedding_set", embedding_set.pk),
     cap=lambda organization: 2,
 )
+
+__all__ = [
+    "BATCH_CHUNKS",
+    "BATCH_TOKENS",
+    "DOCUMENT",
+    "EMBEDDING_SET",
+    "MAX_CHUNKS_PER_DOCUMENT",
+    "TEXT_SEARCH_CONFIG",
+    "document_progress_publish",
+    "embedding_set_abandon",
+    # The engine's call, named here so that tests can watch or interrupt each batch.
+    "embeddings_create",
+    "live_sets",
+    "reducible",
+    "row_lock",
+]

@@ -35,7 +35,7 @@ def test_chunks_stay_within_the_size_and_overlap_by_about_the_overlap() -> None:
         assert after.text.startswith(carried), "the next chunk starts with the end of the one before"
         assert 10 <= tokens_estimate(carried) <= 20
     # Every word is in some chunk, in order.
-    seen = []
+    seen: list[str] = []
     for chunk in chunks:
         for word in chunk.text.split():
             if not seen or word > seen[-1]:

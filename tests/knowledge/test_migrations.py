@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from apps.knowledge.models import Chunk, ChunkEmbedding, Document, EmbeddingSet, KnowledgeBase
+from apps.knowledge.models import Chunk, ChunkEmbedding, Document, KnowledgeBase
 from apps.tenants.models import Organization
 
 BEFORE = [("knowledge", "0002_legacy_documents")]
@@ -41,7 +41,8 @@ def test_legacy_documents_move_into_a_knowledge_base_with_their_chunks_and_vecto
     _migrate()
     base = KnowledgeBase.objects.get()
     assert (base.name, base.embedding_model, base.dimensions) == ("Documents", "text-embedding-3-small", 1536)
-    active = EmbeddingSet.objects.get(pk=base.active_set_id)
+    active = base.active_set
+    assert active is not None
     assert (active.status, active.embedding_model, active.dimensions) == ("succeeded", "text-embedding-3-small", 1536)
     assert active.activated_at is not None
     moved = {document.title: document for document in Document.objects.all()}

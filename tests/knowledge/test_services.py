@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,8 @@ def _upload(organization: Organization, base: KnowledgeBase, **fields: object) -
 def test_a_new_knowledge_base_has_an_active_empty_set_of_its_model(tenant: Organization) -> None:
     base = _base(tenant, embedding_model="simulated-embedding", dimensions=384)
     assert (base.embedding_model, base.dimensions) == ("simulated-embedding", 384)
-    active = EmbeddingSet.objects.get(pk=base.active_set_id)
+    active = base.active_set
+    assert active is not None
     assert (active.status, active.embedding_model, active.dimensions) == (
         "succeeded",
         "simulated-embedding",
@@ -82,7 +84,7 @@ def test_a_new_knowledge_base_has_an_active_empty_set_of_its_model(tenant: Organ
     ],
 )
 def test_invalid_knowledge_bases_are_refused_naming_the_field(
-    tenant: Organization, fields: dict[str, object], param: str
+    tenant: Organization, fields: dict[str, Any], param: str
 ) -> None:
     with pytest.raises(KnowledgeInvalid) as refused:
         _base(tenant, **{"name": "Valid", **fields})
@@ -150,7 +152,7 @@ def test_the_client_content_type_is_not_trusted(tenant: Organization) -> None:
     assert _upload(tenant, base, filename="README", content_type="text/plain").content_type == "text/plain"
 
 
-def _on_plan(organization: Organization, code: str, **values: object) -> None:
+def _on_plan(organization: Organization, code: str, **values: Any) -> None:
     """The organization on a plan of its own (in the test's transaction, rolled back after it)."""
     organization.plan = plan_make(code=code, **values)
     organization.save(update_fields=["plan"])
@@ -175,7 +177,13 @@ def test_an_organization_at_its_chunk_limit_is_refused_uploads(tenant: Organizat
     Chunk.objects.create(document=first, knowledge_base=base, ordinal=0, text="x", token_estimate=1)
     with pytest.raises(EntitlementRefused) as refused:
         _upload(tenant, base)
-    assert refused.value.details["entitlement"] == "knowledge_chunks"
+    assert refused.value.details == {
+        "entitlement": "knowledge_chunks",
+        "plan": "Few-Chunks",
+        "limit": 1,
+        "used": 1,
+        "remaining": 0,
+    }
     entitlement_cache_forget(tenant)
 
 
@@ -221,13 +229,15 @@ def test_cancel_then_resume_and_the_states_that_refuse_them(tenant: Organization
 
 def _indexed_document(organization: Organization, base: KnowledgeBase) -> Document:
     document = _upload(organization, base)
+    active = base.active_set
+    assert active is not None
     chunks = [
         Chunk.objects.create(document=document, knowledge_base=base, ordinal=n, text=f"t{n}", token_estimate=1)
         for n in range(3)
     ]
     for chunk in chunks:
         ChunkEmbedding.objects.create(
-            embedding_set_id=base.active_set_id,
+            embedding_set=active,
             chunk=chunk,
             dimensions=base.dimensions,
             embedding=[0.1] * base.dimensions,
@@ -281,9 +291,8 @@ def test_lists_count_documents_and_chunks(tenant: Organization) -> None:
     base = _base(tenant, dimensions=256)
     _base(tenant, "Empty")
     _indexed_document(tenant, base)
-    listed = {
-        found.name: (found.document_count, found.chunk_count) for found in knowledge_bases_list(organization=tenant)
-    }  # type: ignore[attr-defined]
+    bases: list[Any] = knowledge_bases_list(organization=tenant)  # annotated with the counts
+    listed = {found.name: (found.document_count, found.chunk_count) for found in bases}
     assert listed == {"Handbook": (1, 3), "Empty": (0, 0)}
 
 
