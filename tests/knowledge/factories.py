@@ -15,6 +15,7 @@ from django.db.models import Value
 from django.utils import timezone
 
 from apps.knowledge.models import Chunk, ChunkEmbedding, Document, EmbeddingSet, KnowledgeBase
+from cognitionos.redis import redis_client
 
 SIMULATED_MODEL = "simulated-embedding"
 
@@ -120,3 +121,11 @@ def near(vector: Sequence[float], *, similarity: float, seed: int) -> list[float
     norm = math.sqrt(sum(o * o for o in orthogonal)) or 1.0
     side = math.sqrt(max(0.0, 1 - similarity**2))
     return [similarity * v + side * o / norm for v, o in zip(vector, orthogonal, strict=True)]
+
+
+def llm_rate_limits_forget() -> None:
+    """Empty the engine's per-minute counters (shared Redis): tests that embed many queries would
+    otherwise meet the organization's limit left by the tests before them."""
+    client = redis_client()
+    for key in client.scan_iter(match="*llm:rl:*"):
+        client.delete(key)

@@ -21,6 +21,7 @@ from tests.knowledge.factories import (
     document_make,
     embedding_set_make,
     knowledge_base_make,
+    llm_rate_limits_forget,
     near,
     simulated_embedding,
     vector_add,
@@ -34,6 +35,7 @@ QUERY = "refund policy for damaged parcels"
 @pytest.fixture(autouse=True)
 def _fresh_plan_counts() -> None:
     plan_counts_forget()
+    llm_rate_limits_forget()
 
 
 def _search(

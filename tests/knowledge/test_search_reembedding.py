@@ -19,10 +19,15 @@ from apps.knowledge.services import document_upload, knowledge_base_create, know
 from apps.llm.models import UsageAttempt
 from apps.tenants.models import Organization
 from apps.work.services import work_execute
-from tests.knowledge.factories import simulated_embedding
+from tests.knowledge.factories import llm_rate_limits_forget, simulated_embedding
 
 ACTOR = Principal(kind="user", id="1", label="owner@example.com")
 QUERY = "w1x3 w1x4 in part one"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits() -> None:
+    llm_rate_limits_forget()
 
 
 def _search(organization: Organization, knowledge_base_id: Any, request_id: str) -> SearchResults:
