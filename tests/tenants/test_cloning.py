@@ -67,7 +67,7 @@ def test_clone_keeps_the_partial_hnsw_index_of_each_dimension_count(db: None) ->
         indexes = dict(cursor.fetchall())
     assert set(indexes) == {f"knowledge_vector_hnsw_{n}" for n in (256, 384, 512, 768, 1024, 1536)}
     indexdef = indexes["knowledge_vector_hnsw_1536"]
-    assert "USING hnsw" in indexdef and "vector_cosine_ops" in indexdef and "m='16'" in indexdef
+    assert "USING hnsw" in indexdef and "vector_cosine_ops" in indexdef and "m='24'" in indexdef
     assert "(embedding)::vector(1536)" in indexdef and "WHERE (dimensions = 1536)" in indexdef
 
 

@@ -219,27 +219,27 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='chunkembedding',
-            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=256)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 256)), ef_construction=64, m=16, name='knowledge_vector_hnsw_256'),
+            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=256)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 256)), ef_construction=128, m=24, name='knowledge_vector_hnsw_256'),
         ),
         migrations.AddIndex(
             model_name='chunkembedding',
-            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=384)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 384)), ef_construction=64, m=16, name='knowledge_vector_hnsw_384'),
+            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=384)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 384)), ef_construction=128, m=24, name='knowledge_vector_hnsw_384'),
         ),
         migrations.AddIndex(
             model_name='chunkembedding',
-            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=512)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 512)), ef_construction=64, m=16, name='knowledge_vector_hnsw_512'),
+            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=512)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 512)), ef_construction=128, m=24, name='knowledge_vector_hnsw_512'),
         ),
         migrations.AddIndex(
             model_name='chunkembedding',
-            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=768)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 768)), ef_construction=64, m=16, name='knowledge_vector_hnsw_768'),
+            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=768)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 768)), ef_construction=128, m=24, name='knowledge_vector_hnsw_768'),
         ),
         migrations.AddIndex(
             model_name='chunkembedding',
-            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=1024)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 1024)), ef_construction=64, m=16, name='knowledge_vector_hnsw_1024'),
+            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=1024)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 1024)), ef_construction=128, m=24, name='knowledge_vector_hnsw_1024'),
         ),
         migrations.AddIndex(
             model_name='chunkembedding',
-            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=1536)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 1536)), ef_construction=64, m=16, name='knowledge_vector_hnsw_1536'),
+            index=pgvector.django.indexes.HnswIndex(django.contrib.postgres.indexes.OpClass(django.db.models.functions.comparison.Cast('embedding', pgvector.django.vector.VectorField(dimensions=1536)), name='vector_cosine_ops'), condition=models.Q(('dimensions', 1536)), ef_construction=128, m=24, name='knowledge_vector_hnsw_1536'),
         ),
         migrations.AddConstraint(
             model_name='chunkembedding',
