@@ -14,14 +14,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def django_on_fresh_database(name: str) -> None:
+def django_on_fresh_database(name: str, *, postgres_options: dict[str, str] | None = None) -> None:
     """Start (or reuse) the servers in .data/bench, recreate database `name`, set up Django, migrate,
-    and clear the engine's Redis state, so one run never sees another's data."""
+    and clear the engine's Redis state, so one run never sees another's data. `postgres_options`
+    apply to a bench PostgreSQL started here (not to one already running)."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # a log line per call would be measured too
     from cognitionos.embedded import services_attach
 
-    services = services_attach(data_dir=ROOT / ".data" / "bench")
+    services = services_attach(data_dir=ROOT / ".data" / "bench", postgres_options=postgres_options)
     atexit.register(services.stop_owned)
     import psycopg
 
