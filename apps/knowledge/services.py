@@ -39,7 +39,7 @@ from apps.llm.calls import embedding_model_dimensions, embedding_model_name
 from apps.tenants.models import Organization
 from apps.work.models import UNFINISHED, WorkStatus
 from apps.work.principals import principal_fields
-from apps.work.services import work_admit, work_finish
+from apps.work.services import work_admit, work_finish, work_requeue
 from cognitionos.refusals import Refusal
 
 # Without a plan limit (unlimited plans), a document is still bounded by this.
@@ -262,19 +262,7 @@ def _set_start(base: KnowledgeBase, model: str, dimensions: int, principal: Prin
         return EmbeddingSet.objects.create(
             knowledge_base=base, embedding_model=model, dimensions=dimensions, **principal_fields(principal)
         )
-    EmbeddingSet.objects.filter(pk=stopped.pk).update(
-        status=WorkStatus.QUEUED,
-        attempts=0,
-        admitted_at=None,
-        started_at=None,
-        heartbeat_at=None,
-        finished_at=None,
-        next_attempt_at=None,
-        error_class="",
-        error_message="",
-        **principal_fields(principal),
-    )
-    stopped.refresh_from_db()
+    work_requeue(kind=ingestion.EMBEDDING_SET, item=stopped, values=principal_fields(principal))
     return stopped
 
 
@@ -588,18 +576,7 @@ def document_resume(*, organization: Organization, principal: Principal, documen
     if unchunked and not DocumentUpload.objects.filter(document=locked).exists():
         raise KnowledgeConflict("the uploaded file is gone; upload it again", code="document_unreadable")
     previous = locked.error_class
-    Document.objects.filter(pk=locked.pk).update(
-        status=WorkStatus.QUEUED,
-        attempts=0,
-        admitted_at=None,
-        started_at=None,
-        heartbeat_at=None,
-        finished_at=None,
-        next_attempt_at=None,
-        error_class="",
-        error_message="",
-    )
-    locked.refresh_from_db()
+    work_requeue(kind=ingestion.DOCUMENT, item=locked)
     audit_record(
         organization=organization,
         actor=principal,

@@ -222,6 +222,25 @@ def work_fail(
     )
 
 
+def work_requeue(*, kind: WorkKind | str, item: Any, values: dict[str, Any] | None = None) -> None:
+    """Queue a finished row again as if new (a person resumes it): attempts, times and error
+    cleared; what it did before is the kind's to keep or not. The caller admits it (work_admit)."""
+    fresh = {
+        "status": WorkStatus.QUEUED,
+        "attempts": 0,
+        "admitted_at": None,
+        "started_at": None,
+        "heartbeat_at": None,
+        "finished_at": None,
+        "next_attempt_at": None,
+        "error_class": "",
+        "error_message": "",
+        **(values or {}),
+    }
+    _kind(kind).model._default_manager.filter(pk=item.pk).update(**fresh)
+    item.refresh_from_db()
+
+
 def work_retry_later(
     *,
     organization: Organization,
