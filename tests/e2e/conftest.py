@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import pytest
 from django.db import connections
 
 from apps.ops.management.commands.up import web_binds
+from tests.support.debian import debian_command_ensure
 from tests.support.fake_provider import FakeProvider
 from tests.support.processes import ROOT, free_port, gunicorn_serving
 
@@ -33,19 +32,7 @@ PHONE = {"width": 390, "height": 844}
 
 
 def chromium_ensure() -> str:
-    """The system Chromium, installed with apt-get when missing (CI runs as root on a clean clone)."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    apt = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(apt, env=env, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, check=True)
-        subprocess.run(apt, env=env, check=True)
-    found = shutil.which("chromium")
-    if not found:
-        pytest.fail("chromium is not installed and `apt-get install -y chromium` did not provide it")
-    return found
+    return debian_command_ensure("chromium", "chromium")
 
 
 @pytest.fixture(scope="package")
