@@ -20,6 +20,11 @@ class Organization(TenantMixin):
     # Security policy: every member signs in with a second factor (apps.portal.middleware). On the
     # organization row, so the tenant resolution that every request makes already carries it.
     mfa_required = models.BooleanField(default=False)
+    # The migrations its schema holds, as `SchemaScript.fingerprint` of that set: written with each
+    # migration it gets, in the same transaction, so `migrate` finds the schemas behind with one query.
+    migration_state = models.CharField(max_length=64, blank=True, default="")
+    # Set while a deletion is scheduled (status "deleting"): the schema and rows go at this time.
+    deletion_due_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -38,6 +43,10 @@ class Organization(TenantMixin):
                 condition=models.Q(slug__regex=SLUG_PATTERN) & ~models.Q(slug__contains="--")
                 | models.Q(schema_name="public"),
                 name="tenants_organization_slug_dns_safe",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(deletion_due_at__isnull=True) | models.Q(status="deleting"),
+                name="tenants_organization_deletion_due_only_when_deleting",
             ),
         ]
 
@@ -62,6 +71,28 @@ class Organization(TenantMixin):
     @property
     def accepts_jobs(self) -> bool:
         return self.status in (self.Status.ACTIVE, self.Status.PAST_DUE)
+
+
+class SchemaScript(models.Model):
+    """The template schema rendered as a fixed list of SQL statements, once per migration state.
+
+    Provisioning runs these with the new schema's name filled in, reading nothing from the system
+    catalogs (which hold every organization's relations and grow with their number)."""
+
+    fingerprint = models.CharField(max_length=64, unique=True)
+    migrations = models.JSONField()  # ["app.name", ...] the template held when rendered, sorted
+    statements = models.JSONField()  # SQL with the placeholder __SCHEMA__ for the new schema's name
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(fingerprint__regex=r"^[0-9a-f]{64}$"), name="tenants_schemascript_fingerprint_hex"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.fingerprint[:12]
 
 
 class Domain(DomainMixin):
