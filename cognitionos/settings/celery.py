@@ -33,6 +33,18 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "cognitionos")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
+# Beat keeps the schedule in Redis and sends only while it holds a Redis lock (apps.ops.beat, on
+# celery-redbeat): a second beat started by mistake waits and sends nothing until the first stops.
+CELERY_BEAT_SCHEDULER = "apps.ops.beat:BeatScheduler"
+# redis-py's spelling (unix:// for the embedded Redis), not kombu's.
+CELERY_REDBEAT_REDIS_URL = REDIS_URL
+CELERY_REDBEAT_REDIS_OPTIONS: dict[str, object] = {}
+CELERY_REDBEAT_KEY_PREFIX = "beat:"
+# The lock lives this long unless the holder's next tick extends it: a beat killed without warning
+# (SIGKILL, a lost node) holds off its successor this long at most. Beat ticks at least every
+# CELERY_BEAT_MAX_LOOP_INTERVAL seconds, well inside it.
+CELERY_REDBEAT_LOCK_TIMEOUT = 60
+CELERY_BEAT_MAX_LOOP_INTERVAL = 10
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Budget holds whose call died with its process are settled from their reservation.
     "llm-holds-sweep": {"task": "apps.llm.tasks.llm_holds_sweep_all", "schedule": 60.0},
