@@ -2,6 +2,7 @@ import copy
 import time
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import QuerySet
 
 from apps.billing.signals import entitlements_changed
@@ -80,6 +81,48 @@ def organization_cache_forget(organization: Organization | None = None) -> None:
     for host, (_, cached) in list(_HOST_CACHE.items()):
         if cached.pk == organization.pk:
             _HOST_CACHE.pop(host, None)
+
+
+_CATALOG_COUNTS = """
+WITH rel AS (
+    SELECT c.oid, c.relkind, c.reltoastrelid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(schema)s
+)
+SELECT
+    (SELECT count(*) FROM rel WHERE relkind IN ('r', 'p')),
+    (SELECT count(*) FROM rel WHERE relkind IN ('i', 'I')),
+    (SELECT count(*) FROM rel WHERE relkind = 'S'),
+    (SELECT count(*) FROM rel WHERE relkind NOT IN ('r', 'p', 'i', 'I', 'S')),
+    (SELECT count(*) FROM rel WHERE reltoastrelid <> 0),
+    (SELECT count(*) FROM rel JOIN pg_index i ON i.indrelid = rel.reltoastrelid),
+    (SELECT count(*) FROM pg_constraint con JOIN pg_namespace n ON n.oid = con.connamespace
+     WHERE n.nspname = %(schema)s),
+    (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = %(schema)s),
+    (SELECT count(*) FROM pg_trigger tg JOIN rel ON rel.oid = tg.tgrelid),
+    (SELECT count(*) FROM pg_attribute a JOIN rel ON rel.oid = a.attrelid)
+"""
+
+
+def schema_catalog_counts(schema: str) -> dict[str, int]:
+    """What one schema adds to PostgreSQL's catalogs, by kind of object.
+
+    `relations` is its rows in pg_class: tables, indexes, sequences, other relations, plus the
+    TOAST table (and its index) PostgreSQL keeps in pg_toast for each table with wide columns.
+    `types` counts each table's row type and its array type; `triggers` includes the internal ones
+    that enforce foreign keys (four per key); `columns` is pg_attribute (system columns included).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_CATALOG_COUNTS, {"schema": schema})
+        row = cursor.fetchone()
+    names = (
+        "tables", "indexes", "sequences", "other_relations", "toast_tables", "toast_indexes",
+        "constraints", "types", "triggers", "columns",
+    )  # fmt: skip
+    counts = dict(zip(names, (int(value) for value in row), strict=True))
+    counts["relations"] = sum(
+        counts[kind] for kind in ("tables", "indexes", "sequences", "other_relations", "toast_tables", "toast_indexes")
+    )
+    return counts
 
 
 def _entitlements_changed(organization: Organization | None = None, **_: object) -> None:
