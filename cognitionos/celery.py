@@ -3,7 +3,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu.transport import redis as kombu_redis
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
@@ -36,3 +36,19 @@ kombu_redis.Transport.Channel = _RedisChannel
 app = Celery("cognitionos")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.worker_init.connect(weak=False)
+def _tracing_worker(**_: Any) -> None:
+    """Traces when an OTLP endpoint is configured (apps.ops.tracing), in the worker's main process
+    before its pool starts (forked children keep it: the SDK restarts its export thread in them)."""
+    from apps.ops.tracing import tracing_configure
+
+    tracing_configure(role="worker")
+
+
+@signals.beat_init.connect(weak=False)
+def _tracing_beat(**_: Any) -> None:
+    from apps.ops.tracing import tracing_configure
+
+    tracing_configure(role="beat")

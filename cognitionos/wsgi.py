@@ -2,6 +2,12 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from apps.ops.tracing import tracing_configure
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
+
+# Traces when an OTLP endpoint is configured (nothing of OpenTelemetry is imported otherwise);
+# before the application loads its middleware, which the Django instrumentation joins.
+tracing_configure(role="web")
 
 application = get_wsgi_application()

@@ -15,6 +15,7 @@ from django_tenants.utils import tenant_context
 
 from apps.tenants.connection import tenant_connection
 from apps.tenants.selectors import organization_by_id_cached
+from cognitionos.logcontext import log_context
 
 
 class TenantTaskRefused(Exception):
@@ -60,7 +61,8 @@ class TenantTask(_TaskBase):
         ):
             raise TenantTaskRefused(f"{self.name}: organization {organization.slug} is {organization.status}")
         try:
-            with tenant_context(organization):
+            # Log lines (and the task's span, when tracing) carry the organization and task id.
+            with tenant_context(organization), log_context(organization=organization.slug, task_id=self.request.id):
                 return super().__call__(*args, **kwargs)
         finally:
             tenant_connection().set_schema_to_public()

@@ -37,6 +37,7 @@ from apps.work.models import UNFINISHED, WorkItem, WorkStatus
 from apps.work.policy import backoff_seconds, failure_classify, max_attempts
 from apps.work.progress import progress_item_publish
 from apps.work.registry import WorkKind, work_kind
+from cognitionos.logcontext import log_context
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +284,12 @@ def work_execute(*, organization: Organization, kind: WorkKind | str, item_id: A
     """Run one row on this worker (the body of the run task). Safe to deliver twice: a finished
     row, or one a live worker holds, is left alone. Returns the row it ran (None: not claimed)."""
     kind = _kind(kind)
+    # Every log line of the run (and the task's span, when tracing) names the row.
+    with log_context(work_kind=kind.name, work_id=item_id):
+        return _work_execute(organization=organization, kind=kind, item_id=item_id)
+
+
+def _work_execute(*, organization: Organization, kind: WorkKind, item_id: Any) -> Any | None:
     item = work_claim(organization=organization, kind=kind, item_id=item_id)
     if item is None:
         return None

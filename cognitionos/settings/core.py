@@ -63,6 +63,8 @@ TENANT_APPS = [
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
 MIDDLEWARE = [
+    # First: every request's log lines carry its id (X-Request-ID, echoed in the response).
+    "apps.ops.request_id.RequestIdMiddleware",
     "apps.ops.middleware.HealthCheckMiddleware",
     "apps.tenants.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
