@@ -2,8 +2,7 @@
 
 No Docker engine or Compose plugin is assumed, so compose.yaml is read as YAML (with the merge keys
 Compose resolves) rather than through `docker compose config`. The health-check commands are run
-against a stand-in HTTP server. Two schema checks run only where their validators are installed:
-check-jsonschema (the Compose specification) and kubernetes-validate (the Kubernetes API).
+against a stand-in HTTP server. The Kubernetes manifests are rendered and checked in test_kubernetes.py.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-KUBERNETES = DEPLOY / "kubernetes"
-# Not *.yaml, so that `kubectl apply -f deploy/kubernetes` never applies the empty template.
-SECRET_TEMPLATE = KUBERNETES / "secret.yaml.template"
 
 APP_SERVICES = ("migrate", "web", "worker", "beat")
+# Paths inside the container: the only writable places of the read-only image.
+CONTAINER_TMP = "/tmp"  # noqa: S108
+METRICS_DIR = "/tmp/prometheus"  # noqa: S108
 SECRET_ENV = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CREDENTIALS_ENCRYPTION_KEYS", "METRICS_TOKEN")
-BEAT_SCHEDULE = "/tmp/celerybeat-schedule"  # noqa: S108 - a path inside the container
 COMMANDS: dict[str, list[str]] = {
     "migrate": ["cognitionos", "migrate"],
     "web": ["gunicorn", "-c", "python:cognitionos.gunicorn_conf", "cognitionos.wsgi:application"],
@@ -50,7 +47,8 @@ COMMANDS: dict[str, list[str]] = {
         "--loglevel",
         "INFO",
     ],
-    "beat": ["celery", "-A", "cognitionos", "beat", "--loglevel", "INFO", "--schedule", BEAT_SCHEDULE],
+    # The schedule and the lock live in Redis (apps.ops.beat): no schedule file.
+    "beat": ["celery", "-A", "cognitionos", "beat", "--loglevel", "INFO"],
 }
 # What the image needs from the build context; pyproject.toml names README.md as the readme.
 BUILD_CONTEXT = {
@@ -80,33 +78,6 @@ def services() -> dict[str, dict[str, Any]]:
 
 def argv(command: str | list[str]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
-
-
-def manifest_paths() -> list[Path]:
-    # secret.yaml is a local, git-ignored copy of the template with real values: never read it.
-    return [*sorted(path for path in KUBERNETES.glob("*.yaml") if path.name != "secret.yaml"), SECRET_TEMPLATE]
-
-
-def manifests() -> list[dict[str, Any]]:
-    documents: list[dict[str, Any]] = []
-    for path in manifest_paths():
-        documents.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
-    return documents
-
-
-def manifest(kind: str, name: str) -> dict[str, Any]:
-    found = [doc for doc in manifests() if doc["kind"] == kind and doc["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
-    return found[0]
-
-
-def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
-    return spec
-
-
-def workloads() -> list[dict[str, Any]]:
-    return [doc for doc in manifests() if doc["kind"] in {"Deployment", "Job"}]
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -228,6 +199,13 @@ def test_dockerfile_default_command_is_the_web_process() -> None:
     assert "8000" in dockerfile_values("EXPOSE")
 
 
+def test_dockerfile_sets_the_metrics_directory_and_creates_it_for_the_app_user() -> None:
+    environment = " ".join(dockerfile_values("ENV"))
+    assert "PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus" in environment
+    uid = dockerfile_values("USER")[-1].split(":")[0]
+    assert any(f"install -d -o {uid} -g {uid}" in run and METRICS_DIR in run for run in dockerfile_values("RUN"))
+
+
 def test_dockerfile_bakes_in_no_secret() -> None:
     declared = " ".join(dockerfile_values("ENV") + dockerfile_values("ARG"))
     for name in SECRET_ENV:
@@ -336,8 +314,20 @@ def test_compose_worker_and_beat_override_the_image_healthcheck() -> None:
     assert "inspect ping --destination celery@$${HOSTNAME}" in " ".join(
         argv(services()["worker"]["healthcheck"]["test"])
     )
-    assert "celerybeat-schedule" in probe_script(services()["beat"]["healthcheck"]["test"])
+    assert "env -u PROMETHEUS_MULTIPROC_DIR celery" in " ".join(argv(services()["worker"]["healthcheck"]["test"]))
+    assert "BEAT_HEARTBEAT_FILE" in probe_script(services()["beat"]["healthcheck"]["test"])
+    assert services()["beat"]["environment"]["BEAT_HEARTBEAT_FILE"] == "/tmp/cognitionos-beat"  # noqa: S108
     assert services()["migrate"]["healthcheck"] == {"disable": True}
+
+
+def test_compose_app_containers_run_read_only_with_tmp_and_metrics_mounts() -> None:
+    for name in APP_SERVICES:
+        service = services()[name]
+        assert service["read_only"] is True, name
+        mounts = [mount.split(":")[0] for mount in service["tmpfs"]]
+        assert mounts == [CONTAINER_TMP, METRICS_DIR], name  # the parent first
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
 
 
 def test_compose_secrets_are_required_interpolations_never_values() -> None:
@@ -374,130 +364,3 @@ def test_env_example_leaves_the_secrets_empty() -> None:
     assert values["SECRET_KEY"] == "" and values["POSTGRES_PASSWORD"] == ""
     assert values["CREDENTIALS_ENCRYPTION_KEYS"] == "" and values["METRICS_TOKEN"] == ""
     assert ".env" in (DEPLOY / ".gitignore").read_text().split()
-
-
-# --- Kubernetes ---------------------------------------------------------------------------------
-
-
-def test_kubernetes_manifests_parse_and_are_namespace_less() -> None:
-    documents = manifests()
-    assert documents
-    for doc in documents:
-        assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"]
-        assert "namespace" not in doc["metadata"]
-    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in documents}
-    assert kinds == {
-        ("ConfigMap", "cognitionos"),
-        ("Secret", "cognitionos"),
-        ("Job", "cognitionos-migrate"),
-        ("Deployment", "cognitionos-web"),
-        ("Service", "cognitionos-web"),
-        ("Deployment", "cognitionos-worker"),
-        ("Deployment", "cognitionos-beat"),
-    }
-
-
-def test_kubernetes_workloads_run_each_process_with_its_command() -> None:
-    for name, command in COMMANDS.items():
-        kind = "Job" if name == "migrate" else "Deployment"
-        (container,) = pod_spec(manifest(kind, f"cognitionos-{name}"))["containers"]
-        assert container["command"] == command, name
-
-
-def test_kubernetes_deployment_selectors_match_their_pods() -> None:
-    for doc in manifests():
-        if doc["kind"] == "Deployment":
-            labels = doc["spec"]["template"]["metadata"]["labels"]
-            assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items(), doc["metadata"]["name"]
-
-
-def test_kubernetes_workloads_have_resources_config_and_run_as_non_root() -> None:
-    uid = int(dockerfile_values("USER")[-1].split(":")[0])
-    config_name = manifest("ConfigMap", "cognitionos")["metadata"]["name"]
-    secret_name = manifest("Secret", "cognitionos")["metadata"]["name"]
-    images: set[str] = set()
-    for workload in workloads():
-        spec = pod_spec(workload)
-        assert spec["securityContext"]["runAsNonRoot"] is True
-        assert spec["securityContext"]["runAsUser"] == uid
-        for container in spec["containers"]:
-            name = f"{workload['metadata']['name']}/{container['name']}"
-            images.add(container["image"])
-            resources = container["resources"]
-            assert {"cpu", "memory"} <= set(resources["requests"]), name
-            assert "memory" in resources["limits"], name
-            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
-            sources = container["envFrom"]
-            assert {"configMapRef": {"name": config_name}} in sources, name
-            assert {"secretRef": {"name": secret_name}} in sources, name
-    assert len(images) == 1
-
-
-def test_kubernetes_deployments_have_probes() -> None:
-    for doc in manifests():
-        if doc["kind"] == "Deployment":
-            for container in pod_spec(doc)["containers"]:
-                assert "livenessProbe" in container, doc["metadata"]["name"]
-
-
-def test_kubernetes_web_probes_ready_and_live_and_is_served() -> None:
-    web = manifest("Deployment", "cognitionos-web")
-    (container,) = pod_spec(web)["containers"]
-    readiness = probe_script(container["readinessProbe"])
-    liveness = probe_script(container["livenessProbe"])
-    assert "/health/ready" in readiness and "/health/live" in liveness
-    with HealthServer("cognitionos.example.com", ready_status=503) as server:
-        assert run_probe(liveness, server.port, BASE_DOMAIN="cognitionos.example.com") == 0
-        assert run_probe(readiness, server.port, BASE_DOMAIN="cognitionos.example.com") != 0
-
-    assert container["ports"] == [{"name": "http", "containerPort": 8000}]
-    service = manifest("Service", "cognitionos-web")
-    assert service["spec"]["selector"] == web["spec"]["template"]["metadata"]["labels"]
-    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
-
-
-def test_kubernetes_worker_liveness_pings_its_own_node() -> None:
-    (container,) = pod_spec(manifest("Deployment", "cognitionos-worker"))["containers"]
-    command = container["livenessProbe"]["exec"]["command"]
-    assert command[:2] == ["sh", "-c"]
-    assert "inspect ping --destination celery@${HOSTNAME}" in command[2]
-
-
-def test_kubernetes_beat_is_a_single_replica_recreated_on_update() -> None:
-    beat = manifest("Deployment", "cognitionos-beat")
-    assert beat["spec"]["replicas"] == 1
-    assert beat["spec"]["strategy"] == {"type": "Recreate"}
-
-
-def test_beat_liveness_follows_the_age_of_the_schedule_file(tmp_path: Path) -> None:
-    (container,) = pod_spec(manifest("Deployment", "cognitionos-beat"))["containers"]
-    script = probe_script(container["livenessProbe"])
-    assert script == probe_script(services()["beat"]["healthcheck"]["test"])
-    script = script.replace(BEAT_SCHEDULE, str(tmp_path / "celerybeat-schedule"))
-    assert run_probe(script) != 0  # not written yet
-    schedule = tmp_path / "celerybeat-schedule.db"
-    schedule.write_bytes(b"")
-    assert run_probe(script) == 0
-    stale = time.time() - 901
-    os.utime(schedule, (stale, stale))
-    assert run_probe(script) != 0
-
-
-def test_kubernetes_migrate_job_runs_to_completion_once() -> None:
-    job = manifest("Job", "cognitionos-migrate")
-    assert pod_spec(job)["restartPolicy"] in {"Never", "OnFailure"}
-    assert job["spec"]["backoffLimit"] >= 1
-
-
-def test_kubernetes_secret_is_a_template_without_values() -> None:
-    assert SECRET_TEMPLATE.suffix not in {".yaml", ".yml", ".json"}  # kubectl apply -f <folder> skips it
-    secret = manifest("Secret", "cognitionos")
-    assert "data" not in secret
-    assert secret["stringData"] == dict.fromkeys(SECRET_ENV, "")
-
-
-def test_kubernetes_configmap_holds_only_non_secret_strings() -> None:
-    data = manifest("ConfigMap", "cognitionos")["data"]
-    assert data["DJANGO_SETTINGS_MODULE"] == "cognitionos.settings.production"
-    assert not set(data) & set(SECRET_ENV)
-    assert all(isinstance(value, str) for value in data.values())
