@@ -83,6 +83,7 @@ def tracing_install(*, provider: TracerProvider, django: bool) -> None:
     it with an in-memory exporter's provider; `tracing_uninstall` undoes it."""
     if _installed:
         return
+    from celery import signals
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
@@ -97,6 +98,8 @@ def tracing_install(*, provider: TracerProvider, django: bool) -> None:
             response_hook=_server_response_hook,
         )
         _installed["django"] = DjangoInstrumentor()
+    # Before the instrumentor's own publish handler (receivers run in the order connected).
+    signals.before_task_publish.connect(_task_modules_loaded, weak=False)
     CeleryInstrumentor().instrument(tracer_provider=provider)
     _installed["celery"] = CeleryInstrumentor()
     HTTPXClientInstrumentor().instrument(tracer_provider=provider, request_hook=_client_request_hook)
@@ -107,6 +110,9 @@ def tracing_install(*, provider: TracerProvider, django: bool) -> None:
 
 def tracing_uninstall() -> None:
     """Undo `tracing_install` (tests)."""
+    from celery import signals
+
+    signals.before_task_publish.disconnect(_task_modules_loaded)
     logs.trace_ids_source(None)
     unlisten = _installed.pop("unlisten", None)
     if unlisten is not None:
@@ -116,6 +122,16 @@ def tracing_uninstall() -> None:
         if instrumentor is not None:
             instrumentor.uninstrument()
     _installed.clear()
+
+
+def _task_modules_loaded(sender: object = None, **_: Any) -> None:
+    """The Celery instrumentation ends a send's span only for a task in the registry; a web process
+    sends by name (`send_task`) tasks whose modules only a worker imports, and the span would stay
+    open and current in the request's thread. Autodiscovery runs once, at the first such send."""
+    from cognitionos.celery import app
+
+    if isinstance(sender, str) and sender not in app.tasks:
+        app.loader.import_default_modules()
 
 
 def _trace_ids() -> tuple[str, str] | None:
