@@ -45,11 +45,15 @@ from apps.llm.semantic import embedding_model_name
 from apps.llm.services import (
     OWN_KEY_PROVIDERS,
     BudgetInvalid,
+    DeploymentUnknown,
     KeyCheck,
     ProviderCredentialInvalid,
     SettingsInvalid,
     budget_delete,
     budget_set,
+    deployment_breaker_open,
+    deployment_breaker_reset,
+    deployment_enabled_set,
     llm_settings_set,
     provider_credential_delete,
     provider_credential_set,
@@ -78,6 +82,8 @@ __all__ = [
     "ChatOutcome",
     "ChatStream",
     "ContentPolicy",
+    "DeploymentHealth",
+    "DeploymentUnknown",
     "EmbeddingCostPreview",
     "EmbeddingModelChoice",
     "EngineSettings",
@@ -100,6 +106,10 @@ __all__ = [
     "chat_cost_preview",
     "chat_model_choices",
     "chat_stream",
+    "deployment_breaker_open",
+    "deployment_breaker_reset",
+    "deployment_enabled_set",
+    "deployment_health_list",
     "embedding_cost_preview",
     "embedding_model_choices",
     "embedding_model_dimensions",
@@ -266,4 +276,69 @@ def embedding_model_choices(*, organization: Organization) -> list[EmbeddingMode
         )
         for entry in sorted(catalog().values(), key=lambda e: e.model.name)
         if entry.model.kind == ModelKind.EMBEDDING and usable(entry, own)
+    ]
+
+
+# --- Deployments, for operators (apps.ops): health and the actions on them -------------------------
+# The actions are apps.llm.services' (deployment_breaker_reset, deployment_breaker_open,
+# deployment_enabled_set, DeploymentUnknown), re-exported here as the engine's surface.
+
+
+@dataclass(frozen=True)
+class DeploymentHealth:
+    """One catalog model as operators see it: routing state and the shared health figures."""
+
+    name: str
+    provider: str
+    kind: str
+    enabled: bool
+    priced: bool
+    configured: bool  # the platform has the provider's credentials (or it is simulated)
+    breaker: str  # closed | open | half_open (the platform's breaker; organizations' own keys have theirs)
+    error_rate: float  # decayed moving average of provider-side failures, 0..1
+    latency_ms: float | None  # moving average of successful calls; None: no recent call
+
+    @property
+    def healthy(self) -> bool:
+        from django.conf import settings
+
+        return (
+            self.enabled
+            and self.priced
+            and self.configured
+            and self.breaker == "closed"
+            and self.error_rate < settings.LLM_ROUTER_UNHEALTHY_ERROR_RATE
+        )
+
+
+def deployment_health_list() -> list[DeploymentHealth]:
+    """Every catalog model (disabled ones too) with its breaker, error rate and latency: one query
+    for the models, one for their prices, and two Redis round trips, whatever their number."""
+    from apps.llm.breaker import OPENED_AT, _state_of, breaker_key
+    from apps.llm.platform.models import CatalogModel, ModelPrice
+    from apps.llm.providers import provider_configured
+    from apps.llm.router import observed
+    from cognitionos.redis import redis_client
+
+    models = list(CatalogModel.objects.order_by("provider", "name"))
+    priced = set(ModelPrice.objects.filter(model__in=models).values_list("model_id", flat=True).distinct())
+    names = [model.name for model in models]
+    latency, errors = observed(names)
+    pipe = redis_client().pipeline(transaction=False)
+    for model in models:
+        pipe.hget(breaker_key(model.provider, model.name), OPENED_AT)
+    opened = pipe.execute() if models else []
+    return [
+        DeploymentHealth(
+            name=model.name,
+            provider=model.provider,
+            kind=model.kind,
+            enabled=model.is_active,
+            priced=model.pk in priced,
+            configured=provider_configured(model),
+            breaker=_state_of(opened_at),
+            error_rate=round(errors.get(model.name, 0.0), 4),
+            latency_ms=latency.get(model.name),
+        )
+        for model, opened_at in zip(models, opened, strict=True)
     ]

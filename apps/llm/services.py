@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -456,3 +457,77 @@ def usage_hours_prune(*, now: dt.datetime | None = None, batch: int = 10_000) ->
     while ids := list(old.values_list("pk", flat=True)[:batch]):
         deleted += UsageBucket.objects.filter(pk__in=ids).delete()[0]
     return deleted
+
+
+# --- Operator actions on deployments (a provider and a catalog model), shared by every tenant -----
+# Callers outside apps.llm reach these through apps.llm.calls. The platform's operator log
+# (apps.ops.services.operator_action_record) is written by the caller: apps.llm sits below apps.ops.
+# Breaker state lives in Redis (apps.llm.breaker), shared by every process and organization.
+
+logger = logging.getLogger(__name__)
+
+
+class DeploymentUnknown(LookupError):
+    """No catalog model of that provider and name."""
+
+
+def _deployment_get(*, provider: str, model: str) -> CatalogModel:
+    found = CatalogModel.objects.filter(provider=provider, name=model).first()
+    if found is None:
+        raise DeploymentUnknown(f"no deployment {provider}/{model}")
+    return found
+
+
+def deployment_breaker_reset(*, provider: str, model: str, actor: Principal, reason: str = "") -> None:
+    """Close the platform breaker of a deployment now (its failure count and half-open probe go too)."""
+    from apps.llm.breaker import breaker_key
+    from apps.llm.metrics import BREAKER_OPEN
+
+    deployment = _deployment_get(provider=provider, model=model)
+    key = breaker_key(deployment.provider, deployment.name)
+    redis_client().delete(key, f"{key}:probe")
+    BREAKER_OPEN.labels(deployment.provider, deployment.name).set(0)
+    logger.info(
+        "deployment breaker reset",
+        extra={"provider": provider, "model": model, "actor": actor.label, "reason": reason[:200]},
+    )
+
+
+def deployment_breaker_open(*, provider: str, model: str, actor: Principal, reason: str) -> None:
+    """Open the platform breaker of a deployment now: calls skip it (falling back) for the cooldown
+    (LLM_BREAKER_COOLDOWN_S), after which one probe call decides, as after provider failures."""
+    from apps.llm.breaker import OPENED_AT, breaker_key
+    from apps.llm.metrics import BREAKER_OPEN
+
+    deployment = _deployment_get(provider=provider, model=model)
+    key = breaker_key(deployment.provider, deployment.name)
+    client = redis_client()
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(key, mapping={"failures": settings.LLM_BREAKER_FAILURES, OPENED_AT: str(time.time())})
+    pipe.expire(key, 24 * 3600)
+    pipe.delete(f"{key}:probe")
+    pipe.execute()
+    BREAKER_OPEN.labels(deployment.provider, deployment.name).set(1)
+    logger.info(
+        "deployment breaker opened",
+        extra={"provider": provider, "model": model, "actor": actor.label, "reason": reason[:200]},
+    )
+
+
+@transaction.atomic
+def deployment_enabled_set(*, provider: str, model: str, enabled: bool, actor: Principal, reason: str) -> None:
+    """Take a deployment out of routing (`enabled=False`) or put it back. A disabled model leaves the
+    catalog the engine reads (`CatalogModel.is_active`): routing policies and fallback chains skip
+    it, and a call naming it is refused as an unknown model. Other processes see the change within
+    their catalog snapshot's lifetime (10 s)."""
+    from apps.llm.platform.selectors import catalog_forget
+
+    deployment = _deployment_get(provider=provider, model=model)
+    if deployment.is_active != enabled:
+        CatalogModel.objects.filter(pk=deployment.pk).update(is_active=enabled)
+    transaction.on_commit(catalog_forget)
+    logger.info(
+        "deployment %s",
+        "enabled" if enabled else "disabled",
+        extra={"provider": provider, "model": model, "actor": actor.label, "reason": reason[:200]},
+    )
