@@ -1,5 +1,9 @@
+import uuid
+
 from django.db import models
 from django.db.models.functions import Now
+
+from apps.work.models import WorkItem, work_item_constraints
 
 
 class AuditEvent(models.Model):
@@ -53,3 +57,67 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"
+
+
+# -- data export (GDPR): the organization's whole data as a zip, built as durable work -------------
+
+
+class DataExport(WorkItem):
+    """One export of everything the organization has (apps.audit.exports): built by a worker
+    (queued -> running -> succeeded | failed), then downloadable once, by a signed link, until
+    `expires_at`. The zip itself is kept in `DataExportPart` rows of this schema."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Progress: tables written of the tables to write, rows written so far.
+    tables_total = models.PositiveIntegerField(default=0)
+    tables_done = models.PositiveIntegerField(default=0)
+    rows_done = models.BigIntegerField(default=0)
+    # The finished zip: its size, its SHA-256 (hex) and the manifest's summary.
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True, default="")
+    manifest = models.JSONField(default=dict, blank=True)
+    # Set with success; after it the link is refused (410) and the parts are deleted.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Set by the one download the link allows (410 for any later use).
+    downloaded_at = models.DateTimeField(null=True, blank=True)
+    downloaded_by = models.CharField(max_length=254, blank=True, default="")
+    # The parts were deleted (downloaded, expired, or the export failed).
+    purged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(WorkItem.Meta):
+        ordering = ("-created_at",)
+        constraints = [
+            *work_item_constraints(),
+            models.CheckConstraint(
+                condition=models.Q(tables_done__lte=models.F("tables_total")),
+                name="audit_dataexport_tables_done_at_most_total",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(downloaded_at__isnull=True) | models.Q(status="succeeded"),
+                name="audit_dataexport_downloaded_only_succeeded",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(sha256="") | models.Q(sha256__regex=r"^[0-9a-f]{64}$"),
+                name="audit_dataexport_sha256_hex",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"export {self.pk}"
+
+
+class DataExportPart(models.Model):
+    """A slice of an export's zip, in order (`number` from 0): the file lives in the organization's
+    own schema, so it is backed up, replicated and dropped with it, with no shared volume."""
+
+    export = models.ForeignKey(DataExport, on_delete=models.CASCADE, related_name="parts")
+    number = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["export", "number"], name="audit_dataexportpart_unique_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.export_id}#{self.number}"

@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from apps.audit.chain import GENESIS_HASH, ChainFields, event_hash
-from apps.audit.models import AuditEvent
+from apps.audit.models import AuditEvent, DataExport
 from apps.tenants.connection import organization_schema
 
 if TYPE_CHECKING:
@@ -187,3 +187,18 @@ def audit_events_batches(
         if len(batch) < batch_size:
             return
         after = batch[-1]["id"]
+
+
+# -- data exports -----------------------------------------------------------------------------------
+
+
+def data_export_get(*, organization: Organization, export_id: Any) -> DataExport | None:
+    """One export of the organization, or None (another organization's id is simply absent)."""
+    with organization_schema(organization):
+        return DataExport.objects.filter(pk=export_id).first()
+
+
+def data_exports_list(*, organization: Organization, limit: int = 20) -> list[DataExport]:
+    """The organization's newest exports."""
+    with organization_schema(organization):
+        return list(DataExport.objects.order_by("-created_at")[:limit])

@@ -1,4 +1,4 @@
-"""REST API v1 routes of the audit log, mounted under /api/v1/ by cognitionos.urls_api."""
+"""REST API v1 routes of the audit log and of data exports, mounted under /api/v1/ by cognitionos.urls_api."""
 
 from django.urls import path
 
@@ -7,4 +7,7 @@ from apps.audit import api
 urlpatterns = [
     path("audit-events", api.AuditEventListApi.as_view(), name="audit-events"),
     path("audit-events/export", api.AuditEventExportApi.as_view(), name="audit-events-export"),
+    path("exports", api.DataExportListCreateApi.as_view(), name="data-exports"),
+    path("exports/<uuid:export_id>", api.DataExportDetailApi.as_view(), name="data-export"),
+    path("exports/<uuid:export_id>/download", api.DataExportDownloadApi.as_view(), name="data-export-download"),
 ]
