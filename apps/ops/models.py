@@ -6,6 +6,7 @@ platform's side, readable without entering any tenant schema and kept when an or
 
 from __future__ import annotations
 
+import datetime as dt
 from datetime import timedelta
 
 from django.conf import settings
@@ -78,6 +79,61 @@ class SupportAccessGrant(models.Model):
     def __str__(self) -> str:
         return f"{self.operator_id}@{self.organization_id} until {self.expires_at:%Y-%m-%d %H:%M}"
 
-    def is_active(self, now: timezone.datetime | None = None) -> bool:
+    def is_active(self, now: dt.datetime | None = None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and self.created_at <= now < self.expires_at
+
+
+class Anomaly(models.Model):
+    """A series that left its normal range (apps.ops.anomalies): opened and resolved by the beat
+    task, with what was seen, against what, and what was done about it, for operators to read."""
+
+    class Kind(models.TextChoices):
+        DEPLOYMENT_LATENCY = "deployment_latency", "Deployment latency"
+        DEPLOYMENT_ERRORS = "deployment_errors", "Deployment error rate"
+        DEPLOYMENT_COST = "deployment_cost", "Deployment cost per request"
+        ORGANIZATION_SPEND = "organization_spend", "Organization spend rate"
+
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    subject = models.CharField(max_length=200, help_text='"provider/model", or an organization\'s slug.')
+    # CASCADE: an organization's anomalies go with its public rows when it is purged.
+    organization = models.ForeignKey(
+        "tenants.Organization", on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    opened_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    unit = models.CharField(max_length=30, blank=True)
+    observed = models.FloatField(help_text="The value that opened it.")
+    baseline = models.FloatField(help_text="The series' normal level then.")
+    threshold = models.FloatField(help_text="The line it crossed.")
+    peak = models.FloatField(help_text="The highest value seen while open.")
+    last_value = models.FloatField(help_text="The latest value seen.")
+    explanation = models.TextField()
+    action = models.TextField(blank=True, help_text="What was done about it (empty: flagged only).")
+
+    class Meta:
+        ordering = ("-opened_at", "-id")
+        indexes = [models.Index(fields=["-opened_at"], name="ops_anomaly_opened")]
+        constraints = [
+            # One open anomaly per series; the partial index also serves the open counts per kind.
+            models.UniqueConstraint(
+                fields=["kind", "subject"], condition=models.Q(resolved_at=None), name="ops_anomaly_one_open"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    kind__in=["deployment_latency", "deployment_errors", "deployment_cost", "organization_spend"]
+                ),
+                name="ops_anomaly_kind_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(resolved_at=None) | models.Q(resolved_at__gte=models.F("opened_at")),
+                name="ops_anomaly_resolved_after_opened",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.subject} {self.opened_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None

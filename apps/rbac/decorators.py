@@ -26,6 +26,18 @@ from apps.rbac.selectors import membership_permissions_cached
 ViewFunction = TypeVar("ViewFunction", bound=Callable[..., HttpResponseBase])
 
 
+# What a signed-in user who is not a member may hold on an organization's host, by another rule
+# than membership: apps.ops registers the operators' time-limited support access here (rbac sits
+# below it). A source returns permission values, or None for nothing; asked on each request.
+PermissionSource = Callable[[HttpRequest, Any], "frozenset[str] | None"]
+_PERMISSION_SOURCES: list[PermissionSource] = []
+
+
+def member_permissions_source_register(source: PermissionSource) -> None:
+    if source not in _PERMISSION_SOURCES:
+        _PERMISSION_SOURCES.append(source)
+
+
 def member_permissions(request: HttpRequest) -> frozenset[str]:
     """What the signed-in user may do in the organization of this host (empty when nothing)."""
     cached: frozenset[str] | None = getattr(request, "_member_permissions", None)
@@ -36,6 +48,10 @@ def member_permissions(request: HttpRequest) -> frozenset[str]:
     held: frozenset[str] | None = None
     if tenant is not None and not tenant.is_public and user is not None and user.is_authenticated:
         held = membership_permissions_cached(user_id=user.pk, organization_id=tenant.pk)
+        for source in _PERMISSION_SOURCES if held is None else ():
+            held = source(request, tenant)
+            if held is not None:
+                break
     permissions = held or frozenset()
     request._member_permissions = permissions  # type: ignore[attr-defined]
     return permissions

@@ -33,7 +33,8 @@ SHARED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.admin",
+    # django.contrib.admin, as the operators' site (staff with a second factor): apps.ops.admin_site
+    "apps.ops.admin_config.OperatorAdminConfig",
     "django.contrib.staticfiles",
     "django.contrib.postgres",  # OpClass in index expressions (the knowledge vectors), full-text search
     "rest_framework",
