@@ -112,7 +112,10 @@ class Document(WorkItem):
     """An uploaded file and its ingestion (durable work: parse, chunk, embed, index)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="documents")
+    # db_index=False: knowledge_document_listed (knowledge_base, -created_at, -id) serves it.
+    knowledge_base = models.ForeignKey(
+        KnowledgeBase, on_delete=models.CASCADE, related_name="documents", db_index=False
+    )
     title = models.CharField(max_length=300)
     filename = models.CharField(max_length=255)
     content_type = models.CharField(max_length=100)
@@ -152,9 +155,10 @@ class DocumentUpload(models.Model):
 
 
 class Chunk(models.Model):
-    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
-    # The document's, repeated so that search filters without a join.
-    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="+")
+    # db_index=False: knowledge_chunk_ordinal_unique (document, ordinal) serves it.
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks", db_index=False)
+    # The document's, repeated so that search filters without a join (indexed by knowledge_chunk_kb).
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="+", db_index=False)
     ordinal = models.PositiveIntegerField()
     text = models.TextField()
     # The headings the chunk sits under, outermost first ("Guide / Install / Linux").
@@ -189,8 +193,9 @@ def _hnsw_index(dimensions: int) -> HnswIndex:
 class ChunkEmbedding(models.Model):
     """One chunk's vector in one embedding set."""
 
-    embedding_set = models.ForeignKey(EmbeddingSet, on_delete=models.CASCADE, related_name="vectors")
-    chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="embeddings")
+    # db_index=False: knowledge_vector_once_per_set (embedding_set, chunk) and knowledge_vector_chunk serve them.
+    embedding_set = models.ForeignKey(EmbeddingSet, on_delete=models.CASCADE, related_name="vectors", db_index=False)
+    chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="embeddings", db_index=False)
     dimensions = models.PositiveSmallIntegerField()
     embedding = VectorField()
 

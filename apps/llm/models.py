@@ -209,7 +209,8 @@ class Budget(models.Model):
 class BudgetWindow(models.Model):
     """A budget's spend in one period (a UTC day or month): settled spend plus open reservations."""
 
-    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="windows")
+    # db_index=False: llm_window_unique (budget, period_start) serves lookups by budget.
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="windows", db_index=False)
     period_start = models.DateField()
     spent_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
     reserved_usd = models.DecimalField(max_digits=16, decimal_places=8, default=Decimal(0))
@@ -230,7 +231,8 @@ class BudgetWindow(models.Model):
 class BudgetHold(models.Model):
     """The part of a window one attempt has reserved; released when the attempt settles."""
 
-    attempt = models.ForeignKey(UsageAttempt, on_delete=models.CASCADE, related_name="holds")
+    # db_index=False: llm_hold_unique (attempt, window) serves lookups by attempt.
+    attempt = models.ForeignKey(UsageAttempt, on_delete=models.CASCADE, related_name="holds", db_index=False)
     window = models.ForeignKey(BudgetWindow, on_delete=models.CASCADE, related_name="holds")
     amount_usd = models.DecimalField(max_digits=14, decimal_places=8)
 
@@ -251,7 +253,8 @@ class CachedResponse(models.Model):
     response = models.JSONField()
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     created_at = models.DateTimeField(db_default=Now())
-    expires_at = models.DateTimeField(db_index=True)
+    # Not indexed: reads go by key; the sweep (apps.llm.caching) filters expired OR old rows.
+    expires_at = models.DateTimeField()
 
     def __str__(self) -> str:
         return f"{self.model_name} {self.key[:12]}"
@@ -269,7 +272,8 @@ class SemanticCacheEntry(models.Model):
     response = models.JSONField()
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     created_at = models.DateTimeField(db_default=Now())
-    expires_at = models.DateTimeField(db_index=True)
+    # Not indexed alone: reads use llm_semantic_context; the sweep filters expired OR old rows.
+    expires_at = models.DateTimeField()
 
     class Meta:
         indexes = [

@@ -102,7 +102,8 @@ class WebhookDelivery(WorkItem):
     payload's content and the response excerpt were removed (retention, or no-content mode)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    # db_index=False: webhooks_delivery_log (endpoint, -created_at, -id) serves it.
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     event_type = models.CharField(max_length=100)
     # The same for every endpoint (and every redelivery) of one event: receivers deduplicate on it.
     event_id = models.UUIDField()

@@ -25,7 +25,8 @@ class Workflow(models.Model):
 class WorkflowVersion(models.Model):
     """A definition as saved; never changed. Saving a workflow again makes the next version."""
 
-    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions")
+    # db_index=False: workflows_version_unique (workflow, number) serves it.
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="versions", db_index=False)
     number = models.PositiveIntegerField()
     definition = models.JSONField()
     created_at = models.DateTimeField(db_default=Now())
@@ -49,7 +50,8 @@ RUN_FINISHED = FINISHED
 
 class WorkflowRun(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="runs")
+    # db_index=False: workflows_run_workflow (workflow, created_at) serves it.
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="runs", db_index=False)
     version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="runs")
     rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns")
     status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
@@ -124,7 +126,8 @@ class StepRun(WorkItem):
     step does not call again for the items already done; its output is their list. Its content
     (output, items) follows its run's: emptied when the run's is (apps.workflows.runs)."""
 
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    # db_index=False: workflows_step_unique (run, name) serves it.
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps", db_index=False)
     name = models.CharField(max_length=64)
     position = models.PositiveSmallIntegerField()  # the step's index in the definition
     status = models.CharField(max_length=10, choices=StepStatus.choices, default=StepStatus.QUEUED)
