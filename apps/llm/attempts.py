@@ -163,11 +163,18 @@ class Attempts:
         _release_connection()
         return attempt
 
-    def succeeded(self, entry: PricedModel, latency_ms: int) -> None:
-        """Close the deployment's breaker and record its latency: one round trip."""
+    def succeeded(self, entry: PricedModel, latency_ms: int, cost_usd: Decimal | None = None) -> None:
+        """Close the deployment's breaker and record its latency (and cost, in the traffic counters
+        of anomaly detection): one round trip."""
         scope = self.scope(entry)
         closed = deployment_observe(
-            entry.model.name, success=True, latency_ms=latency_ms, scope=scope, breaker_key=self.breaker_key(entry)
+            entry.model.name,
+            success=True,
+            latency_ms=latency_ms,
+            scope=scope,
+            breaker_key=self.breaker_key(entry),
+            organization_id=self.organization.pk,
+            cost_usd=cost_usd,
         )
         if closed and not scope:  # the metric's labels stay bounded: no organization ids
             BREAKER_OPEN.labels(entry.model.provider, entry.model.name).set(0)

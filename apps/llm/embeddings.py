@@ -85,5 +85,5 @@ def embeddings_create(
         settled = attempt_settle(organization=organization, attempt=answered.attempt, settlement=settlement)
         if settled and on_settled is not None:
             on_settled(outcome)
-    attempts.succeeded(entry, latency_ms)
+    attempts.succeeded(entry, latency_ms, settlement.cost_usd)
     return outcome

@@ -213,7 +213,7 @@ def chat_complete(
         attempt_settle(organization=organization, attempt=answered.attempt, settlement=settlement)
         if on_settled is not None:
             on_settled(outcome)
-    attempts.succeeded(entry, latency_ms)
+    attempts.succeeded(entry, latency_ms, settlement.cost_usd)
     if cache.enabled and reply.finish_reason in ("stop", "tool_calls"):
         cache.fill(model_name=entry.model.name, body=body, cost=settlement.cost_usd)
     return outcome

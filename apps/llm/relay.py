@@ -156,7 +156,7 @@ def relay(
         answer = "".join(transcript.parts)
         settlement = dataclasses.replace(settlement, content=content_draft(prompt=prompt, answer=answer))
     attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
-    attempts.succeeded(entry, latency_ms)
+    attempts.succeeded(entry, latency_ms, settlement.cost_usd)
     body = transcript.completion(entry, usage) if transcript is not None else None
     if fill is not None and body is not None:
         fill(entry, body, settlement.cost_usd)

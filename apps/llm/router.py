@@ -13,6 +13,7 @@ from redis.commands.core import Script
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.providers import own_key_name, provider_configured
+from apps.llm.traffic import TRAFFIC_TTL_S, traffic_bucket, traffic_key
 from cognitionos.redis import redis_client
 
 POLICIES = ("cheapest", "fastest", "balanced")
@@ -24,14 +25,38 @@ _ERROR_WEIGHT = 0.2  # each attempt's share in the moving average of the error r
 # One round trip per attempt: the latency's and the error rate's moving averages, updated atomically.
 # The error rate also decays with time (half-life LLM_ROUTER_ERROR_HALF_LIFE_S), so a model that the
 # router stopped choosing because it failed is tried again once its failures are old. A success may
-# also close the deployment's breaker (KEYS[3], its probe KEYS[4]) in the same round trip: returns 1
-# if there was a breaker to close.
+# also close the deployment's breaker (KEYS[4], its probe KEYS[5]) in the same round trip: returns 1
+# if there was a breaker to close. KEYS[3] is the current traffic bucket (apps.llm.traffic): the
+# attempt is counted for anomaly detection there, against the deployment (ARGV[7], '' for an
+# organization's own key) and the organization's spend (ARGV[8], with the cost ARGV[9]).
 _OBSERVE = """
 local cleared = 0
-if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('DEL', KEYS[3], KEYS[4])
+if KEYS[4] and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('DEL', KEYS[4], KEYS[5])
   cleared = 1
 end
+local failed = tonumber(ARGV[2])
+local counted = false
+if ARGV[7] ~= '' then
+  local d = 'd|' .. ARGV[7] .. '|'
+  redis.call('HINCRBY', KEYS[3], d .. 'n', 1)
+  if failed == 1 then
+    redis.call('HINCRBY', KEYS[3], d .. 'e', 1)
+  else
+    redis.call('HINCRBY', KEYS[3], d .. 's', 1)
+    if ARGV[1] ~= '' then redis.call('HINCRBYFLOAT', KEYS[3], d .. 'l', ARGV[1]) end
+    if ARGV[9] ~= '' then
+      redis.call('HINCRBY', KEYS[3], d .. 'k', 1)
+      redis.call('HINCRBYFLOAT', KEYS[3], d .. 'c', ARGV[9])
+    end
+  end
+  counted = true
+end
+if ARGV[8] ~= '' and ARGV[9] ~= '' and failed == 0 then
+  redis.call('HINCRBYFLOAT', KEYS[3], 'o|' .. ARGV[8], ARGV[9])
+  counted = true
+end
+if counted then redis.call('EXPIRE', KEYS[3], ARGV[10]) end
 local ttl = tonumber(ARGV[6])
 if ARGV[1] ~= '' then
   local latency = tonumber(ARGV[1])
@@ -39,7 +64,6 @@ if ARGV[1] ~= '' then
   if previous then latency = 0.8 * tonumber(previous) + 0.2 * latency end
   redis.call('SET', KEYS[1], string.format('%.1f', latency), 'EX', ttl)
 end
-local failed = tonumber(ARGV[2])
 local raw = redis.call('GET', KEYS[2])
 if (not raw) and failed == 0 then return cleared end
 local now = tonumber(ARGV[3])
@@ -113,22 +137,38 @@ def deployment_observe(
     now: float | None = None,
     scope: str = "",
     breaker_key: str | None = None,
+    organization_id: int | None = None,
+    cost_usd: Decimal | None = None,
 ) -> bool:
     """Record one attempt of a model: its latency (successes) and whether it failed (provider-side
     failures only: the engine never records a request's own error). With `breaker_key` (a success)
-    the deployment's breaker is closed in the same round trip; True if it had one to close."""
+    the deployment's breaker is closed in the same round trip; True if it had one to close. The
+    attempt is also counted in the traffic bucket of `now` (apps.llm.traffic): against the platform's
+    deployment (not for an organization's own key, `scope`), and with its cost (`cost_usd`) in
+    `organization_id`'s spend."""
+    at = time.time() if now is None else now
+    deployment = "" if scope else name
     name = _health_name(name, scope)
     breaker = [breaker_key, f"{breaker_key}:probe"] if breaker_key else []
     return bool(
         _observe_script()(
-            keys=[_LATENCY_KEY.format(name=name), _ERRORS_KEY.format(name=name), *breaker],
+            keys=[
+                _LATENCY_KEY.format(name=name),
+                _ERRORS_KEY.format(name=name),
+                traffic_key(traffic_bucket(at)),
+                *breaker,
+            ],
             args=[
                 "" if latency_ms is None else str(latency_ms),
                 "0" if success else "1",
-                str(time.time() if now is None else now),
+                str(at),
                 str(settings.LLM_ROUTER_ERROR_HALF_LIFE_S),
                 str(_ERROR_WEIGHT),
                 str(_OBSERVATION_TTL_S),
+                deployment,
+                "" if organization_id is None else str(organization_id),
+                "" if cost_usd is None else str(cost_usd),
+                str(TRAFFIC_TTL_S),
             ],
         )
     )
