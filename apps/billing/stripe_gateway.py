@@ -184,6 +184,27 @@ def invoices_list(*, customer_id: str, limit: int = 24) -> list[dict[str, Any]]:
     return [_plain(invoice) for invoice in page.data]
 
 
+# Organization deletion (apps.ops.deletion, issue 16): a deleted organization's customer stays at
+# Stripe with its invoices (accounting records), unlinked from the organization.
+_LIVE_SUBSCRIPTION_STATUSES = ("trialing", "active", "past_due", "unpaid", "incomplete", "paused")
+
+
+def customer_detach(*, customer_id: str) -> dict[str, Any]:
+    """Unlink a customer from its organization, which is being deleted: every subscription still
+    live is cancelled at once (nothing more is charged), and the metadata naming the organization
+    (id, slug, dj-stripe's subscriber key) is cleared, so Stripe's later events map to no one.
+    Idempotent: a second call finds nothing live and clears what is already clear."""
+    page = _call(client().v1.subscriptions.list, params={"customer": customer_id, "status": "all", "limit": 100})
+    cancelled = []
+    for subscription in page.data:
+        if subscription["status"] in _LIVE_SUBSCRIPTION_STATUSES:
+            _call(client().v1.subscriptions.cancel, subscription["id"])
+            cancelled.append(subscription["id"])
+    cleared: Any = {"organization_id": "", "organization_slug": "", settings.DJSTRIPE_SUBSCRIBER_CUSTOMER_KEY: ""}
+    _call(client().v1.customers.update, customer_id, params={"metadata": cleared})
+    return {"customer_id": customer_id, "subscriptions_cancelled": cancelled}
+
+
 # --- Billing Meters (usage) ----------------------------------------------------------------------
 
 

@@ -90,4 +90,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
     # Audit events are chained after commit by a task per organization; this catches any left behind.
     "audit-chain-sweep": {"task": "apps.audit.tasks.audit_chain_sweep_all", "schedule": 60.0},
+    # Organizations whose scheduled deletion is due are purged (apps.ops.deletion); a purge cut short
+    # is finished by the next run.
+    "organizations-purge-due": {"task": "apps.ops.tasks.organizations_purge_due", "schedule": 600.0},
 }
