@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from apps.accounts.principals import Principal
 from apps.llm.platform.models import CatalogModel, UsageBucket, UsageSpan
-from apps.llm.traffic import TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets
+from apps.llm.traffic import MAX_BUCKETS_READ, TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets
 from apps.ops.anomaly import (
     DEPLOYMENT_COST,
     DEPLOYMENT_ERRORS,
@@ -292,7 +292,8 @@ def anomalies_detect(*, now: float | None = None) -> DetectReport:
     try:
         last = _last_complete(now)
         cursor = client.get(CURSOR_KEY)
-        first = int(cursor) + 1 if cursor is not None else last - 3  # a first run starts fresh
+        # A first run learns from what the counters still hold (their last hour).
+        first = int(cursor) + 1 if cursor is not None else last - MAX_BUCKETS_READ + 1
         first -= first % SPEND_BUCKETS  # pairs stay aligned
         if first > last:
             return report
@@ -380,3 +381,27 @@ def _reconcile(states: dict[str, dict[str, Any]], report: DetectReport) -> None:
 def anomaly_series_forget(*, kind: str, key: str) -> None:
     """Start a series over (warm-up again): for an operator who knows its normal has changed."""
     redis_client().hdel(STATE_KEY, _series_id(kind, key))
+
+
+@transaction.atomic
+def anomaly_relearn(*, anomaly: Anomaly, actor: Principal) -> Anomaly:
+    """An operator's call: the series' normal has changed for good (a new model version, a price
+    change). The anomaly is resolved and the series starts over (warm-up again, nothing opens until
+    it has learnt the new level). Recorded in the operator log."""
+    from apps.ops.services import operator_action_record
+
+    kind = anomaly.kind
+    key = str(anomaly.organization_id) if kind == ORGANIZATION_SPEND else anomaly.subject.split("/", 1)[-1]
+    anomaly_series_forget(kind=kind, key=key)
+    if anomaly.resolved_at is None:
+        anomaly.resolved_at = max(timezone.now(), anomaly.opened_at)
+        anomaly.explanation += f"\nResolved by {actor.label}: the series learns its normal level again."
+        anomaly.save(update_fields=["resolved_at", "explanation"])
+    operator_action_record(
+        actor=actor,
+        action="anomaly.relearned",
+        organization=anomaly.organization,
+        target=f"{kind} {anomaly.subject}",
+        metadata={"anomaly": anomaly.pk},
+    )
+    return anomaly

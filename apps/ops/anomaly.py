@@ -179,12 +179,16 @@ def series_step(detector: Detector, state: dict[str, Any], sample: float) -> tup
         raise ValueError("a sample must be a finite number")
     x = math.log1p(max(sample, 0.0) / detector.log_floor) if detector.log_floor else sample
     state = {**state, "normal": list(state["normal"]), "tail": [*state["tail"], x][-8:]}
-    fast = x if state["n"] == 0 else state["fast"] + detector.alpha_fast * (x - state["fast"])
-    state["fast"] = fast
     baseline = float(state["baseline"])
     scale = _scale(detector, state)
     threshold = _line(detector, baseline, detector.k * scale)
     level_line = _line(detector, baseline, detector.k_level * scale * detector.smoothing)
+    # The smoothed level takes a sample at most `clip` scales (or twice the level rule's margin) over
+    # the baseline: one wild sample moves it no more than a moderately high one would.
+    cap = baseline + max(detector.clip * scale, 2 * (level_line - baseline))
+    bounded = min(x, cap) if state["n"] >= detector.warmup else x
+    fast = x if state["n"] == 0 else state["fast"] + detector.alpha_fast * (bounded - state["fast"])
+    state["fast"] = fast
     warm = state["n"] >= detector.warmup
     spike, level = warm and x > threshold, warm and fast > level_line
     opened = resolved = relearned = False

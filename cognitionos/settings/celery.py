@@ -32,6 +32,8 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "cognitionos")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Task modules autodiscovery (`<app>.tasks`) does not find.
+CELERY_IMPORTS = ("apps.ops.anomaly_tasks",)
 CELERY_WORKER_SEND_TASK_EVENTS = False
 # Beat keeps the schedule in Redis and sends only while it holds a Redis lock (apps.ops.beat, on
 # celery-redbeat): a second beat started by mistake waits and sends nothing until the first stops.
@@ -90,6 +92,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "api-idempotency-purge": {"task": "apps.api.tasks.idempotency_keys_purge_all", "schedule": 3600.0},
     # Audit events are chained after commit by a task per organization; this catches any left behind.
     "audit-chain-sweep": {"task": "apps.audit.tasks.audit_chain_sweep_all", "schedule": 60.0},
+    # Anomaly detection and self-healing (apps.ops.anomalies): deployments' latency, error rate and
+    # cost per request, organizations' spend; a failing deployment's breaker is opened.
+    "ops-anomalies-detect": {"task": "apps.ops.anomaly_tasks.anomalies_detect_run", "schedule": 30.0},
     # Organizations whose scheduled deletion is due are purged (apps.ops.deletion); a purge cut short
     # is finished by the next run.
     "organizations-purge-due": {"task": "apps.ops.tasks.organizations_purge_due", "schedule": 600.0},
