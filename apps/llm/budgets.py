@@ -365,7 +365,11 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
                 settlement.cost_usd,
                 attempt.reserved_usd,
             )
-        metrics.OPEN_HOLDS.dec()
+        if settlement.status == AttemptStatus.SWEPT:
+            # Its hold was opened by a process that died (its gauge left with it): counted apart.
+            metrics.HOLDS_SWEPT.inc()
+        else:
+            metrics.OPEN_HOLDS.dec()
         metrics.REQUESTS.labels(attempt.provider, attempt.model_name, settlement.status, "miss").inc()
         if settlement.latency_ms is not None:
             metrics.LATENCY.labels(attempt.provider, attempt.model_name).observe(settlement.latency_ms / 1000)

@@ -27,6 +27,10 @@ OPEN_HOLDS = Gauge(
     "Budget reservations not yet settled (live processes)",
     multiprocess_mode="livesum",
 )
+HOLDS_SWEPT = Counter(
+    "cognitionos_llm_budget_holds_swept_total",
+    "Holds left by a process that died, settled by the sweeper from their reservation",
+)
 BREAKER_OPEN = Gauge(
     "cognitionos_llm_breaker_open",
     "1 while the breaker of a provider and model is open",

@@ -10,23 +10,47 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def metrics_exposition() -> bytes:
-    """Every process's metrics when in multiprocess mode, else this process's."""
-    directory = os.environ.get(MULTIPROC_ENV)
-    if not directory:
-        return generate_latest()
+class _ProcessMetrics(Collector):
+    """This process's default registry, as one collector of another registry."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
+
+
+def metrics_registry(*, scrape_collectors: bool) -> CollectorRegistry:
+    """What a scrape shows: every process's metrics in multiprocess mode (read from the files at
+    each collect), else this process's; with `scrape_collectors`, also the values read at scrape
+    time (apps.ops.collectors: queues, organizations, dependencies), which are never written to
+    the files and so appear once. Web processes answer /metrics with them; a worker's exporter
+    leaves them to the web pods."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_ProcessMetrics())
+    if scrape_collectors:
+        from apps.ops.collectors import ScrapeCollector  # its models load after settings
+
+        registry.register(ScrapeCollector())
+    return registry
+
+
+def metrics_exposition() -> bytes:
+    """Every process's metrics when in multiprocess mode, else this process's, and the scrape-time ones."""
+    return generate_latest(metrics_registry(scrape_collectors=True))
 
 
 def metrics_multiproc_prepare(directory: Path) -> None:

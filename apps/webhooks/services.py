@@ -29,6 +29,7 @@ from apps.llm.calls import llm_content_policy
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.webhooks.events import EventsInvalid, events_normalize, subscription_entries
+from apps.webhooks.metrics import webhook_attempt_record
 from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
 from apps.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, webhook_signature_header
 from apps.work.models import WorkStatus
@@ -539,7 +540,9 @@ def _delivery_send(organization: Organization, delivery: WebhookDelivery) -> Non
         error_class, message = "refused", f"refused: {exc}"
     except OutboundError as exc:
         error_class, message = "unreachable", str(exc)
-    values["last_duration_ms"] = int((time.monotonic() - started) * 1000)
+    elapsed = time.monotonic() - started
+    values["last_duration_ms"] = int(elapsed * 1000)
+    webhook_attempt_record(error_class=error_class, status_code=values["last_response_status"], seconds=elapsed)
     if error_class:
         raise TransientFailure(error_class, message[:1000], values=values, retry_after_s=retry_after)
     work_finish(

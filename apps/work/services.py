@@ -18,7 +18,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -33,6 +35,7 @@ from apps.llm.calls import llm_content_policy
 from apps.tenants.models import Organization
 from apps.work.admission import waiting_admit
 from apps.work.heartbeat import heartbeats
+from apps.work.metrics import WORK_RETRIES, work_finished_record
 from apps.work.models import UNFINISHED, WorkItem, WorkStatus
 from apps.work.policy import backoff_seconds, failure_classify, max_attempts
 from apps.work.progress import progress_item_publish
@@ -199,7 +202,24 @@ def work_finish(
         work_admit(organization=organization, kind=kind)
         if kind.on_finished is not None:
             kind.on_finished(organization, item)
+        # Every kind's outcome, duration and cost, counted once the end is committed.
+        transaction.on_commit(
+            functools.partial(
+                work_finished_record,
+                kind=kind.name,
+                outcome=str(status),
+                created_at=_when(item.created_at),
+                started_at=_when(item.started_at),
+                finished_at=now,
+                cost_usd=item.cost_usd if isinstance(item.cost_usd, Decimal) else None,
+            )
+        )
     return True
+
+
+def _when(value: object) -> dt.datetime | None:
+    """A row's time as loaded (not a database default or expression still unresolved)."""
+    return value if isinstance(value, dt.datetime) else None
 
 
 def work_fail(
@@ -273,6 +293,7 @@ def work_retry_later(
         )
         if requeued:
             progress_item_publish(organization=organization, kind=kind, item=item)
+            transaction.on_commit(WORK_RETRIES.labels(kind.name).inc)
         if requeued and kind.schedule is None:
             transaction.on_commit(
                 lambda: work_send(organization=organization, kind=kind, ids=[item.pk], countdown=delay)

@@ -11,6 +11,7 @@ exactly once, after the commit that made them ready.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from typing import Any
 from uuid import UUID
@@ -26,6 +27,7 @@ from apps.llm.calls import llm_content_policy
 from apps.tenants.models import Organization
 from apps.webhooks.services import WebhookInvalid, webhook_event_emit
 from apps.work.admission import waiting_admit
+from apps.work.metrics import workflow_run_finished_record
 from apps.work.principals import principal_fields
 from apps.work.progress import progress_publish
 from apps.work.services import work_send
@@ -291,6 +293,14 @@ def run_end(
     progress_publish(organization=organization, topic=PROGRESS_TOPIC, object_id=run.pk)
     _emit(organization, run)
     runs_admit(organization=organization)
+    transaction.on_commit(
+        functools.partial(
+            workflow_run_finished_record,
+            outcome=str(status),
+            started_at=run.started_at if isinstance(run.started_at, dt.datetime) else None,
+            finished_at=now,
+        )
+    )
 
 
 def run_cost_add(run: WorkflowRun, step: StepRun, cost: Any) -> None:

@@ -5,8 +5,9 @@ from .env import env_str
 REDIS_URL = env_str("REDIS_URL")
 
 CACHES = {
+    # Django's RedisCache with django-prometheus's hit and miss counters (apps.ops.metrics_cache).
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "apps.ops.metrics_cache.MeteredRedisCache",
         "LOCATION": REDIS_URL,
         # Without the tenant in the key, organizations read each other's cached data (allauth's
         # rate-limit counters excepted: they are platform-wide, see apps.accounts.cache).
@@ -17,7 +18,7 @@ CACHES = {
     # name the same session whichever schema the connection is on when it is read or written (a
     # per-schema copy could outlive a sign-out).
     "sessions": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "apps.ops.metrics_cache.MeteredSessionsRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "session",
     },

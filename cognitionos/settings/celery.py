@@ -4,7 +4,7 @@ from urllib.parse import parse_qs, urlparse
 
 from .cache import REDIS_URL
 from .core import LONGEST_JOB_SECONDS
-from .env import env_str
+from .env import env_int, env_str
 from .jobs import JOB_REAPER_SECONDS
 
 
@@ -31,6 +31,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "cognitionos")
+# A worker's main process serves its Prometheus metrics on this port (apps.ops.celery_metrics); 0: off.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 9808)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Task modules autodiscovery (`<app>.tasks`) does not find.
 CELERY_IMPORTS = ("apps.ops.anomaly_tasks",)

@@ -67,6 +67,8 @@ MIDDLEWARE = [
     # First: every request's log lines carry its id (X-Request-ID, echoed in the response).
     "apps.ops.request_id.RequestIdMiddleware",
     "apps.ops.middleware.HealthCheckMiddleware",
+    # HTTP metrics (django-prometheus): from here, so health probes are not counted as traffic.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "apps.tenants.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -84,6 +86,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     # A page the organization's plan refuses says what the plan lacks, with a link to the plan page.
     "apps.portal.plan_refusals.EntitlementRefusedMiddleware",
+    # Last: responses by status, view name and method (the view's URL name, a bounded label).
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "cognitionos.urls_tenant"

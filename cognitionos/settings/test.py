@@ -37,3 +37,5 @@ DEV_MAILBOX = True
 MAILBOX_DIR = os.environ.get("COGNITIONOS_MAILBOX_DIR") or str(
     Path(os.environ.get("COGNITIONOS_TEST_DATA_DIR", default_data_dir() / "test")) / "mail"
 )
+# Test workers export no metrics port unless a test sets WORKER_METRICS_PORT (tests/ops/test_metrics_worker.py).
+WORKER_METRICS_PORT = int(os.environ.get("WORKER_METRICS_PORT", "0"))
