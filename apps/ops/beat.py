@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.signals import beat_init
-from redbeat import schedulers as redbeat
+from redbeat import schedulers as redbeat  # type: ignore[import-untyped] # no type hints
 
 logger = logging.getLogger("celery.beat")
 
@@ -54,7 +54,7 @@ def beat_heartbeat_write(*, state: str) -> None:
     partial.replace(path)
 
 
-class BeatScheduler(redbeat.RedBeatScheduler):  # type: ignore[misc] # redbeat has no type hints
+class BeatScheduler(redbeat.RedBeatScheduler):
     """RedBeat's scheduler; it sends only while it holds the lock, and writes the heartbeat."""
 
     def __init__(self, app: Any, **kwargs: Any) -> None:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped] # no type hints
 import pytest
 import yaml
 
@@ -44,7 +44,16 @@ SECRET_TEMPLATE = BASE / "secret.yaml.template"
 KUBERNETES_VERSION = "1.33.0"
 NAMESPACE = "cognitionos"  # the production overlay's
 REQUIRED_SECRETS = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CREDENTIALS_ENCRYPTION_KEYS", "METRICS_TOKEN"}
-OPTIONAL_SECRETS = {"CELERY_BROKER_URL"}
+OPTIONAL_SECRETS = {
+    "CELERY_BROKER_URL",
+    "API_KEY_HASH_KEY",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "OPENAI_COMPATIBLE_API_KEY",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "EMAIL_HOST_PASSWORD",
+}
 RENDERS = {"base": BASE, "production": PRODUCTION}
 EXPECTED = {
     ("ConfigMap", "cognitionos"),
@@ -61,6 +70,7 @@ EXPECTED = {
     ("NetworkPolicy", "cognitionos-default-deny"),
     ("NetworkPolicy", "cognitionos-dns"),
     ("NetworkPolicy", "cognitionos-datastores"),
+    ("NetworkPolicy", "cognitionos-otlp"),
     ("NetworkPolicy", "cognitionos-web-ingress"),
     ("NetworkPolicy", "cognitionos-worker-metrics"),
     ("NetworkPolicy", "cognitionos-egress-internet"),
@@ -329,17 +339,19 @@ def test_beat_probes_follow_its_heartbeat_file(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("BEAT_HEARTBEAT_FILE", env_of(container)["BEAT_HEARTBEAT_FILE"])
     assert beat_heartbeat_path() == Path(env_of(container)["BEAT_HEARTBEAT_FILE"])
     heartbeat = tmp_path / "cognitionos-beat"
-    environ = {"BEAT_HEARTBEAT_FILE": str(heartbeat)}
 
-    assert run_probe(liveness, **environ) != 0 and run_probe(readiness, **environ) != 0  # not written yet
+    def passes(script: str) -> bool:
+        return run_probe(script, BEAT_HEARTBEAT_FILE=str(heartbeat)) == 0
+
+    assert not passes(liveness) and not passes(readiness)  # not written yet
     heartbeat.write_text(HEARTBEAT_STANDBY + "\n")
-    assert run_probe(liveness, **environ) == 0  # waiting for the lock: alive, not ready
-    assert run_probe(readiness, **environ) != 0
+    assert passes(liveness)  # waiting for the lock: alive, not ready
+    assert not passes(readiness)
     heartbeat.write_text(HEARTBEAT_ACTIVE + "\n")
-    assert run_probe(liveness, **environ) == 0 and run_probe(readiness, **environ) == 0
+    assert passes(liveness) and passes(readiness)
     stale = time.time() - 61
     os.utime(heartbeat, (stale, stale))
-    assert run_probe(liveness, **environ) != 0 and run_probe(readiness, **environ) != 0  # the loop stopped
+    assert not passes(liveness) and not passes(readiness)  # the loop stopped
     assert liveness == probe_script(services()["beat"]["healthcheck"]["test"])
 
 
@@ -482,7 +494,7 @@ def test_every_pod_reaches_dns_postgresql_and_redis_and_only_web_and_workers_the
     docs = render(name)
     for component_name in ("web", "worker", "beat", "migrate"):
         ports = egress_ports(allowed_egress(docs, component_name))
-        assert {53, 5432, 6379} <= ports, component_name
+        assert {53, 5432, 6379, 4318} <= ports, component_name  # DNS, PostgreSQL, Redis, OTLP
         assert (443 in ports) is (component_name in {"web", "worker"}), component_name
     internet = find(docs, "NetworkPolicy", "cognitionos-egress-internet")["spec"]["egress"]
     for block in (peer["ipBlock"] for rule in internet for peer in rule["to"]):

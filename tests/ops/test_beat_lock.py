@@ -22,7 +22,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from apps.ops.beat import HEARTBEAT_ACTIVE, HEARTBEAT_STANDBY
+from apps.ops.beat import HEARTBEAT_ACTIVE, HEARTBEAT_STANDBY, BeatScheduler
 
 ROOT = Path(__file__).resolve().parents[2]
 EVERY_SECONDS = 0.5
@@ -94,10 +94,11 @@ class Beats:
         """Two beats started together: (the one that took the lock, the one that waits)."""
         self.start("a")
         self.start("b")
-        states = lambda: {self.state("a"), self.state("b")}  # noqa: E731
-        self.wait(
-            lambda: states() == {HEARTBEAT_ACTIVE, HEARTBEAT_STANDBY}, timeout=90, what="one beat active, one waiting"
-        )
+
+        def one_active_one_waiting() -> bool:
+            return {self.state("a"), self.state("b")} == {HEARTBEAT_ACTIVE, HEARTBEAT_STANDBY}
+
+        self.wait(one_active_one_waiting, timeout=90, what="one beat active, one waiting")
         holder = "a" if self.state("a") == HEARTBEAT_ACTIVE else "b"
         waiter = "b" if holder == "a" else "a"
         return self.processes[holder], self.processes[waiter]
@@ -160,3 +161,24 @@ def test_a_beat_killed_outright_holds_the_schedule_off_until_its_lock_expires(be
     assert waited >= LOCK_SECONDS - 1.5
     assert set(beats.senders()[:sent_by_first]) == {first.pid}
     assert set(beats.senders()[sent_by_first:]) == {second.pid}
+
+
+def test_the_project_settings_reach_redbeat_under_the_celery_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CELERY_REDBEAT_* arrive under Celery's namespace, where RedBeat's own lookup misses them: it
+    would fall back to the broker's URL (kombu's spelling, which redis-py can't open for a socket)."""
+    from cognitionos.celery import app
+
+    monkeypatch.delattr(app, "redbeat_conf", raising=False)
+    scheduler = BeatScheduler(app, lazy=True)
+    assert app.conf.beat_scheduler == "apps.ops.beat:BeatScheduler"
+    assert getattr(app, "redbeat_conf").redis_url == settings.REDIS_URL  # noqa: B009 - set by RedBeat, not typed
+    assert scheduler.lock_key == "beat::lock"
+    assert scheduler.lock_timeout == settings.CELERY_REDBEAT_LOCK_TIMEOUT == 60
+    assert scheduler.max_interval == settings.CELERY_BEAT_MAX_LOOP_INTERVAL == 10
+
+
+def test_beat_refuses_a_lock_that_could_lapse_between_two_ticks() -> None:
+    from cognitionos.celery import app
+
+    with pytest.raises(ValueError, match="at least three beat ticks"):
+        BeatScheduler(app, lazy=True, max_interval=30)  # the lock lives 60 s
