@@ -12,16 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
-__all__ = ["log_context", "log_context_fields", "log_context_listen", "log_context_request"]
+__all__ = [
+    "log_context",
+    "log_context_fields",
+    "log_context_listen",
+    "log_context_request_end",
+    "log_context_request_start",
+]
 
 _EMPTY: Mapping[str, str] = {}
 _fields: ContextVar[Mapping[str, str]] = ContextVar("cognitionos_log_fields", default=_EMPTY)
 # The request being served: its organization is read when a line is written, since the tenant
 # middleware finds it after the request id was set.
 _request: ContextVar[Any] = ContextVar("cognitionos_log_request", default=None)
+# The tokens that end the current request's context.
+_pending: ContextVar[tuple[Token[Any], Token[Mapping[str, str]]] | None] = ContextVar(
+    "cognitionos_log_request_tokens", default=None
+)
 # Called with the fields just set (tracing copies them onto the current span); empty when off.
 _listeners: list[Callable[[Mapping[str, str]], None]] = []
 
@@ -39,15 +49,26 @@ def log_context(**fields: object) -> Iterator[None]:
         _fields.reset(token)
 
 
-@contextmanager
-def log_context_request(request: Any, *, request_id: str) -> Iterator[None]:
-    """The request's own context: its id now, its organization once the tenant middleware set it."""
-    token = _request.set(request)
+def log_context_request_start(request: Any, *, request_id: str) -> None:
+    """The request's context until `log_context_request_end`: its id now, its organization once the
+    tenant middleware set it. Not a `with` block: Django logs a response's status ("Not Found: ...")
+    after the middleware returned, and the WSGI server closes the response later still."""
+    log_context_request_end()  # a request the server never closed
+    _pending.set((_request.set(request), _fields.set({**_fields.get(), "request_id": request_id})))
+
+
+def log_context_request_end() -> None:
+    tokens = _pending.get()
+    if tokens is None:
+        return
+    _pending.set(None)
+    request_token, fields_token = tokens
     try:
-        with log_context(request_id=request_id):
-            yield
-    finally:
-        _request.reset(token)
+        _fields.reset(fields_token)
+        _request.reset(request_token)
+    except ValueError:  # started in another context: forget it all the same
+        _fields.set(_EMPTY)
+        _request.set(None)
 
 
 def log_context_fields() -> Mapping[str, str]:

@@ -12,9 +12,10 @@ import re
 import uuid
 from collections.abc import Callable
 
+from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse
 
-from cognitionos.logcontext import log_context_request
+from cognitionos.logcontext import log_context_request_end, log_context_request_start
 
 __all__ = ["REQUEST_ID_HEADER", "RequestIdMiddleware", "request_id_accept"]
 
@@ -37,7 +38,16 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = request_id_accept(request.META.get("HTTP_X_REQUEST_ID"))
         request.request_id = request_id  # type: ignore[attr-defined] # read by views that report it
-        with log_context_request(request, request_id=request_id):
-            response = self.get_response(request)
+        # Ended when the server closes the response (request_finished), so that Django's own line
+        # about the response and anything a streamed body logs carry the request's context too.
+        log_context_request_start(request, request_id=request_id)
+        response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         return response
+
+
+def _request_finished(**_: object) -> None:
+    log_context_request_end()
+
+
+request_finished.connect(_request_finished, dispatch_uid="apps.ops.request_id")

@@ -100,8 +100,9 @@ def tracing_install(*, provider: TracerProvider, django: bool) -> None:
         _installed["django"] = DjangoInstrumentor()
     # Before the instrumentor's own publish handler (receivers run in the order connected).
     signals.before_task_publish.connect(_task_modules_loaded, weak=False)
-    CeleryInstrumentor().instrument(tracer_provider=provider)
-    _installed["celery"] = CeleryInstrumentor()
+    celery = CeleryInstrumentor()  # type: ignore[no-untyped-call] # its __init__ is not annotated
+    celery.instrument(tracer_provider=provider)
+    _installed["celery"] = celery
     HTTPXClientInstrumentor().instrument(tracer_provider=provider, request_hook=_client_request_hook)
     _installed["httpx"] = HTTPXClientInstrumentor()
     _installed["unlisten"] = log_context_listen(_context_to_span)

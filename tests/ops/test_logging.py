@@ -70,7 +70,7 @@ def captured(*, formatter: logging.Formatter | None = None) -> Iterator[Lines]:
         yield Lines(stream)
     finally:
         handler.setFormatter(previous_formatter)
-        handler.setStream(previous)  # type: ignore[arg-type] # it had one
+        handler.setStream(previous)
 
 
 def test_the_test_settings_log_json_through_the_context_filter() -> None:
