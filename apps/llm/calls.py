@@ -60,6 +60,7 @@ from apps.llm.services import (
     provider_credential_test,
     provider_own_keys,
 )
+from apps.llm.traffic import TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets
 from apps.llm.usage import DEFAULT_USAGE_RANGE, USAGE_RANGES, UsageSeries, UsageTotals, usage_recorded, usage_series
 from apps.llm.validation import ChatCall
 from apps.llm.validation import chat_call_parse as _chat_call_parse
@@ -70,6 +71,7 @@ __all__ = [
     "DEFAULT_USAGE_RANGE",
     "OWN_KEY_PROVIDERS",
     "REQUEST_LOG_PAGE_SIZE",
+    "TRAFFIC_BUCKET_S",
     "USAGE_RANGES",
     "AttemptStatus",
     "BudgetInvalid",
@@ -94,6 +96,7 @@ __all__ = [
     "RequestLogFilters",
     "RequestLogPage",
     "SettingsInvalid",
+    "TrafficBucket",
     "UsageSeries",
     "UsageTotals",
     "attempts_abandon",
@@ -123,6 +126,8 @@ __all__ = [
     "provider_credential_set",
     "provider_credential_test",
     "request_log_page",
+    "traffic_bucket",
+    "traffic_buckets",
     "usage_recorded",
     "usage_series",
 ]

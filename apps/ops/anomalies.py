@@ -31,8 +31,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.principals import Principal
+from apps.llm.calls import TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets
 from apps.llm.platform.models import CatalogModel, UsageBucket, UsageSpan
-from apps.llm.traffic import MAX_BUCKETS_READ, TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets
 from apps.ops.anomaly import (
     DEPLOYMENT_COST,
     DEPLOYMENT_ERRORS,
@@ -293,7 +293,7 @@ def anomalies_detect(*, now: float | None = None) -> DetectReport:
         last = _last_complete(now)
         cursor = client.get(CURSOR_KEY)
         # A first run learns from what the counters still hold (their last hour).
-        first = int(cursor) + 1 if cursor is not None else last - MAX_BUCKETS_READ + 1
+        first = int(cursor) + 1 if cursor is not None else last - 3600 // TRAFFIC_BUCKET_S + 1
         first -= first % SPEND_BUCKETS  # pairs stay aligned
         if first > last:
             return report
