@@ -85,7 +85,6 @@ def tracing_install(*, provider: TracerProvider, django: bool) -> None:
         return
     from celery import signals
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     if django:
         from opentelemetry.instrumentation.django import DjangoInstrumentor
@@ -103,8 +102,10 @@ def tracing_install(*, provider: TracerProvider, django: bool) -> None:
     celery = CeleryInstrumentor()  # type: ignore[no-untyped-call] # its __init__ is not annotated
     celery.instrument(tracer_provider=provider)
     _installed["celery"] = celery
-    HTTPXClientInstrumentor().instrument(tracer_provider=provider, request_hook=_client_request_hook)
-    _installed["httpx"] = HTTPXClientInstrumentor()
+    # httpx for our own outgoing calls (webhooks), httpx2 for the openai and anthropic SDKs.
+    for name, instrumentor in _httpx_instrumentors().items():
+        instrumentor.instrument(tracer_provider=provider, request_hook=_client_request_hook)
+        _installed[name] = instrumentor
     _installed["unlisten"] = log_context_listen(_context_to_span)
     logs.trace_ids_source(_trace_ids)
 
@@ -118,11 +119,21 @@ def tracing_uninstall() -> None:
     unlisten = _installed.pop("unlisten", None)
     if unlisten is not None:
         unlisten()
-    for name in ("httpx", "celery", "django"):
+    for name in ("httpx2", "httpx", "celery", "django"):
         instrumentor = _installed.pop(name, None)
         if instrumentor is not None:
             instrumentor.uninstrument()
     _installed.clear()
+
+
+def _httpx_instrumentors() -> dict[str, Any]:
+    from opentelemetry.instrumentation import httpx as instrumentation
+
+    found: dict[str, Any] = {"httpx": instrumentation.HTTPXClientInstrumentor()}
+    httpx2 = getattr(instrumentation, "HTTPX2ClientInstrumentor", None)  # only when httpx2 is installed
+    if httpx2 is not None:
+        found["httpx2"] = httpx2()
+    return found
 
 
 def _task_modules_loaded(sender: object = None, **_: Any) -> None:
@@ -192,10 +203,13 @@ def _client_request_hook(span: Span, request: Any) -> None:
     """Outgoing calls keep the origin of their URL only."""
     if not span.is_recording():
         return
-    import httpx
-
-    url = request.url if isinstance(request.url, httpx.URL) else httpx.URL(_url_from_tuple(request.url))
-    origin = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+    url = request.url
+    if isinstance(url, tuple):  # (scheme, host, port, target) as bytes
+        scheme, host, port = (part.decode("ascii", "replace") if isinstance(part, bytes) else part for part in url[:3])
+    else:  # httpx.URL or httpx2.URL
+        scheme, host, port = url.scheme, url.host, url.port
+    host = f"[{host}]" if ":" in str(host) else host  # an IPv6 address
+    origin = f"{scheme}://{host}" + (f":{port}" if port else "")
     attributes: Mapping[str, Any] = getattr(span, "attributes", None) or {}
     for name in ("http.url", "url.full"):
         if name in attributes:
@@ -203,9 +217,3 @@ def _client_request_hook(span: Span, request: Any) -> None:
     for name in ("http.target", "url.path", "url.query"):
         if name in attributes:
             span.set_attribute(name, "")
-
-
-def _url_from_tuple(raw: tuple[bytes, bytes, int | None, bytes]) -> str:
-    scheme, host, port, _path = raw
-    netloc = host.decode("ascii", "replace") + (f":{port}" if port else "")
-    return f"{scheme.decode('ascii', 'replace')}://{netloc}/"

@@ -253,8 +253,9 @@ signals.beat_init.send(sender=None)
 from django.conf import settings
 from apps.ops import tracing
 from apps.ops.logs import ContextFilter, JsonFormatter
-loaded = sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.instrumentation",
-                                                          "opentelemetry.exporter")))
+# (an entry None is a module kept from loading: cognitionos/celery.py keeps redis-py from the SDK)
+loaded = sorted(m for m, module in sys.modules.items() if module is not None
+                and m.startswith(("opentelemetry.sdk", "opentelemetry.instrumentation", "opentelemetry.exporter")))
 print(json.dumps({"loaded": loaded, "enabled": tracing.tracing_enabled(),
                   "middleware": [m for m in settings.MIDDLEWARE if "opentelemetry" in m]}))
 """
