@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 from allauth.account.authentication import get_authentication_records
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+
+_View = TypeVar("_View", bound=Callable[..., Any])
 
 
 def operator_session_ok(request: HttpRequest) -> bool:
@@ -43,7 +45,7 @@ class OperatorAdminSite(admin.AdminSite):
     def has_permission(self, request: HttpRequest) -> bool:
         return super().has_permission(request) and operator_session_ok(request)
 
-    def admin_view(self, view: Callable[..., Any], cacheable: bool = False) -> Callable[..., Any]:
+    def admin_view(self, view: _View, cacheable: bool = False) -> _View:
         inner = super().admin_view(view, cacheable)
 
         @functools.wraps(view)
@@ -54,7 +56,7 @@ class OperatorAdminSite(admin.AdminSite):
             response: HttpResponse = inner(request, *args, **kwargs)
             return response
 
-        return guarded
+        return cast(_View, guarded)
 
     def get_urls(self) -> list[Any]:
         from django.urls import path
@@ -102,7 +104,9 @@ def _second_factor_first(request: HttpRequest) -> HttpResponse:
     from apps.accounts.selectors import user_has_mfa
 
     following = urlencode({"next": request.get_full_path()})
-    if user_has_mfa(user_id=request.user.pk):
+    user_id = request.user.pk
+    assert user_id is not None  # a signed-in staff user (admin_view checked)
+    if user_has_mfa(user_id=user_id):
         return HttpResponseRedirect(f"{reverse('mfa_reauthenticate')}?{following}")
     messages.warning(request, "The operations admin requires two-factor authentication: set up an authenticator app.")
     return HttpResponseRedirect(f"{reverse('mfa_activate_totp')}?{following}")

@@ -36,11 +36,17 @@ def organizations_with_usage(queryset: QuerySet[Organization], *, since: dt.date
     spend = days.values("organization").annotate(total=Sum("cost_usd")).values("total")
     requests = days.values("organization").annotate(total=Sum("requests")).values("total")
     members = (
-        Membership.objects.filter(organization=OuterRef("pk")).values("organization").annotate(n=Count("pk")).values("n")
+        Membership.objects.filter(organization=OuterRef("pk"))
+        .values("organization")
+        .annotate(n=Count("pk"))
+        .values("n")
     )
-    money = DecimalField(max_digits=18, decimal_places=8)
     return queryset.select_related("plan").annotate(
-        period_spend_usd=Coalesce(Subquery(spend, output_field=money), Value(Decimal(0)), output_field=money),
+        period_spend_usd=Coalesce(
+            Subquery(spend, output_field=DecimalField(max_digits=18, decimal_places=8)),
+            Value(Decimal(0)),
+            output_field=DecimalField(max_digits=18, decimal_places=8),
+        ),
         period_requests=Coalesce(Subquery(requests, output_field=IntegerField()), Value(0)),
         member_count=Coalesce(Subquery(members, output_field=IntegerField()), Value(0)),
     )
@@ -65,9 +71,7 @@ def organization_open_work(*, organization: Organization) -> OpenWork:
     from apps.workflows.models import WorkflowRun
 
     with organization_schema(organization):
-        jobs = dict(
-            Job.objects.filter(status__in=("queued", "running")).values_list("status").annotate(n=Count("pk"))
-        )
+        jobs = dict(Job.objects.filter(status__in=("queued", "running")).values_list("status").annotate(n=Count("pk")))
         runs = dict(
             WorkflowRun.objects.filter(status__in=("queued", "running")).values_list("status").annotate(n=Count("pk"))
         )

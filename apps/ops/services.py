@@ -14,6 +14,7 @@ from django_tenants.utils import schema_context
 from apps.accounts.models import User
 from apps.accounts.principals import Principal
 from apps.accounts.services import operator_ensure
+from apps.apikeys.selectors import apikey_cache_forget
 from apps.audit.services import audit_record
 from apps.ops.models import SUPPORT_ACCESS_MAX, OperatorAction, SupportAccessGrant
 from apps.tenants.models import Organization
@@ -148,6 +149,8 @@ def operator_organization_suspend(*, organization: Organization, actor: Principa
         raise OperatorActionRefused("deleting", "the organization is being deleted: cancel the deletion first")
     previous = organization.status
     organization_status_set(organization=organization, status=Organization.Status.SUSPENDED, actor=actor, reason=reason)
+    # API keys carry their organization in this process's key cache (TENANT_RESOLUTION_CACHE_SECONDS).
+    transaction.on_commit(apikey_cache_forget)
     operator_action_record(
         actor=actor,
         action="organization.suspended",
@@ -168,6 +171,7 @@ def operator_organization_resume(*, organization: Organization, actor: Principal
     if organization.status != Organization.Status.SUSPENDED:
         raise OperatorActionRefused("not_suspended", f"the organization is {organization.status}, not suspended")
     organization_status_set(organization=organization, status=Organization.Status.ACTIVE, actor=actor, reason=reason)
+    transaction.on_commit(apikey_cache_forget)
     operator_action_record(
         actor=actor,
         action="organization.resumed",
@@ -212,17 +216,12 @@ def operator_plan_change(*, organization: Organization, plan_code: str, actor: P
 
 
 def _deletion_services() -> Any:
-    """The data-export/deletion helper's module (issue 16): organization_deletion_schedule/_cancel."""
-    import importlib
-
-    for path in ("apps.audit.deletion", "apps.tenants.deletion", "apps.ops.deletion", "apps.audit.services"):
-        try:
-            module = importlib.import_module(path)
-        except ImportError:
-            continue
-        if hasattr(module, "organization_deletion_schedule"):
-            return module
-    raise OperatorActionRefused("unavailable", "organization deletion is not available in this build")
+    """The data-deletion services (apps.ops.deletion, issue 16's export/deletion part)."""
+    try:
+        from apps.ops import deletion
+    except ImportError as exc:  # pragma: no cover - only while that module is not in the build
+        raise OperatorActionRefused("unavailable", "organization deletion is not available in this build") from exc
+    return deletion
 
 
 @transaction.atomic
@@ -233,16 +232,23 @@ def operator_deletion_schedule(
     reason = operator_reason_clean(reason)
     if not 1 <= grace_days <= 90:
         raise OperatorActionRefused("grace_days", "the grace period is 1 to 90 days")
-    scheduled: Organization = _deletion_services().organization_deletion_schedule(
-        organization=organization, actor=actor, reason=reason, grace_days=grace_days
-    )
+    deletion = _deletion_services()
+    try:
+        scheduled: Organization = deletion.organization_deletion_schedule(
+            organization=organization, actor=actor, reason=reason, grace_days=grace_days
+        )
+    except deletion.DeletionRefused as refused:
+        raise OperatorActionRefused(refused.code, str(refused)) from refused
     operator_action_record(
         actor=actor,
         action="organization.deletion_scheduled",
         organization=organization,
         target=organization.slug,
         reason=reason,
-        metadata={"grace_days": grace_days, "due_at": str(getattr(scheduled, "deletion_due_at", "") or "")},
+        metadata={
+            "grace_days": grace_days,
+            "due_at": scheduled.deletion_due_at.isoformat() if scheduled.deletion_due_at else "",
+        },
     )
     return scheduled
 
@@ -250,7 +256,11 @@ def operator_deletion_schedule(
 @transaction.atomic
 def operator_deletion_cancel(*, organization: Organization, actor: Principal, reason: str) -> Organization:
     reason = operator_reason_clean(reason)
-    cancelled: Organization = _deletion_services().organization_deletion_cancel(organization=organization, actor=actor)
+    deletion = _deletion_services()
+    try:
+        cancelled: Organization = deletion.organization_deletion_cancel(organization=organization, actor=actor)
+    except deletion.DeletionRefused as refused:
+        raise OperatorActionRefused(refused.code, str(refused)) from refused
     operator_action_record(
         actor=actor,
         action="organization.deletion_cancelled",

@@ -20,6 +20,7 @@ from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from apps.accounts.models import User
+from apps.apikeys.selectors import apikey_cache_forget
 from apps.audit.models import AuditEvent
 from apps.billing.models import Plan
 from apps.jobs.models import Job
@@ -83,13 +84,27 @@ def admin_client(operator: User) -> Client:
     return _signed_in(operator)
 
 
+def _url(name: str, *args: Any) -> str:
+    return reverse(name, args=args, urlconf="cognitionos.urls_public")
+
+
+def _job(status: str, **values: Any) -> Job:
+    """A job row in the current schema, as the runtime leaves it in that status."""
+    now = timezone.now()
+    if status == "running":
+        values = {"started_at": now, "heartbeat_at": now, "attempts": 1, **values}
+    if status in ("succeeded", "failed", "cancelled"):
+        values = {"started_at": now, "finished_at": now, "attempts": 1, **values}
+    return Job.objects.create(request={"model": "simulated-mini"}, status=status, principal_kind="system", **values)
+
+
 def _events(organization: Organization, action: str) -> list[AuditEvent]:
     with schema_context(organization.schema_name):
         return list(AuditEvent.objects.filter(action=action).order_by("id"))
 
 
 def _operate(client: Client, organization: Organization, action: str, **data: Any) -> Any:
-    url = reverse("admin:ops_organization_operate", args=[organization.pk, action])
+    url = _url("admin:ops_organization_operate", organization.pk, action)
     return client.post(url, data, HTTP_HOST="localhost")
 
 
@@ -171,15 +186,15 @@ def test_the_organization_page_counts_its_open_jobs_and_names_every_action(
     first, second = two_tenants
     with schema_context(first.schema_name):
         for status in ("queued", "running", "failed"):
-            Job.objects.create(request={"model": "simulated-mini"}, status=status, principal_kind="system")
-    response = admin_client.get(reverse("admin:tenants_organization_change", args=[first.pk]))
+            _job(status)
+    response = admin_client.get(_url("admin:tenants_organization_change", first.pk))
     assert response.status_code == 200
     page = response.content.decode()
     assert "Open jobs:</strong> 1 queued, 1 running" in page
     links = re.findall(r"<a [^>]*href=\"/admin/tenants/organization/\d+/operate/[^\"]+\"[^>]*>([^<]*)</a>", page)
     assert {"Suspend organization", "Change plan", "Schedule deletion", "Ask for support access"} <= set(links)
     assert all(label.strip() for label in links)
-    other = admin_client.get(reverse("admin:tenants_organization_change", args=[second.pk])).content.decode()
+    other = admin_client.get(_url("admin:tenants_organization_change", second.pk)).content.decode()
     assert "Open jobs:</strong> 0 queued, 0 running" in other  # its own schema's jobs only
 
 
@@ -192,7 +207,10 @@ def test_suspending_refuses_the_organizations_api_and_portal_and_resuming_restor
 
     response = _operate(admin_client, first, "suspend", reason="unpaid invoices, ticket 42")
     assert response.status_code == 302
-    organization_cache_forget()  # the service forgets it on commit; the test's transaction never commits
+    # The services forget this process's cached resolutions on commit; the test's transaction never
+    # commits (other processes see the change within TENANT_RESOLUTION_CACHE_SECONDS).
+    organization_cache_forget()
+    apikey_cache_forget()
     first.refresh_from_db()
     assert first.status == "suspended"
     refused = api_a.get("/v1/models")
@@ -209,6 +227,7 @@ def test_suspending_refuses_the_organizations_api_and_portal_and_resuming_restor
 
     assert _operate(admin_client, first, "resume", reason="paid").status_code == 302
     organization_cache_forget()
+    apikey_cache_forget()
     first.refresh_from_db()
     assert first.status == "active"
     assert api_a.get("/v1/models").status_code == 200
@@ -250,14 +269,14 @@ def test_the_deployments_page_shows_the_breaker_and_resetting_it_closes_it(
     operator_breaker_open(
         provider="simulator", model="simulated-pro", actor=operator_principal(operator), reason="incident"
     )
-    page = admin_client.get(reverse("admin:ops_deployments")).content.decode()
+    page = admin_client.get(_url("admin:ops_deployments")).content.decode()
     row = re.search(r"<tr>\s*<td>simulator</td><td>simulated-pro</td>(?:(?!</tr>).)*</tr>", page, re.S)
     assert row is not None and "<td>open</td>" in row.group(0)
     buttons = re.findall(r"<button [^>]*aria-label=\"([^\"]+)\"", page)
     assert "Reset breaker of simulator/simulated-pro" in buttons and all(buttons)
 
     response = admin_client.post(
-        reverse("admin:ops_deployments"),
+        _url("admin:ops_deployments"),
         {"provider": "simulator", "model": "simulated-pro", "operation": "reset", "reason": "recovered"},
     )
     assert response.status_code == 302
@@ -273,25 +292,23 @@ def test_jobs_are_listed_for_the_chosen_organization_only_and_requeue_and_cancel
 ) -> None:
     first, second = two_tenants
     with schema_context(first.schema_name):
-        failed = Job.objects.create(
-            request={"model": "simulated-mini"}, status="failed", principal_kind="system", error_class="timeout"
-        )
-        waiting = Job.objects.create(request={"model": "simulated-mini"}, status="queued", principal_kind="system")
+        failed = _job("failed", error_class="timeout")
+        waiting = _job("queued")
     with schema_context(second.schema_name):
-        theirs = Job.objects.create(request={"model": "simulated-mini"}, status="failed", principal_kind="system")
+        theirs = _job("failed")
 
-    assert "choose the organization first" in admin_client.get(reverse("admin:ops_work")).content.decode()
-    page = admin_client.get(reverse("admin:ops_work"), {"organization": first.slug, "kind": "job"}).content.decode()
+    assert "choose the organization first" in admin_client.get(_url("admin:ops_work")).content.decode()
+    page = admin_client.get(_url("admin:ops_work"), {"organization": first.slug, "kind": "job"}).content.decode()
     assert str(failed.pk) in page and str(waiting.pk) in page and str(theirs.pk) not in page
     assert f'aria-label="Requeue job {failed.pk}"' in page and f'aria-label="Cancel job {waiting.pk}"' in page
     only_failed = admin_client.get(
-        reverse("admin:ops_work"), {"organization": first.slug, "kind": "job", "status": "failed"}
+        _url("admin:ops_work"), {"organization": first.slug, "kind": "job", "status": "failed"}
     ).content.decode()
     assert str(failed.pk) in only_failed and str(waiting.pk) not in only_failed
 
     def act(item: uuid.UUID, operation: str) -> None:
         response = admin_client.post(
-            reverse("admin:ops_work"),
+            _url("admin:ops_work"),
             {"organization": first.slug, "item": str(item), "operation": operation, "reason": "customer asked"},
         )
         assert response.status_code == 302
@@ -357,3 +374,26 @@ def test_support_access_is_bounded_to_eight_hours(
     response = _operate(admin_client, first, "support", duration_minutes="600", reason="long")
     assert response.status_code == 200  # not a choice: the form again
     assert not SupportAccessGrant.objects.exists()
+
+
+def test_scheduling_a_deletion_and_cancelling_it_through_the_admin(
+    two_tenants: tuple[Organization, Organization], admin_client: Client
+) -> None:
+    deletion = pytest.importorskip("apps.ops.deletion")
+    first, second = two_tenants
+    response = _operate(admin_client, first, "delete", grace_days="14", reason="customer asked, ticket 5")
+    assert response.status_code == 302
+    first.refresh_from_db()
+    assert first.status == "deleting" and first.deletion_due_at is not None
+    assert dt.timedelta(days=13) < first.deletion_due_at - timezone.now() <= dt.timedelta(days=14)
+    assert [e.metadata["reason"] for e in _events(first, deletion.SCHEDULED)] == ["customer asked, ticket 5"]
+    assert OperatorAction.objects.get(action="organization.deletion_scheduled").organization_id == first.pk
+
+    page = admin_client.get(_url("admin:tenants_organization_change", first.pk)).content.decode()
+    assert "Cancel scheduled deletion" in page and "Suspend organization" not in page
+    assert _operate(admin_client, first, "cancel-deletion", reason="changed their mind").status_code == 302
+    restored = Organization.objects.get(pk=first.pk)
+    assert restored.status == "active" and restored.deletion_due_at is None
+    assert OperatorAction.objects.filter(action="organization.deletion_cancelled", organization=first).exists()
+    second.refresh_from_db()
+    assert second.status == "active"
