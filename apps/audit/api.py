@@ -234,7 +234,9 @@ class DataExportListCreateApi(APIView):
     @extend_schema(operation_id="data_exports_list", responses=DataExportListOutput, summary="The newest exports")
     def get(self, request: Request) -> Response:
         exports = data_exports_list(organization=request_organization(request))
-        return Response({"results": DataExportOutput(exports, many=True, context={"request": request}).data})
+        return Response(
+            {"results": [DataExportOutput(export, context={"request": request}).data for export in exports]}
+        )
 
     @extend_schema(
         request=None,
@@ -266,6 +268,7 @@ class DataExportDownloadApi(APIView):
         responses={
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="The export's zip"),
             404: OpenApiResponse(description="no such export here, or a link of another organization"),
+            409: OpenApiResponse(description="the export is not built yet"),
             410: OpenApiResponse(description="the link was used already, or expired"),
         },
         summary="Download an export, once, by its signed link",

@@ -223,8 +223,8 @@ def export_sources(organization: Organization) -> list[Source]:
     seen: set[str] = set()
     for table, column in public:
         omitted = [name for name in _columns("public", table) if _secret(name)]
-        row = _row_json(omitted)
-        join = sql.SQL("")
+        row: sql.Composable = _row_json(omitted)
+        join: sql.Composable = sql.SQL("")
         if _user_column(table):
             # Memberships, keys bound to a person: the person's email beside the id.
             row = sql.SQL("({} || jsonb_build_object('user_email', u.email))").format(row)
@@ -271,7 +271,7 @@ def _write_source(archive: zipfile.ZipFile, file: IO[bytes], source: Source, max
     with archive.open(source.path, "w", force_zip64=True) as member, transaction.atomic():
         cursor = connection.chunked_cursor()
         try:
-            cursor.execute(source.query.as_string(), source.params)  # type: ignore[arg-type]
+            cursor.execute(source.query.as_string(), source.params)
             while lines := cursor.fetchmany(batch):
                 data = "".join(line[0] + "\n" for line in lines).encode()
                 member.write(data)

@@ -13,8 +13,8 @@ JOB_DISPATCH_RESEND_SECONDS = env_int("JOB_DISPATCH_RESEND_SECONDS", 300)
 JOB_MAX_RUNS = env_int("JOB_MAX_RUNS", 3)
 JOB_REAPER_SECONDS = env_int("JOB_REAPER_SECONDS", 30)
 
-# Data export (apps.audit.exports): an export whose zip would pass this size is refused (at the start,
-# from the tables' size on disk, and while it is built); the one-time download link lasts this long.
+# Data export (apps.audit.exports): the build stops as a failure (export_too_large) as soon as the zip
+# passes this size; the one-time download link lasts this long.
 DATA_EXPORT_MAX_BYTES = env_int("DATA_EXPORT_MAX_BYTES", 2 * 1024**3)
 DATA_EXPORT_LINK_SECONDS = env_int("DATA_EXPORT_LINK_SECONDS", 24 * 3600)
 # Rows fetched per round trip from a table's server-side cursor (memory stays bounded by this).

@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 from django_tenants.utils import schema_context
 from rest_framework.test import APIClient
 
@@ -108,7 +109,10 @@ def test_checksums_and_counts_verify(two_tenants: tuple[Organization, Organizati
     archive = zipfile.ZipFile(io.BytesIO(_zip_of(a, export)))
     manifest_bytes = archive.read("manifest.json")
     manifest = json.loads(manifest_bytes)
-    sums = dict(reversed(line.split("  ", 1)) for line in archive.read("SHA256SUMS").decode().splitlines())
+    sums: dict[str, str] = {}
+    for line in archive.read("SHA256SUMS").decode().splitlines():
+        digest, path = line.split("  ", 1)
+        sums[path] = digest
     assert set(sums) == {entry["path"] for entry in manifest["files"]} | {"manifest.json"}
     assert sums["manifest.json"] == hashlib.sha256(manifest_bytes).hexdigest()
     for entry in manifest["files"]:
@@ -236,3 +240,36 @@ def test_export_needs_the_admin_permission(
         organization_export_start(
             organization=a, actor=Principal(kind="user", id="2", label="dev", permissions=frozenset())
         )
+
+
+# -- the portal -----------------------------------------------------------------------------------
+
+
+def test_portal_page_starts_an_export_and_offers_its_download_once(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    a, _ = two_tenants
+    admin = member_make(organization=a, role=Role.ADMIN)
+    developer = member_make(organization=a, role=Role.DEVELOPER)
+    client = Client(HTTP_HOST=f"{a.slug}.localhost")
+    client.force_login(admin)
+    page = client.get("/settings/data-export/")
+    assert page.status_code == 200
+    assert "Export all data</button>" in page.content.decode()
+    assert client.post("/settings/data-export/").status_code == 302
+    with schema_context(a.schema_name):
+        export = DataExport.objects.get()
+        work_execute(organization=a, kind=EXPORT, item_id=export.pk)
+    tenant_connection().set_schema_to_public()
+    html = client.get("/settings/data-export/").content.decode()
+    link = re.search(r'href="(/api/v1/exports/[^"]+)"', html)
+    assert link is not None and "Download (once)" in html
+    download = client.get(link.group(1).replace("&amp;", "&"))
+    assert download.status_code == 200
+    assert hashlib.sha256(b"".join(download.streaming_content)).hexdigest() == download["X-Content-SHA256"]  # type: ignore[attr-defined]
+    assert "Downloaded" in client.get("/settings/data-export/").content.decode()
+
+    other = Client(HTTP_HOST=f"{a.slug}.localhost")
+    other.force_login(developer)
+    assert other.get("/settings/data-export/").status_code == 403
+    assert "Data export" not in other.get("/").content.decode()
