@@ -60,7 +60,7 @@ from apps.llm.services import (
     provider_credential_test,
     provider_own_keys,
 )
-from apps.llm.traffic import TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets
+from apps.llm.traffic import TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets, traffic_key
 from apps.llm.usage import DEFAULT_USAGE_RANGE, USAGE_RANGES, UsageSeries, UsageTotals, usage_recorded, usage_series
 from apps.llm.validation import ChatCall
 from apps.llm.validation import chat_call_parse as _chat_call_parse
@@ -128,6 +128,7 @@ __all__ = [
     "request_log_page",
     "traffic_bucket",
     "traffic_buckets",
+    "traffic_key",
     "usage_recorded",
     "usage_series",
 ]

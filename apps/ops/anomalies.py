@@ -31,7 +31,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.accounts.principals import Principal
-from apps.llm.calls import TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets
+from apps.llm.calls import TRAFFIC_BUCKET_S, TrafficBucket, traffic_bucket, traffic_buckets, traffic_key
 from apps.llm.platform.models import CatalogModel, UsageBucket, UsageSpan
 from apps.ops.anomaly import (
     DEPLOYMENT_COST,
@@ -405,3 +405,16 @@ def anomaly_relearn(*, anomaly: Anomaly, actor: Principal) -> Anomaly:
         metadata={"anomaly": anomaly.pk},
     )
     return anomaly
+
+
+def anomalies_organization_forget(*, organization_id: int) -> None:
+    """Remove what Redis holds of one organization for anomaly detection (its spend series' state and
+    its spend in the traffic buckets still kept), for the organization's deletion. Its `Anomaly` rows
+    go with the organization (foreign key, CASCADE)."""
+    client = redis_client()
+    last = traffic_bucket()
+    pipe = client.pipeline(transaction=False)
+    pipe.hdel(STATE_KEY, _series_id(ORGANIZATION_SPEND, str(organization_id)))
+    for number in range(last - 3600 // TRAFFIC_BUCKET_S, last + 2):
+        pipe.hdel(traffic_key(number), f"o|{organization_id}")
+    pipe.execute()

@@ -29,6 +29,7 @@ detection and self-healing").
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,7 @@ class Detector:
 SERIES: dict[str, Detector] = {
     # Mean latency of the bucket's successful calls, ms (buckets with 3 successes or more).
     DEPLOYMENT_LATENCY: Detector(
-        alpha=0.005, alpha_fast=0.3, k=5.0, k_level=3.5, k_close=2.0, relative=0.25, absolute=50.0,
+        alpha=0.005, alpha_fast=0.4, k=5.0, k_level=3.5, k_close=2.0, relative=0.25, absolute=50.0,
         warmup=40, open_after=2, level_after=2, close_after=4, unit="ms",
     ),
     # Provider-side error rate of the bucket's attempts, as its Wilson lower bound (error_rate_sample):
@@ -145,11 +146,13 @@ def _median(values: list[float]) -> float:
 
 
 def _scale(detector: Detector, state: dict[str, Any]) -> float:
+    # The median absolute difference of consecutive normal samples, / sqrt 2: the noise of one
+    # sample, untouched by outliers and by a slow trend inside the window (a drift under way would
+    # widen a plain MAD around the median, and hide itself).
     normal: list[float] = state["normal"]
     mad = 0.0
-    if len(normal) >= 3:
-        centre = _median(normal)
-        mad = _median([abs(v - centre) for v in normal])
+    if len(normal) >= 4:
+        mad = _median([abs(b - a) for a, b in itertools.pairwise(normal)]) / math.sqrt(2)
     return max(_MAD_TO_SIGMA * mad, detector.min_scale * abs(state["baseline"]), 1e-12)
 
 

@@ -267,3 +267,31 @@ def _usd(value: float) -> Any:
     from decimal import Decimal
 
     return Decimal(f"{value:.8f}")
+
+
+def test_an_organizations_deletion_can_forget_its_spend_series_and_counters(
+    two_tenants: tuple[Organization, Organization], clock: Clock
+) -> None:
+    organization, other = two_tenants
+    for _ in range(2):
+        for who in (organization, other):
+            deployment_observe(
+                "gpt-4o-mini",
+                success=True,
+                latency_ms=100,
+                now=clock.at(clock.bucket),
+                organization_id=who.pk,
+                cost_usd=_usd(0.01),
+            )
+        clock.bucket += 1
+    clock.bucket -= 1
+    clock.detect()
+    client = redis_client()
+    assert client.hget(anomalies.STATE_KEY, f"organization_spend|{organization.pk}") is not None
+    anomalies.anomalies_organization_forget(organization_id=organization.pk)
+    assert client.hget(anomalies.STATE_KEY, f"organization_spend|{organization.pk}") is None
+    assert client.hget(anomalies.STATE_KEY, f"organization_spend|{other.pk}") is not None
+    fields = set()
+    for key in client.scan_iter("llm:traffic:*"):
+        fields |= {field.decode() for field in client.hkeys(key)}
+    assert f"o|{organization.pk}" not in fields and f"o|{other.pk}" in fields
