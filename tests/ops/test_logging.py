@@ -128,11 +128,12 @@ def _logged_with_every_secret() -> None:
         raise RuntimeError(f"the provider refused key {SECRETS['OpenAI key']}")
     except RuntimeError:
         logger.exception(
-            "calling with %s and %s (Stripe %s, %s); password=%s; x-api-key: %s; url %s; settings %s / %s",
+            "calling with %s and %s (Stripe %s, %s, signing %s); password=%s; x-api-key: %s; url %s; settings %s / %s",
             SECRETS["our API key"],
             SECRETS["Anthropic key"],
             SECRETS["Stripe secret key"],
             SECRETS["Stripe restricted key"],
+            SECRETS["Stripe webhook secret"],
             SECRETS["password"],
             SECRETS["custom header key"],
             f"postgres://cognitionos:{SECRETS['database password']}@db.internal:5432/app",
