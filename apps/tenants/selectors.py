@@ -99,7 +99,7 @@ SELECT
      WHERE n.nspname = %(schema)s),
     (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = %(schema)s),
     (SELECT count(*) FROM pg_trigger tg JOIN rel ON rel.oid = tg.tgrelid),
-    (SELECT count(*) FROM pg_attribute a JOIN rel ON rel.oid = a.attrelid)
+    (SELECT count(*) FROM pg_attribute a JOIN rel ON rel.oid = a.attrelid WHERE NOT a.attisdropped)
 """
 
 
@@ -109,7 +109,8 @@ def schema_catalog_counts(schema: str) -> dict[str, int]:
     `relations` is its rows in pg_class: tables, indexes, sequences, other relations, plus the
     TOAST table (and its index) PostgreSQL keeps in pg_toast for each table with wide columns.
     `types` counts each table's row type and its array type; `triggers` includes the internal ones
-    that enforce foreign keys (four per key); `columns` is pg_attribute (system columns included).
+    that enforce foreign keys (four per key); `columns` is pg_attribute (system columns included,
+    dropped ones left out: the template keeps those of its migrations, an organization has none).
     """
     with connection.cursor() as cursor:
         cursor.execute(_CATALOG_COUNTS, {"schema": schema})
