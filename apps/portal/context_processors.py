@@ -38,6 +38,7 @@ NAVIGATION: list[dict[str, str]] = [
     {"group": "Organization", "label": "Security", "url_name": "portal-security", "permission": "security:manage"},
     {"group": "Organization", "label": "Single sign-on", "url_name": "portal-sso", "permission": "security:manage"},
     {"group": "Organization", "label": "Audit log", "url_name": "portal-audit", "permission": "audit:read"},
+    {"group": "Organization", "label": "Data export", "url_name": "portal-data-export", "permission": "admin"},
     {
         "group": "Organization",
         "label": "Plan and billing",

@@ -52,6 +52,7 @@ urlpatterns = [
     path("audit/", views.audit, name="portal-audit"),
     # Each area of the portal keeps its routes beside its views (apps/portal/<area>_pages.py).
     path("", include("apps.portal.dashboard_pages")),
+    path("", include("apps.portal.data_export_pages")),
     path("", include("apps.portal.requests_pages")),
     path("", include("apps.portal.playground_pages")),
     path("", include("apps.portal.jobs_pages")),
