@@ -18,6 +18,12 @@ def django_on_fresh_database(name: str, *, postgres_options: dict[str, str] | No
     """Start (or reuse) the servers in .data/bench, recreate database `name`, set up Django, migrate,
     and clear the engine's Redis state, so one run never sees another's data. `postgres_options`
     apply to a bench PostgreSQL started here (not to one already running)."""
+    django_on_database(name, fresh=True, postgres_options=postgres_options)
+
+
+def django_on_database(name: str, *, fresh: bool, postgres_options: dict[str, str] | None = None) -> None:
+    """As django_on_fresh_database; with `fresh` false, database `name` is kept if it exists (a
+    benchmark's expensive set-up, built once)."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.development")
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # a log line per call would be measured too
     from cognitionos.embedded import services_attach
@@ -28,8 +34,10 @@ def django_on_fresh_database(name: str, *, postgres_options: dict[str, str] | No
 
     server = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
     with psycopg.connect(server + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+        if fresh or not exists:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = f"{server}/{name}"
     import django
 

@@ -1,14 +1,21 @@
-"""Tenancy figures: provisioning time, tenant resolution overhead, `make run` to ready.
+"""Tenancy figures: provisioning time by organizations present, the `migrate` a deploy runs (nothing
+to apply, and one new migration), the catalogs per organization, tenant resolution, `make run` to ready.
 
-    .venv/bin/python bench/tenants.py [--quick]
+    .venv/bin/python bench/tenants.py [--quick] [--organizations 10000] [--rebuild] [--skip-make-run]
 
-Runs against its own embedded servers in .data/bench (or DATABASE_URL / REDIS_URL if set, in a
-database of its own) and prints the figures. A benchmark, not a test: compare ratios within a run.
+10 and 1,000 organizations are measured on a fresh database (`cognitionos_bench_tenants`). With
+`--organizations N` above 1,000, a database of N organizations is built once and kept
+(`cognitionos_bench_tenants_N`, in .data/bench, with the time the build took) for later runs;
+`--rebuild` builds it again. The databases use bench/tenant_settings.py: the project plus a tenant
+app whose migrations the benchmark writes, one more per measurement of "apply a new migration"
+(a nullable column and an index). A benchmark, not a test: compare ratios within a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -23,7 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import django_on_fresh_database  # noqa: E402 - after the path is set
+from bench._setup import django_on_database  # noqa: E402 - after the path is set
+
+BENCH_DATA = ROOT / ".data" / "bench"
+FRESH_DATABASE = "cognitionos_bench_tenants"
+MIGRATION_JOBS = 2  # the machine's cores
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -31,35 +42,189 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def bench_provisioning(samples: int, present_counts: list[int]) -> None:
+def migrations_dir(database: str) -> Path:
+    return BENCH_DATA / "tenant-migrations" / database
+
+
+def migrations_write(database: str, *, fresh: bool) -> int:
+    """The bench app's migrations package for `database`: 0001 on a fresh one, else what is there.
+    Returns the number of the last migration."""
+    package = migrations_dir(database) / "benchtenant_migrations"
+    if fresh:
+        shutil.rmtree(package, ignore_errors=True)
+    if not package.exists():
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "0001_initial.py").write_text(
+            "from django.db import migrations, models\n\n\n"
+            "class Migration(migrations.Migration):\n"
+            "    initial = True\n"
+            "    dependencies: list[tuple[str, str]] = []\n"
+            "    operations = [\n"
+            "        migrations.CreateModel(\n"
+            '            name="Note",\n'
+            "            fields=[\n"
+            '                ("id", models.BigAutoField(primary_key=True)),\n'
+            '                ("text", models.TextField(default="")),\n'
+            "            ],\n"
+            "        ),\n"
+            "    ]\n"
+        )
+    return max(int(path.name[:4]) for path in package.glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def migration_add(database: str) -> str:
+    """Write the next migration of the bench app: a nullable column and an index on it."""
+    package = migrations_dir(database) / "benchtenant_migrations"
+    last = migrations_write(database, fresh=False)
+    previous = next(package.glob(f"{last:04d}_*.py")).stem
+    number = last + 1
+    name = f"{number:04d}_column_{number}"
+    (package / f"{name}.py").write_text(
+        "from django.db import migrations, models\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        f'    dependencies = [("benchtenant", "{previous}")]\n'
+        "    operations = [\n"
+        f'        migrations.AddField(model_name="note", name="c{number}", field=models.IntegerField(null=True)),\n'
+        "        migrations.AddIndex(\n"
+        f'            model_name="note", index=models.Index(fields=["c{number}"], name="benchtenant_note_c{number}")\n'
+        "        ),\n"
+        "    ]\n"
+    )
+    return f"benchtenant.{name}"
+
+
+def environment(database: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["DJANGO_SETTINGS_MODULE"] = "bench.tenant_settings"
+    env["BENCH_TENANT_MIGRATIONS"] = str(migrations_dir(database))
+    env["DATABASE_URL"] = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + database
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def migrate_timed(database: str, *extra: str) -> tuple[float, str]:
+    """`manage.py migrate` as a deploy runs it (a new process), its wall time and last line."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--jobs", str(MIGRATION_JOBS), *extra],
+        cwd=ROOT,
+        env=environment(database),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("Organization schemas")]
+    return elapsed, lines[-1] if lines else ""
+
+
+_slug_counter = iter(range(10**7))
+RUN = f"{int(time.time()) % 10**6:06d}"  # kept databases keep the organizations of earlier runs
+
+
+def organization_timed(prefix: str) -> float:
     from apps.accounts.principals import Principal
-    from apps.tenants.selectors import organization_list
     from apps.tenants.services import organization_create
 
-    actor = Principal.system("bench")
-    counter = iter(range(10**6))
+    n = next(_slug_counter)
+    started = time.perf_counter()
+    organization_create(
+        slug=f"{prefix}{RUN}-{n:06d}",
+        name=f"Org {n}",
+        owner_email=f"owner{n}@{prefix}.bench.example.com",
+        actor=Principal.system("bench"),
+    )
+    return time.perf_counter() - started
 
-    def create() -> float:
-        n = next(counter)
-        started = time.perf_counter()
-        organization_create(
-            slug=f"org-{n:05d}", name=f"Org {n}", owner_email=f"owner{n}@bench.example.com", actor=actor
+
+def organizations_count() -> int:
+    from apps.tenants.selectors import organization_list
+
+    return organization_list().count()
+
+
+def _build_part(arguments: tuple[str, int]) -> None:
+    prefix, count = arguments
+    for _ in range(count):
+        organization_timed(prefix)  # each forked process has its own copy of the slug counter
+
+
+def organizations_build(target: int, *, jobs: int = 2) -> None:
+    """Create organizations until `target` exist, in `jobs` processes (the figures come later)."""
+    from apps.tenants.connection import connections_close_before_fork
+
+    missing = target - organizations_count()
+    if missing <= 0:
+        return
+    connections_close_before_fork()
+    parts = [(f"b{i}", missing // jobs + (1 if i < missing % jobs else 0)) for i in range(jobs)]
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        pool.map(_build_part, parts)
+
+
+def provisioning_print(present: int, samples: int) -> list[float]:
+    timings = [organization_timed("p") for _ in range(samples)]
+    print(
+        f"provisioning with {present:>6,} organizations present: p50 {percentile(timings, 0.5) * 1000:6.1f} ms   "
+        f"p95 {percentile(timings, 0.95) * 1000:6.1f} ms   p99 {percentile(timings, 0.99) * 1000:6.1f} ms   "
+        f"(n={samples})"
+    )
+    return timings
+
+
+def catalog_print(present: int) -> None:
+    from django.db import connection
+
+    from apps.tenants.models import Organization
+    from apps.tenants.selectors import schema_catalog_counts
+
+    schema = Organization.objects.exclude(schema_name="public").order_by("id").values_list("schema_name", flat=True)[0]
+    counts = schema_catalog_counts(schema)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname LIKE 'benchtenant%%'",
+            [schema],
         )
-        return time.perf_counter() - started
-
-    create()  # first call loads the migration graph for the template check; not a provisioning figure
-    for present in present_counts:
-        while organization_list().count() < present:
-            create()
-        timings = [create() for _ in range(samples)]
-        print(
-            f"provisioning with {present:>3} organizations present: "
-            f"p50 {percentile(timings, 0.5) * 1000:7.1f} ms   p95 {percentile(timings, 0.95) * 1000:7.1f} ms   "
-            f"(n={samples})"
+        bench_relations = cursor.fetchone()[0]
+        cursor.execute(
+            """
+            SELECT sum(pg_total_relation_size(c.oid)), (SELECT count(*) FROM pg_class),
+                   pg_database_size(current_database())
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pg_catalog'
+            """
         )
+        catalog_bytes, pg_class_rows, database_bytes = cursor.fetchone()
+    shown = ", ".join(f"{counts[kind]} {kind.replace('_', ' ')}" for kind in counts if kind != "relations")
+    print(
+        f"catalogs per organization: {counts['relations']} relations, {bench_relations} of them the bench app's "
+        f"({shown})"
+    )
+    print(
+        f"catalogs with {present:,} organizations: {catalog_bytes / 2**20:,.0f} MB in pg_catalog, "
+        f"{pg_class_rows:,} rows in pg_class, database {database_bytes / 2**30:.1f} GB"
+    )
 
 
-def bench_resolution(iterations: int) -> None:
+def migrations_print(database: str, present: int) -> None:
+    elapsed, line = migrate_timed(database)
+    print(f"no-op migrate with {present:,} organizations: {elapsed:6.1f} s   [{line}]")
+    name = migration_add(database)
+    elapsed, line = migrate_timed(database)
+    print(
+        f"migrate applying {name} (a nullable column and an index) to {present:,} organizations: "
+        f"{elapsed:6.1f} s   [{line}]"
+    )
+    elapsed, line = migrate_timed(database, "--verify")
+    print(
+        f"migrate --verify (every schema's migrations read) with {present:,} organizations: {elapsed:6.1f} s   [{line}]"
+    )
+
+
+def bench_resolution(iterations: int, present: int) -> None:
     from django.db import connection
     from django.http import HttpRequest, HttpResponse
     from django.test import RequestFactory, override_settings
@@ -68,7 +233,7 @@ def bench_resolution(iterations: int) -> None:
     from apps.tenants.models import Organization
     from apps.tenants.selectors import organization_cache_forget
 
-    organization = Organization.objects.exclude(schema_name="public").order_by("id").first()
+    organization = Organization.objects.exclude(schema_name="public").order_by("-id").first()
     assert organization is not None
     host = f"{organization.slug}.localhost"
 
@@ -95,12 +260,8 @@ def bench_resolution(iterations: int) -> None:
         uncached = timed(with_tenancy)
     connection.close()
     print(
-        f"tenant resolution: view alone {bypass * 1e6:6.1f} us, with tenant middleware {resolved * 1e6:6.1f} us, "
-        f"added {(resolved - bypass) * 1e3:.3f} ms per request (median of {iterations})"
-    )
-    print(
-        f"tenant resolution without the per-process cache (a database lookup per request): "
-        f"added {(uncached - bypass) * 1e3:.3f} ms per request"
+        f"tenant resolution with {present:,} organizations: added {(resolved - bypass) * 1e3:.3f} ms per request "
+        f"(per-process cache), {(uncached - bypass) * 1e3:.3f} ms without it (median of {iterations})"
     )
 
 
@@ -137,16 +298,72 @@ def bench_make_run(port: int) -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def kept_database(count: int, *, rebuild: bool) -> None:
+    """The kept database of `count` organizations, built first if needed (in this process, which
+    measures nothing else: its migrations package differs from the fresh database's)."""
+    database = f"{FRESH_DATABASE}_{count}"
+    record = BENCH_DATA / f"{database}.json"
+    fresh = rebuild or not record.exists()
+    migrations_write(database, fresh=fresh)
+    os.environ["BENCH_TENANT_MIGRATIONS"] = str(migrations_dir(database))
+    django_on_database(database, fresh=fresh)
+    if fresh:
+        started = time.perf_counter()
+        organizations_build(count)
+        seconds = time.perf_counter() - started
+        record.write_text(json.dumps({"organizations": count, "build_seconds": seconds, "built_at": time.ctime()}))
+    built = json.loads(record.read_text())
+    print(
+        f"kept database {database}: {built['organizations']:,} organizations, built in "
+        f"{built['build_seconds'] / 60:.1f} min ({built['built_at']}; 2 processes creating them)",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer samples, no 200-organization point")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, 200 organizations instead of 1,000")
+    parser.add_argument("--organizations", type=int, default=1000, help="the largest count measured (kept database)")
+    parser.add_argument("--rebuild", action="store_true", help="build the kept database again")
+    parser.add_argument("--skip-make-run", action="store_true")
     parser.add_argument("--port", type=int, default=18123)
+    parser.add_argument("--kept-phase", type=float, default=None, help=argparse.SUPPRESS)  # the p95 at 10, in s
     args = parser.parse_args()
-    # A fresh database for every run, so "N organizations present" means exactly N.
-    django_on_fresh_database("cognitionos_bench")
-    bench_provisioning(samples=10 if args.quick else 30, present_counts=[10] if args.quick else [10, 200])
-    bench_resolution(iterations=500 if args.quick else 3000)
-    bench_make_run(args.port)
+    samples = 20 if args.quick else 50
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.tenant_settings"
+    if args.kept_phase is not None:
+        kept_database(args.organizations, rebuild=args.rebuild)
+        organization_timed("warm")
+        large = provisioning_print(organizations_count(), samples)
+        print(
+            f"provisioning p95 ratio, {args.organizations:,} / 10 organizations present: "
+            f"{percentile(large, 0.95) / args.kept_phase:.2f}"
+        )
+        catalog_print(organizations_count())
+        migrations_print(f"{FRESH_DATABASE}_{args.organizations}", organizations_count())
+        bench_resolution(500 if args.quick else 3000, organizations_count())
+        return
+
+    middle = min(200 if args.quick else 1000, args.organizations)
+    migrations_write(FRESH_DATABASE, fresh=True)
+    os.environ["BENCH_TENANT_MIGRATIONS"] = str(migrations_dir(FRESH_DATABASE))
+    django_on_database(FRESH_DATABASE, fresh=True)
+    organization_timed("warm")  # loads the migration graph and the script; not a provisioning figure
+    organizations_build(10)
+    small = provisioning_print(10, samples)
+    organizations_build(middle)
+    provisioning_print(middle, samples)
+    catalog_print(organizations_count())
+    migrations_print(FRESH_DATABASE, organizations_count())
+    bench_resolution(500 if args.quick else 3000, organizations_count())
+    if args.organizations > middle:
+        sys.stdout.flush()
+        command = [sys.executable, __file__, "--organizations", str(args.organizations)]
+        command += ["--kept-phase", str(percentile(small, 0.95))] + (["--rebuild"] if args.rebuild else [])
+        command += ["--quick"] if args.quick else []
+        subprocess.run(command, check=True)
+    if not args.skip_make_run:
+        bench_make_run(args.port)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol, cast
 
-from django.db import connection
+from django.db import connection, connections
 from django_tenants.utils import schema_context
 
 if TYPE_CHECKING:
@@ -37,3 +37,13 @@ def organization_schema(organization: Organization) -> Iterator[None]:
         return
     with schema_context(organization.schema_name):
         yield
+
+
+def connections_close_before_fork() -> None:
+    """Close every connection and its pool: a forked process must not share the parent's sockets
+    (a pooled connection given back by close() stays open, and a child would take it)."""
+    for wrapper in connections.all():
+        wrapper.close()
+        close_pool = getattr(wrapper, "close_pool", None)  # PostgreSQL with a pool only
+        if close_pool is not None and getattr(wrapper, "pool", None) is not None:
+            close_pool()
