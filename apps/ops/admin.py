@@ -444,5 +444,6 @@ def _work_act(request: HttpRequest) -> HttpResponse:
         messages.success(request, f"{data['operation']} done for {item} in {organization.slug}.")
     return HttpResponseRedirect(back)
 
+
 # Anomalies (apps.ops.anomaly_admin, the anomaly detector's page).
 from apps.ops import anomaly_admin  # noqa: E402, F401

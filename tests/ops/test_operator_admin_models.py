@@ -20,7 +20,11 @@ def test_support_grant_longer_than_eight_hours_is_refused_by_the_database(
     operator = User.objects.create_user(email="op-bound@cognitionos.example.com", is_staff=True)
     now = timezone.now()
     SupportAccessGrant.objects.create(
-        operator=operator, organization=organization, reason="ticket 1", created_at=now, expires_at=now + timedelta(hours=8)
+        operator=operator,
+        organization=organization,
+        reason="ticket 1",
+        created_at=now,
+        expires_at=now + timedelta(hours=8),
     )
     with pytest.raises(IntegrityError), transaction.atomic():
         SupportAccessGrant.objects.create(
