@@ -1,4 +1,4 @@
-"""Anomaly detection and self-healing: the beat task's work (apps.ops.anomaly_tasks), every 30 s.
+"""Anomaly detection and self-healing: the beat task's work (apps.ops.anomaly_tasks), every 15 s.
 
 1. Read the traffic buckets written since the last run (apps.llm.traffic: per 15 s, each platform
    deployment's attempts, provider-side failures, latency and cost, each organization's spend), in
@@ -51,7 +51,8 @@ from cognitionos.redis import redis_client
 logger = logging.getLogger(__name__)
 
 STATE_KEY = "ops:anomaly:state"  # hash "<kind>|<subject key>" -> the series' state (JSON)
-CURSOR_KEY = "ops:anomaly:cursor"  # the last traffic bucket judged
+CURSOR_KEY = "ops:anomaly:cursor"  # the last traffic bucket judged for deployments
+SPEND_CURSOR_KEY = "ops:anomaly:cursor:spend"  # ... and for spend (the end of a pair)
 LOCK_KEY = "ops:anomaly:lock"
 LOCK_S = 120
 MIN_SUCCESSES = 3  # a bucket's latency and cost are judged from this many successful calls
@@ -85,66 +86,88 @@ def _last_complete(now: float) -> int:
     return SPEND_BUCKETS * ((current - SPEND_BUCKETS) // SPEND_BUCKETS) + SPEND_BUCKETS - 1
 
 
-def samples_from(buckets: list[TrafficBucket], *, idle: Iterable[int] = ()) -> list[Sample]:
-    """The samples of complete buckets (in order), spend per aligned pair: organizations with a
-    series but no spend in a pair (`idle`) get a zero sample, so a quiet organization's sudden
-    spend stands out."""
+def samples_from(
+    buckets: list[TrafficBucket],
+    *,
+    idle: Iterable[int] = (),
+    deployments_from: int | None = None,
+    spend_from: int | None = None,
+    spend_until: int | None = None,
+) -> list[Sample]:
+    """The samples of complete buckets, in order: the deployments' from each bucket (from
+    `deployments_from`), the spend per aligned pair of buckets (whole pairs from `spend_from` up to
+    `spend_until`). Organizations with a series but no spend in a pair (`idle`) get a zero sample,
+    so a quiet organization's sudden spend stands out."""
     samples: list[Sample] = []
     pair: list[TrafficBucket] = []
     idle = set(idle)
     for bucket in buckets:
-        for name, traffic in sorted(bucket.deployments.items()):
-            if traffic.attempts > 0:
-                samples.append(
-                    Sample(
-                        DEPLOYMENT_ERRORS,
-                        name,
-                        error_rate_sample(errors=traffic.errors, attempts=traffic.attempts),
-                        bucket.end,
-                        f"{traffic.errors} of {traffic.attempts} attempts failed provider-side in {TRAFFIC_BUCKET_S} s",
-                    )
-                )
-            if traffic.successes >= MIN_SUCCESSES:
-                samples.append(
-                    Sample(
-                        DEPLOYMENT_LATENCY,
-                        name,
-                        traffic.latency_ms_sum / traffic.successes,
-                        bucket.end,
-                        f"mean of {traffic.successes} successful calls in {TRAFFIC_BUCKET_S} s",
-                    )
-                )
-            if traffic.costed >= MIN_SUCCESSES:
-                samples.append(
-                    Sample(
-                        DEPLOYMENT_COST,
-                        name,
-                        traffic.cost_usd_sum / traffic.costed,
-                        bucket.end,
-                        f"mean of {traffic.costed} successful calls in {TRAFFIC_BUCKET_S} s",
-                    )
-                )
+        if deployments_from is None or bucket.number >= deployments_from:
+            samples.extend(_deployment_samples(bucket))
+        if (spend_from is not None and bucket.number < spend_from) or (
+            spend_until is not None and bucket.number > spend_until
+        ):
+            continue
         pair.append(bucket)
         if (bucket.number + 1) % SPEND_BUCKETS == 0:
             if len(pair) == SPEND_BUCKETS:
-                spend: dict[int, float] = defaultdict(float)
-                for part in pair:
-                    for organization_id, usd in part.spend_usd.items():
-                        spend[organization_id] += usd
-                seconds = SPEND_BUCKETS * TRAFFIC_BUCKET_S
-                for organization_id in sorted(set(spend) | idle):
-                    usd = spend.get(organization_id, 0.0)
-                    samples.append(
-                        Sample(
-                            ORGANIZATION_SPEND,
-                            str(organization_id),
-                            usd * 60 / seconds,
-                            bucket.end,
-                            f"${usd:.4f} spent in {seconds} s",
-                        )
-                    )
+                samples.extend(_spend_samples(pair, idle))
             pair = []
     return samples
+
+
+def _deployment_samples(bucket: TrafficBucket) -> list[Sample]:
+    samples: list[Sample] = []
+    for name, traffic in sorted(bucket.deployments.items()):
+        if traffic.attempts > 0:
+            samples.append(
+                Sample(
+                    DEPLOYMENT_ERRORS,
+                    name,
+                    error_rate_sample(errors=traffic.errors, attempts=traffic.attempts),
+                    bucket.end,
+                    f"{traffic.errors} of {traffic.attempts} attempts failed provider-side in {TRAFFIC_BUCKET_S} s",
+                )
+            )
+        if traffic.successes >= MIN_SUCCESSES:
+            samples.append(
+                Sample(
+                    DEPLOYMENT_LATENCY,
+                    name,
+                    traffic.latency_ms_sum / traffic.successes,
+                    bucket.end,
+                    f"mean of {traffic.successes} successful calls in {TRAFFIC_BUCKET_S} s",
+                )
+            )
+        if traffic.costed >= MIN_SUCCESSES:
+            samples.append(
+                Sample(
+                    DEPLOYMENT_COST,
+                    name,
+                    traffic.cost_usd_sum / traffic.costed,
+                    bucket.end,
+                    f"mean of {traffic.costed} successful calls in {TRAFFIC_BUCKET_S} s",
+                )
+            )
+    return samples
+
+
+def _spend_samples(pair: list[TrafficBucket], idle: set[int]) -> list[Sample]:
+    spend: dict[int, float] = defaultdict(float)
+    for part in pair:
+        for organization_id, usd in part.spend_usd.items():
+            spend[organization_id] += usd
+    seconds = SPEND_BUCKETS * TRAFFIC_BUCKET_S
+    return [
+        Sample(
+            ORGANIZATION_SPEND,
+            str(organization_id),
+            spend.get(organization_id, 0.0) * 60 / seconds,
+            pair[-1].end,
+            f"${spend.get(organization_id, 0.0):.4f} spent in {seconds} s",
+        )
+        for organization_id in sorted(set(spend) | idle)
+    ]
 
 
 def _series_id(kind: str, key: str) -> str:
@@ -290,20 +313,23 @@ def anomalies_detect(*, now: float | None = None) -> DetectReport:
     if not client.set(LOCK_KEY, "1", nx=True, ex=LOCK_S):
         return report  # another run is going on
     try:
-        last = _last_complete(now)
-        cursor = client.get(CURSOR_KEY)
+        # Deployments are judged per bucket as soon as it ends, spend per whole pair of buckets.
+        last, last_pair = traffic_bucket(now) - 1, _last_complete(now)
+        cursor, spend_cursor = client.mget([CURSOR_KEY, SPEND_CURSOR_KEY])
         # A first run learns from what the counters still hold (their last hour).
-        first = int(cursor) + 1 if cursor is not None else last - 3600 // TRAFFIC_BUCKET_S + 1
-        first -= first % SPEND_BUCKETS  # pairs stay aligned
-        if first > last:
+        hour = 3600 // TRAFFIC_BUCKET_S
+        first = int(cursor) + 1 if cursor is not None else last - hour + 1
+        spend_first = int(spend_cursor) + 1 if spend_cursor is not None else last_pair - hour + 1
+        spend_first += spend_first % SPEND_BUCKETS  # whole pairs only
+        if first > last and spend_first > last_pair:
             return report
-        buckets = traffic_buckets(first=first, last=last)
-        buckets = [b for b in buckets if b.number >= first]
-        if buckets and buckets[0].number % SPEND_BUCKETS:
-            buckets = buckets[1:]  # bounded to the last hour: realign on a pair
+        buckets = traffic_buckets(first=min(first, spend_first), last=last)
         states = _load_states(client)
         idle = [int(key.split("|", 1)[1]) for key in states if key.startswith(ORGANIZATION_SPEND + "|")]
-        samples = samples_from(buckets, idle=idle)
+        samples = samples_from(
+            buckets, idle=idle, deployments_from=first, spend_from=spend_first, spend_until=last_pair
+        )
+        samples.sort(key=lambda sample: sample.end)
         report.buckets, report.samples = len(buckets), len(samples)
         _judge(samples, states, report, now)
         states = _bounded(states, now)
@@ -311,7 +337,8 @@ def anomalies_detect(*, now: float | None = None) -> DetectReport:
         pipe.delete(STATE_KEY)
         if states:
             pipe.hset(STATE_KEY, mapping={key: json.dumps(state) for key, state in states.items()})
-        pipe.set(CURSOR_KEY, str(last), ex=24 * 3600)
+        pipe.set(CURSOR_KEY, str(max(last, first - 1)), ex=24 * 3600)
+        pipe.set(SPEND_CURSOR_KEY, str(max(last_pair, spend_first - 1)), ex=24 * 3600)
         pipe.execute()
         _reconcile(states, report)
         return report

@@ -153,7 +153,7 @@ def _scale(detector: Detector, state: dict[str, Any]) -> float:
     mad = 0.0
     if len(normal) >= 4:
         mad = _median([abs(b - a) for a, b in itertools.pairwise(normal)]) / math.sqrt(2)
-    return max(_MAD_TO_SIGMA * mad, detector.min_scale * abs(state["baseline"]), 1e-12)
+    return max(_MAD_TO_SIGMA * mad, detector.min_scale * abs(float(state["baseline"])), 1e-12)
 
 
 def _line(detector: Detector, baseline: float, spread: float, share: float = 1.0) -> float:

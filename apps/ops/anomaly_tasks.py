@@ -1,4 +1,4 @@
-"""The anomaly detector's beat task (apps.ops.anomalies), every ANOMALY_DETECT_SECONDS."""
+"""The anomaly detector's beat task (apps.ops.anomalies): beat entry "ops-anomalies-detect", every 15 s."""
 
 from __future__ import annotations
 

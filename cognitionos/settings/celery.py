@@ -96,7 +96,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "audit-chain-sweep": {"task": "apps.audit.tasks.audit_chain_sweep_all", "schedule": 60.0},
     # Anomaly detection and self-healing (apps.ops.anomalies): deployments' latency, error rate and
     # cost per request, organizations' spend; a failing deployment's breaker is opened.
-    "ops-anomalies-detect": {"task": "apps.ops.anomaly_tasks.anomalies_detect_run", "schedule": 30.0},
+    "ops-anomalies-detect": {"task": "apps.ops.anomaly_tasks.anomalies_detect_run", "schedule": 15.0},
     # Organizations whose scheduled deletion is due are purged (apps.ops.deletion); a purge cut short
     # is finished by the next run.
     "organizations-purge-due": {"task": "apps.ops.tasks.organizations_purge_due", "schedule": 600.0},

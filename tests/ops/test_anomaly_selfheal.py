@@ -293,5 +293,5 @@ def test_an_organizations_deletion_can_forget_its_spend_series_and_counters(
     assert client.hget(anomalies.STATE_KEY, f"organization_spend|{other.pk}") is not None
     fields = set()
     for key in client.scan_iter("llm:traffic:*"):
-        fields |= {field.decode() for field in client.hkeys(key)}
+        fields |= {field.decode() if isinstance(field, bytes) else field for field in client.hkeys(key)}
     assert f"o|{organization.pk}" not in fields and f"o|{other.pk}" in fields
