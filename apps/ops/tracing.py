@@ -140,10 +140,15 @@ def _task_modules_loaded(sender: object = None, **_: Any) -> None:
     """The Celery instrumentation ends a send's span only for a task in the registry; a web process
     sends by name (`send_task`) tasks whose modules only a worker imports, and the span would stay
     open and current in the request's thread. Autodiscovery runs once, at the first such send."""
+    from django.apps import apps
+
     from cognitionos.celery import app
 
-    if isinstance(sender, str) and sender not in app.tasks:
-        app.loader.import_default_modules()
+    if isinstance(sender, str) and sender not in app.tasks and apps.ready:
+        try:
+            app.loader.import_default_modules()
+        except Exception:  # a send must never fail for its span
+            logger.warning("tracing: the tasks modules could not be imported", exc_info=True)
 
 
 def _trace_ids() -> tuple[str, str] | None:
