@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count
@@ -115,6 +116,7 @@ def queues() -> Iterable[Metric]:
         labels=["queue"],
     )
     names = _queue_names()
+    conn: Any
     with celery_app.pool.acquire(block=True, timeout=2) as conn:
         channel = conn.default_channel
         pipe = channel.client.pipeline(transaction=False)

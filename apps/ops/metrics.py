@@ -12,9 +12,11 @@ import hmac
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django_prometheus.middleware import PrometheusAfterMiddleware  # type: ignore[import-untyped]
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -85,3 +87,14 @@ def metrics(request: HttpRequest) -> HttpResponse:
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     return HttpResponse(metrics_exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+class BoundedPrometheusAfterMiddleware(PrometheusAfterMiddleware):
+    """django-prometheus's response middleware with every `method` label bounded: its latency
+    histogram takes the request's method as sent, so a client inventing methods would add series
+    without end. Here an unknown method is `<invalid method>` on every series (docs/metrics.md)."""
+
+    def label_metric(self, metric: Any, request: Any, response: Any = None, **labels: Any) -> Any:
+        if "method" in labels:
+            labels["method"] = self._method(request)
+        return super().label_metric(metric, request, response, **labels)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.cache.backends.redis import RedisCache
-from django_prometheus.cache.metrics import (
+from django_prometheus.cache.metrics import (  # type: ignore[import-untyped]
     django_cache_get_fail_total,
     django_cache_get_total,
     django_cache_hits_total,

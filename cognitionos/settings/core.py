@@ -86,8 +86,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     # A page the organization's plan refuses says what the plan lacks, with a link to the plan page.
     "apps.portal.plan_refusals.EntitlementRefusedMiddleware",
-    # Last: responses by status, view name and method (the view's URL name, a bounded label).
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last: responses by status, view name and method (bounded labels: the view's URL name, known methods).
+    "apps.ops.metrics.BoundedPrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "cognitionos.urls_tenant"

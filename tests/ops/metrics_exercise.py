@@ -5,12 +5,16 @@ are checked against. Import the fixture `exported_metrics` into a test module to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from django.test import Client
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.apikeys.services import apikey_create
@@ -62,6 +66,7 @@ def exposition_parse(text: str) -> Exported:
     return exported
 
 
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello to the metrics"}]
 HELLO = {
     "messages": [{"role": "user", "content": "Say hello to the metrics"}],
     "model": "gpt-4o-mini",
@@ -75,7 +80,7 @@ def app_exercise(organization: Organization, run_on_commit: Callable[..., Any]) 
     key = apikey_create(organization=organization, name="metrics", actor=TEST_ACTOR).key
     client = gateway_client(key)
     for _ in range(2):  # a provider call, then the same request from the cache
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO["messages"], max_tokens=20)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=20)
     with organization_schema(organization), run_on_commit(execute=True):
         job = job_submit(organization=organization, principal=TEST_ACTOR, request=dict(HELLO))
     with organization_schema(organization), run_on_commit(execute=True):
@@ -103,3 +108,49 @@ def exported_metrics(
     django_capture_on_commit_callbacks: Callable[..., Any],
 ) -> Exported:
     return app_exercise(two_tenants[0], django_capture_on_commit_callbacks)
+
+
+# Names no process of ours exports: Prometheus's own per-target `up`, and the blackbox exporter's
+# certificate probe (docs/metrics.md, "Where the metrics come from").
+EXTERNAL_SERIES = frozenset({"up", "probe_ssl_earliest_cert_expiry"})
+_NOT_METRICS = frozenset(
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+    }
+)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (no parser: strings, label matchers, ranges and
+    grouping clauses removed, then every identifier that is not a function call or keyword)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names: set[str] = set()
+    for match in re.finditer(r"(?<![A-Za-z0-9_:.])[A-Za-z_:][A-Za-z0-9_:]*", text):
+        token = match.group(0)
+        if text[match.end() :].lstrip().startswith("(") or token.lower() in _NOT_METRICS:
+            continue
+        names.add(token)
+    return names
+
+
+def recording_rule_names(rules_dir: Path) -> set[str]:
+    names: set[str] = set()
+    for path in sorted(rules_dir.glob("*.yaml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            names.update(rule["record"] for rule in group["rules"] if "record" in rule)
+    return names

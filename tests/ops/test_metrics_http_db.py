@@ -9,7 +9,7 @@ import pytest
 from django.core.cache import cache
 from django.db import ProgrammingError, connection, connections, transaction
 from django.test import Client
-from django_prometheus.db.common import DatabaseWrapperMixin
+from django_prometheus.db.common import DatabaseWrapperMixin  # type: ignore[import-untyped]
 from prometheus_client import REGISTRY
 
 from apps.tenants.connection import tenant_connection

@@ -181,6 +181,7 @@ def probe_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = f"metrics-probe-{uuid.uuid4().hex[:8]}"
     monkeypatch.setitem(celery_app.conf, "task_routes", {"metrics.probe": {"queue": name}})
     yield name
+    conn: Any
     with celery_app.pool.acquire(block=True, timeout=2) as conn:
         conn.default_channel.client.delete(name)
 
