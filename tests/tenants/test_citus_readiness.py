@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.apps import apps
 from django.conf import settings
 from django.db import connection
+from django.db.models import Model
 
 from apps.tenants.template import template_schema_name
 
@@ -18,15 +19,16 @@ def _tenant_only_apps() -> set[str]:
 
 
 def _boundary_crossings(tenant_apps: set[str]) -> list[str]:
-    def in_tenant(model: type) -> bool:
+    def in_tenant(model: type[Model]) -> bool:
         return apps.get_app_config(model._meta.app_label).name in tenant_apps
 
     crossings = []
     for model in apps.get_models(include_auto_created=True):
         for field in model._meta.get_fields(include_hidden=True):
             related = field.related_model
-            crosses = field.is_relation and field.concrete and isinstance(related, type)
-            if crosses and in_tenant(model) != in_tenant(related):
+            if not (field.is_relation and field.concrete and isinstance(related, type)):
+                continue
+            if issubclass(related, Model) and in_tenant(model) != in_tenant(related):
                 crossings.append(f"{model._meta.label}.{field.name} -> {related._meta.label}")
     return crossings
 
