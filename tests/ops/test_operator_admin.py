@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from django_tenants.utils import schema_context
@@ -29,6 +31,7 @@ from apps.llm.platform.models import UsageBucket, UsageSpan
 from apps.llm.platform.selectors import catalog_forget
 from apps.ops.models import OperatorAction, SupportAccessGrant
 from apps.ops.services import operator_breaker_open, operator_principal
+from apps.rbac.models import Membership
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
@@ -172,12 +175,31 @@ def test_the_organization_list_shows_plan_members_and_this_periods_spend_in_a_bo
     with django_assert_max_num_queries(12):
         response = admin_client.get("/admin/tenants/organization/")
     assert response.status_code == 200
+    with CaptureQueriesContext(connection) as few:  # warm now (content types, permission caches)
+        admin_client.get("/admin/tenants/organization/")
     page = response.content.decode()
     row_a = re.search(r"<tr[^>]*>(?:(?!</tr>).)*tenant-a(?:(?!</tr>).)*</tr>", page, re.S)
     assert row_a is not None
     assert "1.25" in row_a.group(0) and ">7<" in row_a.group(0)
     assert "99.00" not in page
     assert second.slug in page
+
+    # Twenty more organizations (rows only: the list never enters a schema), with members and usage.
+    more = Organization.objects.bulk_create(
+        Organization(slug=f"bulk-{n:02d}", name=f"Bulk {n}", schema_name=f"org_bulk_{n:02d}", plan_id=first.plan_id)
+        for n in range(20)
+    )
+    for organization in more:
+        UsageBucket.objects.create(
+            organization=organization, span=UsageSpan.DAY_TOTAL, start=today, model_name="", cost_usd=Decimal("2")
+        )
+        Membership.objects.create(
+            user=User.objects.create_user(email=f"member@{organization.slug}.example.com"), organization=organization
+        )
+    with CaptureQueriesContext(connection) as many:
+        response = admin_client.get("/admin/tenants/organization/")
+    assert response.content.decode().count("field-period_spend_display") == 22
+    assert len(many.captured_queries) == len(few.captured_queries), (len(few), len(many))
 
 
 def test_the_organization_page_counts_its_open_jobs_and_names_every_action(
