@@ -96,7 +96,13 @@ def test_export_holds_the_organizations_rows_and_not_the_others(two_tenants: tup
     with schema_context(a.schema_name):
         # Every event written before the export finished (its completion is recorded after).
         assert len(events) == AuditEvent.objects.exclude(action="data_export.completed").count()
-    assert manifest["organization"] == {"id": a.pk, "slug": a.slug, "schema": a.schema_name}
+    assert manifest["organization"] == {
+        "id": a.pk,
+        "slug": a.slug,
+        "name": a.name,
+        "schema": a.schema_name,
+        "plan": a.plan.code,
+    }
     assert "audit.0004_data_export" in manifest["schema_migration_state"]["applied"]
     assert manifest["created_at"]
 
