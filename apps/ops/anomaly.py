@@ -100,7 +100,7 @@ SERIES: dict[str, Detector] = {
     # a few attempts with one failure never look like an outage.
     DEPLOYMENT_ERRORS: Detector(
         alpha=0.01, alpha_fast=0.3, k=6.0, k_level=6.0, k_close=3.0, relative=1.0, absolute=0.06,
-        warmup=20, open_after=2, level_after=2, close_after=4, min_scale=0.05, unit="error rate",
+        warmup=20, open_after=2, level_after=1, close_after=4, min_scale=0.05, unit="error rate",
     ),
     # Mean cost of the bucket's successful calls, USD (buckets with 3 successes or more).
     DEPLOYMENT_COST: Detector(
