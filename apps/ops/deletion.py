@@ -44,6 +44,7 @@ from apps.audit.models import AuditEvent
 from apps.audit.services import audit_record
 from apps.billing import stripe_gateway
 from apps.billing.stripe_models import StripeCustomer
+from apps.ops.anomalies import anomalies_organization_forget
 from apps.ops.services import operator_action_record
 from apps.rbac.selectors import membership_cache_forget
 from apps.tenants.connection import organization_schema, tenant_connection
@@ -275,6 +276,8 @@ def _purge(organization_id: int, now: dt.datetime) -> bool:
     stripe = _stripe_detach(organization)  # outside first: a Stripe outage leaves all for the next run
     _schema_drop(schema)
     organization_redis_forget(organization_id=organization_id, schema=schema, api_key_ids=key_ids)
+    # Fields of shared hashes, which no key pattern reaches.
+    anomalies_organization_forget(organization_id=organization_id)
 
     with transaction.atomic():
         locked = Organization.objects.select_for_update().filter(pk=organization_id).first()

@@ -25,7 +25,8 @@ from apps.audit.models import AuditEvent
 from apps.audit.services import audit_chain_pending_key, audit_record
 from apps.billing.services import _stripe_customer_ensure
 from apps.billing.stripe_models import StripeCustomer
-from apps.ops import deletion
+from apps.ops import anomalies, deletion
+from apps.ops.anomaly import ORGANIZATION_SPEND
 from apps.ops.deletion import (
     DeletionRefused,
     organization_deletion_cancel,
@@ -231,6 +232,9 @@ def test_purge_leaves_nothing_of_the_organization(
     assert _public_rows_of(doomed.pk)
     assert _redis_keys_of(doomed.pk, doomed.schema_name, doomed.slug, key_ids)
     schema, slug = doomed.schema_name, doomed.slug
+    # Anomaly detection keeps organizations' spend as fields of shared hashes, not in key families.
+    spend_field = f"{ORGANIZATION_SPEND}|{doomed.pk}"
+    redis_client().hset(anomalies.STATE_KEY, mapping={spend_field: "{}", f"{ORGANIZATION_SPEND}|{other.pk}": "{}"})
 
     organization_deletion_schedule(organization=doomed, actor=OPERATOR, reason="GDPR erasure", grace_days=0)
     assert doomed.pk in organizations_deletion_due()
@@ -240,6 +244,8 @@ def test_purge_leaves_nothing_of_the_organization(
     assert not _schema_exists(schema)
     assert _public_rows_of(doomed.pk) == {}
     assert _redis_keys_of(doomed.pk, schema, slug, key_ids) == []
+    assert not redis_client().hexists(anomalies.STATE_KEY, spend_field)
+    assert redis_client().hexists(anomalies.STATE_KEY, f"{ORGANIZATION_SPEND}|{other.pk}")
     assert not Organization.objects.filter(pk=doomed.pk).exists()
     assert not StripeCustomer.objects.filter(customer_id=customer_id).exists()
     # Stripe keeps the customer (its invoices), unlinked; the live subscription was cancelled.
