@@ -125,7 +125,7 @@ def _render(plan: list[Migration]) -> list[str]:
         if migration_touches_schema(migration, connection.alias):
             # One migration at a time: collect_sql starts from the state at the plan's first node,
             # which holds only that migration's ancestors.
-            statements.extend(executor.loader.collect_sql([(migration, False)]))
+            statements.extend(executor.loader.collect_sql([(migration, False)]))  # type: ignore[attr-defined]
     return statements
 
 

@@ -146,10 +146,7 @@ def test_provisioning_reads_no_catalog(live_db: LiveDb) -> None:
 
 def _dsn() -> str:
     database = settings.DATABASES["default"]
+    parts = {"dbname": "NAME", "user": "USER", "password": "PASSWORD", "host": "HOST", "port": "PORT"}
     return psycopg.conninfo.make_conninfo(
-        dbname=database["NAME"],
-        user=database.get("USER") or None,
-        password=database.get("PASSWORD") or None,
-        host=database.get("HOST") or None,
-        port=database.get("PORT") or None,
+        **{part: str(database[key]) for part, key in parts.items() if database.get(key)}
     )

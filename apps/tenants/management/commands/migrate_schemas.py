@@ -43,7 +43,7 @@ class Command(MigrateSchemasCommand):
         targeted = options.get("schema_name") or options.get("app_label") or options.get("fake") or options.get("plan")
         if targeted or (options.get("shared") and not options.get("tenant")):
             super().handle(*args, **options)
-            if self.sync_tenant and self.schema_name not in (None, "", self.PUBLIC_SCHEMA_NAME):
+            if self.sync_tenant and self.schema_name and self.schema_name != self.PUBLIC_SCHEMA_NAME:
                 migration_state_forget(schemas=[self.schema_name])
             elif self.sync_tenant and targeted:
                 migration_state_forget()
