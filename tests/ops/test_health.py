@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 from django.test import Client
@@ -27,3 +29,12 @@ def test_ready_names_the_failing_parts(db: None, monkeypatch: pytest.MonkeyPatch
     body = response.json()
     assert body["status"] == "unavailable"
     assert set(body["failing"]) == {"redis", "broker"}
+
+
+def test_metrics_answer_a_scrape_by_pod_ip_with_the_token_only(db: None, settings: Any) -> None:
+    settings.METRICS_TOKEN = "scrape-" * 6
+    pod = Client()
+    assert pod.get("/metrics", HTTP_HOST="10.1.2.3:8000").status_code == 401
+    response = pod.get("/metrics", HTTP_HOST="10.1.2.3:8000", HTTP_AUTHORIZATION=f"Bearer {settings.METRICS_TOKEN}")
+    assert response.status_code == 200
+    assert b"# TYPE" in response.content
