@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.test import Client
 from django_tenants.utils import schema_context
 
 from apps.accounts.models import User
@@ -10,13 +9,12 @@ from apps.apikeys.services import apikey_create
 from apps.audit.models import AuditEvent
 from apps.llm.platform.models import CatalogModel, ModelPrice
 from apps.tenants.models import Organization
-from tests.factories import TEST_ACTOR
+from tests.factories import TEST_ACTOR, operator_admin_client
 
 
 def test_operators_add_a_price_version_in_the_admin(db: None) -> None:
     operator = User.objects.create_superuser(email="ops@example.com", password="a-long-password-1")
-    client = Client(HTTP_HOST="localhost")
-    client.force_login(operator)
+    client = operator_admin_client(operator)
     model = CatalogModel.objects.get(name="gpt-4o-mini")
     page = client.get(f"/admin/llm_platform/catalogmodel/{model.pk}/change/")
     assert page.status_code == 200
@@ -48,8 +46,7 @@ def test_operators_add_a_price_version_in_the_admin(db: None) -> None:
 def test_operators_revoke_keys_from_the_admin_and_it_is_audited(two_tenants: tuple[Organization, Organization]) -> None:
     issued = apikey_create(organization=two_tenants[0], name="leaked", actor=TEST_ACTOR)
     operator = User.objects.create_superuser(email="ops2@example.com", password="a-long-password-1")
-    client = Client(HTTP_HOST="localhost")
-    client.force_login(operator)
+    client = operator_admin_client(operator)
     response = client.post("/admin/apikeys/apikey/", {"action": "revoke", "_selected_action": [issued.api_key.pk]})
     assert response.status_code == 302
     issued.api_key.refresh_from_db()

@@ -64,20 +64,25 @@ def test_a_failed_query_is_counted_by_type_and_a_savepoint_rollback_keeps_the_te
 
 def test_http_responses_are_counted_by_status_and_view_and_probes_are_not(db: None) -> None:
     client = Client()
-    ok = {"status": "200", "view": "metrics", "method": "GET"}
+    ok = {"status": "200", "view": "platform-home", "method": "GET"}
     not_found = {"status": "404", "view": "<unnamed view>", "method": "GET"}
     before_ok = _value("django_http_responses_total_by_status_view_method_total", ok)
     before_404 = _value("django_http_responses_total_by_status_view_method_total", not_found)
     before_all = _value("django_http_requests_before_middlewares_total")
 
-    assert client.get("/metrics", HTTP_HOST="localhost").status_code == 200
+    assert client.get("/", HTTP_HOST="localhost").status_code == 200
     assert client.get("/no/such/page", HTTP_HOST="localhost").status_code == 404
-    assert client.get("/health/live").status_code == 200  # answered before the metrics middleware
+    # Answered before the metrics middleware (and host validation): probes and scrapes by pod IP.
+    assert client.get("/health/live").status_code == 200
+    assert client.get("/metrics", HTTP_HOST="10.0.0.7:8000").status_code == 200
 
     assert _value("django_http_responses_total_by_status_view_method_total", ok) == before_ok + 1
     assert _value("django_http_responses_total_by_status_view_method_total", not_found) == before_404 + 1
     assert _value("django_http_requests_before_middlewares_total") == before_all + 2
-    assert _value("django_http_requests_latency_seconds_by_view_method_count", {"view": "metrics", "method": "GET"}) > 0
+    assert (
+        _value("django_http_requests_latency_seconds_by_view_method_count", {"view": "platform-home", "method": "GET"})
+        > 0
+    )
 
 
 def test_cache_gets_count_hits_and_misses_and_keys_stay_per_tenant(

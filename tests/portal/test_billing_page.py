@@ -29,7 +29,7 @@ from apps.billing.usage_selectors import BillingPeriod, calendar_month, credit_b
 from apps.llm.platform.models import UsageBucket, UsageRollup, UsageSpan
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
-from tests.factories import member_make
+from tests.factories import member_make, operator_admin_client
 from tests.portal.conftest import ClientFor
 from tests.support.fake_stripe import FakeStripe
 
@@ -71,9 +71,7 @@ def operator(email: str = "ops@billing.test") -> User:
 
 
 def operator_client(user: User) -> Client:
-    client = Client(HTTP_HOST="localhost")
-    client.force_login(user)
-    return client
+    return operator_admin_client(user)
 
 
 @pytest.mark.parametrize(

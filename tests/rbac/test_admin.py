@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-from django.test import Client
-
 from apps.accounts.models import User
 from apps.billing.models import Plan
 from apps.rbac.models import Role
 from apps.rbac.services import custom_role_create
 from apps.tenants.models import Organization
-from tests.factories import TEST_ACTOR, member_make
+from tests.factories import TEST_ACTOR, member_make, operator_admin_client
 
 
 def test_operators_see_memberships_and_custom_roles_in_the_admin(tenant: Organization) -> None:
@@ -17,8 +15,7 @@ def test_operators_see_memberships_and_custom_roles_in_the_admin(tenant: Organiz
     member = member_make(organization=tenant, role=role)
     member_make(organization=tenant, role=Role.BILLING)
     operator = User.objects.create_superuser(email="ops@example.com", password="a-long-password-1")
-    client = Client(HTTP_HOST="localhost")
-    client.force_login(operator)
+    client = operator_admin_client(operator)
     memberships = client.get("/admin/rbac/membership/", {"q": tenant.slug})
     assert memberships.status_code == 200
     assert member.email.encode() in memberships.content and b"Auditors" in memberships.content

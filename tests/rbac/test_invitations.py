@@ -25,7 +25,7 @@ from apps.rbac.services import custom_role_create
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
-from tests.factories import TEST_ACTOR, member_make, plan_make
+from tests.factories import TEST_ACTOR, member_make, operator_admin_client, plan_make
 
 _LINK = re.compile(r"https?://[^\s]+/invitations/[A-Za-z0-9_-]+/")
 
@@ -280,8 +280,7 @@ def test_operators_see_invitations_in_the_admin_without_their_token(roomy: Organ
     owner = _client(roomy, member_make(organization=roomy, role=Role.OWNER))
     invitation_id = _invite(owner, "listed@example.com").json()["id"]  # type: ignore[attr-defined]
     operator = User.objects.create_superuser(email="ops-invites@example.com", password="a-long-password-1")
-    admin = Client(HTTP_HOST="localhost")
-    admin.force_login(operator)
+    admin = operator_admin_client(operator)
     listed = admin.get("/admin/rbac/invitation/", {"q": roomy.slug})
     assert listed.status_code == 200 and b"listed@example.com" in listed.content
     detail = admin.get(f"/admin/rbac/invitation/{invitation_id}/change/")

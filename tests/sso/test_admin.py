@@ -11,15 +11,14 @@ from apps.audit.models import AuditEvent
 from apps.sso.models import IdentityProvider, SsoDomain
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+from tests.factories import operator_admin_client
 
 PASSWORD = "a-long-operator-password-1"
 
 
 def _operator_client(email: str = "ops@ops.test") -> Client:
     operator = User.objects.create_superuser(email=email, password=PASSWORD)
-    client = Client(HTTP_HOST="localhost")
-    client.force_login(operator)
-    return client
+    return operator_admin_client(operator)
 
 
 def _events(organization: Organization, action: str) -> list[AuditEvent]:

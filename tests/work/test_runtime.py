@@ -195,10 +195,10 @@ def test_one_fan_out_runs_the_upkeep_of_workflow_steps_and_webhook_deliveries_to
     reaped = tasks.work_maintain(tenant_id=tenant.pk, duty="reap")
     swept = tasks.work_maintain(tenant_id=tenant.pk, duty="sweep")
     dispatched = tasks.work_maintain(tenant_id=tenant.pk, duty="dispatch")
-    every = {"job", "workflow_step", "webhook_delivery", "knowledge_document", "knowledge_embedding_set"}
+    every = {"job", "workflow_step", "webhook_delivery", "knowledge_document", "knowledge_embedding_set", "data_export"}
     assert set(reaped) == {*every, "workflow_runs"}
     assert reaped["job"] == {"requeued": 0, "failed": 0, "resent": 0}
-    assert set(swept) == {*every, "workflow_runs"}
+    assert set(swept) == {*every, "workflow_runs", "data_exports"}  # exports' stored zips expire too
     assert dispatched["webhook_delivery"] == 0 and set(dispatched) == {kind.name for kind in work_kinds()}
     with pytest.raises(ValueError, match="no duty"):
         work_upkeep_register(duty="nothing", name="x", run=lambda **kwargs: None)
