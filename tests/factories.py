@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection, transaction
+from django.test import Client
 from psycopg import sql
 
 from apps.accounts.models import User
@@ -92,14 +93,13 @@ def organization_purge(organization: Organization) -> None:
         Organization.objects.filter(pk=organization.pk).delete()
 
 
-def operator_admin_client(user: User, *, host: str = "localhost") -> Any:
+def operator_admin_client(user: User, *, host: str = "localhost") -> Client:
     """A client signed in to the operators' admin as `user` (staff), with a confirmed second factor
     and a session that used it, as the admin requires (apps.ops.admin_site)."""
     import time
 
     from allauth.mfa.models import Authenticator
     from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
-    from django.test import Client
 
     if not Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).exists():
         TOTP.activate(user, generate_totp_secret())
