@@ -1,12 +1,12 @@
 """The platform's Redis client: one connection pool per process, shared by every thread."""
 
-from functools import cache
-
 import redis
 from django.conf import settings
 
+from cognitionos.thread_safe_cache import thread_safe_cache
 
-@cache
+
+@thread_safe_cache
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(
         settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import anthropic
@@ -23,6 +22,7 @@ import openai
 from django.conf import settings
 
 from apps.llm.platform.models import CatalogModel, Provider
+from cognitionos.thread_safe_cache import thread_safe_cache
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _retry_after(headers: Any) -> float | None:
 # --- OpenAI and OpenAI-compatible ------------------------------------------------------------
 
 
-@cache
+@thread_safe_cache
 def _openai_client(base_url: str, api_key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url or None, api_key=api_key, max_retries=0)
 
@@ -223,7 +223,7 @@ class OpenAIProvider:
 # --- Anthropic -------------------------------------------------------------------------------
 
 
-@cache
+@thread_safe_cache
 def _anthropic_client(base_url: str, api_key: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=base_url or None, api_key=api_key, max_retries=0)
 

@@ -15,7 +15,6 @@ publish that fails is logged and forgotten: the work it announces is already com
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from apps.api.errors import ApiError
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from cognitionos.long_responses import LongResponsesFull, long_response_begin
+from cognitionos.thread_safe_cache import thread_safe_cache
 
 if TYPE_CHECKING:
     from apps.work.registry import WorkKind
@@ -63,7 +63,7 @@ def redis_client_for(url: str) -> redis.Redis:
     )
 
 
-@functools.cache
+@thread_safe_cache
 def _redis() -> redis.Redis:
     return redis_client_for(settings.REDIS_URL)
 
