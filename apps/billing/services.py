@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -32,9 +33,34 @@ class PlanChangeInvalid(ValueError):
     pass
 
 
+@dataclass
+class _EntitlementsChangedHook:
+    """The announcement as an on-commit hook, equal to another for the same organization: a sign-up
+    saves the organization, its plan period and its subscription, and one announcement (each costs
+    the plan budget's sync) is enough."""
+
+    organization: Organization | None = field(compare=False)
+    organization_id: int | None
+    ran: bool = field(default=False, compare=False)
+
+    def __call__(self) -> None:
+        self.ran = True
+        entitlements_changed.send(sender=Organization, organization=self.organization)
+
+
 def entitlements_changed_send(organization: Organization | None) -> None:
-    """Announce the change once the caller's transaction commits (at once outside one)."""
-    transaction.on_commit(lambda: entitlements_changed.send(sender=Organization, organization=organization))
+    """Announce the change once the caller's transaction commits (at once outside one), once per
+    organization and transaction."""
+    hook = _EntitlementsChangedHook(organization, organization.pk if organization is not None else None)
+    connection = transaction.get_connection()
+    # run_on_commit: Django's list of (savepoint ids, hook, robust) waiting for this commit. A hook of
+    # a savepoint rolled back has left it; one that ran is there only under a test's outer transaction.
+    if connection.in_atomic_block:
+        for _, pending, _ in connection.run_on_commit:
+            if pending == hook and not pending.ran:
+                pending.organization = organization  # the newest state of the row is announced
+                return
+    transaction.on_commit(hook)
 
 
 def _version_of(plan: Plan | PlanVersion) -> PlanVersion:

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import DatabaseError, transaction
 
-from apps.billing.selectors import applied_plan
+from apps.billing.selectors import applied_plan_compute
 from apps.billing.signals import entitlements_changed
 from apps.llm.models import Budget, BudgetPeriod
 from apps.tenants.connection import organization_schema
@@ -26,8 +26,9 @@ PLAN_SCOPE_ID = "included"
 
 
 def plan_budget_limit(organization: Organization) -> Decimal | None:
-    """The hard monthly limit the plan sets, or None when usage past what is included is billed."""
-    version = applied_plan(organization).version
+    """The hard monthly limit the plan sets, or None when usage past what is included is billed.
+    Uncached: it runs when the entitlements change, maybe before the receiver that empties the cache."""
+    version = applied_plan_compute(organization)[0].version
     return None if version.overage_allowed else version.included_usage_usd
 
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
@@ -22,6 +23,7 @@ from apps.billing.models import (
 )
 from apps.billing.selectors import EntitlementRefused, entitlement, entitlement_require, plan_periods
 from apps.billing.services import organization_plan_change, organization_subscription_update
+from apps.billing.signals import entitlements_changed
 from apps.llm.attempts import budget_refusal
 from apps.llm.budgets import BudgetExceeded, Spender, attempt_reserve
 from apps.llm.models import Budget
@@ -30,7 +32,7 @@ from apps.llm.services import BudgetInvalid, budget_delete, budget_set
 from apps.rbac import selectors as rbac_selectors
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
-from tests.factories import TEST_ACTOR
+from tests.factories import TEST_ACTOR, organization_make
 
 Committing = Callable[..., Any]
 
@@ -230,3 +232,37 @@ def test_a_process_that_got_no_signal_sees_the_change_within_the_cache_lifetime(
     assert entitlement(tenant, "webhooks").allowed  # still the cached answer
     time.sleep(0.25)
     assert not entitlement(tenant, "webhooks").allowed  # the lifetime is over: read again
+
+
+def test_a_sign_up_announces_its_entitlements_once_and_a_rolled_back_one_not_at_all(
+    db: None, django_capture_on_commit_callbacks: Committing
+) -> None:
+    announced: list[str] = []
+
+    def receiver(organization: Organization | None = None, **_: Any) -> None:
+        announced.append(organization.slug if organization is not None else "")
+
+    entitlements_changed.connect(receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            organization = organization_make(slug="announce-once", plan_code="free")  # saves 3 rows
+        assert announced == ["announce-once"]
+        with organization_schema(organization):  # the one announcement synced the plan's budget
+            assert Budget.objects.filter(scope=PLAN_SCOPE).count() == 1
+
+        announced.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            # Twice in one transaction, the first inside a savepoint that rolls back: the second counts.
+            with transaction.atomic():
+                try:
+                    with transaction.atomic():
+                        organization_plan_change(
+                            organization=organization, plan=Plan.objects.get(code="pro"), actor=TEST_ACTOR
+                        )
+                        raise RuntimeError("rolled back")
+                except RuntimeError:
+                    pass
+                organization_plan_change(organization=organization, plan=Plan.objects.get(code="pro"), actor=TEST_ACTOR)
+        assert announced == ["announce-once"]
+    finally:
+        entitlements_changed.disconnect(receiver)
