@@ -12,3 +12,5 @@ if os.environ.get("BENCH_TENANT_MIGRATIONS"):
 INSTALLED_APPS = [*INSTALLED_APPS, "bench.tenantapp"]
 TENANT_APPS = [*TENANT_APPS, "bench.tenantapp"]
 MIGRATION_MODULES = {"benchtenant": "benchtenant_migrations"}
+# Builds and the script's figures take no ready schema; bench/tenants.py turns the pool on for its own figure.
+TENANT_READY_SCHEMAS = 0

@@ -95,6 +95,30 @@ class SchemaScript(models.Model):
         return self.fingerprint[:12]
 
 
+class ReadySchema(models.Model):
+    """A schema built from the template's script ahead of any sign-up: creating an organization
+    renames one (a catalog update, not 160 statements) when one of the template's current migration
+    state is ready. `ready_schemas_refill` keeps a few ready; those of an older state are dropped."""
+
+    schema_name = models.CharField(max_length=63, unique=True)
+    fingerprint = models.CharField(max_length=64, db_index=True)  # the SchemaScript it was built from
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Never a name an organization's schema could have (those start with "org_").
+            models.CheckConstraint(
+                condition=models.Q(schema_name__regex=r"^ready_[0-9a-f]{32}$"), name="tenants_readyschema_name"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(fingerprint__regex=r"^[0-9a-f]{64}$"), name="tenants_readyschema_fingerprint_hex"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.schema_name
+
+
 class Domain(DomainMixin):
     """A host name that serves one organization's portal (its <slug>.<BASE_DOMAIN>, or a custom one)."""
 

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import logging
 import re
+import uuid
 
+import kombu.exceptions
+import redis
+from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, connection, transaction
+from psycopg import sql
 
 from apps.accounts.principals import Principal
 from apps.accounts.selectors import user_has_mfa
@@ -18,11 +24,17 @@ from apps.rbac.selectors import membership_permissions
 from apps.rbac.services import membership_create
 from apps.tenants.cloning import schema_script_apply
 from apps.tenants.errors import ProvisioningError
-from apps.tenants.models import SLUG_PATTERN, Domain, Organization
+from apps.tenants.models import SLUG_PATTERN, Domain, Organization, ReadySchema
 from apps.tenants.selectors import organization_cache_forget
 from apps.tenants.template import TEMPLATE_LOCK, template_ensure_current, template_script
 
+logger = logging.getLogger(__name__)
+
 _SLUG_RE = re.compile(SLUG_PATTERN)
+# pg_advisory_xact_lock key (any fixed bigint): "redy" in ASCII. One refill at a time.
+READY_REFILL_LOCK = 0x72656479
+# By name: the task module imports this one.
+READY_SCHEMAS_TASK = "apps.tenants.tasks.ready_schemas_keep_filled"
 
 
 def schema_name_for(slug: str) -> str:
@@ -46,9 +58,11 @@ def organization_create(
 ) -> Organization:
     """Create an organization with a ready schema, its portal domain and its owner.
 
-    The schema is created by the template's rendered script (no migrations run, no catalog reads),
-    in the same transaction as the rows: a failure at any step leaves no organization and no schema
-    behind. Its cost does not grow with the number of organizations.
+    The schema is a ready one, renamed, when one of the template's current migration state waits
+    (`ready_schemas_refill`), else it is created by the template's rendered script (no migrations
+    run, no catalog reads). Either happens in the same transaction as the rows: a failure at any
+    step leaves no organization and no schema behind (and the ready schema ready). Its cost does not
+    grow with the number of organizations.
     """
     slug_validate(slug)
     name = name.strip()
@@ -73,8 +87,9 @@ def organization_create(
             organization = Organization.objects.create(
                 schema_name=schema_name_for(slug), slug=slug, name=name, plan=plan, migration_state=script.fingerprint
             )
-            with connection.cursor() as cursor:
-                schema_script_apply(cursor=cursor, statements=script.statements, target=organization.schema_name)
+            if not _ready_schema_claim(fingerprint=script.fingerprint, target=organization.schema_name):
+                with connection.cursor() as cursor:
+                    schema_script_apply(cursor=cursor, statements=script.statements, target=organization.schema_name)
             Domain.objects.create(domain=f"{slug}.{settings.BASE_DOMAIN}", tenant=organization, is_primary=True)
             owner = user_ensure(email=owner_email)
             audit_record(
@@ -85,11 +100,68 @@ def organization_create(
                 metadata={"plan": plan.code, "name": name},
             )
             membership_create(user=owner, organization=organization, role=Role.OWNER, actor=actor)
+            if settings.TENANT_READY_SCHEMAS > 0:
+                transaction.on_commit(_ready_schemas_refill_schedule)
     except IntegrityError as exc:
         if Organization.objects.filter(slug=slug).exists():
             raise ProvisioningError(f"slug {slug!r} is already taken") from exc
         raise
     return organization
+
+
+def _ready_schema_claim(*, fingerprint: str, target: str) -> bool:
+    """Rename a ready schema of the template's state `fingerprint` to `target`, in the caller's
+    transaction (which holds the template lock shared, so that state is current). False when none
+    is ready. Concurrent sign-ups skip each other's choice instead of waiting for it."""
+    ready = (
+        ReadySchema.objects.select_for_update(skip_locked=True).filter(fingerprint=fingerprint).order_by("id").first()
+    )
+    if ready is None:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.SQL("ALTER SCHEMA {} RENAME TO {}")
+            .format(sql.Identifier(ready.schema_name), sql.Identifier(target))
+            .as_string()
+        )
+    ready.delete()
+    return True
+
+
+def _ready_schemas_refill_schedule() -> None:
+    """After a sign-up's commit: a refill on its way. A broker outage costs only speed (the next
+    sign-ups run the script; beat refills within its period), so it is logged, not raised."""
+    try:
+        current_app.send_task(READY_SCHEMAS_TASK)
+    except (kombu.exceptions.KombuError, redis.RedisError, OSError):
+        logger.warning("ready schemas refill not scheduled; beat will refill")
+
+
+def ready_schemas_refill(*, size: int | None = None) -> int:
+    """Build ready schemas until `size` (TENANT_READY_SCHEMAS) of the template's current migration
+    state exist, and drop those of older states (never handed out: a sign-up asks for the current
+    state). One schema per transaction, so a sign-up can take it as soon as it is built; one refill
+    at a time (another returns at once). Returns how many were built."""
+    size = settings.TENANT_READY_SCHEMAS if size is None else size
+    template_ensure_current()
+    built = 0
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [READY_REFILL_LOCK])
+            if not cursor.fetchone()[0]:
+                return built
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [TEMPLATE_LOCK])
+            script = template_script()
+            stale = ReadySchema.objects.select_for_update(skip_locked=True).exclude(fingerprint=script.fingerprint)
+            for ready in stale:
+                cursor.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(ready.schema_name)).as_string())
+                ready.delete()
+            if ReadySchema.objects.filter(fingerprint=script.fingerprint).count() >= size:
+                return built
+            name = f"ready_{uuid.uuid4().hex}"
+            schema_script_apply(cursor=cursor, statements=script.statements, target=name)
+            ReadySchema.objects.create(schema_name=name, fingerprint=script.fingerprint)
+        built += 1
 
 
 @transaction.atomic

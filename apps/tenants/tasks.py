@@ -15,6 +15,7 @@ from django_tenants.utils import tenant_context
 
 from apps.tenants.connection import tenant_connection
 from apps.tenants.selectors import organization_by_id_cached
+from apps.tenants.services import ready_schemas_refill
 from cognitionos.logcontext import log_context
 
 
@@ -79,3 +80,9 @@ def tenant_task(**options: Any) -> Callable[[F], TenantTask]:
         return cast(TenantTask, make_task(function))
 
     return decorate
+
+
+@shared_task
+def ready_schemas_keep_filled() -> int:
+    """Beat, and after each sign-up: schemas built ahead of sign-ups (apps.tenants.services)."""
+    return ready_schemas_refill()

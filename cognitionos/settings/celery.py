@@ -97,6 +97,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Anomaly detection and self-healing (apps.ops.anomalies): deployments' latency, error rate and
     # cost per request, organizations' spend; a failing deployment's breaker is opened.
     "ops-anomalies-detect": {"task": "apps.ops.anomaly_tasks.anomalies_detect_run", "schedule": 15.0},
+    # Schemas built ahead of sign-ups are kept at TENANT_READY_SCHEMAS, and those of an older template
+    # state dropped (apps.tenants.services.ready_schemas_refill); each sign-up also asks for a refill.
+    "tenants-ready-schemas": {"task": "apps.tenants.tasks.ready_schemas_keep_filled", "schedule": 60.0},
     # Organizations whose scheduled deletion is due are purged (apps.ops.deletion); a purge cut short
     # is finished by the next run.
     "organizations-purge-due": {"task": "apps.ops.tasks.organizations_purge_due", "schedule": 600.0},

@@ -8,6 +8,9 @@ PUBLIC_SCHEMA_NAME = "public"
 # Organizations are provisioned by cloning this migrated schema (apps.tenants.template), never by
 # replaying migrations. It is not an organization and is never routed to.
 TENANT_TEMPLATE_SCHEMA = "_template"
+# Schemas kept built ahead of sign-ups (apps.tenants.services.ready_schemas_refill): a sign-up renames
+# one instead of running the template's script. Each holds the relations of an organization; 0: none.
+TENANT_READY_SCHEMAS = env_int("TENANT_READY_SCHEMAS", 3)
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 # Django's migrate, run by django-tenants in each schema, without rendering models for the migrations
 # the router keeps out of that schema (apps.tenants.migrating: half of a fresh database's migrate).

@@ -21,6 +21,9 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
 LLM_HIT_BATCH_SECONDS = 0.0  # cache hits are written at once, inside the test's transaction
+# No schemas built ahead: a test's organizations come from the script, the same every run;
+# tests/tenants/test_ready_schemas.py turns the pool on.
+TENANT_READY_SCHEMAS = 0
 API_KEY_LAST_USED_FLUSH_SECONDS = 0  # tests flush keys' last use themselves (apikey_last_used_flush)
 OUTBOUND_ALLOW_PRIVATE_NETWORKS = True  # local webhook receivers and test servers on 127.0.0.1
 # As in development: the loopback addresses are the platform host, like `localhost`.
