@@ -19,7 +19,8 @@ Injected after an hour of normal traffic (at a random time in the next 30 minute
 Detection delay is simulated time from the incident's start to the end of the sample that opened
 the anomaly (the earliest its data exists), and separately with the pipeline's worst-case lags
 added (a sample waits up to 15 s for the next beat run). A slow drift has no sharp start: its delay is
-also given from the moment it reaches the detector's floor (latency +30 %). False positives: clean
+given from the moment it reaches +30 % (just over the level rule's +25 % floor), and also from its
+start. False positives: clean
 series (6 h each) replayed with nothing injected; the rate is the share of judged samples (after the
 warm-up) that opened an anomaly, and the share of time an alert stood open.
 """

@@ -182,12 +182,20 @@ def _explain(kind: str, subject: str, verdict: Verdict, sample: Sample) -> str:
         DEPLOYMENT_COST: f"Cost per request of {subject}",
         ORGANIZATION_SPEND: f"Spend rate of organization {subject}",
     }[kind]
+    detector = SERIES[kind]
+    why = {
+        "spike": f"{verdict.samples} samples in a row were over {verdict.line:.6g} {unit}, the line for a sudden rise",
+        "level": f"its smoothed level reached {verdict.seen:.6g} {unit}, over {verdict.line:.6g} {unit}, "
+        f"the line for a rise that stays ({verdict.samples} samples in a row)",
+        "lasting": f"its last {verdict.samples} samples, {verdict.seen:.6g} {unit} on average, were over "
+        f"{verdict.line:.6g} {unit} by more than {detector.cusum_h:g} noise scales in all, the limit for a lasting "
+        "shift (a slow drift, or a moderate rise that stays)",
+    }.get(verdict.rule, f"the detector calls anything over {verdict.threshold:.6g} {unit} anomalous")
     return (
         f"{what} was {verdict.value:.6g} {unit} ({sample.detail}), against a normal level of "
-        f"{verdict.baseline:.6g} {unit}; the detector calls anything over {verdict.threshold:.6g} {unit} "
-        f"anomalous (robust EWMA baseline with a MAD scale, see docs/operations.md). Opened at "
-        f"{dt.datetime.fromtimestamp(sample.end, dt.UTC):%H:%M:%S} UTC; it resolves itself once the "
-        "series stays back near its normal level."
+        f"{verdict.baseline:.6g} {unit}; {why} (robust EWMA baseline with a MAD scale, see "
+        f"docs/operations.md). Opened at {dt.datetime.fromtimestamp(sample.end, dt.UTC):%H:%M:%S} UTC; "
+        "it resolves itself once the series stays back near its normal level."
     )
 
 

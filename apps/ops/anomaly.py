@@ -9,19 +9,31 @@ anomalies: latency, error rate, cost per request, spend):
 
 - baseline: an exponentially weighted moving average of the series' normal samples, each clipped
   to `baseline + clip * scale` before it is taken in, so one outlier moves it little ("robust EWMA");
-- scale: 1.4826 x the median absolute deviation of the last `window` normal samples (the standard
-  deviation of normal noise, unmoved by outliers), never below `min_scale` x the baseline;
+- scale: 1.4826 x the median absolute difference of consecutive normal samples among the last
+  `window`, / sqrt 2 (the standard deviation of normal noise, unmoved by outliers and by a slow
+  trend), never below `min_scale` x the baseline;
 - threshold: `baseline + max(k * scale, relative * baseline, absolute)`; the relative and absolute
   floors keep a near-constant series (MAD 0) from alerting on a trivial change;
 - warm-up: the first `warmup` samples only teach the baseline; nothing opens before;
-- opening: `open_after` samples in a row over the threshold, or `sustain_after` samples in a row
-  over the lower `baseline + max(k_sustain * scale, relative * baseline, absolute)` (a slow drift
-  or a moderate step that stays); samples over that lower line are kept out of the baseline;
+- opening, on any of three rules:
+  - spike: `open_after` samples in a row over the threshold;
+  - level: a fast EWMA of the samples (each capped) over the lower
+    `baseline + max(k_level * scale * smoothing, relative * baseline, absolute)` for `level_after`
+    samples in a row (a moderate step that stays);
+  - lasting shift (one-sided CUSUM, Page's test): each sample's excess over the reference
+    `baseline + max(cusum_k * scale, cusum_share * relative * baseline, cusum_share * absolute)`,
+    in scales and at most `cusum_cap` per sample, is added up (never below 0); the total over
+    `cusum_h` opens. A slow drift is found once its accumulated excess is clear, before its level
+    reaches the level rule's line (whose EWMA trails a trend and whose line is above the noise);
+    as `cusum_cap` < `cusum_h`, no single sample opens it, however wild;
+  samples that look like an incident's start are kept out of the baseline;
 - closing (hysteresis): `close_after` samples in a row at or under
   `baseline + max(k_close * scale, relative/2 * baseline, absolute/2)`; the baseline is frozen
   while open, so the incident never becomes the new normal;
 - a shift that stays open `relearn_after` samples is taken as the new normal: the anomaly resolves
   and the baseline restarts from the recent samples.
+
+A series' state is bounded: `window` + 8 numbers and a few counters, whatever its length.
 
 The thresholds per kind of series are in SERIES (documented in docs/operations.md, "Anomaly
 detection and self-healing").
@@ -81,6 +93,13 @@ class Detector:
     # under log_floor count as about nothing. Verdicts report values in the series' own unit.
     log_floor: float = 0.0
     unit: str = ""
+    # Lasting-shift rule (CUSUM): the excess over baseline + max(cusum_k * scale, cusum_share x the
+    # floors), in scales and at most cusum_cap per sample, adds up; a total over cusum_h opens.
+    # cusum_h 0: no such rule.
+    cusum_k: float = 0.75
+    cusum_share: float = 0.5
+    cusum_h: float = 0.0
+    cusum_cap: float = 2.0
 
     @property
     def smoothing(self) -> float:
@@ -92,12 +111,16 @@ class Detector:
 # minute), an organization's spend one per 30 s. See docs/operations.md for the reasoning.
 SERIES: dict[str, Detector] = {
     # Mean latency of the bucket's successful calls, ms (buckets with 3 successes or more).
+    # Lasting shift: over baseline + max(0.75 scale, 12.5 %), 6 scales in all (bench: a drift of
+    # +5 %/min is found by +30 %, at worst 1.5 min after).
     DEPLOYMENT_LATENCY: Detector(
         alpha=0.005, alpha_fast=0.4, k=5.0, k_level=3.5, k_close=2.0, relative=0.25, absolute=50.0,
-        warmup=40, open_after=2, level_after=2, close_after=4, unit="ms",
+        warmup=40, open_after=2, level_after=2, close_after=4, window=120,
+        cusum_k=0.75, cusum_share=0.5, cusum_h=6.0, cusum_cap=2.0, unit="ms",
     ),
     # Provider-side error rate of the bucket's attempts, as its Wilson lower bound (error_rate_sample):
-    # a few attempts with one failure never look like an outage.
+    # a few attempts with one failure never look like an outage. No lasting-shift rule: mostly zeros
+    # (MAD 0), and an outage is a burst, which the other two rules find within a minute.
     DEPLOYMENT_ERRORS: Detector(
         alpha=0.01, alpha_fast=0.3, k=6.0, k_level=6.0, k_close=3.0, relative=1.0, absolute=0.06,
         warmup=20, open_after=2, level_after=1, close_after=4, min_scale=0.05, unit="error rate",
@@ -105,14 +128,17 @@ SERIES: dict[str, Detector] = {
     # Mean cost of the bucket's successful calls, USD (buckets with 3 successes or more).
     DEPLOYMENT_COST: Detector(
         alpha=0.005, alpha_fast=0.3, k=6.0, k_level=3.5, k_close=2.0, relative=0.3, absolute=0.00001,
-        warmup=40, open_after=2, level_after=2, close_after=4, unit="USD/request",
+        warmup=40, open_after=2, level_after=2, close_after=4, window=120,
+        cusum_k=0.75, cusum_share=0.5, cusum_h=6.0, cusum_cap=2.0, unit="USD/request",
     ),
     # The organization's spend rate over the sample's 30 s, USD per minute, judged on a log scale
     # (spend is heavy-tailed: one large request is not an incident; a rate 2.5x or more is).
+    # Lasting shift: over baseline + max(1 scale, x 1.58), 3.5 scales in all, at most 3 per sample
+    # (two high samples: a 5x spike is found within 3 samples, one large request alone opens nothing).
     ORGANIZATION_SPEND: Detector(
         alpha=0.01, alpha_fast=0.5, k=5.0, k_level=3.0, k_close=2.0, relative=0.0, absolute=math.log(2.5),
         warmup=60, open_after=2, level_after=2, close_after=6, min_scale=0.0, relearn_after=240,
-        log_floor=0.05, unit="USD/min",
+        cusum_k=1.0, cusum_share=0.5, cusum_h=3.5, cusum_cap=3.0, log_floor=0.05, unit="USD/min",
     ),
 }  # fmt: skip
 
@@ -129,13 +155,20 @@ class Verdict:
     resolved: bool  # this sample closed one
     relearned: bool  # closed because a lasting shift became the new normal
     is_open: bool  # open after this sample
+    # What opened it (only when `opened`): "spike", "level" or "lasting"; the line that rule's
+    # figure crossed; that figure (spike: the sample, level: the smoothed level, lasting: the mean
+    # of the samples whose excess added up); and how many samples that figure covers.
+    rule: str = ""
+    line: float = 0.0
+    seen: float = 0.0
+    samples: int = 0
 
 
 def series_new() -> dict[str, Any]:
     """The state of a series that has seen nothing."""
     return {
         "n": 0, "baseline": 0.0, "fast": 0.0, "normal": [], "tail": [],
-        "hits": 0, "level": 0, "calm": 0, "open": False, "age": 0,
+        "hits": 0, "level": 0, "calm": 0, "open": False, "age": 0, "cusum": 0.0, "run": 0, "run_sum": 0.0,
     }  # fmt: skip
 
 
@@ -172,6 +205,18 @@ def _learn(detector: Detector, state: dict[str, Any], x: float, scale: float) ->
     state["normal"] = [*state["normal"], x][-detector.window :]
 
 
+def _accumulate(detector: Detector, state: dict[str, Any], x: float, reference: float, scale: float) -> bool:
+    """The lasting-shift rule (one-sided CUSUM): add the sample's excess over `reference`, in scales
+    and at most `cusum_cap`; the total never goes below 0. Keeps the run of samples since it was
+    last 0 (their count and sum: what the explanation reports). True once the total is over `cusum_h`."""
+    total = max(0.0, float(state.get("cusum", 0.0)) + min((x - reference) / scale, detector.cusum_cap))
+    if total > 0:
+        state.update(cusum=total, run=int(state.get("run", 0)) + 1, run_sum=float(state.get("run_sum", 0.0)) + x)
+    else:
+        state.update(cusum=0.0, run=0, run_sum=0.0)
+    return total > detector.cusum_h
+
+
 def _outward(detector: Detector, value: float) -> float:
     return math.expm1(value) * detector.log_floor if detector.log_floor else value
 
@@ -194,12 +239,26 @@ def series_step(detector: Detector, state: dict[str, Any], sample: float) -> tup
     state["fast"] = fast
     warm = state["n"] >= detector.warmup
     spike, level = warm and x > threshold, warm and fast > level_line
+    reference = _line(detector, baseline, detector.cusum_k * scale, share=detector.cusum_share)
+    accumulating = bool(detector.cusum_h) and warm and not state["open"]
+    lasting = accumulating and _accumulate(detector, state, x, reference, scale)
     opened = resolved = relearned = False
+    rule, line, seen, samples = "", 0.0, 0.0, 0
     if not state["open"]:
         state["hits"] = state["hits"] + 1 if spike else 0
         state["level"] = state["level"] + 1 if level else 0
-        if state["hits"] >= detector.open_after or state["level"] >= detector.level_after:
-            state.update(open=True, calm=0, age=0)
+        opening = (
+            ("spike", threshold, x, state["hits"])
+            if state["hits"] >= detector.open_after
+            else ("level", level_line, fast, state["level"])
+            if state["level"] >= detector.level_after
+            else ("lasting", reference, state["run_sum"] / state["run"], state["run"])
+            if lasting
+            else None
+        )
+        if opening:
+            rule, line, seen, samples = opening
+            state.update(open=True, calm=0, age=0, cusum=0.0, run=0, run_sum=0.0)
             opened = True
         elif not (spike or level or (warm and x > _line(detector, baseline, detector.clip * scale))):
             _learn(detector, state, x, scale)  # what looks like the start of an incident is not learned
@@ -220,11 +279,15 @@ def series_step(detector: Detector, state: dict[str, Any], sample: float) -> tup
         value=sample,
         baseline=_outward(detector, baseline),
         threshold=_outward(detector, threshold),
-        anomalous=spike or level,
+        anomalous=spike or level or lasting,
         opened=opened,
         resolved=resolved,
         relearned=relearned,
         is_open=bool(state["open"]),
+        rule=rule,
+        line=_outward(detector, line) if rule else 0.0,
+        seen=_outward(detector, seen) if rule else 0.0,
+        samples=samples,
     )
 
 

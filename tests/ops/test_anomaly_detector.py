@@ -83,6 +83,48 @@ def test_a_slow_drift_opens_though_each_step_is_small() -> None:
     assert opened - 200 <= 40  # by the time it is ~+40 %, well within its detector's floor + noise
 
 
+def test_a_slow_drift_under_the_level_rules_floor_opens_on_the_lasting_shift_rule() -> None:
+    # +0.5 % per sample: the smoothed level never gets over the level rule's +25 % floor in 45
+    # samples (it ends near +22 %), but the excess over the lasting-shift reference adds up.
+    normal = _noisy(300, spread=0.1)
+    drift = [value * (1 + 0.005 * index) for index, value in enumerate(_noisy(45, spread=0.1, seed=8))]
+    verdicts = _run(LATENCY, normal + drift)
+    opened = _first_open(verdicts)
+    assert opened is not None and opened >= 300
+    verdict = verdicts[opened]
+    assert verdict.rule == "lasting"
+    assert verdict.samples >= 3 and verdict.line < verdict.seen < verdict.threshold
+    assert 750 < verdict.baseline < 850  # against the level from before the drift
+
+
+def test_without_the_lasting_shift_rule_the_same_drift_opens_later_or_not_at_all() -> None:
+    normal = _noisy(300, spread=0.1)
+    drift = [value * (1 + 0.005 * index) for index, value in enumerate(_noisy(45, spread=0.1, seed=8))]
+    with_rule = _first_open(_run(LATENCY, normal + drift))
+    without = _first_open(_run(replace(LATENCY, cusum_h=0.0), normal + drift))
+    assert with_rule is not None and (without is None or without > with_rule)
+
+
+def test_no_single_sample_opens_the_lasting_shift_rule_however_wild() -> None:
+    for detector in SERIES.values():
+        assert detector.cusum_h == 0 or detector.cusum_cap < detector.cusum_h
+    verdicts = _run(LATENCY, [*_noisy(300), 1e9, *_noisy(3, seed=9)])
+    assert not any(verdict.opened for verdict in verdicts)
+
+
+def test_the_lasting_shift_total_is_kept_in_the_state_and_starts_over_on_opening() -> None:
+    state = series_new()
+    for value in _noisy(300):
+        state, _ = series_step(LATENCY, state, value)
+    assert 0.0 <= state["cusum"] < LATENCY.cusum_h
+    for value in _noisy(20, level=1400, seed=10):
+        state, verdict = series_step(LATENCY, state, value)
+        if verdict.opened:
+            break
+    assert verdict.opened and state["cusum"] == 0.0 and state["run"] == 0
+    assert len(state["normal"]) <= LATENCY.window  # bounded, whatever the series' length
+
+
 def test_a_single_spike_opens_nothing_and_does_not_move_the_baseline() -> None:
     verdicts = _run(LATENCY, [*_noisy(200), 20_000.0, *_noisy(50, seed=5)])
     assert not any(verdict.opened for verdict in verdicts)
@@ -101,7 +143,9 @@ def test_a_spend_spike_opens_and_a_heavy_tailed_normal_spend_does_not() -> None:
     assert not any(verdict.opened for verdict in _run(detector, normal))
     verdicts = _run(detector, normal + [minute(5.0) for _ in range(10)])
     opened = _first_open(verdicts)
-    assert opened is not None and 600 <= opened <= 603
+    assert opened is not None and 600 <= opened <= 602  # within three 30 s samples
+    # One sample of a large request (ten times the normal spend) opens nothing.
+    assert not any(verdict.opened for verdict in _run(detector, [*normal, 10 * normal[-1], *normal[:5]]))
 
 
 def test_a_lasting_shift_becomes_the_new_normal_after_relearn_after_samples() -> None:

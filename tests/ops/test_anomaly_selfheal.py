@@ -169,6 +169,9 @@ def test_a_failing_deployment_opens_its_breaker_routes_around_it_explains_and_re
     assert (anomaly.kind, anomaly.subject, anomaly.resolved_at) == ("deployment_errors", "openai/gpt-4o-mini", None)
     assert anomaly.observed > anomaly.threshold > anomaly.baseline
     assert "6 of 6 attempts failed provider-side" in anomaly.explanation
+    # What the rule that opened it saw, and the line it crossed, against the baseline.
+    assert f"against a normal level of {anomaly.baseline:.6g}" in anomaly.explanation
+    assert "samples in a row were over" in anomaly.explanation or "its smoothed level reached" in anomaly.explanation
     assert "Opened the breaker of openai/gpt-4o-mini" in anomaly.action
     assert "reaper" in anomaly.action and reaped == [{"tenant_id": two_tenants[0].pk, "duty": "reap"}]
     assert breaker_state("openai", "gpt-4o-mini") == "open"
