@@ -175,6 +175,9 @@ def _migrate_in_one_transaction(
         cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema])
         if cursor.fetchone() is None:
             return SchemaOutcome(schema, "skipped", error="no such schema (deleted?)")
+        # Another migrate at work on this schema (a retried deploy job) is waited for, then this one
+        # reads what that one applied: without the row lock both would run the same DDL.
+        Organization.objects.select_for_update().filter(pk=organization_id).values_list("id").first()
         cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{lock_timeout_ms}ms"])
         applied = set(schema_migrations(schema))
         ahead = applied - target

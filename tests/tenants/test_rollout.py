@@ -3,6 +3,8 @@ SQL replayed in each, one transaction per schema, failures reported by name, res
 
 from __future__ import annotations
 
+import threading
+import time
 from io import StringIO
 
 import psycopg
@@ -113,6 +115,34 @@ def test_a_schema_whose_tables_are_busy_fails_after_the_lock_timeout(live_db: Li
     assert [f.schema for f in summary.failures] == [organization.schema_name]
     assert "lock timeout" in summary.failures[0].error
     assert organizations_migrate().migrated == [organization.schema_name]
+
+
+def test_two_migrates_at_once_apply_each_schema_once(live_db: LiveDb) -> None:
+    """A deploy job retried while the first still runs: the second waits for each schema the first
+    holds, then finds it current; neither fails on the other's DDL."""
+    organization = live_db.organization(slug="roll-twice")
+    _put_behind(organization)
+    summaries: list[rollout.RolloutSummary] = []
+
+    def migrate() -> None:
+        try:
+            summaries.append(organizations_migrate())
+        finally:
+            connection.close()
+
+    # Both start while the organization's row is held, so both have read it as behind.
+    with psycopg.connect(_dsn(), autocommit=False) as holder:
+        holder.execute("SELECT 1 FROM tenants_organization WHERE id = %s FOR UPDATE", [organization.pk])
+        runs = [threading.Thread(target=migrate) for _ in range(2)]
+        for run in runs:
+            run.start()
+        time.sleep(1.0)
+    for run in runs:
+        run.join(timeout=60)
+    assert len(summaries) == 2
+    assert [s.failures for s in summaries] == [[], []]
+    assert sorted(len(s.migrated) for s in summaries) == [0, 1]
+    assert schema_migrations(organization.schema_name) == schema_migrations("_template")
 
 
 def test_migrate_command_prints_the_pass_and_fails_naming_the_schema(live_db: LiveDb) -> None:
