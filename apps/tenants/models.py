@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models.functions import Upper
 from django_tenants.models import DomainMixin, TenantMixin
 
 SLUG_PATTERN = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
@@ -48,6 +49,9 @@ class Organization(TenantMixin):
                 condition=models.Q(deletion_due_at__isnull=True) | models.Q(status="deleting"),
                 name="tenants_organization_deletion_due_only_when_deleting",
             ),
+            # django-tenants refuses a new schema name equal to another but for case with
+            # `schema_name__iexact` (UPPER = UPPER): this index answers it without a scan.
+            models.UniqueConstraint(Upper("schema_name"), name="tenants_organization_schema_name_ci_unique"),
         ]
 
     def __str__(self) -> str:
