@@ -63,7 +63,9 @@ def home(request: HttpRequest) -> HttpResponse:
             },
         )
     membership = portal_membership(user=caller_user(request), organization=organization)
-    if membership is None:
+    # An operator with a support grant holds permissions here without a membership.
+    support_access = membership is None and bool(member_permissions(request))
+    if membership is None and not support_access:
         return render(request, "portal/not_member.html", {"organization": organization}, status=403)
     return render(
         request,
@@ -71,6 +73,7 @@ def home(request: HttpRequest) -> HttpResponse:
         {
             "organization": organization,
             "membership": membership,
+            "support_access": support_access,
             "base_domain": settings.BASE_DOMAIN,
             "may_manage_keys": member_may(request, Permission.KEYS_MANAGE),
         },

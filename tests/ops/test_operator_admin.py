@@ -377,6 +377,10 @@ def test_support_access_lets_the_operator_read_one_portal_until_it_expires(
     assert portal_a.get("/jobs/").status_code == 200
     assert len(_events(first, "support_access.used")) == 1  # the first use, once
     assert portal_a.get("/keys/").status_code == 403  # read-only: the Viewer role
+    home = portal_a.get("/")
+    assert home.status_code == 200 and "support access" in home.content.decode()
+    assert portal_a.get("/members/").status_code == 200
+    assert portal_b.get("/").status_code == 403
     assert portal_b.get("/jobs/").status_code == 403  # another organization: unaffected
     assert _events(second, "support_access.granted") == []
 
