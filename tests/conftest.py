@@ -11,6 +11,7 @@ Celery worker process or a subprocess can see them; what they create they remove
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.test.utils import setup_databases, teardown_databases
@@ -19,10 +20,12 @@ from rest_framework.test import APIClient
 
 from apps.apikeys.selectors import apikey_cache_forget
 from apps.apikeys.services import apikey_create
+from apps.llm.platform.selectors import catalog_forget
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from apps.tenants.selectors import organization_cache_forget
 from tests.factories import TEST_ACTOR, organization_make, organization_purge
+from tests.support.fake_provider import FakeProvider
 
 TENANT_A = "tenant-a"
 TENANT_B = "tenant-b"
@@ -119,3 +122,36 @@ def api_client_for(db: None) -> Iterator[ApiClientFor]:
     yield make
     apikey_cache_forget()
     tenant_connection().set_schema_to_public()
+
+
+# The fake OpenAI and Anthropic servers as the platform's provider, and API keys of A and B.
+
+
+@pytest.fixture
+def key_a(two_tenants: tuple[Organization, Organization]) -> str:
+    return apikey_create(organization=two_tenants[0], name="tests A", actor=TEST_ACTOR).key
+
+
+@pytest.fixture
+def key_b(two_tenants: tuple[Organization, Organization]) -> str:
+    return apikey_create(organization=two_tenants[1], name="tests B", actor=TEST_ACTOR).key
+
+
+@pytest.fixture(scope="session")
+def fake_provider_server() -> Iterator[FakeProvider]:
+    with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_provider(fake_provider_server: FakeProvider, settings: Any) -> FakeProvider:
+    """The fake OpenAI and Anthropic servers, configured as the platform's default credentials."""
+    fake_provider_server.reset()
+    settings.OPENAI_API_KEY = "sk-test-platform"
+    settings.OPENAI_BASE_URL = fake_provider_server.openai_base_url
+    settings.ANTHROPIC_API_KEY = "sk-ant-test-platform"
+    settings.ANTHROPIC_BASE_URL = fake_provider_server.anthropic_base_url
+    settings.LLM_RETRY_BASE_S = 0.01
+    settings.LLM_PROVIDER_TIMEOUT_S = 5
+    catalog_forget()
+    return fake_provider_server

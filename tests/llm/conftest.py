@@ -11,16 +11,12 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 
 from apps.apikeys.selectors import apikey_cache_forget
-from apps.apikeys.services import apikey_create
 from apps.llm import caching
 from apps.llm.platform.selectors import catalog_forget
 from apps.llm.selectors import llm_settings_forget
 from apps.llm.services import provider_own_keys_forget
-from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
 from cognitionos.wsgi import application
-from tests.factories import TEST_ACTOR
-from tests.support.fake_provider import FakeProvider
 
 
 @pytest.fixture(autouse=True)
@@ -77,33 +73,3 @@ def gateway_client(key: str) -> openai.OpenAI:
         max_retries=0,
         http_client=httpx2.Client(transport=transport, base_url="http://localhost/v1"),
     )
-
-
-@pytest.fixture
-def key_a(two_tenants: tuple[Organization, Organization]) -> str:
-    return apikey_create(organization=two_tenants[0], name="tests A", actor=TEST_ACTOR).key
-
-
-@pytest.fixture
-def key_b(two_tenants: tuple[Organization, Organization]) -> str:
-    return apikey_create(organization=two_tenants[1], name="tests B", actor=TEST_ACTOR).key
-
-
-@pytest.fixture(scope="session")
-def fake_provider_server() -> Iterator[FakeProvider]:
-    with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_provider(fake_provider_server: FakeProvider, settings: Any) -> FakeProvider:
-    """The fake OpenAI and Anthropic servers, configured as the platform's default credentials."""
-    fake_provider_server.reset()
-    settings.OPENAI_API_KEY = "sk-test-platform"
-    settings.OPENAI_BASE_URL = fake_provider_server.openai_base_url
-    settings.ANTHROPIC_API_KEY = "sk-ant-test-platform"
-    settings.ANTHROPIC_BASE_URL = fake_provider_server.anthropic_base_url
-    settings.LLM_RETRY_BASE_S = 0.01
-    settings.LLM_PROVIDER_TIMEOUT_S = 5
-    catalog_forget()
-    return fake_provider_server

@@ -15,7 +15,6 @@ import pytest
 
 import apps.llm.router
 from apps.apikeys.selectors import apikey_cache_forget
-from apps.apikeys.services import apikey_create
 from apps.llm import caching
 from apps.llm.breaker import breaker_state
 from apps.llm.budgets import usage_fold
@@ -28,7 +27,6 @@ from apps.ops.anomaly_metrics import anomalies_open
 from apps.ops.models import Anomaly, OperatorAction
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
-from tests.factories import TEST_ACTOR
 from tests.llm.conftest import gateway_client
 from tests.support.fake_provider import FakeProvider
 
@@ -53,35 +51,12 @@ def _fresh_state() -> Iterator[None]:
 
 
 @pytest.fixture
-def key_a(two_tenants: tuple[Organization, Organization]) -> str:
-    return apikey_create(organization=two_tenants[0], name="anomaly tests A", actor=TEST_ACTOR).key
-
-
-@pytest.fixture
-def key_b(two_tenants: tuple[Organization, Organization]) -> str:
-    return apikey_create(organization=two_tenants[1], name="anomaly tests B", actor=TEST_ACTOR).key
-
-
-@pytest.fixture(scope="module")
-def fake_provider_server() -> Iterator[FakeProvider]:
-    with FakeProvider() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_provider(fake_provider_server: FakeProvider, settings: Any) -> FakeProvider:
-    fake_provider_server.reset()
-    settings.OPENAI_API_KEY = "sk-test-platform"
-    settings.OPENAI_BASE_URL = fake_provider_server.openai_base_url
-    settings.ANTHROPIC_API_KEY = "sk-ant-test-platform"
-    settings.ANTHROPIC_BASE_URL = fake_provider_server.anthropic_base_url
-    settings.LLM_RETRY_BASE_S = 0.01
-    settings.LLM_PROVIDER_TIMEOUT_S = 5
+def fake_provider(fake_provider: FakeProvider, settings: Any) -> FakeProvider:
+    """The shared fake provider (tests/conftest.py), with two attempts per call; the breaker's own
+    count of failures in a row stays out of the way: the anomaly opens it here."""
     settings.LLM_MAX_ATTEMPTS = 2
-    # The breaker's own count of failures in a row stays out of the way: the anomaly opens it here.
     settings.LLM_BREAKER_FAILURES = 10_000
-    catalog_forget()
-    return fake_provider_server
+    return fake_provider
 
 
 class Clock:
