@@ -27,7 +27,6 @@ from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from tests.conftest import ApiClientFor
 from tests.factories import TEST_ACTOR, member_make
-from tests.llm.conftest import fake_provider, fake_provider_server  # noqa: F401 - fixtures
 from tests.support.fake_provider import FakeProvider
 
 Committing = Callable[..., Any]
@@ -183,7 +182,7 @@ def test_seats_jobs_runs_and_map_items_read_the_plan(free: Organization) -> None
 
 def test_a_call_past_frees_included_usage_is_refused_402_on_v1(
     free: Organization,
-    fake_provider: FakeProvider,  # noqa: F811 - the fixture imported above
+    fake_provider: FakeProvider,
     django_capture_on_commit_callbacks: Committing,
 ) -> None:
     plan_budget_sync(organization=free)

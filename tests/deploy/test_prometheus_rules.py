@@ -16,14 +16,12 @@ from tests.ops.metrics_exercise import (
     Exported,
     _fresh_llm_state,
     exported_metrics,
-    fake_provider,
-    fake_provider_server,
     promql_metric_names,
     recording_rule_names,
 )
 from tests.support.debian import debian_command_ensure
 
-__all__ = ["_fresh_llm_state", "exported_metrics", "fake_provider", "fake_provider_server"]
+__all__ = ["_fresh_llm_state", "exported_metrics"]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"

@@ -23,13 +23,13 @@ from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
 from apps.webhooks.services import webhook_delivery_attempt, webhook_endpoint_create, webhook_event_emit
 from tests.factories import TEST_ACTOR
-from tests.llm.conftest import _fresh_llm_state, fake_provider, fake_provider_server, gateway_client
+from tests.llm.conftest import _fresh_llm_state, gateway_client
 from tests.support.fake_provider import FakeProvider
 from tests.webhooks.receiver import http_receiver
 from tests.workflows.factories import run_through, workflow_make
 
 # Fixtures for the modules that import `exported_metrics`.
-__all__ = ["_fresh_llm_state", "exported_metrics", "fake_provider", "fake_provider_server"]
+__all__ = ["_fresh_llm_state", "exported_metrics"]
 
 # Series suffixes by metric type (OpenMetrics): what a PromQL expression may name for a family.
 SUFFIXES: dict[str, tuple[str, ...]] = {

@@ -27,10 +27,10 @@ from apps.tenants.models import Organization
 from apps.tenants.tasks import TenantTask
 from apps.work.services import work_execute
 from cognitionos.logcontext import log_context
-from tests.llm.conftest import _fresh_llm_state, fake_provider, fake_provider_server
+from tests.llm.conftest import _fresh_llm_state
 from tests.support.fake_provider import FakeProvider
 
-__all__ = ["_fresh_llm_state", "fake_provider", "fake_provider_server"]
+__all__ = ["_fresh_llm_state"]
 
 logger = logging.getLogger("tests.ops.logging")
 

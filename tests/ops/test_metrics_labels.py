@@ -18,11 +18,9 @@ from tests.ops.metrics_exercise import (
     _fresh_llm_state,
     exported_metrics,
     exposition_parse,
-    fake_provider,
-    fake_provider_server,
 )
 
-__all__ = ["_fresh_llm_state", "exported_metrics", "fake_provider", "fake_provider_server"]
+__all__ = ["_fresh_llm_state", "exported_metrics"]
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 CHECKED_PREFIXES = ("cognitionos_", "django_")

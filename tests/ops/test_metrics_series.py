@@ -33,12 +33,12 @@ from apps.webhooks.models import WebhookDelivery
 from apps.webhooks.services import webhook_delivery_attempt, webhook_endpoint_create, webhook_event_emit
 from cognitionos.celery import app as celery_app
 from tests.factories import TEST_ACTOR
-from tests.ops.metrics_exercise import _fresh_llm_state, fake_provider, fake_provider_server
+from tests.ops.metrics_exercise import _fresh_llm_state
 from tests.support.fake_provider import FakeProvider
 from tests.webhooks.receiver import http_receiver
 from tests.workflows.factories import run_through, workflow_make
 
-__all__ = ["_fresh_llm_state", "fake_provider", "fake_provider_server"]
+__all__ = ["_fresh_llm_state"]
 
 KEY = Principal(kind="api_key", id="7", label="tests (cos_x)")
 HELLO = {"messages": [{"role": "user", "content": "Count me"}], "model": "gpt-4o-mini", "max_tokens": 20}

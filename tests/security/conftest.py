@@ -1,10 +1,4 @@
-"""The LLM tests' fixtures (fake provider, keys of two organizations, fresh engine state) for the
-security tests, which drive the same gateway."""
+"""The LLM tests' fresh engine state for the security tests, which drive the same gateway (the fake
+provider and the keys of two organizations are tests/conftest.py's)."""
 
-from tests.llm.conftest import (  # noqa: F401 - fixtures, found by pytest through this module
-    _fresh_llm_state,
-    fake_provider,
-    fake_provider_server,
-    key_a,
-    key_b,
-)
+from tests.llm.conftest import _fresh_llm_state  # noqa: F401 - a fixture, found by pytest through this module
