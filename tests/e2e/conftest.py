@@ -146,12 +146,15 @@ def screenshot(page: Any, name: str) -> None:
 
 
 def unlabeled_fields(page: Any) -> list[str]:
-    """Form fields a screen reader could not name."""
+    """Form fields a screen reader could not name. Inputs that are buttons (`type=submit` and the
+    like, as Django's admin uses) are named by their value: not fields."""
     return list(
         page.evaluate(
-            """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+            """() => [...document.querySelectorAll(
+                    'input:not([type=hidden]):not([type=submit]):not([type=button]):not([type=reset])'
+                    + ':not([type=image]), select, textarea')]
                 .filter(field => !field.labels.length && !field.getAttribute('aria-label'))
-                .map(field => field.name || field.id)"""
+                .map(field => field.name || field.id || field.outerHTML.slice(0, 80))"""
         )
     )
 

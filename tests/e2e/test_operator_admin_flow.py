@@ -65,23 +65,8 @@ def operator_secret(live_db: LiveDb) -> Iterator[str]:
     User.objects.filter(email=OPERATOR).delete()
 
 
-def _unlabeled_admin_fields(page: Any) -> list[str]:
-    """`unlabeled_fields` for Django admin pages: the same check, but `<input type="submit">`
-    (every admin button: log in, search, the action forms) is a button named by its value, not a
-    field; buttons are checked by `_unnamed_buttons`."""
-    return list(
-        page.evaluate(
-            """() => [...document.querySelectorAll(
-                    'input:not([type=hidden]):not([type=submit]):not([type=button]):not([type=reset]),'
-                    + 'select, textarea')]
-                .filter(field => !field.labels.length && !field.getAttribute('aria-label'))
-                .map(field => field.name || field.id || field.outerHTML.slice(0, 80))"""
-        )
-    )
-
-
 def _phone_checks(page: Any) -> None:
-    assert _unlabeled_admin_fields(page) == []
+    assert unlabeled_fields(page) == []
     assert _unnamed_buttons(page) == []
     page.set_viewport_size(PHONE)
     assert overflowing(page) <= 0, "the page scrolls sideways on a phone"
@@ -115,7 +100,7 @@ def test_operator_signs_in_with_a_code_suspends_an_organization_and_sees_it_logg
     # Password first (the admin's own form), then the second factor before any admin page shows.
     page.goto(f"{origin}/admin/")
     page.wait_for_url(re.compile(r"/admin/login/"))
-    assert _unlabeled_admin_fields(page) == []
+    assert unlabeled_fields(page) == []
     assert _unnamed_buttons(page) == []
     page.get_by_label("Email address").fill(OPERATOR)
     page.get_by_label("Password").fill(PASSWORD)

@@ -599,6 +599,12 @@ class FakeProvider:
 
     # ----------------------------------------------------------------- answering (server threads)
 
+    @property
+    def open_requests(self) -> int:
+        """How many requests it is answering now."""
+        with self._lock:
+            return self._open
+
     def _in_flight(self, change: int) -> None:
         with self._lock:
             self._open += change
