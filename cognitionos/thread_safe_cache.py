@@ -24,7 +24,7 @@ def thread_safe_cache(factory: Callable[P, T]) -> Callable[P, T]:
 
     @functools.wraps(factory)
     def get(*args: P.args, **kwargs: P.kwargs) -> T:
-        key = (args, tuple(sorted(kwargs.items())))
+        key = (args, tuple(sorted(kwargs.items()))) if kwargs else args  # every call: keep it cheap
         try:
             return cached[key]  # the hot path takes no lock: a dict read is atomic
         except KeyError:
