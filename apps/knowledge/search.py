@@ -31,11 +31,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+import psycopg
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Sum
-from django.db.models.functions import Cast
-from pgvector.django import CosineDistance, VectorField
+from django.db.models import Exists, F, OuterRef, Q, Sum
+from pgvector import Vector
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types.json import Jsonb
 
 from apps.accounts.principals import Principal
 from apps.knowledge.ingestion import reducible
@@ -92,6 +95,7 @@ PLAN_COUNTS_TTL_S = 60.0
 # Highlighting: terms of the query, and marks per hit, kept.
 MAX_MATCH_TERMS = 32
 MAX_MATCHES_PER_HIT = 64
+MAX_STEM_PREFIX = 64  # a word longer than this matches a term only when the term is its prefix
 
 
 class KnowledgeSearchInvalid(KnowledgeInvalid):
@@ -328,21 +332,55 @@ def plan_counts_forget() -> None:
     _counts.forget()
 
 
+class _VectorDumper(Dumper):
+    """A query's embedding as pgvector's binary form (6 KB at 1,536 dimensions): no 30 KB literal
+    formatted in Python and parsed by the server on every search."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: Vector) -> bytes:
+        return bytes(obj.to_binary())
+
+
 def vector_candidates(
     *, embedding_set: EmbeddingSet, vector: list[float], filters: Mapping[str, Any], method: str, limit: int
-) -> QuerySet[ChunkEmbedding, tuple[int, float]]:
-    """The query of one plan, nearest first, annotated with `distance` (cosine). HNSW: ordered by the
-    distance over `embedding::vector(N)` with `dimensions = N`, the partial index's expression and
-    predicate. Exact: ordered by the distance over the uncast column, which no index serves, over the
-    set's rows (its btree)."""
-    rows = ChunkEmbedding.objects.filter(embedding_set_id=embedding_set.pk, dimensions=embedding_set.dimensions)
+) -> tuple[str, dict[str, Any]]:
+    """The statement of one plan and its parameters: chunk ids nearest first with their cosine
+    `distance`. HNSW: ordered by the distance over `embedding::vector(N)` with `dimensions = N`, the
+    partial index's expression and predicate. Exact: ordered by the distance over the uncast column,
+    which no index serves, over the set's rows (its btree).
+
+    Tables are named with the organization's schema, and the set, the dimension count and the limit
+    (integers of ours) are part of the text, so that a prepared statement's plan is this set's plan:
+    a generic plan can't prove a partial index's predicate from a parameter, nor guess how many rows
+    a parameter's set has. Only the query vector and the metadata filter are parameters."""
+    schema = connection.ops.quote_name(tenant_connection().schema_name)
+    dimensions = int(embedding_set.dimensions)
+    column = f"(v.embedding::public.vector({dimensions}))" if method == "hnsw" else "v.embedding"
+    params: dict[str, Any] = {"query": Vector(vector)}
+    where = f"v.embedding_set_id = {int(embedding_set.pk)} AND v.dimensions = {dimensions}"
     if filters:
-        rows = rows.filter(chunk__document__metadata__contains=dict(filters))
-    if method == "hnsw":
-        distance = CosineDistance(Cast("embedding", VectorField(dimensions=embedding_set.dimensions)), vector)
-    else:
-        distance = CosineDistance("embedding", vector)
-    return rows.annotate(distance=distance).order_by("distance").values_list("chunk_id", "distance")[:limit]
+        where += (
+            f" AND EXISTS (SELECT 1 FROM {schema}.knowledge_chunk c"  # noqa: S608 - a quoted schema
+            f" JOIN {schema}.knowledge_document d ON d.id = c.document_id"
+            " WHERE c.id = v.chunk_id AND d.metadata @> %(filters)s::jsonb)"
+        )
+        params["filters"] = Jsonb(dict(filters))
+    sql = (
+        f"SELECT v.chunk_id, {column} OPERATOR(public.<=>) %(query)s::public.vector AS distance"  # noqa: S608 - integers and a quoted schema
+        f" FROM {schema}.knowledge_chunkembedding v WHERE {where} ORDER BY distance LIMIT {int(limit)}"
+    )
+    return sql, params
+
+
+def _nearest(sql: str, params: dict[str, Any]) -> list[tuple[int, float]]:
+    """Runs a vector_candidates statement on Django's connection (in the caller's transaction) with
+    server-side binding, prepared once per connection and statement."""
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.adapters.register_dumper(Vector, _VectorDumper)
+        cursor.execute(sql, params, prepare=True)
+        return [(int(chunk_id), 1 - float(distance)) for chunk_id, distance in cursor.fetchall()]
 
 
 def _vector_list(
@@ -354,19 +392,19 @@ def _vector_list(
     if plan.method == "hnsw":
         with connection.cursor() as cursor:
             cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(plan.ef_search)])
-        found = list(
-            vector_candidates(embedding_set=embedding_set, vector=vector, filters=filters, method="hnsw", limit=limit)
+        found = _nearest(
+            *vector_candidates(embedding_set=embedding_set, vector=vector, filters=filters, method="hnsw", limit=limit)
         )
         if len(found) >= limit:
-            return [(chunk_id, 1 - float(distance)) for chunk_id, distance in found], "hnsw"
+            return found, "hnsw"
         # The filter kept fewer of the index's candidates than needed (no iterative scans in 0.6.2).
         fell_back = True
     else:
         fell_back = False
-    found = list(
-        vector_candidates(embedding_set=embedding_set, vector=vector, filters=filters, method="exact", limit=limit)
+    found = _nearest(
+        *vector_candidates(embedding_set=embedding_set, vector=vector, filters=filters, method="exact", limit=limit)
     )
-    return [(chunk_id, 1 - float(distance)) for chunk_id, distance in found], "hnsw+exact" if fell_back else "exact"
+    return found, "hnsw+exact" if fell_back else "exact"
 
 
 # -- full text -----------------------------------------------------------------------------------------
@@ -415,20 +453,34 @@ def _query_terms(query: str) -> list[str]:
     return terms[:MAX_MATCH_TERMS]
 
 
-def _word_matches(word: str, terms: Iterable[str]) -> bool:
-    # A stem is a prefix of the words it stands for ("refund" of "refunds"), or the word less its
-    # last letter is a prefix of the stem ("policy" -> "polic" of "polici").
-    lowered = word.lower()
-    return any(lowered.startswith(term) or (len(lowered) >= 4 and term.startswith(lowered[:-1])) for term in terms)
+class TermMatcher:
+    """Whether a word matches one of the query's terms: a stem is a prefix of the words it stands
+    for ("refund" of "refunds"), or the word less its last letter is a prefix of the stem ("policy"
+    -> "polic" of "polici"). Built once per search, so each word costs one C-level `startswith` over
+    the terms and one set lookup, not a loop over the terms."""
+
+    def __init__(self, terms: Iterable[str]) -> None:
+        self.terms = tuple(terms)
+        # Bounded: at most MAX_MATCH_TERMS x MAX_STEM_PREFIX strings, however long a term is.
+        self.stem_prefixes = frozenset(
+            term[:n] for term in self.terms for n in range(3, min(len(term), MAX_STEM_PREFIX) + 1)
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+    def matches(self, word: str) -> bool:
+        lowered = word.lower()
+        return lowered.startswith(self.terms) or (len(lowered) >= 4 and lowered[:-1] in self.stem_prefixes)
 
 
-def text_matches(text: str, terms: list[str]) -> list[tuple[int, int]]:
+def text_matches(text: str, terms: TermMatcher) -> list[tuple[int, int]]:
     """[start, end) character offsets in `text` of the words matching the query's terms, bounded."""
     if not terms:
         return []
     found: list[tuple[int, int]] = []
     for word in _WORD.finditer(text):
-        if _word_matches(word.group(), terms):
+        if terms.matches(word.group()):
             found.append((word.start(), word.end()))
             if len(found) >= MAX_MATCHES_PER_HIT:
                 break
@@ -500,7 +552,7 @@ def knowledge_search(
             .only("id", "ordinal", "text", "heading_path", "document__id", "document__title")
             .in_bulk(order)
         )
-        terms = _query_terms(query)
+        terms = TermMatcher(_query_terms(query))
     hits = [
         Hit(
             chunk_id=chunk.pk,

@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection, transaction
 from django.db.models.functions import Cast
+from pgvector import Vector
 from pgvector.django import CosineDistance, VectorField
 
 from apps.accounts.principals import Principal
@@ -98,6 +100,16 @@ def _plan_text(queryset: Any) -> str:
     return str(queryset.explain())
 
 
+def _statement_plan(statement: tuple[str, dict[str, Any]]) -> str:
+    """EXPLAIN of a vector_candidates statement, bound as knowledge_search binds it."""
+    sql, params = statement
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.adapters.register_dumper(Vector, search._VectorDumper)
+        cursor.execute("EXPLAIN " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
 def _search(organization: Organization, knowledge_base: KnowledgeBase, **options: Any) -> search.SearchResults:
     return knowledge_search(
         organization=organization,
@@ -141,7 +153,7 @@ def test_each_plan_uses_the_index_it_means_to(
     archive, notes, _, query = archive_and_notes
     small = search_plan(embedding_set=notes.active_set, filters={}, wanted=TOP_K)  # type: ignore[arg-type]
     assert (small.method, small.kept_rows, small.dimension_rows) == ("exact", SMALL_ROWS, LARGE_ROWS + SMALL_ROWS)
-    exact = _plan_text(
+    exact = _statement_plan(
         vector_candidates(embedding_set=notes.active_set, vector=query, filters={}, method="exact", limit=TOP_K)  # type: ignore[arg-type]
     )
     # The set's rows through a btree on embedding_set_id, sorted by the distance: no HNSW index.
@@ -151,7 +163,7 @@ def test_each_plan_uses_the_index_it_means_to(
     monkeypatch.setattr(search, "EXACT_SEARCH_MAX_ROWS", 100)  # the archive counts as large
     large = search_plan(embedding_set=archive.active_set, filters={}, wanted=TOP_K)  # type: ignore[arg-type]
     assert (large.method, large.ef_search) == ("hnsw", search.HNSW_EF_SEARCH)
-    hnsw = _plan_text(
+    hnsw = _statement_plan(
         vector_candidates(embedding_set=archive.active_set, vector=query, filters={}, method="hnsw", limit=TOP_K)  # type: ignore[arg-type]
     )
     assert "Index Scan using knowledge_vector_hnsw_256" in hnsw, hnsw
