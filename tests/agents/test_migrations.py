@@ -10,23 +10,16 @@ from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, connection, transaction
-from django.db.migrations.executor import MigrationExecutor
 
 from apps.agents.models import Agent
 from apps.jobs.models import Job
 from apps.tenants.models import Organization
 from tests.knowledge.factories import document_make, knowledge_base_make
+from tests.support.schema_migrations import constraints_check_now, migrate, models_at
 
 BEFORE = [("jobs", "0004_job_work_vocabulary")]
 AFTER = [("agents", "0002_agent_table"), ("jobs", "0005_agent_moves_to_agents")]
 RENAMES: list[tuple[str, str, str, str]] = importlib.import_module("apps.agents.migrations.0002_agent_table")._RENAMES
-
-
-def _migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor
 
 
 def _tables() -> set[str]:
@@ -66,9 +59,9 @@ def _agent_names() -> set[str]:
 
 
 def test_the_move_keeps_every_agent_and_jobs_foreign_key_and_runs_backwards(tenant: Organization) -> None:
-    executor = _migrate(BEFORE)
+    executor = migrate(BEFORE)
     assert "jobs_agent" in _tables() and "agents_agent" not in _tables()
-    old = executor.loader.project_state(BEFORE).apps
+    old = models_at(executor, BEFORE)
     OldAgent, OldJob = old.get_model("jobs", "Agent"), old.get_model("jobs", "Job")
     support = OldAgent.objects.create(
         id=uuid.uuid4(),
@@ -84,18 +77,17 @@ def test_the_move_keeps_every_agent_and_jobs_foreign_key_and_runs_backwards(tena
     common = {"principal_kind": "api_key", "principal_id": "7", "principal_label": "k", "request": {"messages": []}}
     with_agent = OldJob.objects.create(id=uuid.uuid4(), agent=support, **common)
     without = OldJob.objects.create(id=uuid.uuid4(), **common)
-    with connection.cursor() as cursor:  # the inserts' deferred checks, before the tables change
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    constraints_check_now()  # the inserts' deferred checks, before the tables change
     old_names = _agent_names()
     # 0002 renames every one of them (its list is the names jobs 0001 created).
     assert old_names == {old for _, _, old, _ in RENAMES}
 
-    executor = _migrate(AFTER)
+    executor = migrate(AFTER)
 
     assert "agents_agent" in _tables() and "jobs_agent" not in _tables()
     agents = {agent.pk: agent for agent in Agent.objects.all()}
     # The document ids as they were after the move (agents 0003 turns them into knowledge bases).
-    AfterAgent = executor.loader.project_state(AFTER).apps.get_model("agents", "Agent")
+    AfterAgent = models_at(executor, AFTER).get_model("agents", "Agent")
     assert set(agents) == {support.pk, router.pk}
     moved = agents[support.pk]
     assert (moved.name, moved.system_prompt, moved.model, moved.temperature) == (
@@ -125,12 +117,12 @@ def test_the_move_keeps_every_agent_and_jobs_foreign_key_and_runs_backwards(tena
     AfterAgent.objects.filter(pk=support.pk).delete()  # the model of that state (no knowledge bases yet)
     assert Job.objects.get(pk=with_agent.pk).agent_id is None  # SET_NULL, as before
 
-    executor = _migrate(BEFORE)
+    executor = migrate(BEFORE)
     assert "jobs_agent" in _tables() and "agents_agent" not in _tables()
     assert _agent_names() == old_names
-    OldAgent = executor.loader.project_state(BEFORE).apps.get_model("jobs", "Agent")
+    OldAgent = models_at(executor, BEFORE).get_model("jobs", "Agent")
     assert list(OldAgent.objects.values_list("name", flat=True)) == ["router"]
-    _migrate(AFTER)
+    migrate(AFTER)
     assert list(Agent.objects.values_list("name", flat=True)) == ["router"]
 
 
@@ -138,8 +130,8 @@ def test_an_agents_document_ids_become_the_knowledge_bases_those_documents_are_i
     """Knowledge 0003 moved the documents of before into a knowledge base, each keeping its id as
     metadata `legacy_id`: agents 0003 names those knowledge bases instead, and runs backwards."""
     before, after = [("agents", "0002_agent_table")], [("agents", "0003_knowledge_bases")]
-    executor = _migrate(before)
-    OldAgent = executor.loader.project_state(before).apps.get_model("agents", "Agent")
+    executor = migrate(before)
+    OldAgent = models_at(executor, before).get_model("agents", "Agent")
     moved = knowledge_base_make(name="Documents")
     document_make(moved, title="refunds", metadata={"legacy_id": 3})
     document_make(moved, title="shipping", metadata={"legacy_id": 5})
@@ -150,7 +142,7 @@ def test_an_agents_document_ids_become_the_knowledge_bases_those_documents_are_i
     both = OldAgent.objects.create(id=uuid.uuid4(), name="both", model="m", knowledge_document_ids=[5, 7])
     plain = OldAgent.objects.create(id=uuid.uuid4(), name="plain", model="m")
 
-    _migrate(after)
+    migrate(after)
 
     def bases(agent_id: uuid.UUID) -> set[str]:
         return {base.name for base in Agent.objects.get(pk=agent_id).knowledge_bases.all()}
@@ -159,9 +151,9 @@ def test_an_agents_document_ids_become_the_knowledge_bases_those_documents_are_i
     assert bases(both.pk) == {"Documents", "Other"}
     assert bases(plain.pk) == set()
 
-    executor = _migrate(before)
-    OldAgent = executor.loader.project_state(before).apps.get_model("agents", "Agent")
+    executor = migrate(before)
+    OldAgent = models_at(executor, before).get_model("agents", "Agent")
     ids = dict(OldAgent.objects.values_list("name", "knowledge_document_ids"))
     # Backwards: the legacy ids of every document of the agent's knowledge bases.
     assert ids == {"support": [3, 5], "both": [3, 5, 7], "plain": []}
-    _migrate(after)
+    migrate(after)

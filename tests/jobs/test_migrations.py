@@ -7,27 +7,19 @@ import datetime as dt
 import uuid
 from decimal import Decimal
 
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from apps.jobs.models import Job, JobStatus
 from apps.tenants.models import Organization
+from tests.support.schema_migrations import constraints_check_now, migrate, models_at
 
 BEFORE = [("jobs", "0003_partial_index_ors")]
 AFTER = [("jobs", "0004_job_work_vocabulary")]
 
 
-def _migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor
-
-
 def test_0004_keeps_every_job_and_carries_runs_and_content_removal_over(tenant: Organization) -> None:
-    executor = _migrate(BEFORE)
-    OldJob = executor.loader.project_state(BEFORE).apps.get_model("jobs", "Job")
+    executor = migrate(BEFORE)
+    OldJob = models_at(executor, BEFORE).get_model("jobs", "Job")
     now = timezone.now()
     finished = now - dt.timedelta(days=3)
     common = {"principal_kind": "api_key", "principal_id": "7", "principal_label": "k"}
@@ -64,10 +56,9 @@ def test_0004_keeps_every_job_and_carries_runs_and_content_removal_over(tenant: 
             **common,
         ),
     }
-    with connection.cursor() as cursor:  # the inserts' deferred checks, before the tables change
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    constraints_check_now()  # the inserts' deferred checks, before the tables change
 
-    _migrate(AFTER)
+    migrate(AFTER)
 
     jobs = {job.pk: job for job in Job.objects.all()}
     assert set(jobs) == {row.pk for row in rows.values()}

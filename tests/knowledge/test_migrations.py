@@ -5,25 +5,16 @@ the chunks searchable by words too."""
 
 from __future__ import annotations
 
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
-
 from apps.knowledge.models import Chunk, ChunkEmbedding, Document, KnowledgeBase
 from apps.tenants.models import Organization
+from tests.support.schema_migrations import migrate, models_at
 
 BEFORE = [("knowledge", "0002_legacy_documents")]
 
 
-def _migrate(targets: list[tuple[str, str]] | None = None) -> MigrationExecutor:
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets or executor.loader.graph.leaf_nodes())
-    return executor
-
-
 def test_legacy_documents_move_into_a_knowledge_base_with_their_chunks_and_vectors(tenant: Organization) -> None:
-    executor = _migrate(BEFORE)
-    old = executor.loader.project_state(BEFORE).apps
+    executor = migrate(BEFORE)
+    old = models_at(executor, BEFORE)
     LegacyDocument, LegacyChunk = (
         old.get_model("knowledge", "LegacyDocument"),
         old.get_model("knowledge", "LegacyChunk"),
@@ -38,7 +29,7 @@ def test_legacy_documents_move_into_a_knowledge_base_with_their_chunks_and_vecto
     LegacyChunk.objects.create(document=policy, ordinal=1, text="Shipping is not refunded.", embedding=vector)
     LegacyChunk.objects.create(document=faq, ordinal=0, text="Not embedded yet.", embedding=None)
 
-    _migrate()
+    migrate()
     base = KnowledgeBase.objects.get()
     assert (base.name, base.embedding_model, base.dimensions) == ("Documents", "text-embedding-3-small", 1536)
     active = base.active_set
@@ -63,6 +54,6 @@ def test_legacy_documents_move_into_a_knowledge_base_with_their_chunks_and_vecto
 
 
 def test_without_legacy_documents_no_knowledge_base_is_made(tenant: Organization) -> None:
-    _migrate(BEFORE)
-    _migrate()
+    migrate(BEFORE)
+    migrate()
     assert not KnowledgeBase.objects.exists()

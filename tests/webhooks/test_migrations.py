@@ -8,28 +8,20 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from apps.tenants.models import Organization
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery
 from apps.work.models import WorkStatus
+from tests.support.schema_migrations import constraints_check_now, migrate, models_at
 
 BEFORE = [("webhooks", "0003_delivery_content_deleted")]
 AFTER = [("webhooks", "0004_delivery_work_vocabulary")]
 
 
-def _migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor
-
-
 def test_0004_keeps_every_delivery_and_carries_its_state_over(tenant: Organization) -> None:
-    executor = _migrate(BEFORE)
-    state = executor.loader.project_state(BEFORE).apps
+    executor = migrate(BEFORE)
+    state = models_at(executor, BEFORE)
     OldEndpoint = state.get_model("webhooks", "WebhookEndpoint")
     OldDelivery = state.get_model("webhooks", "WebhookDelivery")
     endpoint = OldEndpoint.objects.create(
@@ -112,10 +104,9 @@ def test_0004_keeps_every_delivery_and_carries_its_state_over(tenant: Organizati
             **common,
         ),
     }
-    with connection.cursor() as cursor:  # the inserts' deferred checks, before the tables change
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    constraints_check_now()  # the inserts' deferred checks, before the tables change
 
-    _migrate(AFTER)
+    migrate(AFTER)
 
     deliveries = {delivery.pk: delivery for delivery in WebhookDelivery.objects.all()}
     assert set(deliveries) == {row.pk for row in rows.values()}

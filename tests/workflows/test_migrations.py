@@ -9,26 +9,18 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from apps.tenants.models import Organization
 from apps.workflows.models import StepRun, StepStatus, WorkflowRun
+from tests.support.schema_migrations import constraints_check_now, migrate, models_at
 
 BEFORE = [("workflows", "0003_run_admission")]
 
 
-def _migrate(targets: list[tuple[str, str]]) -> MigrationExecutor:
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(targets)
-    return executor
-
-
 def test_0004_keeps_every_step_in_every_state_and_carries_the_runs_fields_over(tenant: Organization) -> None:
-    executor = _migrate(BEFORE)
-    old = executor.loader.project_state(BEFORE).apps
+    executor = migrate(BEFORE)
+    old = models_at(executor, BEFORE)
     Workflow, Version = old.get_model("workflows", "Workflow"), old.get_model("workflows", "WorkflowVersion")
     Run, Step = old.get_model("workflows", "WorkflowRun"), old.get_model("workflows", "StepRun")
     now = timezone.now()
@@ -76,10 +68,9 @@ def test_0004_keeps_every_step_in_every_state_and_carries_the_runs_fields_over(t
     step("skipped", status="skipped", finished_at=finished)
     step("failed", run=swept_run, status="failed", attempts=3, error_class="WorkerLost", finished_at=finished)
     step("cancelled", run=swept_run, status="cancelled", error_class="run_failed", finished_at=finished)
-    with connection.cursor() as cursor:  # the inserts' deferred checks, before the tables change
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    constraints_check_now()  # the inserts' deferred checks, before the tables change
 
-    _migrate([max(executor.loader.graph.leaf_nodes("workflows"))])
+    migrate([max(executor.loader.graph.leaf_nodes("workflows"))])
 
     after = {row.name: row for row in StepRun.objects.all()}
     assert set(after) == set(steps)
