@@ -4,9 +4,10 @@ with the models of the earlier state (tests/<app>/test_migrations.py).
 Django's executor, to unapply migrations, first builds the model state before each of them: it
 renders every model of the project once the first migration to unapply comes up in its full plan,
 then applies every applied migration after it (of any app) on the rendered state, re-rendering the
-related models for each operation. In an organization's schema, dj-stripe's 0002 (514 RemoveFields
-over models that all point at each other) lies in that stretch for most tenant apps, and cost
-55-100 s per backward migrate. dj-stripe is a shared app: the router keeps it out of the schema.
+related models for each operation. dj-stripe's 0002 (514 RemoveFields over models that all point at
+each other) lies in that stretch for the migrations of jobs, agents and knowledge tested here, and
+cost 55-100 s per test that unapplies them. dj-stripe is a shared app: the router keeps it out of an
+organization's schema.
 
 The executor here applies such migrations in that pass to the unrendered state (plain dictionaries),
 as apps.tenants.migrating.RoutedMigrationExecutor does for the forward migrate of every schema (and
