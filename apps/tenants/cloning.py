@@ -58,11 +58,11 @@ def _refuse_unsupported(cursor: CursorWrapper, schema: str) -> None:
         JOIN pg_sequence s ON s.seqrelid = dep.objid
         WHERE n.nspname = %(schema)s AND a.attidentity <> '' AND s.seqtypid <> a.atttypid
         UNION ALL
-        SELECT 'column ' || c.relname || '.' || a.attname || ' (generated, or with a non-default storage)'
+        SELECT 'column ' || c.relname || '.' || a.attname || ' (generated, or with its own compression)'
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_type t ON t.oid = a.atttypid
         WHERE n.nspname = %(schema)s AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
-          AND (a.attgenerated <> '' OR a.attstorage <> t.typstorage OR a.attcompression <> '')
+          AND (a.attgenerated <> '' OR a.attcompression <> '')
         """,
         {"schema": schema},
     )
@@ -108,7 +108,8 @@ _COLUMNS = """
            CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
                 THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END,
            seq.relname, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
-           s.seqcache, s.seqcycle, c.relpersistence, array_to_string(c.reloptions, ', ')
+           s.seqcache, s.seqcycle, c.relpersistence, array_to_string(c.reloptions, ', '),
+           CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage::text END
     FROM pg_attribute a
     JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_type t ON t.oid = a.atttypid
@@ -153,6 +154,9 @@ _TRIGGERS = """
 """
 
 
+_STORAGES = {"p": "PLAIN", "m": "MAIN", "e": "EXTERNAL", "x": "EXTENDED"}
+
+
 def _column_sql(row: tuple[str, ...]) -> str:
     # The sequence's type is the column's (_refuse_unsupported made sure).
     (_, name, type_sql, not_null, identity, default, collation, sequence, _sequence_type) = row[:9]
@@ -193,12 +197,18 @@ def schema_script_render(*, cursor: CursorWrapper, source: str) -> list[str]:
     tables: dict[str, list[str]] = {}
     table_options: dict[str, tuple[str, str]] = {}
     identities: dict[str, list[tuple[str, str]]] = {}
+    storages: list[str] = []  # columns stored otherwise than their type's default (ALTER ... SET STORAGE)
     for row in columns:
         table = row[0]
         tables.setdefault(table, []).append(_column_sql(row))
         table_options[table] = (row[15], row[16])
         if row[4]:
             identities.setdefault(table, []).append((row[1], row[7]))
+        if row[17]:
+            storages.append(
+                f"ALTER TABLE {SCHEMA_PLACEHOLDER}.{_quote(table)} ALTER COLUMN {_quote(row[1])}"
+                f" SET STORAGE {_STORAGES[row[17]]}"
+            )
     for table, name, definition in checks:
         tables[table].append(f"CONSTRAINT {_quote(name)} {definition}")
 
@@ -210,6 +220,7 @@ def schema_script_render(*, cursor: CursorWrapper, source: str) -> list[str]:
         with_options = f" WITH ({options})" if options else ""
         body = ",\n    ".join(elements)
         statements.append(f"CREATE {unlogged}TABLE {SCHEMA_PLACEHOLDER}.{_quote(table)} (\n    {body}\n){with_options}")
+    statements += storages
     # Rows before keys and indexes (cheaper, as pg_restore does): the template's migration history
     # and seed data. Tables empty in the template stay empty until a migration, which renders anew.
     for table in tables:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -121,6 +122,43 @@ def test_cloned_vector_table_stores_and_ranks_embeddings(db: None) -> None:
         chunk = Chunk.objects.get(text="north")
         with pytest.raises(Exception, match="knowledge_vector_dimensions_match"), transaction.atomic():
             ChunkEmbedding.objects.create(embedding_set=vectors, chunk=chunk, dimensions=384, embedding=[1.0, 2.0])
+
+
+def test_a_new_organizations_vectors_are_stored_in_their_rows_not_out_of_line(db: None) -> None:
+    """knowledge 0005's STORAGE MAIN is carried into every new schema: a 1,536-dimension vector
+    (6 KB, over the 2 KB TOAST threshold) stays in its row, and nothing goes to the TOAST table."""
+    organization = organization_make(slug="inline")
+    rng = random.Random(5)  # floats as embeddings have them: pglz finds nothing to compress
+    with schema_context(organization.schema_name):
+        base = KnowledgeBase.objects.create(name="Wide", embedding_model="text-embedding-3-small", dimensions=1536)
+        vectors = EmbeddingSet.objects.create(
+            knowledge_base=base, embedding_model="text-embedding-3-small", dimensions=1536, principal_kind="system"
+        )
+        document = Document.objects.create(
+            knowledge_base=base,
+            title="Wide",
+            filename="w.txt",
+            content_type="text/plain",
+            size_bytes=1,
+            sha256="0" * 64,
+            principal_kind="system",
+        )
+        chunk = Chunk.objects.create(document=document, knowledge_base=base, ordinal=0, text="w", token_estimate=1)
+        ChunkEmbedding.objects.create(
+            embedding_set=vectors, chunk=chunk, dimensions=1536, embedding=[rng.uniform(-1, 1) for _ in range(1536)]
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT a.attstorage, c.reltoastrelid::regclass::text FROM pg_attribute a"
+                " JOIN pg_class c ON c.oid = a.attrelid"
+                " WHERE a.attrelid = 'knowledge_chunkembedding'::regclass AND a.attname = 'embedding'"
+            )
+            storage, toast_table = cursor.fetchone()
+            cursor.execute(f"SELECT count(*) FROM {toast_table}")
+            toasted = cursor.fetchone()[0]
+            cursor.execute("SELECT pg_column_size(embedding) FROM knowledge_chunkembedding")
+            size = cursor.fetchone()[0]
+    assert (storage, toasted, size) == ("m", 0, 4 + 4 + 4 * 1536)
 
 
 def test_clone_refuses_object_kinds_it_cannot_copy(db: None) -> None:
