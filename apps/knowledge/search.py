@@ -65,6 +65,8 @@ __all__ = [
     "knowledge_search",
     "search_plan",
     "vector_candidates",
+    "vector_candidates_explain",
+    "vector_candidates_fetch",
 ]
 
 Mode = Literal["hybrid", "vector", "text"]
@@ -373,14 +375,25 @@ def vector_candidates(
     return sql, params
 
 
-def _nearest(sql: str, params: dict[str, Any]) -> list[tuple[int, float]]:
-    """Runs a vector_candidates statement on Django's connection (in the caller's transaction) with
-    server-side binding, prepared once per connection and statement."""
+def _statement_run(sql: str, params: dict[str, Any], *, prepare: bool) -> list[tuple[Any, ...]]:
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.adapters.register_dumper(Vector, _VectorDumper)
-        cursor.execute(sql, params, prepare=True)
-        return [(int(chunk_id), 1 - float(distance)) for chunk_id, distance in cursor.fetchall()]
+        cursor.execute(sql, params, prepare=prepare)
+        return cursor.fetchall()
+
+
+def vector_candidates_fetch(sql: str, params: dict[str, Any]) -> list[tuple[int, float]]:
+    """Runs a vector_candidates statement on Django's connection (in the caller's transaction, if
+    any) with server-side binding, prepared once per connection and statement: (chunk id, cosine
+    similarity) nearest first."""
+    rows = _statement_run(sql, params, prepare=True)
+    return [(int(chunk_id), 1 - float(distance)) for chunk_id, distance in rows]
+
+
+def vector_candidates_explain(sql: str, params: dict[str, Any]) -> str:
+    """PostgreSQL's plan for a vector_candidates statement, bound as a search binds it."""
+    return "\n".join(str(row[0]) for row in _statement_run("EXPLAIN " + sql, params, prepare=False))
 
 
 def _vector_list(
@@ -392,7 +405,7 @@ def _vector_list(
     if plan.method == "hnsw":
         with connection.cursor() as cursor:
             cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(plan.ef_search)])
-        found = _nearest(
+        found = vector_candidates_fetch(
             *vector_candidates(embedding_set=embedding_set, vector=vector, filters=filters, method="hnsw", limit=limit)
         )
         if len(found) >= limit:
@@ -401,7 +414,7 @@ def _vector_list(
         fell_back = True
     else:
         fell_back = False
-    found = _nearest(
+    found = vector_candidates_fetch(
         *vector_candidates(embedding_set=embedding_set, vector=vector, filters=filters, method="exact", limit=limit)
     )
     return found, "hnsw+exact" if fell_back else "exact"

@@ -11,11 +11,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg
 import pytest
 from django.db import connection, transaction
 from django.db.models.functions import Cast
-from pgvector import Vector
 from pgvector.django import CosineDistance, VectorField
 
 from apps.accounts.principals import Principal
@@ -101,13 +99,7 @@ def _plan_text(queryset: Any) -> str:
 
 
 def _statement_plan(statement: tuple[str, dict[str, Any]]) -> str:
-    """EXPLAIN of a vector_candidates statement, bound as knowledge_search binds it."""
-    sql, params = statement
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.adapters.register_dumper(Vector, search._VectorDumper)
-        cursor.execute("EXPLAIN " + sql, params)
-        return "\n".join(row[0] for row in cursor.fetchall())
+    return search.vector_candidates_explain(*statement)
 
 
 def _search(organization: Organization, knowledge_base: KnowledgeBase, **options: Any) -> search.SearchResults:
