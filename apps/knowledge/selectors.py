@@ -31,17 +31,19 @@ def _count(queryset: QuerySet[Any]) -> Subquery:
     )
 
 
+def knowledge_bases_counted(*, organization: Organization) -> QuerySet[KnowledgeBase]:
+    """The organization's knowledge bases, unordered, each with `document_count` and `chunk_count`
+    and `active_set` loaded: the API's cursor pages order it themselves."""
+    return KnowledgeBase.objects.select_related("active_set").annotate(
+        document_count=Coalesce(_count(Document.objects.filter(knowledge_base=OuterRef("pk"))), Value(0)),
+        chunk_count=Coalesce(_count(Chunk.objects.filter(knowledge_base=OuterRef("pk"))), Value(0)),
+    )
+
+
 def knowledge_bases_list(*, organization: Organization) -> list[KnowledgeBase]:
     """The organization's knowledge bases by name, each with `document_count` and `chunk_count`
     (one query), and `active_set` and `building_set` (the set being built, or None) loaded."""
-    bases: list[KnowledgeBase] = list(
-        KnowledgeBase.objects.select_related("active_set")
-        .annotate(
-            document_count=Coalesce(_count(Document.objects.filter(knowledge_base=OuterRef("pk"))), Value(0)),
-            chunk_count=Coalesce(_count(Chunk.objects.filter(knowledge_base=OuterRef("pk"))), Value(0)),
-        )
-        .order_by("name")
-    )
+    bases: list[KnowledgeBase] = list(knowledge_bases_counted(organization=organization).order_by("name"))
     building = {
         found.knowledge_base_id: found
         for found in EmbeddingSet.objects.filter(knowledge_base__in=bases, status__in=UNFINISHED)

@@ -6,12 +6,14 @@ progress through the API is tested in test_api_ingestion.py with a worker."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.models.functions import Now
 from django.test import Client
 from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
@@ -107,6 +109,35 @@ def test_a_knowledge_base_is_created_listed_read_renamed_and_deleted(
     assert client.delete(f"{BASES}/{base['id']}").status_code == 204
     _error(client.get(f"{BASES}/{base['id']}"), 404)
     assert client.get(BASES).json()["results"] == []
+
+
+def test_the_knowledge_base_list_is_cursor_paginated_newest_first_within_its_organization(
+    two_tenants: tuple[Organization, Organization], api_client_for: ApiClientFor
+) -> None:
+    organization_a, organization_b = two_tenants
+    client_a, client_b = api_client_for(organization_a), api_client_for(organization_b)
+    ids = [_base(client_a, name=name)["id"] for name in ("Alpha", "Beta", "Gamma")]
+    base_b = _base(client_b, name="Delta")
+    with organization_schema(organization_a):  # one transaction: make the creation order visible
+        for age, base_id in enumerate(reversed(ids)):
+            KnowledgeBase.objects.filter(pk=base_id).update(created_at=Now() - dt.timedelta(minutes=age))
+    first = client_a.get(f"{BASES}?limit=2").json()
+    assert [b["id"] for b in first["results"]] == [ids[2], ids[1]]
+    assert first["results"][0]["document_count"] == 0 and first["previous"] is None and first["next"]
+    second = client_a.get(first["next"]).json()
+    assert [b["id"] for b in second["results"]] == [ids[0]]
+    assert second["next"] is None and second["previous"]
+    assert [b["id"] for b in client_b.get(BASES).json()["results"]] == [base_b["id"]]
+    # A's cursor with B's key is only a position in B's list (B's base is newer): none of A's bases.
+    assert client_b.get(first["next"]).json()["results"] == []
+
+
+def test_the_knowledge_base_list_pages_at_most_200(tenant: Organization, api_client_for: ApiClientFor) -> None:
+    KnowledgeBase.objects.bulk_create(
+        KnowledgeBase(name=f"Base {n:03}", embedding_model=SIMULATED_MODEL, dimensions=256) for n in range(205)
+    )
+    page = api_client_for(tenant).get(f"{BASES}?limit=1000").json()
+    assert len(page["results"]) == 200 and page["next"]
 
 
 def created_fields(base: dict[str, Any]) -> dict[str, Any]:
