@@ -26,6 +26,7 @@ from django.urls import URLPattern, path
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.billing.selectors import EntitlementRefused
 from apps.knowledge.models import (
     DEFAULT_CHUNK_OVERLAP_TOKENS,
     DEFAULT_CHUNK_TOKENS,
@@ -42,6 +43,7 @@ from apps.knowledge.search import knowledge_search
 from apps.knowledge.selectors import document_get, knowledge_base_get, knowledge_bases_list
 from apps.knowledge.services import (
     PERMANENT_ERRORS,
+    KnowledgeTooLarge,
     document_bytes_limit,
     document_cancel,
     document_delete,
@@ -510,6 +512,16 @@ def knowledge_base_live(request: HttpRequest, knowledge_base_id: uuid.UUID) -> H
     )
 
 
+@dataclass(frozen=True)
+class UploadError:
+    """A reason shown at the upload field; `plan` when the plan refused it (over the plan's size, at
+    its chunk limit): the template adds "See plans" where the member may open the plan page
+    (`portal_billing_url`, as on every plan refusal of the portal)."""
+
+    message: str
+    plan: bool = False
+
+
 @permission_required({"POST": WRITE})
 @require_POST
 def documents_upload_page(request: HttpRequest, knowledge_base_id: uuid.UUID) -> HttpResponse:
@@ -518,18 +530,23 @@ def documents_upload_page(request: HttpRequest, knowledge_base_id: uuid.UUID) ->
     knowledge_base = _knowledge_base(request, knowledge_base_id)
     organization = caller_organization(request)
     files = request.FILES.getlist("files")
-    errors: list[str] = []
+    errors: list[UploadError] = []
     if not files:
-        errors.append("Choose one or more files to upload.")
+        errors.append(UploadError("Choose one or more files to upload."))
     if len(files) > MAX_FILES_PER_UPLOAD:
-        errors.append(f"At most {MAX_FILES_PER_UPLOAD} files at once: the first {MAX_FILES_PER_UPLOAD} were taken.")
+        errors.append(
+            UploadError(f"At most {MAX_FILES_PER_UPLOAD} files at once: the first {MAX_FILES_PER_UPLOAD} were taken.")
+        )
         files = files[:MAX_FILES_PER_UPLOAD]
     limit = document_bytes_limit(organization)
     queued: list[Document] = []
     for upload in files:
         if limit and upload.size is not None and upload.size > limit:
             errors.append(
-                f"{upload.name}: {_size(upload.size)} is over your plan's limit of {_size(limit)} a document."
+                UploadError(
+                    f"{upload.name}: {_size(upload.size)} is over your plan's limit of {_size(limit)} a document.",
+                    plan=True,
+                )
             )
             continue
         try:
@@ -544,7 +561,8 @@ def documents_upload_page(request: HttpRequest, knowledge_base_id: uuid.UUID) ->
                 )
             )
         except Refusal as refused:
-            errors.append(f"{upload.name}: {refused.request_message()}")
+            plan = isinstance(refused, KnowledgeTooLarge | EntitlementRefused)
+            errors.append(UploadError(f"{upload.name}: {refused.request_message()}", plan=plan))
     if queued:
         names = ", ".join(f"“{document.filename}”" for document in queued[:3]) + ("…" if len(queued) > 3 else "")
         messages.success(

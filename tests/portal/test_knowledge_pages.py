@@ -16,11 +16,13 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.audit.models import AuditEvent
+from apps.billing.selectors import entitlement_cache_forget
 from apps.knowledge.models import Document, EmbeddingSet, KnowledgeBase
 from apps.portal.knowledge_pages import highlighted
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
-from tests.factories import member_make
+from apps.tenants.selectors import organization_cache_forget
+from tests.factories import member_make, plan_make
 from tests.knowledge.factories import chunk_make, document_make, knowledge_base_make, simulated_embedding
 from tests.portal.conftest import ClientFor
 
@@ -316,6 +318,54 @@ def test_upload_queues_each_file_and_names_a_refused_one_with_its_reason(
     assert "Queued" in row_of(html, queued) and f"id={queued.pk}" in html  # and the live fragment follows it
     nothing = client.post(f"/knowledge/{handbook.pk}/upload/", {})
     assert nothing.status_code == 400 and "Choose one or more files to upload." in nothing.content.decode()
+
+
+def _field_errors(answer: Any) -> list[str]:
+    field = answer.content.decode().split('<label for="id_files">')[1].split("</form>")[0]
+    return re.findall(r'<p class="field__error wrap-anywhere">(.*?)</p>', field)
+
+
+def test_a_plan_refusal_at_upload_links_to_the_plan_page_for_members_who_may_open_it(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    organization, other = two_tenants
+    organization.plan = plan_make(code="tiny-knowledge", max_document_bytes=1000, max_knowledge_chunks=1)
+    organization.save(update_fields=["plan"])
+    organization_cache_forget()
+    entitlement_cache_forget()
+    try:
+        handbook = base_make(organization)
+        owner, _ = signed_in(client_for, organization, "owner")  # may open the plan page
+        developer, _ = signed_in(client_for, organization, "developer")  # uploads, may not open it
+        big = SimpleUploadedFile("big.txt", b"a" * 1001, content_type="text/plain")
+        empty = SimpleUploadedFile("empty.txt", b"", content_type="text/plain")
+        over_size = _field_errors(owner.post(f"/knowledge/{handbook.pk}/upload/", {"files": [big, empty]}))
+        assert over_size[0].startswith("big.txt: ") and "over your plan&#x27;s limit" in over_size[0]
+        assert over_size[0].endswith(' <a href="/billing/">See plans</a>')
+        assert over_size[1].startswith("empty.txt: ") and "See plans" not in over_size[1]  # not the plan's doing
+        big.seek(0)
+        assert "See plans" not in _field_errors(developer.post(f"/knowledge/{handbook.pk}/upload/", {"files": big}))[0]
+        with organization_schema(organization):  # the plan's one chunk is stored
+            chunk_make(document_make(handbook, title="Full"), ordinal=0, text="x")
+        small = SimpleUploadedFile("small.txt", b"hello", content_type="text/plain")
+        answer = owner.post(f"/knowledge/{handbook.pk}/upload/", {"files": small})
+        assert answer.status_code == 400
+        [at_limit] = _field_errors(answer)
+        assert at_limit.startswith("small.txt: ") and at_limit.endswith(' <a href="/billing/">See plans</a>')
+        small.seek(0)
+        [for_developer] = _field_errors(developer.post(f"/knowledge/{handbook.pk}/upload/", {"files": small}))
+        assert for_developer.startswith("small.txt: ") and "See plans" not in for_developer
+        # The other organization's plan is its own: the same file is queued there.
+        theirs = base_make(other)
+        their_owner, _ = signed_in(client_for, other, "owner")
+        big.seek(0)
+        queued = their_owner.post(f"/knowledge/{theirs.pk}/upload/", {"files": big})
+        assert queued.status_code == 302
+        with organization_schema(other):
+            assert Document.objects.filter(knowledge_base=theirs, filename="big.txt").exists()
+    finally:
+        entitlement_cache_forget()
+        organization_cache_forget()
 
 
 def test_a_failed_document_shows_its_reason_and_only_a_resumable_one_offers_resume(
