@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from apps.billing.models import FEATURES, FREE_PLAN_CODE, OrganizationSubscription, Plan, PlanVersion
@@ -27,9 +28,11 @@ from apps.billing.usage_selectors import (
     credit_balance_usd,
     period_usage,
 )
+from apps.knowledge.services import MAX_DOCUMENT_BYTES
 from apps.tenants.models import Organization
 
-# What each limit and feature is called on the page, in the order shown.
+# What each limit and feature is called on the page, in the order shown (the knowledge limits follow
+# them: plan_limits).
 LIMIT_LABELS: tuple[tuple[str, str, str], ...] = (
     # (version column, label, unit after the number)
     ("max_members", "Members", "seats"),
@@ -93,6 +96,12 @@ def plan_limits(version: PlanVersion) -> list[PlanLimit]:
     for column, label, unit in LIMIT_LABELS:
         value = getattr(version, column)
         rows.append(PlanLimit(label, "Unlimited" if value is None else f"{value:,} {unit}"))
+    # Never unlimited: an empty size is the platform's bound, which also caps a larger one
+    # (apps.knowledge.services.document_bytes_limit).
+    document_bytes = min(version.max_document_bytes or MAX_DOCUMENT_BYTES, MAX_DOCUMENT_BYTES)
+    rows.append(PlanLimit("Knowledge document size", f"{filesizeformat(document_bytes)} at most"))
+    chunks = version.max_knowledge_chunks
+    rows.append(PlanLimit("Knowledge chunks stored", "Unlimited" if chunks is None else f"{chunks:,} chunks"))
     return rows
 
 

@@ -7,6 +7,7 @@ audit log."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 import pytest
@@ -355,3 +356,34 @@ def test_plan_refusals_link_to_the_plan_page_only_for_members_who_may_open_it(
     developer = signed_in(client_for, organization, "developer").get("/playground/").content.decode()
     assert 'id="refusal" role="alert" data-plans-url="/billing/"' in owner
     assert 'id="refusal" role="alert" data-plans-url=""' in developer
+
+
+def _limits(html: str, plan_name: str) -> dict[str, str]:
+    """The current plan's limits as the page lists them, label -> value."""
+    listed = html.split(f'aria-label="What {plan_name} includes">')[1].split("</dl>", maxsplit=1)[0]
+    return dict(re.findall(r"<dt>([^<]*)</dt><dd>([^<]*)</dd>", listed))
+
+
+def test_the_plan_page_lists_the_knowledge_limits_of_each_organizations_plan(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor
+) -> None:
+    org_a, org_b = two_tenants
+    plan_grant(
+        organization=org_a, plan=Plan.objects.get(code="pro"), kind="override", reason="Contract", operator=operator()
+    )
+    entitlement_cache_forget(org_a)
+    PlanVersion.objects.filter(plan__code="suite").update(max_document_bytes=None, max_knowledge_chunks=1234)
+    entitlement_cache_forget()
+    html_a = signed_in(client_for, org_a, "owner").get("/billing/").content.decode()
+    limits_a = _limits(html_a, "Pro")  # billing migration 0007: 25 MB and 500,000 chunks
+    assert limits_a["Knowledge document size"] == "25.0\xa0MB at most"
+    assert limits_a["Knowledge chunks stored"] == "500,000 chunks"
+    # The plans to move to list them too: Enterprise stores chunks without a limit.
+    enterprise = html_a.split('id="offer-enterprise"')[1].split("</dl>", maxsplit=1)[0]
+    assert "<dt>Knowledge chunks stored</dt><dd>Unlimited</dd>" in enterprise
+    assert "<dt>Knowledge document size</dt><dd>50.0\xa0MB at most</dd>" in enterprise
+    # B's page shows B's plan: an empty size is the platform's 50 MB.
+    limits_b = _limits(signed_in(client_for, org_b, "owner").get("/billing/").content.decode(), "Suite")
+    assert limits_b["Knowledge document size"] == "50.0\xa0MB at most"
+    assert limits_b["Knowledge chunks stored"] == "1,234 chunks"
+    entitlement_cache_forget()
