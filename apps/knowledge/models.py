@@ -30,11 +30,13 @@ MAX_CHUNK_TOKENS = 2000
 DEFAULT_CHUNK_TOKENS = 400
 DEFAULT_CHUNK_OVERLAP_TOKENS = 50
 
-# HNSW build parameters, chosen by bench/knowledge.py (docs/knowledge.md, Performance): against
-# pgvector's defaults (16, 64) they add about 0.05 recall@10 at every ef_search at 1,536 dimensions
-# for about 1.5x the build time. `ef_search` is set per query (apps.knowledge.search).
-HNSW_M = 24
-HNSW_EF_CONSTRUCTION = 128
+# HNSW build parameters, chosen by bench/knowledge.py (docs/knowledge.md, Performance): at 1,536
+# dimensions recall@10 0.95 needs ef_search about 115 with this graph, 140 with (32, 256) and 300
+# with (24, 128), and fewer candidates cost less per query than a wider graph (m 48 was slower for
+# the same recall, m 16 needed far more candidates). The price is build time (about 10 minutes
+# for 100,000 x 1,536) and slower inserts. `ef_search` is set per query (apps.knowledge.search).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 512
 
 
 class KnowledgeBase(models.Model):
