@@ -437,6 +437,19 @@ def index_rebuild(*, definitions: dict[str, str], dimensions: int, m: int, ef_co
     return elapsed, size
 
 
+def index_describe(dimensions: int) -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT array_to_string(c.reloptions, ', '), pg_size_pretty(pg_relation_size(c.oid)) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = %s",
+            [f"knowledge_vector_hnsw_{dimensions}"],
+        )
+        row = cursor.fetchone()
+    return f"{row[0]}, {row[1]}" if row else "none"
+
+
 def indexes_drop() -> dict[str, str]:
     """The HNSW indexes and the full-text index, dropped before loading (rebuilt after): name -> definition."""
     from django.db import connection
@@ -760,6 +773,11 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one straight script, section by 
     parser.add_argument("--interval-ms", type=float, default=20.0, help="offered rate: one query per interval")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument(
+        "--keep-index",
+        action="store_true",
+        help="with --reuse: measure the HNSW indexes as the last run left them (no --builds)",
+    )
+    parser.add_argument(
         "--huge-pages",
         action="store_true",
         help="reserve huge pages for the bench server's shared buffers first (root; see HUGE_PAGES_FOR_SHARED_BUFFERS)",
@@ -903,7 +921,10 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one straight script, section by 
             base = bases[f"large-{n}"]
             key = f"large-{n}d-{sizes.large}-k{sizes.clusters}-n{args.noise:g}a{args.alpha:g}-s{args.seed}"
             truth = exact_answers(base, key)
-            for m, ef_construction in builds:
+            if args.keep_index:
+                print(f"{sizes.large:,} x {n}: the HNSW index as the last run built it ({index_describe(n)})")
+                measure_vector(base, truth, ef_searches, sizes, interval)
+            for m, ef_construction in [] if args.keep_index else builds:
                 seconds, size = index_rebuild(
                     definitions=definitions, dimensions=n, m=m, ef_construction=ef_construction
                 )

@@ -79,10 +79,10 @@ MAX_FILTERS = 10
 MAX_FILTER_VALUE_CHARS = 200
 FILTER_KEY = re.compile(r"[a-z0-9_]{1,40}")
 
-# HNSW candidates per query (pgvector's default is 40): recall@10 about 0.955 at 1,536 dimensions
+# HNSW candidates per query (pgvector's default is 40): recall@10 about 0.95 at 1,536 dimensions
 # with the m 32 / ef_construction 512 build (apps.knowledge.models; bench/knowledge.py and
 # docs/knowledge.md give the figures at 384 and 1,536).
-HNSW_EF_SEARCH = 120
+HNSW_EF_SEARCH = 110
 HNSW_EF_SEARCH_MAX = 1000  # pgvector's own upper bound for hnsw.ef_search
 # Under a filter, ef_search is raised so that about this many times the rows needed survive it.
 HNSW_OVERFETCH = 3
