@@ -91,22 +91,28 @@ def test_clone_keeps_the_partial_hnsw_index_of_each_dimension_count(db: None) ->
     assert "(embedding)::vector(1536)" in indexdef and "WHERE (dimensions = 1536)" in indexdef
 
 
+def _knowledge_base_with_document(name: str, *, dimensions: int) -> tuple[KnowledgeBase, EmbeddingSet, Document]:
+    """In the current schema: a knowledge base, its embedding set and one empty document."""
+    base = KnowledgeBase.objects.create(name=name, embedding_model="text-embedding-3-small", dimensions=dimensions)
+    vectors = EmbeddingSet.objects.create(
+        knowledge_base=base, embedding_model="text-embedding-3-small", dimensions=dimensions, principal_kind="system"
+    )
+    document = Document.objects.create(
+        knowledge_base=base,
+        title=name,
+        filename="d.txt",
+        content_type="text/plain",
+        size_bytes=1,
+        sha256="0" * 64,
+        principal_kind="system",
+    )
+    return base, vectors, document
+
+
 def test_cloned_vector_table_stores_and_ranks_embeddings(db: None) -> None:
     organization = organization_make(slug="ranked")
     with schema_context(organization.schema_name):
-        base = KnowledgeBase.objects.create(name="Handbook", embedding_model="text-embedding-3-small", dimensions=384)
-        vectors = EmbeddingSet.objects.create(
-            knowledge_base=base, embedding_model="text-embedding-3-small", dimensions=384, principal_kind="system"
-        )
-        document = Document.objects.create(
-            knowledge_base=base,
-            title="Handbook",
-            filename="h.txt",
-            content_type="text/plain",
-            size_bytes=1,
-            sha256="0" * 64,
-            principal_kind="system",
-        )
+        base, vectors, document = _knowledge_base_with_document("Handbook", dimensions=384)
         for ordinal, (text, vector) in enumerate([("north", [1.0] + [0.0] * 383), ("east", [0.0, 1.0] + [0.0] * 382)]):
             chunk = Chunk.objects.create(
                 document=document, knowledge_base=base, ordinal=ordinal, text=text, token_estimate=1
@@ -130,19 +136,7 @@ def test_a_new_organizations_vectors_are_stored_in_their_rows_not_out_of_line(db
     organization = organization_make(slug="inline")
     rng = random.Random(5)  # floats as embeddings have them: pglz finds nothing to compress
     with schema_context(organization.schema_name):
-        base = KnowledgeBase.objects.create(name="Wide", embedding_model="text-embedding-3-small", dimensions=1536)
-        vectors = EmbeddingSet.objects.create(
-            knowledge_base=base, embedding_model="text-embedding-3-small", dimensions=1536, principal_kind="system"
-        )
-        document = Document.objects.create(
-            knowledge_base=base,
-            title="Wide",
-            filename="w.txt",
-            content_type="text/plain",
-            size_bytes=1,
-            sha256="0" * 64,
-            principal_kind="system",
-        )
+        base, vectors, document = _knowledge_base_with_document("Wide", dimensions=1536)
         chunk = Chunk.objects.create(document=document, knowledge_base=base, ordinal=0, text="w", token_estimate=1)
         ChunkEmbedding.objects.create(
             embedding_set=vectors, chunk=chunk, dimensions=1536, embedding=[rng.uniform(-1, 1) for _ in range(1536)]
