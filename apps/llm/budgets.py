@@ -25,10 +25,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.postgresql.base import ServerBindingCursor  # type: ignore[attr-defined]
 from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from django_prometheus.db.common import ExportingCursorWrapper  # type: ignore[import-untyped]
 from psycopg_pool import PoolTimeout
 
 from apps.accounts.principals import Principal
@@ -86,12 +87,25 @@ def period_start(period: str, now: dt.datetime) -> dt.date:
 
 
 def _qualified_cursor() -> CursorWrapper:
-    """A cursor for statements that name the organization's schema themselves (the reservation and
-    the settlement). django-tenants' cursor would first send `SET search_path` whenever the
-    connection is fresh from the pool, as it is after every provider call (the connection is given
-    back during the call): a round trip on every call that these statements don't need."""
+    """A cursor for the reservation and the settlement, which name the organization's schema
+    themselves and run on every call:
+    - django-tenants' cursor would first send `SET search_path` whenever the connection is fresh
+      from the pool, as it is after every provider call (the connection is given back during the
+      call): a round trip on every call that these statements don't need;
+    - it binds parameters on the server, so psycopg prepares each statement on a connection once
+      it has run there a few times (prepare_threshold): PostgreSQL then skips parsing and planning
+      the statement's CTEs, most of its time. (Behind a transaction-pooling PgBouncer this needs
+      its max_prepared_statements; the in-process pool keeps each statement on its connection.)
+    Statements still go through Django's wrappers: query capture in tests, django-prometheus' counts."""
     wrapper = connections[DEFAULT_DB_ALIAS]
-    return BaseDatabaseWrapper._cursor(wrapper)  # type: ignore[attr-defined,no-any-return]
+    wrapper.close_if_health_check_failed()
+    wrapper.ensure_connection()
+    with wrapper.wrap_database_errors:
+        cursor = _SERVER_BINDING_CURSOR(wrapper.connection)
+    return wrapper._prepare_cursor(cursor)  # type: ignore[attr-defined,no-any-return]
+
+
+_SERVER_BINDING_CURSOR = ExportingCursorWrapper(ServerBindingCursor, DEFAULT_DB_ALIAS, "postgresql")
 
 
 def _scope_filter(spender: Spender) -> tuple[str, list[str]]:

@@ -1,15 +1,18 @@
 """Requests and tokens per minute, per organization and per API key, counted in Redis so that the
 limits hold across every web and worker process. Fixed one-minute windows, all four counters in one
-pipelined round trip (which also carries the engine's other reads before a call, the breakers'
-states, so that admitting a call costs one round trip); a refusal gives back what it took and says
-when the window turns."""
+script (which also carries the engine's other reads before a call, the breakers' states, so that
+admitting a call costs one round trip); a refusal gives back what it took, in the same script, and
+says when the window turns."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
+
+from redis.commands.core import Script
 
 from apps.billing.selectors import plan_limit
 from apps.tenants.models import Organization
@@ -30,6 +33,33 @@ class RateLimitUnavailable(Exception):
     """The counters can't be reached: calls are refused rather than let through unmetered."""
 
 
+# KEYS: the n counters, then the hashes to read. ARGV: n, the counters' TTL, each counter's amount
+# and limit, then the field to read of each hash. Returns the (1-based) counter over its limit, 0
+# if none (all taken) — when one is over, every counter is given back — then the values read.
+_TAKE = """
+local n = tonumber(ARGV[1])
+local over = 0
+for i = 1, n do
+  local count = redis.call('INCRBY', KEYS[i], ARGV[1 + 2 * i])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+  if over == 0 and count > tonumber(ARGV[2 + 2 * i]) then over = i end
+end
+if over > 0 then
+  for i = 1, n do redis.call('DECRBY', KEYS[i], ARGV[1 + 2 * i]) end
+end
+local result = {over}
+for j = n + 1, #KEYS do
+  result[#result + 1] = redis.call('HGET', KEYS[j], ARGV[2 + n + j])
+end
+return result
+"""
+
+
+@cache
+def _take_script() -> Script:
+    return redis_client().register_script(_TAKE)
+
+
 def rate_limit_take(
     *, organization: Organization, api_key_id: int | None, tokens: int, reads: Sequence[tuple[str, str]] = ()
 ) -> list[Any]:
@@ -47,26 +77,18 @@ def rate_limit_take(
         checks.append((f"llm:rl:{scope}:req:{window}", "requests", 1, rpm))
         checks.append((f"llm:rl:{scope}:tok:{window}", "tokens", tokens, tpm))
     try:
-        pipe = redis_client().pipeline(transaction=False)
-        for key, _, amount, _ in checks:
-            pipe.incrby(key, amount)
-            pipe.expire(key, 120)
-        for name, field in reads:
-            pipe.hget(name, field)
-        replies = pipe.execute()
-        counts, values = replies[: 2 * len(checks) : 2], replies[2 * len(checks) :]
-        over = [(check, count) for check, count in zip(checks, counts, strict=True) if count > check[3]]
-        if over:
-            undo = redis_client().pipeline(transaction=False)
-            for key, _, amount, _ in checks:
-                undo.decrby(key, amount)
-            undo.execute()
+        replies = _take_script()(
+            keys=[key for key, _, _, _ in checks] + [name for name, _ in reads],
+            args=[len(checks), 120, *(value for _, _, amount, limit in checks for value in (amount, limit))]
+            + [field for _, field in reads],
+        )
     except Exception as exc:
         # Fail closed on any failure of the store: besides RedisError, redis-py lets AttributeError
         # and ValueError out of connections the server dropped or timed out mid-handshake (seen here
         # under load: "'NoneType' object has no attribute 'readline'", "I/O operation on closed file").
         raise RateLimitUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    over, values = int(replies[0]), list(replies[1:])
     if over:
-        (_, what, _, limit), _ = over[0]
+        _, what, _, limit = checks[over - 1]
         raise RateLimited(what=what, limit=limit, retry_after_s=retry_after)
     return values

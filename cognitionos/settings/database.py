@@ -14,6 +14,10 @@ DATABASES = {
         "CONN_MAX_AGE": 0,
         "OPTIONS": {
             **_parsed.get("OPTIONS", {}),
+            # Django binds parameters on the client, so its statements are never prepared; the few
+            # hot statements that bind on the server (the call's reservation and settlement, the
+            # vector search) are prepared on a connection after this many runs on it.
+            "prepare_threshold": 5,
             "pool": {
                 "min_size": env_int("DATABASE_POOL_MIN_SIZE", 1),
                 "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),

@@ -346,18 +346,9 @@ def test_the_rate_limiter_fails_closed_on_redis_py_errors_that_are_not_redis_err
 ) -> None:
     from apps.llm import ratelimits
 
-    class BrokenPipeline:
-        def incrby(self, *args: object) -> None: ...
+    def broken_script(**_: object) -> list[int]:
+        raise ValueError("I/O operation on closed file.")
 
-        def expire(self, *args: object) -> None: ...
-
-        def execute(self) -> list[int]:
-            raise ValueError("I/O operation on closed file.")
-
-    class BrokenClient:
-        def pipeline(self, transaction: bool) -> BrokenPipeline:
-            return BrokenPipeline()
-
-    monkeypatch.setattr(ratelimits, "redis_client", BrokenClient)
+    monkeypatch.setattr(ratelimits, "_take_script", lambda: broken_script)
     with pytest.raises(ratelimits.RateLimitUnavailable, match="ValueError"):
         ratelimits.rate_limit_take(organization=tenant, api_key_id=1, tokens=10)

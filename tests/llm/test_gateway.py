@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -19,6 +21,7 @@ from apps.llm.calls import chat_call_parse, chat_stream
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.models import UsageRollup
 from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
 from tests.factories import TEST_ACTOR
 from tests.llm.conftest import gateway_client
 
@@ -237,6 +240,43 @@ def test_rate_limit_answers_429_with_retry_after(two_tenants: tuple[Organization
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
     assert 1 <= int(response["Retry-After"]) <= 60
     assert _attempts(tenant_a) == []
+
+
+def test_a_refused_take_gives_back_every_counter_and_other_organizations_keep_their_own(
+    two_tenants: tuple[Organization, Organization], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key's token limit refuses: the organization's counters and the key's request counter get
+    back what the refused call took, in the same script; the other organization's are untouched."""
+    from apps.llm import ratelimits
+    from apps.llm.ratelimits import RateLimited, rate_limit_take
+
+    now = time.time()  # one window throughout, whatever the clock does
+    monkeypatch.setattr(ratelimits, "time", SimpleNamespace(time=lambda: now))
+    tenant_a, tenant_b = two_tenants
+    tpm = plan_limit(tenant_a, "tokens_per_minute")
+    redis_client().hset("test:reads", "field", "value")
+    assert rate_limit_take(organization=tenant_a, api_key_id=5, tokens=tpm - 10, reads=[("test:reads", "field")]) == [
+        b"value"
+    ]
+    rate_limit_take(organization=tenant_b, api_key_id=6, tokens=tpm - 10)
+    window = int(now // 60)
+
+    def counters(organization: Organization, key_id: int) -> list[int]:
+        names = [
+            f"llm:rl:{scope}:{what}:{window}"
+            for scope in (f"org:{organization.pk}", f"key:{key_id}")
+            for what in ("req", "tok")
+        ]
+        return [int(value or 0) for value in redis_client().mget(names)]
+
+    before_a, before_b = counters(tenant_a, 5), counters(tenant_b, 6)
+    with pytest.raises(RateLimited) as refused:
+        rate_limit_take(organization=tenant_a, api_key_id=5, tokens=20)
+    assert refused.value.what == "tokens"
+    assert counters(tenant_a, 5) == before_a == [1, tpm - 10, 1, tpm - 10]
+    assert counters(tenant_b, 6) == before_b
+    assert rate_limit_take(organization=tenant_a, api_key_id=5, tokens=10, reads=[("test:missing", "field")]) == [None]
+    redis_client().delete("test:reads")
 
 
 def test_embeddings_are_governed_and_metered(two_tenants: tuple[Organization, Organization], key_a: str) -> None:

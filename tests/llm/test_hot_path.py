@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import schema_context
@@ -86,7 +86,33 @@ def test_a_miss_costs_two_statements_and_two_redis_round_trips(
     statements = [q["sql"].split()[:3] for q in queries if "SAVEPOINT" not in q["sql"]]
     assert statements == [["WITH", "applicable", "AS"], ["WITH", "settled", "AS"]], statements
     assert not [q for q in queries if "usagerollup" in q["sql"]]
-    assert trips == ["pipeline", "EVALSHA"]
+    assert trips == ["EVALSHA", "EVALSHA"]
+
+
+def test_the_reservation_and_the_settlement_are_prepared_once_warm(
+    two_tenants: tuple[Organization, Organization],
+) -> None:
+    """Bound on the server, so that PostgreSQL stops parsing and planning them after a few calls on
+    a connection (about half of each statement's time); the other tenant's statements are its own.
+    (In one transaction, so that every call keeps this connection instead of the pool's next, once
+    each tenant's budget windows exist: creating them rolls back a savepoint, and psycopg forgets
+    its prepared statements on any rollback.)"""
+    for organization in two_tenants:
+        _budgeted(organization)
+        _call(organization, "Warm-up")
+    with transaction.atomic():
+        for organization in two_tenants:
+            for number in range(6):
+                _call(organization, f"Question {number}")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
+            prepared = [row[0] for row in cursor.fetchall()]
+    for organization in two_tenants:
+        schema = connection.ops.quote_name(organization.schema_name)
+        assert sorted(s.split()[:3] for s in prepared if f"{schema}.llm_usageattempt" in s) == [
+            ["WITH", "applicable", "AS"],
+            ["WITH", "settled", "AS"],
+        ]
 
 
 def test_the_breaker_read_with_admission_still_skips_an_open_breaker_and_a_success_closes_one(
