@@ -1,13 +1,18 @@
-"""The job submission's input serializer copies its declared fields shallowly (apps/jobs/api.py,
-JobInput.get_fields) instead of DRF's deep copy per request: each serializer still validates with
-fields of its own, also when threads validate at the same time."""
+"""The job submission's serializers build their fields once per class and copy them shallowly for
+each instance (apps.api.serializers.FieldsBuiltOnce) instead of DRF's deep copy and model
+introspection per request: each serializer still validates and renders with fields of its own,
+also when threads use them at the same time."""
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from apps.jobs.api import JobInput
+from django.utils import timezone
+
+from apps.jobs.api import JobInput, JobOutput
+from apps.jobs.models import Job, JobStatus
 
 VALID = {"prompt": "Hello", "model": "gpt-4o-mini", "max_tokens": 32}
 INVALID = {"prompt": "Hello", "model": "gpt-4o-mini", "max_tokens": 0, "policy": "nonsense"}
@@ -41,3 +46,31 @@ def test_validation_results_do_not_mix_between_concurrent_submissions() -> None:
             assert set(detail) == {"max_tokens", "policy"}
             assert detail["max_tokens"][0].code == "min_value"
             assert detail["policy"][0].code == "invalid_choice"
+
+
+def test_rendered_jobs_do_not_mix_between_concurrent_responses() -> None:
+    jobs = [
+        Job(
+            id=uuid.uuid4(),
+            status=JobStatus.SUCCEEDED if number % 2 else JobStatus.QUEUED,
+            request={"model": f"model-{number}"},
+            attempts=number,
+            cost_usd=number,
+            created_at=timezone.now(),
+        )
+        for number in range(400)
+    ]
+    first, second = JobOutput(jobs[0]), JobOutput(jobs[1])
+    assert first.fields.keys() == second.fields.keys()
+    assert all(first.fields[name] is not second.fields[name] for name in first.fields)
+    assert all(first.fields[name].parent is first for name in first.fields)
+
+    with ThreadPoolExecutor(8) as pool:
+        rendered = list(pool.map(lambda job: JobOutput(job).data, jobs))
+    for number, (job, data) in enumerate(zip(jobs, rendered, strict=True)):
+        assert (data["id"], data["status"], data["model"], data["runs"]) == (
+            str(job.id),
+            job.status,
+            f"model-{number}",
+            number,
+        )
