@@ -62,8 +62,8 @@ def test_rendered_jobs_do_not_mix_between_concurrent_responses() -> None:
     ]
     first, second = JobOutput(jobs[0]), JobOutput(jobs[1])
     assert first.fields.keys() == second.fields.keys()
-    assert all(first.fields[name] is not second.fields[name] for name in first.fields.keys())
-    assert all(first.fields[name].parent is first for name in first.fields.keys())
+    assert all(first.fields[name] is not second.fields[name] for name in JobOutput.Meta.fields)
+    assert all(first.fields[name].parent is first for name in JobOutput.Meta.fields)
 
     with ThreadPoolExecutor(8) as pool:
         rendered = list(pool.map(lambda job: JobOutput(job).data, jobs))
