@@ -167,7 +167,9 @@ class OpenAIProvider:
 
     def complete(self, payload: dict[str, Any], context: CallContext) -> Reply:
         try:
-            body: dict[str, Any] = _sdk_post(self.client, "/chat/completions", self._request(payload), context)
+            body: dict[str, Any] = _sdk_post(
+                self.client, "/chat/completions", {**self._request(payload), "stream": False}, context
+            )
         except openai.OpenAIError as exc:
             raise _sdk_error(exc, openai) from exc
         usage = body.get("usage") or {}
