@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -86,5 +87,7 @@ def gunicorn_serving(*, port: int, env: dict[str, str], binds: list[str] | None 
             time.sleep(0.2)
         yield base
     finally:
-        server.terminate()
+        # Killed, not stopped: a graceful stop waits out the browser's keep-alive connections and a
+        # quick one still finalizes the worker's interpreter, seconds per test with nothing to check.
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
