@@ -401,15 +401,25 @@ class FakeStripe:
             return 0
 
     def _send_queued(self) -> None:
-        """Deliver events emitted by the last action, outside the state lock, in order."""
-        with self._send_lock:
+        """Deliver events emitted by the last action, outside the state lock, in order.
+
+        While one thread delivers, another's events wait in the outbox for it: the platform's
+        webhook handler calls the API back, and waiting here for the delivery that waits on that
+        call held each such webhook until its 30 s timeout."""
+        while self._send_lock.acquire(blocking=False):
+            try:
+                with self._lock:
+                    outbox, self._outbox = self._outbox, []
+                    if self.hold or not self.webhook_url:
+                        self.pending.extend(outbox)
+                        return
+                for event in outbox:
+                    self.deliver(event)
+            finally:
+                self._send_lock.release()
             with self._lock:
-                outbox, self._outbox = self._outbox, []
-                if self.hold or not self.webhook_url:
-                    self.pending.extend(outbox)
+                if not self._outbox:
                     return
-            for event in outbox:
-                self.deliver(event)
 
     def _take_failure(self, path: str) -> int | None:
         with self._lock:
