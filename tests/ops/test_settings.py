@@ -25,6 +25,8 @@ def test_production_settings_pass_check_deploy_without_warnings() -> None:
         DJANGO_SETTINGS_MODULE="cognitionos.settings.production",
         SECRET_KEY="p" + "roduction-secret-" * 4 + "9fK2",
         DATABASE_URL="postgresql://cognitionos:secret@db.internal:5432/cognitionos",
+        # No such database: dj-stripe's checks query it and give up after the pool's timeout.
+        DATABASE_POOL_TIMEOUT="1",
         REDIS_URL="redis://cache.internal:6379/0",
         CREDENTIALS_ENCRYPTION_KEYS="k1:" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode(),
         BASE_DOMAIN="cognitionos.example.com",
