@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import redis
 from django.test import Client
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from apps.apikeys.attempts import client_bucket
 from apps.apikeys.services import apikey_create
@@ -40,7 +42,10 @@ def test_without_redis_keys_are_still_checked_against_the_database(
     """The limiter is a guard, not the authority: if Redis is gone, authentication goes on."""
     tenant_connection().set_schema_to_public()
     key = apikey_create(organization=two_tenants[0], name="edge", actor=TEST_ACTOR).key
-    unreachable = redis.Redis(unix_socket_path="/nonexistent/redis.sock", socket_connect_timeout=0.2)
+    # Refused at once, without redis-py's default retries (seconds of backoff per command).
+    unreachable = redis.Redis(
+        unix_socket_path="/nonexistent/redis.sock", socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     monkeypatch.setattr("apps.apikeys.attempts.redis_client", lambda: unreachable)
     address = _address()
     assert _get("/v1/models", _unknown_key(), address).status_code == 401
