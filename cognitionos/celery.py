@@ -51,9 +51,11 @@ app.autodiscover_tasks()
 def _tracing_worker(**_: Any) -> None:
     """Traces when an OTLP endpoint is configured (apps.ops.tracing), in the worker's main process
     before its pool starts (forked children keep it: the SDK restarts its export thread in them)."""
+    from apps.llm.calls import provider_sdks_import
     from apps.ops.tracing import tracing_configure
 
     tracing_configure(role="worker")
+    provider_sdks_import()  # before the first task, not during one
 
 
 @signals.beat_init.connect(weak=False)

@@ -11,3 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cognitionos.settings.developmen
 tracing_configure(role="web")
 
 application = get_wsgi_application()
+
+from apps.llm.calls import provider_sdks_import  # noqa: E402 - the apps are loaded now
+
+provider_sdks_import()  # as the process starts, not during its first provider call

@@ -22,6 +22,7 @@ from apps.llm.outcomes import ChatOutcome, ChatStream
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import catalog
 from apps.llm.pricing import ChatCostPreview, EmbeddingCostPreview, chat_cost_preview, embedding_cost_preview
+from apps.llm.providers import provider_sdks_import
 from apps.llm.refusals import LlmRefusal
 from apps.llm.request_log import (
     REQUEST_LOG_PAGE_SIZE,
@@ -125,6 +126,7 @@ __all__ = [
     "provider_credential_delete",
     "provider_credential_set",
     "provider_credential_test",
+    "provider_sdks_import",
     "request_log_page",
     "traffic_bucket",
     "traffic_buckets",

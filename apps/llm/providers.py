@@ -3,6 +3,10 @@
 OpenAI and OpenAI-compatible servers go through the `openai` SDK, Anthropic through `anthropic`,
 and the built-in simulator answers deterministically without any network (its answers say so).
 The SDKs' own retries are off: the router retries, so that every attempt is reserved and recorded.
+
+The SDKs are imported where they are used: importing them takes about 2.4 s (their pydantic types),
+which every management command and `cognitionos` command paid through the admin's imports. The web
+and worker processes import them as they start (`provider_sdks_import`), so no call waits for it.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
-import openai
 from django.conf import settings
 
 from apps.llm.platform.models import CatalogModel, Provider
 from cognitionos.thread_safe_cache import thread_safe_cache
+
+if TYPE_CHECKING:
+    import anthropic
+    import openai
 
 
 @dataclass
@@ -110,6 +116,8 @@ def _retry_after(headers: Any) -> float | None:
 
 @thread_safe_cache
 def _openai_client(base_url: str, api_key: str) -> openai.OpenAI:
+    import openai
+
     return openai.OpenAI(base_url=base_url or None, api_key=api_key, max_retries=0)
 
 
@@ -166,6 +174,8 @@ class OpenAIProvider:
         return request
 
     def complete(self, payload: dict[str, Any], context: CallContext) -> Reply:
+        import openai
+
         try:
             body: dict[str, Any] = _sdk_post(
                 self.client, "/chat/completions", {**self._request(payload), "stream": False}, context
@@ -186,6 +196,8 @@ class OpenAIProvider:
         )
 
     def embed(self, payload: dict[str, Any], context: CallContext) -> Reply:
+        import openai
+
         try:
             body: dict[str, Any] = _sdk_post(
                 self.client,
@@ -200,6 +212,8 @@ class OpenAIProvider:
         return Reply(body=body, usage=Usage(input_tokens=tokens), finish_reason="stop")
 
     def stream(self, payload: dict[str, Any], context: CallContext) -> Iterator[StreamChunk]:
+        import openai
+
         try:
             raw = self.client.chat.completions.with_raw_response.create(
                 **self._request(payload),
@@ -234,6 +248,8 @@ class OpenAIProvider:
 
 @thread_safe_cache
 def _anthropic_client(base_url: str, api_key: str) -> anthropic.Anthropic:
+    import anthropic
+
     return anthropic.Anthropic(base_url=base_url or None, api_key=api_key, max_retries=0)
 
 
@@ -381,6 +397,8 @@ class AnthropicProvider:
         self.model = model
 
     def complete(self, payload: dict[str, Any], context: CallContext) -> Reply:
+        import anthropic
+
         try:
             answer = _sdk_post(self.client, "/v1/messages", anthropic_request(payload, model=self.model), context)
         except anthropic.AnthropicError as exc:
@@ -398,6 +416,8 @@ class AnthropicProvider:
         )
 
     def stream(self, payload: dict[str, Any], context: CallContext) -> Iterator[StreamChunk]:
+        import anthropic
+
         chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         usage = Usage()
@@ -577,3 +597,9 @@ def provider_configured(model: CatalogModel, own_providers: frozenset[str] = fro
     if model.provider == Provider.OPENAI_COMPATIBLE:
         return bool(model.base_url)
     return True
+
+
+def provider_sdks_import() -> None:
+    """Import the provider SDKs now (the web and worker processes, as they start)."""
+    import anthropic  # noqa: F401
+    import openai  # noqa: F401
