@@ -13,7 +13,7 @@ from cognitionos.redis import redis_client
 
 
 def _subscribed(task_id: str) -> bool:
-    channel = app.backend.get_key_for_task(task_id).decode()
+    channel = app.backend.get_key_for_task(task_id).decode()  # type: ignore[attr-defined] # the Redis backend
     return bool(redis_client().pubsub_numsub(channel)[0][1])
 
 
@@ -27,5 +27,5 @@ def test_a_task_sent_by_name_subscribes_to_no_result_channel() -> None:
         assert not _subscribed(sent.id)
         assert redis_client().llen(queue) == 2  # both were sent
     finally:
-        app.backend.result_consumer.cancel_for(subscribing.id)
+        app.backend.result_consumer.cancel_for(subscribing.id)  # type: ignore[attr-defined]
         redis_client().delete(queue)
