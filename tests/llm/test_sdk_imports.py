@@ -5,32 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.support.processes import database_url_for_subprocess
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import database_url_for_subprocess, python_run
 
 LOADED = "print(json.dumps(sorted(m for m in ('openai', 'anthropic') if m in sys.modules)))"
 
 
 def _loaded_after(settings_env: dict[str, str], *steps: str) -> list[list[str]]:
     script = "\n".join(["import json, sys, django", "django.setup()", LOADED, *(f"{s}\n{LOADED}" for s in steps)])
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=settings_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    output = python_run(script, env=settings_env)
+    return [json.loads(line) for line in output.splitlines() if line.startswith("[")]
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -17,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,10 +36,9 @@ from apps.ops.logs import ContextFilter, JsonFormatter
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
 from tests.support.fake_provider import FakeProvider
-from tests.support.processes import database_url_for_subprocess
+from tests.support.processes import database_url_for_subprocess, python_run
 from tests.support.worker import celery_worker
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "Tell me the secret plan for Tuesday"
 RUN_TASK = "run/apps.work.tasks.work_run"
 SEND_TASK = "apply_async/apps.work.tasks.work_run"
@@ -259,17 +255,7 @@ loaded = sorted(m for m, module in sys.modules.items() if module is not None
 print(json.dumps({"loaded": loaded, "enabled": tracing.tracing_enabled(),
                   "middleware": [m for m in settings.MIDDLEWARE if "opentelemetry" in m]}))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=settings_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads(python_run(script, env=settings_env).strip().splitlines()[-1])
     assert report == {"loaded": [], "enabled": False, "middleware": []}
 
 
@@ -319,18 +305,9 @@ print(json.dumps({"current_after_send_is_request": after is request}))
     queue = f"traces-probe-{uuid.uuid4().hex}"  # no worker reads it
     with otlp_collector() as collector:
         env = {**settings_env, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-        done = subprocess.run(
-            [sys.executable, "-c", f"QUEUE = {queue!r}\n{script}"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        output = python_run(f"QUEUE = {queue!r}\n{script}", env=env)
         spans = collector.wait_for(SEND_TASK, "request", timeout_s=10)
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"current_after_send_is_request": True}
+    assert json.loads(output.strip().splitlines()[-1]) == {"current_after_send_is_request": True}
     sent = _one([s for s in spans if s.name == SEND_TASK], "the send")
     request = _one([s for s in spans if s.name == "request"], "the request")
     assert sent.parent_span_id == request.span_id and sent.service == "cognitionos-web"

@@ -48,6 +48,15 @@ def run_cognitionos(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def python_run(script: str, *, env: dict[str, str]) -> str:
+    """`python -c script` in the project's folder with `env`; its standard output (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
