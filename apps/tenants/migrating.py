@@ -14,9 +14,9 @@ again, once, before the next migration that does run in the database. What is re
 is unchanged. Used for every schema through django-tenants' TENANT_BASE_MIGRATE_COMMAND.
 
 Where dj-stripe's 0002 does run (public), it still cost 47 of the 55 seconds a fresh test database
-took: each RemoveField re-renders the models around it. A run of RemoveFields is applied here
-against the state rendered once before the run: dropping a column needs only the table and the
-field, which that state still has, and the state itself moves on as plain dictionaries.
+took: each of its 514 RemoveFields re-renders the models around it. A run of RemoveFields is
+applied here against the state as it was before the run (dropping a column needs only the table
+and the field, which that state still has), and the models are reloaded once after the run.
 """
 
 from __future__ import annotations
@@ -49,25 +49,35 @@ def migration_apply_removals_batched(
     schema_editor: BaseDatabaseSchemaEditor,
     collect_sql: bool = False,
 ) -> ProjectState:
-    """`Migration.apply`, with each run of RemoveFields applied against one rendering of the state
-    before the run. PostgreSQL only (`sqlmigrate`'s collect_sql keeps Django's own): SQLite rebuilds a
-    table from the model on each removal, so it needs the state after each one."""
+    """`Migration.apply`, with each run of RemoveFields applied against the state as it was before
+    the run, whose models are then reloaded once for the whole run (Django reloads them, and every
+    model related to them, after each removal). PostgreSQL only (`sqlmigrate`'s collect_sql keeps
+    Django's own): SQLite rebuilds a table from the model on each removal, so it needs the state
+    after each one."""
     if collect_sql or schema_editor.connection.vendor != "postgresql" or not schema_editor.atomic_migration:
         return type(migration).apply(migration, project_state, schema_editor, collect_sql)
     before_run: ProjectState | None = None
-    for operation in migration.operations:
+    removed_from: list[tuple[str, str]] = []
+    for operation in [*migration.operations, None]:
+        if not isinstance(operation, RemoveField) and removed_from:
+            # Found from the rendered models, which still have the removed fields: every model
+            # the removals touch, as each removal's own reload would have found them.
+            project_state.reload_models(removed_from, delay=False)
+            before_run, removed_from = None, []
+        if operation is None:
+            break
         if not isinstance(operation, RemoveField):
-            before_run = None
-            project_state.apps  # noqa: B018 - after a run of removals, rendered again once
             old_state = project_state.clone()
             operation.state_forwards(migration.app_label, project_state)
             operation.database_forwards(migration.app_label, schema_editor, old_state, project_state)
             continue
         if before_run is None:
             before_run = project_state.clone()
-            before_run.apps  # noqa: B018 - rendered once for the whole run
-        project_state.__dict__.pop("apps", None)
-        operation.state_forwards(migration.app_label, project_state)
+        rendered = project_state.__dict__.pop("apps", None)
+        operation.state_forwards(migration.app_label, project_state)  # on the model states only
+        if rendered is not None:
+            project_state.__dict__["apps"] = rendered
+        removed_from.append((migration.app_label, operation.model_name_lower))
         operation.database_forwards(migration.app_label, schema_editor, before_run, project_state)
     return project_state
 
