@@ -147,3 +147,63 @@ def unthrottled_plan(code: str = "bench", **limits: int) -> None:
     }
     fields.update(requests_per_minute=2_000_000_000, tokens_per_minute=2_000_000_000, **limits)
     PlanVersion.objects.create(plan=plan, number=1, **fields)
+
+
+def _cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds (user + system, all threads) of a process so far, with `reaped` those of its
+    children that ended too; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+class CpuMeter:
+    """CPU time spent by each part of a measured run, per unit of work: the worker processes, the
+    bench's embedded PostgreSQL (its server process, its backends, and the backends that ended)
+    and Redis, and this process (submitters and the fake provider). On a shared, noisy machine CPU
+    per unit is far steadier than a rate, so a change shows in it that the rate hides; two cores
+    bound the rate at 2 / (total CPU per unit)."""
+
+    def __init__(self, workers: list[int]) -> None:
+        from cognitionos.embedded import EmbeddedPostgres, EmbeddedRedis
+
+        postgres, redis = EmbeddedPostgres(ROOT / ".data" / "bench"), EmbeddedRedis(ROOT / ".data" / "bench")
+        # None where DATABASE_URL / REDIS_URL point at servers of their own: not counted.
+        self.postmaster = postgres.pid() if os.environ["DATABASE_URL"].startswith(postgres.url("")) else None
+        self.redis = redis.pid() if os.environ["REDIS_URL"].startswith(f"unix://{redis.socket}") else None
+        self.workers = workers
+        self.started = self._read()
+
+    def _read(self) -> dict[str, float]:
+        spent = {
+            "workers": sum(_cpu_seconds(pid) for pid in self.workers),
+            "this process": _cpu_seconds(os.getpid()),
+        }
+        if self.postmaster is not None:
+            spent["postgres"] = _cpu_seconds(self.postmaster, reaped=True) + sum(
+                _cpu_seconds(pid) for pid in _children(self.postmaster)
+            )
+        if self.redis is not None:
+            spent["redis"] = _cpu_seconds(self.redis)
+        return spent
+
+    def line(self, units: int, unit: str = "job") -> str:
+        """CPU per unit since the meter started, by part, and in all."""
+        ended = self._read()
+        spent = {name: ended[name] - self.started[name] for name in ended}
+        parts = ", ".join(f"{name} {seconds / units * 1000:.2f} ms" for name, seconds in spent.items())
+        return f"CPU per {unit}: {parts}; in all {sum(spent.values()) / units * 1000:.2f} ms"

@@ -6,7 +6,8 @@
 Prints:
 - provider calls in flight in one worker process, with the fake provider at 1 s latency;
 - jobs completed per second end to end (submitted from 8 threads, run by 2 worker processes, one
-  per core), at 1 s and at 0 ms provider latency;
+  per core), at 1 s and at 0 ms provider latency; at 0 ms, the CPU time per job of each part
+  (workers, PostgreSQL, Redis, this process), which is steadier than the rate on a shared machine;
 - API p95 and throughput of job submission (POST /api/v1/jobs) at 50 concurrent clients (wrk
   against gunicorn with the production configuration): closed loop, each client waits for its
   answer before it sends again, so a slow server is offered less and its queueing hides;
@@ -44,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import django_on_fresh_database, gunicorn_start, gunicorn_stop, unthrottled_plan  # noqa: E402 - after the path is set
+from bench._setup import CpuMeter, django_on_fresh_database, gunicorn_start, gunicorn_stop, unthrottled_plan  # noqa: E402 - after the path is set
 from bench.gateway import ensure_wrk  # noqa: E402
 
 PORT = 18322
@@ -532,11 +533,13 @@ def main() -> None:
                 f"({done}/{args.jobs} succeeded in {elapsed:.1f} s)"
             )
             fake.latency_s = 0.0
+            meter = CpuMeter([worker.pid for worker in workers])
             elapsed, done = submit_and_wait(organization, args.jobs)
             print(
                 f"2 worker processes x 150 threads, provider at 0 ms: {done / elapsed:6.1f} jobs/s end to end "
                 f"({done}/{args.jobs} succeeded in {elapsed:.1f} s)"
             )
+            print(f"  {meter.line(done)}")
         finally:
             stop(workers)
         submission_measurements(organization, key, args, fake.openai_base_url)
