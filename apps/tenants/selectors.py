@@ -1,5 +1,8 @@
 import copy
+import threading
 import time
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import connection
@@ -7,6 +10,8 @@ from django.db.models import QuerySet
 
 from apps.billing.signals import entitlements_changed
 from apps.tenants.models import Domain, Organization
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def organization_list() -> QuerySet[Organization]:
@@ -29,46 +34,62 @@ def public_organization() -> Organization:
     return Organization.objects.get(schema_name="public")
 
 
-# Host -> (expires_at, organization). Per process: resolving a tenant costs no query on the hot
-# path, and a status change made elsewhere takes effect here within TENANT_RESOLUTION_CACHE_SECONDS.
+# Host or id -> (expires_at, organization). Per process: resolving a tenant costs no query on the
+# hot path, and a status change made elsewhere takes effect here within TENANT_RESOLUTION_CACHE_SECONDS.
 _HOST_CACHE: dict[str, tuple[float, Organization]] = {}
+_ID_CACHE: dict[int, tuple[float, Organization]] = {}
 _HOST_CACHE_MAX_ENTRIES = 10_000
+# When an entry expires, every thread that asks for it at once would read it again: a threaded
+# worker's 150 threads taking tasks of one organization sent up to 150 identical queries every few
+# seconds. One thread reads it, the others wait for that read; striped locks, so that neither a
+# slow read nor the number of names asked for (host names come from requests) grows anything.
+# A read that takes longer than this (a database at its pool's limit) no longer holds the others.
+_LOADING = [threading.Lock() for _ in range(64)]
+_LOADING_WAIT_SECONDS = 2.0
+
+
+def _remembered(
+    cache: dict[Key, tuple[float, Organization]], key: Key, load: Callable[[], Organization | None]
+) -> Organization | None:
+    """cache[key] while fresh, else `load()` remembered; each caller gets its own copy of the row."""
+    ttl = settings.TENANT_RESOLUTION_CACHE_SECONDS
+    if ttl <= 0:
+        return load()
+    entry = cache.get(key)
+    if entry is not None and entry[0] > time.monotonic():
+        return copy.copy(entry[1])
+    loading = _LOADING[hash(key) % len(_LOADING)]
+    locked = loading.acquire(timeout=_LOADING_WAIT_SECONDS)
+    try:
+        entry = cache.get(key)
+        now = time.monotonic()
+        if entry is not None and entry[0] > now:
+            return copy.copy(entry[1])
+        organization = load()
+        if organization is None:
+            return None
+        if len(cache) >= _HOST_CACHE_MAX_ENTRIES:
+            cache.clear()
+        cache[key] = (now + ttl, organization)
+        return copy.copy(organization)
+    finally:
+        if locked:
+            loading.release()
 
 
 def organization_for_host_cached(host: str) -> Organization | None:
-    """organization_for_host, remembered briefly. Each caller gets its own copy of the row."""
-    ttl = settings.TENANT_RESOLUTION_CACHE_SECONDS
-    now = time.monotonic()
-    entry = _HOST_CACHE.get(host)
-    if entry is not None and entry[0] > now:
-        return copy.copy(entry[1])
-    organization = organization_for_host(host)
-    if organization is not None and ttl > 0:
-        if len(_HOST_CACHE) >= _HOST_CACHE_MAX_ENTRIES:
-            _HOST_CACHE.clear()
-        _HOST_CACHE[host] = (now + ttl, organization)
-        return copy.copy(organization)
-    return organization
-
-
-_ID_CACHE: dict[int, tuple[float, Organization]] = {}
+    """organization_for_host, remembered briefly."""
+    return _remembered(_HOST_CACHE, host, lambda: organization_for_host(host))
 
 
 def organization_by_id_cached(organization_id: int) -> Organization | None:
     """An organization by id (with its plan), remembered briefly like hosts: a worker running many
     tasks of one organization asks the database once per TENANT_RESOLUTION_CACHE_SECONDS."""
-    now = time.monotonic()
-    entry = _ID_CACHE.get(organization_id)
-    if entry is not None and entry[0] > now:
-        return copy.copy(entry[1])
-    organization = Organization.objects.select_related("plan").filter(pk=organization_id).first()
-    ttl = settings.TENANT_RESOLUTION_CACHE_SECONDS
-    if organization is not None and ttl > 0:
-        if len(_ID_CACHE) >= _HOST_CACHE_MAX_ENTRIES:
-            _ID_CACHE.clear()
-        _ID_CACHE[organization_id] = (now + ttl, organization)
-        return copy.copy(organization)
-    return organization
+    return _remembered(_ID_CACHE, organization_id, lambda: organization_by_id(organization_id))
+
+
+def organization_by_id(organization_id: int) -> Organization | None:
+    return Organization.objects.select_related("plan").filter(pk=organization_id).first()
 
 
 def organization_cache_forget(organization: Organization | None = None) -> None:

@@ -353,14 +353,7 @@ def webhook_event_emit(
     disabled), and send them once the caller's transaction commits. All deliveries of one call
     share the event id. The payload must be JSON-serialisable (Decimal, UUID, datetimes allowed).
     In no-content mode its content fields are removed before anything is stored or sent."""
-    stores_content = _stores_content(organization)
-    if not stores_content:
-        payload = webhook_payload_without_content(payload)
-    encoded = json.dumps(payload, cls=DjangoJSONEncoder)
-    if len(encoded) > MAX_PAYLOAD_BYTES:
-        raise WebhookInvalid(f"the event payload is larger than {MAX_PAYLOAD_BYTES} bytes", param="payload")
-    # No savepoint of its own: inside a caller's transaction (a job's end) it succeeds or fails with it.
-    with organization_schema(organization), transaction.atomic(savepoint=False):
+    with organization_schema(organization):
         # Every job's end emits: one plain query for the active endpoints, matched here.
         active = WebhookEndpoint.objects.filter(is_active=True)
         if endpoint_id is not None:
@@ -369,6 +362,16 @@ def webhook_event_emit(
         endpoints = [
             pk for pk, events in active.values_list("pk", "events") if endpoint_id is not None or entries & set(events)
         ]
+    if not endpoints:
+        return []  # most events of most organizations: nothing to encode, store or send
+    stores_content = _stores_content(organization)
+    if not stores_content:
+        payload = webhook_payload_without_content(payload)
+    encoded = json.dumps(payload, cls=DjangoJSONEncoder)
+    if len(encoded) > MAX_PAYLOAD_BYTES:
+        raise WebhookInvalid(f"the event payload is larger than {MAX_PAYLOAD_BYTES} bytes", param="payload")
+    # No savepoint of its own: inside a caller's transaction (a job's end) it succeeds or fails with it.
+    with organization_schema(organization), transaction.atomic(savepoint=False):
         event_id = uuid.uuid4()
         now = timezone.now()
         deliveries = WebhookDelivery.objects.bulk_create(
@@ -387,8 +390,7 @@ def webhook_event_emit(
                 for endpoint in endpoints
             ]
         )
-        if deliveries:
-            _send(organization, [delivery.pk for delivery in deliveries])
+        _send(organization, [delivery.pk for delivery in deliveries])
     return deliveries
 
 

@@ -29,6 +29,17 @@ _ADMIT = """
 """
 
 
+# Asked at the end of every row of a kind with a cap: a plain statement, no ORM query to build.
+_WAITING = "SELECT EXISTS (SELECT 1 FROM {table} WHERE status = 'queued' AND admitted_at IS NULL)"
+
+
+def waiting_exists(*, table: str) -> bool:
+    """Whether a row of `table` (in the current organization's schema) waits for admission."""
+    with connection.cursor() as cursor:
+        cursor.execute(_WAITING.format(table=connection.ops.quote_name(table)))
+        return bool(cursor.fetchone()[0])
+
+
 def waiting_admit(*, table: str, cap: int) -> list[Any]:
     """Admit waiting rows of `table` (a registered kind's, in the current organization's schema) up
     to `cap` in flight. A per-organization advisory lock, taken in its own statement so that the

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from apps.llm.calls import llm_content_policy
 from apps.tenants.models import Organization
-from apps.work.admission import waiting_admit
+from apps.work.admission import waiting_admit, waiting_exists
 from apps.work.heartbeat import heartbeats
 from apps.work.metrics import WORK_RETRIES, work_finished_record
 from apps.work.models import UNFINISHED, WorkItem, WorkStatus
@@ -79,10 +79,10 @@ def work_admit(*, organization: Organization, kind: WorkKind | str, waiting: boo
     kind = _kind(kind)
     if kind.cap is None:
         return []
-    model = kind.model
-    if not waiting and not model._default_manager.filter(status=WorkStatus.QUEUED, admitted_at__isnull=True).exists():
+    table = kind.model._meta.db_table
+    if not waiting and not waiting_exists(table=table):
         return []
-    ids = waiting_admit(table=model._meta.db_table, cap=kind.cap(organization))
+    ids = waiting_admit(table=table, cap=kind.cap(organization))
     if ids:
         transaction.on_commit(lambda: work_send(organization=organization, kind=kind, ids=ids))
     return ids
