@@ -28,9 +28,10 @@ from apps.billing.selectors import entitlement_require
 from apps.llm.calls import llm_content_policy
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
-from apps.webhooks.events import EventsInvalid, events_normalize, subscription_entries
+from apps.webhooks.events import EventsInvalid, events_normalize
 from apps.webhooks.metrics import webhook_attempt_record
 from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
+from apps.webhooks.selectors import webhook_endpoints_receiving
 from apps.webhooks.signing import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, webhook_signature_header
 from apps.work.models import WorkStatus
 from apps.work.policy import TransientFailure
@@ -354,14 +355,7 @@ def webhook_event_emit(
     share the event id. The payload must be JSON-serialisable (Decimal, UUID, datetimes allowed).
     In no-content mode its content fields are removed before anything is stored or sent."""
     with organization_schema(organization):
-        # Every job's end emits: one plain query for the active endpoints, matched here.
-        active = WebhookEndpoint.objects.filter(is_active=True)
-        if endpoint_id is not None:
-            active = active.filter(pk=endpoint_id)
-        entries = set(subscription_entries(event_type))
-        endpoints = [
-            pk for pk, events in active.values_list("pk", "events") if endpoint_id is not None or entries & set(events)
-        ]
+        endpoints = webhook_endpoints_receiving(event_type=event_type, endpoint_id=endpoint_id)
     if not endpoints:
         return []  # most events of most organizations: nothing to encode, store or send
     stores_content = _stores_content(organization)
