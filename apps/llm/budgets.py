@@ -24,12 +24,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, connections, transaction
-from django.db.backends.postgresql.base import ServerBindingCursor  # type: ignore[attr-defined]
-from django.db.backends.utils import CursorWrapper
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
-from django_prometheus.db.common import ExportingCursorWrapper  # type: ignore[import-untyped]
 from psycopg_pool import PoolTimeout
 
 from apps.accounts.principals import Principal
@@ -38,7 +35,7 @@ from apps.llm import metrics
 from apps.llm.content import ContentDraft
 from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, CallContent, UsageAttempt
 from apps.llm.platform.models import LATENCY_SLOT_FLOORS_MS, LATENCY_SLOTS, UsageBucket, UsageRollup
-from apps.tenants.connection import organization_schema
+from apps.tenants.connection import organization_schema, server_binding_cursor
 from apps.tenants.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -84,28 +81,6 @@ class Spender:
 def period_start(period: str, now: dt.datetime) -> dt.date:
     today = now.astimezone(dt.UTC).date()
     return today if period == BudgetPeriod.DAY else today.replace(day=1)
-
-
-def _qualified_cursor() -> CursorWrapper:
-    """A cursor for the reservation and the settlement, which name the organization's schema
-    themselves and run on every call:
-    - django-tenants' cursor would first send `SET search_path` whenever the connection is fresh
-      from the pool, as it is after every provider call (the connection is given back during the
-      call): a round trip on every call that these statements don't need;
-    - it binds parameters on the server, so psycopg prepares each statement on a connection once
-      it has run there a few times (prepare_threshold): PostgreSQL then skips parsing and planning
-      the statement's CTEs, most of its time. (Behind a transaction-pooling PgBouncer this needs
-      its max_prepared_statements; the in-process pool keeps each statement on its connection.)
-    Statements still go through Django's wrappers: query capture in tests, django-prometheus' counts."""
-    wrapper = connections[DEFAULT_DB_ALIAS]
-    wrapper.close_if_health_check_failed()
-    wrapper.ensure_connection()
-    with wrapper.wrap_database_errors:
-        cursor = _SERVER_BINDING_CURSOR(wrapper.connection)
-    return wrapper._prepare_cursor(cursor)  # type: ignore[attr-defined,no-any-return]
-
-
-_SERVER_BINDING_CURSOR = ExportingCursorWrapper(ServerBindingCursor, DEFAULT_DB_ALIAS, "postgresql")
 
 
 def _scope_filter(spender: Spender) -> tuple[str, list[str]]:
@@ -207,7 +182,7 @@ def attempt_reserve(
             # Inside a caller's transaction the statement needs a savepoint to fail cleanly; on its
             # own (the usual case) it is atomic without one, saving two round trips.
             with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-                with _qualified_cursor() as cursor:
+                with server_binding_cursor(on_search_path=False) as cursor:
                     cursor.execute(statement, params)
                     attempt_id, created_at, _ = cursor.fetchone()
             break
@@ -338,7 +313,7 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
     atomic = transaction.atomic(savepoint=False) if connection.in_atomic_block else contextlib.nullcontext()
     schema = connection.ops.quote_name(organization.schema_name)
     content = settlement.content
-    with organization_schema(organization), atomic, _qualified_cursor() as cursor:
+    with organization_schema(organization), atomic, server_binding_cursor(on_search_path=False) as cursor:
         cursor.execute(
             _SETTLE.format(schema=schema, content=_SETTLE_CONTENT.format(schema=schema) if content else ""),
             {

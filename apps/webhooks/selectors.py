@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from django.db import connection
 from django.db.models import QuerySet
 
+from apps.tenants.connection import server_binding_cursor
 from apps.webhooks.events import subscription_entries
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint, delivery_status_q
 
 # Asked at the end of every job and run, mostly to find none: a plain statement (building the ORM's
-# query cost three times its round trip), the subscription matched by jsonb's any-of-these-keys.
+# query cost three times its round trip), prepared, the subscription matched by jsonb's any-of-these-keys.
 _SUBSCRIBED = "SELECT id FROM webhooks_webhookendpoint WHERE is_active AND events ?| %s ORDER BY created_at DESC"
 _ACTIVE = "SELECT id FROM webhooks_webhookendpoint WHERE is_active AND id = %s"
 
@@ -19,7 +19,7 @@ _ACTIVE = "SELECT id FROM webhooks_webhookendpoint WHERE is_active AND id = %s"
 def webhook_endpoints_receiving(*, event_type: str, endpoint_id: uuid.UUID | None = None) -> list[uuid.UUID]:
     """The active endpoints an event goes to: those subscribed to `event_type`, or with
     `endpoint_id` that endpoint whatever it subscribed to (none if it is gone or disabled)."""
-    with connection.cursor() as cursor:
+    with server_binding_cursor() as cursor:
         if endpoint_id is None:
             cursor.execute(_SUBSCRIBED, [subscription_entries(event_type)])
         else:

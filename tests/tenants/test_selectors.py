@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,7 +35,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, name: str, found: Organization | 
     return calls
 
 
-def _ask_together(ask: Any, threads: int = 20) -> list[Organization | None]:
+def _ask_together(ask: Callable[[], Organization | None], threads: int = 20) -> list[Organization | None]:
     start = threading.Barrier(threads)
 
     def one(_: int) -> Organization | None:
