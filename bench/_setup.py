@@ -160,6 +160,11 @@ def _cpu_seconds(pid: int, *, reaped: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(parent: int) -> list[int]:
+    """A process and its children (a web server's master and its workers, say)."""
+    return [parent, *_children(parent)]
+
+
 def _children(parent: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -172,27 +177,25 @@ def _children(parent: int) -> list[int]:
 
 
 class CpuMeter:
-    """CPU time spent by each part of a measured run, per unit of work: the worker processes, the
-    bench's embedded PostgreSQL (its server process, its backends, and the backends that ended)
-    and Redis, and this process (submitters and the fake provider). On a shared, noisy machine CPU
-    per unit is far steadier than a rate, so a change shows in it that the rate hides; two cores
-    bound the rate at 2 / (total CPU per unit)."""
+    """CPU time spent by each part of a measured run, per unit of work: the processes named (worker
+    or web processes, say), the bench's embedded PostgreSQL (its server process, its backends, and
+    the backends that ended) and Redis, and this process (submitters, clients, the fake provider).
+    On a shared, noisy machine CPU per unit is far steadier than a rate, so a change shows in it
+    that the rate hides; two cores bound the rate at 2 / (total CPU per unit)."""
 
-    def __init__(self, workers: list[int]) -> None:
+    def __init__(self, processes: dict[str, list[int]]) -> None:
         from cognitionos.embedded import EmbeddedPostgres, EmbeddedRedis
 
         postgres, redis = EmbeddedPostgres(ROOT / ".data" / "bench"), EmbeddedRedis(ROOT / ".data" / "bench")
         # None where DATABASE_URL / REDIS_URL point at servers of their own: not counted.
         self.postmaster = postgres.pid() if os.environ["DATABASE_URL"].startswith(postgres.url("")) else None
         self.redis = redis.pid() if os.environ["REDIS_URL"].startswith(f"unix://{redis.socket}") else None
-        self.workers = workers
+        self.processes = processes
         self.started = self._read()
 
     def _read(self) -> dict[str, float]:
-        spent = {
-            "workers": sum(_cpu_seconds(pid) for pid in self.workers),
-            "this process": _cpu_seconds(os.getpid()),
-        }
+        spent = {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in self.processes.items()}
+        spent["this process"] = _cpu_seconds(os.getpid())
         if self.postmaster is not None:
             spent["postgres"] = _cpu_seconds(self.postmaster, reaped=True) + sum(
                 _cpu_seconds(pid) for pid in _children(self.postmaster)

@@ -45,7 +45,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import CpuMeter, django_on_fresh_database, gunicorn_start, gunicorn_stop, unthrottled_plan  # noqa: E402 - after the path is set
+from bench._setup import (  # noqa: E402 - after the path is set
+    CpuMeter,
+    django_on_fresh_database,
+    gunicorn_start,
+    gunicorn_stop,
+    process_tree,
+    unthrottled_plan,
+)
 from bench.gateway import ensure_wrk  # noqa: E402
 
 PORT = 18322
@@ -461,9 +468,11 @@ def submission_measurements(organization: Any, key: str, args: argparse.Namespac
         jobs_clear(organization)
         open_loop(key, min(args.rate, 100), 2)  # warm-up
         jobs_clear(organization)
+        meter = CpuMeter({"web": process_tree(server.pid), "chainer": [chainer.process.pid]})
         result = open_loop(key, args.rate, args.seconds)
         count, age = chainer.backlog()
         print(f"job submission API, open loop at {args.rate:g}/s, {args.seconds} s: {result.line()}")
+        print(f"  {meter.line(result.answered, 'submission')}")
         print(f"  audit events not chained at the end: {count} (oldest {age:.2f} s)")
         held = None
         for rate in [float(rate) for rate in args.sweep.split(",") if rate]:
@@ -533,7 +542,7 @@ def main() -> None:
                 f"({done}/{args.jobs} succeeded in {elapsed:.1f} s)"
             )
             fake.latency_s = 0.0
-            meter = CpuMeter([worker.pid for worker in workers])
+            meter = CpuMeter({"workers": [worker.pid for worker in workers]})
             elapsed, done = submit_and_wait(organization, args.jobs)
             print(
                 f"2 worker processes x 150 threads, provider at 0 ms: {done / elapsed:6.1f} jobs/s end to end "

@@ -43,14 +43,24 @@ class _RedisChannel(kombu_redis.Channel):
 kombu_redis.Transport.Channel = _RedisChannel
 
 
+# As long as Celery's own descriptions of a task's arguments (AMQP.argsrepr_maxsize).
+_ARGUMENTS_REPR_MAX = 1024
+
+
 class _Celery(Celery):
-    def send_task(self, name: str, *args: Any, **options: Any) -> Any:
-        """A task sent by name has no task object whose `ignore_result` applies, and Celery then
-        subscribes the sending process to that task's result channel on the Redis result backend,
-        for good: one more channel for every task a web process ever sent (and 0.2 ms of each send).
-        Nothing here waits on a result, so the setting applies to these sends too."""
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Every send, by name or through a task's `delay`:
+        - A task sent by name has no task object whose `ignore_result` applies, and Celery then
+          subscribes the sending process to that task's result channel on the Redis result backend,
+          for good: one more channel for every task a web process ever sent (and 0.2 ms of each
+          send). Nothing here waits on a result, so the setting applies to these sends too.
+        - The message describes its arguments for the worker's log (`argsrepr`, `kwargsrepr`).
+          Celery writes them with its saferepr, a walk in Python that was a fifth of a send's CPU
+          (0.1 of 0.5 ms, measured here); Python's repr, cut to the same length, says the same."""
         options.setdefault("ignore_result", self.conf.task_ignore_result)
-        return super().send_task(name, *args, **options)
+        options.setdefault("argsrepr", repr(tuple(args or ()))[:_ARGUMENTS_REPR_MAX])
+        options.setdefault("kwargsrepr", repr(dict(kwargs or {}))[:_ARGUMENTS_REPR_MAX])
+        return super().send_task(name, args, kwargs, **options)
 
 
 app = _Celery("cognitionos")

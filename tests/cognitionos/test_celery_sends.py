@@ -6,7 +6,11 @@ process would hold one more channel for every task it ever sent."""
 
 from __future__ import annotations
 
+import json
 import uuid
+
+import celery.app.amqp
+import pytest
 
 from cognitionos.celery import app
 from cognitionos.redis import redis_client
@@ -29,3 +33,21 @@ def test_a_task_sent_by_name_subscribes_to_no_result_channel() -> None:
     finally:
         app.backend.result_consumer.cancel_for(subscribing.id)  # type: ignore[attr-defined]
         redis_client().delete(queue)
+
+
+def test_a_send_describes_its_arguments_without_celerys_saferepr(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*_: object, **__: object) -> str:
+        raise AssertionError("saferepr is what the send no longer spends its time in")
+
+    monkeypatch.setattr(celery.app.amqp, "saferepr", refused)
+    queue = f"tests-sends-{uuid.uuid4().hex}"
+    try:
+        app.send_task("tests.never_run", kwargs={"tenant_id": 2, "item_id": "x" * 2000}, queue=queue)
+        app.send_task("tests.never_run", [1, "two"], queue=queue)
+        described = [json.loads(message)["headers"] for message in reversed(redis_client().lrange(queue, 0, -1))]
+    finally:
+        redis_client().delete(queue)
+    assert described[0]["argsrepr"] == "()"
+    assert described[0]["kwargsrepr"] == repr({"tenant_id": 2, "item_id": "x" * 2000})[:1024]
+    assert described[1]["argsrepr"] == "(1, 'two')"
+    assert described[1]["kwargsrepr"] == "{}"
