@@ -1,5 +1,6 @@
 """Gateway throughput: requests per second and latency at 32 concurrent clients, with keys, rate
-limits, budgets and the ledger on, on a cache miss and on a cache hit.
+limits, budgets and the ledger on, on a cache miss and on a cache hit; and the CPU time per
+request of the web processes, PostgreSQL, Redis and this process (the fake provider).
 
     .venv/bin/python bench/gateway.py [--seconds 10] [--server gunicorn|granian|both] [--rounds 1]
                                       [--cases miss,hit]
@@ -29,7 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._setup import SERVERS, django_on_fresh_database, unthrottled_plan, web_start, web_stop  # noqa: E402 - after the path is set
+from bench._setup import (  # noqa: E402 - after the path is set
+    SERVERS,
+    CpuMeter,
+    django_on_fresh_database,
+    process_tree,
+    unthrottled_plan,
+    web_start,
+    web_stop,
+)
 
 PORT = 18321
 
@@ -105,6 +114,7 @@ def wrk(binary: str, key: str, body: dict[str, object], seconds: int) -> str:
 
 @dataclass(frozen=True)
 class Figures:
+    requests: int
     rps: float
     p50_ms: float
     p99_ms: float
@@ -121,6 +131,7 @@ def _ms(value: str | None) -> float:
 
 
 def summary(output: str) -> Figures:
+    requests = re.search(r"(\d+) requests in", output)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     p50 = re.search(r"\s50%\s+([\d.]+\w+)", output)
     p99 = re.search(r"\s99%\s+([\d.]+\w+)", output)
@@ -136,6 +147,7 @@ def summary(output: str) -> Figures:
         + (f"  (first: {first.group(1)[:160]})" if first else "")
     )
     return Figures(
+        requests=int(requests.group(1)) if requests else 0,
         rps=float(rps.group(1)) if rps else 0.0,
         p50_ms=_ms(p50.group(1) if p50 else None),
         p99_ms=_ms(p99.group(1) if p99 else None),
@@ -157,8 +169,10 @@ def measure(
         for case in cases:
             body = miss if case == "miss" else hit
             wrk(binary, key, body, 2)  # warm-up: each process loads the API on its first requests
+            meter = CpuMeter({"web": process_tree(process.pid)})
             figures[case] = summary(wrk(binary, key, body, seconds))
             print(f"{server:>8}  cache {case + ',':5} 32 clients: {figures[case].line}", flush=True)
+            print(f"{'':>8}  {meter.line(max(1, figures[case].requests), 'request')}", flush=True)
         return figures
     finally:
         web_stop(process)

@@ -78,7 +78,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Right after it: a sign-out on any host ends the person's sessions on every host.
     "apps.portal.middleware.SignedOutMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    # Django's MessageMiddleware, its storage made on first use (API calls never use it).
+    "apps.portal.middleware.MessagesOnUseMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     # After authentication and allauth's: an organization's "require MFA for all members".
