@@ -72,7 +72,7 @@ def queue_purge() -> int:
     from cognitionos.celery import app
 
     with app.connection_for_write() as connection:
-        return int(connection.default_channel.queue_purge(QUEUE) or 0)
+        return int(connection.default_channel.queue_purge(QUEUE) or 0)  # type: ignore[attr-defined]
 
 
 def setup() -> tuple[Any, str]:

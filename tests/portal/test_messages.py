@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.contrib import messages
+from django.contrib.messages.storage import default_storage
 from django.contrib.messages.storage.fallback import FallbackStorage
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse
@@ -17,14 +18,14 @@ from apps.portal import middleware
 def _through(view: Any, cookies: dict[str, str] | None = None) -> tuple[HttpRequest, HttpResponse]:
     request = RequestFactory().get("/")
     request.COOKIES.update(cookies or {})
-    handler = SessionMiddleware(middleware.MessagesOnUseMiddleware(view))
-    return request, handler(request)
+    handler = SessionMiddleware(cast(Any, middleware.MessagesOnUseMiddleware(view)))
+    return request, cast(HttpResponse, handler(request))
 
 
 @pytest.fixture
 def storages_made(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     made: list[object] = []
-    real = middleware.default_storage
+    real = default_storage
 
     def counting(request: HttpRequest) -> Any:
         made.append(request)
