@@ -149,12 +149,19 @@ def unthrottled_plan(code: str = "bench", **limits: int) -> None:
     PlanVersion.objects.create(plan=plan, number=1, **fields)
 
 
+def _stat(pid: int) -> list[str]:
+    """A process's /proc stat fields after its name (state, parent, ...); none if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def _cpu_seconds(pid: int, *, reaped: bool = False) -> float:
     """CPU seconds (user + system, all threads) of a process so far, with `reaped` those of its
     children that ended too; 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat(pid)
+    if not fields:
         return 0.0
     ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
     return ticks / os.sysconf("SC_CLK_TCK")
@@ -166,14 +173,8 @@ def process_tree(parent: int) -> list[int]:
 
 
 def _children(parent: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [pid for pid in pids if (fields := _stat(pid)) and int(fields[1]) == parent]
 
 
 class CpuMeter:

@@ -43,10 +43,6 @@ class _RedisChannel(kombu_redis.Channel):
 kombu_redis.Transport.Channel = _RedisChannel
 
 
-# As long as Celery's own descriptions of a task's arguments (AMQP.argsrepr_maxsize).
-_ARGUMENTS_REPR_MAX = 1024
-
-
 class _Celery(Celery):
     def send_task(self, name: str, *positional: Any, **options: Any) -> Any:
         """Every send, by name or through a task's `delay`:
@@ -56,12 +52,12 @@ class _Celery(Celery):
           send). Nothing here waits on a result, so the setting applies to these sends too.
         - The message describes its arguments for the worker's log (`argsrepr`, `kwargsrepr`).
           Celery writes them with its saferepr, a walk in Python that was a fifth of a send's CPU
-          (0.1 of 0.5 ms, measured here); Python's repr, cut to the same length, says the same."""
+          (0.1 of 0.5 ms, measured here); Python's repr, cut to Celery's own lengths, says the same."""
         args = positional[0] if positional else options.get("args")
         kwargs = positional[1] if len(positional) > 1 else options.get("kwargs")
         options.setdefault("ignore_result", self.conf.task_ignore_result)
-        options.setdefault("argsrepr", repr(tuple(args or ()))[:_ARGUMENTS_REPR_MAX])
-        options.setdefault("kwargsrepr", repr(dict(kwargs or {}))[:_ARGUMENTS_REPR_MAX])
+        options.setdefault("argsrepr", repr(tuple(args or ()))[: self.amqp.argsrepr_maxsize])
+        options.setdefault("kwargsrepr", repr(dict(kwargs or {}))[: self.amqp.kwargsrepr_maxsize])
         return super().send_task(name, *positional, **options)
 
 

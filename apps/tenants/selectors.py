@@ -38,7 +38,7 @@ def public_organization() -> Organization:
 # hot path, and a status change made elsewhere takes effect here within TENANT_RESOLUTION_CACHE_SECONDS.
 _HOST_CACHE: dict[str, tuple[float, Organization]] = {}
 _ID_CACHE: dict[int, tuple[float, Organization]] = {}
-_HOST_CACHE_MAX_ENTRIES = 10_000
+_CACHE_MAX_ENTRIES = 10_000
 # When an entry expires, every thread that asks for it at once would read it again: a threaded
 # worker's 150 threads taking tasks of one organization sent up to 150 identical queries every few
 # seconds. One thread reads it, the others wait for that read; striped locks, so that neither a
@@ -68,7 +68,7 @@ def _remembered(
         organization = load()
         if organization is None:
             return None
-        if len(cache) >= _HOST_CACHE_MAX_ENTRIES:
+        if len(cache) >= _CACHE_MAX_ENTRIES:
             cache.clear()
         cache[key] = (now + ttl, organization)
         return copy.copy(organization)
