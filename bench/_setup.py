@@ -51,55 +51,26 @@ def django_on_database(name: str, *, fresh: bool, postgres_options: dict[str, st
         redis_client().delete(key)
 
 
-# The production web servers the benchmarks can start, by name (bench/gateway.py --server).
+# The web servers the benchmarks can start, by name (bench/gateway.py --server): Granian as the
+# product runs it (cognitionos.web), and gunicorn gthread, the server before it, at the same
+# WEB_PROCESSES processes x WEB_THREADS threads (2 x 8 unless the environment says otherwise).
 SERVERS = ("gunicorn", "granian")
 
 
 def web_command(server: str, port: int) -> list[str]:
-    """The command line of `server` with the production configuration on 127.0.0.1:`port`: both
-    run WEB_PROCESSES processes x WEB_THREADS threads (2 x 8 unless the environment says otherwise).
-    Granian takes at most as many requests into a process as it has threads (`--backpressure`):
-    with its default (512) requests queued inside the process, and the p50 of a miss and of a hit
-    measured here was about twice as high."""
+    """The command line of `server` on 127.0.0.1:`port`, with no access log."""
+    if server == "granian":
+        return [sys.executable, "-m", "cognitionos.web", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     if server == "gunicorn":
         return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:cognitionos.gunicorn_conf",
-            "cognitionos.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--access-logfile",
-            "/dev/null",
-        ]
-    if server == "granian":
-        return [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            os.environ.get("WEB_PROCESSES", "2"),
-            "--blocking-threads",
-            os.environ.get("WEB_THREADS", "8"),
-            "--backpressure",
-            os.environ.get("WEB_THREADS", "8"),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "cognitionos.wsgi:application",
+            *(sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--keep-alive", "5"),
+            *("--workers", os.environ.get("WEB_PROCESSES", "2"), "--threads", os.environ.get("WEB_THREADS", "8")),
+            *("--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "cognitionos.wsgi:application"),
         ]
     raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
 
 
-def web_start(*, server: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def web_start(*, port: int, env: dict[str, str], server: str = "granian") -> subprocess.Popen[bytes]:
     """`server` (gunicorn or granian) on 127.0.0.1:`port`, answering /health/live when returned."""
     process = subprocess.Popen(web_command(server, port), cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -121,15 +92,6 @@ def web_stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-
-
-def gunicorn_start(*, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The production web server configuration on 127.0.0.1:`port`, answering /health/live when returned."""
-    return web_start(server="gunicorn", port=port, env=env)
-
-
-def gunicorn_stop(server: subprocess.Popen[bytes]) -> None:
-    web_stop(server)
 
 
 def unthrottled_plan(code: str = "bench", **limits: int) -> None:

@@ -2,15 +2,20 @@
 limits, budgets and the ledger on, on a cache miss and on a cache hit; and the CPU time per
 request of the web processes, PostgreSQL, Redis and this process (the fake provider).
 
-    .venv/bin/python bench/gateway.py [--seconds 10] [--server gunicorn|granian|both] [--rounds 1]
+    .venv/bin/python bench/gateway.py [--seconds 10] [--server granian|gunicorn|both] [--rounds 1]
                                       [--cases miss,hit]
 
-Starts the web server (gunicorn, the production configuration, or Granian's WSGI server with the
-same 2 processes x 8 threads; WEB_PROCESSES / WEB_THREADS change both) on its own database in the
-bench servers (.data/bench) and drives it with wrk (Debian package `wrk`; installed here if
+Starts the web server (Granian as the product runs it, cognitionos/web.py, or gunicorn gthread at
+the same 2 processes x 8 threads; WEB_PROCESSES / WEB_THREADS change both) on its own database in
+the bench servers (.data/bench) and drives it with wrk (Debian package `wrk`; installed here if
 missing). The provider is the fake server at 0 ms latency. `--server both` measures the two side
 by side in one run, in alternating order each round (gunicorn first in odd rounds, Granian first
 in even ones), and prints every figure and the ratios. Not a test: compare within one run.
+
+wrk counts a request's latency only once it is answered: a connection the server never serves
+shows in no latency figure. Each line therefore also prints the connections in service, the
+answered rate times the mean latency (Little's law): 32 when every connection is being served,
+fewer when some wait unanswered, and then the latencies flatter the server.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from bench._setup import (  # noqa: E402 - after the path is set
 )
 
 PORT = 18321
+CONNECTIONS = 32
 
 
 def ensure_wrk() -> str:
@@ -94,7 +100,7 @@ def wrk(binary: str, key: str, body: dict[str, object], seconds: int) -> str:
             "-t",
             "2",
             "-c",
-            "32",
+            str(CONNECTIONS),
             "-d",
             f"{seconds}s",
             "--latency",
@@ -116,6 +122,7 @@ def wrk(binary: str, key: str, body: dict[str, object], seconds: int) -> str:
 class Figures:
     requests: int
     rps: float
+    in_service: float
     p50_ms: float
     p99_ms: float
     non_2xx: int
@@ -133,22 +140,27 @@ def _ms(value: str | None) -> float:
 def summary(output: str) -> Figures:
     requests = re.search(r"(\d+) requests in", output)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    mean = re.search(r"Latency\s+([\d.]+\w+)", output)
     p50 = re.search(r"\s50%\s+([\d.]+\w+)", output)
     p99 = re.search(r"\s99%\s+([\d.]+\w+)", output)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
     first = re.search(r"first non-2xx: (.*)", output)
+    rate = float(rps.group(1)) if rps else 0.0
+    in_service = rate * _ms(mean.group(1) if mean else None) / 1000
     line = (
         (
-            f"{float(rps.group(1)) if rps else 0:8.1f} req/s   p50 {p50.group(1) if p50 else '?':>8}   "
-            f"p99 {p99.group(1) if p99 else '?':>8}   non-2xx {errors.group(1) if errors else 0}"
+            f"{rate:8.1f} req/s   p50 {p50.group(1) if p50 else '?':>8}   "
+            f"p99 {p99.group(1) if p99 else '?':>8}   non-2xx {errors.group(1) if errors else 0}   "
+            f"connections in service {in_service:4.1f} of {CONNECTIONS}"
         )
         + (f"  (socket errors: {socket_errors.group(1)})" if socket_errors else "")
         + (f"  (first: {first.group(1)[:160]})" if first else "")
     )
     return Figures(
         requests=int(requests.group(1)) if requests else 0,
-        rps=float(rps.group(1)) if rps else 0.0,
+        rps=rate,
+        in_service=in_service,
         p50_ms=_ms(p50.group(1) if p50 else None),
         p99_ms=_ms(p99.group(1) if p99 else None),
         non_2xx=int(errors.group(1)) if errors else 0,
@@ -203,7 +215,7 @@ def side_by_side(results: dict[str, list[dict[str, Figures]]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--server", choices=[*SERVERS, "both"], default="gunicorn")
+    parser.add_argument("--server", choices=[*SERVERS, "both"], default="granian")
     parser.add_argument("--rounds", type=int, default=1, help="With --server both: rounds, the order alternating")
     parser.add_argument("--cases", default="miss,hit", help="What to measure: miss, hit or both (comma-separated)")
     args = parser.parse_args()

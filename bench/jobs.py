@@ -9,7 +9,7 @@ Prints:
   per core), at 1 s and at 0 ms provider latency; at 0 ms, the CPU time per job of each part
   (workers, PostgreSQL, Redis, this process), which is steadier than the rate on a shared machine;
 - API p95 and throughput of job submission (POST /api/v1/jobs) at 50 concurrent clients (wrk
-  against gunicorn with the production configuration): closed loop, each client waits for its
+  against the production web server, cognitionos.web): closed loop, each client waits for its
   answer before it sends again, so a slow server is offered less and its queueing hides;
 - job submission at a fixed offered rate (open loop, `--rate` per second for `--seconds`): requests
   leave on a fixed timetable whatever the answers do, and each one's latency counts from its
@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 from bench._setup import (  # noqa: E402 - after the path is set
     CpuMeter,
     django_on_fresh_database,
-    gunicorn_start,
-    gunicorn_stop,
     process_tree,
     unthrottled_plan,
+    web_start,
+    web_stop,
 )
 from bench.gateway import ensure_wrk  # noqa: E402
 
@@ -204,7 +204,7 @@ def submit_and_wait(
 
 def submission_server(fake_url: str) -> subprocess.Popen[bytes]:
     env = {**worker_env(fake_url), "DEBUG": "false", "DATABASE_POOL_MAX_SIZE": "10"}
-    return gunicorn_start(port=PORT, env=env)
+    return web_start(port=PORT, env=env)
 
 
 def submission_latency(key: str, seconds: int) -> str:
@@ -288,7 +288,7 @@ class _Connection:
         self.reader = self.writer = None
 
     async def request(self, payload: bytes) -> int:
-        if self.writer is None or time.monotonic() - self.used_at > 3.0:  # gunicorn drops idle ones at 5 s
+        if self.writer is None or time.monotonic() - self.used_at > 3.0:  # a server may drop idle ones
             await self.open()
         assert self.reader is not None and self.writer is not None
         self.writer.write(payload)
@@ -506,7 +506,7 @@ def submission_measurements(organization: Any, key: str, args: argparse.Namespac
             + (f"{held.offered:.0f}/s (p95 {held.p95_ms:.1f} ms)" if held else "none of the rates tried")
         )
     finally:
-        gunicorn_stop(server)
+        web_stop(server)
         print(f"chainer: {chainer.stop()}; {verify_chain(organization)}")
 
 
@@ -518,7 +518,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "submission"], default="all")
     parser.add_argument("--rate", type=float, default=200.0, help="Open loop: submissions offered per second")
     parser.add_argument("--sweep", default="100,150,200,250,300,350,400,500", help="Open-loop rates to try, ascending")
-    parser.add_argument("--port", type=int, default=PORT, help="gunicorn's port (another bench may hold the default)")
+    parser.add_argument("--port", type=int, default=PORT, help="The web server's port (another bench may hold it)")
     parser.add_argument("--database", default=DATABASE, help="The bench database's name (recreated)")
     args = parser.parse_args()
     PORT, DATABASE = args.port, args.database

@@ -3,7 +3,7 @@ endpoint against through /v1 directly, on the same server and the same fake prov
 
     .venv/bin/python bench/portal_playground.py [--samples 200] [--rate 10] [--warmup 20]
 
-Starts gunicorn (the production configuration, 2 processes x 8 threads unless WEB_PROCESSES /
+Starts the production web server (cognitionos.web, 2 processes x 8 threads unless WEB_PROCESSES /
 WEB_THREADS say otherwise) on its own database in the bench servers (.data/bench), with the fake
 provider (tests/support/fake_provider.py, no added latency) as the platform's OpenAI. Then offers
 requests at a fixed rate (open loop: each starts on schedule, whether or not the ones before have
@@ -219,7 +219,7 @@ def main() -> None:
 
     fake = FakeProvider().start()
     env.update(OPENAI_API_KEY="sk-bench", OPENAI_BASE_URL=fake.openai_base_url)
-    server = web_start(server="gunicorn", port=PORT, env=env)
+    server = web_start(port=PORT, env=env)
     try:
         offer(targets, count=args.warmup, rate=args.rate, tag="warm-up")
         samples = offer(targets, count=args.samples, rate=args.rate, tag="measured")
@@ -228,7 +228,7 @@ def main() -> None:
         fake.stop()
     processes, threads = os.environ.get("WEB_PROCESSES", "2"), os.environ.get("WEB_THREADS", "8")
     print(
-        f"Time to first streamed token, gunicorn {processes}x{threads}, fake provider (no added latency), "
+        f"Time to first streamed token, web server {processes}x{threads}, fake provider (no added latency), "
         f"{args.rate:g} requests/s offered alternating the two, {args.samples} each after {args.warmup} warm-up, "
         "every request a cache miss:"
     )

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/progress.py [--streams 20] [--idle 15] [--gap-ms 20]
 
-N jobs, each followed by an open stream consumed on a thread of its own (as a gunicorn thread
+N jobs, each followed by an open stream consumed on a thread of its own (as a web server thread
 serves one), in two modes, one after the other in the same run:
 
 - pub/sub: the runtime's notices on Redis wake the stream; a fallback re-read every 5 s;

@@ -1,6 +1,6 @@
 """One cap per web process on responses that hold a thread for long: model streams and progress events.
 
-A gthread worker has WEB_THREADS threads; a streaming response keeps one busy until it ends. Without
+A web process has WEB_THREADS threads; a streaming response keeps one busy until it ends. Without
 a cap, a few clients opening streams take every thread and the process stops answering anything,
 health checks included. The cap is below the thread count, so some threads always remain for short
 requests; a stream over the cap is refused at once (429 with Retry-After, in the endpoint's error

@@ -3,13 +3,14 @@
 With PROMETHEUS_MULTIPROC_DIR set (`cognitionos up` sets it for every process it starts, and so
 should any deployment that runs several processes per pod), every process writes its metrics to
 files there and this view adds them up across processes (prometheus_client's multiprocess mode):
-one scrape shows every gunicorn worker and Celery worker, not whichever answered.
+one scrape shows every web process and Celery worker, not whichever answered.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus_client's file of one process's gauges that describe live processes (mark_process_dead).
+_LIVE_GAUGES = re.compile(r"gauge_live(?:all|sum|max|min|mostrecent)_(\d+)\.db")
 
 
 class _ProcessMetrics(Collector):
@@ -40,6 +43,7 @@ def metrics_registry(*, scrape_collectors: bool) -> CollectorRegistry:
     registry = CollectorRegistry()
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
+        metrics_dead_processes_drop(Path(directory))
         multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     else:
         registry.register(_ProcessMetrics())
@@ -67,6 +71,25 @@ def metrics_process_dead(pid: int) -> None:
     """Drop a dead process's live gauges (its counters stay in the totals)."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def metrics_dead_processes_drop(directory: Path) -> None:
+    """Drop the live gauges of every process that ended without saying so: a web process the server
+    replaced, any process killed outright. No server hook is needed for it, and none can be missed."""
+    for path in directory.glob("gauge_live*.db"):
+        found = _LIVE_GAUGES.fullmatch(path.name)
+        if found and not _process_alive(int(found[1])):
+            multiprocess.mark_process_dead(int(found[1]), path=str(directory))  # type: ignore[no-untyped-call]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def metrics_authorized(request: HttpRequest) -> bool:

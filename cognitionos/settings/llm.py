@@ -25,7 +25,7 @@ LLM_L1_CACHE_ENTRIES = env_int("LLM_L1_CACHE_ENTRIES", 2048)
 LLM_SEMANTIC_EMBEDDING_MODEL = env_str("LLM_SEMANTIC_EMBEDDING_MODEL", "")
 LLM_MAX_REQUEST_BYTES = env_int("LLM_MAX_REQUEST_BYTES", 4 * 1024 * 1024)
 # Responses that hold a web thread (model streams, job and run events) share one cap per process,
-# below its thread count (WEB_THREADS, as gunicorn reads it), so short requests always find a thread.
+# below its thread count (WEB_THREADS, as cognitionos.web reads it), so short requests always find a thread.
 _WEB_THREADS = env_int("WEB_THREADS", 8)
 LONG_RESPONSES_PER_PROCESS = max(1, min(env_int("LONG_RESPONSES_PER_PROCESS", _WEB_THREADS - 2), _WEB_THREADS - 1))
 # Circuit breaker per provider and model, shared through Redis.

@@ -32,7 +32,7 @@ METRICS_DIR = "/tmp/prometheus"  # noqa: S108
 SECRET_ENV = ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CREDENTIALS_ENCRYPTION_KEYS", "METRICS_TOKEN")
 COMMANDS: dict[str, list[str]] = {
     "migrate": ["cognitionos", "migrate"],
-    "web": ["gunicorn", "-c", "python:cognitionos.gunicorn_conf", "cognitionos.wsgi:application"],
+    "web": ["python", "-m", "cognitionos.web"],
     "worker": [
         "celery",
         "-A",
@@ -294,7 +294,7 @@ def test_compose_app_services_share_one_image_and_the_production_settings() -> N
 
 
 def test_compose_sizes_database_pools_per_process() -> None:
-    assert services()["web"]["environment"]["DATABASE_POOL_MAX_SIZE"] == "8"  # threads per gunicorn process
+    assert services()["web"]["environment"]["DATABASE_POOL_MAX_SIZE"] == "8"  # threads per web process
     assert services()["worker"]["environment"]["DATABASE_POOL_MAX_SIZE"] == "32"  # worker concurrency
 
 

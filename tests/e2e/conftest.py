@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from django.db import connections
 
-from apps.ops.management.commands.up import web_binds
+from apps.ops.management.commands.up import web_hosts
 from tests.support.debian import debian_command_ensure
 from tests.support.fake_provider import FakeProvider
-from tests.support.processes import ROOT, free_port, gunicorn_serving
+from tests.support.processes import ROOT, free_port, web_serving
 
 # Playwright's sync API runs an event loop in the test's thread; the test still reads and writes
 # the database from that thread, which Django would otherwise refuse as "async".
@@ -74,7 +74,7 @@ def portal_server(live_db: Any, tmp_path: Path) -> Iterator[LiveServer]:
     port = free_port()
     mailbox = tmp_path / "mail"
     env = {"COGNITIONOS_MAILBOX_DIR": str(mailbox), "WEB_PROCESSES": "1", "WEB_THREADS": "4"}
-    with gunicorn_serving(port=port, env=env, binds=web_binds("127.0.0.1", port)):
+    with web_serving(port=port, env=env, hosts=web_hosts("127.0.0.1")):
         yield LiveServer(port, mailbox)
 
 
@@ -99,7 +99,7 @@ def provider_server(live_db: Any, fake_provider: FakeProvider, tmp_path: Path) -
     """`portal_server` with the fake provider as the platform's OpenAI and Anthropic."""
     port = free_port()
     env = {"COGNITIONOS_MAILBOX_DIR": str(tmp_path / "mail"), "WEB_PROCESSES": "1", "WEB_THREADS": "4"}
-    with gunicorn_serving(port=port, env={**env, **provider_env(fake_provider)}, binds=web_binds("127.0.0.1", port)):
+    with web_serving(port=port, env={**env, **provider_env(fake_provider)}, hosts=web_hosts("127.0.0.1")):
         yield LiveServer(port, tmp_path / "mail")
 
 

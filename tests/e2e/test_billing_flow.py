@@ -23,7 +23,7 @@ from apps.billing.models import Plan, PlanVersion
 from apps.llm.budgets import usage_fold
 from apps.llm.models import Budget, BudgetWindow
 from apps.llm.platform.models import UsageRollup
-from apps.ops.management.commands.up import web_binds
+from apps.ops.management.commands.up import web_hosts
 from apps.rbac.models import Membership, Role
 from apps.tenants.connection import organization_schema, tenant_connection
 from apps.tenants.models import Organization
@@ -32,7 +32,7 @@ from tests.e2e.conftest import PHONE, LiveServer, overflowing, screenshot, unlab
 from tests.factories import organization_make, organization_purge, plan_make, plan_purge
 from tests.support.fake_provider import ANSWER_PREFIX, FakeProvider
 from tests.support.fake_stripe import FakeStripe
-from tests.support.processes import free_port, gunicorn_serving
+from tests.support.processes import free_port, web_serving
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def server(
         "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "STRIPE_MAX_NETWORK_RETRIES": "0",
     }
-    with gunicorn_serving(port=port, env=env, binds=web_binds("127.0.0.1", port)):
+    with web_serving(port=port, env=env, hosts=web_hosts("127.0.0.1")):
         yield LiveServer(port, tmp_path / "mail")
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from apps.accounts.models import User
 from apps.accounts.services import email_verified_ensure
-from apps.ops.management.commands.up import web_binds
+from apps.ops.management.commands.up import web_hosts
 from apps.rbac.models import Role
 from apps.rbac.services import membership_create
 from apps.sso.models import IdentityProvider, SsoDomain
@@ -24,7 +24,7 @@ from tests.e2e.conftest import DESKTOP, LiveServer, overflowing, screenshot, unl
 from tests.factories import TEST_ACTOR, organization_make
 from tests.sso.idp import TestIdp
 from tests.support.dns_server import RunningDnsServer, dns_server_running
-from tests.support.processes import free_port, gunicorn_serving
+from tests.support.processes import free_port, web_serving
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def sso_server(live_db: LiveDb, tmp_path: Path, dns: RunningDnsServer) -> Iterat
         "SSO_DNS_NAMESERVERS": dns.address,
         "SSO_DNS_TIMEOUT_SECONDS": "3",
     }
-    with gunicorn_serving(port=port, env=env, binds=web_binds("127.0.0.1", port)):
+    with web_serving(port=port, env=env, hosts=web_hosts("127.0.0.1")):
         yield LiveServer(port, tmp_path / "mail")
 
 

@@ -14,14 +14,14 @@ import pytest
 from allauth.account.models import EmailAddress
 
 from apps.accounts.models import User
-from apps.ops.management.commands.up import web_binds
+from apps.ops.management.commands.up import web_hosts
 from apps.portal.workflows_pages import EXAMPLE_YAML
 from apps.rbac.models import Membership, Role
 from apps.tenants.connection import tenant_connection
 from tests.conftest import LiveDb
 from tests.e2e.conftest import PHONE, LiveServer, overflowing, screenshot, unlabeled_fields
 from tests.support.fake_provider import FakeProvider
-from tests.support.processes import free_port, gunicorn_serving
+from tests.support.processes import free_port, web_serving
 from tests.support.worker import celery_worker
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def provider() -> Iterator[FakeProvider]:
 def server(live_db: LiveDb, provider: FakeProvider) -> Iterator[LiveServer]:
     port = free_port()
     env = {"WEB_PROCESSES": "1", "WEB_THREADS": "4", **_provider_env(provider)}
-    with gunicorn_serving(port=port, env=env, binds=web_binds("127.0.0.1", port)):
+    with web_serving(port=port, env=env, hosts=web_hosts("127.0.0.1")):
         yield LiveServer(port, mailbox=None)  # type: ignore[arg-type]
 
 

@@ -1,5 +1,5 @@
-"""/metrics adds up every process's metrics when PROMETHEUS_MULTIPROC_DIR is set (gunicorn runs
-several workers, Celery workers run beside them: a scrape must not see only whichever answered)."""
+"""/metrics adds up every process's metrics when PROMETHEUS_MULTIPROC_DIR is set (the web server runs
+several processes, Celery workers run beside them: a scrape must not see only whichever answered)."""
 
 from __future__ import annotations
 
@@ -7,38 +7,45 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.ops.metrics import metrics_multiproc_prepare
-from cognitionos import gunicorn_conf
 from tests.support.processes import ROOT
 
-# What a worker process does: the LLM engine's metrics, written to the shared directory.
+# What a worker process does: the LLM engine's metrics, written to the shared directory; then it
+# lives until its stdin closes.
 WORKER = """
-import os
+import os, sys
 from apps.llm import metrics
 metrics.REQUESTS.labels("simulator", "simulated-mini", "succeeded", "miss").inc(3)
 metrics.OPEN_HOLDS.inc(2)
 metrics.BREAKER_OPEN.labels("openai", "gpt-4o-mini").set(float(os.environ["BREAKER"]))
-print(os.getpid())
+print(os.getpid(), flush=True)
+sys.stdin.read()
 """
 
 
-def _worker(breaker: int) -> int:
-    done = subprocess.run(
+def _worker_start(breaker: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
         [sys.executable, "-c", WORKER],
         cwd=ROOT,
         env={**os.environ, "BREAKER": str(breaker)},
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
-        check=True,
-        timeout=60,
     )
-    return int(done.stdout)
+    assert process.stdout is not None and process.stdout.readline().strip() == str(process.pid)
+    return process
+
+
+def _worker_end(process: subprocess.Popen[str]) -> None:
+    """The process ends with no hook run for it, as one killed or replaced by its server would."""
+    assert process.stdin is not None
+    process.stdin.close()
+    assert process.wait(timeout=60) == 0
 
 
 def _scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -64,16 +71,24 @@ def test_metrics_of_other_processes_are_added_up(db: None, tmp_path: Path, monke
     metrics_multiproc_prepare(tmp_path)  # what `cognitionos up` does before starting its processes
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    first, second = _worker(breaker=1), _worker(breaker=0)
-    scraped = _scrape()
-    assert scraped[REQUESTS] == 6.0  # both processes' counts
-    assert scraped[HOLDS] == 4.0
-    assert scraped[BREAKER] == 0.0  # the state written last
-    # gunicorn's hook when a worker exits: its live gauges go, its counts stay.
-    gunicorn_conf.child_exit(None, SimpleNamespace(pid=first))
-    scraped = _scrape()
-    assert (scraped[REQUESTS], scraped[HOLDS]) == (6.0, 2.0)
-    gunicorn_conf.child_exit(None, SimpleNamespace(pid=second))
+    first = _worker_start(breaker=1)
+    second = _worker_start(breaker=0)
+    try:
+        scraped = _scrape()
+        assert scraped[REQUESTS] == 6.0  # both processes' counts
+        assert scraped[HOLDS] == 4.0
+        assert scraped[BREAKER] == 0.0  # the state written last
+        # A process that ended: the next scrape drops its live gauges; its counts stay.
+        _worker_end(first)
+        assert (tmp_path / f"gauge_livesum_{first.pid}.db").exists()
+        scraped = _scrape()
+        assert (scraped[REQUESTS], scraped[HOLDS]) == (6.0, 2.0)
+        assert not (tmp_path / f"gauge_livesum_{first.pid}.db").exists()
+        assert (tmp_path / f"gauge_livesum_{second.pid}.db").exists()
+    finally:
+        for process in (first, second):
+            if process.poll() is None:
+                _worker_end(process)
     assert _scrape().get(HOLDS, 0.0) == 0.0
 
 

@@ -28,7 +28,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.apikeys.models import ApiKey
 from apps.apikeys.services import apikey_create, apikey_revoke
-from apps.ops.management.commands.up import _ipv6_loopback_available, web_binds
+from apps.ops.management.commands.up import _ipv6_loopback_available, web_commands, web_hosts
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from tests.factories import TEST_ACTOR
@@ -218,8 +218,14 @@ def test_a_revoked_key_is_refused_at_once_and_then_remembered(
 
 def test_make_run_listens_on_both_loopback_addresses() -> None:
     ipv6 = socket.has_ipv6 and _ipv6_loopback_available()
-    assert web_binds("127.0.0.1", 8000) == ["127.0.0.1:8000", *(["[::1]:8000"] if ipv6 else [])]
-    assert web_binds("0.0.0.0", 8000) == ["0.0.0.0:8000"]  # noqa: S104 - an explicit choice is kept
+    assert web_hosts("127.0.0.1") == ["127.0.0.1", *(["::1"] if ipv6 else [])]
+    assert web_hosts("0.0.0.0") == ["0.0.0.0"]  # noqa: S104 - an explicit choice is kept
+    # Granian listens on one address: a server per address, the extra loopback one with one process.
+    commands = web_commands(host="127.0.0.1", port=8000, processes=3)
+    assert list(commands) == ["web", *(["web on ::1"] if ipv6 else [])]
+    assert commands["web"][-8:-2] == ["--host", "127.0.0.1", "--port", "8000", "--processes", "3"]
+    if ipv6:
+        assert commands["web on ::1"][-8:-2] == ["--host", "::1", "--port", "8000", "--processes", "1"]
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "[::1]:8000", "127.0.0.1", "[::1]"])

@@ -20,7 +20,7 @@ from apps.tenants.connection import tenant_connection
 from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
 from tests.support.fake_provider import FakeProvider
-from tests.support.processes import free_port, gunicorn_serving
+from tests.support.processes import free_port, web_serving
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def _gunicorn(provider: FakeProvider) -> Any:
         "ANTHROPIC_API_KEY": "sk-ant-test-platform",
         "ANTHROPIC_BASE_URL": provider.anthropic_base_url,
     }
-    return gunicorn_serving(port=free_port(), env=env)
+    return web_serving(port=free_port(), env=env)
 
 
 @pytest.fixture

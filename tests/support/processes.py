@@ -64,39 +64,41 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn_serving(*, port: int, env: dict[str, str], binds: list[str] | None = None) -> Iterator[str]:
-    """The production web server (gunicorn_conf) on the test database, answering /health/live when
-    this yields its base URL; `env` adds settings (WEB_THREADS, provider URLs). Stopped on exit."""
+def web_serving(*, port: int, env: dict[str, str], hosts: list[str] | None = None) -> Iterator[str]:
+    """The production web server (cognitionos.web) on the test database, one per address in `hosts`
+    (127.0.0.1 by default), each answering /health/live when this yields the first one's base URL;
+    `env` adds settings (WEB_PROCESSES, WEB_THREADS, provider URLs). Stopped on exit."""
     environment = {
         **os.environ,
         "DATABASE_URL": database_url_for_subprocess(),
         "DJANGO_SETTINGS_MODULE": "cognitionos.settings.test",
         **env,
     }
-    arguments = [arg for bind in (binds or [f"127.0.0.1:{port}"]) for arg in ("--bind", bind)]
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "-c", "python:cognitionos.gunicorn_conf"),
-            *("cognitionos.wsgi:application", *arguments, "--access-logfile", "/dev/null"),
-        ],
-        cwd=ROOT,
-        env=environment,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    servers = {
+        host: subprocess.Popen(
+            [sys.executable, "-m", "cognitionos.web", "--host", host, "--port", str(port), "--no-access-log"],
+            cwd=ROOT,
+            env=environment,
+            start_new_session=True,
+        )
+        for host in hosts or ["127.0.0.1"]
+    }
+    bases = {host: f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}" for host in servers}
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.2)
-        yield base
+        for host, server in servers.items():
+            while True:
+                try:
+                    if httpx.get(f"{bases[host]}/health/live", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert server.poll() is None and time.monotonic() < deadline, f"the web server on {host} did not start"
+                time.sleep(0.2)
+        yield next(iter(bases.values()))
     finally:
         # Killed, not stopped: a graceful stop waits out the browser's keep-alive connections and a
         # quick one still finalizes the worker's interpreter, seconds per test with nothing to check.
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
+        for server in servers.values():
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)

@@ -32,7 +32,7 @@ from apps.workflows.models import StepRun
 from apps.workflows.runs import run_cancel, run_start
 from tests.conftest import TENANT_A, ApiClientFor, LiveDb
 from tests.factories import TEST_ACTOR
-from tests.support.processes import free_port, gunicorn_serving
+from tests.support.processes import free_port, web_serving
 from tests.workflows.factories import run_through, workflow_make
 
 KEY = Principal(kind="api_key", id="7", label="tests (cos_x)")
@@ -183,7 +183,7 @@ def test_through_the_web_server_a_change_made_in_another_process_reaches_the_str
             time.sleep(0.005)
         raise AssertionError(f"no {text!r} in {lines}")
 
-    with gunicorn_serving(port=free_port(), env={"WEB_PROCESSES": "1", "WEB_THREADS": "4"}) as base:
+    with web_serving(port=free_port(), env={"WEB_PROCESSES": "1", "WEB_THREADS": "4"}) as base:
         reader = threading.Thread(target=read, args=(base,), daemon=True)
         reader.start()
         opened = arrival('"status": "queued"')

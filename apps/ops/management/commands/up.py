@@ -40,13 +40,28 @@ def _ipv6_loopback_available() -> bool:
     return True
 
 
-def web_binds(host: str, port: int) -> list[str]:
-    """Where the web server listens. On the default loopback host it listens on [::1] as well
-    (where the machine has IPv6), so http://localhost, http://127.0.0.1 and http://[::1] all answer."""
-    binds = [f"{host}:{port}"]
+def web_hosts(host: str) -> list[str]:
+    """Where the web server listens. On the default loopback host it listens on ::1 as well (where
+    the machine has IPv6), so http://localhost, http://127.0.0.1 and http://[::1] all answer."""
     if host == "127.0.0.1" and _ipv6_loopback_available():
-        binds.append(f"[::1]:{port}")
-    return binds
+        return [host, "::1"]
+    return [host]
+
+
+def web_commands(*, host: str, port: int, processes: int) -> dict[str, list[str]]:
+    """The web server's command per listening address (Granian listens on one): the first host gets
+    `processes` processes, an extra loopback address one."""
+    return {
+        "web" if index == 0 else f"web on {address}": [
+            sys.executable,
+            "-m",
+            "cognitionos.web",
+            *("--host", address, "--port", str(port)),
+            *("--processes", str(processes if index == 0 else 1)),
+            *("--graceful-timeout", "10"),
+        ]
+        for index, address in enumerate(web_hosts(host))
+    }
 
 
 class Command(BaseCommand):
@@ -92,19 +107,7 @@ class Command(BaseCommand):
     def _start(self, options: dict[str, Any], data_dir: Path) -> dict[str, subprocess.Popen[bytes]]:
         python = sys.executable
         commands = {
-            "web": [
-                python,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:cognitionos.gunicorn_conf",
-                "cognitionos.wsgi:application",
-                *(arg for bind in web_binds(options["host"], options["port"]) for arg in ("--bind", bind)),
-                "--workers",
-                str(options["web_workers"]),
-                "--graceful-timeout",
-                "10",
-            ],
+            **web_commands(host=options["host"], port=options["port"], processes=options["web_workers"]),
             "worker": [
                 python,
                 "-m",
