@@ -1,6 +1,6 @@
 """functools.cache for the process-wide clients, safe when the first calls race.
 
-functools.cache may run a factory twice for the same arguments when two threads (gthread web
+functools.cache may run a factory twice for the same arguments when two threads (web
 workers, threaded Celery pools) ask at once, and keeps the later result. The earlier client is then
 dropped while the thread that made it still uses it, and the SDK clients close their connections
 when dropped (`redis.Redis`, `openai.OpenAI` and `anthropic.Anthropic` in `__del__`): the other

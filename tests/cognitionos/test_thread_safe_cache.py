@@ -1,4 +1,4 @@
-"""The process-wide clients are made once even when the first calls race (a gthread worker's first
+"""The process-wide clients are made once even when the first calls race (a web process's first
 requests): a second client would be dropped while in use and close its connections under it."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Browser tests: Debian's Chromium driven by Playwright, against a real gunicorn process.
+"""Browser tests: Debian's Chromium driven by Playwright, against the real web server (cognitionos.web).
 
 - Chromium comes from the system (`apt-get install -y chromium`, run here when it is missing);
   Playwright never downloads a browser.
-- The server is gunicorn on the test database, reachable at http://localhost:<port> and at
+- The server is the production one (Granian) on the test database, reachable at http://localhost:<port> and at
   http://<slug>.localhost:<port> (Chromium resolves *.localhost to loopback by itself).
 - A failing test leaves a screenshot and the page's HTML under test-artifacts/<test name>/.
 """
@@ -70,7 +70,7 @@ class LiveServer:
 
 @pytest.fixture
 def portal_server(live_db: Any, tmp_path: Path) -> Iterator[LiveServer]:
-    """gunicorn on the test database; its mail goes to a folder of this test."""
+    """The web server on the test database; its mail goes to a folder of this test."""
     port = free_port()
     mailbox = tmp_path / "mail"
     env = {"COGNITIONOS_MAILBOX_DIR": str(mailbox), "WEB_PROCESSES": "1", "WEB_THREADS": "4"}
@@ -79,7 +79,7 @@ def portal_server(live_db: Any, tmp_path: Path) -> Iterator[LiveServer]:
 
 
 def provider_env(fake: FakeProvider) -> dict[str, str]:
-    """The fake provider as the platform's OpenAI and Anthropic, for gunicorn and workers alike."""
+    """The fake provider as the platform's OpenAI and Anthropic, for the web server and workers alike."""
     return {
         "OPENAI_API_KEY": "sk-test-platform",
         "OPENAI_BASE_URL": fake.openai_base_url,

@@ -1,4 +1,4 @@
-"""Billing end to end in a real browser, against gunicorn, the fake provider and the fake Stripe:
+"""Billing end to end in a real browser, against the web server, the fake provider and the fake Stripe:
 a Free organization that has used its included usage is refused in the playground (the refusal
 names the plan's limit and links to the plan page) → it upgrades through (the fake) Checkout →
 Stripe's signed webhook reaches the platform → the next playground call succeeds → the plan page

@@ -1,4 +1,4 @@
-"""Data export (GDPR) in a real browser, against gunicorn and a real Celery worker: an owner signs in
+"""Data export (GDPR) in a real browser, against the web server and a real Celery worker: an owner signs in
 on their organization's host, opens Data export, asks for an export, sees it queued (a second one
 refused while it waits), sees it ready once a worker has built it, and downloads it once: a zip of
 their organization's rows only, whose checksums verify. A member of another organization sees none

@@ -1,4 +1,4 @@
-"""The operators' admin in a real browser, against gunicorn: an operator (staff, with an authenticator
+"""The operators' admin in a real browser, against the web server: an operator (staff, with an authenticator
 app) opens /admin/, signs in with their password and is asked for a code before anything shows,
 finds an organization in the list, opens it, suspends it with a reason (its portal is refused at
 once), sees the status and the operator log say so, finds the entry in the operator log, resumes it,

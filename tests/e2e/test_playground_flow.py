@@ -1,4 +1,4 @@
-"""The playground in a real browser against gunicorn and the fake provider: compose a conversation,
+"""The playground in a real browser against the web server and the fake provider: compose a conversation,
 run it and watch the answer stream in before its end; the end shows the model, tokens, cost, cache
 layer and latency; a repeat is a cache hit; "View as code" shows three snippets, and the openai one,
 copied off the page, runs against the same server with a real key; a hard budget below one call's

@@ -1,4 +1,4 @@
-"""Issue 12's end-to-end journey, in one headless Chromium session against gunicorn, a real Celery
+"""Issue 12's end-to-end journey, in one headless Chromium session against the web server, a real Celery
 worker and the fake provider over HTTP: a new organization's owner signs in → creates an API key
 (its secret shown once) → runs a prompt in the playground and watches the answer stream in, then
 reads its model, tokens, cost, cache layer and latency → finds the call in the request log and

@@ -1,4 +1,4 @@
-"""SAML SSO in a real browser against gunicorn: "Sign in with SSO" on the platform host finds the
+"""SAML SSO in a real browser against the web server: "Sign in with SSO" on the platform host finds the
 organization by the address's verified domain, the organization's host starts the sign-in, the
 test IdP (tests/sso/idp.py, served by Playwright's request interception at its https address)
 answers with a signed response that the browser posts cross-site to the ACS, and the person lands

@@ -54,7 +54,7 @@ def dns() -> Iterator[RunningDnsServer]:
 
 @pytest.fixture
 def sso_server(live_db: LiveDb, tmp_path: Path, dns: RunningDnsServer) -> Iterator[LiveServer]:
-    """gunicorn on the test database, resolving verification records through the test's DNS server."""
+    """The web server on the test database, resolving verification records through the test's DNS server."""
     port = free_port()
     env = {
         "COGNITIONOS_MAILBOX_DIR": str(tmp_path / "mail"),

@@ -1,4 +1,4 @@
-"""Issue 9, item 6: streams can't take every web thread. One gunicorn process with 4 threads (so a cap
+"""Issue 9, item 6: streams can't take every web thread. One web server process with 4 threads (so a cap
 of 2 long responses): two slow model streams hold their slots, a third stream of any kind (chat,
 Anthropic messages, job events) is refused at once with 429 and Retry-After, and short requests are
 still answered promptly."""
@@ -25,7 +25,7 @@ from tests.support.processes import free_port, web_serving
 pytestmark = pytest.mark.integration
 
 
-def _gunicorn(provider: FakeProvider) -> Any:
+def _web_server(provider: FakeProvider) -> Any:
     """One process with 4 threads (a cap of 2 long responses), the fake provider as the platform's."""
     env = {
         "WEB_PROCESSES": "1",
@@ -53,7 +53,7 @@ def test_streams_over_the_cap_are_refused_and_short_requests_still_answered(
     key = apikey_create(organization=organization, name="streams", actor=TEST_ACTOR).key
     headers = {"Authorization": f"Bearer {key}", "Host": "localhost"}
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}], "stream": True}
-    with _gunicorn(slow_provider) as base:
+    with _web_server(slow_provider) as base:
         opened: list[int] = []
         release = threading.Event()
         hold = functools.partial(_hold_a_stream, f"{base}/v1/chat/completions", chat, headers, opened, release)

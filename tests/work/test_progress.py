@@ -206,7 +206,7 @@ def test_through_the_web_server_a_change_made_in_another_process_reaches_the_str
         arrival('"status": "succeeded"')
         reader.join(10)
         assert not reader.is_alive(), "the stream did not end with its job"
-    print(f"through gunicorn: claim in another process -> event {latency * 1000:.1f} ms")
+    print(f"through the web server: claim in another process -> event {latency * 1000:.1f} ms")
     assert lines[0][1] == "200 text/event-stream"
     assert latency < 2.0
 
