@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/jobs.py [--jobs 1500] [--seconds 10] [--part all|submission]
                                    [--rate 200] [--sweep 100,200,300,400] [--port 18322]
+                                   [--server granian|gunicorn]
 
 Prints:
 - provider calls in flight in one worker process, with the fake provider at 1 s latency;
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._setup import (  # noqa: E402 - after the path is set
+    SERVERS,
     CpuMeter,
     django_on_fresh_database,
     process_tree,
@@ -56,6 +58,7 @@ from bench._setup import (  # noqa: E402 - after the path is set
 from bench.gateway import ensure_wrk  # noqa: E402
 
 PORT = 18322
+SERVER = "granian"
 QUEUE = "cognitionos-bench-jobs"
 DATABASE = "cognitionos_bench_jobs"
 JOB_BODY = b'{"prompt": "Benchmark question", "model": "gpt-4o-mini", "max_tokens": 32}'
@@ -204,7 +207,7 @@ def submit_and_wait(
 
 def submission_server(fake_url: str) -> subprocess.Popen[bytes]:
     env = {**worker_env(fake_url), "DEBUG": "false", "DATABASE_POOL_MAX_SIZE": "10"}
-    return web_start(port=PORT, env=env)
+    return web_start(port=PORT, env=env, server=SERVER)
 
 
 def submission_latency(key: str, seconds: int) -> str:
@@ -511,7 +514,7 @@ def submission_measurements(organization: Any, key: str, args: argparse.Namespac
 
 
 def main() -> None:
-    global PORT, DATABASE, QUEUE  # noqa: PLW0603 - a script's settings, from its arguments
+    global PORT, DATABASE, QUEUE, SERVER  # noqa: PLW0603 - a script's settings, from its arguments
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1500)
     parser.add_argument("--seconds", type=int, default=10)
@@ -520,8 +523,9 @@ def main() -> None:
     parser.add_argument("--sweep", default="100,150,200,250,300,350,400,500", help="Open-loop rates to try, ascending")
     parser.add_argument("--port", type=int, default=PORT, help="The web server's port (another bench may hold it)")
     parser.add_argument("--database", default=DATABASE, help="The bench database's name (recreated)")
+    parser.add_argument("--server", choices=SERVERS, default=SERVER, help="The web server the submissions go to")
     args = parser.parse_args()
-    PORT, DATABASE = args.port, args.database
+    PORT, DATABASE, SERVER = args.port, args.database, args.server
     if DATABASE != "cognitionos_bench_jobs":  # another bench's workers must not take this one's tasks
         QUEUE = DATABASE.replace("_", "-")
     organization, key = setup()
