@@ -25,10 +25,9 @@ def web_server(
     *, host: str, port: int, processes: int, threads: int, graceful_timeout: int, access_log: bool
 ) -> AbstractServer[Any]:
     """The server, not started. Threads, not processes, carry concurrency: requests mostly wait on
-    providers and the database. Granian's `backpressure` stays at its default (backlog / processes):
-    it bounds the connections a process serves at once, not its requests, so set to the thread
-    count it left every keep-alive connection past the eighth unanswered (bench/gateway.py checks
-    that every connection is served)."""
+    providers and the database. Granian's `backpressure` stays at its default (backlog / processes)
+    because it bounds the connections a process serves, not its requests: set to the thread count,
+    it left every keep-alive connection past the eighth unanswered (deploy/README.md)."""
     return Granian(
         APPLICATION,
         address=host,
