@@ -27,6 +27,7 @@ DATABASES = {
     }
 }
 # django-tenants wraps this engine: django-prometheus's PostgreSQL engine (Django's, with every
-# statement counted and timed: django_db_execute_total, django_db_query_duration_seconds) —
-# tests/ops/test_metrics_http_db.py shows the counts on a tenant's connection and the schema switching intact.
-ORIGINAL_BACKEND = "django_prometheus.db.backends.postgresql"
+# statement counted and timed: django_db_execute_total, django_db_query_duration_seconds), its cursor
+# class made once (cognitionos/db_engine) — tests/ops/test_metrics_http_db.py shows the counts on a
+# tenant's connection and the schema switching intact.
+ORIGINAL_BACKEND = "cognitionos.db_engine"

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
+from cognitionos.db_engine.base import exporting_cursor_class
 
 DB = {"alias": "default", "vendor": "postgresql"}
 
@@ -47,6 +48,22 @@ def test_queries_on_a_tenants_connection_are_counted_and_the_schema_still_switch
     # Three statements at least (django-tenants' own SET search_path go through the same cursor).
     assert _value("django_db_execute_total", DB) >= before + 3
     assert _value("django_db_query_duration_seconds_count", DB) >= timed_before + 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_checkout_counts_its_statements_and_makes_no_new_cursor_class() -> None:
+    """django-prometheus's engine made a new cursor class at every connection checkout; ours makes
+    one per process and reuses it."""
+    made = exporting_cursor_class.cache_info()
+    for _ in range(3):
+        connections["default"].close()  # the next statement takes a connection from the pool again
+        before = _value("django_db_execute_total", DB)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        assert _value("django_db_execute_total", DB) >= before + 1
+    now = exporting_cursor_class.cache_info()
+    assert now.hits >= made.hits + 3
+    assert now.currsize == max(made.currsize, 1)
 
 
 def test_a_failed_query_is_counted_by_type_and_a_savepoint_rollback_keeps_the_tenant(
