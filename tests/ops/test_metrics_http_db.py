@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
 from cognitionos.db_engine.base import exporting_cursor_class
+from tests.conftest import LiveDb
 
 DB = {"alias": "default", "vendor": "postgresql"}
 
@@ -50,8 +51,8 @@ def test_queries_on_a_tenants_connection_are_counted_and_the_schema_still_switch
     assert _value("django_db_query_duration_seconds_count", DB) >= timed_before + 3
 
 
-@pytest.mark.django_db(transaction=True)
-def test_each_checkout_counts_its_statements_and_makes_no_new_cursor_class() -> None:
+@pytest.mark.integration
+def test_each_checkout_counts_its_statements_and_makes_no_new_cursor_class(live_db: LiveDb) -> None:
     """django-prometheus's engine made a new cursor class at every connection checkout; ours makes
     one per process and reuses it."""
     made = exporting_cursor_class.cache_info()
