@@ -17,7 +17,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from apps.billing.models import FEATURES, FREE_PLAN_CODE, OrganizationSubscription, Plan, PlanVersion
-from apps.billing.selectors import AppliedPlan, applied_plan
+from apps.billing.selectors import AppliedPlan, applied_plan_compute
 from apps.billing.stripe_models import StripeInvoice
 from apps.billing.stripe_selectors import stripe_customer_id_for, stripe_invoice_list, stripe_subscription_current
 from apps.billing.usage_selectors import (
@@ -30,6 +30,7 @@ from apps.billing.usage_selectors import (
 )
 from apps.knowledge.services import MAX_DOCUMENT_BYTES
 from apps.tenants.models import Organization
+from apps.tenants.selectors import organization_by_id
 
 # What each limit and feature is called on the page, in the order shown (the knowledge limits follow
 # them: plan_limits).
@@ -256,8 +257,12 @@ class BillingOverview:
 
 
 def billing_overview(*, organization: Organization, now: dt.datetime | None = None) -> BillingOverview:
+    """The page's figures, read fresh: the organization's row and its applying plan come from the
+    database, not this process's caches, so the page shows a plan change (a Stripe webhook handled
+    by another process a moment ago) at once instead of up to TENANT_RESOLUTION_CACHE_SECONDS later."""
     now = now or timezone.now()
-    applied = applied_plan(organization)
+    organization = organization_by_id(organization.pk) or organization
+    applied, _holds = applied_plan_compute(organization, now=now)
     version = applied.version
     subscription = OrganizationSubscription.objects.filter(organization=organization).first()
     period = billing_period_of(subscription, now)

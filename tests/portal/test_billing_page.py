@@ -114,6 +114,19 @@ def test_the_page_shows_this_periods_usage_from_the_rollups_and_only_this_organi
     assert "$3.33" in other and "$0.75" not in other
 
 
+def test_the_page_shows_a_plan_change_made_by_another_process_at_once(
+    two_tenants: tuple[Organization, Organization], client_for: ClientFor, settings: object
+) -> None:
+    org_a, org_b = two_tenants
+    settings.TENANT_RESOLUTION_CACHE_SECONDS = 600  # type: ignore[attr-defined]  # this process remembers Suite
+    client = signed_in(client_for, org_a, "owner")
+    assert "Current plan: Suite" in client.get("/billing/").content.decode()
+    # Another process handled Stripe's webhook: the row changed, this process's caches were not told.
+    Organization.objects.filter(pk=org_a.pk).update(plan=Plan.objects.get(code="pro"))
+    assert "Current plan: Pro" in client.get("/billing/").content.decode()
+    assert "Current plan: Suite" in signed_in(client_for, org_b, "owner").get("/billing/").content.decode()
+
+
 def test_period_usage_adds_up_the_rollups_and_projects_linearly(two_tenants: tuple[Organization, Organization]) -> None:
     org_a, org_b = two_tenants
     period = BillingPeriod(dt.datetime(2026, 4, 1, tzinfo=dt.UTC), dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
