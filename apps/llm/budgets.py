@@ -370,6 +370,19 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
     return True
 
 
+# A cache hit's ledger row, in _HIT_COLUMNS' order; the other columns take their zero defaults.
+HitRow = tuple[Any, ...]
+_HIT_COLUMNS = (
+    "request_id", "attempt", "status", "created_at", "settled_at",
+    "principal_kind", "principal_id", "principal_label", "api_key_id", "user_id",
+    "model_name", "model_requested", "source", "provider", "paid_by", "cache_layer", "saved_usd",
+)  # fmt: skip
+_HIT_DEFAULTS = {
+    "input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0, "reserved_usd": 0, "cost_usd": 0,
+    "error_class": "", "rolled_up": False,
+}  # fmt: skip
+
+
 def cache_hit_record(
     *,
     spender: Spender,
@@ -391,19 +404,12 @@ def cache_hit_record(
     metrics.REQUESTS.labels("cache", model_name, AttemptStatus.CACHE_HIT, cache_layer).inc()
     metrics.SAVED.labels(model_name).inc(float(saved_usd))
     now = timezone.now()
-    row = UsageAttempt(
-        request_id=request_id,
-        attempt=0,
-        status=AttemptStatus.CACHE_HIT,
-        created_at=now,
-        settled_at=now,
-        **spender.ledger_fields(),
-        model_name=model_name,
-        model_requested=model_requested[:120],
-        provider="cache",
-        cache_layer=cache_layer,
-        saved_usd=saved_usd,
-    )
+    who = spender.ledger_fields()
+    row: HitRow = (
+        request_id, 0, AttemptStatus.CACHE_HIT.value, now, now,
+        who["principal_kind"], who["principal_id"], who["principal_label"][:254], who["api_key_id"], who["user_id"],
+        model_name, model_requested[:120], who["source"], "cache", "platform", cache_layer, saved_usd,
+    )  # fmt: skip
     stored = (
         CallContent(request_id=request_id, prompt=content.prompt, answer=content.answer, truncated=content.truncated)
         if content is not None
@@ -415,10 +421,17 @@ def cache_hit_record(
         _hits_write(spender.organization, [row], [stored] if stored else [])
 
 
-def _hits_write(organization: Organization, rows: list[UsageAttempt], contents: list[CallContent]) -> None:
-    # The content rows commit with their ledger rows; without any, one statement needs no transaction.
+def _hits_write(organization: Organization, rows: list[HitRow], contents: list[CallContent]) -> None:
+    """One COPY of the ledger rows: the model layer's INSERT cost a hit more CPU (an instance per
+    row, a statement of thousands of placeholders) than the rest of its ledger work together.
+    The content rows commit with their ledger rows; without any, one statement needs no transaction."""
+    columns = (*_HIT_COLUMNS, *_HIT_DEFAULTS)
+    defaults = tuple(_HIT_DEFAULTS.values())
+    table = f"{connection.ops.quote_name(organization.schema_name)}.{UsageAttempt._meta.db_table}"
     with organization_schema(organization), transaction.atomic() if contents else contextlib.nullcontext():
-        UsageAttempt.objects.bulk_create(rows)
+        with connection.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row + defaults)
         if contents:
             CallContent.objects.bulk_create(contents, ignore_conflicts=True)
 
@@ -428,10 +441,10 @@ class _HitBuffer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[int, tuple[Organization, list[UsageAttempt], list[CallContent]]] = {}
+        self._pending: dict[int, tuple[Organization, list[HitRow], list[CallContent]]] = {}
         self._thread: threading.Thread | None = None
 
-    def add(self, organization: Organization, row: UsageAttempt, content: CallContent | None = None) -> None:
+    def add(self, organization: Organization, row: HitRow, content: CallContent | None = None) -> None:
         with self._lock:
             pending = self._pending.setdefault(organization.pk, (organization, [], []))
             pending[1].append(row)
