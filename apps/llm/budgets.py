@@ -33,7 +33,7 @@ from apps.accounts.principals import Principal
 from apps.audit.services import audit_record
 from apps.llm import metrics
 from apps.llm.content import ContentDraft
-from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, CallContent, UsageAttempt
+from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, UsageAttempt
 from apps.llm.platform.models import LATENCY_SLOT_FLOORS_MS, LATENCY_SLOTS, UsageBucket, UsageRollup
 from apps.tenants.connection import organization_schema, server_binding_cursor
 from apps.tenants.models import Organization
@@ -372,6 +372,8 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
 
 # A cache hit's ledger row, in _HIT_COLUMNS' order; the other columns take their zero defaults.
 HitRow = tuple[Any, ...]
+# A hit's content row: (request_id, prompt, answer, truncated), stored when the organization keeps content.
+HitContent = tuple[str, str, str, bool]
 _HIT_COLUMNS = (
     "request_id", "attempt", "status", "created_at", "settled_at",
     "principal_kind", "principal_id", "principal_label", "api_key_id", "user_id",
@@ -410,30 +412,35 @@ def cache_hit_record(
         who["principal_kind"], who["principal_id"], who["principal_label"][:254], who["api_key_id"], who["user_id"],
         model_name, model_requested[:120], who["source"], "cache", "platform", cache_layer, saved_usd,
     )  # fmt: skip
-    stored = (
-        CallContent(request_id=request_id, prompt=content.prompt, answer=content.answer, truncated=content.truncated)
-        if content is not None
-        else None
-    )
+    stored = (request_id, content.prompt, content.answer, content.truncated) if content is not None else None
     if settings.LLM_HIT_BATCH_SECONDS > 0:
         _hits.add(spender.organization, row, stored)
     else:
         _hits_write(spender.organization, [row], [stored] if stored else [])
 
 
-def _hits_write(organization: Organization, rows: list[HitRow], contents: list[CallContent]) -> None:
-    """One COPY of the ledger rows: the model layer's INSERT cost a hit more CPU (an instance per
-    row, a statement of thousands of placeholders) than the rest of its ledger work together.
-    The content rows commit with their ledger rows; without any, one statement needs no transaction."""
+_HIT_CONTENT_INSERT = """
+INSERT INTO {schema}.llm_callcontent (request_id, prompt, answer, truncated)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::boolean[])
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+
+def _hits_write(organization: Organization, rows: list[HitRow], contents: list[HitContent]) -> None:
+    """One COPY of the ledger rows and one statement of array parameters for the content rows: the
+    model layer's bulk INSERTs cost a hit more CPU (an instance per row, a statement of thousands of
+    placeholders) than the rest of its ledger work together. The content rows commit with their
+    ledger rows; without any, one statement needs no transaction."""
     columns = (*_HIT_COLUMNS, *_HIT_DEFAULTS)
     defaults = tuple(_HIT_DEFAULTS.values())
-    table = f"{connection.ops.quote_name(organization.schema_name)}.{UsageAttempt._meta.db_table}"
-    with organization_schema(organization), transaction.atomic() if contents else contextlib.nullcontext():
-        with connection.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+    schema = connection.ops.quote_name(organization.schema_name)
+    with transaction.atomic() if contents else contextlib.nullcontext(), connection.cursor() as cursor:
+        with cursor.copy(f"COPY {schema}.llm_usageattempt ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row + defaults)
         if contents:
-            CallContent.objects.bulk_create(contents, ignore_conflicts=True)
+            columns_of_contents = [list(column) for column in zip(*contents, strict=True)]
+            cursor.execute(_HIT_CONTENT_INSERT.format(schema=schema), columns_of_contents)
 
 
 class _HitBuffer:
@@ -441,10 +448,10 @@ class _HitBuffer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[int, tuple[Organization, list[HitRow], list[CallContent]]] = {}
+        self._pending: dict[int, tuple[Organization, list[HitRow], list[HitContent]]] = {}
         self._thread: threading.Thread | None = None
 
-    def add(self, organization: Organization, row: HitRow, content: CallContent | None = None) -> None:
+    def add(self, organization: Organization, row: HitRow, content: HitContent | None = None) -> None:
         with self._lock:
             pending = self._pending.setdefault(organization.pk, (organization, [], []))
             pending[1].append(row)

@@ -18,7 +18,7 @@ from apps.apikeys.services import apikey_revoke
 from apps.billing.selectors import plan_limit
 from apps.llm.budgets import usage_fold
 from apps.llm.calls import chat_call_parse, chat_stream
-from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.llm.models import AttemptStatus, CallContent, UsageAttempt
 from apps.llm.platform.models import UsageRollup
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
@@ -388,19 +388,34 @@ def test_messages_endpoint_speaks_anthropic_to_the_anthropic_sdk(
 
 
 def test_buffered_cache_hits_reach_the_ledger_and_rollup_on_flush(
-    two_tenants: tuple[Organization, Organization], key_a: str, settings: Any
+    two_tenants: tuple[Organization, Organization], key_a: str, key_b: str, settings: Any
 ) -> None:
     from apps.llm.budgets import cache_hits_flush
 
+    org_a, org_b = two_tenants
     settings.LLM_HIT_BATCH_SECONDS = 3600  # the background flush never runs during the test
-    client = gateway_client(key_a)
-    for _ in range(3):
-        client.chat.completions.create(model="simulated-mini", messages=HELLO)
-    assert [a.status for a in _attempts(two_tenants[0])] == [AttemptStatus.SUCCEEDED]  # two hits still buffered
-    assert cache_hits_flush() == 2
-    assert [a.status for a in _attempts(two_tenants[0])] == [AttemptStatus.SUCCEEDED] + [AttemptStatus.CACHE_HIT] * 2
-    usage_fold(organization=two_tenants[0])
-    rollup = UsageRollup.objects.get(organization=two_tenants[0], model_name="simulated-mini")
+    client_a, client_b = gateway_client(key_a), gateway_client(key_b)
+    answers_a = [client_a.chat.completions.create(model="simulated-mini", messages=HELLO) for _ in range(3)]
+    client_b.chat.completions.create(model="simulated-mini", messages=HELLO)
+    client_b.chat.completions.create(model="simulated-mini", messages=HELLO)
+    assert [a.status for a in _attempts(org_a)] == [AttemptStatus.SUCCEEDED]  # two hits still buffered
+    assert cache_hits_flush() == 3
+    hits = [AttemptStatus.CACHE_HIT] * 2
+    assert [a.status for a in _attempts(org_a)] == [AttemptStatus.SUCCEEDED, *hits]
+    assert [a.status for a in _attempts(org_b)] == [AttemptStatus.SUCCEEDED, AttemptStatus.CACHE_HIT]
+    # Each hit row is its organization's, with its caller and its content, in its own schema only.
+    hit_rows = _attempts(org_a)[1:]
+    assert {row.api_key_id for row in hit_rows} == {ApiKey.objects.get(organization=org_a).pk}
+    assert [(row.provider, row.cost_usd, row.saved_usd > 0, row.rolled_up) for row in hit_rows] == [
+        ("cache", 0, True, False)
+    ] * 2
+    with schema_context(org_a.schema_name):
+        contents = CallContent.objects.filter(request_id__in=[row.request_id for row in hit_rows])
+        assert sorted(c.answer for c in contents) == [answers_a[0].choices[0].message.content] * 2
+    with schema_context(org_b.schema_name):
+        assert not UsageAttempt.objects.filter(request_id__in=[row.request_id for row in hit_rows]).exists()
+    usage_fold(organization=org_a)
+    rollup = UsageRollup.objects.get(organization=org_a, model_name="simulated-mini")
     assert (rollup.requests, rollup.cache_hits) == (3, 2)
 
 
