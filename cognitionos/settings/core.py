@@ -91,6 +91,24 @@ MIDDLEWARE = [
     "apps.ops.metrics.BoundedPrometheusAfterMiddleware",
 ]
 
+# Left out of the chain of the model API's endpoints (/v1/: programs with API keys, never a browser
+# session; cognitionos/wsgi.py): there they would do nothing but cost CPU on every call.
+BROWSER_ONLY_MIDDLEWARE = frozenset(
+    {
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "apps.portal.middleware.SignedOutMiddleware",
+        "apps.portal.middleware.MessagesOnUseMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        "allauth.account.middleware.AccountMiddleware",
+        "apps.portal.middleware.OrganizationMfaMiddleware",
+        "django_htmx.middleware.HtmxMiddleware",
+        "apps.portal.plan_refusals.EntitlementRefusedMiddleware",
+    }
+)
+
 ROOT_URLCONF = "cognitionos.urls_tenant"
 PUBLIC_SCHEMA_URLCONF = "cognitionos.urls_public"
 WSGI_APPLICATION = "cognitionos.wsgi.application"
