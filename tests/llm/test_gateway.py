@@ -407,7 +407,7 @@ def test_buffered_cache_hits_reach_the_ledger_and_rollup_on_flush(
     hit_rows = _attempts(org_a)[1:]
     assert {row.api_key_id for row in hit_rows} == {ApiKey.objects.get(organization=org_a).pk}
     assert [(row.provider, row.cost_usd, row.saved_usd > 0, row.rolled_up) for row in hit_rows] == [
-        ("cache", 0, True, False)
+        ("cache", Decimal(0), True, False)
     ] * 2
     with schema_context(org_a.schema_name):
         contents = CallContent.objects.filter(request_id__in=[row.request_id for row in hit_rows])
