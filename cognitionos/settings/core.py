@@ -63,6 +63,17 @@ TENANT_APPS = [
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
+# Middleware only browser requests need: left out of the chain of the model API's endpoints (/v1/:
+# programs with API keys, never a browser session; cognitionos/wsgi.py), where it would do nothing
+# but cost CPU on every call.
+BROWSER_ONLY_MIDDLEWARE: set[str] = set()
+
+
+def _browser_only(path: str) -> str:
+    BROWSER_ONLY_MIDDLEWARE.add(path)
+    return path
+
+
 MIDDLEWARE = [
     # First: every request's log lines carry its id (X-Request-ID, echoed in the response).
     "apps.ops.request_id.RequestIdMiddleware",
@@ -71,43 +82,25 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "apps.tenants.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    _browser_only("whitenoise.middleware.WhiteNoiseMiddleware"),
+    _browser_only("django.contrib.sessions.middleware.SessionMiddleware"),
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    _browser_only("django.middleware.csrf.CsrfViewMiddleware"),
+    _browser_only("django.contrib.auth.middleware.AuthenticationMiddleware"),
     # Right after it: a sign-out on any host ends the person's sessions on every host.
-    "apps.portal.middleware.SignedOutMiddleware",
+    _browser_only("apps.portal.middleware.SignedOutMiddleware"),
     # Django's MessageMiddleware, its storage made on first use (API calls never use it).
-    "apps.portal.middleware.MessagesOnUseMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "allauth.account.middleware.AccountMiddleware",
+    _browser_only("apps.portal.middleware.MessagesOnUseMiddleware"),
+    _browser_only("django.middleware.clickjacking.XFrameOptionsMiddleware"),
+    _browser_only("allauth.account.middleware.AccountMiddleware"),
     # After authentication and allauth's: an organization's "require MFA for all members".
-    "apps.portal.middleware.OrganizationMfaMiddleware",
-    "django_htmx.middleware.HtmxMiddleware",
+    _browser_only("apps.portal.middleware.OrganizationMfaMiddleware"),
+    _browser_only("django_htmx.middleware.HtmxMiddleware"),
     # A page the organization's plan refuses says what the plan lacks, with a link to the plan page.
-    "apps.portal.plan_refusals.EntitlementRefusedMiddleware",
+    _browser_only("apps.portal.plan_refusals.EntitlementRefusedMiddleware"),
     # Last: responses by status, view name and method (bounded labels: the view's URL name, known methods).
     "apps.ops.metrics.BoundedPrometheusAfterMiddleware",
 ]
-
-# Left out of the chain of the model API's endpoints (/v1/: programs with API keys, never a browser
-# session; cognitionos/wsgi.py): there they would do nothing but cost CPU on every call.
-BROWSER_ONLY_MIDDLEWARE = frozenset(
-    {
-        "whitenoise.middleware.WhiteNoiseMiddleware",
-        "django.contrib.sessions.middleware.SessionMiddleware",
-        "django.middleware.csrf.CsrfViewMiddleware",
-        "django.contrib.auth.middleware.AuthenticationMiddleware",
-        "apps.portal.middleware.SignedOutMiddleware",
-        "apps.portal.middleware.MessagesOnUseMiddleware",
-        "django.middleware.clickjacking.XFrameOptionsMiddleware",
-        "allauth.account.middleware.AccountMiddleware",
-        "apps.portal.middleware.OrganizationMfaMiddleware",
-        "django_htmx.middleware.HtmxMiddleware",
-        "apps.portal.plan_refusals.EntitlementRefusedMiddleware",
-    }
-)
 
 ROOT_URLCONF = "cognitionos.urls_tenant"
 PUBLIC_SCHEMA_URLCONF = "cognitionos.urls_public"
