@@ -23,7 +23,6 @@ from django.db import connection
 from apps.billing.selectors import entitlement
 from apps.llm.breaker import breaker_allow, breaker_key, breaker_record
 from apps.llm.budgets import BudgetExceeded, Settlement, Spender, attempt_reserve, attempt_settle
-from apps.llm.metrics import BREAKER_OPEN
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.selectors import PricedModel
 from apps.llm.providers import (
@@ -35,7 +34,7 @@ from apps.llm.providers import (
     provider_for,
 )
 from apps.llm.refusals import LlmRefusal
-from apps.llm.router import deployment_observe
+from apps.llm.router import deployment_record
 from apps.llm.services import provider_own_keys
 from apps.tenants.models import Organization
 
@@ -125,6 +124,9 @@ class Attempts:
         self.last_error: ProviderError | None = None
         # Breaker states read in the admission's round trip, each used once (for the first look).
         self.breaker_reads: dict[str, tuple[bytes | str | None]] = {}
+        # Breakers seen closed in that read: a success there is observed in the background batch; one
+        # through a breaker not seen closed (a half-open probe) closes it at once.
+        self.seen_closed: set[str] = set()
 
     def scope(self, entry: PricedModel) -> str:
         """Whose breaker and health figures this deployment's calls feed: everyone's, or the organization's."""
@@ -134,7 +136,10 @@ class Attempts:
         return breaker_key(entry.model.provider, entry.model.name, self.scope(entry))
 
     def allowed(self, entry: PricedModel) -> bool:
-        read = self.breaker_reads.pop(self.breaker_key(entry), None)
+        key = self.breaker_key(entry)
+        read = self.breaker_reads.pop(key, None)
+        if read is not None and read[0] is None:
+            self.seen_closed.add(key)
         return breaker_allow(entry.model.provider, entry.model.name, scope=self.scope(entry), read=read)
 
     def provider(self, entry: PricedModel) -> ChatProvider:
@@ -164,27 +169,29 @@ class Attempts:
         return attempt
 
     def succeeded(self, entry: PricedModel, latency_ms: int, cost_usd: Decimal | None = None) -> None:
-        """Close the deployment's breaker and record its latency (and cost, in the traffic counters
-        of anomaly detection): one round trip."""
-        scope = self.scope(entry)
-        closed = deployment_observe(
+        """Clear the deployment's breaker (its failure count, or the open state a probe ends) and
+        record its latency (and cost, in the traffic counters of anomaly detection): one round trip,
+        in the background batch when the breaker was seen closed, at once otherwise."""
+        key = self.breaker_key(entry)
+        deployment_record(
             entry.model.name,
+            provider=entry.model.provider,
             success=True,
             latency_ms=latency_ms,
-            scope=scope,
-            breaker_key=self.breaker_key(entry),
+            scope=self.scope(entry),
+            breaker_key=key,
             organization_id=self.organization.pk,
             cost_usd=cost_usd,
+            at_once=key not in self.seen_closed,
         )
-        if closed and not scope:  # the metric's labels stay bounded: no organization ids
-            BREAKER_OPEN.labels(entry.model.provider, entry.model.name).set(0)
 
     def provider_failed(self, entry: PricedModel, error: ProviderError) -> None:
         """Count a failure against the deployment, unless it was the request's own fault."""
         if error.provider_side:
             scope = self.scope(entry)
             breaker_record(entry.model.provider, entry.model.name, success=False, scope=scope)
-            deployment_observe(entry.model.name, success=False, scope=scope)
+            self.seen_closed.discard(self.breaker_key(entry))  # its state is no longer what was read
+            deployment_record(entry.model.name, provider=entry.model.provider, success=False, scope=scope)
 
     def failed(
         self, entry: PricedModel, attempt: UsageAttempt, error: ProviderError, *, started: float, retry: int

@@ -11,12 +11,10 @@ passes a hard limit.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime as dt
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from apps.llm.models import AttemptStatus, Budget, BudgetPeriod, BudgetWindow, U
 from apps.llm.platform.models import LATENCY_SLOT_FLOORS_MS, LATENCY_SLOTS, UsageBucket, UsageRollup
 from apps.tenants.connection import organization_schema, server_binding_cursor
 from apps.tenants.models import Organization
+from cognitionos.background_batch import BackgroundBatch
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +413,7 @@ def cache_hit_record(
     )  # fmt: skip
     stored = (request_id, content.prompt, content.answer, content.truncated) if content is not None else None
     if settings.LLM_HIT_BATCH_SECONDS > 0:
-        _hits.add(spender.organization, row, stored)
+        _hits.add((spender.organization, row, stored))
     else:
         _hits_write(spender.organization, [row], [stored] if stored else [])
 
@@ -443,47 +442,35 @@ def _hits_write(organization: Organization, rows: list[HitRow], contents: list[H
             cursor.execute(_HIT_CONTENT_INSERT.format(schema=schema), columns_of_contents)
 
 
-class _HitBuffer:
-    """Cache-hit ledger rows waiting to be written, flushed by a daemon thread and at exit."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[int, tuple[Organization, list[HitRow], list[HitContent]]] = {}
-        self._thread: threading.Thread | None = None
-
-    def add(self, organization: Organization, row: HitRow, content: HitContent | None = None) -> None:
-        with self._lock:
-            pending = self._pending.setdefault(organization.pk, (organization, [], []))
-            pending[1].append(row)
-            if content is not None:
-                pending[2].append(content)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="llm-hit-ledger", daemon=True)
-                self._thread.start()
-                atexit.register(self.flush)
-
-    def flush(self) -> int:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for organization, rows, contents in pending.values():
-            try:
-                _hits_write(organization, rows, contents)
-            except Exception:
-                logger.exception("cache-hit rows could not be written; kept for the next flush")
-                with self._lock:
-                    kept = self._pending.setdefault(organization.pk, (organization, [], []))
-                    kept[1].extend(rows)
-                    kept[2].extend(contents)
-        return sum(len(rows) for _, rows, _ in pending.values())
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(settings.LLM_HIT_BATCH_SECONDS)
-            self.flush()
-            connection.close()
+BufferedHit = tuple[Organization, HitRow, HitContent | None]
 
 
-_hits = _HitBuffer()
+def _hits_write_batch(hits: list[BufferedHit]) -> list[BufferedHit]:
+    """The buffered hits, one write per organization; returns those of organizations whose write failed."""
+    by_organization: dict[int, list[BufferedHit]] = {}
+    for hit in hits:
+        by_organization.setdefault(hit[0].pk, []).append(hit)
+    unwritten: list[BufferedHit] = []
+    for group in by_organization.values():
+        try:
+            _hits_write(group[0][0], [row for _, row, _ in group], [content for _, _, content in group if content])
+        except Exception:
+            logger.exception("cache-hit rows of organization %s could not be written", group[0][0].pk)
+            unwritten.extend(group)
+    return unwritten
+
+
+def _connection_close() -> None:
+    connection.close()  # the flush thread's own connection, back to the pool between flushes
+
+
+_hits: BackgroundBatch[BufferedHit] = BackgroundBatch(
+    "llm-hit-ledger",
+    write=_hits_write_batch,
+    interval_s=lambda: float(settings.LLM_HIT_BATCH_SECONDS),
+    keep_on_failure=True,  # a ledger row must land
+    after_flush=_connection_close,
+)
 
 
 def cache_hits_flush() -> int:

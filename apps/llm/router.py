@@ -10,10 +10,12 @@ from functools import cache
 from django.conf import settings
 from redis.commands.core import Script
 
+from apps.llm.metrics import BREAKER_OPEN
 from apps.llm.platform.models import ModelKind
 from apps.llm.platform.selectors import PricedModel, catalog
 from apps.llm.providers import own_key_name, provider_configured
 from apps.llm.traffic import TRAFFIC_TTL_S, traffic_bucket, traffic_key
+from cognitionos.background_batch import BackgroundBatch
 from cognitionos.redis import redis_client
 
 POLICIES = ("cheapest", "fastest", "balanced")
@@ -129,6 +131,48 @@ def _health_name(name: str, scope: str) -> str:
     return f"{name}@{scope}" if scope else name
 
 
+# One attempt's observation: the script's keys and arguments, and the breaker gauge's labels
+# (provider, model) to zero if it closes a breaker of the platform's deployment.
+Observation = tuple[list[str], list[str], tuple[str, str] | None]
+
+
+def _observation(
+    name: str,
+    *,
+    success: bool,
+    latency_ms: float | None,
+    now: float | None,
+    scope: str,
+    breaker_key: str | None,
+    organization_id: int | None,
+    cost_usd: Decimal | None,
+    provider: str = "",
+) -> Observation:
+    at = time.time() if now is None else now
+    deployment = "" if scope else name
+    health = _health_name(name, scope)
+    breaker = [breaker_key, f"{breaker_key}:probe"] if breaker_key else []
+    keys = [
+        _LATENCY_KEY.format(name=health),
+        _ERRORS_KEY.format(name=health),
+        traffic_key(traffic_bucket(at)),
+        *breaker,
+    ]
+    args = [
+        "" if latency_ms is None else str(latency_ms),
+        "0" if success else "1",
+        str(at),
+        str(settings.LLM_ROUTER_ERROR_HALF_LIFE_S),
+        str(_ERROR_WEIGHT),
+        str(_OBSERVATION_TTL_S),
+        deployment,
+        "" if organization_id is None else str(organization_id),
+        "" if cost_usd is None else str(cost_usd),
+        str(TRAFFIC_TTL_S),
+    ]
+    return keys, args, (provider, name) if provider and breaker_key and not scope else None
+
+
 def deployment_observe(
     name: str,
     *,
@@ -146,32 +190,80 @@ def deployment_observe(
     attempt is also counted in the traffic bucket of `now` (apps.llm.traffic): against the platform's
     deployment (not for an organization's own key, `scope`), and with its cost (`cost_usd`) in
     `organization_id`'s spend."""
-    at = time.time() if now is None else now
-    deployment = "" if scope else name
-    name = _health_name(name, scope)
-    breaker = [breaker_key, f"{breaker_key}:probe"] if breaker_key else []
-    return bool(
-        _observe_script()(
-            keys=[
-                _LATENCY_KEY.format(name=name),
-                _ERRORS_KEY.format(name=name),
-                traffic_key(traffic_bucket(at)),
-                *breaker,
-            ],
-            args=[
-                "" if latency_ms is None else str(latency_ms),
-                "0" if success else "1",
-                str(at),
-                str(settings.LLM_ROUTER_ERROR_HALF_LIFE_S),
-                str(_ERROR_WEIGHT),
-                str(_OBSERVATION_TTL_S),
-                deployment,
-                "" if organization_id is None else str(organization_id),
-                "" if cost_usd is None else str(cost_usd),
-                str(TRAFFIC_TTL_S),
-            ],
-        )
+    keys, args, _ = _observation(
+        name,
+        success=success,
+        latency_ms=latency_ms,
+        now=now,
+        scope=scope,
+        breaker_key=breaker_key,
+        organization_id=organization_id,
+        cost_usd=cost_usd,
     )
+    return bool(_observe_script()(keys=keys, args=args))
+
+
+def _observations_write(observations: list[Observation]) -> list[Observation]:
+    if len(observations) == 1:
+        keys, args, _ = observations[0]
+        results = [_observe_script()(keys=keys, args=args)]
+    else:
+        pipeline = redis_client().pipeline(transaction=False)
+        for keys, args, _ in observations:
+            _observe_script()(keys=keys, args=args, client=pipeline)
+        results = pipeline.execute()
+    for (_, _, gauge), closed in zip(observations, results, strict=True):
+        if closed and gauge is not None:
+            BREAKER_OPEN.labels(*gauge).set(0)
+    return []
+
+
+# Observations wait in the process and go to Redis in one pipeline every LLM_OBSERVE_BATCH_SECONDS:
+# a call neither waits for its routing figures nor fails on them once its provider has answered.
+# Dropped if Redis can't take them: the next attempts' figures replace them.
+_observations: BackgroundBatch[Observation] = BackgroundBatch(
+    "llm-observations",
+    write=_observations_write,
+    interval_s=lambda: float(settings.LLM_OBSERVE_BATCH_SECONDS),
+    keep_on_failure=False,
+)
+
+
+def deployment_record(
+    name: str,
+    *,
+    provider: str,
+    success: bool,
+    latency_ms: float | None = None,
+    scope: str = "",
+    breaker_key: str | None = None,
+    organization_id: int | None = None,
+    cost_usd: Decimal | None = None,
+    at_once: bool = False,
+) -> None:
+    """deployment_observe, sent with the next batch, or `at_once` (and always when
+    LLM_OBSERVE_BATCH_SECONDS is 0). A closed breaker of the platform's deployment sets its gauge
+    to 0 when the observation is written."""
+    observation = _observation(
+        name,
+        success=success,
+        latency_ms=latency_ms,
+        now=None,
+        scope=scope,
+        breaker_key=breaker_key,
+        organization_id=organization_id,
+        cost_usd=cost_usd,
+        provider=provider,
+    )
+    if at_once or settings.LLM_OBSERVE_BATCH_SECONDS <= 0:
+        _observations_write([observation])
+    else:
+        _observations.add(observation)
+
+
+def deployment_observations_flush() -> int:
+    """Send the waiting observations now. Returns how many were waiting."""
+    return _observations.flush()
 
 
 def latency_observe(name: str, latency_ms: float) -> None:

@@ -45,6 +45,9 @@ METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 CREDENTIALS_ENCRYPTION_KEYS = env_str("CREDENTIALS_ENCRYPTION_KEYS", "")
 # Cache hits are written to the ledger in batches this often (0: at once, as the tests do).
 LLM_HIT_BATCH_SECONDS = float(env_str("LLM_HIT_BATCH_SECONDS", "0.25"))
+# Each provider attempt's routing figures (latency, error rate, traffic counters) go to Redis in
+# batches this often (0: at once, as the tests do). A half-open breaker's probe is observed at once.
+LLM_OBSERVE_BATCH_SECONDS = float(env_str("LLM_OBSERVE_BATCH_SECONDS", "0.1"))
 
 # Hour buckets of usage are read by the dashboard's ranges up to 7 days; kept this long, then
 # deleted (day buckets are kept).

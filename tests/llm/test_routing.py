@@ -9,9 +9,12 @@ import pytest
 from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
+from apps.llm.breaker import OPENED_AT, breaker_key
 from apps.llm.calls import chat_call_parse, chat_complete
-from apps.llm.router import candidates, deployment_observe, observed
+from apps.llm.router import candidates, deployment_observations_flush, deployment_observe, observed
+from apps.llm.traffic import traffic_bucket, traffic_buckets
 from apps.tenants.models import Organization
+from cognitionos.redis import redis_client
 from tests.support.fake_provider import FakeProvider
 
 PRINCIPAL = Principal(kind="api_key", id="1", label="tests")
@@ -82,3 +85,39 @@ def test_the_engine_records_provider_failures_but_not_client_errors(
     assert errors["gpt-4o-mini"] == pytest.approx(0.36, abs=0.01)
     assert "claude-haiku-4-5" in latency and "claude-haiku-4-5" not in errors
     assert _order("fastest")[-1] == "gpt-4o-mini"
+
+
+def _spend(organization: Organization) -> float:
+    now = traffic_bucket()
+    return sum(bucket.spend_usd.get(organization.pk, 0.0) for bucket in traffic_buckets(first=now - 1, last=now))
+
+
+def test_observations_wait_for_their_batch_and_a_probes_success_closes_its_breaker_at_once(
+    two_tenants: tuple[Organization, Organization], fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.LLM_OBSERVE_BATCH_SECONDS = 3600  # only an explicit flush sends them
+    org_a, org_b = two_tenants
+    deployment_observations_flush()
+    call = chat_call_parse(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "cache": {"skip": True}}
+    )
+    with schema_context(org_a.schema_name):
+        chat_complete(organization=org_a, principal=PRINCIPAL, call=call)
+    assert observed(["gpt-4o-mini"])[0] == {} and _spend(org_a) == 0  # answered; its figures wait
+    assert deployment_observations_flush() == 1
+    assert "gpt-4o-mini" in observed(["gpt-4o-mini"])[0]
+    spent_a = _spend(org_a)
+    assert spent_a > 0 and _spend(org_b) == 0  # counted for the organization that called only
+    with schema_context(org_b.schema_name):
+        for _ in range(2):
+            chat_complete(organization=org_b, principal=PRINCIPAL, call=call)
+    assert deployment_observations_flush() == 2  # one pipeline
+    assert _spend(org_b) == pytest.approx(2 * spent_a) and _spend(org_a) == spent_a
+
+    # A breaker past its cooldown (half-open): the probe's success closes it before any flush.
+    key = breaker_key("openai", "gpt-4o-mini")
+    redis_client().hset(key, mapping={"failures": 5, OPENED_AT: str(time.time() - 3600)})
+    with schema_context(org_a.schema_name):
+        chat_complete(organization=org_a, principal=PRINCIPAL, call=call)
+    assert not redis_client().exists(key)
+    deployment_observations_flush()

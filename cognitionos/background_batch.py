@@ -1,0 +1,85 @@
+"""Writes a request need not wait for, gathered in the process and made together by a daemon thread
+every few seconds (and at exit): cache-hit ledger rows (apps.llm.budgets), the routing figures of
+each provider attempt (apps.llm.router). One mechanism, so each caller says only what it writes.
+
+`write` returns the items it could not write (or raises: none written). They are kept for the next
+flush when `keep_on_failure` (rows that must land), dropped with a warning otherwise (figures a later
+attempt replaces); either way what waits is bounded by `max_pending`, past which the oldest go, logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+
+logger = logging.getLogger(__name__)
+
+
+class BackgroundBatch(Generic[Item]):
+    def __init__(
+        self,
+        name: str,
+        *,
+        write: Callable[[list[Item]], list[Item]],
+        interval_s: Callable[[], float],
+        keep_on_failure: bool,
+        max_pending: int = 100_000,
+        after_flush: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._write = write
+        self._interval_s = interval_s
+        self._keep_on_failure = keep_on_failure
+        self._max_pending = max_pending
+        self._after_flush = after_flush
+        self._lock = threading.Lock()
+        self._pending: list[Item] = []
+        self._thread_pid: int | None = None  # a forked child starts its own thread
+        self._exit_registered = False
+
+    def add(self, item: Item) -> None:
+        """Write `item` with the next batch (callers write at once themselves when batching is off)."""
+        with self._lock:
+            self._pending.append(item)
+            if len(self._pending) > self._max_pending:
+                del self._pending[: len(self._pending) - self._max_pending]
+                logger.error("%s: more than %d items waiting; the oldest were dropped", self.name, self._max_pending)
+            if self._thread_pid != os.getpid():
+                self._thread_pid = os.getpid()
+                threading.Thread(target=self._run, name=self.name, daemon=True).start()
+                if not self._exit_registered:
+                    self._exit_registered = True
+                    atexit.register(self.flush)
+
+    def flush(self) -> int:
+        """Write what waits now. Returns how many items were waiting."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return 0
+        try:
+            unwritten = self._write(pending)
+        except Exception:
+            logger.exception("%s: writing %d items failed", self.name, len(pending))
+            unwritten = pending
+        if unwritten and self._keep_on_failure:
+            logger.warning("%s: %d items not written; kept for the next flush", self.name, len(unwritten))
+            with self._lock:
+                self._pending[:0] = unwritten
+        elif unwritten:
+            logger.warning("%s: %d items not written; dropped", self.name, len(unwritten))
+        return len(pending)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(max(self._interval_s(), 0.01))
+            self.flush()
+            if self._after_flush is not None:
+                self._after_flush()
