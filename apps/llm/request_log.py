@@ -15,6 +15,7 @@ from decimal import Decimal
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from apps.llm.content import readable_json
 from apps.llm.models import CallContent, UsageAttempt
 from apps.llm.selectors import llm_settings_get
 from apps.tenants.models import Organization
@@ -164,6 +165,11 @@ class CallDetail:
     @property
     def saved_usd(self) -> Decimal:
         return sum((row.saved_usd for row in self.attempts), Decimal(0))
+
+    @property
+    def prompt_shown(self) -> str:
+        """The kept prompt, indented for reading."""
+        return readable_json(self.content.prompt) if self.content is not None else ""
 
     @property
     def content_expired(self) -> bool:

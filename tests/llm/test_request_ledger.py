@@ -18,6 +18,7 @@ from apps.apikeys.services import apikey_create
 from apps.jobs.services import job_execute, job_submit
 from apps.knowledge.search import knowledge_search
 from apps.llm.calls import CallSource, ChatOutcome, chat_call_parse, chat_complete, chat_stream
+from apps.llm.content import readable_json
 from apps.llm.models import CALL_CONTENT_MAX_CHARS, AttemptStatus, CallContent, UsageAttempt
 from apps.llm.semantic import embedding_model_name
 from apps.llm.services import llm_content_sweep, llm_settings_set
@@ -205,3 +206,12 @@ def test_the_source_is_one_of_the_known_values(tenant: Organization, source: str
     )
     (row,) = _rows(tenant, request_id=outcome.request_id)
     assert row.source == source and row.get_source_display() != source
+
+
+def test_a_kept_prompt_is_shown_indented_and_one_cut_short_as_it_is() -> None:
+    assert readable_json('{"messages": [{"role": "user", "content": "hé"}]}') == (
+        '{\n "messages": [\n  {\n   "role": "user",\n   "content": "hé"\n  }\n ]\n}'
+    )
+    cut = '{"messages": [{"role": "user", "content": "cut…'
+    assert readable_json(cut) == cut
+    assert readable_json("[" * 100_000) == "[" * 100_000  # too deep for the parser: shown as kept

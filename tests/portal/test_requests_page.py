@@ -247,6 +247,10 @@ def test_a_calls_detail_shows_its_attempts_and_its_content_escaped(
     html = page.content.decode()
     assert "&lt;script&gt;alert(1)&lt;/script&gt; What is 2+2?" in html and "<script>alert(1)" not in html
     assert "Prompt and answer" in html and "Kept for 30 days" in html
+    # Kept compact (the cheap encoder on the hot path), shown indented.
+    with organization_schema(organization):
+        assert "\n" not in CallContent.objects.get(request_id=request_id).prompt
+    assert "{\n &quot;messages&quot;: [\n  {\n   &quot;role&quot;: &quot;user&quot;" in html
     assert "Model asked" in html and "Reserved from budgets" in html and "Settled (charged)" in html
     assert "simulated-mini" in html
     # It is linked from the log.
