@@ -43,6 +43,12 @@ class BackgroundBatch(Generic[Item]):
         self._pending: list[Item] = []
         self._thread_pid: int | None = None  # a forked child starts its own thread
         self._exit_registered = False
+        # A forked child starts empty, with a lock of its own: its parent writes what it holds.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = []
 
     def add(self, item: Item) -> None:
         """Write `item` with the next batch (callers write at once themselves when batching is off)."""

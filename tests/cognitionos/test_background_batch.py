@@ -3,6 +3,7 @@ dropped when a write fails, bounded, and flushed by the batch's own thread."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from cognitionos.background_batch import BackgroundBatch
@@ -73,3 +74,22 @@ def test_the_batchs_thread_writes_on_its_own() -> None:
     while not store.writes and time.monotonic() < deadline:
         time.sleep(0.01)
     assert store.writes == [[7]]
+
+
+def test_a_forked_child_starts_empty_and_writes_only_its_own_items() -> None:
+    store = Store()
+    batch = _batch(store, keep=True)
+    batch.add(1)  # the parent's, waiting
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its own item only
+        batch.add(2)
+        batch.flush()
+        os.write(writer, repr(store.writes).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    with os.fdopen(reader) as pipe:
+        assert pipe.read() == "[[2]]"
+    batch.flush()
+    assert store.writes == [[1]]
