@@ -1,20 +1,24 @@
 """Writes a request need not wait for, gathered in the process and made together by a daemon thread
 every few seconds (and at exit): cache-hit ledger rows (apps.llm.budgets), the routing figures of
-each provider attempt (apps.llm.router). One mechanism, so each caller says only what it writes.
+each provider attempt (apps.llm.router), API keys' last use (apps.apikeys.usage). One mechanism, so
+each caller says only what it writes.
 
 `write` returns the items it could not write (or raises: none written). They are kept for the next
 flush when `keep_on_failure` (rows that must land), dropped with a warning otherwise (figures a later
 attempt replaces); either way what waits is bounded by `max_pending`, past which the oldest go, logged.
+With `key`, a later item replaces a waiting one of the same key (a key's last use: only the latest
+counts). With an interval of 0 no thread runs: the owner flushes (the tests do).
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -31,6 +35,7 @@ class BackgroundBatch(Generic[Item]):
         interval_s: Callable[[], float],
         keep_on_failure: bool,
         max_pending: int = 100_000,
+        key: Callable[[Item], Hashable] | None = None,
         after_flush: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
@@ -38,9 +43,11 @@ class BackgroundBatch(Generic[Item]):
         self._interval_s = interval_s
         self._keep_on_failure = keep_on_failure
         self._max_pending = max_pending
+        self._key = key
         self._after_flush = after_flush
         self._lock = threading.Lock()
-        self._pending: list[Item] = []
+        self._pending: dict[Hashable, Item] = {}  # in the order added
+        self._numbers = itertools.count()  # the keys of items without one
         self._thread_pid: int | None = None  # a forked child starts its own thread
         self._exit_registered = False
         # A forked child starts empty, with a lock of its own: its parent writes what it holds.
@@ -48,16 +55,20 @@ class BackgroundBatch(Generic[Item]):
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
-        self._pending = []
+        self._pending = {}
+
+    def _key_of(self, item: Item) -> Hashable:
+        return self._key(item) if self._key is not None else next(self._numbers)
 
     def add(self, item: Item) -> None:
-        """Write `item` with the next batch (callers write at once themselves when batching is off)."""
+        """Write `item` with the next batch."""
         with self._lock:
-            self._pending.append(item)
+            self._pending[self._key_of(item)] = item
             if len(self._pending) > self._max_pending:
-                del self._pending[: len(self._pending) - self._max_pending]
+                for oldest in list(itertools.islice(self._pending, len(self._pending) - self._max_pending)):
+                    del self._pending[oldest]
                 logger.error("%s: more than %d items waiting; the oldest were dropped", self.name, self._max_pending)
-            if self._thread_pid != os.getpid():
+            if self._thread_pid != os.getpid() and self._interval_s() > 0:
                 self._thread_pid = os.getpid()
                 threading.Thread(target=self._run, name=self.name, daemon=True).start()
                 if not self._exit_registered:
@@ -67,7 +78,7 @@ class BackgroundBatch(Generic[Item]):
     def flush(self) -> int:
         """Write what waits now. Returns how many items were waiting."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending, self._pending = list(self._pending.values()), {}
         if not pending:
             return 0
         try:
@@ -78,14 +89,16 @@ class BackgroundBatch(Generic[Item]):
         if unwritten and self._keep_on_failure:
             logger.warning("%s: %d items not written; kept for the next flush", self.name, len(unwritten))
             with self._lock:
-                self._pending[:0] = unwritten
+                # Ahead of what came meanwhile, which replaces them where it has the same key.
+                self._pending = {**{self._key_of(item): item for item in unwritten}, **self._pending}
         elif unwritten:
             logger.warning("%s: %d items not written; dropped", self.name, len(unwritten))
         return len(pending)
 
     def _run(self) -> None:
         while True:
-            time.sleep(max(self._interval_s(), 0.01))
+            interval = self._interval_s()
+            time.sleep(interval if interval > 0 else 1.0)  # never a busy loop if it is set to 0 later
             self.flush()
             if self._after_flush is not None:
                 self._after_flush()

@@ -93,3 +93,19 @@ def test_a_forked_child_starts_empty_and_writes_only_its_own_items() -> None:
         assert pipe.read() == "[[2]]"
     batch.flush()
     assert store.writes == [[1]]
+
+
+def test_with_a_key_a_later_item_replaces_a_waiting_one_and_without_an_interval_no_thread_runs() -> None:
+    latest: list[list[tuple[str, int]]] = []
+
+    def write(items: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        latest.append(items)
+        return []
+
+    batch = BackgroundBatch("keyed", write=write, interval_s=lambda: 0, keep_on_failure=True, key=lambda item: item[0])
+    for item in (("a", 1), ("b", 1), ("a", 2)):
+        batch.add(item)
+    time.sleep(0.05)
+    assert latest == []  # interval 0: only the owner flushes
+    assert batch.flush() == 2
+    assert latest == [[("a", 2), ("b", 1)]]
