@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from decimal import Decimal
@@ -17,6 +18,8 @@ from apps.llm.providers import own_key_name, provider_configured
 from apps.llm.traffic import TRAFFIC_TTL_S, traffic_bucket, traffic_key
 from cognitionos.background_batch import BackgroundBatch
 from cognitionos.redis import redis_client
+
+logger = logging.getLogger(__name__)
 
 POLICIES = ("cheapest", "fastest", "balanced")
 _LATENCY_KEY = "llm:latency_ms:{name}"
@@ -242,8 +245,8 @@ def deployment_record(
     at_once: bool = False,
 ) -> None:
     """deployment_observe, sent with the next batch, or `at_once` (and always when
-    LLM_OBSERVE_BATCH_SECONDS is 0). A closed breaker of the platform's deployment sets its gauge
-    to 0 when the observation is written."""
+    LLM_OBSERVE_BATCH_SECONDS is 0; a store error is then logged, never raised). A closed breaker of
+    the platform's deployment sets its gauge to 0 when the observation is written."""
     observation = _observation(
         name,
         success=success,
@@ -255,10 +258,15 @@ def deployment_record(
         cost_usd=cost_usd,
         provider=provider,
     )
-    if at_once or settings.LLM_OBSERVE_BATCH_SECONDS <= 0:
-        _observations_write([observation])
-    else:
+    if not at_once and settings.LLM_OBSERVE_BATCH_SECONDS > 0:
         _observations.add(observation)
+        return
+    try:
+        _observations_write([observation])
+    except Exception:
+        # The attempt is settled and its answer is the caller's: figures the store can't take now
+        # must not fail it (a half-open breaker left unclosed is probed again).
+        logger.warning("the routing figures of an attempt on %s could not be written", name, exc_info=True)
 
 
 def deployment_observations_flush() -> int:

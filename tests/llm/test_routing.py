@@ -6,11 +6,13 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from django_tenants.utils import schema_context
 
 from apps.accounts.principals import Principal
 from apps.llm.breaker import OPENED_AT, breaker_key
 from apps.llm.calls import chat_call_parse, chat_complete
+from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.router import candidates, deployment_observations_flush, deployment_observe, observed
 from apps.llm.traffic import traffic_bucket, traffic_buckets
 from apps.tenants.models import Organization
@@ -121,3 +123,20 @@ def test_observations_wait_for_their_batch_and_a_probes_success_closes_its_break
         chat_complete(organization=org_a, principal=PRINCIPAL, call=call)
     assert not redis_client().exists(key)
     deployment_observations_flush()
+
+
+def test_an_answered_call_is_returned_even_when_its_figures_cannot_be_written(
+    tenant: Organization, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def store_down(**_: object) -> None:
+        raise redis.ConnectionError("Redis went away after the admission")
+
+    monkeypatch.setattr("apps.llm.router._observe_script", lambda: store_down)
+    call = chat_call_parse(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "cache": {"skip": True}}
+    )
+    with schema_context(tenant.schema_name):
+        outcome = chat_complete(organization=tenant, principal=PRINCIPAL, call=call)
+        (attempt,) = UsageAttempt.objects.filter(request_id=outcome.request_id)
+    assert outcome.body["choices"][0]["message"]["content"] and attempt.status == AttemptStatus.SUCCEEDED
+    assert "could not be written" in caplog.text
