@@ -7,7 +7,8 @@ each caller says only what it writes.
 flush when `keep_on_failure` (rows that must land), dropped with a warning otherwise (figures a later
 attempt replaces); either way what waits is bounded by `max_pending`, past which the oldest go, logged.
 With `key`, a later item replaces a waiting one of the same key (a key's last use: only the latest
-counts). With an interval of 0 no thread runs: the owner flushes (the tests do).
+counts). With an interval of 0 no thread runs: the owner flushes (the tests do). The thread gives
+its database connection back to the pool after each flush.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
+
+from django.db import connection
 
 Item = TypeVar("Item")
 
@@ -36,7 +39,6 @@ class BackgroundBatch(Generic[Item]):
         keep_on_failure: bool,
         max_pending: int = 100_000,
         key: Callable[[Item], Hashable] | None = None,
-        after_flush: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._write = write
@@ -44,18 +46,19 @@ class BackgroundBatch(Generic[Item]):
         self._keep_on_failure = keep_on_failure
         self._max_pending = max_pending
         self._key = key
-        self._after_flush = after_flush
         self._lock = threading.Lock()
         self._pending: dict[Hashable, Item] = {}  # in the order added
         self._numbers = itertools.count()  # the keys of items without one
-        self._thread_pid: int | None = None  # a forked child starts its own thread
+        self._thread_started = False
         self._exit_registered = False
-        # A forked child starts empty, with a lock of its own: its parent writes what it holds.
+        # A forked child starts empty, with a lock and (on its first item) a thread of its own: its
+        # parent writes what it holds.
         os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
         self._pending = {}
+        self._thread_started = False
 
     def _key_of(self, item: Item) -> Hashable:
         return self._key(item) if self._key is not None else next(self._numbers)
@@ -68,8 +71,8 @@ class BackgroundBatch(Generic[Item]):
                 for oldest in list(itertools.islice(self._pending, len(self._pending) - self._max_pending)):
                     del self._pending[oldest]
                 logger.error("%s: more than %d items waiting; the oldest were dropped", self.name, self._max_pending)
-            if self._thread_pid != os.getpid() and self._interval_s() > 0:
-                self._thread_pid = os.getpid()
+            if not self._thread_started and self._interval_s() > 0:
+                self._thread_started = True
                 threading.Thread(target=self._run, name=self.name, daemon=True).start()
                 if not self._exit_registered:
                     self._exit_registered = True
@@ -100,5 +103,4 @@ class BackgroundBatch(Generic[Item]):
             interval = self._interval_s()
             time.sleep(interval if interval > 0 else 1.0)  # never a busy loop if it is set to 0 later
             self.flush()
-            if self._after_flush is not None:
-                self._after_flush()
+            connection.close()  # this thread's own, if the write took one

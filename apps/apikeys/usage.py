@@ -35,10 +35,6 @@ def _write(uses: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return []
 
 
-def _connection_close() -> None:
-    connection.close()  # the flush thread's own connection, back to the pool between flushes
-
-
 # Key id -> its latest use (seconds since the epoch), written every API_KEY_LAST_USED_FLUSH_SECONDS.
 _used: BackgroundBatch[tuple[int, float]] = BackgroundBatch(
     "apikey-last-used",
@@ -46,7 +42,6 @@ _used: BackgroundBatch[tuple[int, float]] = BackgroundBatch(
     interval_s=lambda: float(settings.API_KEY_LAST_USED_FLUSH_SECONDS),
     keep_on_failure=True,
     key=lambda use: use[0],
-    after_flush=_connection_close,
 )
 
 

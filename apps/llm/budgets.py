@@ -460,16 +460,11 @@ def _hits_write_batch(hits: list[BufferedHit]) -> list[BufferedHit]:
     return unwritten
 
 
-def _connection_close() -> None:
-    connection.close()  # the flush thread's own connection, back to the pool between flushes
-
-
 _hits: BackgroundBatch[BufferedHit] = BackgroundBatch(
     "llm-hit-ledger",
     write=_hits_write_batch,
     interval_s=lambda: float(settings.LLM_HIT_BATCH_SECONDS),
     keep_on_failure=True,  # a ledger row must land
-    after_flush=_connection_close,
 )
 
 

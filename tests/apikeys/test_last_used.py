@@ -44,7 +44,6 @@ def test_the_background_flush_writes_without_being_asked(live_db: LiveDb) -> Non
         interval_s=lambda: 0.2,
         keep_on_failure=True,
         key=lambda use: use[0],
-        after_flush=usage._connection_close,
     )
     with override_settings(API_KEY_LAST_USED_FLUSH_SECONDS=0.2):
         used.add((api_key.pk, time.time()))
