@@ -229,16 +229,23 @@ class BudgetWindow(models.Model):
 
 
 class BudgetHold(models.Model):
-    """The part of a window one attempt has reserved; released when the attempt settles."""
+    """The part of a window one attempt has reserved. When the attempt settles, its cost is written
+    here; the hold, still counted at its amount, then waits for the fold (apps.llm.budgets) that
+    moves it into the window's spend, so that settling never waits for the window's row."""
 
     # db_index=False: llm_hold_unique (attempt, window) serves lookups by attempt.
     attempt = models.ForeignKey(UsageAttempt, on_delete=models.CASCADE, related_name="holds", db_index=False)
     window = models.ForeignKey(BudgetWindow, on_delete=models.CASCADE, related_name="holds")
     amount_usd = models.DecimalField(max_digits=14, decimal_places=8)
+    settled_cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["attempt", "window"], name="llm_hold_unique"),
+            models.CheckConstraint(
+                condition=models.Q(settled_cost_usd__isnull=True) | models.Q(settled_cost_usd__gte=0),
+                name="llm_hold_settled_cost_not_negative",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -48,6 +48,9 @@ LLM_HIT_BATCH_SECONDS = float(env_str("LLM_HIT_BATCH_SECONDS", "0.25"))
 # Each provider attempt's routing figures (latency, error rate, traffic counters) go to Redis in
 # batches this often (0: at once, as the tests do). A half-open breaker's probe is observed at once.
 LLM_OBSERVE_BATCH_SECONDS = float(env_str("LLM_OBSERVE_BATCH_SECONDS", "0.1"))
+# A settled call's cost reaches its budget windows' spend in a fold this often after its commit
+# (0: at once, in the settling transaction, as the tests do); until then its hold still counts.
+LLM_BUDGET_FOLD_SECONDS = float(env_str("LLM_BUDGET_FOLD_SECONDS", "0.1"))
 
 # Hour buckets of usage are read by the dashboard's ranges up to 7 days; kept this long, then
 # deleted (day buckets are kept).

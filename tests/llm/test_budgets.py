@@ -5,14 +5,24 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from django.test import Client
 from django.utils import timezone
+from django_tenants.utils import schema_context
 from openai.types.chat import ChatCompletionMessageParam
 
 from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
-from apps.llm.budgets import Settlement, Spender, attempt_reserve, attempt_settle, holds_sweep
-from apps.llm.models import AttemptStatus, BudgetWindow, UsageAttempt
+from apps.llm.budgets import (
+    BudgetExceeded,
+    Settlement,
+    Spender,
+    attempt_reserve,
+    attempt_settle,
+    budget_holds_fold,
+    holds_sweep,
+)
+from apps.llm.models import AttemptStatus, BudgetHold, BudgetWindow, UsageAttempt
 from apps.llm.services import budget_set
 from apps.tenants.connection import tenant_connection
 from apps.tenants.models import Organization
@@ -97,7 +107,11 @@ def test_key_budget_applies_to_that_key_only(key_a: str, key_b: str, tenant: Org
     assert _ask(key_b)[0] == 200  # organization B's key: no budget there
 
 
-def test_soft_limit_records_an_event_once(tenant: Organization) -> None:
+@pytest.mark.parametrize("fold_seconds", [0.0, 3600.0], ids=["folded at once", "folded later"])
+def test_soft_limit_records_an_event_once(
+    tenant: Organization, settings: Any, django_capture_on_commit_callbacks: Any, fold_seconds: float
+) -> None:
+    settings.LLM_BUDGET_FOLD_SECONDS = fold_seconds
     budget_set(
         organization=tenant,
         scope="organization",
@@ -118,11 +132,13 @@ def test_soft_limit_records_an_event_once(tenant: Organization) -> None:
             amount_usd=Decimal("0.40"),
             max_cost_usd=None,
         )
-        attempt_settle(
-            organization=tenant,
-            attempt=attempt,
-            settlement=Settlement(status=AttemptStatus.SUCCEEDED, cost_usd=Decimal("0.30")),
-        )
+        with django_capture_on_commit_callbacks(execute=True):
+            attempt_settle(
+                organization=tenant,
+                attempt=attempt,
+                settlement=Settlement(status=AttemptStatus.SUCCEEDED, cost_usd=Decimal("0.30")),
+            )
+        budget_holds_fold()
     assert BudgetWindow.objects.get().spent_usd == Decimal("0.90")
     events = AuditEvent.objects.filter(action="budget.soft_limit_reached")
     assert events.count() == 1
@@ -157,3 +173,73 @@ def test_an_attempt_is_settled_once_and_the_sweeper_charges_abandoned_holds(tena
         settlement=Settlement(status=AttemptStatus.SUCCEEDED, cost_usd=Decimal("0.01")),
     )
     assert BudgetWindow.objects.get().spent_usd == Decimal("0.25")
+
+
+def _reserve(organization: Organization, amount: str, request_id: str = "r") -> UsageAttempt:
+    return attempt_reserve(
+        spender=Spender(organization=organization, principal=KEY),
+        request_id=request_id,
+        attempt=1,
+        model_name="m",
+        provider="p",
+        amount_usd=Decimal(amount),
+        max_cost_usd=None,
+    )
+
+
+def _settle(organization: Organization, attempt: UsageAttempt, cost: str) -> None:
+    assert attempt_settle(
+        organization=organization,
+        attempt=attempt,
+        settlement=Settlement(status=AttemptStatus.SUCCEEDED, cost_usd=Decimal(cost)),
+    )
+
+
+def _window(organization: Organization) -> tuple[Decimal, Decimal]:
+    with schema_context(organization.schema_name):
+        window = BudgetWindow.objects.get()
+    return window.reserved_usd, window.spent_usd
+
+
+def test_settled_holds_count_at_their_amounts_until_the_fold_each_organization_its_own(
+    two_tenants: tuple[Organization, Organization], settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Settling writes the cost on the holds, not on the window every call of the organization
+    locks; the fold moves it there. Until then a hold still counts whole: a hard limit errs only
+    on the safe side."""
+    settings.LLM_BUDGET_FOLD_SECONDS = 3600  # only the explicit fold below runs
+    org_a, org_b = two_tenants
+    for organization in two_tenants:
+        budget_set(
+            organization=organization, scope="organization", period="day", limit_usd=Decimal(1), actor=TEST_ACTOR
+        )
+    with django_capture_on_commit_callbacks(execute=True):
+        with schema_context(org_a.schema_name):
+            _settle(org_a, _reserve(org_a, "0.40", "a1"), "0.10")
+        with schema_context(org_b.schema_name):
+            _settle(org_b, _reserve(org_b, "0.40", "b1"), "0.20")
+    assert _window(org_a) == (Decimal("0.40"), Decimal(0))
+    with schema_context(org_a.schema_name):
+        assert [h.settled_cost_usd for h in BudgetHold.objects.all()] == [Decimal("0.10")]
+        with pytest.raises(BudgetExceeded):
+            _reserve(org_a, "0.70", "a2")  # 0.40 still held: refused early, never late
+
+    assert budget_holds_fold() == 2  # both organizations waited for a fold
+    assert _window(org_a) == (Decimal(0), Decimal("0.10"))
+    assert _window(org_b) == (Decimal(0), Decimal("0.20"))
+    for organization in two_tenants:
+        with schema_context(organization.schema_name):
+            assert not BudgetHold.objects.exists()
+    with schema_context(org_a.schema_name):
+        _reserve(org_a, "0.70", "a3")
+    assert _window(org_a) == (Decimal("0.70"), Decimal("0.10"))
+    assert _window(org_b) == (Decimal(0), Decimal("0.20"))
+
+
+def test_the_sweeper_folds_holds_whose_process_died_before_its_fold(tenant: Organization, settings: Any) -> None:
+    settings.LLM_BUDGET_FOLD_SECONDS = 3600
+    budget_set(organization=tenant, scope="organization", period="day", limit_usd=Decimal(1), actor=TEST_ACTOR)
+    _settle(tenant, _reserve(tenant, "0.40"), "0.15")  # its fold was due after the commit: never came
+    assert _window(tenant) == (Decimal("0.40"), Decimal(0))
+    assert holds_sweep(organization=tenant) == 0  # no attempt to sweep; the hold is folded all the same
+    assert _window(tenant) == (Decimal(0), Decimal("0.15"))

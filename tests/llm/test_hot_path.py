@@ -71,12 +71,14 @@ def redis_round_trips() -> Iterator[list[str]]:
 
 
 def test_a_miss_costs_two_statements_and_two_redis_round_trips(
-    two_tenants: tuple[Organization, Organization],
+    two_tenants: tuple[Organization, Organization], settings: Any
 ) -> None:
-    """Reserve (ledger row and holds) and settle (ledger, windows): no rollup, settings or key
-    lookups once warm. Redis: admission (rate limits with the breaker's state), then the latency
-    observation with the breaker's closing. (Here the test's transaction wraps the reservation in
-    a savepoint; on its own, as in production, it has none.)"""
+    """Reserve (ledger row and holds) and settle (ledger, holds): no rollup, settings or key
+    lookups once warm, and no budget window: the settled holds reach it with the background fold.
+    Redis: admission (rate limits with the breaker's state), then the latency observation with the
+    breaker's closing. (Here the test's transaction wraps the reservation in a savepoint; on its
+    own, as in production, it has none.)"""
+    settings.LLM_BUDGET_FOLD_SECONDS = 3600  # as in production, but the fold never runs during the test
     organization = two_tenants[0]
     _budgeted(organization)
     with schema_context(organization.schema_name):
@@ -85,6 +87,7 @@ def test_a_miss_costs_two_statements_and_two_redis_round_trips(
             assert _call(organization, "Hello again") == "miss"
     statements = [q["sql"].split()[:3] for q in queries if "SAVEPOINT" not in q["sql"]]
     assert statements == [["WITH", "applicable", "AS"], ["WITH", "settled", "AS"]], statements
+    assert not [q for q in queries if "llm_budgetwindow" in q["sql"] and "settled" in q["sql"]]
     assert not [q for q in queries if "usagerollup" in q["sql"]]
     assert trips == ["EVALSHA", "EVALSHA"]
 
