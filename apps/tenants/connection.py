@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Protocol, cast
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.postgresql.base import ServerBindingCursor  # type: ignore[attr-defined]
 from django.db.backends.utils import CursorWrapper
-from django_prometheus.db.common import ExportingCursorWrapper  # type: ignore[import-untyped]
 from django_tenants.utils import schema_context
+
+from cognitionos.db_engine.base import exporting_cursor_class
 
 if TYPE_CHECKING:
     from apps.tenants.models import Organization
@@ -73,4 +74,4 @@ def server_binding_cursor(*, on_search_path: bool = True) -> CursorWrapper:
     return wrapper._prepare_cursor(cursor)  # type: ignore[attr-defined,no-any-return]
 
 
-_SERVER_BINDING_CURSOR = ExportingCursorWrapper(ServerBindingCursor, DEFAULT_DB_ALIAS, "postgresql")
+_SERVER_BINDING_CURSOR = exporting_cursor_class(ServerBindingCursor, DEFAULT_DB_ALIAS, "postgresql")
