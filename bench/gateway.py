@@ -1,9 +1,10 @@
 """Gateway throughput: requests per second and latency at 32 concurrent clients, with keys, rate
-limits, budgets and the ledger on, on a cache miss and on a cache hit; and the CPU time per
-request of the web processes, PostgreSQL, Redis and this process (the fake provider).
+limits, budgets and the ledger on, on a cache miss (caches skipped), on a cache fill (each request a
+new prompt: the exact caches looked up, the durable one too, then filled) and on a cache hit; and
+the CPU time per request of the web processes, PostgreSQL, Redis and this process (the fake provider).
 
     .venv/bin/python bench/gateway.py [--seconds 10] [--server granian|gunicorn|both] [--rounds 1]
-                                      [--cases miss,hit]
+                                      [--cases miss,fill,hit]
 
 Starts the web server (Granian as the product runs it, cognitionos/web.py, or gunicorn gthread at
 the same 2 processes x 8 threads; WEB_PROCESSES / WEB_THREADS change both) on its own database in
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,12 +82,29 @@ def setup() -> tuple[str, dict[str, str]]:
     return key, env
 
 
+# Each request a prompt never sent before (per wrk thread, per run): a cacheable miss.
+UNIQUE_PROMPTS = """
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+local sent = 0
+request = function()
+  sent = sent + 1
+  local body = string.gsub(wrk.body, "PROMPT", "question " .. tostring(tid) .. "-" .. tostring(sent))
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+
+
 def wrk(binary: str, key: str, body: dict[str, object], seconds: int) -> str:
+    """wrk at CONNECTIONS connections for `seconds`; a body whose prompt is "PROMPT" is sent with a
+    new prompt in each request."""
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115
     script.write(
         'wrk.method = "POST"\n'
-        f"wrk.body = [[{json.dumps(body)}]]\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
+        # A run's own prefix: the prompts of an earlier run (the warm-up) are cached.
+        f"wrk.body = [[{json.dumps(body).replace('PROMPT', f'{uuid.uuid4().hex} PROMPT')}]]\n"
+        + (UNIQUE_PROMPTS if "PROMPT" in json.dumps(body) else "")
+        + 'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
         'wrk.headers["Host"] = "localhost"\n'
         "shown = false\n"
@@ -171,15 +190,19 @@ def summary(output: str) -> Figures:
 def measure(
     server: str, *, binary: str, key: str, env: dict[str, str], seconds: int, cases: list[str]
 ) -> dict[str, Figures]:
-    """Start `server`, warm it up, measure `cases` (a miss, a hit), stop it."""
+    """Start `server`, warm it up, measure `cases` (a miss, a fill, a hit), stop it."""
     process = web_start(server=server, port=PORT, env=env)
     try:
         messages = [{"role": "user", "content": "Benchmark question"}]
-        miss = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}}
-        hit = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64}
+        bodies = {
+            "miss": {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}},
+            "hit": {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64},
+            # A miss as most calls meet one: the caches looked up (L4 too), then filled.
+            "fill": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "PROMPT"}], "max_tokens": 64},
+        }
         figures = {}
         for case in cases:
-            body = miss if case == "miss" else hit
+            body = bodies[case]
             wrk(binary, key, body, 2)  # warm-up: each process loads the API on its first requests
             meter = CpuMeter({"web": process_tree(process.pid)})
             figures[case] = summary(wrk(binary, key, body, seconds))
@@ -217,7 +240,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--server", choices=[*SERVERS, "both"], default="granian")
     parser.add_argument("--rounds", type=int, default=1, help="With --server both: rounds, the order alternating")
-    parser.add_argument("--cases", default="miss,hit", help="What to measure: miss, hit or both (comma-separated)")
+    parser.add_argument(
+        "--cases",
+        default="miss,fill,hit",
+        help="What to measure (comma-separated): miss (cache skipped), fill (a new prompt: the caches "
+        "looked up, then filled), hit",
+    )
     args = parser.parse_args()
     binary = ensure_wrk()
     key, env = setup()

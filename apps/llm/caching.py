@@ -14,11 +14,12 @@ from typing import Any
 
 from cachetools import LRUCache
 from django.conf import settings
-from django.db import models
+from django.db import connection, models
 from django.utils import timezone
 
 from apps.llm.models import CachedResponse, CallContent, SemanticCacheEntry
 from apps.llm.selectors import EngineSettings, llm_settings_of_schema
+from apps.tenants.connection import server_binding_cursor
 from cognitionos.redis import redis_client
 
 # Everything that changes the answer is in the key; these fields do not.
@@ -164,6 +165,14 @@ def _fill_fast_layers(
     pipe.execute()
 
 
+_L4_PUT = """
+INSERT INTO {schema}.llm_cachedresponse (key, model_name, response, cost_usd, created_at, expires_at)
+VALUES (%s, %s, %s::jsonb, %s, %s, %s)
+ON CONFLICT (key) DO UPDATE SET model_name = EXCLUDED.model_name, response = EXCLUDED.response,
+    cost_usd = EXCLUDED.cost_usd, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+"""
+
+
 def cache_put(*, schema: str, key: str, model_name: str, body: dict[str, Any], cost: Decimal, ttl: int | None) -> None:
     """Store a complete, successful answer in every layer (the caller never passes errors or cut-offs),
     for no longer than the organization's retention; nothing in no-content mode."""
@@ -172,17 +181,14 @@ def cache_put(*, schema: str, key: str, model_name: str, body: dict[str, Any], c
         return
     ttl = min(ttl or settings.LLM_CACHE_TTL_S, policy.retention_days * 86400)
     _fill_fast_layers(schema, key, body, cost, ttl, generation=policy.content_generation, l4=True)
-    CachedResponse.objects.update_or_create(
-        key=key,
-        defaults={
-            "model_name": model_name,
-            "response": body,
-            "cost_usd": cost,
-            # A new answer for the key starts its retention again.
-            "created_at": timezone.now(),
-            "expires_at": timezone.now() + dt.timedelta(seconds=ttl),
-        },
-    )
+    now = timezone.now()
+    # One statement (update_or_create took a transaction of three or four round trips); a new
+    # answer for the key starts its retention again.
+    with server_binding_cursor(on_search_path=False) as cursor:
+        cursor.execute(
+            _L4_PUT.format(schema=connection.ops.quote_name(schema)),
+            [key, model_name[:100], json.dumps(body), cost, now, now + dt.timedelta(seconds=ttl)],
+        )
 
 
 def cache_fast_layers_drop(*, schema: str) -> None:

@@ -20,7 +20,7 @@ from apps.llm import caching
 from apps.llm.breaker import OPEN, breaker_key, breaker_record, breaker_state
 from apps.llm.budgets import usage_fold
 from apps.llm.calls import chat_call_parse, chat_complete
-from apps.llm.models import AttemptStatus, UsageAttempt
+from apps.llm.models import AttemptStatus, CachedResponse, UsageAttempt
 from apps.llm.platform.models import UsageRollup
 from apps.llm.services import budget_set
 from apps.llm.tasks import llm_usage_fold
@@ -90,6 +90,33 @@ def test_a_miss_costs_two_statements_and_two_redis_round_trips(
     assert not [q for q in queries if "llm_budgetwindow" in q["sql"] and "settled" in q["sql"]]
     assert not [q for q in queries if "usagerollup" in q["sql"]]
     assert trips == ["EVALSHA", "EVALSHA"]
+
+
+def test_a_cacheable_miss_adds_one_read_and_one_write_of_the_durable_cache(
+    two_tenants: tuple[Organization, Organization], settings: Any
+) -> None:
+    """The exact caches are looked up first (L4, the durable one, once the organization has any
+    rows) and filled after: the L4 row in one upsert, not a transaction of three or four round trips."""
+    settings.LLM_BUDGET_FOLD_SECONDS = 3600
+    organization = two_tenants[0]
+    _budgeted(organization)
+    call = chat_call_parse({"model": "simulated-mini", "messages": [{"role": "user", "content": "First"}]})
+    with schema_context(organization.schema_name):
+        chat_complete(organization=organization, principal=KEY, call=call)  # warm, and an L4 row exists
+        call = chat_call_parse({"model": "simulated-mini", "messages": [{"role": "user", "content": "Second"}]})
+        with CaptureQueriesContext(connection) as queries:
+            assert chat_complete(organization=organization, principal=KEY, call=call).cache == "miss"
+        again = chat_complete(organization=organization, principal=KEY, call=call)
+    statements = [q["sql"].split()[:3] for q in queries if "SAVEPOINT" not in q["sql"]]
+    assert statements == [
+        ["SELECT", '"llm_cachedresponse"."id",', '"llm_cachedresponse"."response",'],
+        ["WITH", "applicable", "AS"],
+        ["WITH", "settled", "AS"],
+        ["INSERT", "INTO", f'"{organization.schema_name}".llm_cachedresponse'],
+    ], statements
+    assert again.cache == "l1"
+    with schema_context(two_tenants[1].schema_name):
+        assert not CachedResponse.objects.exists()  # the other organization's durable cache is its own
 
 
 def test_the_reservation_and_the_settlement_are_prepared_once_warm(
