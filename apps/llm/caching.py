@@ -132,6 +132,11 @@ def cache_get(*, schema: str, key: str) -> CachedAnswer | None:
     return _l4_get(schema, key, policy, l4_flag)
 
 
+_L4_GET = """
+SELECT response, cost_usd, created_at, expires_at FROM {schema}.llm_cachedresponse WHERE key = %s AND expires_at > %s
+"""
+
+
 def _l4_get(schema: str, key: str, policy: EngineSettings, flag: bytes | str | None) -> CachedAnswer | None:
     if flag in (b"0", "0"):
         return None
@@ -140,16 +145,18 @@ def _l4_get(schema: str, key: str, policy: EngineSettings, flag: bytes | str | N
         redis_client().set(_l4_flag_key(schema), "1" if any_rows else "0", ex=_L4_FLAG_TTL_S, nx=True)
         if not any_rows:
             return None
-    row = (
-        CachedResponse.objects.filter(key=key, expires_at__gt=timezone.now())
-        .only("response", "cost_usd", "created_at", "expires_at")
-        .first()
-    )
+    # By the schema's name, on a statement prepared once per connection: it is often the request's
+    # first statement, and through the ORM it paid a `SET search_path` round trip and the planning.
+    with server_binding_cursor(on_search_path=False) as cursor:
+        cursor.execute(_L4_GET.format(schema=connection.ops.quote_name(schema)), [key, timezone.now()])
+        row = cursor.fetchone()
     if row is not None:
-        ttl = _retention_left(policy, row.created_at, row.expires_at)
+        response, cost, created_at, expires_at = row
+        body = json.loads(response) if isinstance(response, str) else response
+        ttl = _retention_left(policy, created_at, expires_at)
         if ttl > 0:
-            _fill_fast_layers(schema, key, row.response, row.cost_usd, ttl, generation=policy.content_generation)
-            return CachedAnswer(body=row.response, cost_usd=row.cost_usd, layer="l4")
+            _fill_fast_layers(schema, key, body, cost, ttl, generation=policy.content_generation)
+            return CachedAnswer(body=body, cost_usd=cost, layer="l4")
     return None
 
 

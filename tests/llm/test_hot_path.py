@@ -96,7 +96,8 @@ def test_a_cacheable_miss_adds_one_read_and_one_write_of_the_durable_cache(
     two_tenants: tuple[Organization, Organization], settings: Any
 ) -> None:
     """The exact caches are looked up first (L4, the durable one, once the organization has any
-    rows) and filled after: the L4 row in one upsert, not a transaction of three or four round trips."""
+    rows: by the schema's name, so the request's first statement needs no `SET search_path`) and
+    filled after: the L4 row in one upsert, not a transaction of three or four round trips."""
     settings.LLM_BUDGET_FOLD_SECONDS = 3600
     organization = two_tenants[0]
     _budgeted(organization)
@@ -109,11 +110,12 @@ def test_a_cacheable_miss_adds_one_read_and_one_write_of_the_durable_cache(
         again = chat_complete(organization=organization, principal=KEY, call=call)
     statements = [q["sql"].split()[:3] for q in queries if "SAVEPOINT" not in q["sql"]]
     assert statements == [
-        ["SELECT", '"llm_cachedresponse"."id",', '"llm_cachedresponse"."response",'],
+        ["SELECT", "response,", "cost_usd,"],
         ["WITH", "applicable", "AS"],
         ["WITH", "settled", "AS"],
         ["INSERT", "INTO", f'"{organization.schema_name}".llm_cachedresponse'],
     ], statements
+    assert f'FROM "{organization.schema_name}".llm_cachedresponse' in queries[0]["sql"]
     assert again.cache == "l1"
     with schema_context(two_tenants[1].schema_name):
         assert not CachedResponse.objects.exists()  # the other organization's durable cache is its own
