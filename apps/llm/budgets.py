@@ -263,7 +263,15 @@ WITH settled AS (
 ), held AS (
     UPDATE {schema}.llm_budgethold SET settled_cost_usd = %(cost)s WHERE attempt_id IN (SELECT id FROM settled)
 ){content}
-SELECT count(*) FROM settled
+SELECT (SELECT count(*) FROM settled),
+    -- A hard limit more than half taken: fold at once, so that a burst near the limit is not refused early.
+    EXISTS (
+        SELECT 1 FROM settled
+        JOIN {schema}.llm_budgethold h ON h.attempt_id = settled.id
+        JOIN {schema}.llm_budgetwindow w ON w.id = h.window_id
+        JOIN {schema}.llm_budget b ON b.id = w.budget_id
+        WHERE b.hard AND (w.spent_usd + w.reserved_usd) * 2 >= b.limit_usd
+    )
 """
 
 # Settled holds into their windows' spend. Every call of an organization reserves on the same window
@@ -317,9 +325,10 @@ def connection_await() -> None:
 
 def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlement: Settlement) -> bool:
     """Record what the attempt cost, on its ledger row and its holds, in one statement. False if the
-    attempt was already settled. The holds reach their windows' spend with the next fold: at once
-    with LLM_BUDGET_FOLD_SECONDS = 0 (in this transaction), else within that many seconds of the
-    commit (budget_holds_fold). The public rollup gets the cost from usage_fold, off the request path."""
+    attempt was already settled. The holds reach their windows' spend with the next fold: within
+    LLM_BUDGET_FOLD_SECONDS of the commit (budget_holds_fold), or at once, in this transaction, when
+    that is 0 or a hard limit of the attempt's is more than half taken. The public rollup gets the
+    cost from usage_fold, off the request path."""
     now = timezone.now()
     # One statement, atomic by itself. Inside a caller's transaction (a job recording its answer
     # with the settlement) it is part of that transaction: no savepoint, both commit or neither.
@@ -353,7 +362,7 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
                 ),
             },
         )
-        (settled,) = cursor.fetchone()
+        settled, near_a_hard_limit = cursor.fetchone()
         if not settled:
             return False
         if settlement.cost_usd > attempt.reserved_usd:
@@ -379,7 +388,7 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
         metrics.TOKENS.labels(attempt.model_name, "input").inc(settlement.input_tokens)
         metrics.TOKENS.labels(attempt.model_name, "output").inc(settlement.output_tokens)
         metrics.COST.labels(attempt.model_name).inc(float(settlement.cost_usd))
-        if settings.LLM_BUDGET_FOLD_SECONDS > 0:
+        if settings.LLM_BUDGET_FOLD_SECONDS > 0 and not near_a_hard_limit:
             transaction.on_commit(functools.partial(_folds.add, organization))
         else:
             _holds_fold(organization)

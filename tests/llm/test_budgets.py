@@ -243,3 +243,15 @@ def test_the_sweeper_folds_holds_whose_process_died_before_its_fold(tenant: Orga
     assert _window(tenant) == (Decimal("0.40"), Decimal(0))
     assert holds_sweep(organization=tenant) == 0  # no attempt to sweep; the hold is folded all the same
     assert _window(tenant) == (Decimal(0), Decimal("0.15"))
+
+
+def test_a_settlement_near_a_hard_limit_is_folded_at_once(tenant: Organization, settings: Any) -> None:
+    """More than half of a hard limit taken: the fold's wait would refuse calls that fit, so the
+    settlement folds its holds itself; a roomier or soft budget waits for the background fold."""
+    settings.LLM_BUDGET_FOLD_SECONDS = 3600
+    budget_set(organization=tenant, scope="organization", period="day", limit_usd=Decimal(1), actor=TEST_ACTOR)
+    _settle(tenant, _reserve(tenant, "0.40", "roomy"), "0.10")
+    assert _window(tenant) == (Decimal("0.40"), Decimal(0))  # 0.40 of 1: waits for the fold
+    _settle(tenant, _reserve(tenant, "0.30", "tight"), "0.20")  # 0.70 of 1 taken when it settles
+    assert _window(tenant) == (Decimal(0), Decimal("0.30"))  # both holds folded, the waiting one too
+    assert not BudgetHold.objects.exists()
