@@ -408,8 +408,8 @@ def _holds_fold(organization: Organization) -> None:
 
 
 def _holds_fold_batch(organizations: list[Organization]) -> list[Organization]:
-    """One fold per organization; returns those whose fold failed (their holds wait in the database
-    for the next one: held amounts only refuse early, never overspend)."""
+    """One fold per organization; returns those whose fold failed (held amounts only refuse early,
+    never overspend)."""
     unfolded = []
     for organization in organizations:
         try:
@@ -424,7 +424,9 @@ _folds: BackgroundBatch[Organization] = BackgroundBatch(
     "llm-budget-fold",
     write=_holds_fold_batch,
     interval_s=lambda: float(settings.LLM_BUDGET_FOLD_SECONDS),
-    keep_on_failure=True,
+    # Nothing is lost by dropping a failed fold: the holds wait in the database for the
+    # organization's next fold or the sweeper (and a deleted organization's never comes back).
+    keep_on_failure=False,
     key=lambda organization: organization.pk,  # one fold takes all of an organization's settled holds
 )
 
