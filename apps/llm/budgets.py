@@ -522,6 +522,10 @@ def _hits_write_batch(hits: list[BufferedHit]) -> list[BufferedHit]:
         try:
             _hits_write(group[0][0], [row for _, row, _ in group], [content for _, _, content in group if content])
         except Exception:
+            if not Organization.objects.filter(pk=group[0][0].pk).exists():
+                # Deleted with its schema while its hits waited: nowhere to write them, ever.
+                logger.warning("%d cache-hit rows of deleted organization %s dropped", len(group), group[0][0].pk)
+                continue
             logger.exception("cache-hit rows of organization %s could not be written", group[0][0].pk)
             unwritten.extend(group)
     return unwritten

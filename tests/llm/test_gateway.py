@@ -22,6 +22,7 @@ from apps.llm.models import AttemptStatus, CallContent, UsageAttempt
 from apps.llm.platform.models import UsageRollup
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
+from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
 from tests.llm.conftest import gateway_client
 
@@ -417,6 +418,30 @@ def test_buffered_cache_hits_reach_the_ledger_and_rollup_on_flush(
     usage_fold(organization=org_a)
     rollup = UsageRollup.objects.get(organization=org_a, model_name="simulated-mini")
     assert (rollup.requests, rollup.cache_hits) == (3, 2)
+
+
+@pytest.mark.integration
+def test_buffered_hits_of_a_deleted_organization_are_dropped_not_retried_forever(
+    live_db: LiveDb, settings: Any
+) -> None:
+    from apps.llm.budgets import Spender, cache_hit_record, cache_hits_flush
+
+    settings.LLM_HIT_BATCH_SECONDS = 3600  # only the explicit flushes below write
+    kept = live_db.organization(slug="kept")
+    gone = Organization(pk=10**9, slug="gone", name="Gone", schema_name="org_gone")  # its schema dropped
+    principal = Principal(kind="api_key", id="7", label="key 7")
+    for organization in (gone, kept):
+        cache_hit_record(
+            spender=Spender(organization=organization, principal=principal),
+            request_id=f"{organization.slug}-1",
+            model_name="simulated-mini",
+            cache_layer="l1",
+            saved_usd=Decimal("0.01"),
+        )
+    assert cache_hits_flush() == 2
+    assert cache_hits_flush() == 0  # nothing kept back for a retry
+    with schema_context(kept.schema_name):
+        assert UsageAttempt.objects.filter(request_id="kept-1", status=AttemptStatus.CACHE_HIT).exists()
 
 
 def test_a_model_whose_provider_has_no_credentials_is_refused_with_a_clear_503(
