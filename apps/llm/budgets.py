@@ -276,7 +276,7 @@ SELECT (SELECT count(*) FROM settled),
 
 # Settled holds into their windows' spend. Every call of an organization reserves on the same window
 # rows, so settling there too made each call wait twice in one queue (the second time through a
-# job's whole result transaction): a third of the CPU of a job. The holds wait in their own rows,
+# job's whole result transaction): a quarter of the CPU of a job. The holds wait in their own rows,
 # still counted at their amounts (a hard limit stays exact: it only errs on the safe side), until
 # this moves each window's settled holds in one update. SKIP LOCKED: concurrent folds share the work.
 _HOLDS_FOLD = """
