@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -407,17 +407,43 @@ def _holds_fold(organization: Organization) -> None:
             _soft_limits_reached(organization=organization, window_ids=list(crossed))
 
 
-def _holds_fold_batch(organizations: list[Organization]) -> list[Organization]:
-    """One fold per organization; returns those whose fold failed (held amounts only refuse early,
-    never overspend)."""
-    unfolded = []
-    for organization in organizations:
+Batched = TypeVar("Batched")
+
+
+def _per_organization(
+    items: list[Batched],
+    organization_of: Callable[[Batched], Organization],
+    write: Callable[[Organization, list[Batched]], None],
+    what: str,
+) -> list[Batched]:
+    """A background batch's items written one organization at a time, so that one organization's
+    failure leaves the others' written. Returns the failed organizations' items; those of an
+    organization deleted (with its schema) while they waited are dropped, since they never can be."""
+    groups: dict[int, list[Batched]] = {}
+    for item in items:
+        groups.setdefault(organization_of(item).pk, []).append(item)
+    unwritten: list[Batched] = []
+    for group in groups.values():
+        organization = organization_of(group[0])
         try:
-            _holds_fold(organization)
+            write(organization, group)
         except Exception:
-            logger.exception("settled budget holds of organization %s could not be folded", organization.pk)
-            unfolded.append(organization)
-    return unfolded
+            if not Organization.objects.filter(pk=organization.pk).exists():
+                logger.warning("%d %s of deleted organization %s dropped", len(group), what, organization.pk)
+                continue
+            logger.exception("%s of organization %s could not be written", what, organization.pk)
+            unwritten.extend(group)
+    return unwritten
+
+
+def _holds_fold_batch(organizations: list[Organization]) -> list[Organization]:
+    """One fold per organization (held amounts only refuse early, never overspend)."""
+    return _per_organization(
+        organizations,
+        lambda organization: organization,
+        lambda organization, _: _holds_fold(organization),
+        "folds of settled budget holds",
+    )
 
 
 _folds: BackgroundBatch[Organization] = BackgroundBatch(
@@ -514,21 +540,11 @@ BufferedHit = tuple[Organization, HitRow, HitContent | None]
 
 def _hits_write_batch(hits: list[BufferedHit]) -> list[BufferedHit]:
     """The buffered hits, one write per organization; returns those of organizations whose write failed."""
-    by_organization: dict[int, list[BufferedHit]] = {}
-    for hit in hits:
-        by_organization.setdefault(hit[0].pk, []).append(hit)
-    unwritten: list[BufferedHit] = []
-    for group in by_organization.values():
-        try:
-            _hits_write(group[0][0], [row for _, row, _ in group], [content for _, _, content in group if content])
-        except Exception:
-            if not Organization.objects.filter(pk=group[0][0].pk).exists():
-                # Deleted with its schema while its hits waited: nowhere to write them, ever.
-                logger.warning("%d cache-hit rows of deleted organization %s dropped", len(group), group[0][0].pk)
-                continue
-            logger.exception("cache-hit rows of organization %s could not be written", group[0][0].pk)
-            unwritten.extend(group)
-    return unwritten
+
+    def write(organization: Organization, group: list[BufferedHit]) -> None:
+        _hits_write(organization, [row for _, row, _ in group], [content for _, _, content in group if content])
+
+    return _per_organization(hits, lambda hit: hit[0], write, "cache-hit rows")
 
 
 _hits: BackgroundBatch[BufferedHit] = BackgroundBatch(
