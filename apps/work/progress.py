@@ -31,6 +31,7 @@ from redis.retry import Retry
 from apps.api.errors import ApiError
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
+from cognitionos.background_batch import BackgroundBatch
 from cognitionos.long_responses import LongResponsesFull, long_response_begin
 from cognitionos.thread_safe_cache import thread_safe_cache
 
@@ -97,13 +98,43 @@ def progress_publish(*, organization: Organization, topic: str, object_id: Any) 
 
 
 def _publish(channel: str) -> None:
+    if settings.WORK_PROGRESS_NOTICE_SECONDS > 0:
+        _notices.add(channel)
+    else:
+        _notices_send([channel])
+
+
+def _notices_send(channels: list[str]) -> list[str]:
+    """One round trip for all the notices (a job sends two, claimed and finished: on the workers'
+    hot path a round trip each cost as much CPU as the job's rate-limit check). A notice that can't
+    be sent is not kept: the streams' fallback reads find the change."""
     if time.monotonic() < _Outage.until:
-        return
+        return []
     try:
-        _redis().publish(channel, b"1")
+        with _redis().pipeline(transaction=False) as pipeline:
+            for channel in channels:
+                pipeline.publish(channel, b"1")
+            pipeline.execute()
     except _REDIS_ERRORS:
         _Outage.until = time.monotonic() + REDIS_RETRY_SECONDS
-        logger.warning("progress notice not sent (Redis unreachable); streams will find it by polling")
+        logger.warning("progress notices not sent (Redis unreachable); streams will find them by polling")
+    return []
+
+
+# Keyed by channel: an object that changed twice before the send gets one notice, and its streams
+# read its latest state either way.
+_notices: BackgroundBatch[str] = BackgroundBatch(
+    "progress notices",
+    write=_notices_send,
+    interval_s=lambda: settings.WORK_PROGRESS_NOTICE_SECONDS,
+    keep_on_failure=False,
+    key=lambda channel: channel,
+)
+
+
+def progress_notices_flush() -> int:
+    """Send the notices waiting for the next batch now (tests; the batch's thread does it otherwise)."""
+    return _notices.flush()
 
 
 # -- the stream ---------------------------------------------------------------------------------

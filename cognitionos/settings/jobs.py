@@ -1,6 +1,6 @@
 """Jobs: heartbeats of running jobs and the reaper that recovers jobs whose worker died."""
 
-from .env import env_int
+from .env import env_int, env_str
 
 # A running job's worker touches its row this often...
 JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 10)
@@ -12,6 +12,9 @@ JOB_DISPATCH_RESEND_SECONDS = env_int("JOB_DISPATCH_RESEND_SECONDS", 300)
 # A job whose workers died this many times fails instead of running again.
 JOB_MAX_RUNS = env_int("JOB_MAX_RUNS", 3)
 JOB_REAPER_SECONDS = env_int("JOB_REAPER_SECONDS", 30)
+# Notices to the progress streams (claimed, finished) are sent in batches this often, one Redis
+# round trip each (0: at once, as the tests do).
+WORK_PROGRESS_NOTICE_SECONDS = float(env_str("WORK_PROGRESS_NOTICE_SECONDS", "0.05"))
 
 # Data export (apps.audit.exports): the build stops as a failure (export_too_large) as soon as the zip
 # passes this size; the one-time download link lasts this long.

@@ -23,6 +23,7 @@ STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.Static
 LLM_HIT_BATCH_SECONDS = 0.0  # cache hits are written at once, inside the test's transaction
 LLM_OBSERVE_BATCH_SECONDS = 0.0  # routing figures too
 LLM_BUDGET_FOLD_SECONDS = 0.0  # and settled holds folded into their windows
+WORK_PROGRESS_NOTICE_SECONDS = 0.0  # and progress notices sent
 # No schemas built ahead: a test's organizations come from the script, the same every run;
 # tests/tenants/test_ready_schemas.py turns the pool on.
 TENANT_READY_SCHEMAS = 0

@@ -332,6 +332,44 @@ def test_a_stream_never_wakes_for_another_organizations_notice_on_the_same_id(
     assert reader_a.join(5) and reader_b.join(5)
 
 
+def test_batched_notices_wait_for_the_send_collapse_per_object_and_reach_only_their_organizations_stream(
+    two_tenants: tuple[Organization, Organization],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """As the workers send them (WORK_PROGRESS_NOTICE_SECONDS > 0): nothing before the batch goes,
+    then one notice per object however often it changed, on each organization's own channel."""
+    a, b = two_tenants
+    monkeypatch.setattr(progress, "EVENTS_FALLBACK_SECONDS", SLOW_FALLBACK_SECONDS)
+    settings.WORK_PROGRESS_NOTICE_SECONDS = 3600.0  # the batch's own thread never sends during the test
+    progress.progress_notices_flush()
+    same_id = uuid.uuid4()
+    stop = threading.Event()
+    stream_a, reads_a = _counting_stream(a, same_id, stop)
+    stream_b, reads_b = _counting_stream(b, same_id, stop)
+    reader_a, reader_b = Reader(stream_a), Reader(stream_b)
+    reader_a.arrival('"n": 1'), reader_b.arrival('"n": 1')
+
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(3):  # claimed, progressed, finished: three changes before the send
+            progress.progress_publish(organization=b, topic="job", object_id=same_id)
+    time.sleep(0.5)
+    assert (len(reads_a), len(reads_b)) == (1, 1), "a notice went before its batch"
+
+    assert progress.progress_notices_flush() == 1
+    reader_b.arrival('"n": 2', timeout=3)
+    time.sleep(0.5)  # time for a second notice, or one wrongly routed to A, to arrive
+    assert (len(reads_a), len(reads_b)) == (1, 2)
+
+    stop.set()
+    for organization in (a, b):
+        with django_capture_on_commit_callbacks(execute=True):
+            progress.progress_publish(organization=organization, topic="job", object_id=same_id)
+    assert progress.progress_notices_flush() == 2
+    assert reader_a.join(5) and reader_b.join(5)
+
+
 def _redis_down(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Redis call of the progress module fails (nothing listens on that port)."""
     dead = progress.redis_client_for("redis://127.0.0.1:1/0")
