@@ -297,6 +297,19 @@ def _counting_stream(
     return progress.progress_stream(organization=organization, topic="job", object_id=object_id, poll=poll), reads
 
 
+def _read_both(
+    a: Organization, b: Organization, object_id: Any, stop: threading.Event
+) -> tuple[tuple[Reader, list[float]], tuple[Reader, list[float]]]:
+    """Counting streams of A and B on the same object id, each read once (subscribed) already."""
+    readers = []
+    for organization in (a, b):
+        stream, reads = _counting_stream(organization, object_id, stop)
+        reader = Reader(stream)
+        reader.arrival('"n": 1')
+        readers.append((reader, reads))
+    return readers[0], readers[1]
+
+
 def test_a_stream_never_wakes_for_another_organizations_notice_on_the_same_id(
     two_tenants: tuple[Organization, Organization],
     monkeypatch: pytest.MonkeyPatch,
@@ -309,10 +322,7 @@ def test_a_stream_never_wakes_for_another_organizations_notice_on_the_same_id(
         organization=b, topic="job", object_id=same_id
     )
     stop = threading.Event()
-    stream_a, reads_a = _counting_stream(a, same_id, stop)
-    stream_b, reads_b = _counting_stream(b, same_id, stop)
-    reader_a, reader_b = Reader(stream_a), Reader(stream_b)
-    reader_a.arrival('"n": 1'), reader_b.arrival('"n": 1')
+    (reader_a, reads_a), (reader_b, reads_b) = _read_both(a, b, same_id, stop)
 
     with django_capture_on_commit_callbacks(execute=True):
         progress.progress_publish(organization=b, topic="job", object_id=same_id)
@@ -346,10 +356,7 @@ def test_batched_notices_wait_for_the_send_collapse_per_object_and_reach_only_th
     progress.progress_notices_flush()
     same_id = uuid.uuid4()
     stop = threading.Event()
-    stream_a, reads_a = _counting_stream(a, same_id, stop)
-    stream_b, reads_b = _counting_stream(b, same_id, stop)
-    reader_a, reader_b = Reader(stream_a), Reader(stream_b)
-    reader_a.arrival('"n": 1'), reader_b.arrival('"n": 1')
+    (reader_a, reads_a), (reader_b, reads_b) = _read_both(a, b, same_id, stop)
 
     with django_capture_on_commit_callbacks(execute=True):
         for _ in range(3):  # claimed, progressed, finished: three changes before the send
