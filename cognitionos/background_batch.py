@@ -1,6 +1,6 @@
 """Writes a request need not wait for, gathered in the process and made together by a daemon thread
-every few seconds (and at exit): cache-hit ledger rows and the folds of settled budget holds
-(apps.llm.budgets), the routing figures of each provider attempt (apps.llm.router), API keys' last
+every few seconds (and at exit): cache-hit ledger rows, gateway calls' settlements and the folds
+of settled budget holds (apps.llm.budgets), the routing figures of each provider attempt (apps.llm.router), API keys' last
 use (apps.apikeys.usage), the progress streams' notices (apps.work.progress). One mechanism, so
 each caller says only what it writes.
 
@@ -9,7 +9,8 @@ flush when `keep_on_failure` (rows that must land), dropped with a warning other
 attempt replaces); either way what waits is bounded by `max_pending`, past which the oldest go, logged.
 With `key`, a later item replaces a waiting one of the same key (a key's last use: only the latest
 counts). With an interval of 0 no thread runs: the owner flushes (the tests do). The thread gives
-its database connection back to the pool after each flush.
+its database connection back to the pool after each flush. What waits is written when the process
+ends normally, a multiprocessing worker's too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -60,6 +62,7 @@ class BackgroundBatch(Generic[Item]):
         self._lock = threading.Lock()
         self._pending = {}
         self._thread_started = False
+        self._exit_registered = False  # a finalizer runs only in the process that registered it
 
     def _key_of(self, item: Item) -> Hashable:
         return self._key(item) if self._key is not None else next(self._numbers)
@@ -78,6 +81,9 @@ class BackgroundBatch(Generic[Item]):
                 if not self._exit_registered:
                     self._exit_registered = True
                     atexit.register(self.flush)
+                    # A process that multiprocessing forked (Granian's web workers) ends without
+                    # running atexit hooks, but with multiprocessing's finalizers.
+                    multiprocessing.util.Finalize(None, self.flush, exitpriority=0)
 
     def flush(self) -> int:
         """Write what waits now. Returns how many items were waiting."""

@@ -115,7 +115,7 @@ WITH applicable AS (
     FROM locked, applicable a
     WHERE w.id = locked.id AND a.window_id = w.id
       AND (NOT a.hard OR w.spent_usd + w.reserved_usd + %(amount)s <= a.limit_usd)
-    RETURNING w.id
+    RETURNING w.id, a.hard AND (w.spent_usd + w.reserved_usd) * 2 >= a.limit_usd AS near
 ), held AS (
     INSERT INTO {schema}.llm_budgethold (attempt_id, window_id, amount_usd)
     SELECT attempt.id, raised.id, %(amount)s FROM attempt, raised
@@ -128,7 +128,8 @@ SELECT attempt.id, attempt.created_at,
         WHEN (SELECT count(*) FROM held) < (SELECT count(*) FROM applicable)
             THEN public.cognitionos_budget_refused('exceeded', (SELECT min(window_id) FROM applicable
                 WHERE window_id NOT IN (SELECT window_id FROM held)))
-    END
+    END,
+    coalesce((SELECT bool_or(near) FROM raised), false)
 FROM attempt
 """
 
@@ -183,7 +184,7 @@ def attempt_reserve(
             with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
                 with server_binding_cursor(on_search_path=False) as cursor:
                     cursor.execute(statement, params)
-                    attempt_id, created_at, _ = cursor.fetchone()
+                    attempt_id, created_at, _, near_a_hard_limit = cursor.fetchone()
             break
         except DatabaseError as exc:
             code = getattr(exc.__cause__, "sqlstate", None)
@@ -202,7 +203,7 @@ def attempt_reserve(
     else:
         raise RuntimeError("budget windows could not be created")
     metrics.OPEN_HOLDS.inc()
-    return UsageAttempt(
+    reserved = UsageAttempt(
         pk=attempt_id,
         request_id=request_id,
         attempt=attempt,
@@ -216,6 +217,8 @@ def attempt_reserve(
         reserved_usd=amount_usd,
         paid_by=paid_by,
     )
+    reserved.near_a_hard_limit = near_a_hard_limit
+    return reserved
 
 
 def _windows_create(spender: Spender, now: dt.datetime) -> None:
@@ -365,34 +368,133 @@ def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlem
         settled, near_a_hard_limit = cursor.fetchone()
         if not settled:
             return False
-        if settlement.cost_usd > attempt.reserved_usd:
-            # The provider reported more than the worst case we priced: the real cost is charged
-            # (above), and the gap is made visible, since it means the reservation bound is wrong.
-            metrics.OVERRUNS.labels(attempt.provider, attempt.model_name).inc()
-            logger.warning(
-                "usage overrun: request %s attempt %d on %s cost $%s, reserved $%s",
-                attempt.request_id,
-                attempt.attempt,
-                attempt.model_name,
-                settlement.cost_usd,
-                attempt.reserved_usd,
-            )
-        if settlement.status == AttemptStatus.SWEPT:
-            # Its hold was opened by a process that died (its gauge left with it): counted apart.
-            metrics.HOLDS_SWEPT.inc()
-        else:
-            metrics.OPEN_HOLDS.dec()
-        metrics.REQUESTS.labels(attempt.provider, attempt.model_name, settlement.status, "miss").inc()
-        if settlement.latency_ms is not None:
-            metrics.LATENCY.labels(attempt.provider, attempt.model_name).observe(settlement.latency_ms / 1000)
-        metrics.TOKENS.labels(attempt.model_name, "input").inc(settlement.input_tokens)
-        metrics.TOKENS.labels(attempt.model_name, "output").inc(settlement.output_tokens)
-        metrics.COST.labels(attempt.model_name).inc(float(settlement.cost_usd))
+        _settled_observe(attempt, settlement)
         if settings.LLM_BUDGET_FOLD_SECONDS > 0 and not near_a_hard_limit:
             transaction.on_commit(functools.partial(_folds.add, organization))
         else:
             _holds_fold(organization)
     return True
+
+
+def _settled_observe(attempt: UsageAttempt, settlement: Settlement) -> None:
+    """The process's metrics of a settled attempt."""
+    if settlement.cost_usd > attempt.reserved_usd:
+        # The provider reported more than the worst case we priced: the real cost is charged, and
+        # the gap is made visible, since it means the reservation bound is wrong.
+        metrics.OVERRUNS.labels(attempt.provider, attempt.model_name).inc()
+        logger.warning(
+            "usage overrun: request %s attempt %d on %s cost $%s, reserved $%s",
+            attempt.request_id,
+            attempt.attempt,
+            attempt.model_name,
+            settlement.cost_usd,
+            attempt.reserved_usd,
+        )
+    if settlement.status == AttemptStatus.SWEPT:
+        # Its hold was opened by a process that died (its gauge left with it): counted apart.
+        metrics.HOLDS_SWEPT.inc()
+    else:
+        metrics.OPEN_HOLDS.dec()
+    metrics.REQUESTS.labels(attempt.provider, attempt.model_name, settlement.status, "miss").inc()
+    if settlement.latency_ms is not None:
+        metrics.LATENCY.labels(attempt.provider, attempt.model_name).observe(settlement.latency_ms / 1000)
+    metrics.TOKENS.labels(attempt.model_name, "input").inc(settlement.input_tokens)
+    metrics.TOKENS.labels(attempt.model_name, "output").inc(settlement.output_tokens)
+    metrics.COST.labels(attempt.model_name).inc(float(settlement.cost_usd))
+
+
+def attempt_settle_soon(*, organization: Organization, attempt: UsageAttempt, settlement: Settlement) -> None:
+    """Settle an answered attempt with the next batch (within LLM_SETTLE_BATCH_SECONDS), so that its
+    answer goes out without waiting for the ledger write; for callers that record nothing of their
+    own with the ledger row (the gateway). At once when the batch is off (0, as in the tests),
+    inside a transaction, or when a hard limit of the attempt's was more than half taken at its
+    reservation: its hold counts at the worst case until settled, which could refuse a burst near
+    the limit early. If the process dies first, the sweeper settles the attempt from its
+    reservation after LLM_HOLD_SECONDS (status swept, the worst case charged): never unbilled."""
+    if settings.LLM_SETTLE_BATCH_SECONDS > 0 and not attempt.near_a_hard_limit and not connection.in_atomic_block:
+        _settlements.add((organization, attempt, settlement))
+    else:
+        connection_await()
+        attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
+
+
+# attempt_settle's statement for many attempts of one organization, their columns as arrays; the
+# content rows are stored only for attempts it does settle.
+_SETTLE_MANY = """
+WITH settling AS (
+    SELECT * FROM unnest(%(attempt)s::bigint[], %(status)s::text[], %(now)s::timestamptz[], %(input)s::integer[],
+        %(cached)s::integer[], %(output)s::integer[], %(cost)s::numeric[], %(price_version)s::integer[],
+        %(latency)s::integer[], %(error)s::text[])
+        AS s(id, status, settled_at, input_tokens, cached_input_tokens, output_tokens, cost_usd, price_version,
+            latency_ms, error_class)
+), settled AS (
+    UPDATE {schema}.llm_usageattempt a SET status = s.status, settled_at = s.settled_at, hold_expires_at = NULL,
+        input_tokens = s.input_tokens, cached_input_tokens = s.cached_input_tokens, output_tokens = s.output_tokens,
+        cost_usd = s.cost_usd, price_version = s.price_version, latency_ms = s.latency_ms,
+        error_class = s.error_class
+    FROM settling s
+    WHERE a.id = s.id AND a.status = 'reserved'
+    RETURNING a.id, a.request_id, s.cost_usd
+), held AS (
+    UPDATE {schema}.llm_budgethold h SET settled_cost_usd = settled.cost_usd FROM settled
+    WHERE h.attempt_id = settled.id
+), stored AS (
+    INSERT INTO {schema}.llm_callcontent (request_id, prompt, answer, truncated)
+    SELECT c.* FROM unnest(%(content_request)s::text[], %(prompt)s::text[], %(answer)s::text[],
+        %(truncated)s::boolean[]) AS c(request_id, prompt, answer, truncated)
+    WHERE c.request_id IN (SELECT request_id FROM settled)
+    ON CONFLICT (request_id) DO NOTHING
+)
+SELECT coalesce(array_agg(id), '{{}}') FROM settled
+"""
+
+PendingSettlement = tuple[Organization, UsageAttempt, Settlement]
+
+
+def _settlements_write(organization: Organization, group: list[PendingSettlement]) -> None:
+    """One statement for the organization's waiting settlements, then their fold (batched too)."""
+    now = timezone.now()
+    contents = [(attempt.request_id, s.content) for _, attempt, s in group if s.content is not None]
+    schema = connection.ops.quote_name(organization.schema_name)
+    with server_binding_cursor(on_search_path=False) as cursor:
+        cursor.execute(
+            _SETTLE_MANY.format(schema=schema),
+            {
+                "attempt": [attempt.pk for _, attempt, _ in group],
+                "status": [s.status for _, _, s in group],
+                "now": [now] * len(group),
+                "input": [s.input_tokens for _, _, s in group],
+                "cached": [s.cached_input_tokens for _, _, s in group],
+                "output": [s.output_tokens for _, _, s in group],
+                "cost": [s.cost_usd for _, _, s in group],
+                "price_version": [s.price_version for _, _, s in group],
+                "latency": [s.latency_ms for _, _, s in group],
+                "error": [s.error_class[:100] for _, _, s in group],
+                "content_request": [request_id for request_id, _ in contents],
+                "prompt": [content.prompt for _, content in contents],
+                "answer": [content.answer for _, content in contents],
+                "truncated": [content.truncated for _, content in contents],
+            },
+        )
+        (settled,) = cursor.fetchone()
+    settled_ids = set(settled)
+    for _, attempt, settlement in group:
+        if attempt.pk in settled_ids:
+            _settled_observe(attempt, settlement)
+    if settled_ids:
+        if settings.LLM_BUDGET_FOLD_SECONDS > 0:
+            _folds.add(organization)
+        else:
+            _holds_fold(organization)
+
+
+def _settlements_write_batch(pending: list[PendingSettlement]) -> list[PendingSettlement]:
+    return _per_organization(pending, lambda item: item[0], _settlements_write, "settlements of answered attempts")
+
+
+def attempt_settlements_flush() -> int:
+    """Settle the waiting answered attempts now. Returns how many were waiting."""
+    return _settlements.flush()
 
 
 def _holds_fold(organization: Organization) -> None:
@@ -445,6 +547,13 @@ def _holds_fold_batch(organizations: list[Organization]) -> list[Organization]:
         "folds of settled budget holds",
     )
 
+
+_settlements: BackgroundBatch[PendingSettlement] = BackgroundBatch(
+    "llm-settlements",
+    write=_settlements_write_batch,
+    interval_s=lambda: float(settings.LLM_SETTLE_BATCH_SECONDS),
+    keep_on_failure=True,  # a ledger row must land (and one that can't is swept from its reservation)
+)
 
 _folds: BackgroundBatch[Organization] = BackgroundBatch(
     "llm-budget-fold",

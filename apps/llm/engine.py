@@ -8,7 +8,6 @@ Embeddings take the same path without the caches (embeddings).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from apps.accounts.principals import Principal
 from apps.llm.admission import call_admit, chat_rate_tokens
 from apps.llm.answers import CallCache, hit_record
 from apps.llm.attempts import Attempts
-from apps.llm.budgets import Spender, attempt_settle, connection_await
+from apps.llm.budgets import Spender, attempt_settle, attempt_settle_soon, connection_await
 from apps.llm.content import ContentDraft, answer_text, content_draft, prompt_text
 from apps.llm.models import CallSource
 from apps.llm.outcomes import ChatOutcome, ChatStream
@@ -166,7 +165,8 @@ def chat_complete(
     """Answer a (non-streaming) chat call for an organization, governed end to end.
 
     `on_settled` runs in the transaction that settles the successful attempt, so a caller's record
-    of the answer (a job's result) commits together with the ledger row, or neither does."""
+    of the answer (a job's result) commits together with the ledger row, or neither does. Without
+    it (the gateway) the answer is returned before its settlement is written (attempt_settle_soon)."""
     call, allowed = _within_settings(organization, call)
     request_id = request_id or uuid.uuid4().hex
     spender = Spender(organization=organization, principal=principal, source=source)
@@ -208,10 +208,12 @@ def chat_complete(
         cache="miss",
         simulated=entry.model.is_simulated,
     )
-    connection_await()  # before the caller's transaction opens: it takes the pool's short wait
-    with transaction.atomic() if on_settled is not None else contextlib.nullcontext():
-        attempt_settle(organization=organization, attempt=answered.attempt, settlement=settlement)
-        if on_settled is not None:
+    if on_settled is None:
+        attempt_settle_soon(organization=organization, attempt=answered.attempt, settlement=settlement)
+    else:
+        connection_await()  # before the caller's transaction opens: it takes the pool's short wait
+        with transaction.atomic():
+            attempt_settle(organization=organization, attempt=answered.attempt, settlement=settlement)
             on_settled(outcome)
     attempts.succeeded(entry, latency_ms, settlement.cost_usd)
     if cache.enabled and reply.finish_reason in ("stop", "tool_calls"):

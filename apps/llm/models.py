@@ -75,6 +75,9 @@ class UsageAttempt(models.Model):
     # decided it bills nothing (own key, zero cost, before metering began). Null: not yet. Set only
     # after Stripe answered, so a push that dies resends it (Stripe drops the repeat by identifier).
     metered_at = models.DateTimeField(null=True, blank=True)
+    # Not stored: set by attempt_reserve when a hard limit of the attempt's budgets was more than
+    # half taken at its reservation, so that its settlement does not wait for a batch (apps.llm.budgets).
+    near_a_hard_limit = False
 
     class Meta:
         constraints = [

@@ -48,6 +48,10 @@ LLM_HIT_BATCH_SECONDS = float(env_str("LLM_HIT_BATCH_SECONDS", "0.25"))
 # Each provider attempt's routing figures (latency, error rate, traffic counters) go to Redis in
 # batches this often (0: at once, as the tests do). A half-open breaker's probe is observed at once.
 LLM_OBSERVE_BATCH_SECONDS = float(env_str("LLM_OBSERVE_BATCH_SECONDS", "0.1"))
+# A gateway call's answer goes out before its ledger row is settled: the settlements are written in
+# batches this often (0: at once, as the tests do). A process that dies first leaves its holds to the
+# sweeper, which charges their reservations. Calls near a hard limit, jobs and steps settle at once.
+LLM_SETTLE_BATCH_SECONDS = float(env_str("LLM_SETTLE_BATCH_SECONDS", "0.05"))
 # A settled call's cost reaches its budget windows' spend in a fold this often after its commit
 # (0: at once, in the settling transaction, as the tests do); until then its hold still counts.
 LLM_BUDGET_FOLD_SECONDS = float(env_str("LLM_BUDGET_FOLD_SECONDS", "0.1"))

@@ -22,6 +22,7 @@ WHITENOISE_AUTOREFRESH = True
 STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
 LLM_HIT_BATCH_SECONDS = 0.0  # cache hits are written at once, inside the test's transaction
 LLM_OBSERVE_BATCH_SECONDS = 0.0  # routing figures too
+LLM_SETTLE_BATCH_SECONDS = 0.0  # answered calls settled at once
 LLM_BUDGET_FOLD_SECONDS = 0.0  # and settled holds folded into their windows
 WORK_PROGRESS_NOTICE_SECONDS = 0.0  # and progress notices sent
 # No schemas built ahead: a test's organizations come from the script, the same every run;

@@ -3,8 +3,10 @@ dropped when a write fails, bounded, and flushed by the batch's own thread."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
+from pathlib import Path
 
 from cognitionos.background_batch import BackgroundBatch
 
@@ -109,3 +111,24 @@ def test_with_a_key_a_later_item_replaces_a_waiting_one_and_without_an_interval_
     assert latest == []  # interval 0: only the owner flushes
     assert batch.flush() == 2
     assert latest == [[("a", 2), ("b", 1)]]
+
+
+def _child_adds(batch: BackgroundBatch[int]) -> None:
+    batch.add(5)  # starts the batch's thread, which would write only an hour later
+
+
+def test_a_worker_process_that_multiprocessing_forked_writes_what_waits_when_it_ends(tmp_path: Path) -> None:
+    """Granian forks its web workers with multiprocessing, whose children end without atexit hooks:
+    a cache hit's ledger row waiting in the batch was lost with every restart."""
+    written = tmp_path / "written"
+
+    def write(items: list[int]) -> list[int]:
+        written.write_text(repr(items))
+        return []
+
+    batch = BackgroundBatch("forked", write=write, interval_s=lambda: 3600, keep_on_failure=True)
+    child = multiprocessing.get_context("fork").Process(target=_child_adds, args=(batch,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert written.read_text() == "[5]"

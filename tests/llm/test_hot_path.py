@@ -18,15 +18,16 @@ from django_tenants.utils import schema_context
 from apps.accounts.principals import Principal
 from apps.llm import caching
 from apps.llm.breaker import OPEN, breaker_key, breaker_record, breaker_state
-from apps.llm.budgets import usage_fold
-from apps.llm.calls import chat_call_parse, chat_complete
-from apps.llm.models import AttemptStatus, CachedResponse, UsageAttempt
+from apps.llm.budgets import attempt_settlements_flush, attempts_abandon, usage_fold
+from apps.llm.calls import ChatOutcome, chat_call_parse, chat_complete
+from apps.llm.models import AttemptStatus, BudgetHold, BudgetWindow, CachedResponse, CallContent, UsageAttempt
 from apps.llm.platform.models import UsageRollup
-from apps.llm.services import budget_set
+from apps.llm.services import budget_set, llm_settings_set
 from apps.llm.tasks import llm_usage_fold
 from apps.tenants.connection import organization_schema
 from apps.tenants.models import Organization
 from cognitionos.redis import redis_client
+from tests.conftest import LiveDb
 from tests.factories import TEST_ACTOR
 
 KEY = Principal(kind="api_key", id="7", label="key 7")
@@ -270,3 +271,91 @@ def test_a_miss_reads_l4_only_when_the_organization_has_l4_rows(
         redis_client().delete(f"llm:cache:{tenant_a.schema_name}:k")
         hit = caching.cache_get(schema=tenant_a.schema_name, key="k")
     assert hit is not None and (hit.layer, hit.body) == ("l4", {"a": 2})
+
+
+def _answer(organization: Organization, text: str) -> ChatOutcome:
+    call = chat_call_parse(
+        {"model": "simulated-mini", "messages": [{"role": "user", "content": text}], "cache": {"skip": True}}
+    )
+    with organization_schema(organization):
+        return chat_complete(organization=organization, principal=KEY, call=call)
+
+
+def _ledger(organization: Organization) -> tuple[list[UsageAttempt], BudgetWindow, int, dict[str, str]]:
+    """The organization's attempts, its organization budget's window, open holds and stored answers."""
+    with schema_context(organization.schema_name):
+        return (
+            list(UsageAttempt.objects.order_by("id")),
+            BudgetWindow.objects.get(budget__scope="organization"),
+            BudgetHold.objects.count(),
+            dict(CallContent.objects.values_list("request_id", "answer")),
+        )
+
+
+@pytest.mark.integration
+def test_an_answer_waits_for_no_settlement_and_the_batch_settles_each_organizations_own(
+    live_db: LiveDb, settings: Any
+) -> None:
+    """Without a caller's record to commit with it (the gateway), an answered call's settlement goes
+    in the next batch: the answer is returned while its attempt is still reserved, its hold counted
+    at the worst case. The flush settles each organization's attempts in its own schema, with their
+    content, holds and window. A call that leaves a hard limit more than half taken settles at once,
+    and an attempt the sweeper settled first (its process died) is not settled again."""
+    settings.LLM_SETTLE_BATCH_SECONDS = 3600  # only the explicit flushes write
+    a, b = live_db.organization(slug="settle-a"), live_db.organization(slug="settle-b")
+    for organization in (a, b):
+        with organization_schema(organization):
+            budget_set(
+                organization=organization, scope="organization", period="day", limit_usd=Decimal(100), actor=TEST_ACTOR
+            )
+    with organization_schema(b):
+        llm_settings_set(organization=b, actor=TEST_ACTOR, store_content=False)
+    answers_a = [_answer(a, "First of A"), _answer(a, "Second of A")]
+    answer_b = _answer(b, "First of B")
+    attempts, window, holds, contents = _ledger(a)
+    assert [attempt.status for attempt in attempts] == [AttemptStatus.RESERVED] * 2
+    reserved = sum((attempt.reserved_usd for attempt in attempts), Decimal(0))
+    assert (window.spent_usd, window.reserved_usd, holds, contents) == (Decimal(0), reserved, 2, {})
+
+    assert attempt_settlements_flush() == 3
+    attempts, window, holds, contents = _ledger(a)
+    assert [(attempt.status, attempt.cost_usd) for attempt in attempts] == [
+        (AttemptStatus.SUCCEEDED, answer.cost_usd) for answer in answers_a
+    ]
+    assert all(answer.cost_usd > 0 for answer in answers_a)
+    assert (window.spent_usd, window.reserved_usd, holds) == (
+        answers_a[0].cost_usd + answers_a[1].cost_usd,
+        Decimal(0),
+        0,
+    )
+    assert contents == {answer.request_id: answer.body["choices"][0]["message"]["content"] for answer in answers_a}
+    attempts, window, holds, contents = _ledger(b)  # B keeps no content; A's rows are not in its schema
+    assert [(attempt.request_id, attempt.status) for attempt in attempts] == [
+        (answer_b.request_id, AttemptStatus.SUCCEEDED)
+    ]
+    assert (window.spent_usd, window.reserved_usd, holds, contents) == (answer_b.cost_usd, Decimal(0), 0, {})
+    assert attempt_settlements_flush() == 0
+
+    # B's next call takes more than half of what its hard limit leaves: settled before it returns.
+    with organization_schema(b):
+        budget_set(
+            organization=b,
+            scope="organization",
+            period="day",
+            limit_usd=answer_b.cost_usd + attempts[0].reserved_usd * Decimal("1.5"),
+            actor=TEST_ACTOR,
+        )
+    near = _answer(b, "First of B")
+    attempts, window, holds, _ = _ledger(b)
+    assert [attempt.status for attempt in attempts] == [AttemptStatus.SUCCEEDED] * 2
+    assert (window.spent_usd, holds) == (answer_b.cost_usd + near.cost_usd, 0)
+
+    # A's process "dies" with a settlement waiting: the sweeper charges the reservation, once.
+    late = _answer(a, "Third of A")
+    with organization_schema(a):
+        assert attempts_abandon(organization=a, request_ids=[late.request_id]) == 1
+    assert attempt_settlements_flush() == 1
+    attempts, window, holds, _ = _ledger(a)
+    assert (attempts[-1].status, attempts[-1].cost_usd) == (AttemptStatus.SWEPT, attempts[-1].reserved_usd)
+    assert attempts[-1].reserved_usd > late.cost_usd
+    assert window.spent_usd == sum(answer.cost_usd for answer in answers_a) + attempts[-1].reserved_usd
