@@ -418,13 +418,14 @@ def attempt_settle_soon(*, organization: Organization, attempt: UsageAttempt, se
         attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
 
 
-# attempt_settle's statement for many attempts of one organization, their columns as arrays; the
-# content rows are stored only for attempts it does settle.
+# attempt_settle's statement for many attempts of one organization, their columns as arrays (bound
+# in binary: in text, psycopg escapes each character of the content in Python); the content rows are
+# stored only for attempts it does settle.
 _SETTLE_MANY = """
 WITH settling AS (
-    SELECT * FROM unnest(%(attempt)s::bigint[], %(status)s::text[], %(now)s::timestamptz[], %(input)s::integer[],
-        %(cached)s::integer[], %(output)s::integer[], %(cost)s::numeric[], %(price_version)s::integer[],
-        %(latency)s::integer[], %(error)s::text[])
+    SELECT * FROM unnest(%(attempt)b::bigint[], %(status)b::text[], %(now)b::timestamptz[], %(input)b::integer[],
+        %(cached)b::integer[], %(output)b::integer[], %(cost)b::numeric[], %(price_version)b::integer[],
+        %(latency)b::integer[], %(error)b::text[])
         AS s(id, status, settled_at, input_tokens, cached_input_tokens, output_tokens, cost_usd, price_version,
             latency_ms, error_class)
 ), settled AS (
@@ -440,8 +441,8 @@ WITH settling AS (
     WHERE h.attempt_id = settled.id
 ), stored AS (
     INSERT INTO {schema}.llm_callcontent (request_id, prompt, answer, truncated)
-    SELECT c.* FROM unnest(%(content_request)s::text[], %(prompt)s::text[], %(answer)s::text[],
-        %(truncated)s::boolean[]) AS c(request_id, prompt, answer, truncated)
+    SELECT c.* FROM unnest(%(content_request)b::text[], %(prompt)b::text[], %(answer)b::text[],
+        %(truncated)b::boolean[]) AS c(request_id, prompt, answer, truncated)
     WHERE c.request_id IN (SELECT request_id FROM settled)
     ON CONFLICT (request_id) DO NOTHING
 )
@@ -622,7 +623,7 @@ def cache_hit_record(
 
 _HIT_CONTENT_INSERT = """
 INSERT INTO {schema}.llm_callcontent (request_id, prompt, answer, truncated)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::boolean[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::boolean[])
 ON CONFLICT (request_id) DO NOTHING
 """
 
@@ -635,7 +636,9 @@ def _hits_write(organization: Organization, rows: list[HitRow], contents: list[H
     columns = (*_HIT_COLUMNS, *_HIT_DEFAULTS)
     defaults = tuple(_HIT_DEFAULTS.values())
     schema = connection.ops.quote_name(organization.schema_name)
-    with transaction.atomic() if contents else contextlib.nullcontext(), connection.cursor() as cursor:
+    # Bound on the server, the arrays in binary: 26 instead of 65 us of CPU per hit with its content.
+    atomic = transaction.atomic() if contents else contextlib.nullcontext()
+    with atomic, server_binding_cursor(on_search_path=False) as cursor:
         with cursor.copy(f"COPY {schema}.llm_usageattempt ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row + defaults)
