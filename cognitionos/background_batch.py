@@ -1,8 +1,8 @@
 """Writes a request need not wait for, gathered in the process and made together by a daemon thread
 every few seconds (and at exit): cache-hit ledger rows, gateway calls' settlements and the folds
-of settled budget holds (apps.llm.budgets), the routing figures of each provider attempt (apps.llm.router), API keys' last
-use (apps.apikeys.usage), the progress streams' notices (apps.work.progress). One mechanism, so
-each caller says only what it writes.
+of settled budget holds (apps.llm.budgets), the routing figures of each provider attempt
+(apps.llm.router), API keys' last use (apps.apikeys.usage), the progress streams' notices
+(apps.work.progress). One mechanism, so each caller says only what it writes.
 
 `write` returns the items it could not write (or raises: none written). They are kept for the next
 flush when `keep_on_failure` (rows that must land), dropped with a warning otherwise (figures a later
