@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from apps.llm.attempts import Attempts
-from apps.llm.budgets import Settlement, attempt_settle, attempt_settle_soon
+from apps.llm.budgets import Settlement, attempt_settle
 from apps.llm.content import content_draft
 from apps.llm.models import AttemptStatus, UsageAttempt
 from apps.llm.platform.selectors import PricedModel
@@ -155,7 +155,7 @@ def relay(
     if prompt is not None and transcript is not None:
         answer = "".join(transcript.parts)
         settlement = dataclasses.replace(settlement, content=content_draft(prompt=prompt, answer=answer))
-    attempt_settle_soon(organization=organization, attempt=attempt, settlement=settlement)
+    attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
     attempts.succeeded(entry, latency_ms, settlement.cost_usd)
     body = transcript.completion(entry, usage) if transcript is not None else None
     if fill is not None and body is not None:
