@@ -9,7 +9,7 @@ _parsed = dj_database_url.parse(env_str("DATABASE_URL"))
 DATABASES = {
     "default": {
         **_parsed,
-        "ENGINE": "django_tenants.postgresql_backend",
+        "ENGINE": "cognitionos.db_tenants",
         # Pooled connections are reused across requests; CONN_MAX_AGE must stay 0 with a pool.
         "CONN_MAX_AGE": 0,
         "OPTIONS": {
