@@ -423,13 +423,13 @@ def attempt_settle_soon(*, organization: Organization, attempt: UsageAttempt, se
 # stored only for attempts it does settle.
 _SETTLE_MANY = """
 WITH settling AS (
-    SELECT * FROM unnest(%(attempt)b::bigint[], %(status)b::text[], %(now)b::timestamptz[], %(input)b::integer[],
+    SELECT * FROM unnest(%(attempt)b::bigint[], %(status)b::text[], %(input)b::integer[],
         %(cached)b::integer[], %(output)b::integer[], %(cost)b::numeric[], %(price_version)b::integer[],
         %(latency)b::integer[], %(error)b::text[])
-        AS s(id, status, settled_at, input_tokens, cached_input_tokens, output_tokens, cost_usd, price_version,
+        AS s(id, status, input_tokens, cached_input_tokens, output_tokens, cost_usd, price_version,
             latency_ms, error_class)
 ), settled AS (
-    UPDATE {schema}.llm_usageattempt a SET status = s.status, settled_at = s.settled_at, hold_expires_at = NULL,
+    UPDATE {schema}.llm_usageattempt a SET status = s.status, settled_at = %(now)s, hold_expires_at = NULL,
         input_tokens = s.input_tokens, cached_input_tokens = s.cached_input_tokens, output_tokens = s.output_tokens,
         cost_usd = s.cost_usd, price_version = s.price_version, latency_ms = s.latency_ms,
         error_class = s.error_class
@@ -454,7 +454,6 @@ PendingSettlement = tuple[Organization, UsageAttempt, Settlement]
 
 def _settlements_write(organization: Organization, group: list[PendingSettlement]) -> None:
     """One statement for the organization's waiting settlements, then their fold (batched too)."""
-    now = timezone.now()
     contents = [(attempt.request_id, s.content) for _, attempt, s in group if s.content is not None]
     schema = connection.ops.quote_name(organization.schema_name)
     with server_binding_cursor(on_search_path=False) as cursor:
@@ -463,7 +462,7 @@ def _settlements_write(organization: Organization, group: list[PendingSettlement
             {
                 "attempt": [attempt.pk for _, attempt, _ in group],
                 "status": [s.status for _, _, s in group],
-                "now": [now] * len(group),
+                "now": timezone.now(),
                 "input": [s.input_tokens for _, _, s in group],
                 "cached": [s.cached_input_tokens for _, _, s in group],
                 "output": [s.output_tokens for _, _, s in group],
