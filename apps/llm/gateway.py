@@ -97,7 +97,7 @@ def _json_body(request: HttpRequest) -> Any:
     limit = settings.LLM_MAX_REQUEST_BYTES
     too_large = LlmRefusal(413, "request_too_large", f"the body is over {limit} bytes")
     try:
-        length = int(request.headers.get("Content-Length") or 0)
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError as exc:
         raise LlmRefusal(400, "invalid_request", "the Content-Length header is not a number") from exc
     if length > limit:

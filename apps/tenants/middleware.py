@@ -148,10 +148,11 @@ class TenantMiddleware:
 
     def _resolve_api_key(self, request: HttpRequest) -> tuple[Organization, Principal] | None:
         resolver = _api_key_resolver()
-        authorization = request.headers.get("Authorization", "")
+        # From the environ: request.headers would build a copy of every header on every request.
+        authorization = request.META.get("HTTP_AUTHORIZATION", "")
         # Anthropic's clients send the key as x-api-key.
         key = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
-        key = key or request.headers.get("X-Api-Key", "").strip()
+        key = key or request.META.get("HTTP_X_API_KEY", "").strip()
         if resolver is None or not key:
             return None
         return resolver(key, client_address=client_address(request))

@@ -103,6 +103,34 @@ def test_http_responses_are_counted_by_status_and_view_and_probes_are_not(db: No
     )
 
 
+def test_the_request_series_count_each_request_once_and_a_malformed_length_is_no_error(db: None) -> None:
+    """The response middleware keeps each labelled series it wrote and reads the headers from the
+    environ: each request still adds one to its method's and transport's series, its body's bytes
+    and, sent by a script, to the AJAX count; a Content-Length that is not a number counts as none."""
+    client = Client()
+    series = {
+        "method": ("django_http_requests_total_by_method_total", {"method": "POST"}),
+        "transport": ("django_http_requests_total_by_transport_total", {"transport": "http"}),
+        "ajax": ("django_http_ajax_requests_total", {}),
+        "bytes_count": ("django_http_requests_body_total_bytes_count", {}),
+        "bytes_sum": ("django_http_requests_body_total_bytes_sum", {}),
+    }
+    before = {name: _value(*found) for name, found in series.items()}
+
+    for _ in range(2):
+        client.post("/", data=b"0123456789", content_type="text/plain", HTTP_HOST="localhost")
+    client.post("/", data=b"", content_type="text/plain", HTTP_HOST="localhost", HTTP_X_REQUESTED_WITH="XMLHttpRequest")
+    malformed = client.get("/", HTTP_HOST="localhost", CONTENT_LENGTH="ten")
+
+    assert malformed.status_code == 200
+    after = {name: _value(*found) for name, found in series.items()}
+    assert after["method"] == before["method"] + 3
+    assert after["transport"] == before["transport"] + 4
+    assert after["ajax"] == before["ajax"] + 1
+    assert after["bytes_count"] == before["bytes_count"] + 4
+    assert after["bytes_sum"] == before["bytes_sum"] + 20
+
+
 def test_cache_gets_count_hits_and_misses_and_keys_stay_per_tenant(
     two_tenants: tuple[Organization, Organization],
 ) -> None:
