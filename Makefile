@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python bench/tenants.py
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/request_cpu.py
 	$(BIN)/python bench/access.py
 	$(BIN)/python bench/rbac.py
 	$(BIN)/python bench/audit.py
