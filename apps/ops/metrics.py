@@ -146,7 +146,7 @@ class BoundedPrometheusAfterMiddleware(PrometheusAfterMiddleware):
             self.metrics.requests_ajax.inc()
         try:
             content_length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:  # counted as none; the view answers the malformed header
+        except ValueError:  # not a number: none, as Django reads the body (the gateway refuses it, 400)
             content_length = 0
         self.metrics.requests_body_bytes.observe(content_length)
         request.prometheus_after_middleware_event = Time()
