@@ -33,6 +33,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -93,6 +94,16 @@ request = function()
   return wrk.format(nil, nil, nil, body)
 end
 """
+
+
+_MESSAGES = [{"role": "user", "content": "Benchmark question"}]
+# Each case's request body (bench/request_cpu.py sends the same ones).
+BODIES: dict[str, dict[str, Any]] = {
+    "miss": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 64, "cache": {"skip": True}},
+    "hit": {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 64},
+    # A miss as most calls meet one: the caches looked up (L4 too), then filled.
+    "fill": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "PROMPT"}], "max_tokens": 64},
+}
 
 
 def wrk(binary: str, key: str, body: dict[str, object], seconds: int) -> str:
@@ -193,16 +204,9 @@ def measure(
     """Start `server`, warm it up, measure `cases` (a miss, a fill, a hit), stop it."""
     process = web_start(server=server, port=PORT, env=env)
     try:
-        messages = [{"role": "user", "content": "Benchmark question"}]
-        bodies = {
-            "miss": {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64, "cache": {"skip": True}},
-            "hit": {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 64},
-            # A miss as most calls meet one: the caches looked up (L4 too), then filled.
-            "fill": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "PROMPT"}], "max_tokens": 64},
-        }
         figures = {}
         for case in cases:
-            body = bodies[case]
+            body = BODIES[case]
             wrk(binary, key, body, 2)  # warm-up: each process loads the API on its first requests
             meter = CpuMeter({"web": process_tree(process.pid)})
             figures[case] = summary(wrk(binary, key, body, seconds))

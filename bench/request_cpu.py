@@ -30,17 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import setup  # noqa: E402 - after the path is set
-
-BODIES: dict[str, dict[str, Any]] = {
-    "hit": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Benchmark question"}], "max_tokens": 64},
-    "miss": {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "Benchmark question"}],
-        "max_tokens": 64,
-        "cache": {"skip": True},
-    },
-}
+from bench.gateway import BODIES, setup  # noqa: E402 - after the path is set
 
 
 def requester(application: Callable[..., Iterable[bytes]], key: str, body: dict[str, Any]) -> Callable[[], str]:
@@ -82,6 +72,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile one round (CPU clock) instead")
     args = parser.parse_args()
+    if not set(args.cases.split(",")) <= {"hit", "miss"}:  # a fill needs a new prompt per request
+        parser.error("--cases takes hit and miss")
     os.environ["DEBUG"] = "false"  # development settings keep every query in memory when DEBUG is on
     key, _ = setup()
     from django.conf import settings
