@@ -6,6 +6,7 @@ seeded by the text), and chunks get vectors at chosen cosine similarities to it.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -46,7 +47,7 @@ def _search(
         principal=KEY,
         knowledge_base=knowledge_base,
         query=query,
-        request_id=str(options.pop("request_id", f"search-{id(options)}")),
+        request_id=str(options.pop("request_id", f"search-{uuid.uuid4().hex}")),
         **options,
     )
 
