@@ -224,9 +224,14 @@ def test_policy_routes_to_the_cheapest_adequate_model(
     assert strong.model == "simulated-pro"
 
 
-def test_rate_limit_answers_429_with_retry_after(two_tenants: tuple[Organization, Organization], key_a: str) -> None:
+def test_rate_limit_answers_429_with_retry_after(
+    two_tenants: tuple[Organization, Organization], key_a: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.llm import ratelimits
     from apps.llm.ratelimits import rate_limit_take
 
+    now = time.time()  # one window throughout: a minute turning before the request would empty it
+    monkeypatch.setattr(ratelimits, "time", SimpleNamespace(time=lambda: now))
     tenant_a = two_tenants[0]
     for _ in range(plan_limit(tenant_a, "requests_per_minute")):
         rate_limit_take(organization=tenant_a, api_key_id=None, tokens=1)

@@ -9,8 +9,10 @@ import html
 import json
 import re
 import shlex
+import time
 from collections.abc import Iterator
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, cast
 
 import anthropic
@@ -292,10 +294,16 @@ def test_a_stream_over_the_process_cap_is_refused_before_anything_is_reserved(
 
 
 def test_a_rate_limited_member_is_told_so_with_when_to_retry(
-    two_tenants: tuple[Organization, Organization], client_for: ClientFor, fake: FakeProvider
+    two_tenants: tuple[Organization, Organization],
+    client_for: ClientFor,
+    fake: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from apps.llm import ratelimits
     from apps.llm.ratelimits import rate_limit_take
 
+    now = time.time()  # one window throughout: a minute turning before the request would empty it
+    monkeypatch.setattr(ratelimits, "time", SimpleNamespace(time=lambda: now))
     organization = two_tenants[0]
     for _ in range(plan_limit(organization, "requests_per_minute")):
         rate_limit_take(organization=organization, api_key_id=None, tokens=1)
