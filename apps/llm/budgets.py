@@ -12,6 +12,7 @@ passes a hard limit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -248,35 +249,6 @@ class Settlement:
     content: ContentDraft | None = None
 
 
-# The settlement's CTE that stores the call's content (CallContent) with it: no round trip of its own.
-_SETTLE_CONTENT = """, stored AS (
-    INSERT INTO {schema}.llm_callcontent (request_id, prompt, answer, truncated)
-    SELECT %(request_id)s, %(prompt)s, %(answer)s, %(truncated)s FROM settled
-    ON CONFLICT (request_id) DO NOTHING
-)"""
-
-_SETTLE = """
-WITH settled AS (
-    UPDATE {schema}.llm_usageattempt SET status = %(status)s, settled_at = %(now)s, hold_expires_at = NULL,
-        input_tokens = %(input)s, cached_input_tokens = %(cached)s, output_tokens = %(output)s,
-        cost_usd = %(cost)s, price_version = %(price_version)s, latency_ms = %(latency)s,
-        error_class = %(error)s
-    WHERE id = %(attempt)s AND status = 'reserved'
-    RETURNING id
-), held AS (
-    UPDATE {schema}.llm_budgethold SET settled_cost_usd = %(cost)s WHERE attempt_id IN (SELECT id FROM settled)
-){content}
-SELECT (SELECT count(*) FROM settled),
-    -- A hard limit more than half taken: fold at once, so that a burst near the limit is not refused early.
-    EXISTS (
-        SELECT 1 FROM settled
-        JOIN {schema}.llm_budgethold h ON h.attempt_id = settled.id
-        JOIN {schema}.llm_budgetwindow w ON w.id = h.window_id
-        JOIN {schema}.llm_budget b ON b.id = w.budget_id
-        WHERE b.hard AND (w.spent_usd + w.reserved_usd) * 2 >= b.limit_usd
-    )
-"""
-
 # Settled holds into their windows' spend. Every call of an organization reserves on the same window
 # rows, so settling there too made each call wait twice in one queue (the second time through a
 # job's whole result transaction): a quarter of the CPU of a job. The holds wait in their own rows,
@@ -328,52 +300,14 @@ def connection_await() -> None:
 
 def attempt_settle(*, organization: Organization, attempt: UsageAttempt, settlement: Settlement) -> bool:
     """Record what the attempt cost, on its ledger row and its holds, in one statement. False if the
-    attempt was already settled. The holds reach their windows' spend with the next fold: within
-    LLM_BUDGET_FOLD_SECONDS of the commit (budget_holds_fold), or at once, in this transaction, when
-    that is 0 or a hard limit of the attempt's is more than half taken. The public rollup gets the
+    attempt was already settled. Inside a caller's transaction (a job recording its answer with the
+    settlement) it is part of that transaction: no savepoint, both commit or neither. The holds
+    reach their windows' spend with the next fold (_settlements_write); the public rollup gets the
     cost from usage_fold, off the request path."""
-    now = timezone.now()
-    # One statement, atomic by itself. Inside a caller's transaction (a job recording its answer
-    # with the settlement) it is part of that transaction: no savepoint, both commit or neither.
     connection_await()
     atomic = transaction.atomic(savepoint=False) if connection.in_atomic_block else contextlib.nullcontext()
-    schema = connection.ops.quote_name(organization.schema_name)
-    content = settlement.content
-    with organization_schema(organization), atomic, server_binding_cursor(on_search_path=False) as cursor:
-        cursor.execute(
-            _SETTLE.format(schema=schema, content=_SETTLE_CONTENT.format(schema=schema) if content else ""),
-            {
-                "status": settlement.status,
-                "now": now,
-                "input": settlement.input_tokens,
-                "cached": settlement.cached_input_tokens,
-                "output": settlement.output_tokens,
-                "cost": settlement.cost_usd,
-                "price_version": settlement.price_version,
-                "latency": settlement.latency_ms,
-                "error": settlement.error_class[:100],
-                "attempt": attempt.pk,
-                **(
-                    {
-                        "request_id": attempt.request_id,
-                        "prompt": content.prompt,
-                        "answer": content.answer,
-                        "truncated": content.truncated,
-                    }
-                    if content
-                    else {}
-                ),
-            },
-        )
-        settled, near_a_hard_limit = cursor.fetchone()
-        if not settled:
-            return False
-        _settled_observe(attempt, settlement)
-        if settings.LLM_BUDGET_FOLD_SECONDS > 0 and not near_a_hard_limit:
-            transaction.on_commit(functools.partial(_folds.add, organization))
-        else:
-            _holds_fold(organization)
-    return True
+    with atomic:
+        return attempt.pk in _settlements_write(organization, [(organization, attempt, settlement)])
 
 
 def _settled_observe(attempt: UsageAttempt, settlement: Settlement) -> None:
@@ -418,10 +352,11 @@ def attempt_settle_soon(*, organization: Organization, attempt: UsageAttempt, se
         attempt_settle(organization=organization, attempt=attempt, settlement=settlement)
 
 
-# attempt_settle's statement for many attempts of one organization, their columns as arrays (bound
-# in binary: in text, psycopg escapes each character of the content in Python); the content rows are
-# stored only for attempts it does settle.
-_SETTLE_MANY = """
+# The settlement of answered attempts of one organization, their columns as arrays (bound in
+# binary: in text, psycopg escapes each character of the content in Python). It stores the content
+# rows only of the attempts it does settle, and says whether a hard limit of theirs is more than
+# half taken.
+_SETTLE = """
 WITH settling AS (
     SELECT * FROM unnest(%(attempt)b::bigint[], %(status)b::text[], %(input)b::integer[],
         %(cached)b::integer[], %(output)b::integer[], %(cost)b::numeric[], %(price_version)b::integer[],
@@ -446,19 +381,31 @@ WITH settling AS (
     WHERE c.request_id IN (SELECT request_id FROM settled)
     ON CONFLICT (request_id) DO NOTHING
 )
-SELECT coalesce(array_agg(id), '{{}}') FROM settled
+SELECT coalesce(array_agg(id), '{{}}'),
+    EXISTS (
+        SELECT 1 FROM settled
+        JOIN {schema}.llm_budgethold h ON h.attempt_id = settled.id
+        JOIN {schema}.llm_budgetwindow w ON w.id = h.window_id
+        JOIN {schema}.llm_budget b ON b.id = w.budget_id
+        WHERE b.hard AND (w.spent_usd + w.reserved_usd) * 2 >= b.limit_usd
+    )
+FROM settled
 """
 
 PendingSettlement = tuple[Organization, UsageAttempt, Settlement]
 
 
-def _settlements_write(organization: Organization, group: list[PendingSettlement]) -> None:
-    """One statement for the organization's waiting settlements, then their fold (batched too)."""
+def _settlements_write(organization: Organization, group: list[PendingSettlement]) -> set[int]:
+    """Settle the organization's attempts in one statement; returns the ids it settled (one
+    already settled is left as it is). Their holds are folded into their windows' spend by the next
+    fold after the commit (within LLM_BUDGET_FOLD_SECONDS), or at once, in this transaction, when
+    that is 0 or a hard limit of theirs is more than half taken: a burst near the limit must not
+    be refused early."""
     contents = [(attempt.request_id, s.content) for _, attempt, s in group if s.content is not None]
     schema = connection.ops.quote_name(organization.schema_name)
     with server_binding_cursor(on_search_path=False) as cursor:
         cursor.execute(
-            _SETTLE_MANY.format(schema=schema),
+            _SETTLE.format(schema=schema),
             {
                 "attempt": [attempt.pk for _, attempt, _ in group],
                 "status": [s.status for _, _, s in group],
@@ -476,16 +423,17 @@ def _settlements_write(organization: Organization, group: list[PendingSettlement
                 "truncated": [content.truncated for _, content in contents],
             },
         )
-        (settled,) = cursor.fetchone()
+        settled, near_a_hard_limit = cursor.fetchone()
     settled_ids = set(settled)
     for _, attempt, settlement in group:
         if attempt.pk in settled_ids:
             _settled_observe(attempt, settlement)
     if settled_ids:
-        if settings.LLM_BUDGET_FOLD_SECONDS > 0:
-            _folds.add(organization)
+        if settings.LLM_BUDGET_FOLD_SECONDS > 0 and not near_a_hard_limit:
+            transaction.on_commit(functools.partial(_folds.add, organization))  # outside one: now
         else:
             _holds_fold(organization)
+    return settled_ids
 
 
 def _settlements_write_batch(pending: list[PendingSettlement]) -> list[PendingSettlement]:
@@ -515,7 +463,7 @@ Batched = TypeVar("Batched")
 def _per_organization(
     items: list[Batched],
     organization_of: Callable[[Batched], Organization],
-    write: Callable[[Organization, list[Batched]], None],
+    write: Callable[[Organization, list[Batched]], object],
     what: str,
 ) -> list[Batched]:
     """A background batch's items written one organization at a time, so that one organization's
@@ -823,11 +771,13 @@ def attempts_abandon(*, organization: Organization, request_ids: list[str]) -> i
 
 
 def _sweep(organization: Organization, stale: list[UsageAttempt]) -> int:
-    swept = 0
-    for attempt in stale:
-        swept += attempt_settle(
-            organization=organization,
-            attempt=attempt,
-            settlement=Settlement(status=AttemptStatus.SWEPT, cost_usd=attempt.reserved_usd, error_class="abandoned"),
+    """Settle the attempts from their reservations (the worst case charged), in one statement."""
+    if not stale:
+        return 0
+    swept = Settlement(status=AttemptStatus.SWEPT, error_class="abandoned")
+    return len(
+        _settlements_write(
+            organization,
+            [(organization, attempt, dataclasses.replace(swept, cost_usd=attempt.reserved_usd)) for attempt in stale],
         )
-    return swept
+    )

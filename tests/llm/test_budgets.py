@@ -15,8 +15,10 @@ from apps.accounts.principals import Principal
 from apps.audit.models import AuditEvent
 from apps.llm.budgets import (
     BudgetExceeded,
+    PendingSettlement,
     Settlement,
     Spender,
+    _settlements_write,
     attempt_reserve,
     attempt_settle,
     budget_holds_fold,
@@ -255,3 +257,32 @@ def test_a_settlement_near_a_hard_limit_is_folded_at_once(tenant: Organization, 
     _settle(tenant, _reserve(tenant, "0.30", "tight"), "0.20")  # 0.70 of 1 taken when it settles
     assert _window(tenant) == (Decimal(0), Decimal("0.30"))  # both holds folded, the waiting one too
     assert not BudgetHold.objects.exists()
+
+
+def _succeeded(organization: Organization, attempt: UsageAttempt, cost: str) -> PendingSettlement:
+    return organization, attempt, Settlement(status=AttemptStatus.SUCCEEDED, cost_usd=Decimal(cost))
+
+
+def test_a_batch_of_settlements_folds_at_once_when_it_finds_a_hard_limit_more_than_half_taken(
+    tenant: Organization, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The gateway's batched settlements take the near-limit rule of a single one: calls reserved
+    with room to spare, settled once others in flight have taken more than half of the limit, fold
+    at once instead of leaving their holds counted whole until the background fold."""
+    settings.LLM_BUDGET_FOLD_SECONDS = 3600
+    budget_set(organization=tenant, scope="organization", period="day", limit_usd=Decimal(1), actor=TEST_ACTOR)
+    roomy = [_reserve(tenant, "0.10", "a"), _reserve(tenant, "0.10", "b")]
+    with django_capture_on_commit_callbacks() as queued:
+        assert _settlements_write(tenant, [_succeeded(tenant, attempt, "0.01") for attempt in roomy]) == {
+            attempt.pk for attempt in roomy
+        }
+    assert len(queued) == 1 and _window(tenant) == (Decimal("0.20"), Decimal(0))  # the fold waits
+
+    late = _reserve(tenant, "0.25", "c")
+    assert not late.near_a_hard_limit  # 0.45 of 1 held when it was reserved: its settlement is batched
+    _reserve(tenant, "0.35", "in flight")  # 0.80 of 1 held now
+    with django_capture_on_commit_callbacks() as queued:
+        assert _settlements_write(tenant, [_succeeded(tenant, late, "0.05")]) == {late.pk}
+    assert queued == []
+    assert _window(tenant) == (Decimal("0.35"), Decimal("0.07"))  # every settled hold folded, a and b too
+    assert _settlements_write(tenant, [_succeeded(tenant, late, "0.05")]) == set()  # settled once only

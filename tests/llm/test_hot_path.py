@@ -87,9 +87,9 @@ def test_a_miss_costs_two_statements_and_two_redis_round_trips(
         with CaptureQueriesContext(connection) as queries, redis_round_trips() as trips:
             assert _call(organization, "Hello again") == "miss"
     statements = [q["sql"].split()[:3] for q in queries if "SAVEPOINT" not in q["sql"]]
-    assert statements == [["WITH", "applicable", "AS"], ["WITH", "settled", "AS"]], statements
+    assert statements == [["WITH", "applicable", "AS"], ["WITH", "settling", "AS"]], statements
     # The settlement reads how full the windows are, but neither locks nor writes them.
-    (settle,) = [q["sql"] for q in queries if q["sql"].split()[:2] == ["WITH", "settled"]]
+    (settle,) = [q["sql"] for q in queries if q["sql"].split()[:2] == ["WITH", "settling"]]
     assert "FOR UPDATE" not in settle and "llm_budgetwindow w SET" not in settle, settle
     assert not [q for q in queries if "usagerollup" in q["sql"]]
     assert trips == ["EVALSHA", "EVALSHA"]
@@ -115,7 +115,7 @@ def test_a_cacheable_miss_adds_one_read_and_one_write_of_the_durable_cache(
     assert statements == [
         ["SELECT", "response,", "cost_usd,"],
         ["WITH", "applicable", "AS"],
-        ["WITH", "settled", "AS"],
+        ["WITH", "settling", "AS"],
         ["INSERT", "INTO", f'"{organization.schema_name}".llm_cachedresponse'],
     ], statements
     assert f'FROM "{organization.schema_name}".llm_cachedresponse' in queries[0]["sql"]
@@ -146,7 +146,7 @@ def test_the_reservation_and_the_settlement_are_prepared_once_warm(
         schema = connection.ops.quote_name(organization.schema_name)
         assert sorted(s.split()[:3] for s in prepared if f"{schema}.llm_usageattempt" in s) == [
             ["WITH", "applicable", "AS"],
-            ["WITH", "settled", "AS"],
+            ["WITH", "settling", "AS"],
         ]
 
 
