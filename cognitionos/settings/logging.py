@@ -32,5 +32,10 @@ LOGGING = {
         "django.server": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "INFO"},
         "pgserver": {"level": "WARNING"},
+        # The SDKs' HTTP client (httpx2) and ours (httpx) log each request they send at INFO: a line
+        # per provider call and webhook delivery (about 70 us of CPU each), all of it recorded
+        # already by the ledger, the delivery log, the metrics and the traces.
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
     },
 }

@@ -262,3 +262,22 @@ def test_lines_written_while_work_runs_carry_the_work_item(tenant: Organization,
     assert all((r["work_kind"], r["work_id"], r["organization"]) == ("job", str(job.pk), tenant.slug) for r in retried)
     assert "Say hello" not in lines.text()  # the prompt is never logged
     assert Job.objects.filter(pk=job.pk).exists()
+
+
+def test_a_provider_call_writes_no_line_of_the_http_client_at_info(
+    tenant: Organization, fake_provider: FakeProvider
+) -> None:
+    """httpx2 (the SDKs' client) logs every request it sends at INFO: a line per call, already in
+    the ledger, metrics and traces. Quiet at the INFO level the platform runs at; ours still log."""
+    assert logging.getLogger().isEnabledFor(logging.INFO)
+    job = job_submit(
+        organization=tenant,
+        principal=Principal(kind="api_key", id="7", label="tests (cos_x)"),
+        request={"messages": [{"role": "user", "content": "Say hello"}], "model": "gpt-4o-mini", "max_tokens": 20},
+    )
+    with captured() as lines:
+        work_execute(organization=tenant, kind=JOB, item_id=job.pk)
+        logger.info("after the call")
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and len(fake_provider.calls) == 1
+    assert [record["logger"] for record in lines.records()] == ["tests.ops.logging"], lines.text()
