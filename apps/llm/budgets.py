@@ -12,7 +12,6 @@ passes a hard limit.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -774,10 +773,12 @@ def _sweep(organization: Organization, stale: list[UsageAttempt]) -> int:
     """Settle the attempts from their reservations (the worst case charged), in one statement."""
     if not stale:
         return 0
-    swept = Settlement(status=AttemptStatus.SWEPT, error_class="abandoned")
-    return len(
-        _settlements_write(
+    swept = [
+        (
             organization,
-            [(organization, attempt, dataclasses.replace(swept, cost_usd=attempt.reserved_usd)) for attempt in stale],
+            attempt,
+            Settlement(status=AttemptStatus.SWEPT, cost_usd=attempt.reserved_usd, error_class="abandoned"),
         )
-    )
+        for attempt in stale
+    ]
+    return len(_settlements_write(organization, swept))
