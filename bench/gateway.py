@@ -60,7 +60,9 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
-def setup() -> tuple[str, dict[str, str]]:
+def setup(**limits: int) -> tuple[str, dict[str, str]]:
+    """A fresh bench database with an organization on the unthrottled plan (`limits` overriding its
+    fields), a day budget far above the run, and an API key: the key, and the web server's env."""
     django_on_fresh_database("cognitionos_bench_gateway")
     from decimal import Decimal
 
@@ -71,7 +73,7 @@ def setup() -> tuple[str, dict[str, str]]:
 
     actor = Principal.system("bench")
     # Rate limits stay on, set above what the benchmark can send, so every answer is a real one.
-    unthrottled_plan()
+    unthrottled_plan("bench", **limits)
     organization = organization_create(
         slug="gateway", name="Gateway bench", owner_email="bench@example.com", plan_code="bench", actor=actor
     )

@@ -5,10 +5,11 @@ steadiest figure of what a change to the request path costs; bench/gateway.py me
 requests under load, with the server's threads competing.
 
     .venv/bin/python bench/request_cpu.py [--cases hit,miss] [--requests 3000] [--rounds 5]
-                                          [--profile]
+                                          [--profile [--sort cumulative]]
 
-Each round prints CPU and wall time per request; the CPU includes this process's other threads
-(the batch writers, and on a miss the fake provider's server). Compare the lowest rounds of two
+`submit` sends a job to the jobs API (POST /api/v1/jobs) with no worker running it: the
+submission's own cost. Each round prints CPU and wall time per request; the CPU includes this
+process's other threads (the batch writers, and on a miss the fake provider's server). Compare the lowest rounds of two
 runs made one after the other. `--profile` prints cProfile's top functions by CPU time instead.
 Not a test: compare within one sitting.
 """
@@ -32,8 +33,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gateway import BODIES, setup  # noqa: E402 - after the path is set
 
+# Each case's path: the gateway's chat completions, or a job submitted through the jobs API.
+PATHS = {"hit": "/v1/chat/completions", "miss": "/v1/chat/completions", "submit": "/api/v1/jobs"}
+JOB = {"prompt": "Benchmark question", "model": "gpt-4o-mini", "max_tokens": 32}
+QUEUE = "cognitionos-bench-request-cpu"
 
-def requester(application: Callable[..., Iterable[bytes]], key: str, body: dict[str, Any]) -> Callable[[], str]:
+
+def requester(
+    application: Callable[..., Iterable[bytes]], key: str, body: dict[str, Any], path: str
+) -> Callable[[], str]:
     """A function that sends one request to the WSGI application and returns its status line."""
     raw = json.dumps(body).encode()
     answered: list[str] = []
@@ -44,7 +52,7 @@ def requester(application: Callable[..., Iterable[bytes]], key: str, body: dict[
     def send() -> str:
         environ = {
             "REQUEST_METHOD": "POST",
-            "PATH_INFO": "/v1/chat/completions",
+            "PATH_INFO": path,
             "SCRIPT_NAME": "",
             "SERVER_NAME": "localhost",
             "SERVER_PORT": "80",
@@ -67,15 +75,20 @@ def requester(application: Callable[..., Iterable[bytes]], key: str, body: dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="hit,miss", help="hit, miss (cache skipped), comma-separated")
+    parser.add_argument(
+        "--cases", default="hit,miss", help="hit, miss (cache skipped), submit (a job, no worker), comma-separated"
+    )
     parser.add_argument("--requests", type=int, default=3000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile one round (CPU clock) instead")
+    parser.add_argument("--sort", default="tottime", help="with --profile: pstats' order (tottime, cumulative)")
     args = parser.parse_args()
-    if not set(args.cases.split(",")) <= {"hit", "miss"}:  # a fill needs a new prompt per request
-        parser.error("--cases takes hit and miss")
+    if not set(args.cases.split(",")) <= set(PATHS):  # a fill needs a new prompt per request
+        parser.error(f"--cases takes {', '.join(PATHS)}")
     os.environ["DEBUG"] = "false"  # development settings keep every query in memory when DEBUG is on
-    key, _ = setup()
+    # The submitted jobs' run messages go to a queue of their own, emptied at the end: no worker runs them.
+    os.environ["CELERY_TASK_DEFAULT_QUEUE"] = QUEUE
+    key, _ = setup(max_concurrent_jobs=2_000_000_000)
     from django.conf import settings
 
     from tests.support.fake_provider import FakeProvider
@@ -86,10 +99,10 @@ def main() -> None:
 
     try:
         for case in args.cases.split(","):
-            send = requester(application, key, BODIES[case])
+            send = requester(application, key, JOB if case == "submit" else BODIES[case], PATHS[case])
             for _ in range(300):  # warm-up: imports, pools, the caches filled
                 status = send()
-            if not status.startswith("200"):
+            if not status.startswith(("200", "201", "202")):
                 raise SystemExit(f"{case}: the warm-up was answered {status}")
             if args.profile:
                 profile = cProfile.Profile(time.process_time)
@@ -98,7 +111,7 @@ def main() -> None:
                     send()
                 profile.disable()
                 print(f"== {case}: {args.requests} requests, by CPU time")
-                pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+                pstats.Stats(profile).sort_stats(args.sort).print_stats(40)
                 continue
             for _ in range(args.rounds):
                 cpu, wall = time.process_time(), time.perf_counter()
@@ -112,6 +125,10 @@ def main() -> None:
                 )
     finally:
         fake.stop()
+        from cognitionos.celery import app
+
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_purge(QUEUE)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
