@@ -15,17 +15,21 @@ from apps.llm.budgets import connection_await
 
 @pytest.fixture
 def tight_pool(db: None) -> Iterator[object]:
-    """The process's pool cut to the connections in use plus one, with a 0.2 s wait."""
+    """The process's pool left with one free connection and no room to grow, with a 0.2 s wait. Its
+    other free connections (earlier tests' threads leave some) are taken out for the test."""
     connection.ensure_connection()
     pool = connection.pool  # type: ignore[attr-defined] # the PostgreSQL backend's, not in the stubs
-    stats = pool.get_stats()
-    in_use = stats["pool_size"] - stats["pool_available"]
     saved = (pool.min_size, pool.max_size, pool.timeout)
-    pool.resize(min_size=1, max_size=in_use + 1)
+    stats = pool.get_stats()
+    free = stats["pool_available"]
+    pool.resize(min_size=1, max_size=stats["pool_size"] + (0 if free else 1))
+    spare = [pool.getconn() for _ in range(free - 1)]
     pool.timeout = 0.2
     try:
         yield pool
     finally:
+        for conn in spare:
+            pool.putconn(conn)
         pool.timeout = saved[2]
         pool.resize(min_size=saved[0], max_size=saved[1])
 

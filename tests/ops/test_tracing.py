@@ -66,12 +66,17 @@ class Collector:
     spans: list[CollectedSpan] = field(default_factory=list)
     requests: int = 0
 
-    def wait_for(self, *names: str, timeout_s: float = 30) -> list[CollectedSpan]:
+    def wait_for(self, *names: str, trace_id: str | None = None, timeout_s: float = 30) -> list[CollectedSpan]:
+        """The spans (of one trace, given its id) once they hold a span of each name. A test's worker
+        may first run messages an earlier test left in the queue: their spans are other traces'."""
         deadline = time.monotonic() + timeout_s
-        while not all(any(span.name == name for span in self.spans) for name in names):
+        while not all(any(span.name == name for span in self._of(trace_id)) for name in names):
             assert time.monotonic() < deadline, [span.name for span in self.spans]
             time.sleep(0.1)
-        return list(self.spans)
+        return self._of(trace_id)
+
+    def _of(self, trace_id: str | None) -> list[CollectedSpan]:
+        return [span for span in self.spans if trace_id is None or span.trace_id == trace_id]
 
 
 def _value(value: Any) -> Any:
@@ -188,23 +193,23 @@ def test_one_trace_spans_the_request_the_worker_task_and_the_provider_call(
                 assert time.monotonic() < deadline, body
                 time.sleep(0.2)
             assert body["status"] == "succeeded", body
-            worker_spans = collector.wait_for(RUN_TASK, "POST")
+            # The web process (in memory): the request's server span, and the task it sent as its child.
+            web_spans: list[ReadableSpan] = list(traced_web.get_finished_spans())
+            server = _one(
+                [
+                    s
+                    for s in web_spans
+                    if s.kind == SpanKind.SERVER
+                    and s.attributes is not None
+                    and s.attributes.get("http.method") == "POST"
+                    and s.attributes.get("cognitionos.request_id") == "req-traces-1"
+                ],
+                "the POST's server span",
+            )
+            worker_spans = collector.wait_for(RUN_TASK, "POST", trace_id=_hex(server.context.trace_id, 32))
         provider_origin = provider.base_url
     assert len(provider.calls) == 1
 
-    # The web process (in memory): the request's server span, and the task it sent as its child.
-    web_spans: list[ReadableSpan] = list(traced_web.get_finished_spans())
-    server = _one(
-        [
-            s
-            for s in web_spans
-            if s.kind == SpanKind.SERVER
-            and s.attributes is not None
-            and s.attributes.get("http.method") == "POST"
-            and s.attributes.get("cognitionos.request_id") == "req-traces-1"
-        ],
-        "the POST's server span",
-    )
     assert server.parent is None  # the root: the request came in without a trace
     assert server.attributes is not None
     assert server.attributes["cognitionos.organization"] == organization.slug
