@@ -26,8 +26,11 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# The suite runs in TEST_PROCESSES processes (pytest-xdist, a file's tests in one process), each with
+# its own embedded PostgreSQL and Redis; with REDIS_URL given they would share one Redis, so one process.
+TEST_PROCESSES ?= $(if $(REDIS_URL),0,2)
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # Schemathesis over /api/schema/ with many more examples per operation than `make test` runs (10).
 FUZZ_EXAMPLES ?= 200

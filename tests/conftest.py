@@ -10,6 +10,7 @@ Celery worker process or a subprocess can see them; what they create they remove
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,15 +32,31 @@ TENANT_A = "tenant-a"
 TENANT_B = "tenant-b"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets an id of its own. pytest-xdist hands tests out by id: of tests sharing one,
+    it runs one and silently drops the rest. Under pytest 9.2, schemathesis' items (one per API
+    operation, tests/security/test_api_schema_fuzz.py) all carry their function's id, as pytest now
+    builds it from the function's name and no parametrization; their own names have the operation."""
+    for item in items:
+        if type(item).__name__ == "SchemathesisFunction" and item.parent is not None:
+            item._id = item.parent.id.child(item.name)
+    shared = [nodeid for nodeid, count in Counter(item.nodeid for item in items).items() if count > 1]
+    if shared:
+        raise pytest.UsageError(f"tests share an id, so pytest-xdist would run only one of each: {shared[:5]}")
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(
     request: pytest.FixtureRequest,
     django_test_environment: None,
     django_db_blocker: DjangoDbBlocker,
     django_db_keepdb: bool,
+    django_db_modify_db_settings: None,
 ) -> Iterator[None]:
     """The test database, always (pytest-django's own fixture sets it up only for tests that take
-    `db`, so a run of integration tests alone would use the real database)."""
+    `db`, so a run of integration tests alone would use the real database). Under pytest-xdist each
+    worker has a PostgreSQL of its own (cognitionos/settings/test.py); on a PostgreSQL given by
+    DATABASE_URL, `django_db_modify_db_settings` names each worker's test database apart."""
     with django_db_blocker.unblock():
         databases = setup_databases(verbosity=0, interactive=False, keepdb=django_db_keepdb, aliases={"default": {}})
         organization_make(slug=TENANT_A, name="Tenant A")

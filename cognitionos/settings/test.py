@@ -8,9 +8,21 @@ from cognitionos.embedded import TEST_POSTGRES_SETTINGS, default_data_dir, servi
 
 os.environ.setdefault("SECRET_KEY", "test-only-not-secret-" + "x" * 40)
 os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"cognitionos-test-{os.getpid()}")
-_services = services_attach(
-    data_dir=Path(os.environ.get("COGNITIONOS_TEST_DATA_DIR", default_data_dir() / "test")),
-    postgres_options=TEST_POSTGRES_SETTINGS,
+_data_dir = Path(os.environ.get("COGNITIONOS_TEST_DATA_DIR", default_data_dir() / "test"))
+# `make test` runs the suite in processes of pytest-xdist (gw0, gw1, ...), each with a PostgreSQL and
+# a Redis of its own: no key, queue, channel or mailbox is shared between two tests running at once.
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _worker:
+    _data_dir = _data_dir.with_name(f"{_data_dir.name}-{_worker}")
+# A worker inherits the URLs of the servers its parent embedded; those of another folder (xdist's
+# controller's) are not its own. A test's subprocess keeps its worker's.
+_embedded_dir, _, _embedded_urls = os.environ.get("COGNITIONOS_TEST_EMBEDDED", "").partition("|")
+if _embedded_dir and _embedded_dir != str(_data_dir):
+    for _name in _embedded_urls.split():
+        os.environ.pop(_name, None)
+_services = services_attach(data_dir=_data_dir, postgres_options=TEST_POSTGRES_SETTINGS)
+os.environ["COGNITIONOS_TEST_EMBEDDED"] = f"{_data_dir}|" + " ".join(
+    name for name, service in (("DATABASE_URL", _services.postgres), ("REDIS_URL", _services.redis)) if service
 )
 atexit.register(_services.stop_owned)
 
@@ -41,8 +53,6 @@ API_KEY_FAILURES_PER_MINUTE = 1_000_000
 # started by tests write here, or to COGNITIONOS_MAILBOX_DIR).
 EMAIL_BACKEND = "apps.accounts.mail.MailboxBackend"
 DEV_MAILBOX = True
-MAILBOX_DIR = os.environ.get("COGNITIONOS_MAILBOX_DIR") or str(
-    Path(os.environ.get("COGNITIONOS_TEST_DATA_DIR", default_data_dir() / "test")) / "mail"
-)
+MAILBOX_DIR = os.environ.get("COGNITIONOS_MAILBOX_DIR") or str(_data_dir / "mail")
 # Test workers export no metrics port unless a test sets WORKER_METRICS_PORT (tests/ops/test_metrics_worker.py).
 WORKER_METRICS_PORT = int(os.environ.get("WORKER_METRICS_PORT", "0"))
