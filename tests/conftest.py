@@ -38,7 +38,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     operation, tests/security/test_api_schema_fuzz.py) all carry their function's id, as pytest now
     builds it from the function's name and no parametrization; their own names have the operation."""
     for item in items:
-        if type(item).__name__ == "SchemathesisFunction" and item.parent is not None:
+        named = item.nodeid.endswith(f"::{item.name}")
+        if type(item).__name__ == "SchemathesisFunction" and item.parent is not None and not named:
             item._id = item.parent.id.child(item.name)
     shared = [nodeid for nodeid, count in Counter(item.nodeid for item in items).items() if count > 1]
     if shared:
