@@ -181,9 +181,10 @@ def probe_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = f"metrics-probe-{uuid.uuid4().hex[:8]}"
     monkeypatch.setitem(celery_app.conf, "task_routes", {"metrics.probe": {"queue": name}})
     yield name
-    conn: Any
-    with celery_app.pool.acquire(block=True, timeout=2) as conn:
-        conn.default_channel.client.delete(name)
+    # A connection of its own, not one of the pool's: a pooled one idle since an earlier test may
+    # fail its health check, and redis-py then raises AttributeError on a Unix socket.
+    with celery_app.connection_for_write() as conn:
+        conn.default_channel.client.delete(name)  # type: ignore[attr-defined]
 
 
 def test_queue_depth_and_age_are_read_from_the_broker(db: None, probe_queue: str) -> None:
