@@ -9,8 +9,8 @@ requests under load, with the server's threads competing.
 
 `submit` sends a job to the jobs API (POST /api/v1/jobs) with no worker running it: the
 submission's own cost. Each round prints CPU and wall time per request; the CPU includes this
-process's other threads (the batch writers, and on a miss the fake provider's server). Compare the lowest rounds of two
-runs made one after the other. `--profile` prints cProfile's top functions by CPU time instead.
+process's other threads (the batch writers, and on a miss the fake provider's server). Compare
+the lowest rounds of two runs made one after the other. `--profile` prints cProfile's top functions by CPU time instead.
 Not a test: compare within one sitting.
 """
 
