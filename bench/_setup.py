@@ -94,6 +94,14 @@ def web_stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+def queue_purge(queue: str) -> int:
+    """Drop the messages waiting in a broker queue (run messages no worker of the bench will take)."""
+    from cognitionos.celery import app
+
+    with app.connection_for_write() as connection:
+        return int(connection.default_channel.queue_purge(queue) or 0)  # type: ignore[attr-defined]
+
+
 def unthrottled_plan(code: str = "bench", **limits: int) -> None:
     """A plan whose rate limits (still checked, as in production) sit above anything a benchmark can
     send, with an "Enterprise"-like version; `limits` overrides its fields (max_concurrent_jobs=...)."""

@@ -51,6 +51,7 @@ from bench._setup import (  # noqa: E402 - after the path is set
     CpuMeter,
     django_on_fresh_database,
     process_tree,
+    queue_purge,
     unthrottled_plan,
     web_start,
     web_stop,
@@ -66,22 +67,19 @@ JOB_BODY = b'{"prompt": "Benchmark question", "model": "gpt-4o-mini", "max_token
 SWEEP_P95_MS = 100.0
 
 
-def queue_purge() -> int:
+def jobs_queue_purge() -> int:
     """Drop the run messages still queued for this bench's jobs. The submission measurements run
     with no worker and delete their jobs after each step, leaving their messages behind: thousands
     of them, for jobs of a database the next run recreates, which that run's first worker then
     took one by one (a claim that finds no row, and a check for a dead run) before the jobs it was
     meant to measure (the occasional ~28 s before a fresh worker's first claim)."""
-    from cognitionos.celery import app
-
-    with app.connection_for_write() as connection:
-        return int(connection.default_channel.queue_purge(QUEUE) or 0)  # type: ignore[attr-defined]
+    return queue_purge(QUEUE)
 
 
 def setup() -> tuple[Any, str]:
     os.environ["CELERY_TASK_DEFAULT_QUEUE"] = QUEUE
     django_on_fresh_database(DATABASE)
-    queue_purge()
+    jobs_queue_purge()
     from decimal import Decimal
 
     from apps.accounts.principals import Principal
@@ -460,7 +458,7 @@ def jobs_clear(organization: Any) -> None:
     with schema_context(organization.schema_name):
         Job.objects.all().delete()
     connection.close()
-    queue_purge()
+    jobs_queue_purge()
 
 
 def verify_chain(organization: Any) -> str:

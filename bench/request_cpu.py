@@ -31,7 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway import BODIES, setup  # noqa: E402 - after the path is set
+from bench._setup import queue_purge  # noqa: E402 - after the path is set
+from bench.gateway import BODIES, setup  # noqa: E402
 
 # Each case's path: the gateway's chat completions, or a job submitted through the jobs API.
 PATHS = {"hit": "/v1/chat/completions", "miss": "/v1/chat/completions", "submit": "/api/v1/jobs"}
@@ -125,10 +126,7 @@ def main() -> None:
                 )
     finally:
         fake.stop()
-        from cognitionos.celery import app
-
-        with app.connection_for_write() as connection:
-            connection.default_channel.queue_purge(QUEUE)  # type: ignore[attr-defined]
+        queue_purge(QUEUE)
 
 
 if __name__ == "__main__":
